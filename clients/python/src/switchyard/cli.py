@@ -1,0 +1,145 @@
+"""`switchyard`: the command line for a Switchyard router or model server.
+
+    switchyard models
+    switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
+    switchyard chat smollm2-135m-instruct "Say hello"      # one turn
+    switchyard chat smollm2-135m-instruct                  # interactive, keeps history
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+from switchyard._convert import SamplingOptions
+from switchyard.client import DEFAULT_TARGET, Client
+from switchyard.errors import APIError
+from switchyard.types import Message, StreamChunk
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("SWITCHYARD_TARGET", DEFAULT_TARGET),
+        help="router or model server address (env SWITCHYARD_TARGET; default %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("models", help="list models and their status")
+
+    generate = commands.add_parser("generate", help="complete a prompt, streaming the answer")
+    generate.add_argument("model")
+    generate.add_argument("prompt")
+    _sampling_arguments(generate)
+
+    chat = commands.add_parser("chat", help="chat with a model (interactive without MESSAGE)")
+    chat.add_argument("model")
+    chat.add_argument("message", nargs="?", help="one user message; omit for an interactive chat")
+    chat.add_argument("--system", help="a system prompt")
+    _sampling_arguments(chat)
+    return parser
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
+    parser.add_argument("--usage", action="store_true", help="print token usage and timings")
+
+
+def _sampling(args: argparse.Namespace) -> SamplingOptions:
+    options: SamplingOptions = {}
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value  # type: ignore[literal-required]
+    return options
+
+
+def _print_stream(chunks: Iterator[StreamChunk], show_usage: bool) -> str:
+    text = []
+    last: StreamChunk | None = None
+    for chunk in chunks:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        text.append(chunk.text)
+        last = chunk
+    sys.stdout.write("\n")
+    if show_usage and last is not None and last.usage is not None and last.timings is not None:
+        print(
+            f"[{last.model} via {last.backend}: finish={last.finish_reason}, "
+            f"prompt_tokens={last.usage.prompt_tokens}, "
+            f"completion_tokens={last.usage.completion_tokens}, "
+            f"ttft={last.timings.time_to_first_token * 1000:.1f} ms, "
+            f"total={last.timings.total * 1000:.1f} ms]",
+            file=sys.stderr,
+        )
+    return "".join(text)
+
+
+def _models(client: Client) -> None:
+    models = client.list_models()
+    if not models:
+        print("no models")
+        return
+    print(f"{'MODEL':32} {'STATUS':12} {'BACKEND':10} {'CONTEXT':>8} {'REPLICAS':>9}  ALIASES")
+    for m in models:
+        replicas = f"{m.healthy_replicas}/{m.total_replicas}"
+        print(
+            f"{m.id:32} {m.status:12} {m.backend:10} {m.context_length:>8} {replicas:>9}"
+            f"  {', '.join(m.aliases)}"
+        )
+
+
+def _chat(client: Client, args: argparse.Namespace) -> None:
+    history: list[Message] = []
+    if args.system:
+        history.append(Message("system", args.system))
+    if args.message is not None:
+        history.append(Message("user", args.message))
+        _print_stream(client.stream(args.model, messages=history, **_sampling(args)), args.usage)
+        return
+    print(f"chatting with {args.model}; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append(Message("user", line))
+        answer = _print_stream(
+            client.stream(args.model, messages=history, **_sampling(args)), args.usage
+        )
+        history.append(Message("assistant", answer))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            if args.command == "models":
+                _models(client)
+            elif args.command == "generate":
+                stream = client.stream(args.model, args.prompt, **_sampling(args))
+                _print_stream(stream, args.usage)
+            else:
+                _chat(client, args)
+        except APIError as error:
+            print(f"\nerror: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

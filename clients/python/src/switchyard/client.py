@@ -1,0 +1,286 @@
+"""`Client` (blocking) and `AsyncClient` (asyncio): the same methods, the same results.
+
+    from switchyard import Client
+
+    with Client("localhost:50051") as client:
+        print(client.generate("smollm2-135m-instruct", "The capital of France is",
+                              max_tokens=16, temperature=0).text)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import Self, Unpack
+
+import grpc
+import grpc.aio
+
+from switchyard import _convert
+from switchyard._convert import MessageLike, SamplingOptions
+from switchyard.errors import APIError, from_rpc_error
+from switchyard.types import Completion, ModelInfo, StreamChunk
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+DEFAULT_TIMEOUT = 60.0
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _generate_request(
+    model: str, prompt: str | None, messages: Sequence[MessageLike] | None, options: SamplingOptions
+) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        model=model,
+        prompt=prompt or "",
+        messages=_convert.chat_messages(messages or ()),
+        sampling=_convert.sampling_params(options),
+    )
+
+
+def _stream_request(request: pb.GenerateRequest) -> pb.StreamGenerateRequest:
+    # Same field numbers by contract, so the bytes are interchangeable.
+    return pb.StreamGenerateRequest.FromString(request.SerializeToString())
+
+
+def _backoff(attempt: int, error: APIError) -> float:
+    if error.retry_after is not None:
+        return min(error.retry_after, 10.0)
+    return min(0.1 * 2**attempt, 2.0)
+
+
+class _Options:
+    def __init__(self, timeout: float | None, max_retries: int) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+
+class Client:
+    """A blocking client for a Switchyard router or model server.
+
+    Args:
+        target: ``host:port`` of the router (or of a model server).
+        timeout: default per-call deadline in seconds (None: no deadline).
+        max_retries: retries of unary calls on UNAVAILABLE / RESOURCE_EXHAUSTED,
+            with exponential back-off or the server's RetryInfo. Streams are not
+            retried by the client (the router retries them before the first token).
+        channel: an existing channel to use instead of creating one.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._options = _Options(timeout, max_retries)
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.LLMServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel (if the client created it)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> Completion:
+        """Completes ``prompt`` and returns the whole result."""
+        request = _generate_request(model, prompt, None, sampling)
+        return _convert.completion(self._unary(request, timeout))
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[MessageLike],
+        *,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> Completion:
+        """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
+        request = _generate_request(model, None, messages, sampling)
+        return _convert.completion(self._unary(request, timeout))
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> Iterator[StreamChunk]:
+        """Streams a completion of ``prompt`` (or a chat answer to ``messages``).
+
+        Breaking out of the loop cancels the request on the server.
+        """
+        request = _stream_request(_generate_request(model, prompt, messages, sampling))
+        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
+        try:
+            for response in call:
+                yield _convert.stream_chunk(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Lists the models served, with their live status."""
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return [_convert.model_info(m) for m in response.models]
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self._options.timeout
+
+    def _unary(self, request: pb.GenerateRequest, timeout: float | None) -> pb.GenerateResponse:
+        budget = self._timeout(timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                response: pb.GenerateResponse = self._stub.Generate(request, timeout=remaining)
+                return response
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            pause = _backoff(attempt, error)
+            if not _should_retry(error, attempt, self._options.max_retries, deadline, pause):
+                raise error
+            time.sleep(pause)
+            attempt += 1
+
+
+def _should_retry(
+    error: APIError, attempt: int, max_retries: int, deadline: float | None, pause: float
+) -> bool:
+    if error.code not in _RETRYABLE or attempt >= max_retries:
+        return False
+    return deadline is None or time.monotonic() + pause < deadline
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`, with the same methods and options."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._options = _Options(timeout, max_retries)
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.LLMServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel (if the client created it)."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> Completion:
+        """Completes ``prompt`` and returns the whole result."""
+        request = _generate_request(model, prompt, None, sampling)
+        return _convert.completion(await self._unary(request, timeout))
+
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[MessageLike],
+        *,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> Completion:
+        """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
+        request = _generate_request(model, None, messages, sampling)
+        return _convert.completion(await self._unary(request, timeout))
+
+    async def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> AsyncIterator[StreamChunk]:
+        """Streams a completion; leaving the loop early cancels the request."""
+        request = _stream_request(_generate_request(model, prompt, messages, sampling))
+        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
+        try:
+            async for response in call:
+                yield _convert.stream_chunk(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Lists the models served, with their live status."""
+        try:
+            response = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout(timeout)
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return [_convert.model_info(m) for m in response.models]
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self._options.timeout
+
+    async def _unary(self, request: pb.GenerateRequest, timeout: float | None) -> pb.GenerateResponse:
+        budget = self._timeout(timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                response: pb.GenerateResponse = await self._stub.Generate(request, timeout=remaining)
+                return response
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            pause = _backoff(attempt, error)
+            if not _should_retry(error, attempt, self._options.max_retries, deadline, pause):
+                raise error
+            await asyncio.sleep(pause)
+            attempt += 1

@@ -1,0 +1,114 @@
+"""The SDK's exceptions: one hierarchy, mapped from gRPC status codes.
+
+    SwitchyardError
+    └── APIError                   (any non-OK status; .code, .reason, .details)
+        ├── InvalidArgumentError   INVALID_ARGUMENT, OUT_OF_RANGE (.field_violations)
+        ├── NotFoundError          NOT_FOUND (.available_models)
+        ├── AuthenticationError    UNAUTHENTICATED
+        ├── PermissionDeniedError  PERMISSION_DENIED
+        ├── RateLimitError         RESOURCE_EXHAUSTED (.retry_after)
+        ├── UnavailableError       UNAVAILABLE (.retry_after)
+        ├── DeadlineExceededError  DEADLINE_EXCEEDED
+        ├── RequestCancelledError  CANCELLED
+        └── InternalServerError    INTERNAL, UNKNOWN, DATA_LOSS and the rest
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from switchyard.status import FieldViolation, StatusDetails, parse_details
+
+
+class SwitchyardError(Exception):
+    """Base class of every exception the SDK raises."""
+
+
+class APIError(SwitchyardError):
+    """The server answered with a non-OK gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: StatusDetails) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @property
+    def reason(self) -> str | None:
+        """A stable machine-readable reason (google.rpc.ErrorInfo), if the server gave one."""
+        return self.details.reason
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked us to wait before retrying (google.rpc.RetryInfo)."""
+        return self.details.retry_after
+
+    @property
+    def field_violations(self) -> Sequence[FieldViolation]:
+        """The invalid request fields (google.rpc.BadRequest)."""
+        return self.details.field_violations
+
+
+class InvalidArgumentError(APIError):
+    """The request was invalid; ``field_violations`` names the fields."""
+
+
+class NotFoundError(APIError):
+    """The model does not exist; ``available_models`` lists those that do."""
+
+    @property
+    def available_models(self) -> list[str]:
+        """Model ids the server said it has."""
+        available = self.details.metadata.get("available", "")
+        return [m for m in available.split(",") if m]
+
+
+class AuthenticationError(APIError):
+    """Credentials were missing or wrong."""
+
+
+class PermissionDeniedError(APIError):
+    """Credentials were valid but not allowed to do this."""
+
+
+class RateLimitError(APIError):
+    """The server or its backend is overloaded or rate-limited; see ``retry_after``."""
+
+
+class UnavailableError(APIError):
+    """No server could take the request now (down, loading, draining)."""
+
+
+class DeadlineExceededError(APIError):
+    """The request's timeout passed before it finished."""
+
+
+class RequestCancelledError(APIError):
+    """The request was cancelled."""
+
+
+class InternalServerError(APIError):
+    """The server failed in a way that is not the caller's fault."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[APIError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: RequestCancelledError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> APIError:
+    """Converts a grpcio error (sync or asyncio) into the SDK's exception."""
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    message: str = error.details() or ""  # type: ignore[attr-defined]
+    details = parse_details(error.trailing_metadata())  # type: ignore[attr-defined]
+    return _BY_CODE.get(code, InternalServerError)(code, message, details)
