@@ -1,0 +1,1 @@
+"""Switchyard model server: one backend behind the switchyard.v1.LLMService contract."""

@@ -1,0 +1,1 @@
+"""Backends: each wraps one inference engine or provider behind the Backend interface."""

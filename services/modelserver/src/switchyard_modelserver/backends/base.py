@@ -1,0 +1,64 @@
+"""The backend interface every model server backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from switchyard_modelserver.domain import GenerationEvent, GenerationRequest, ModelCard, ModelState
+
+StateReporter = Callable[[ModelCard, ModelState, str], None]
+"""Called by a backend as each model changes state: (card, state, detail)."""
+
+
+class BackendOptions(BaseModel):
+    """Base of a backend's options model; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backend(abc.ABC):
+    """One inference engine or provider.
+
+    Lifecycle: construct (cheap, validates options) → ``models()`` (known ids,
+    maybe before loading) → ``load()`` (may take minutes; reports each model's
+    state) → ``generate()`` many times, concurrently → ``close()``.
+
+    ``generate`` yields :class:`Delta` events and ends with exactly one
+    :class:`Finish`. If its consumer stops iterating (cancellation, deadline),
+    the generator is closed and the backend must stop producing tokens.
+    Expected failures are raised as ``switchyard.status.StatusError``.
+    """
+
+    kind: ClassVar[str]
+    options_model: ClassVar[type[BackendOptions]]
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Backend:
+        """Validates raw config options and builds the backend."""
+        return cls(cls.options_model.model_validate(options))
+
+    @abc.abstractmethod
+    def __init__(self, options: Any) -> None: ...
+
+    @abc.abstractmethod
+    def models(self) -> list[ModelCard]:
+        """The models this backend will serve (before or after loading)."""
+
+    @abc.abstractmethod
+    async def load(self, report: StateReporter) -> None:
+        """Loads every model, reporting READY or UNAVAILABLE for each."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Generates for a validated request whose ``model`` is a served model id."""
+
+    def concurrency(self, model_id: str) -> int:
+        """How many generations of one model may run at once (the rest queue)."""
+        return 1
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases the backend's resources."""

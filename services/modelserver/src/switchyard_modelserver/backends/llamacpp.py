@@ -1,0 +1,344 @@
+"""The `llamacpp` backend: every GGUF file in a models directory, on the CPU.
+
+One llama.cpp context per model, driven by one worker thread, so one
+generation per model runs at a time and the rest wait in the model's bounded
+queue. Generation is our own token loop over ``Llama.generate`` rather than
+``create_completion``, because we need what that API does not give:
+``max_tokens`` as a hard cap (llama-cpp-python lets multi-byte characters
+overshoot it), a cancellation check before every token, exact token counts
+and stop sequences that are never partly emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import concurrent.futures
+import logging
+import random
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import Field
+from switchyard.status import FieldViolation, invalid_argument
+
+from switchyard_modelserver import validation
+from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
+from switchyard_modelserver.bridge import EngineThreadBridge
+from switchyard_modelserver.domain import (
+    Capability,
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelCard,
+    ModelState,
+)
+from switchyard_modelserver.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+# llama.cpp's own sampling defaults, used where a request leaves a field unset.
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+
+
+class LlamaCppModelOptions(BackendOptions):
+    """Overrides for one GGUF file."""
+
+    file: str = Field(description="file name inside models_dir")
+    id: str | None = Field(default=None, description="model id (default: file name without .gguf)")
+    aliases: list[str] = Field(default_factory=list)
+    context_length: int | None = Field(default=None, ge=16)
+
+
+class LlamaCppOptions(BackendOptions):
+    """Options of the llamacpp backend."""
+
+    models_dir: Path
+    models: list[LlamaCppModelOptions] = Field(default_factory=list)
+    context_length: int = Field(default=4096, ge=16, description="per model, capped by training")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads per model")
+    batch_size: int = Field(default=512, ge=1)
+    default_max_tokens: int = Field(default=512, ge=1)
+
+
+@dataclass
+class _LoadedModel:
+    card: ModelCard
+    llama: Llama
+    executor: concurrent.futures.ThreadPoolExecutor
+    add_bos: bool
+    chat_template: str | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    prompt_tokens: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    stop: tuple[str, ...]
+
+
+class LlamaCppBackend(Backend):
+    """Serves GGUF models with llama-cpp-python."""
+
+    kind = "llamacpp"
+    options_model = LlamaCppOptions
+
+    def __init__(self, options: LlamaCppOptions) -> None:
+        self._options = options
+        self._files = self._discover(options)
+        self._loaded: dict[str, _LoadedModel] = {}
+
+    @staticmethod
+    def _discover(options: LlamaCppOptions) -> dict[str, tuple[Path, LlamaCppModelOptions]]:
+        directory = options.models_dir
+        if not directory.is_dir():
+            raise ValueError(f"backend.models_dir: {directory} is not a directory")
+        overrides = {m.file: m for m in options.models}
+        files: dict[str, tuple[Path, LlamaCppModelOptions]] = {}
+        for path in sorted(directory.glob("*.gguf")):
+            override = overrides.pop(path.name, LlamaCppModelOptions(file=path.name))
+            model_id = override.id or path.name.removesuffix(".gguf")
+            files[model_id] = (path, override)
+        if overrides:
+            missing = ", ".join(sorted(overrides))
+            raise ValueError(f"backend.models: no such file in {directory}: {missing}")
+        if not files:
+            raise ValueError(f"backend.models_dir: no .gguf files in {directory}")
+        return files
+
+    def models(self) -> list[ModelCard]:
+        cards = []
+        for model_id, (_, override) in self._files.items():
+            loaded = self._loaded.get(model_id)
+            cards.append(
+                loaded.card
+                if loaded
+                else ModelCard(
+                    id=model_id,
+                    aliases=tuple(override.aliases),
+                    context_length=override.context_length or self._options.context_length,
+                )
+            )
+        return cards
+
+    async def load(self, report: StateReporter) -> None:
+        for card in self.models():
+            path, override = self._files[card.id]
+            try:
+                loaded = await asyncio.to_thread(self._load_one, card.id, path, override)
+            except Exception as error:  # a bad file must not take the other models down
+                log.exception("model %s failed to load from %s", card.id, path)
+                report(card, ModelState.UNAVAILABLE, f"failed to load: {error}")
+                continue
+            self._loaded[card.id] = loaded
+            log.info(
+                "model %s loaded from %s (context %d)", card.id, path.name, loaded.card.context_length
+            )
+            report(loaded.card, ModelState.READY, "")
+
+    def _load_one(self, model_id: str, path: Path, override: LlamaCppModelOptions) -> _LoadedModel:
+        from llama_cpp import Llama
+
+        wanted = override.context_length or self._options.context_length
+        llama = Llama(
+            model_path=str(path),
+            n_ctx=wanted,
+            n_batch=self._options.batch_size,
+            n_threads=self._options.threads,
+            n_threads_batch=self._options.threads,
+            verbose=False,
+        )
+        trained = int(llama.metadata.get(f"{_architecture(llama)}.context_length", wanted))
+        context_length = min(wanted, trained, llama.n_ctx())
+        template = llama.metadata.get("tokenizer.chat_template")
+        capabilities = {Capability.COMPLETION, Capability.STREAMING}
+        if template:
+            capabilities.add(Capability.CHAT)
+        card = ModelCard(
+            id=model_id,
+            aliases=tuple(override.aliases),
+            context_length=context_length,
+            capabilities=frozenset(capabilities),
+        )
+        add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
+        return _LoadedModel(card, llama, executor, add_bos, template)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        model = self._loaded[request.model]
+        sampling = request.sampling
+        if sampling.logprobs is not None:
+            raise invalid_argument(
+                FieldViolation(
+                    "sampling.logprobs", "not supported by the llamacpp backend"
+                )
+            )
+        if request.messages is not None and model.chat_template is None:
+            raise invalid_argument(
+                FieldViolation(
+                    "messages", f"model {request.model} has no chat template; send a prompt"
+                )
+            )
+        prompt_tokens = await asyncio.to_thread(self._prompt_tokens, model, request)
+        context_length = model.card.context_length
+        overflow = validation.context_overflow(
+            prompt_field="prompt" if request.prompt is not None else "messages",
+            prompt_tokens=len(prompt_tokens),
+            max_tokens=sampling.max_tokens,
+            context_length=context_length,
+        )
+        if overflow is not None:
+            raise overflow
+        max_tokens = sampling.max_tokens or min(
+            self._options.default_max_tokens, context_length - len(prompt_tokens)
+        )
+        job = _Job(
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            temperature=_or(sampling.temperature, DEFAULT_TEMPERATURE),
+            top_p=_or(sampling.top_p, DEFAULT_TOP_P),
+            top_k=_or(sampling.top_k, DEFAULT_TOP_K),
+            # Without a seed every request samples differently, as users expect.
+            seed=(sampling.seed if sampling.seed is not None else random.getrandbits(32))
+            & 0xFFFFFFFF,
+            presence_penalty=_or(sampling.presence_penalty, 0.0),
+            frequency_penalty=_or(sampling.frequency_penalty, 0.0),
+            repetition_penalty=_or(sampling.repetition_penalty, 1.0),
+            stop=sampling.stop,
+        )
+        bridge = EngineThreadBridge()
+        asyncio.get_running_loop().run_in_executor(
+            model.executor, _decode, model.llama, job, bridge
+        )
+        try:
+            async for event in bridge.events():
+                yield event
+        finally:
+            # Consumer gone (finished, cancelled or timed out): the worker stops
+            # before its next token and the model is free for the next request.
+            bridge.cancelled.set()
+
+    @staticmethod
+    def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
+        llama = model.llama
+        if request.messages is None:
+            assert request.prompt is not None
+            return list(llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False))
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        assert model.chat_template is not None
+        formatter = Jinja2ChatFormatter(
+            template=model.chat_template,
+            eos_token=_token_text(llama, llama.token_eos()),
+            bos_token=_token_text(llama, llama.token_bos()),
+        )
+        messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
+        text = formatter(messages=messages).prompt
+        bos_text = _token_text(llama, llama.token_bos())
+        add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
+        return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
+
+    async def close(self) -> None:
+        for model in self._loaded.values():
+            model.executor.shutdown(wait=True, cancel_futures=True)
+            model.llama.close()
+        self._loaded.clear()
+
+
+_T = TypeVar("_T")
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _architecture(llama: Llama) -> str:
+    return str(llama.metadata.get("general.architecture", "llama"))
+
+
+def _token_text(llama: Llama, token: int) -> str:
+    if token < 0:
+        return ""
+    return llama._model.token_get_text(token)  # noqa: SLF001 - no public accessor
+
+
+def _decode(llama: Llama, job: _Job, bridge: EngineThreadBridge) -> None:
+    """The token loop; runs on the model's worker thread."""
+    import llama_cpp
+
+    try:
+        _decode_tokens(llama, job, bridge, llama_cpp.llama_vocab_is_eog)
+    except BaseException as error:  # surfaced to the RPC by the bridge
+        bridge.push(error)
+
+
+def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: Any) -> None:
+    cancelled: threading.Event = bridge.cancelled
+    if cancelled.is_set():  # cancelled while waiting for the thread
+        return
+    llama.set_seed(job.seed)
+    vocab = llama._model.vocab  # noqa: SLF001 - needed for end-of-generation tokens
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = StopMatcher(job.stop)
+    history = list(job.prompt_tokens)
+    generated = 0
+
+    def finish(reason: FinishReason, stop_sequence: str = "") -> None:
+        bridge.push(
+            Finish(
+                reason=reason,
+                prompt_tokens=len(job.prompt_tokens),
+                completion_tokens=generated,
+                stop_sequence=stop_sequence,
+            )
+        )
+
+    tokens = llama.generate(
+        job.prompt_tokens,
+        top_k=job.top_k,
+        top_p=job.top_p,
+        min_p=DEFAULT_MIN_P,
+        temp=job.temperature,
+        repeat_penalty=job.repetition_penalty,
+        frequency_penalty=job.frequency_penalty,
+        presence_penalty=job.presence_penalty,
+        reset=True,
+    )
+    for token in tokens:
+        if cancelled.is_set():
+            return
+        if is_eog(vocab, token):
+            bridge.push(Delta(stops.flush(), 0))
+            finish(FinishReason.STOP)
+            return
+        piece = llama.detokenize([token], prev_tokens=history)
+        history.append(token)
+        generated += 1
+        text, matched = stops.feed(utf8.decode(piece))
+        bridge.push(Delta(text, 1))
+        if matched is not None:
+            finish(FinishReason.STOP_SEQUENCE, matched)
+            return
+        if generated >= job.max_tokens:
+            # An incomplete UTF-8 character at the cap is dropped, not sent half.
+            bridge.push(Delta(stops.flush(), 0))
+            finish(FinishReason.LENGTH)
+            return

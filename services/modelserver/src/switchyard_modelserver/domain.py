@@ -1,0 +1,105 @@
+"""The model server's own types: what a backend receives and yields.
+
+The servicer translates protobuf into these and back, so backends never see
+protobuf and the contract can evolve without touching them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.Enum):
+    """Why a generation ended (mirrors switchyard.v1.FinishReason)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    CONTENT_FILTER = "content_filter"
+
+
+class Capability(enum.Enum):
+    """What a model can do (mirrors switchyard.v1.Capability)."""
+
+    COMPLETION = "completion"
+    CHAT = "chat"
+    STREAMING = "streaming"
+    LOGPROBS = "logprobs"
+
+
+class ModelState(enum.Enum):
+    """A model's live state (mirrors switchyard.v1.ModelStatus)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Validated sampling parameters; None means the backend's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: exactly one of ``prompt`` and ``messages`` is set."""
+
+    model: str
+    prompt: str | None
+    messages: tuple[ChatTurn, ...] | None
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What ListModels reports about one model."""
+
+    id: str
+    context_length: int
+    aliases: tuple[str, ...] = ()
+    capabilities: frozenset[Capability] = frozenset(
+        {Capability.COMPLETION, Capability.CHAT, Capability.STREAMING}
+    )
+
+
+@dataclass
+class Delta:
+    """New output: text plus how many tokens produced it."""
+
+    text: str
+    tokens: int
+
+
+@dataclass
+class Finish:
+    """The end of a generation, always the last item a backend yields."""
+
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    stop_sequence: str = ""
+
+
+GenerationEvent = Delta | Finish

@@ -1,0 +1,154 @@
+"""Model server lifecycle: listen, load, serve, drain.
+
+Health (overall, per service and per model name) is NOT_SERVING while models
+load and SERVING once they are ready. On SIGTERM or SIGINT every name turns
+NOT_SERVING first, so routers and Kubernetes stop sending new work, then
+in-flight requests get ``drain_grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+
+from switchyard_modelserver.admission import ModelGate
+from switchyard_modelserver.backends.base import Backend
+from switchyard_modelserver.backends.registry import backend_class
+from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
+from switchyard.configfile import ConfigError, describe_validation_error
+
+from switchyard_modelserver.config import ModelServerConfig
+from switchyard_modelserver.domain import ModelState
+from switchyard_modelserver.servicer import LLMServicer
+
+log = logging.getLogger("switchyard.modelserver")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def build_backend(config: ModelServerConfig) -> Backend:
+    """Finds the configured backend and validates its options."""
+    cls = backend_class(config.backend.kind)
+    try:
+        return cls.from_options(config.backend.options())
+    except ValidationError as error:
+        raise ConfigError(
+            f"invalid options for backend {config.backend.kind!r}\n"
+            f"{describe_validation_error(error, prefix='backend.')}"
+        ) from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+class ModelServer:
+    """One backend served over gRPC with health and reflection."""
+
+    def __init__(self, config: ModelServerConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.health = health.aio.HealthServicer()
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self.catalog = ModelCatalog(backend.models(), on_change=self._on_model_change)
+        self.gates = {
+            entry.card.id: ModelGate(
+                entry.card.id,
+                backend.concurrency(entry.card.id),
+                config.max_queue_per_model,
+                config.queue_retry_after_seconds,
+            )
+            for entry in self.catalog.entries()
+        }
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_LLMServiceServicer_to_server(
+            LLMServicer(backend, self.catalog, self.gates), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+
+    def _on_model_change(self, entry: CatalogEntry) -> None:
+        status = _SERVING if entry.state is ModelState.READY else _NOT_SERVING
+        for name in self.catalog.health_names(entry):
+            self._set_health(name, status)
+        ready = [e for e in self.catalog.entries() if e.state is ModelState.READY]
+        loading = [e for e in self.catalog.entries() if e.state is ModelState.LOADING]
+        overall = _SERVING if ready and not loading else _NOT_SERVING
+        self._set_health("", overall)
+        self._set_health(SERVICE_NAME, overall)
+
+    def _set_health(self, name: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        task = asyncio.get_running_loop().create_task(self.health.set(name, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def start(self) -> int:
+        """Starts listening (health NOT_SERVING) and returns the bound port."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _NOT_SERVING)
+        for entry in self.catalog.entries():
+            for name in self.catalog.health_names(entry):
+                await self.health.set(name, _NOT_SERVING)
+        port = self.server.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise ConfigError(f"listen: cannot bind {self.config.listen}")
+        await self.server.start()
+        return port
+
+    async def load(self) -> None:
+        """Loads the backend's models; health follows each one."""
+        await self.backend.load(self.catalog.update)
+        ready = [e.card.id for e in self.catalog.entries() if e.state is ModelState.READY]
+        if not ready:
+            log.error("no model could be loaded; serving health NOT_SERVING")
+        else:
+            log.info("ready: %s", ", ".join(ready))
+
+    async def drain(self) -> None:
+        """NOT_SERVING everywhere, then stop within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: up to %.0fs for in-flight requests", self.config.drain_grace_seconds)
+        await self.server.stop(self.config.drain_grace_seconds)
+        await self.backend.close()
+
+
+async def serve(config: ModelServerConfig) -> None:
+    """Runs a model server until SIGTERM or SIGINT."""
+    backend = build_backend(config)
+    model_server = ModelServer(config, backend)
+    port = await model_server.start()
+    host = config.listen.rsplit(":", 1)[0]
+    log.info(
+        "modelserver listening on %s:%d (backend %s, models: %s)",
+        host,
+        port,
+        backend.kind,
+        ", ".join(e.card.id for e in model_server.catalog.entries()),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loading = asyncio.create_task(model_server.load())
+    await stop.wait()
+    log.info("shutdown requested")
+    loading.cancel()
+    await model_server.drain()
+    log.info("stopped")

@@ -1,0 +1,229 @@
+"""The LLMService servicer: protobuf in, backend calls, protobuf out. Nothing else.
+
+Validation lives in ``validation``, queueing in ``admission``, model lookup in
+``catalog``; every failure becomes a status in :func:`status_boundary`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2
+from switchyard.status import StatusError
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+
+from switchyard_modelserver import validation
+from switchyard_modelserver.admission import ModelGate
+from switchyard_modelserver.backends.base import Backend
+from switchyard_modelserver.catalog import ModelCatalog
+from switchyard_modelserver.domain import (
+    Capability,
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelState,
+)
+
+log = logging.getLogger("switchyard.modelserver.requests")
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+}
+_CAPABILITY = {
+    Capability.COMPLETION: pb.CAPABILITY_COMPLETION,
+    Capability.CHAT: pb.CAPABILITY_CHAT,
+    Capability.STREAMING: pb.CAPABILITY_STREAMING,
+    Capability.LOGPROBS: pb.CAPABILITY_LOGPROBS,
+}
+_STATUS = {
+    ModelState.LOADING: pb.MODEL_STATUS_LOADING,
+    ModelState.READY: pb.MODEL_STATUS_READY,
+    ModelState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
+}
+
+
+@dataclass
+class _Outcome:
+    """What one request did, for its log line."""
+
+    method: str
+    started: float = field(default_factory=time.monotonic)
+    model: str = "-"
+    code: str = "OK"
+    finish: str = "-"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+
+    def log(self) -> None:
+        now = time.monotonic()
+        ttft = "-" if self.first_token_at is None else f"{(self.first_token_at - self.started) * 1e3:.1f}"
+        log.info(
+            "request method=%s model=%s code=%s finish=%s prompt_tokens=%d completion_tokens=%d "
+            "ttft_ms=%s total_ms=%.1f",
+            self.method,
+            self.model,
+            self.code,
+            self.finish,
+            self.prompt_tokens,
+            self.completion_tokens,
+            ttft,
+            (now - self.started) * 1e3,
+        )
+
+
+@asynccontextmanager
+async def status_boundary(context: grpc.aio.ServicerContext, outcome: _Outcome) -> AsyncIterator[None]:
+    """The one place where exceptions become gRPC statuses (and requests get logged)."""
+    try:
+        yield
+    except StatusError as error:
+        outcome.code = error.code.name
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    except TimeoutError:
+        outcome.code = "DEADLINE_EXCEEDED"
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"deadline exceeded after {outcome.completion_tokens} generated tokens",
+        )
+    except asyncio.CancelledError:
+        outcome.code = "CANCELLED"
+        raise
+    except Exception:
+        if context.done():  # the call already ended (e.g. a write after the client left)
+            outcome.code = "CANCELLED"
+            raise
+        outcome.code = "INTERNAL"
+        log.exception("unexpected error in %s for model %s", outcome.method, outcome.model)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the model server; see its log")
+    finally:
+        outcome.log()
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> asyncio.Timeout:
+    """The caller's deadline as a timeout around the whole handler, so that the
+    engine stops when it passes (not only the bytes on the wire)."""
+    return asyncio.timeout(context.time_remaining())
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+class LLMServicer(pb_grpc.LLMServiceServicer):
+    """Serves switchyard.v1.LLMService from one backend."""
+
+    def __init__(
+        self, backend: Backend, catalog: ModelCatalog, gates: dict[str, ModelGate]
+    ) -> None:
+        self._backend = backend
+        self._catalog = catalog
+        self._gates = gates
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        outcome = _Outcome("Generate")
+        async with status_boundary(context, outcome), _deadline(context):
+            parts: list[str] = []
+            events = self._events(validation.generation_request(request), outcome)
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, Delta):
+                        parts.append(event.text)
+                    else:
+                        fields = self._final_fields(event, outcome)
+                        return pb.GenerateResponse(text="".join(parts), **fields)
+        raise AssertionError("unreachable: the boundary aborts or a Finish returns")
+
+    async def StreamGenerate(  # noqa: N802 - gRPC method name
+        self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        outcome = _Outcome("StreamGenerate")
+        async with status_boundary(context, outcome), _deadline(context):
+            events = self._events(validation.generation_request(request), outcome)
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, Delta):
+                        if event.text:
+                            await context.write(pb.StreamGenerateResponse(text=event.text))
+                    else:
+                        fields = self._final_fields(event, outcome)
+                        await context.write(pb.StreamGenerateResponse(**fields))
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = []
+        for entry in self._catalog.entries():
+            ready = entry.state is ModelState.READY
+            models.append(
+                pb.Model(
+                    id=entry.card.id,
+                    aliases=entry.card.aliases,
+                    backend=self._backend.kind,
+                    context_length=entry.card.context_length,
+                    capabilities=sorted(_CAPABILITY[c] for c in entry.card.capabilities),
+                    status=_STATUS[entry.state],
+                    healthy_replicas=1 if ready else 0,
+                    total_replicas=1,
+                )
+            )
+        return pb.ListModelsResponse(models=models)
+
+    async def _events(
+        self, request: GenerationRequest, outcome: _Outcome
+    ) -> AsyncIterator[GenerationEvent]:
+        outcome.model = request.model
+        model_id = self._catalog.resolve(request.model)
+        outcome.model = model_id
+        resolved = GenerationRequest(model_id, request.prompt, request.messages, request.sampling)
+        async with self._gates[model_id].admit():
+            events = self._backend.generate(resolved)
+            try:
+                async for event in events:
+                    if isinstance(event, Delta):
+                        if event.tokens and outcome.first_token_at is None:
+                            outcome.first_token_at = time.monotonic()
+                        outcome.completion_tokens += event.tokens
+                    else:
+                        outcome.prompt_tokens = event.prompt_tokens
+                        outcome.completion_tokens = event.completion_tokens
+                        outcome.finish = event.reason.value
+                    yield event
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+    def _final_fields(self, finish: Finish, outcome: _Outcome) -> dict[str, object]:
+        now = time.monotonic()
+        first = outcome.first_token_at if outcome.first_token_at is not None else now
+        return {
+            "finish_reason": _FINISH[finish.reason],
+            "stop_sequence": finish.stop_sequence,
+            "usage": pb.Usage(
+                prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
+            ),
+            "model": outcome.model,
+            "backend": self._backend.kind,
+            "timings": pb.Timings(
+                time_to_first_token=_duration(first - outcome.started),
+                total=_duration(now - outcome.started),
+            ),
+        }

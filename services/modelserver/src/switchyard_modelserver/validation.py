@@ -1,0 +1,146 @@
+"""Request validation: protobuf in, domain request out, or INVALID_ARGUMENT naming every bad field.
+
+Checks that need the model (context length, token counts) happen in the backend,
+which alone can count tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+from switchyard.status import FieldViolation, StatusError, invalid_argument
+from switchyard.v1 import llm_service_pb2 as pb
+
+from switchyard_modelserver.domain import ChatTurn, GenerationRequest, Sampling
+
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_SEQUENCE_LENGTH = 256
+MAX_LOGPROBS = 20
+MAX_SEED = 2**63 - 1
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def generation_request(
+    request: pb.GenerateRequest | pb.StreamGenerateRequest,
+) -> GenerationRequest:
+    """Validates a Generate or StreamGenerate request; raises StatusError on bad input."""
+    violations: list[FieldViolation] = []
+    if not request.model:
+        violations.append(FieldViolation("model", "is required (see ListModels for the ids)"))
+    has_prompt = bool(request.prompt)
+    has_messages = len(request.messages) > 0
+    if has_prompt and has_messages:
+        violations.append(
+            FieldViolation("prompt", "set either prompt or messages, not both"),
+        )
+        violations.append(FieldViolation("messages", "set either prompt or messages, not both"))
+    elif not has_prompt and not has_messages:
+        violations.append(
+            FieldViolation("prompt", "one of prompt or messages is required and must not be empty")
+        )
+    for index, message in enumerate(request.messages):
+        if message.role not in CHAT_ROLES:
+            violations.append(
+                FieldViolation(
+                    f"messages[{index}].role",
+                    f"must be one of {', '.join(CHAT_ROLES)} (got {message.role!r})",
+                )
+            )
+    sampling = _sampling(request.sampling, violations)
+    if violations:
+        raise invalid_argument(*violations)
+    return GenerationRequest(
+        model=request.model,
+        prompt=request.prompt if has_prompt else None,
+        messages=tuple(ChatTurn(m.role, m.content) for m in request.messages) if has_messages else None,
+        sampling=sampling,
+    )
+
+
+def _sampling(params: pb.SamplingParams, violations: list[FieldViolation]) -> Sampling:
+    def check(name: str, ok: bool, description: str) -> None:
+        if not ok:
+            violations.append(FieldViolation(f"sampling.{name}", description))
+
+    def finite(name: str) -> bool:
+        value = getattr(params, name)
+        if not math.isfinite(value):
+            check(name, False, "must be a finite number")
+            return False
+        return True
+
+    has = params.HasField
+    if has("temperature") and finite("temperature"):
+        check("temperature", params.temperature >= 0, f"must be >= 0 (got {params.temperature:g})")
+    if has("top_p") and finite("top_p"):
+        check("top_p", 0 < params.top_p <= 1, f"must be in (0, 1] (got {params.top_p:g})")
+    if has("top_k"):
+        check("top_k", params.top_k >= 0, f"must be >= 0 (got {params.top_k})")
+    if has("max_tokens"):
+        check("max_tokens", params.max_tokens >= 1, f"must be >= 1 (got {params.max_tokens})")
+    check(
+        "stop",
+        len(params.stop) <= MAX_STOP_SEQUENCES,
+        f"at most {MAX_STOP_SEQUENCES} stop sequences (got {len(params.stop)})",
+    )
+    for index, stop in enumerate(params.stop):
+        if not stop:
+            check(f"stop[{index}]", False, "must not be empty")
+        elif len(stop) > MAX_STOP_SEQUENCE_LENGTH:
+            check(f"stop[{index}]", False, f"at most {MAX_STOP_SEQUENCE_LENGTH} characters")
+    if has("seed"):
+        check("seed", params.seed >= 0, f"must be >= 0 (got {params.seed})")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if has(name) and finite(name):
+            value = getattr(params, name)
+            check(name, -2 <= value <= 2, f"must be in [-2, 2] (got {value:g})")
+    if has("repetition_penalty") and finite("repetition_penalty"):
+        check(
+            "repetition_penalty",
+            params.repetition_penalty > 0,
+            f"must be > 0 (got {params.repetition_penalty:g})",
+        )
+    if has("logprobs"):
+        check(
+            "logprobs",
+            0 <= params.logprobs <= MAX_LOGPROBS,
+            f"must be in [0, {MAX_LOGPROBS}] (got {params.logprobs})",
+        )
+
+    def opt(name: str) -> float | int | None:
+        return getattr(params, name) if has(name) else None
+
+    return Sampling(
+        temperature=opt("temperature"),  # type: ignore[arg-type]
+        top_p=opt("top_p"),  # type: ignore[arg-type]
+        top_k=opt("top_k"),  # type: ignore[arg-type]
+        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
+        stop=tuple(params.stop),
+        seed=opt("seed"),  # type: ignore[arg-type]
+        presence_penalty=opt("presence_penalty"),  # type: ignore[arg-type]
+        frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
+        repetition_penalty=opt("repetition_penalty"),  # type: ignore[arg-type]
+        logprobs=opt("logprobs"),  # type: ignore[arg-type]
+    )
+
+
+def context_overflow(
+    *, prompt_field: str, prompt_tokens: int, max_tokens: int | None, context_length: int
+) -> StatusError | None:
+    """INVALID_ARGUMENT when the prompt, or prompt plus max_tokens, does not fit the context."""
+    if prompt_tokens >= context_length:
+        return invalid_argument(
+            FieldViolation(
+                prompt_field,
+                f"is {prompt_tokens} tokens; the model's context length is {context_length}",
+            )
+        )
+    if max_tokens is not None and prompt_tokens + max_tokens > context_length:
+        return invalid_argument(
+            FieldViolation(
+                "sampling.max_tokens",
+                f"{max_tokens} plus the prompt's {prompt_tokens} tokens exceeds the context "
+                f"length {context_length}; at most {context_length - prompt_tokens}",
+            )
+        )
+    return None

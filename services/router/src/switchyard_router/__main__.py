@@ -1,0 +1,46 @@
+"""`switchyard-router --config FILE`: run the router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from switchyard.configfile import ConfigError
+
+from switchyard_router.config import load_router_config
+from switchyard_router.server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses arguments, loads the config and serves until stopped."""
+    parser = argparse.ArgumentParser(prog="switchyard-router", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="YAML config file")
+    parser.add_argument("--listen", help="override the config's listen address (host:port)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_router_config(args.config)
+        if args.listen:
+            config = config.model_copy(update={"listen": args.listen})
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))
+    except ConfigError as error:
+        logging.getLogger("switchyard.router").error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Just enough protobuf wire format to route a request without parsing it.
+
+The router forwards request bytes untouched; it needs only field 1, `model`,
+of GenerateRequest / StreamGenerateRequest (the contract keeps it field 1 in
+both). Encoders write fields in number order, so it is nearly always the first
+bytes of the message. The scan skips over each top-level field (a request has
+a handful), so its cost does not grow with the prompt's size.
+"""
+
+from __future__ import annotations
+
+_MODEL_TAG = (1 << 3) | 2  # field 1, length-delimited
+
+
+class MalformedRequestError(ValueError):
+    """The request bytes are not a valid protobuf message."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise MalformedRequestError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _model_spans(data: bytes) -> list[tuple[int, int, int]]:
+    """(field start, value start, value end) of every `model` field occurrence."""
+    spans = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        start = pos
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            if key == _MODEL_TAG:
+                spans.append((start, pos, pos + length))
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise MalformedRequestError(f"unsupported wire type {wire_type}")
+        if pos > end:
+            raise MalformedRequestError("field runs past the end of the message")
+    return spans
+
+
+def read_model(data: bytes) -> str:
+    """The request's model name ('' if unset); the last occurrence wins, as in protobuf."""
+    spans = _model_spans(data)
+    if not spans:
+        return ""
+    _, value_start, value_end = spans[-1]
+    return _decode(data[value_start:value_end])
+
+
+def with_model(data: bytes, model: str) -> bytes:
+    """The same request with `model` replaced."""
+    encoded = model.encode()
+    head = bytes([_MODEL_TAG]) + _encode_varint(len(encoded)) + encoded
+    rest = bytearray()
+    pos = 0
+    for start, _, value_end in _model_spans(data):
+        rest += data[pos:start]
+        pos = value_end
+    rest += data[pos:]
+    return head + bytes(rest)
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise MalformedRequestError("model is not valid UTF-8") from None
