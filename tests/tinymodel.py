@@ -21,6 +21,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+EOS_ID = 2
 _WORDS = (
     "the", "capital", "of", "france", "is", "paris", "hello", "world", "model", "token",
     "switch", "yard", "router", "stream", "answer", "question", "and", "a", "to", "in",
@@ -97,15 +98,17 @@ def write_tiny_model(path: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
     writer.add_token_types(types)
     writer.add_unk_token_id(0)
     writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
     writer.add_chat_template(CHATML_TEMPLATE)
 
-    def tensor(name: str, shape: tuple[int, ...], *, norm: bool = False) -> None:
+    def tensor(name: str, shape: tuple[int, ...], *, norm: bool = False, zero_row: int | None = None) -> None:
         if norm:
             writer.add_tensor(name, np.ones(shape, dtype=np.float32))
             return
         data = (rng.standard_normal(shape) * 0.5 / np.sqrt(shape[-1])).astype(np.float32)
+        if zero_row is not None:
+            data[zero_row] = 0.0
         if spec.quantization == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(name, data)
         else:
@@ -115,7 +118,10 @@ def write_tiny_model(path: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
     # Embeddings stay f32 (llama.cpp reads rows of them directly); matrices may be quantized.
     writer.add_tensor("token_embd.weight", rng.standard_normal((vocab, width)).astype(np.float32))
     tensor("output_norm.weight", (width,), norm=True)
-    tensor("output.weight", (vocab, width))
+    # A zero output row gives </s> a logit of 0 while hundreds of random logits
+    # compete above it: greedy decoding never ends early, so tests that need a
+    # long generation (deadlines, cancellation, max_tokens) get one.
+    tensor("output.weight", (vocab, width), zero_row=EOS_ID)
     for block in range(spec.layers):
         prefix = f"blk.{block}"
         tensor(f"{prefix}.attn_norm.weight", (width,), norm=True)

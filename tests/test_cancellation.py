@@ -1,0 +1,141 @@
+"""Deadlines, cancellation and the bounded queue: the engine stops, the model frees up."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import start_modelserver, start_router
+from processes import ServerProcess
+
+from switchyard import AsyncClient, Client, DeadlineExceededError, FinishReason, RateLimitError
+
+LONG = 3000  # tokens: ~10 s of work on the slow model, far past any deadline used here
+
+
+@pytest.fixture
+def slow_server(workdir: Path, models_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A model server of its own (its log is this test's alone) with only the slow model."""
+    directory = workdir / f"slow-{request.node.name}"
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    server = start_modelserver(
+        workdir,
+        f"slow-{request.node.name}",
+        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slow_router(workdir: Path, slow_server: ServerProcess, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    server = start_router(
+        workdir,
+        f"router-{request.node.name}",
+        {
+            "clusters": {"cpu": {"endpoints": [slow_server.address]}},
+            "routes": [{"model": "tiny-slow", "targets": [{"cluster": "cpu"}]}],
+        },
+    )
+    yield server
+    server.stop()
+
+
+def _outcomes(server: ServerProcess) -> list[dict[str, str]]:
+    """The model server's per-request log lines, parsed."""
+    lines = [line for line in server.log().splitlines() if "request method=" in line]
+    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in lines]
+
+
+def _wait_for_outcomes(server: ServerProcess, count: int) -> list[dict[str, str]]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        outcomes = _outcomes(server)
+        if len(outcomes) >= count:
+            return outcomes
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} request log lines:\n{server.log()}")
+
+
+@pytest.mark.parametrize("via", ["direct", "router"])
+def test_deadline_mid_generation_is_deadline_exceeded_and_generation_stops(
+    via: str, slow_server: ServerProcess, request: pytest.FixtureRequest
+) -> None:
+    target = slow_server if via == "direct" else request.getfixturevalue("slow_router")
+    with Client(target.address, max_retries=0) as client:
+        with pytest.raises(DeadlineExceededError):
+            for _ in client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0, timeout=1.0):
+                pass
+        # The model is free at once: were the first generation still running,
+        # this one would wait behind it for ~9 s and miss its deadline.
+        result = client.generate("tiny-slow", "hello", max_tokens=4, timeout=5.0)
+    assert result.usage.completion_tokens == 4
+    first = _wait_for_outcomes(slow_server, 2)[0]
+    assert first["code"] in {"DEADLINE_EXCEEDED", "CANCELLED"}
+    assert 0 < int(first["completion_tokens"]) < LONG
+
+
+def test_unary_deadline_is_deadline_exceeded(slow_server: ServerProcess) -> None:
+    with Client(slow_server.address, max_retries=0) as client:
+        with pytest.raises(DeadlineExceededError):
+            client.generate("tiny-slow", "hello", max_tokens=LONG, temperature=0, timeout=1.0)
+        assert client.generate("tiny-slow", "hello", max_tokens=2, timeout=5.0).usage.completion_tokens == 2
+    first = _wait_for_outcomes(slow_server, 2)[0]
+    assert int(first["completion_tokens"]) < LONG
+
+
+@pytest.mark.parametrize("via", ["direct", "router"])
+def test_cancelling_a_stream_frees_the_model_at_once(
+    via: str, slow_server: ServerProcess, request: pytest.FixtureRequest
+) -> None:
+    target = slow_server if via == "direct" else request.getfixturevalue("slow_router")
+    with Client(target.address) as client:
+        received = 0
+        for chunk in client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0):
+            received += 1
+            if received == 3:
+                break  # leaving the loop cancels the RPC
+        result = client.generate("tiny-slow", "hello", max_tokens=4, timeout=5.0)
+    assert result.finish_reason is FinishReason.LENGTH
+    first = _wait_for_outcomes(slow_server, 2)[0]
+    assert first["code"] == "CANCELLED"
+    assert int(first["completion_tokens"]) < LONG
+
+
+async def test_full_queue_is_resource_exhausted_with_retry_info(workdir: Path) -> None:
+    server = start_modelserver(
+        workdir,
+        "queue-modelserver",
+        {
+            "max_queue_per_model": 1,
+            "queue_retry_after_seconds": 2.5,
+            "backend": {
+                "kind": "scripted",
+                "models": [{"id": "drip", "reply": "a b c d e f", "token_delay_ms": 300, "concurrency": 1}],
+            },
+        },
+    )
+    try:
+        async with AsyncClient(server.address, max_retries=0) as client:
+            running = client.stream("drip", "x")
+            await anext(running)  # holds the only slot
+
+            async def attempt() -> str:
+                try:
+                    return "".join([c.text async for c in client.stream("drip", "x")])
+                except RateLimitError as error:
+                    assert error.retry_after == pytest.approx(2.5)
+                    assert error.reason == "QUEUE_FULL"
+                    return "rejected"
+
+            results = await asyncio.gather(attempt(), attempt())
+            await running.aclose()
+        # One waits in the queue and is served; the other finds it full.
+        assert sorted(results) == ["a b c d e f", "rejected"]
+    finally:
+        server.stop()
