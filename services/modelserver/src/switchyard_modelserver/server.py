@@ -28,7 +28,7 @@ from switchyard.configfile import ConfigError, describe_validation_error
 
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
-from switchyard_modelserver.servicer import LLMServicer
+from switchyard_modelserver.servicer import InFlight, LLMServicer
 
 log = logging.getLogger("switchyard.modelserver")
 
@@ -76,8 +76,9 @@ class ModelServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        self.in_flight = InFlight()
         pb_grpc.add_LLMServiceServicer_to_server(
-            LLMServicer(backend, self.catalog, self.gates), self.server
+            LLMServicer(backend, self.catalog, self.gates, self.in_flight), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -122,10 +123,21 @@ class ModelServer:
             log.info("ready: %s", ", ".join(ready))
 
     async def drain(self) -> None:
-        """NOT_SERVING everywhere, then stop within the grace period."""
+        """NOT_SERVING everywhere, refuse new work, let in-flight requests finish, stop.
+
+        We wait for generation requests ourselves rather than through
+        ``server.stop(grace)``: that would also wait for every open health
+        Watch stream (routers keep one open), i.e. always the whole grace period.
+        """
         await self.health.enter_graceful_shutdown()
-        log.info("draining: up to %.0fs for in-flight requests", self.config.drain_grace_seconds)
-        await self.server.stop(self.config.drain_grace_seconds)
+        self.in_flight.draining = True
+        grace = self.config.drain_grace_seconds
+        log.info("draining: %d in flight, up to %.0fs to finish", self.in_flight.count, grace)
+        try:
+            await asyncio.wait_for(self.in_flight.idle(), grace)
+        except TimeoutError:
+            log.warning("grace period over; cancelling %d requests", self.in_flight.count)
+        await self.server.stop(0)
         await self.backend.close()
 
 

@@ -127,15 +127,51 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
+class InFlight:
+    """Counts generation requests in progress, so a drain knows when they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
+        if self.draining:
+            raise StatusError(
+                grpc.StatusCode.UNAVAILABLE,
+                "model server is shutting down; retry on another replica",
+                reason="SHUTTING_DOWN",
+            )
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Returns once no request is in progress."""
+        await self._idle.wait()
+
+
 class LLMServicer(pb_grpc.LLMServiceServicer):
     """Serves switchyard.v1.LLMService from one backend."""
 
     def __init__(
-        self, backend: Backend, catalog: ModelCatalog, gates: dict[str, ModelGate]
+        self,
+        backend: Backend,
+        catalog: ModelCatalog,
+        gates: dict[str, ModelGate],
+        in_flight: InFlight,
     ) -> None:
         self._backend = backend
         self._catalog = catalog
         self._gates = gates
+        self._in_flight = in_flight
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -195,7 +231,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
         resolved = GenerationRequest(model_id, request.prompt, request.messages, request.sampling)
-        async with self._gates[model_id].admit():
+        async with self._in_flight.track(), self._gates[model_id].admit():
             events = self._backend.generate(resolved)
             try:
                 async for event in events:
