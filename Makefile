@@ -1,0 +1,42 @@
+# Switchyard's front door. Every target sets itself up first (scripts/setup.sh
+# is a no-op when nothing changed).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := $(VENV)/bin/buf
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint proto proto-check bench clean
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	@scripts/run-local.sh
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup proto-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+# Regenerates the Python stubs (their one home: clients/python/src/switchyard/v1).
+proto: setup
+	$(BUF) generate
+
+# Fails when the committed stubs differ from what the .proto files generate.
+proto-check: setup
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	$(BUF) generate -o "$$tmp" && \
+	diff -r -x __init__.py -x __pycache__ "$$tmp/clients/python/src/switchyard/v1" clients/python/src/switchyard/v1 \
+	  || { echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1; }
+
+bench: setup
+	$(PY) benchmarks/llamacpp_overhead.py
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

