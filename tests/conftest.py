@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import pytest
@@ -90,7 +91,7 @@ def llama_server(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
-SCRIPTED_MODELS = [
+SCRIPTED_MODELS: list[dict[str, Any]] = [
     {"id": "echo"},
     {"id": "canned", "reply": "The capital of France is Paris."},
     {"id": "drip", "reply": "one two three four five six seven eight", "token_delay_ms": 200},
@@ -102,7 +103,9 @@ SCRIPTED_MODELS = [
 def scripted_server(workdir: Path) -> Iterator[ServerProcess]:
     """A scripted model server (deterministic replies, injectable faults)."""
     server = start_modelserver(
-        workdir, "scripted-modelserver", {"backend": {"kind": "scripted", "models": SCRIPTED_MODELS}}
+        workdir,
+        "scripted-modelserver",
+        {"backend": {"kind": "scripted", "models": SCRIPTED_MODELS}},
     )
     yield server
     server.stop()
@@ -114,12 +117,11 @@ def router(
 ) -> Iterator[ServerProcess]:
     """The router in front of the llama and scripted model servers."""
     routes: list[dict[str, object]] = [
-        {"model": name, "targets": [{"cluster": "cpu"}]} for name in ("tiny", "tiny-slow", "tiny-q4")
+        {"model": name, "targets": [{"cluster": "cpu"}]}
+        for name in ("tiny", "tiny-slow", "tiny-q4")
     ]
     routes.append({"model": "renamed-tiny", "targets": [{"cluster": "cpu", "model": "tiny"}]})
-    routes += [
-        {"model": m["id"], "targets": [{"cluster": "scripted"}]} for m in SCRIPTED_MODELS
-    ]
+    routes += [{"model": m["id"], "targets": [{"cluster": "scripted"}]} for m in SCRIPTED_MODELS]
     server = start_router(
         workdir,
         "router",

@@ -30,8 +30,11 @@ def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as error:
-            return "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return (
+                "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name
+            )
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return name
 
 
 class ServerProcess:

@@ -18,7 +18,9 @@ LONG = 3000  # tokens: ~10 s of work on the slow model, far past any deadline us
 
 
 @pytest.fixture
-def slow_server(workdir: Path, models_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+def slow_server(
+    workdir: Path, models_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
     """A model server of its own (its log is this test's alone) with only the slow model."""
     directory = workdir / f"slow-{request.node.name}"
     directory.mkdir()
@@ -33,7 +35,9 @@ def slow_server(workdir: Path, models_dir: Path, request: pytest.FixtureRequest)
 
 
 @pytest.fixture
-def slow_router(workdir: Path, slow_server: ServerProcess, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+def slow_router(
+    workdir: Path, slow_server: ServerProcess, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
     server = start_router(
         workdir,
         f"router-{request.node.name}",
@@ -69,7 +73,9 @@ def test_deadline_mid_generation_is_deadline_exceeded_and_generation_stops(
     target = slow_server if via == "direct" else request.getfixturevalue("slow_router")
     with Client(target.address, max_retries=0) as client:
         with pytest.raises(DeadlineExceededError):
-            for _ in client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0, timeout=1.0):
+            for _ in client.stream(
+                "tiny-slow", "hello", max_tokens=LONG, temperature=0, timeout=1.0
+            ):
                 pass
         # The model is free at once: were the first generation still running,
         # this one would wait behind it for ~9 s and miss its deadline.
@@ -84,7 +90,10 @@ def test_unary_deadline_is_deadline_exceeded(slow_server: ServerProcess) -> None
     with Client(slow_server.address, max_retries=0) as client:
         with pytest.raises(DeadlineExceededError):
             client.generate("tiny-slow", "hello", max_tokens=LONG, temperature=0, timeout=1.0)
-        assert client.generate("tiny-slow", "hello", max_tokens=2, timeout=5.0).usage.completion_tokens == 2
+        assert (
+            client.generate("tiny-slow", "hello", max_tokens=2, timeout=5.0).usage.completion_tokens
+            == 2
+        )
     first = _wait_for_outcomes(slow_server, 2)[0]
     assert int(first["completion_tokens"]) < LONG
 
@@ -95,11 +104,10 @@ def test_cancelling_a_stream_frees_the_model_at_once(
 ) -> None:
     target = slow_server if via == "direct" else request.getfixturevalue("slow_router")
     with Client(target.address) as client:
-        received = 0
-        for chunk in client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0):
-            received += 1
-            if received == 3:
-                break  # leaving the loop cancels the RPC
+        with client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0) as stream:
+            for received, _ in enumerate(stream, start=1):
+                if received == 3:
+                    break  # leaving the `with` block cancels the RPC
         result = client.generate("tiny-slow", "hello", max_tokens=4, timeout=5.0)
     assert result.finish_reason is FinishReason.LENGTH
     first = _wait_for_outcomes(slow_server, 2)[0]
@@ -116,7 +124,9 @@ async def test_full_queue_is_resource_exhausted_with_retry_info(workdir: Path) -
             "queue_retry_after_seconds": 2.5,
             "backend": {
                 "kind": "scripted",
-                "models": [{"id": "drip", "reply": "a b c d e f", "token_delay_ms": 300, "concurrency": 1}],
+                "models": [
+                    {"id": "drip", "reply": "a b c d e f", "token_delay_ms": 300, "concurrency": 1}
+                ],
             },
         },
     )

@@ -16,36 +16,71 @@ from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(params=["router", "direct"])
-def address(request: pytest.FixtureRequest, router: ServerProcess, llama_server: ServerProcess) -> str:
+def address(
+    request: pytest.FixtureRequest, router: ServerProcess, llama_server: ServerProcess
+) -> str:
     return router.address if request.param == "router" else llama_server.address
 
 
 def _call(address: str, request: pb.GenerateRequest) -> grpc.RpcError:
-    with grpc.insecure_channel(address) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            pb_grpc.LLMServiceStub(channel).Generate(request, timeout=30)
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.LLMServiceStub(channel).Generate(request, timeout=30)
     return caught.value
 
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no input", {}, ["prompt"]),
-    ("both prompt and messages", {"messages": [pb.ChatMessage(role="user", content="x")]}, ["prompt", "messages"]),
-    ("temperature below zero", {"sampling": pb.SamplingParams(temperature=-0.5)}, ["sampling.temperature"]),
+    (
+        "both prompt and messages",
+        {"messages": [pb.ChatMessage(role="user", content="x")]},
+        ["prompt", "messages"],
+    ),
+    (
+        "temperature below zero",
+        {"sampling": pb.SamplingParams(temperature=-0.5)},
+        ["sampling.temperature"],
+    ),
     ("top_p zero", {"sampling": pb.SamplingParams(top_p=0.0)}, ["sampling.top_p"]),
     ("top_p above one", {"sampling": pb.SamplingParams(top_p=1.5)}, ["sampling.top_p"]),
     ("max_tokens zero", {"sampling": pb.SamplingParams(max_tokens=0)}, ["sampling.max_tokens"]),
-    ("max_tokens negative", {"sampling": pb.SamplingParams(max_tokens=-3)}, ["sampling.max_tokens"]),
-    ("max_tokens beyond the context", {"sampling": pb.SamplingParams(max_tokens=5000)}, ["sampling.max_tokens"]),
-    ("too many stop sequences", {"sampling": pb.SamplingParams(stop=[f"s{i}" for i in range(9)])}, ["sampling.stop"]),
+    (
+        "max_tokens negative",
+        {"sampling": pb.SamplingParams(max_tokens=-3)},
+        ["sampling.max_tokens"],
+    ),
+    (
+        "max_tokens beyond the context",
+        {"sampling": pb.SamplingParams(max_tokens=5000)},
+        ["sampling.max_tokens"],
+    ),
+    (
+        "too many stop sequences",
+        {"sampling": pb.SamplingParams(stop=[f"s{i}" for i in range(9)])},
+        ["sampling.stop"],
+    ),
     ("empty stop sequence", {"sampling": pb.SamplingParams(stop=[""])}, ["sampling.stop[0]"]),
     ("top_k negative", {"sampling": pb.SamplingParams(top_k=-1)}, ["sampling.top_k"]),
-    ("penalty out of range", {"sampling": pb.SamplingParams(presence_penalty=3)}, ["sampling.presence_penalty"]),
-    ("temperature NaN", {"sampling": pb.SamplingParams(temperature=float("nan"))}, ["sampling.temperature"]),
-    ("bad chat role", {"prompt": "", "messages": [pb.ChatMessage(role="robot", content="x")]}, ["messages[0].role"]),
-]  # fmt: skip
+    (
+        "penalty out of range",
+        {"sampling": pb.SamplingParams(presence_penalty=3)},
+        ["sampling.presence_penalty"],
+    ),
+    (
+        "temperature NaN",
+        {"sampling": pb.SamplingParams(temperature=float("nan"))},
+        ["sampling.temperature"],
+    ),
+    (
+        "bad chat role",
+        {"prompt": "", "messages": [pb.ChatMessage(role="robot", content="x")]},
+        ["messages[0].role"],
+    ),
+]
 
 
-@pytest.mark.parametrize(("case", "fields", "bad_fields"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("case", "fields", "bad_fields"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_input_is_invalid_argument_naming_the_field(
     address: str, case: str, fields: dict[str, Any], bad_fields: list[str]
 ) -> None:
@@ -103,19 +138,19 @@ def test_stream_reports_bad_input_the_same_way(address: str) -> None:
 
 def test_logprobs_on_llamacpp_is_refused_clearly(address: str) -> None:
     error = _call(
-        address, pb.GenerateRequest(model="tiny", prompt="hi", sampling=pb.SamplingParams(logprobs=2))
+        address,
+        pb.GenerateRequest(model="tiny", prompt="hi", sampling=pb.SamplingParams(logprobs=2)),
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sampling.logprobs" in (error.details() or "")
 
 
-def test_upstream_failure_after_tokens_is_unavailable_through_the_router(router: ServerProcess) -> None:
+def test_upstream_failure_after_tokens_is_unavailable_through_the_router(
+    router: ServerProcess,
+) -> None:
     with Client(router.address) as client:
         received = []
         with pytest.raises(switchyard.UnavailableError):
             for chunk in client.stream("flaky", "x"):
                 received.append(chunk.text)
     assert "".join(received) == "one two"
-
-
-

@@ -64,7 +64,9 @@ def test_a_model_that_fails_to_load_is_unavailable_and_the_others_serve(
     (directory / "tiny.gguf").symlink_to(models_dir / "tiny.gguf")
     (directory / "broken.gguf").write_bytes(b"GGUF but not really")
     server = start_modelserver(
-        workdir, "broken-modelserver", {"backend": {"kind": "llamacpp", "models_dir": str(directory)}}
+        workdir,
+        "broken-modelserver",
+        {"backend": {"kind": "llamacpp", "models_dir": str(directory)}},
     )
     try:
         assert health_status(server.address, "broken") == "NOT_SERVING"
@@ -87,7 +89,9 @@ def test_sigterm_turns_health_not_serving_and_drains_in_flight_streams(workdir: 
             "drain_grace_seconds": 20,
             "backend": {
                 "kind": "scripted",
-                "models": [{"id": "drip", "reply": "one two three four five six", "token_delay_ms": 250}],
+                "models": [
+                    {"id": "drip", "reply": "one two three four five six", "token_delay_ms": 250}
+                ],
             },
         },
     )

@@ -88,13 +88,17 @@ def test_cli_interactive_chat_keeps_history(router: ServerProcess) -> None:
 
 
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by `make test`")
-def test_grpcurl_lists_services_through_reflection(router: ServerProcess, llama_server: ServerProcess) -> None:
+def test_grpcurl_lists_services_through_reflection(
+    router: ServerProcess, llama_server: ServerProcess
+) -> None:
     assert GRPCURL is not None
     for server in (router, llama_server):
         listed = _run(GRPCURL, "-plaintext", server.address, "list")
         assert listed.returncode == 0, listed.stderr
         assert set(listed.stdout.split()) >= {"switchyard.v1.LLMService", "grpc.health.v1.Health"}
-        described = _run(GRPCURL, "-plaintext", server.address, "describe", "switchyard.v1.LLMService")
+        described = _run(
+            GRPCURL, "-plaintext", server.address, "describe", "switchyard.v1.LLMService"
+        )
         assert "rpc StreamGenerate" in described.stdout
 
 

@@ -42,9 +42,10 @@ def test_wire_reads_the_model_the_way_protobuf_does(request_message: pb.Generate
 
 
 def test_wire_takes_the_last_model_of_concatenated_messages() -> None:
-    data = pb.GenerateRequest(model="first").SerializeToString() + pb.GenerateRequest(
-        model="second", prompt="x"
-    ).SerializeToString()
+    data = (
+        pb.GenerateRequest(model="first").SerializeToString()
+        + pb.GenerateRequest(model="second", prompt="x").SerializeToString()
+    )
     assert wire.read_model(data) == pb.GenerateRequest.FromString(data).model == "second"
     assert pb.GenerateRequest.FromString(wire.with_model(data, "z")).model == "z"
 
@@ -104,7 +105,9 @@ def test_router_config_errors_name_the_bad_key(tmp_path: Path) -> None:
         "clusters: {cpu: {endpoints: ['127.0.0.1:1']}}\n"
         "routes: [{model: m, targets: [{cluster: gpu}]}]\n"
     )
-    with pytest.raises(ConfigError, match=r"routes\[0\]\.targets\[0\]\.cluster: unknown cluster 'gpu'"):
+    with pytest.raises(
+        ConfigError, match=r"routes\[0\]\.targets\[0\]\.cluster: unknown cluster 'gpu'"
+    ):
         load_config(path, RouterConfig)
     path.write_text("clusters: {cpu: {endpoints: []}}\nroutes: []\nlisen: x\n")
     with pytest.raises(ConfigError) as caught:

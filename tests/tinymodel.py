@@ -102,7 +102,9 @@ def write_tiny_model(path: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
     writer.add_add_bos_token(True)
     writer.add_chat_template(CHATML_TEMPLATE)
 
-    def tensor(name: str, shape: tuple[int, ...], *, norm: bool = False, zero_row: int | None = None) -> None:
+    def tensor(
+        name: str, shape: tuple[int, ...], *, norm: bool = False, zero_row: int | None = None
+    ) -> None:
         if norm:
             writer.add_tensor(name, np.ones(shape, dtype=np.float32))
             return

@@ -1,6 +1,6 @@
 """Switchyard's Python SDK: clients, typed results and errors for switchyard.v1."""
 
-from switchyard.client import AsyncClient, Client
+from switchyard.client import AsyncClient, AsyncStream, Client, Stream
 from switchyard.errors import (
     APIError,
     AuthenticationError,
@@ -14,11 +14,20 @@ from switchyard.errors import (
     SwitchyardError,
     UnavailableError,
 )
-from switchyard.types import Completion, FinishReason, Message, ModelInfo, StreamChunk, Timings, Usage
+from switchyard.types import (
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamChunk,
+    Timings,
+    Usage,
+)
 
 __all__ = [
     "APIError",
     "AsyncClient",
+    "AsyncStream",
     "AuthenticationError",
     "Client",
     "Completion",
@@ -32,6 +41,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestCancelledError",
+    "Stream",
     "StreamChunk",
     "SwitchyardError",
     "Timings",

@@ -41,7 +41,8 @@ def sampling_params(options: SamplingOptions) -> pb.SamplingParams:
         if value is None:
             continue
         if name == "stop":
-            params.stop.extend([value] if isinstance(value, str) else value)  # type: ignore[list-item]
+            stops: str | Sequence[str] = value  # type: ignore[assignment]
+            params.stop.extend([stops] if isinstance(stops, str) else stops)
         else:
             setattr(params, name, value)
     return params
@@ -68,9 +69,7 @@ def _timings(message: pb.Timings) -> Timings:
 
 
 def _usage(message: pb.Usage) -> Usage:
-    return Usage(
-        prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens
-    )
+    return Usage(prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens)
 
 
 def completion(response: pb.GenerateResponse) -> Completion:

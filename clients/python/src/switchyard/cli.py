@@ -1,9 +1,9 @@
 """`switchyard`: the command line for a Switchyard router or model server.
 
-    switchyard models
-    switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
-    switchyard chat smollm2-135m-instruct "Say hello"      # one turn
-    switchyard chat smollm2-135m-instruct                  # interactive, keeps history
+switchyard models
+switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
+switchyard chat smollm2-135m-instruct "Say hello"      # one turn
+switchyard chat smollm2-135m-instruct                  # interactive, keeps history
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _sampling(args: argparse.Namespace) -> SamplingOptions:
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
         value = getattr(args, name)
         if value is not None:
-            options[name] = value  # type: ignore[literal-required]
+            options[name] = value
     return options
 
 

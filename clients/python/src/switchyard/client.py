@@ -1,10 +1,10 @@
 """`Client` (blocking) and `AsyncClient` (asyncio): the same methods, the same results.
 
-    from switchyard import Client
+from switchyard import Client
 
-    with Client("localhost:50051") as client:
-        print(client.generate("smollm2-135m-instruct", "The capital of France is",
-                              max_tokens=16, temperature=0).text)
+with Client("localhost:50051") as client:
+    print(client.generate("smollm2-135m-instruct", "The capital of France is",
+                          max_tokens=16, temperature=0).text)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
-from typing import Self, Unpack
+from typing import Any, Self, Unpack
 
 import grpc
 import grpc.aio
@@ -47,9 +47,74 @@ def _stream_request(request: pb.GenerateRequest) -> pb.StreamGenerateRequest:
 
 
 def _backoff(attempt: int, error: APIError) -> float:
-    if error.retry_after is not None:
-        return min(error.retry_after, 10.0)
-    return min(0.1 * 2**attempt, 2.0)
+    retry_after: float | None = error.retry_after
+    if retry_after is not None:
+        return retry_after if retry_after < 10.0 else 10.0
+    return min(0.1 * 2.0**attempt, 2.0)
+
+
+class Stream(Iterator[StreamChunk]):
+    """A streamed generation: iterate it for chunks; ``close()`` cancels it.
+
+    Use it as a context manager (``with client.stream(...) as stream:``) or
+    call ``close()`` when you stop reading early, so the server stops
+    generating at once rather than when the stream is garbage-collected.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> StreamChunk:
+        try:
+            return _convert.stream_chunk(next(self._call))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def close(self) -> None:
+        """Cancels the request if it is still running (a no-op once finished)."""
+        self._call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._call.cancel()
+
+
+class AsyncStream(AsyncIterator[StreamChunk]):
+    """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._responses = call.__aiter__()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        try:
+            return _convert.stream_chunk(await self._responses.__anext__())
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def aclose(self) -> None:
+        """Cancels the request if it is still running (a no-op once finished)."""
+        self._call.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        self._call.cancel()
 
 
 class _Options:
@@ -89,7 +154,10 @@ class Client:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -130,20 +198,14 @@ class Client:
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
         **sampling: Unpack[SamplingOptions],
-    ) -> Iterator[StreamChunk]:
+    ) -> Stream:
         """Streams a completion of ``prompt`` (or a chat answer to ``messages``).
 
-        Breaking out of the loop cancels the request on the server.
+        Errors are raised while iterating. ``close()`` the stream (or use it as
+        a context manager) to cancel the request when you stop reading early.
         """
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
-        try:
-            for response in call:
-                yield _convert.stream_chunk(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        return Stream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
@@ -196,20 +258,23 @@ class AsyncClient:
         self._options = _Options(timeout, max_retries)
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(target)
-        self._stub = pb_grpc.LLMServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = pb_grpc.LLMServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
     async def close(self) -> None:
         """Closes the channel (if the client created it)."""
         if self._owns_channel:
-            await self._channel.close()
+            await self._channel.close(grace=None)
 
     async def generate(
         self,
@@ -235,7 +300,7 @@ class AsyncClient:
         request = _generate_request(model, None, messages, sampling)
         return _convert.completion(await self._unary(request, timeout))
 
-    async def stream(
+    def stream(
         self,
         model: str,
         prompt: str | None = None,
@@ -243,17 +308,10 @@ class AsyncClient:
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
         **sampling: Unpack[SamplingOptions],
-    ) -> AsyncIterator[StreamChunk]:
-        """Streams a completion; leaving the loop early cancels the request."""
+    ) -> AsyncStream:
+        """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
-        try:
-            async for response in call:
-                yield _convert.stream_chunk(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        return AsyncStream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
@@ -268,14 +326,18 @@ class AsyncClient:
     def _timeout(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self._options.timeout
 
-    async def _unary(self, request: pb.GenerateRequest, timeout: float | None) -> pb.GenerateResponse:
+    async def _unary(
+        self, request: pb.GenerateRequest, timeout: float | None
+    ) -> pb.GenerateResponse:
         budget = self._timeout(timeout)
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                response: pb.GenerateResponse = await self._stub.Generate(request, timeout=remaining)
+                response: pb.GenerateResponse = await self._stub.Generate(
+                    request, timeout=remaining
+                )
                 return response
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)

@@ -26,7 +26,9 @@ class MissingVariableError(KeyError):
     """A config file refers to an environment variable that is not set."""
 
     def __str__(self) -> str:
-        return f"environment variable {self.args[0]} is not set (and the reference has no :-default)"
+        return (
+            f"environment variable {self.args[0]} is not set (and the reference has no :-default)"
+        )
 
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:

@@ -1,21 +1,22 @@
 """The SDK's exceptions: one hierarchy, mapped from gRPC status codes.
 
-    SwitchyardError
-    └── APIError                   (any non-OK status; .code, .reason, .details)
-        ├── InvalidArgumentError   INVALID_ARGUMENT, OUT_OF_RANGE (.field_violations)
-        ├── NotFoundError          NOT_FOUND (.available_models)
-        ├── AuthenticationError    UNAUTHENTICATED
-        ├── PermissionDeniedError  PERMISSION_DENIED
-        ├── RateLimitError         RESOURCE_EXHAUSTED (.retry_after)
-        ├── UnavailableError       UNAVAILABLE (.retry_after)
-        ├── DeadlineExceededError  DEADLINE_EXCEEDED
-        ├── RequestCancelledError  CANCELLED
-        └── InternalServerError    INTERNAL, UNKNOWN, DATA_LOSS and the rest
+SwitchyardError
+└── APIError                   (any non-OK status; .code, .reason, .details)
+    ├── InvalidArgumentError   INVALID_ARGUMENT, OUT_OF_RANGE (.field_violations)
+    ├── NotFoundError          NOT_FOUND (.available_models)
+    ├── AuthenticationError    UNAUTHENTICATED
+    ├── PermissionDeniedError  PERMISSION_DENIED
+    ├── RateLimitError         RESOURCE_EXHAUSTED (.retry_after)
+    ├── UnavailableError       UNAVAILABLE (.retry_after)
+    ├── DeadlineExceededError  DEADLINE_EXCEEDED
+    ├── RequestCancelledError  CANCELLED
+    └── InternalServerError    INTERNAL, UNKNOWN, DATA_LOSS and the rest
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -108,7 +109,9 @@ _BY_CODE: dict[grpc.StatusCode, type[APIError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> APIError:
     """Converts a grpcio error (sync or asyncio) into the SDK's exception."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
-    details = parse_details(error.trailing_metadata())  # type: ignore[attr-defined]
+    # Every RpcError grpcio raises is also a grpc.Call (sync) or an AioRpcError.
+    call: Any = error
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or ""
+    details = parse_details(call.trailing_metadata())
     return _BY_CODE.get(code, InternalServerError)(code, message, details)

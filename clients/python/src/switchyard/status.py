@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -73,7 +74,9 @@ def to_status_proto(error: StatusError) -> status_pb2.Status:
     if details.field_violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in details.field_violations
             ]
         )
@@ -103,7 +106,7 @@ def _pack(status: status_pb2.Status, message: object) -> None:
     status.details.append(packed)
 
 
-def parse_details(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> StatusDetails:
+def parse_details(trailing_metadata: Iterable[Any] | None) -> StatusDetails:
     """Reads Switchyard's details from a call's trailing metadata (empty if none)."""
     for key, value in trailing_metadata or ():
         if key == DETAILS_METADATA_KEY and isinstance(value, bytes):
@@ -133,7 +136,10 @@ def _details_from_proto(status: status_pb2.Status) -> StatusDetails:
             detail.Unpack(retry)
             retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
     return StatusDetails(
-        reason=reason, metadata=metadata, field_violations=tuple(violations), retry_after=retry_after
+        reason=reason,
+        metadata=metadata,
+        field_violations=tuple(violations),
+        retry_after=retry_after,
     )
 
 

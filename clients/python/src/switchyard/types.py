@@ -21,7 +21,7 @@ class FinishReason(enum.StrEnum):
 
     @classmethod
     def from_proto(cls, value: int) -> FinishReason:
-        name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")  # type: ignore[arg-type]
+        name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")
         return cls(name.lower())
 
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from switchyard.status import StatusError, model_not_found
 
+from switchyard.status import StatusError, model_not_found
 from switchyard_modelserver.domain import ModelCard, ModelState
 
 

@@ -17,15 +17,14 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
+
+from switchyard.configfile import ConfigError, describe_validation_error
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
-from switchyard.configfile import ConfigError, describe_validation_error
-
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.servicer import InFlight, LLMServicer
@@ -57,7 +56,8 @@ class ModelServer:
     def __init__(self, config: ModelServerConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
-        self.health = health.aio.HealthServicer()
+        # `health.aio` is bound at import time, out of mypy's sight.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._health_updates: set[asyncio.Task[None]] = set()
         self.catalog = ModelCatalog(backend.models(), on_change=self._on_model_change)
         self.gates = {

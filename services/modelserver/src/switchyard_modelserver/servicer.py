@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
+
 from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-
 from switchyard_modelserver import validation
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
@@ -35,6 +36,8 @@ from switchyard_modelserver.domain import (
 )
 
 log = logging.getLogger("switchyard.modelserver.requests")
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -72,7 +75,11 @@ class _Outcome:
 
     def log(self) -> None:
         now = time.monotonic()
-        ttft = "-" if self.first_token_at is None else f"{(self.first_token_at - self.started) * 1e3:.1f}"
+        ttft = (
+            "-"
+            if self.first_token_at is None
+            else f"{(self.first_token_at - self.started) * 1e3:.1f}"
+        )
         log.info(
             "request method=%s model=%s code=%s finish=%s prompt_tokens=%d completion_tokens=%d "
             "ttft_ms=%s total_ms=%.1f",
@@ -88,7 +95,7 @@ class _Outcome:
 
 
 @asynccontextmanager
-async def status_boundary(context: grpc.aio.ServicerContext, outcome: _Outcome) -> AsyncIterator[None]:
+async def status_boundary(context: Context, outcome: _Outcome) -> AsyncIterator[None]:
     """The one place where exceptions become gRPC statuses (and requests get logged)."""
     try:
         yield
@@ -110,12 +117,14 @@ async def status_boundary(context: grpc.aio.ServicerContext, outcome: _Outcome) 
             raise
         outcome.code = "INTERNAL"
         log.exception("unexpected error in %s for model %s", outcome.method, outcome.model)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the model server; see its log")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, "internal error in the model server; see its log"
+        )
     finally:
         outcome.log()
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> asyncio.Timeout:
+def _deadline(context: Context) -> asyncio.Timeout:
     """The caller's deadline as a timeout around the whole handler, so that the
     engine stops when it passes (not only the bytes on the wire)."""
     return asyncio.timeout(context.time_remaining())
@@ -174,7 +183,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self._in_flight = in_flight
 
     async def Generate(  # noqa: N802 - gRPC method name
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest, context: Context
     ) -> pb.GenerateResponse:
         outcome = _Outcome("Generate")
         async with status_boundary(context, outcome), _deadline(context):
@@ -185,12 +194,20 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                     if isinstance(event, Delta):
                         parts.append(event.text)
                     else:
-                        fields = self._final_fields(event, outcome)
-                        return pb.GenerateResponse(text="".join(parts), **fields)
+                        final = self._final_message(event, outcome)
+                        return pb.GenerateResponse(
+                            text="".join(parts),
+                            finish_reason=final.finish_reason,
+                            stop_sequence=final.stop_sequence,
+                            usage=final.usage,
+                            model=final.model,
+                            backend=final.backend,
+                            timings=final.timings,
+                        )
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
-    async def StreamGenerate(  # noqa: N802 - gRPC method name
-        self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext
+    async def StreamGenerate(  # type: ignore[override]  # noqa: N802 - writes via context
+        self, request: pb.StreamGenerateRequest, context: Context
     ) -> None:
         outcome = _Outcome("StreamGenerate")
         async with status_boundary(context, outcome), _deadline(context):
@@ -201,11 +218,10 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                         if event.text:
                             await context.write(pb.StreamGenerateResponse(text=event.text))
                     else:
-                        fields = self._final_fields(event, outcome)
-                        await context.write(pb.StreamGenerateResponse(**fields))
+                        await context.write(self._final_message(event, outcome))
 
     async def ListModels(  # noqa: N802 - gRPC method name
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         models = []
         for entry in self._catalog.entries():
@@ -226,7 +242,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
 
     async def _events(
         self, request: GenerationRequest, outcome: _Outcome
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         outcome.model = request.model
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
@@ -245,21 +261,21 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                         outcome.finish = event.reason.value
                     yield event
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
 
-    def _final_fields(self, finish: Finish, outcome: _Outcome) -> dict[str, object]:
+    def _final_message(self, finish: Finish, outcome: _Outcome) -> pb.StreamGenerateResponse:
         now = time.monotonic()
         first = outcome.first_token_at if outcome.first_token_at is not None else now
-        return {
-            "finish_reason": _FINISH[finish.reason],
-            "stop_sequence": finish.stop_sequence,
-            "usage": pb.Usage(
+        return pb.StreamGenerateResponse(
+            finish_reason=_FINISH[finish.reason],
+            stop_sequence=finish.stop_sequence,
+            usage=pb.Usage(
                 prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
             ),
-            "model": outcome.model,
-            "backend": self._backend.kind,
-            "timings": pb.Timings(
+            model=outcome.model,
+            backend=self._backend.kind,
+            timings=pb.Timings(
                 time_to_first_token=_duration(first - outcome.started),
                 total=_duration(now - outcome.started),
             ),
-        }
+        )

@@ -10,7 +10,6 @@ import math
 
 from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
-
 from switchyard_modelserver.domain import ChatTurn, GenerationRequest, Sampling
 
 MAX_STOP_SEQUENCES = 8
@@ -52,7 +51,9 @@ def generation_request(
     return GenerationRequest(
         model=request.model,
         prompt=request.prompt if has_prompt else None,
-        messages=tuple(ChatTurn(m.role, m.content) for m in request.messages) if has_messages else None,
+        messages=tuple(ChatTurn(m.role, m.content) for m in request.messages)
+        if has_messages
+        else None,
         sampling=sampling,
     )
 
@@ -107,20 +108,23 @@ def _sampling(params: pb.SamplingParams, violations: list[FieldViolation]) -> Sa
             f"must be in [0, {MAX_LOGPROBS}] (got {params.logprobs})",
         )
 
-    def opt(name: str) -> float | int | None:
-        return getattr(params, name) if has(name) else None
+    def real(name: str) -> float | None:
+        return float(getattr(params, name)) if has(name) else None
+
+    def whole(name: str) -> int | None:
+        return int(getattr(params, name)) if has(name) else None
 
     return Sampling(
-        temperature=opt("temperature"),  # type: ignore[arg-type]
-        top_p=opt("top_p"),  # type: ignore[arg-type]
-        top_k=opt("top_k"),  # type: ignore[arg-type]
-        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
+        temperature=real("temperature"),
+        top_p=real("top_p"),
+        top_k=whole("top_k"),
+        max_tokens=whole("max_tokens"),
         stop=tuple(params.stop),
-        seed=opt("seed"),  # type: ignore[arg-type]
-        presence_penalty=opt("presence_penalty"),  # type: ignore[arg-type]
-        frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
-        repetition_penalty=opt("repetition_penalty"),  # type: ignore[arg-type]
-        logprobs=opt("logprobs"),  # type: ignore[arg-type]
+        seed=whole("seed"),
+        presence_penalty=real("presence_penalty"),
+        frequency_penalty=real("frequency_penalty"),
+        repetition_penalty=real("repetition_penalty"),
+        logprobs=whole("logprobs"),
     )
 
 

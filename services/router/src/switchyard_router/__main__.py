@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from switchyard.configfile import ConfigError
-
 from switchyard_router.config import load_router_config
 from switchyard_router.server import serve
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import grpc
-from switchyard.v1 import llm_service_pb2 as pb
 
+from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.routing import RouteTable
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from switchyard.configfile import load_config
 
 

@@ -29,13 +29,13 @@ class Endpoint:
             ],
         )
         # No (de)serializers: requests and responses pass through as bytes.
-        self.generate = self.channel.unary_unary(GENERATE)
-        self.stream_generate = self.channel.unary_stream(STREAM_GENERATE)
-        self.list_models = self.channel.unary_unary(LIST_MODELS)
+        self.generate = self.channel.unary_unary(GENERATE, None, None)
+        self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
+        self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.outstanding = 0
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(grace=None)
 
 
 class Cluster:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from switchyard.status import FieldViolation, invalid_argument, model_not_found
-
 from switchyard_router.config import RouterConfig, TargetConfig
 from switchyard_router.endpoints import Cluster, Endpoint
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from switchyard.configfile import ConfigError
 from switchyard.v1 import llm_service_pb2 as pb
-
 from switchyard_router import catalog
 from switchyard_router.config import RouterConfig
 from switchyard_router.proxy import Proxy
@@ -32,7 +33,8 @@ class Router:
         self.config = config
         self.table = RouteTable(config)
         self.proxy = Proxy(self.table)
-        self.health = health.aio.HealthServicer()
+        # `health.aio` is bound at import time, out of mypy's sight.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -48,7 +50,7 @@ class Router:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
 
-    def _llm_service_handler(self) -> grpc.GenericRpcHandler:
+    def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
@@ -64,7 +66,7 @@ class Router:
         )
 
     async def _list_models(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()

@@ -17,14 +17,14 @@ import concurrent.futures
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
-from switchyard.status import FieldViolation, invalid_argument
 
+from switchyard.status import FieldViolation, invalid_argument
 from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.bridge import EngineThreadBridge
@@ -150,7 +150,10 @@ class LlamaCppBackend(Backend):
                 continue
             self._loaded[card.id] = loaded
             log.info(
-                "model %s loaded from %s (context %d)", card.id, path.name, loaded.card.context_length
+                "model %s loaded from %s (context %d)",
+                card.id,
+                path.name,
+                loaded.card.context_length,
             )
             report(loaded.card, ModelState.READY, "")
 
@@ -182,14 +185,12 @@ class LlamaCppBackend(Backend):
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
         return _LoadedModel(card, llama, executor, add_bos, template)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         model = self._loaded[request.model]
         sampling = request.sampling
         if sampling.logprobs is not None:
             raise invalid_argument(
-                FieldViolation(
-                    "sampling.logprobs", "not supported by the llamacpp backend"
-                )
+                FieldViolation("sampling.logprobs", "not supported by the llamacpp backend")
             )
         if request.messages is not None and model.chat_template is None:
             raise invalid_argument(
@@ -241,7 +242,9 @@ class LlamaCppBackend(Backend):
         llama = model.llama
         if request.messages is None:
             assert request.prompt is not None
-            return list(llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False))
+            return list(
+                llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False)
+            )
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         assert model.chat_template is not None
@@ -277,7 +280,7 @@ def _architecture(llama: Llama) -> str:
 def _token_text(llama: Llama, token: int) -> str:
     if token < 0:
         return ""
-    return llama._model.token_get_text(token)  # noqa: SLF001 - no public accessor
+    return llama._model.token_get_text(token)
 
 
 def _decode(llama: Llama, job: _Job, bridge: EngineThreadBridge) -> None:
@@ -295,7 +298,7 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     if cancelled.is_set():  # cancelled while waiting for the thread
         return
     llama.set_seed(job.seed)
-    vocab = llama._model.vocab  # noqa: SLF001 - needed for end-of-generation tokens
+    vocab = llama._model.vocab
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = StopMatcher(job.stop)
     history = list(job.prompt_tokens)

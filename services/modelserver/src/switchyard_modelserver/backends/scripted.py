@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal
 
-from pydantic import Field, model_validator
-from switchyard.status import StatusError
-
 import grpc
+from pydantic import Field, model_validator
 
+from switchyard.status import StatusError
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
     Delta,
@@ -93,7 +92,7 @@ class ScriptedBackend(Backend):
     def concurrency(self, model_id: str) -> int:
         return self._models[model_id].concurrency
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         script = self._models[request.model]
         source = request.prompt
         if source is None:
