@@ -35,7 +35,11 @@ proto-check: setup
 	diff -r -x __init__.py -x __pycache__ "$$tmp/clients/python/src/switchyard/v1" clients/python/src/switchyard/v1 \
 	  || { echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1; }
 
+# The peer server (llama_cpp.server) needs llama-cpp-python's [server] extra.
 bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check \
+	  --find-links "$${SWITCHYARD_WHEELHOUSE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/switchyard/wheelhouse}" \
+	  "llama-cpp-python[server]==0.3.36"
 	$(PY) benchmarks/llamacpp_overhead.py
 
 clean:

@@ -1,0 +1,120 @@
+"""The real model: SmolLM2-135M-Instruct through the router, and the README's grpcurl lines."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import smollm2_path, start_modelserver, start_router
+from processes import ServerProcess
+
+from switchyard import Client
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def smollm2_stack(workdir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """`make run`'s pair: a llamacpp model server with SmolLM2 and a router."""
+    directory = workdir / "smollm2"
+    directory.mkdir()
+    (directory / f"{MODEL}.gguf").symlink_to(smollm2_path())
+    server = start_modelserver(
+        workdir,
+        "smollm2-modelserver",
+        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "context_length": 2048}},
+    )
+    router = start_router(
+        workdir,
+        "smollm2-router",
+        {
+            "clusters": {"cpu": {"endpoints": [server.address]}},
+            "routes": [{"model": MODEL, "targets": [{"cluster": "cpu"}]}],
+        },
+    )
+    yield server, router
+    router.stop()
+    server.stop()
+
+
+def test_smollm2_knows_the_capital_of_france(
+    smollm2_stack: tuple[ServerProcess, ServerProcess],
+) -> None:
+    _, router = smollm2_stack
+    with Client(router.address) as client:
+        completion = client.generate(
+            MODEL, "The capital of France is", max_tokens=16, temperature=0
+        )
+        chat = client.chat(
+            MODEL,
+            [{"role": "user", "content": "Which city is the capital of France?"}],
+            max_tokens=24,
+            temperature=0,
+        )
+    assert "Paris" in completion.text
+    assert "Paris" in chat.text
+    assert chat.finish_reason.value == "stop"  # the model ends its answer itself
+
+
+def _readme_grpcurl_lines() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("### grpcurl") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, "README lost its grpcurl block"
+    return [line for line in block.group(1).splitlines() if line.startswith("grpcurl ")]
+
+
+def _json_objects(text: str) -> list[dict[str, object]]:
+    decoder = json.JSONDecoder()
+    objects, position = [], 0
+    text = text.strip()
+    while position < len(text):
+        value, end = decoder.raw_decode(text, position)
+        objects.append(value)
+        position = end
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return objects
+
+
+def test_readme_grpcurl_lines_work_as_written(
+    smollm2_stack: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, router = smollm2_stack
+    grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+    lines = _readme_grpcurl_lines()
+    assert len(lines) >= 6
+    outputs: dict[str, str] = {}
+    for line in lines:
+        line_here = line.replace("localhost:50051", router.address)
+        args = shlex.split(line_here.replace("localhost:50061", server.address))
+        result = subprocess.run(
+            [grpcurl, *args[1:]], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        outputs[line] = result.stdout
+    by_kind = {
+        "list": [o for line, o in outputs.items() if " list" in line],
+        "generate": [o for line, o in outputs.items() if line.endswith("LLMService/Generate")],
+        "stream": [o for line, o in outputs.items() if line.endswith("/StreamGenerate")],
+        "models": [o for line, o in outputs.items() if line.endswith("/ListModels")],
+        "health": [o for line, o in outputs.items() if line.endswith("Health/Check")],
+    }
+    assert "switchyard.v1.LLMService" in by_kind["list"][0]
+    for output in by_kind["generate"]:  # the prompt and the chat request
+        assert "Paris" in json.loads(output)["text"]
+    messages = _json_objects(by_kind["stream"][0])
+    assert len(messages) > 2
+    assert "Paris" in "".join(str(m.get("text", "")) for m in messages)
+    assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
+    [model] = json.loads(by_kind["models"][0])["models"]
+    assert (model["id"], model["status"]) == (MODEL, "MODEL_STATUS_READY")
+    assert json.loads(by_kind["health"][0])["status"] == "SERVING"
