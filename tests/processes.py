@@ -40,7 +40,15 @@ def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
 class ServerProcess:
     """A model server or router subprocess with its log in a file."""
 
-    def __init__(self, name: str, module: str, config: Path, port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        config: Path,
+        port: int,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.address = f"127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
@@ -49,7 +57,7 @@ class ServerProcess:
             [sys.executable, "-m", module, "--config", str(config), "--listen", self.address],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
 
     def wait_serving(self, service: str = "", timeout: float = STARTUP_TIMEOUT) -> None:
