@@ -48,10 +48,11 @@ class EngineThreadBridge:
                 item = self._items.popleft()
                 if isinstance(item, Delta):
                     if pending is None:
-                        pending = Delta(item.text, item.tokens)
+                        pending = Delta(item.text, item.tokens, list(item.token_ids))
                     else:
                         pending.text += item.text
                         pending.tokens += item.tokens
+                        pending.token_ids += item.token_ids
                     continue
                 if pending is not None:
                     yield pending

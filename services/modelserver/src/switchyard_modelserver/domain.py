@@ -7,7 +7,7 @@ protobuf and the contract can evolve without touching them.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class FinishReason(enum.Enum):
@@ -63,6 +63,14 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """Output already produced for this request elsewhere (see the contract)."""
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A validated request: exactly one of ``prompt`` and ``messages`` is set."""
 
@@ -70,6 +78,8 @@ class GenerationRequest:
     prompt: str | None
     messages: tuple[ChatTurn, ...] | None
     sampling: Sampling
+    continuation: Continuation = Continuation()
+    include_token_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,11 @@ class ModelCard:
 
 @dataclass
 class Delta:
-    """New output: text plus how many tokens produced it."""
+    """New output: text plus how many tokens produced it (and their ids, if known)."""
 
     text: str
     tokens: int
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -7,6 +7,7 @@ Validation lives in ``validation``, queueing in ``admission``, model lookup in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -130,6 +131,13 @@ def _deadline(context: Context) -> asyncio.Timeout:
     return asyncio.timeout(context.time_remaining())
 
 
+def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
+    message = pb.StreamGenerateResponse(text=delta.text)
+    if include_token_ids:
+        message.tokens.extend(pb.Token(id=token_id) for token_id in delta.token_ids)
+    return message
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
@@ -215,8 +223,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text:
-                            await context.write(pb.StreamGenerateResponse(text=event.text))
+                        if event.text or (request.include_token_ids and event.token_ids):
+                            await context.write(_delta_message(event, request.include_token_ids))
                     else:
                         await context.write(self._final_message(event, outcome))
 
@@ -246,7 +254,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         outcome.model = request.model
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
-        resolved = GenerationRequest(model_id, request.prompt, request.messages, request.sampling)
+        resolved = dataclasses.replace(request, model=model_id)
         async with self._in_flight.track(), self._gates[model_id].admit():
             events = self._backend.generate(resolved)
             try:

@@ -10,7 +10,7 @@ import math
 
 from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
-from switchyard_modelserver.domain import ChatTurn, GenerationRequest, Sampling
+from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_SEQUENCE_LENGTH = 256
@@ -46,6 +46,8 @@ def generation_request(
                 )
             )
     sampling = _sampling(request.sampling, violations)
+    if any(t < 0 for t in request.continuation.token_ids):
+        violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
     if violations:
         raise invalid_argument(*violations)
     return GenerationRequest(
@@ -55,6 +57,10 @@ def generation_request(
         if has_messages
         else None,
         sampling=sampling,
+        continuation=Continuation(
+            text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
+        ),
+        include_token_ids=request.include_token_ids,
     )
 
 

@@ -84,6 +84,9 @@ class _LoadedModel:
 @dataclass(frozen=True)
 class _Job:
     prompt_tokens: list[int]
+    continuation_tokens: list[int]
+    delivered_text: str
+    include_token_ids: bool
     max_tokens: int
     temperature: float
     top_p: float
@@ -199,6 +202,7 @@ class LlamaCppBackend(Backend):
                 )
             )
         prompt_tokens = await asyncio.to_thread(self._prompt_tokens, model, request)
+        continuation_tokens = await asyncio.to_thread(self._continuation_tokens, model, request)
         context_length = model.card.context_length
         overflow = validation.context_overflow(
             prompt_field="prompt" if request.prompt is not None else "messages",
@@ -211,8 +215,15 @@ class LlamaCppBackend(Backend):
         max_tokens = sampling.max_tokens or min(
             self._options.default_max_tokens, context_length - len(prompt_tokens)
         )
+        if len(prompt_tokens) + len(continuation_tokens) >= context_length:
+            raise invalid_argument(
+                FieldViolation("continuation", "prompt and continuation fill the context")
+            )
         job = _Job(
             prompt_tokens=prompt_tokens,
+            continuation_tokens=continuation_tokens,
+            delivered_text=request.continuation.text,
+            include_token_ids=request.include_token_ids,
             max_tokens=max_tokens,
             temperature=_or(sampling.temperature, DEFAULT_TEMPERATURE),
             top_p=_or(sampling.top_p, DEFAULT_TOP_P),
@@ -259,6 +270,23 @@ class LlamaCppBackend(Backend):
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
+    @staticmethod
+    def _continuation_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
+        continuation = request.continuation
+        if continuation.token_ids:
+            vocabulary = model.llama.n_vocab()
+            if any(t >= vocabulary for t in continuation.token_ids):
+                raise invalid_argument(
+                    FieldViolation(
+                        "continuation.token_ids", f"not ids of {request.model}'s vocabulary"
+                    )
+                )
+            return list(continuation.token_ids)
+        if continuation.text:
+            text = continuation.text.encode()
+            return list(model.llama.tokenize(text, add_bos=False, special=False))
+        return []
+
     async def close(self) -> None:
         for model in self._loaded.values():
             model.executor.shutdown(wait=True, cancel_futures=True)
@@ -298,7 +326,7 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     if cancelled.is_set():  # cancelled while waiting for the thread
         return
     llama.set_seed(job.seed)
-    vocab = llama._model.vocab
+    vocab = llama._model.vocab  # no public accessor for end-of-generation checks
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = StopMatcher(job.stop)
     history = list(job.prompt_tokens)
@@ -314,8 +342,28 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
             )
         )
 
+    # A continuation is replayed through the same decoder and stop matcher as
+    # if we had generated it, so a character or a stop sequence cut by the
+    # interruption completes exactly as it would have.
+    replayed = ""
+    for token in job.continuation_tokens:
+        replayed += utf8.decode(llama.detokenize([token], prev_tokens=history))
+        history.append(token)
+        generated += 1
+    delivered = job.delivered_text
+    undelivered = replayed[len(delivered) :] if replayed.startswith(delivered) else ""
+    if undelivered:
+        text, matched = stops.feed(undelivered)
+        bridge.push(Delta(text, 0))
+        if matched is not None:
+            finish(FinishReason.STOP_SEQUENCE, matched)
+            return
+    if generated >= job.max_tokens:
+        bridge.push(Delta(stops.flush(), 0))
+        finish(FinishReason.LENGTH)
+        return
     tokens = llama.generate(
-        job.prompt_tokens,
+        history,
         top_k=job.top_k,
         top_p=job.top_p,
         min_p=DEFAULT_MIN_P,
@@ -336,7 +384,7 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
         history.append(token)
         generated += 1
         text, matched = stops.feed(utf8.decode(piece))
-        bridge.push(Delta(text, 1))
+        bridge.push(Delta(text, 1, [token] if job.include_token_ids else []))
         if matched is not None:
             finish(FinishReason.STOP_SEQUENCE, matched)
             return

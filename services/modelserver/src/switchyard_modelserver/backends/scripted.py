@@ -102,8 +102,11 @@ class ScriptedBackend(Backend):
         reply = source if script.reply is None else script.reply * script.repeat
         max_tokens = request.sampling.max_tokens or script.context_length - prompt_tokens
         stops = StopMatcher(request.sampling.stop)
-        generated = 0
-        for index, token in enumerate(tokens_of(reply)):
+        # Token ids are positions in the reply; a continuation skips what it covers.
+        continuation = request.continuation
+        skip = len(continuation.token_ids) or len(tokens_of(continuation.text))
+        generated = skip
+        for index, token in enumerate(tokens_of(reply)[skip:], start=skip):
             if generated >= max_tokens:
                 yield Delta(stops.flush(), 0)
                 yield Finish(FinishReason.LENGTH, prompt_tokens, generated)
@@ -114,12 +117,12 @@ class ScriptedBackend(Backend):
                     f"scripted failure after {generated} tokens",
                     reason="SCRIPTED_FAILURE",
                 )
-            delay = script.first_token_delay_ms if index == 0 else script.token_delay_ms
+            delay = script.first_token_delay_ms if index == skip else script.token_delay_ms
             if delay:
                 await asyncio.sleep(delay / 1000)
             generated += 1
             text, matched = stops.feed(token)
-            yield Delta(text, 1)
+            yield Delta(text, 1, [index] if request.include_token_ids else [])
             if matched is not None:
                 yield Finish(FinishReason.STOP_SEQUENCE, prompt_tokens, generated, matched)
                 return
