@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, args.config))
         else:
-            uvloop.run(serve(config))
+            uvloop.run(serve(config, args.config))
     except ConfigError as error:
         logging.getLogger("switchyard.router").error("%s", error)
         return 2

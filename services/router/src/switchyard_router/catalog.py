@@ -31,25 +31,29 @@ async def _models_at(endpoint: Endpoint, timeout: float) -> dict[str, pb.Model]:
 
 
 async def list_models(table: RouteTable, timeout: float) -> pb.ListModelsResponse:
-    """Asks every endpoint once, concurrently, and reports each route."""
-    endpoints = [e for cluster in table.clusters.values() for e in cluster.endpoints]
-    answers = await asyncio.gather(*(_models_at(e, timeout) for e in endpoints))
-    by_endpoint = dict(zip((id(e) for e in endpoints), answers, strict=True))
+    """Describes every route: what its endpoints say, and how many are healthy now."""
+    endpoints = {
+        id(e): e
+        for route in table.routes.values()
+        for target in route.targets()
+        for e in target.cluster.endpoints.values()
+    }
+    reachable = {k: e for k, e in endpoints.items() if e.state().value != "unreachable"}
+    answers = await asyncio.gather(*(_models_at(e, timeout) for e in reachable.values()))
+    described_by = dict(zip(reachable, answers, strict=True))
     models = []
     for name in sorted(table.routes):
-        targets = table.routes[name]
         described: pb.Model | None = None
+        loading = False
         healthy = total = 0
-        for target in targets:
-            for endpoint in target.cluster.endpoints:
+        for target in table.routes[name].targets():
+            for endpoint in target.cluster.endpoints.values():
                 total += 1
-                found = by_endpoint[id(endpoint)].get(target.model)
-                if found is None:
-                    continue
-                if described is None:
-                    described = found
-                if found.status == pb.MODEL_STATUS_READY:
-                    healthy += 1
+                healthy += endpoint.serves(target.model)
+                found = described_by.get(id(endpoint), {}).get(target.model)
+                if found is not None:
+                    described = described or found
+                    loading = loading or found.status == pb.MODEL_STATUS_LOADING
         model = pb.Model(id=name, healthy_replicas=healthy, total_replicas=total)
         if described is not None:
             model.backend = described.backend
@@ -57,7 +61,7 @@ async def list_models(table: RouteTable, timeout: float) -> pb.ListModelsRespons
             model.capabilities.extend(described.capabilities)
         if healthy:
             model.status = pb.MODEL_STATUS_READY
-        elif described is not None and described.status == pb.MODEL_STATUS_LOADING:
+        elif loading:
             model.status = pb.MODEL_STATUS_LOADING
         else:
             model.status = pb.MODEL_STATUS_UNAVAILABLE

@@ -28,10 +28,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OutlierDetectionConfig(_Strict):
+    """Passive health: eject an endpoint after consecutive failures."""
+
+    consecutive_failures: int = Field(default=3, ge=1)
+    base_ejection_seconds: float = Field(default=1.0, gt=0)
+    max_ejection_seconds: float = Field(default=30.0, gt=0)
+
+
 class ClusterConfig(_Strict):
     """A pool of model servers that serve the same models."""
 
-    endpoints: list[str] = Field(min_length=1, description="host:port of each model server")
+    endpoints: list[str] = Field(
+        min_length=1,
+        description="host:port of each model server, or dns:///name:port (every address "
+        "the name resolves to, re-resolved every dns_refresh_seconds)",
+    )
+    dns_refresh_seconds: float = Field(default=10.0, gt=0)
+    outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+
+    @model_validator(mode="after")
+    def _addresses(self) -> ClusterConfig:
+        for index, endpoint in enumerate(self.endpoints):
+            address = endpoint.removeprefix("dns:///")
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"endpoints[{index}]: expected host:port, got {endpoint!r}")
+        return self
+
+
+class RetryConfig(_Strict):
+    """Retries of failed attempts on other endpoints, as Envoy's retry policy."""
+
+    num_retries: int = Field(default=2, ge=0)
+    per_try_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="for a stream, the wait for its first message"
+    )
+    budget_percent: float = Field(
+        default=20.0, ge=0, le=100, description="retries in flight, as % of requests in flight"
+    )
+    min_retry_concurrency: int = Field(default=3, ge=0)
 
 
 class TargetConfig(_Strict):
@@ -48,6 +84,11 @@ class RouteConfig(_Strict):
 
     model: str = Field(min_length=1)
     targets: list[TargetConfig] = Field(min_length=1)
+    resume: bool = Field(
+        default=False,
+        description="continue a stream on another endpoint when its model server fails "
+        "after tokens were sent",
+    )
 
 
 class RouterConfig(_Strict):
@@ -57,6 +98,8 @@ class RouterConfig(_Strict):
     clusters: dict[str, ClusterConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
     list_models_timeout_seconds: float = Field(default=2.0, gt=0)
+    retry: RetryConfig = RetryConfig()
+    drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")

@@ -1,55 +1,245 @@
-"""Endpoints (one model server each, one channel each) and the clusters that group them."""
+"""Endpoints (one model server, one channel each) and the clusters that group them.
+
+An endpoint takes new requests for a model when its Health.Watch stream says
+SERVING for that model name, it is not ejected by outlier detection and it is
+not draining. Outlier detection is passive: consecutive failed attempts eject
+it for a back-off that doubles with each ejection (base to max); once the
+back-off is over it returns as soon as health says SERVING.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import enum
+import logging
+import socket
+import time
 
 import grpc.aio
 
-from switchyard_router.config import ClusterConfig
+from switchyard_router.config import ClusterConfig, OutlierDetectionConfig
+from switchyard_router.health import HealthWatcher
+
+log = logging.getLogger("switchyard.router.endpoints")
 
 GENERATE = "/switchyard.v1.LLMService/Generate"
 STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
 LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
+DNS_SCHEME = "dns:///"
+
+
+class ModelHealth(enum.Enum):
+    """What the health stream last said about one model on one endpoint."""
+
+    UNKNOWN = "unknown"
+    SERVING = "serving"
+    NOT_SERVING = "not_serving"
+    UNREACHABLE = "unreachable"
+
+
+class EndpointState(enum.Enum):
+    """An endpoint's overall state, for operators."""
+
+    HEALTHY = "healthy"
+    NOT_SERVING = "not_serving"
+    UNREACHABLE = "unreachable"
+    EJECTED = "ejected"
+    UNKNOWN = "unknown"
+    DRAINING = "draining"
 
 
 class Endpoint:
-    """One model server: its channel, raw-bytes call stubs and load."""
+    """One model server: its channel, raw-bytes call stubs, health and load."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, cluster: str, address: str, outlier: OutlierDetectionConfig, max_message_bytes: int
+    ) -> None:
+        self.cluster = cluster
         self.address = address
+        self.outlier = outlier
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                # Keep idle connections to model servers warm and detect dead peers.
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                # Notice dead peers and come back quickly when a replica restarts.
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
             ],
         )
         # No (de)serializers: requests and responses pass through as bytes.
         self.generate = self.channel.unary_unary(GENERATE, None, None)
         self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
+        self.health: dict[str, ModelHealth] = {}
+        self.unreachable_reason = ""
         self.outstanding = 0
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.ejection_reason = ""
+        self.draining = False
+        self.watcher = HealthWatcher(self)
 
-    async def close(self) -> None:
+    # Health, from the watcher.
+    def set_model_health(self, model: str, serving: bool) -> None:
+        new = ModelHealth.SERVING if serving else ModelHealth.NOT_SERVING
+        if self.health.get(model) is not new:
+            log.info("%s (%s): %s is %s", self.address, self.cluster, model, new.value)
+        self.health[model] = new
+
+    def set_unreachable(self, model: str, reason: str) -> None:
+        if self.health.get(model) is not ModelHealth.UNREACHABLE:
+            log.info("%s (%s): unreachable for %s: %s", self.address, self.cluster, model, reason)
+        self.health[model] = ModelHealth.UNREACHABLE
+        self.unreachable_reason = reason
+
+    def forget_model(self, model: str) -> None:
+        self.health.pop(model, None)
+
+    # Eligibility.
+    def ejected(self) -> bool:
+        return time.monotonic() < self.ejected_until
+
+    def serves(self, model: str) -> bool:
+        """Takes new requests for ``model`` now."""
+        return (
+            self.health.get(model) is ModelHealth.SERVING
+            and not self.draining
+            and not self.ejected()
+        )
+
+    def may_serve(self, model: str) -> bool:
+        """Health not known yet (just added, or no health service): worth a try."""
+        return (
+            self.health.get(model, ModelHealth.UNKNOWN) is ModelHealth.UNKNOWN
+            and not self.draining
+            and not self.ejected()
+        )
+
+    # Outlier detection, from the proxy's attempts.
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        if not self.ejected():
+            self.ejections = 0
+
+    def record_failure(self, reason: str) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.outlier.consecutive_failures and not self.ejected():
+            self.ejections += 1
+            seconds = min(
+                self.outlier.base_ejection_seconds * 2 ** (self.ejections - 1),
+                self.outlier.max_ejection_seconds,
+            )
+            self.ejected_until = time.monotonic() + seconds
+            self.ejection_reason = f"{self.consecutive_failures} consecutive failures: {reason}"
+            self.consecutive_failures = 0
+            log.warning(
+                "%s (%s): ejected for %.1fs after %s",
+                self.address,
+                self.cluster,
+                seconds,
+                self.ejection_reason,
+            )
+
+    def state(self) -> EndpointState:
+        if self.draining:
+            return EndpointState.DRAINING
+        if self.ejected():
+            return EndpointState.EJECTED
+        states = set(self.health.values())
+        if ModelHealth.SERVING in states:
+            return EndpointState.HEALTHY
+        if ModelHealth.UNREACHABLE in states:
+            return EndpointState.UNREACHABLE
+        if ModelHealth.NOT_SERVING in states:
+            return EndpointState.NOT_SERVING
+        return EndpointState.UNKNOWN
+
+    async def drain_and_close(self, grace: float) -> None:
+        """Stops new requests, lets in-flight ones finish (up to ``grace``), closes."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        # Polled: the hot path updates a plain counter, not an event.
+        while self.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await self.watcher.close()
         await self.channel.close(grace=None)
 
 
 class Cluster:
-    """Model servers that serve the same models; picks one per request."""
+    """Model servers that serve the same models, from static addresses and DNS names."""
 
     def __init__(self, name: str, config: ClusterConfig, max_message_bytes: int) -> None:
         self.name = name
-        self.endpoints = [Endpoint(a, max_message_bytes) for a in config.endpoints]
-        self._rotation = itertools.cycle(self.endpoints)
+        self.config = config
+        self.max_message_bytes = max_message_bytes
+        self.endpoints: dict[str, Endpoint] = {}
+        self.watched_models: set[str] = set()
+        self._removed: set[asyncio.Task[None]] = set()
 
-    def pick(self) -> Endpoint:
-        """The endpoint for the next request (round robin for now)."""
-        return next(self._rotation)
+    def reconfigure(self, config: ClusterConfig) -> None:
+        """Takes a new config; addresses change on the next ``refresh``."""
+        self.config = config
+        for endpoint in self.endpoints.values():
+            endpoint.outlier = config.outlier_detection
+
+    def watch(self, models: set[str]) -> None:
+        """The model names routes send here; every endpoint watches their health."""
+        self.watched_models = set(models)
+        for endpoint in self.endpoints.values():
+            endpoint.watcher.watch(self.watched_models)
+
+    async def refresh(self, grace: float) -> None:
+        """Resolves the configured addresses; new endpoints join, vanished ones drain."""
+        wanted: list[str] = []
+        for entry in self.config.endpoints:
+            if entry.startswith(DNS_SCHEME):
+                wanted += await _resolve(entry.removeprefix(DNS_SCHEME), known=self._known(entry))
+            else:
+                wanted.append(entry)
+        for address in wanted:
+            if address not in self.endpoints:
+                endpoint = Endpoint(
+                    self.name, address, self.config.outlier_detection, self.max_message_bytes
+                )
+                endpoint.watcher.watch(self.watched_models)
+                self.endpoints[address] = endpoint
+                log.info("cluster %s: endpoint %s joined", self.name, address)
+        for address in set(self.endpoints) - set(wanted):
+            endpoint = self.endpoints.pop(address)
+            log.info("cluster %s: endpoint %s left; draining", self.name, address)
+            task = asyncio.get_running_loop().create_task(endpoint.drain_and_close(grace))
+            self._removed.add(task)
+            task.add_done_callback(self._removed.discard)
+
+    def _known(self, entry: str) -> list[str]:
+        """Addresses currently in use for a DNS entry (kept if a lookup fails)."""
+        port = entry.rsplit(":", 1)[1]
+        return [a for a in self.endpoints if a.rsplit(":", 1)[1] == port]
 
     async def close(self) -> None:
-        for endpoint in self.endpoints:
-            await endpoint.close()
+        endpoints = list(self.endpoints.values())
+        self.endpoints.clear()
+        await asyncio.gather(*(e.drain_and_close(0) for e in endpoints), *self._removed)
+
+
+async def _resolve(name: str, known: list[str]) -> list[str]:
+    host, port = name.rsplit(":", 1)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM
+        )
+    except OSError as error:
+        log.warning("cannot resolve %s (%s); keeping %d known endpoints", name, error, len(known))
+        return known
+    addresses = []
+    for family, _, _, _, sockaddr in infos:
+        ip = str(sockaddr[0])
+        address = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        if address not in addresses:
+            addresses.append(address)
+    return sorted(addresses)

@@ -3,22 +3,35 @@
 Requests are never parsed: the router reads the model name from the wire
 (`wire.read_model`) and relays request and response bytes untouched, which is
 what keeps a Python hop cheap (see DESIGN.md, performance facts). Deadlines
-propagate as the upstream call's timeout; a client that cancels cancels the
+propagate as each attempt's timeout; a client that cancels cancels the
 upstream call, which stops generation on the model server.
+
+Failures another model server can fix are retried there (``retry``). A stream
+is retried transparently until its first message; after that, a route with
+``resume`` continues the generation elsewhere from the text and token ids
+already sent (the only path that parses responses), and one without it ends
+with a clean UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError, invalid_argument
+from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router import wire
-from switchyard_router.routing import Pick, RouteTable
+from switchyard_router.config import RetryConfig
+from switchyard_router.retry import RETRYABLE, RetryBudget
+from switchyard_router.routing import Pick, Route, RouteTable, describe_unavailable
 
 log = logging.getLogger("switchyard.router.proxy")
 
@@ -28,6 +41,7 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 # Headers that belong to the hop, not the request; everything else (trace
 # context, caller credentials, custom metadata) travels on to the model server.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "grpc-accept-encoding"})
+_WANT_TOKEN_IDS = pb.StreamGenerateRequest(include_token_ids=True).SerializeToString()
 
 
 def _forwarded(metadata: Iterable[Any] | None) -> Metadata:
@@ -47,81 +61,272 @@ def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:
     )
 
 
+@dataclass
+class _Failure:
+    """The last failed attempt, for the final status if no retry succeeds."""
+
+    code: grpc.StatusCode
+    details: str
+    trailers: Metadata = ()
+
+
+@dataclass
+class _Resumable:
+    """What a resume needs: the text and token ids delivered so far."""
+
+    client_wants_token_ids: bool
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    resumes: int = 0
+
+    def continuation(self) -> bytes:
+        if not self.text and not self.token_ids:
+            return b""
+        continuation = pb.Continuation(text="".join(self.text), token_ids=self.token_ids)
+        return pb.StreamGenerateRequest(continuation=continuation).SerializeToString()
+
+    def relay(self, message: bytes) -> bytes:
+        """Records a message's text and token ids; returns what the client gets."""
+        parsed = pb.StreamGenerateResponse.FromString(message)
+        self.text.append(parsed.text)
+        self.token_ids.extend(token.id for token in parsed.tokens)
+        changed = False
+        if parsed.tokens and not self.client_wants_token_ids:
+            parsed.ClearField("tokens")
+            changed = True
+        if parsed.finish_reason and self.resumes:
+            parsed.resumes = self.resumes
+            changed = True
+        return parsed.SerializeToString() if changed else message
+
+
 class Proxy:
-    """Forwards LLMService calls to the endpoint each route picks."""
+    """Forwards LLMService calls, with retries, failover and resume."""
 
-    def __init__(self, table: RouteTable) -> None:
+    def __init__(self, table: RouteTable, retry: RetryConfig) -> None:
         self.table = table
+        self.retry = retry
+        self.budget = RetryBudget(retry.budget_percent, retry.min_retry_concurrency)
 
-    def _pick(self, request: bytes) -> tuple[Pick, bytes]:
+    def configure(self, table: RouteTable, retry: RetryConfig) -> None:
+        """Takes a reloaded config; requests in flight finish with what they started with."""
+        self.table = table
+        self.retry = retry
+        self.budget.budget_percent = retry.budget_percent
+        self.budget.min_retry_concurrency = retry.min_retry_concurrency
+
+    def _route(self, request: bytes) -> tuple[RouteTable, Route, str]:
         try:
             model = wire.read_model(request)
         except wire.MalformedRequestError as error:
             raise invalid_argument(
                 FieldViolation("model", f"unreadable request: {error}")
             ) from None
-        pick = self.table.pick(model)
-        payload = request if pick.model == model else wire.with_model(request, pick.model)
-        return pick, payload
+        table = self.table
+        return table, table.route(model), model
+
+    def _next(
+        self, table: RouteTable, route: Route, tried: set[Any], failure: _Failure | None
+    ) -> Pick:
+        pick = table.pick(route, tried)
+        if pick is not None:
+            return pick
+        if failure is not None:  # every endpoint tried: the last answer stands
+            raise StatusError(failure.code, failure.details)
+        raise StatusError(
+            grpc.StatusCode.UNAVAILABLE,
+            describe_unavailable(route),
+            reason="NO_HEALTHY_ENDPOINT",
+            metadata={"model": route.model},
+            retry_after=1.0,
+        )
+
+    def _attempt_timeout(self, deadline: float | None) -> tuple[float | None, bool]:
+        """(timeout for this attempt, whether it is the attempt's own per-try limit)."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        per_try = self.retry.per_try_timeout_seconds
+        if per_try is not None and (remaining is None or per_try < remaining):
+            return per_try, True
+        return remaining, False
+
+    def _may_retry(self, attempt: int, deadline: float | None) -> bool:
+        if attempt >= self.retry.num_retries or not self.budget.allows_retry():
+            return False
+        return deadline is None or time.monotonic() < deadline
+
+    async def _pause(self, attempt: int, deadline: float | None) -> None:
+        pause = random.uniform(0, 0.025 * 2**attempt)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - time.monotonic()))
+        await asyncio.sleep(pause)
 
     async def generate(self, request: bytes, context: Context) -> bytes:
-        """Generate, relayed."""
+        """Generate, relayed, retried on another endpoint when that can help."""
         try:
-            pick, payload = self._pick(request)
+            table, route, model = self._route(request)
         except StatusError as error:
-            await context.abort(
-                error.code, error.message, trailing_metadata=error.trailing_metadata()
-            )
-        pick.endpoint.outstanding += 1
+            await _abort(context, error)
+        deadline = _deadline(context)
+        metadata = _forwarded(context.invocation_metadata())
+        tried: set[Any] = set()
+        failure: _Failure | None = None
+        attempt = 0
+        self.budget.active_requests += 1
         try:
-            response: bytes = await pick.endpoint.generate(
-                payload,
-                timeout=context.time_remaining(),
-                metadata=_forwarded(context.invocation_metadata()),
-            )
-            return response
-        except grpc.aio.AioRpcError as error:
-            await self._abort_upstream(context, error, pick)
-            raise  # unreachable: abort raises
+            while True:
+                try:
+                    pick = self._next(table, route, tried, failure)
+                except StatusError as error:
+                    await _abort(context, error, failure.trailers if failure else None)
+                tried.add(pick.endpoint)
+                payload = request if pick.model == model else wire.with_model(request, pick.model)
+                timeout, own_limit = self._attempt_timeout(deadline)
+                pick.endpoint.outstanding += 1
+                try:
+                    response: bytes = await pick.endpoint.generate(
+                        payload, timeout=timeout, metadata=metadata
+                    )
+                    pick.endpoint.record_success()
+                    return response
+                except grpc.aio.AioRpcError as error:
+                    failure = self._classify(error, pick, own_limit)
+                finally:
+                    pick.endpoint.outstanding -= 1
+                if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
+                    await _abort(
+                        context, StatusError(failure.code, failure.details), failure.trailers
+                    )
+                attempt += 1
+                await self._retrying(attempt, deadline)
         finally:
-            pick.endpoint.outstanding -= 1
+            self.budget.active_requests -= 1
 
-    async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
-        """StreamGenerate, relayed message by message."""
+    async def _retrying(self, attempt: int, deadline: float | None) -> None:
+        self.budget.active_retries += 1
         try:
-            pick, payload = self._pick(request)
-        except StatusError as error:
-            await context.abort(
-                error.code, error.message, trailing_metadata=error.trailing_metadata()
-            )
-        pick.endpoint.outstanding += 1
-        call = pick.endpoint.stream_generate(
-            payload,
-            timeout=context.time_remaining(),
-            metadata=_forwarded(context.invocation_metadata()),
-        )
-        try:
-            async for message in call:
-                yield message
-        except grpc.aio.AioRpcError as error:
-            await self._abort_upstream(context, error, pick)
+            await self._pause(attempt, deadline)
         finally:
-            pick.endpoint.outstanding -= 1
-            call.cancel()  # the client left or failed: stop the generation upstream
+            self.budget.active_retries -= 1
 
-    async def _abort_upstream(
-        self, context: Context, error: grpc.aio.AioRpcError, pick: Pick
-    ) -> None:
+    def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
         code = error.code()
         details = error.details() or ""
         trailers = _upstream_trailers(error)
-        if code == grpc.StatusCode.UNAVAILABLE and not any(
-            k == DETAILS_METADATA_KEY for k, _ in trailers
-        ):
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
+            pick.endpoint.record_failure("per-try timeout")
+            return _Failure(
+                grpc.StatusCode.UNAVAILABLE,
+                f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
+                f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
+            )
+        own_answer = any(key == DETAILS_METADATA_KEY for key, _ in trailers)
+        if code == grpc.StatusCode.UNAVAILABLE and not own_answer:
             # A connection failure, not the model server's own answer: say where.
             details = (
                 f"model server {pick.endpoint.address} (cluster {pick.cluster}) for model "
                 f"{pick.model} is unavailable: {details}"
             )
-        log.info("upstream %s answered %s: %s", pick.endpoint.address, code.name, details)
-        await context.abort(code, details, trailing_metadata=trailers)
+            pick.endpoint.record_failure(error.details() or "unavailable")
+        log.info("attempt on %s: %s: %s", pick.endpoint.address, code.name, details)
+        return _Failure(code, details, trailers)
+
+    async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        """StreamGenerate, relayed; retried until its first message, then maybe resumed."""
+        try:
+            table, route, model = self._route(request)
+        except StatusError as error:
+            await _abort(context, error)
+        deadline = _deadline(context)
+        metadata = _forwarded(context.invocation_metadata())
+        resumable: _Resumable | None = None
+        base = request
+        if route.resume:
+            wants_ids = pb.StreamGenerateRequest.FromString(request).include_token_ids
+            resumable = _Resumable(client_wants_token_ids=wants_ids)
+            base = request + _WANT_TOKEN_IDS
+        tried: set[Any] = set()
+        failure: _Failure | None = None
+        attempt = 0
+        delivered = 0
+        self.budget.active_requests += 1
+        try:
+            while True:
+                try:
+                    pick = self._next(table, route, tried, failure)
+                except StatusError as error:
+                    await _abort(context, error, failure.trailers if failure else None)
+                tried.add(pick.endpoint)
+                payload = base if pick.model == model else wire.with_model(base, pick.model)
+                if resumable is not None and delivered:
+                    payload += resumable.continuation()
+                timeout, own_limit = self._attempt_timeout(deadline)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                pick.endpoint.outstanding += 1
+                call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+                received = 0
+                try:
+                    responses = call.__aiter__()
+                    # The per-try timeout bounds the wait for an attempt's first message.
+                    first = await asyncio.wait_for(anext(responses), timeout if own_limit else None)
+                    received = 1
+                    yield first if resumable is None else resumable.relay(first)
+                    delivered += 1
+                    async for message in responses:
+                        received += 1
+                        yield message if resumable is None else resumable.relay(message)
+                        delivered += 1
+                    pick.endpoint.record_success()
+                    return
+                except StopAsyncIteration:
+                    return  # an empty stream: nothing to relay
+                except TimeoutError:
+                    failure = self._classify_timeout(pick)
+                except grpc.aio.AioRpcError as error:
+                    failure = self._classify(error, pick, own_limit=False)
+                finally:
+                    pick.endpoint.outstanding -= 1
+                    call.cancel()  # client gone, attempt failed or done: stop upstream work
+                if delivered == 0:
+                    if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
+                        await _abort(
+                            context, StatusError(failure.code, failure.details), failure.trailers
+                        )
+                elif resumable is not None and failure.code == grpc.StatusCode.UNAVAILABLE:
+                    if not self._may_retry(attempt, deadline):
+                        await _abort(context, StatusError(failure.code, failure.details))
+                    resumable.resumes += 1
+                    log.warning(
+                        "resuming %s after %d messages: %s", route.model, delivered, failure.details
+                    )
+                else:
+                    await _abort(
+                        context,
+                        StatusError(
+                            failure.code,
+                            f"{failure.details} (after {delivered} streamed messages; "
+                            f"route {route.model!r} does not resume)",
+                        ),
+                        failure.trailers,
+                    )
+                attempt += 1
+                await self._retrying(attempt, deadline)
+        finally:
+            self.budget.active_requests -= 1
+
+    def _classify_timeout(self, pick: Pick) -> _Failure:
+        pick.endpoint.record_failure("per-try timeout")
+        return _Failure(
+            grpc.StatusCode.UNAVAILABLE,
+            f"model server {pick.endpoint.address} (cluster {pick.cluster}) sent nothing "
+            f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
+        )
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def _abort(context: Context, error: StatusError, trailers: Metadata | None = None) -> Any:
+    metadata = trailers if trailers else error.trailing_metadata()
+    await context.abort(error.code, error.message, trailing_metadata=metadata)

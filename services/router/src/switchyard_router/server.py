@@ -1,10 +1,12 @@
-"""Router lifecycle: listen with health and reflection, serve, drain on SIGTERM."""
+"""Router lifecycle: listen, keep clusters and health current, reload, drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,27 +16,34 @@ from grpc_reflection.v1alpha import reflection
 
 from switchyard.configfile import ConfigError
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import router_admin_pb2 as admin_pb
+from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_router import catalog
-from switchyard_router.config import RouterConfig
+from switchyard_router.admin import RouterAdmin
+from switchyard_router.config import RouterConfig, load_router_config
+from switchyard_router.endpoints import Cluster
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
 
 log = logging.getLogger("switchyard.router")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["RouterAdminService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
-DRAIN_GRACE_SECONDS = 30.0
+# How long start-up waits for the first health reports before taking traffic.
+_INITIAL_HEALTH_WAIT_SECONDS = 2.0
+_CONFIG_POLL_SECONDS = 1.0
 
 
 class Router:
-    """The router's gRPC server."""
+    """The router's gRPC server and the state behind it."""
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, config_path: Path | None = None) -> None:
         self.config = config
-        self.table = RouteTable(config)
-        self.proxy = Proxy(self.table)
-        # `health.aio` is bound at import time, out of mypy's sight.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.config_path = config_path
+        self.clusters: dict[str, Cluster] = {}
+        self.proxy = Proxy(RouteTable(None, {}), config.retry)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # bound at import
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -44,11 +53,17 @@ class Router:
         )
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        admin_grpc.add_RouterAdminServiceServicer_to_server(
+            RouterAdmin(lambda: self.clusters), self.server
+        )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._config_mtime = self._mtime()
 
     def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
@@ -72,35 +87,133 @@ class Router:
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
-        return await catalog.list_models(self.table, timeout)
+        return await catalog.list_models(self.proxy.table, timeout)
+
+    async def apply(self, config: RouterConfig) -> None:
+        """Makes ``config`` current; requests in flight keep the endpoints they use."""
+        for name, cluster_config in config.clusters.items():
+            if name in self.clusters:
+                self.clusters[name].reconfigure(cluster_config)
+            else:
+                self.clusters[name] = Cluster(name, cluster_config, config.max_message_bytes)
+        gone = [self.clusters.pop(n) for n in set(self.clusters) - set(config.clusters)]
+        for cluster in self.clusters.values():
+            await cluster.refresh(config.drain_grace_seconds)
+        table = RouteTable(config, self.clusters)
+        watched = table.watched_models()
+        for name, cluster in self.clusters.items():
+            cluster.watch(watched.get(name, set()))
+        self.proxy.configure(table, config.retry)
+        if config.listen != self.config.listen:
+            log.warning("listen changed to %s: takes effect on restart", config.listen)
+        self.config = config
+        for cluster in gone:
+            self._spawn(cluster.close(), f"close cluster {cluster.name}")
 
     async def start(self) -> int:
+        await self.apply(self.config)
         port = self.server.add_insecure_port(self.config.listen)
         if port == 0:
             raise ConfigError(f"listen: cannot bind {self.config.listen}")
+        # Give health streams a moment so the first requests find healthy endpoints.
+        deadline = time.monotonic() + _INITIAL_HEALTH_WAIT_SECONDS
+        while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         await self.server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
+        self._spawn(self._refresh_dns(), "dns refresh")
+        if self.config_path is not None:
+            self._spawn(self._watch_config_file(), "config file watch")
         return port
+
+    def _all_reported(self) -> bool:
+        return all(
+            e.health and all(h.value != "unknown" for h in e.health.values())
+            for c in self.clusters.values()
+            for e in c.endpoints.values()
+        )
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _refresh_dns(self) -> None:
+        next_refresh: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for name, cluster in list(self.clusters.items()):
+                if not any(e.startswith("dns:///") for e in cluster.config.endpoints):
+                    continue
+                if now >= next_refresh.get(name, 0.0):
+                    next_refresh[name] = now + cluster.config.dns_refresh_seconds
+                    try:
+                        await cluster.refresh(self.config.drain_grace_seconds)
+                    except Exception:
+                        log.exception("refreshing cluster %s failed", name)
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.config_path.stat().st_mtime if self.config_path else None
+        except OSError:
+            return None
+
+    async def _watch_config_file(self) -> None:
+        while True:
+            await asyncio.sleep(_CONFIG_POLL_SECONDS)
+            mtime = self._mtime()
+            if mtime is not None and mtime != self._config_mtime:
+                self._config_mtime = mtime
+                log.info("config file changed")
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-reads the config file; keeps the current config if the new one is invalid."""
+        if self.config_path is None:
+            log.warning("reload requested but the router was not started from a file")
+            return False
+        try:
+            config = load_router_config(self.config_path)
+        except ConfigError as error:
+            log.error("config reload refused; keeping the current config: %s", error)
+            return False
+        await self.apply(config)
+        log.info("config reloaded: routes %s", ", ".join(sorted(r.model for r in config.routes)))
+        return True
 
     async def drain(self) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(DRAIN_GRACE_SECONDS)
-        await self.table.close()
+        await self.server.stop(self.config.drain_grace_seconds)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(c.close() for c in self.clusters.values()))
 
 
-async def serve(config: RouterConfig) -> None:
-    """Runs the router until SIGTERM or SIGINT."""
-    router = Router(config)
+async def serve(config: RouterConfig, config_path: Path | None = None) -> None:
+    """Runs the router until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    router = Router(config, config_path)
     port = await router.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
-        "router listening on %s:%d (routes: %s)", host, port, ", ".join(sorted(router.table.routes))
+        "router listening on %s:%d (routes: %s)",
+        host,
+        port,
+        ", ".join(sorted(router.proxy.table.routes)),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(router.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     log.info("shutdown requested; draining")
     await router.drain()

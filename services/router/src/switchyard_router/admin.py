@@ -1,0 +1,65 @@
+"""RouterAdminService: the router's view of every endpoint, for operators."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from switchyard.v1 import router_admin_pb2 as admin_pb
+from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
+from switchyard_router.endpoints import Cluster, EndpointState, ModelHealth
+
+_STATE = {
+    EndpointState.HEALTHY: admin_pb.ENDPOINT_STATE_HEALTHY,
+    EndpointState.NOT_SERVING: admin_pb.ENDPOINT_STATE_NOT_SERVING,
+    EndpointState.UNREACHABLE: admin_pb.ENDPOINT_STATE_UNREACHABLE,
+    EndpointState.EJECTED: admin_pb.ENDPOINT_STATE_EJECTED,
+    EndpointState.UNKNOWN: admin_pb.ENDPOINT_STATE_UNKNOWN,
+    EndpointState.DRAINING: admin_pb.ENDPOINT_STATE_DRAINING,
+}
+_HEALTH = {
+    ModelHealth.UNKNOWN: admin_pb.SERVING_STATE_UNSPECIFIED,
+    ModelHealth.SERVING: admin_pb.SERVING_STATE_SERVING,
+    ModelHealth.NOT_SERVING: admin_pb.SERVING_STATE_NOT_SERVING,
+    ModelHealth.UNREACHABLE: admin_pb.SERVING_STATE_UNREACHABLE,
+}
+
+
+class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
+    """Reports the endpoints of the router's current clusters."""
+
+    def __init__(self, clusters: Callable[[], Mapping[str, Cluster]]) -> None:
+        self._clusters = clusters
+
+    async def ListEndpoints(  # noqa: N802 - gRPC method name
+        self,
+        request: admin_pb.ListEndpointsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb.ListEndpointsResponse:
+        response = admin_pb.ListEndpointsResponse()
+        now = time.monotonic()
+        for name, cluster in sorted(self._clusters().items()):
+            for address, endpoint in sorted(cluster.endpoints.items()):
+                ejected_for = duration_pb2.Duration()
+                ejected_for.FromNanoseconds(int(max(0.0, endpoint.ejected_until - now) * 1e9))
+                response.endpoints.append(
+                    admin_pb.EndpointStatus(
+                        cluster=name,
+                        address=address,
+                        state=_STATE[endpoint.state()],
+                        models=[
+                            admin_pb.ModelHealth(model=model, state=_HEALTH[health])
+                            for model, health in sorted(endpoint.health.items())
+                        ],
+                        outstanding_requests=endpoint.outstanding,
+                        consecutive_failures=endpoint.consecutive_failures,
+                        ejection_reason=endpoint.ejection_reason,
+                        ejected_for=ejected_for,
+                        ejections=endpoint.ejections,
+                    )
+                )
+        return response

@@ -1,0 +1,72 @@
+"""Health watching: one grpc.health.v1 Watch stream per endpoint and model name.
+
+Push, not polling: a model server that turns NOT_SERVING, or whose process
+dies (the stream breaks at once), leaves rotation as soon as the router hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+if TYPE_CHECKING:
+    from switchyard_router.endpoints import Endpoint
+
+log = logging.getLogger("switchyard.router.health")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+_RETRY_MIN_SECONDS = 0.1
+_RETRY_MAX_SECONDS = 2.0
+
+
+class HealthWatcher:
+    """Keeps one endpoint's per-model health current, for a set of model names."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._stub = health_pb2_grpc.HealthStub(endpoint.channel)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def watch(self, names: set[str]) -> None:
+        """Watches exactly ``names`` from now on."""
+        for name in set(self._tasks) - names:
+            self._tasks.pop(name).cancel()
+            self._endpoint.forget_model(name)
+        for name in names - set(self._tasks):
+            self._tasks[name] = asyncio.get_running_loop().create_task(
+                self._follow(name), name=f"health {self._endpoint.address} {name}"
+            )
+
+    async def _follow(self, name: str) -> None:
+        pause = _RETRY_MIN_SECONDS
+        while True:
+            call = self._stub.Watch(health_pb2.HealthCheckRequest(service=name))
+            try:
+                async for response in call:
+                    self._endpoint.set_model_health(name, response.status == SERVING)
+                    pause = _RETRY_MIN_SECONDS
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    # No health service there: trust it, and rely on outlier detection.
+                    log.warning(
+                        "%s has no health service; assuming SERVING", self._endpoint.address
+                    )
+                    self._endpoint.set_model_health(name, True)
+                    return
+                self._endpoint.set_unreachable(name, error.details() or error.code().name)
+            finally:
+                call.cancel()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX_SECONDS)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
