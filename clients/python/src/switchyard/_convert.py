@@ -95,6 +95,7 @@ def stream_chunk(response: pb.StreamGenerateResponse) -> StreamChunk:
         backend=response.backend,
         timings=_timings(response.timings),
         stop_sequence=response.stop_sequence,
+        resumes=response.resumes,
     )
 
 

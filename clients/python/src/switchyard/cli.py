@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from switchyard._convert import SamplingOptions
 from switchyard.client import DEFAULT_TARGET, Client
-from switchyard.errors import APIError
+from switchyard.errors import APIError, from_rpc_error
 from switchyard.types import Message, StreamChunk
 
 
@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", help="list models and their status")
+    commands.add_parser(
+        "endpoints", help="the router's model servers: health, ejections, load (router only)"
+    )
 
     generate = commands.add_parser("generate", help="complete a prompt, streaming the answer")
     generate.add_argument("model")
@@ -98,6 +101,35 @@ def _models(client: Client) -> None:
         )
 
 
+def _endpoints(target: str, timeout: float) -> None:
+    import grpc
+
+    from switchyard.v1 import router_admin_pb2 as admin_pb
+    from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = admin_grpc.RouterAdminServiceStub(channel).ListEndpoints(
+                admin_pb.ListEndpointsRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'FAILS':>5}"
+    print(f"{header}  MODELS / EJECTION")
+    for e in response.endpoints:
+        state = admin_pb.EndpointState.Name(e.state).removeprefix("ENDPOINT_STATE_").lower()
+        models = ", ".join(
+            f"{m.model}={admin_pb.ServingState.Name(m.state).removeprefix('SERVING_STATE_').lower()}"
+            for m in e.models
+        )
+        line = f"{e.cluster:14} {e.address:22} {state:12} {e.outstanding_requests:>8} "
+        line += f"{e.consecutive_failures:>5}  {models}"
+        if e.ejection_reason:
+            left = e.ejected_for.seconds + e.ejected_for.nanos / 1e9
+            line += f"  [ejected {e.ejections}x, {left:.1f}s left: {e.ejection_reason}]"
+        print(line)
+
+
 def _chat(client: Client, args: argparse.Namespace) -> None:
     history: list[Message] = []
     if args.system:
@@ -128,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "models":
                 _models(client)
+            elif args.command == "endpoints":
+                _endpoints(args.target, args.timeout)
             elif args.command == "generate":
                 stream = client.stream(args.model, args.prompt, **_sampling(args))
                 _print_stream(stream, args.usage)

@@ -69,6 +69,8 @@ class StreamChunk:
     backend: str = ""
     timings: Timings | None = None
     stop_sequence: str = ""
+    resumes: int = 0
+    """How often the router resumed this stream elsewhere after a model server failed."""
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,12 @@ class RetryConfig(_Strict):
     per_try_timeout_seconds: float | None = Field(
         default=None, gt=0, description="for a stream, the wait for its first message"
     )
-    budget_percent: float = Field(
-        default=20.0, ge=0, le=100, description="retries in flight, as % of requests in flight"
+    budget_max_tokens: float = Field(
+        default=10.0, gt=0, description="retry throttling: bucket size (gRPC's maxTokens)"
     )
-    min_retry_concurrency: int = Field(default=3, ge=0)
+    budget_token_ratio: float = Field(
+        default=0.1, gt=0, description="tokens a success gives back (gRPC's tokenRatio)"
+    )
 
 
 class TargetConfig(_Strict):

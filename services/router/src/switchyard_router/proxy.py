@@ -106,14 +106,13 @@ class Proxy:
     def __init__(self, table: RouteTable, retry: RetryConfig) -> None:
         self.table = table
         self.retry = retry
-        self.budget = RetryBudget(retry.budget_percent, retry.min_retry_concurrency)
+        self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
 
     def configure(self, table: RouteTable, retry: RetryConfig) -> None:
         """Takes a reloaded config; requests in flight finish with what they started with."""
         self.table = table
         self.retry = retry
-        self.budget.budget_percent = retry.budget_percent
-        self.budget.min_retry_concurrency = retry.min_retry_concurrency
+        self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
 
     def _route(self, request: bytes) -> tuple[RouteTable, Route, str]:
         try:
@@ -171,42 +170,30 @@ class Proxy:
         tried: set[Any] = set()
         failure: _Failure | None = None
         attempt = 0
-        self.budget.active_requests += 1
-        try:
-            while True:
-                try:
-                    pick = self._next(table, route, tried, failure)
-                except StatusError as error:
-                    await _abort(context, error, failure.trailers if failure else None)
-                tried.add(pick.endpoint)
-                payload = request if pick.model == model else wire.with_model(request, pick.model)
-                timeout, own_limit = self._attempt_timeout(deadline)
-                pick.endpoint.outstanding += 1
-                try:
-                    response: bytes = await pick.endpoint.generate(
-                        payload, timeout=timeout, metadata=metadata
-                    )
-                    pick.endpoint.record_success()
-                    return response
-                except grpc.aio.AioRpcError as error:
-                    failure = self._classify(error, pick, own_limit)
-                finally:
-                    pick.endpoint.outstanding -= 1
-                if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
-                    await _abort(
-                        context, StatusError(failure.code, failure.details), failure.trailers
-                    )
-                attempt += 1
-                await self._retrying(attempt, deadline)
-        finally:
-            self.budget.active_requests -= 1
-
-    async def _retrying(self, attempt: int, deadline: float | None) -> None:
-        self.budget.active_retries += 1
-        try:
+        while True:
+            try:
+                pick = self._next(table, route, tried, failure)
+            except StatusError as error:
+                await _abort(context, error, failure.trailers if failure else None)
+            tried.add(pick.endpoint)
+            payload = request if pick.model == model else wire.with_model(request, pick.model)
+            timeout, own_limit = self._attempt_timeout(deadline)
+            pick.endpoint.outstanding += 1
+            try:
+                response: bytes = await pick.endpoint.generate(
+                    payload, timeout=timeout, metadata=metadata
+                )
+                pick.endpoint.record_success()
+                self.budget.record_success()
+                return response
+            except grpc.aio.AioRpcError as error:
+                failure = self._classify(error, pick, own_limit)
+            finally:
+                pick.endpoint.outstanding -= 1
+            if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
+                await _abort(context, StatusError(failure.code, failure.details), failure.trailers)
+            attempt += 1
             await self._pause(attempt, deadline)
-        finally:
-            self.budget.active_retries -= 1
 
     def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
         code = error.code()
@@ -214,20 +201,25 @@ class Proxy:
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
             pick.endpoint.record_failure("per-try timeout")
+            self.budget.record_failure()
             return _Failure(
                 grpc.StatusCode.UNAVAILABLE,
                 f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
                 f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
             )
-        own_answer = any(key == DETAILS_METADATA_KEY for key, _ in trailers)
-        if code == grpc.StatusCode.UNAVAILABLE and not own_answer:
-            # A connection failure, not the model server's own answer: say where.
-            details = (
-                f"model server {pick.endpoint.address} (cluster {pick.cluster}) for model "
-                f"{pick.model} is unavailable: {details}"
-            )
-            pick.endpoint.record_failure(error.details() or "unavailable")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # Counts toward ejection whether the connection failed or the model
+            # server said so itself (overload is RESOURCE_EXHAUSTED, and does not).
+            pick.endpoint.record_failure(details or "unavailable")
+            if not any(key == DETAILS_METADATA_KEY for key, _ in trailers):
+                # A connection failure, not the model server's own answer: say where.
+                details = (
+                    f"model server {pick.endpoint.address} (cluster {pick.cluster}) for model "
+                    f"{pick.model} is unavailable: {details}"
+                )
         log.info("attempt on %s: %s: %s", pick.endpoint.address, code.name, details)
+        if code in RETRYABLE:
+            self.budget.record_failure()
         return _Failure(code, details, trailers)
 
     async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
@@ -248,73 +240,71 @@ class Proxy:
         failure: _Failure | None = None
         attempt = 0
         delivered = 0
-        self.budget.active_requests += 1
-        try:
-            while True:
-                try:
-                    pick = self._next(table, route, tried, failure)
-                except StatusError as error:
-                    await _abort(context, error, failure.trailers if failure else None)
-                tried.add(pick.endpoint)
-                payload = base if pick.model == model else wire.with_model(base, pick.model)
-                if resumable is not None and delivered:
-                    payload += resumable.continuation()
-                timeout, own_limit = self._attempt_timeout(deadline)
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                pick.endpoint.outstanding += 1
-                call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
-                received = 0
-                try:
-                    responses = call.__aiter__()
-                    # The per-try timeout bounds the wait for an attempt's first message.
-                    first = await asyncio.wait_for(anext(responses), timeout if own_limit else None)
-                    received = 1
-                    yield first if resumable is None else resumable.relay(first)
+        while True:
+            try:
+                pick = self._next(table, route, tried, failure)
+            except StatusError as error:
+                await _abort(context, error, failure.trailers if failure else None)
+            tried.add(pick.endpoint)
+            payload = base if pick.model == model else wire.with_model(base, pick.model)
+            if resumable is not None and delivered:
+                payload += resumable.continuation()
+            timeout, own_limit = self._attempt_timeout(deadline)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            pick.endpoint.outstanding += 1
+            call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+            received = 0
+            try:
+                responses = call.__aiter__()
+                # The per-try timeout bounds the wait for an attempt's first message.
+                first = await asyncio.wait_for(anext(responses), timeout if own_limit else None)
+                received = 1
+                yield first if resumable is None else resumable.relay(first)
+                delivered += 1
+                async for message in responses:
+                    received += 1
+                    yield message if resumable is None else resumable.relay(message)
                     delivered += 1
-                    async for message in responses:
-                        received += 1
-                        yield message if resumable is None else resumable.relay(message)
-                        delivered += 1
-                    pick.endpoint.record_success()
-                    return
-                except StopAsyncIteration:
-                    return  # an empty stream: nothing to relay
-                except TimeoutError:
-                    failure = self._classify_timeout(pick)
-                except grpc.aio.AioRpcError as error:
-                    failure = self._classify(error, pick, own_limit=False)
-                finally:
-                    pick.endpoint.outstanding -= 1
-                    call.cancel()  # client gone, attempt failed or done: stop upstream work
-                if delivered == 0:
-                    if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
-                        await _abort(
-                            context, StatusError(failure.code, failure.details), failure.trailers
-                        )
-                elif resumable is not None and failure.code == grpc.StatusCode.UNAVAILABLE:
-                    if not self._may_retry(attempt, deadline):
-                        await _abort(context, StatusError(failure.code, failure.details))
-                    resumable.resumes += 1
-                    log.warning(
-                        "resuming %s after %d messages: %s", route.model, delivered, failure.details
-                    )
-                else:
+                pick.endpoint.record_success()
+                self.budget.record_success()
+                return
+            except StopAsyncIteration:
+                return  # an empty stream: nothing to relay
+            except TimeoutError:
+                failure = self._classify_timeout(pick)
+            except grpc.aio.AioRpcError as error:
+                failure = self._classify(error, pick, own_limit=False)
+            finally:
+                pick.endpoint.outstanding -= 1
+                call.cancel()  # client gone, attempt failed or done: stop upstream work
+            if delivered == 0:
+                if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
                     await _abort(
-                        context,
-                        StatusError(
-                            failure.code,
-                            f"{failure.details} (after {delivered} streamed messages; "
-                            f"route {route.model!r} does not resume)",
-                        ),
-                        failure.trailers,
+                        context, StatusError(failure.code, failure.details), failure.trailers
                     )
-                attempt += 1
-                await self._retrying(attempt, deadline)
-        finally:
-            self.budget.active_requests -= 1
+            elif resumable is not None and failure.code == grpc.StatusCode.UNAVAILABLE:
+                if not self._may_retry(attempt, deadline):
+                    await _abort(context, StatusError(failure.code, failure.details))
+                resumable.resumes += 1
+                log.warning(
+                    "resuming %s after %d messages: %s", route.model, delivered, failure.details
+                )
+            else:
+                await _abort(
+                    context,
+                    StatusError(
+                        failure.code,
+                        f"{failure.details} (after {delivered} streamed messages; "
+                        f"route {route.model!r} does not resume)",
+                    ),
+                    failure.trailers,
+                )
+            attempt += 1
+            await self._pause(attempt, deadline)
 
     def _classify_timeout(self, pick: Pick) -> _Failure:
         pick.endpoint.record_failure("per-try timeout")
+        self.budget.record_failure()
         return _Failure(
             grpc.StatusCode.UNAVAILABLE,
             f"model server {pick.endpoint.address} (cluster {pick.cluster}) sent nothing "

@@ -2,9 +2,14 @@
 
 A retry goes to another endpoint, only for failures another endpoint can fix
 (UNAVAILABLE, RESOURCE_EXHAUSTED, an attempt's own timeout), only inside the
-caller's deadline, and only while the retry budget allows: retries in flight
-may not exceed ``budget_percent`` of requests in flight (or
-``min_retry_concurrency``), so a failing fleet is not hammered with retries.
+caller's deadline, and only while the retry budget has tokens.
+
+The budget is gRPC's retry throttling: it holds up to ``max_tokens``; each
+failed attempt takes one, each success gives back ``token_ratio``; retries
+are allowed while more than half remain. A burst (one replica dying with
+requests in flight) is retried in full, but a fleet that keeps failing gets
+at most about one retry per ``1 / token_ratio`` successes, so it is not
+hammered with extra load.
 """
 
 from __future__ import annotations
@@ -15,14 +20,23 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 
 
 class RetryBudget:
-    """Envoy-style retry budget over concurrent requests and retries."""
+    """gRPC-style retry throttling shared by every request of the router."""
 
-    def __init__(self, budget_percent: float, min_retry_concurrency: int) -> None:
-        self.budget_percent = budget_percent
-        self.min_retry_concurrency = min_retry_concurrency
-        self.active_requests = 0
-        self.active_retries = 0
+    def __init__(self, max_tokens: float, token_ratio: float) -> None:
+        self.max_tokens = max_tokens
+        self.token_ratio = token_ratio
+        self.tokens = max_tokens
+
+    def configure(self, max_tokens: float, token_ratio: float) -> None:
+        self.max_tokens = max_tokens
+        self.token_ratio = token_ratio
+        self.tokens = min(self.tokens, max_tokens)
+
+    def record_success(self) -> None:
+        self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+
+    def record_failure(self) -> None:
+        self.tokens = max(0.0, self.tokens - 1)
 
     def allows_retry(self) -> bool:
-        limit = max(self.min_retry_concurrency, self.active_requests * self.budget_percent / 100)
-        return self.active_retries < limit
+        return self.tokens > self.max_tokens / 2
