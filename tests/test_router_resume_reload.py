@@ -1,0 +1,173 @@
+"""Router: resume on the real engine, config reload under load, DNS endpoints, visibility."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleet import Fleet, endpoints, wait_for_state
+from processes import ServerProcess
+
+from switchyard import AsyncClient, Client, FinishReason
+from switchyard.v1 import router_admin_pb2 as admin_pb
+
+
+@pytest.fixture
+def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    group = Fleet(workdir, request.node.name)
+    yield group
+    group.stop()
+
+
+def _slow_llama(fleet: Fleet, models_dir: Path, label: str) -> ServerProcess:
+    directory = fleet.workdir / f"models-{label}"
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    return fleet.modelserver(
+        label, {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}}
+    )
+
+
+def test_resume_after_kill_9_gives_the_uninterrupted_greedy_text(
+    fleet: Fleet, models_dir: Path
+) -> None:
+    a, b = _slow_llama(fleet, models_dir, "a"), _slow_llama(fleet, models_dir, "b")
+    router = fleet.router(
+        {
+            "clusters": {"cpu": {"endpoints": [a.address, b.address]}},
+            "routes": [{"model": "tiny-slow", "resume": True, "targets": [{"cluster": "cpu"}]}],
+        }
+    )
+    options: dict[str, Any] = {"max_tokens": 600, "temperature": 0.0}
+    with Client(a.address) as direct:
+        expected = direct.generate("tiny-slow", "hello world", **options)
+    assert expected.usage.completion_tokens == 600
+
+    with Client(router.address, timeout=60) as client:
+        stream = client.stream("tiny-slow", "hello world", **options)
+        chunks = [next(stream) for _ in range(5)]
+        serving = [e.address for e in endpoints(router) if e.outstanding_requests == 1]
+        assert len(serving) == 1
+        victim = a if serving[0] == a.address else b
+        victim.process.kill()
+        chunks += list(stream)
+    final = chunks[-1]
+    assert "".join(c.text for c in chunks) == expected.text
+    assert final.resumes == 1
+    assert final.finish_reason is FinishReason.LENGTH
+    assert final.usage is not None and final.usage.completion_tokens == 600
+
+
+def _config(clusters: dict[str, Any], target: str) -> dict[str, Any]:
+    return {
+        "clusters": clusters,
+        "routes": [{"model": "m", "targets": [{"cluster": target}]}],
+    }
+
+
+async def test_reload_under_load_drops_nothing_and_refuses_an_invalid_config(
+    fleet: Fleet,
+) -> None:
+    a = fleet.scripted("a", [{"id": "m", "reply": "from-a", "token_delay_ms": 5}])
+    b = fleet.scripted("b", [{"id": "m", "reply": "from-b", "token_delay_ms": 5}])
+    clusters = {"a": {"endpoints": [a.address]}, "b": {"endpoints": [b.address]}}
+    router = fleet.router(_config(clusters, "a"))
+    config_path = fleet.rewrite_router_config("router", _config(clusters, "a"))
+    replies: list[str] = []
+    stop = asyncio.Event()
+    async with AsyncClient(router.address, max_retries=0, timeout=10) as client:
+
+        async def load() -> None:
+            while not stop.is_set():
+                replies.append((await client.generate("m", "x")).text)
+
+        workers = [asyncio.create_task(load()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        fleet.rewrite_router_config("router", _config(clusters, "b"))
+        router.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not replies or replies[-1] != "from-b":
+            assert time.monotonic() < deadline, router.log()
+            await asyncio.sleep(0.05)
+        config_path.write_text(
+            "clusters: {}\nroutes: [{model: m, targets: [{cluster: nowhere}]}]\n"
+        )
+        router.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reload refused" not in router.log():
+            assert time.monotonic() < deadline, router.log()
+            await asyncio.sleep(0.05)
+        before = len(replies)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*workers)  # any failed request raises here
+    assert set(replies[before:]) == {"from-b"}  # the invalid config changed nothing
+    refusal = router.log().split("config reload refused", 1)[1]
+    assert "clusters: " in refusal[:600]  # the log names the bad key
+
+
+def test_a_changed_config_file_is_applied_without_a_signal(fleet: Fleet) -> None:
+    a = fleet.scripted("a", [{"id": "m", "reply": "from-a"}])
+    b = fleet.scripted("b", [{"id": "m", "reply": "from-b"}])
+    clusters = {"a": {"endpoints": [a.address]}, "b": {"endpoints": [b.address]}}
+    router = fleet.router(_config(clusters, "a"))
+    with Client(router.address, max_retries=0) as client:
+        assert client.generate("m", "x").text == "from-a"
+        time.sleep(1.1)  # file systems with 1 s mtime resolution
+        fleet.rewrite_router_config("router", _config(clusters, "b"))
+        deadline = time.monotonic() + 10
+        while client.generate("m", "x").text != "from-b":
+            assert time.monotonic() < deadline, router.log()
+            time.sleep(0.1)
+
+
+def test_dns_endpoints_resolve_to_the_model_servers(fleet: Fleet) -> None:
+    a = fleet.scripted("a", [{"id": "m", "reply": "via-dns"}])
+    port = a.address.rsplit(":", 1)[1]
+    router = fleet.router(
+        {
+            "clusters": {"pool": {"endpoints": [f"dns:///localhost:{port}"]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    wait_for_state(router, a.address, admin_pb.ENDPOINT_STATE_HEALTHY)
+    with Client(router.address, max_retries=0) as client:
+        assert client.generate("m", "x").text == "via-dns"
+        [model] = client.list_models()
+    assert model.ready
+    assert model.healthy_replicas >= 1
+
+
+def test_cli_shows_every_endpoint_state(fleet: Fleet) -> None:
+    a = fleet.scripted("a", [{"id": "m"}])
+    b = fleet.scripted("b", [{"id": "m"}])
+    router = fleet.router(
+        {
+            "clusters": {"pool": {"endpoints": [a.address, b.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    b.process.kill()
+    wait_for_state(router, b.address, admin_pb.ENDPOINT_STATE_UNREACHABLE)
+    result = subprocess.run(
+        [sys.executable, "-m", "switchyard.cli", "--target", router.address, "endpoints"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()[1:]}
+    assert "healthy" in rows[a.address]
+    assert "m=serving" in rows[a.address]
+    assert "unreachable" in rows[b.address]
+    with Client(router.address) as client:
+        [model] = client.list_models()
+    assert (model.healthy_replicas, model.total_replicas) == (1, 2)
