@@ -26,6 +26,7 @@ from switchyard_modelserver import validation
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
+from switchyard_modelserver.coalescing import coalesced
 from switchyard_modelserver.domain import (
     Capability,
     Delta,
@@ -194,7 +195,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self, request: pb.GenerateRequest, context: Context
     ) -> pb.GenerateResponse:
         outcome = _Outcome("Generate")
-        async with status_boundary(context, outcome), _deadline(context):
+        async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             parts: list[str] = []
             events = self._events(validation.generation_request(request), outcome)
             async with aclosing(events):
@@ -218,8 +219,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self, request: pb.StreamGenerateRequest, context: Context
     ) -> None:
         outcome = _Outcome("StreamGenerate")
-        async with status_boundary(context, outcome), _deadline(context):
-            events = self._events(validation.generation_request(request), outcome)
+        async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
+            events = coalesced(self._events(validation.generation_request(request), outcome))
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
@@ -255,7 +256,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
         resolved = dataclasses.replace(request, model=model_id)
-        async with self._in_flight.track(), self._gates[model_id].admit():
+        async with self._gates[model_id].admit():
             events = self._backend.generate(resolved)
             try:
                 async for event in events:

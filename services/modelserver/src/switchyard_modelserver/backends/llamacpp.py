@@ -346,7 +346,16 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     # if we had generated it, so a character or a stop sequence cut by the
     # interruption completes exactly as it would have.
     replayed = ""
+    if job.continuation_tokens:
+        # Evaluate as the interrupted server did: the prompt as a batch, then
+        # each generated token alone. A batched pass computes slightly different
+        # logits, which would change a greedy continuation at near-ties.
+        llama.reset()
+        llama.eval(job.prompt_tokens)
     for token in job.continuation_tokens:
+        if cancelled.is_set():
+            return
+        llama.eval([token])
         replayed += utf8.decode(llama.detokenize([token], prev_tokens=history))
         history.append(token)
         generated += 1
