@@ -16,26 +16,30 @@ smollm2="$("$PY" -c 'import importlib.util, pathlib; print(pathlib.Path(importli
 ln -sf "$smollm2" "$SWITCHYARD_MODELS_DIR/smollm2-135m-instruct.gguf"
 
 pids=()
+status=0
 stop() {
-  trap - INT TERM
-  echo
-  echo "stopping..."
+  trap - INT TERM EXIT
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait
-  exit 0
+  exit "$status"
 }
-trap stop INT TERM
+# Whatever ends this script (Ctrl-C, a failed start) stops both servers.
+trap stop INT TERM EXIT
 
-wait_serving() {  # address name
-  "$PY" - "$1" "$2" <<'PYTHON'
-import sys, time
+wait_serving() {  # pid address name: fails as soon as the process exits
+  "$PY" - "$1" "$2" "$3" <<'PYTHON'
+import os, sys, time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-address, name = sys.argv[1], sys.argv[2]
+pid, address, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 deadline = time.monotonic() + 120
 with grpc.insecure_channel(address) as channel:
     stub = health_pb2_grpc.HealthStub(channel)
     while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit(f"{name} exited during start-up (see its log above)")
         try:
             if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                 sys.exit(0)
@@ -48,10 +52,10 @@ PYTHON
 
 .venv/bin/switchyard-modelserver --config deploy/local/modelserver.yaml &
 pids+=($!)
-wait_serving "127.0.0.1:$MODELSERVER_PORT" "model server"
+wait_serving "$!" "127.0.0.1:$MODELSERVER_PORT" "model server" || { status=1; exit 1; }
 .venv/bin/switchyard-router --config deploy/local/router.yaml &
 pids+=($!)
-wait_serving "127.0.0.1:$ROUTER_PORT" "router"
+wait_serving "$!" "127.0.0.1:$ROUTER_PORT" "router" || { status=1; exit 1; }
 
 cat <<MESSAGE
 
@@ -61,8 +65,8 @@ cat <<MESSAGE
 
   Try:
     .venv/bin/grpcurl -plaintext -d '{"model":"smollm2-135m-instruct","prompt":"The capital of France is","sampling":{"max_tokens":16,"temperature":0}}' localhost:$ROUTER_PORT switchyard.v1.LLMService/Generate
-    .venv/bin/switchyard chat smollm2-135m-instruct "What is the capital of France?"
+    .venv/bin/switchyard chat smollm2-135m-instruct "Which city is the capital of France?"
 
   Ctrl-C stops both.
 MESSAGE
-wait
+wait -n || status=$?

@@ -243,6 +243,7 @@ def test_invalid_argument_is_never_retried(fleet: Fleet) -> None:
     )
     with Client(router.address, max_retries=0) as client, pytest.raises(InvalidArgumentError):
         client.generate("m", "x", temperature=-1)
+
     def attempts() -> int:
         return sum(s.log().count("request method=Generate") for s in (a, b))
 

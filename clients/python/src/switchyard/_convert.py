@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from google.protobuf import duration_pb2
 
@@ -99,15 +99,23 @@ def stream_chunk(response: pb.StreamGenerateResponse) -> StreamChunk:
     )
 
 
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """An enum value's short lower-case name; "unknown" for values newer than this SDK."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return "unknown"
+
+
 def model_info(model: pb.Model) -> ModelInfo:
     return ModelInfo(
         id=model.id,
         backend=model.backend,
-        status=pb.ModelStatus.Name(model.status).removeprefix("MODEL_STATUS_").lower(),
+        status=_enum_name(pb.ModelStatus, model.status, "MODEL_STATUS_"),
         context_length=model.context_length,
         aliases=list(model.aliases),
         capabilities=[
-            pb.Capability.Name(c).removeprefix("CAPABILITY_").lower() for c in model.capabilities
+            _enum_name(pb.Capability, c, "CAPABILITY_") for c in model.capabilities
         ],
         healthy_replicas=model.healthy_replicas,
         total_replicas=model.total_replicas,

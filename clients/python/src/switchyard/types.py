@@ -12,6 +12,8 @@ class FinishReason(enum.StrEnum):
     """Why a generation ended."""
 
     UNSPECIFIED = "unspecified"
+    UNKNOWN = "unknown"
+    """A reason this SDK version does not know (the server is newer)."""
     STOP = "stop"
     LENGTH = "length"
     STOP_SEQUENCE = "stop_sequence"
@@ -21,7 +23,10 @@ class FinishReason(enum.StrEnum):
 
     @classmethod
     def from_proto(cls, value: int) -> FinishReason:
-        name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")
+        try:
+            name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")  # type: ignore[arg-type]
+        except ValueError:  # the contract only grows: newer servers may send new values
+            return cls.UNKNOWN
         return cls(name.lower())
 
 

@@ -32,11 +32,14 @@ class ModelCatalog:
         self._on_change = on_change
 
     def _index(self) -> dict[str, str]:
-        names = {}
+        names = {model_id: model_id for model_id in self._entries}
         for model_id, entry in self._entries.items():
-            names[model_id] = model_id
             for alias in entry.card.aliases:
-                names.setdefault(alias, model_id)
+                if names.setdefault(alias, model_id) != model_id:
+                    raise ValueError(
+                        f"alias {alias!r} of model {model_id!r} is already the name of "
+                        f"model {names[alias]!r}"
+                    )
         return names
 
     def entries(self) -> list[CatalogEntry]:

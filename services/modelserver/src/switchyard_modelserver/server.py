@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -20,7 +21,6 @@ from pydantic import ValidationError
 
 from switchyard.configfile import ConfigError, describe_validation_error
 from switchyard.v1 import llm_service_pb2 as pb
-from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.backends.registry import backend_class
@@ -28,12 +28,37 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.servicer import InFlight, LLMServicer
+from switchyard_modelserver.validation import lenient_parser
 
 log = logging.getLogger("switchyard.modelserver")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _llm_service_handler(servicer: LLMServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """LLMService's handlers, with request parsing that cannot fail inside grpcio."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Generate": grpc.unary_unary_rpc_method_handler(
+                servicer.Generate,
+                request_deserializer=lenient_parser(pb.GenerateRequest),
+                response_serializer=pb.GenerateResponse.SerializeToString,
+            ),
+            "StreamGenerate": grpc.unary_stream_rpc_method_handler(
+                servicer.StreamGenerate,
+                request_deserializer=lenient_parser(pb.StreamGenerateRequest),
+                response_serializer=pb.StreamGenerateResponse.SerializeToString,
+            ),
+            "ListModels": grpc.unary_unary_rpc_method_handler(
+                servicer.ListModels,
+                request_deserializer=pb.ListModelsRequest.FromString,
+                response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
+        },
+    )
 
 
 def build_backend(config: ModelServerConfig) -> Backend:
@@ -77,8 +102,8 @@ class ModelServer:
             ]
         )
         self.in_flight = InFlight()
-        pb_grpc.add_LLMServiceServicer_to_server(
-            LLMServicer(backend, self.catalog, self.gates, self.in_flight), self.server
+        self.server.add_generic_rpc_handlers(
+            (_llm_service_handler(LLMServicer(backend, self.catalog, self.gates, self.in_flight)),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -107,9 +132,10 @@ class ModelServer:
         for entry in self.catalog.entries():
             for name in self.catalog.health_names(entry):
                 await self.health.set(name, _NOT_SERVING)
-        port = self.server.add_insecure_port(self.config.listen)
-        if port == 0:
-            raise ConfigError(f"listen: cannot bind {self.config.listen}")
+        try:
+            port = self.server.add_insecure_port(self.config.listen)
+        except RuntimeError as error:  # grpcio raises where it used to return 0
+            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
         await self.server.start()
         return port
 
@@ -144,7 +170,10 @@ class ModelServer:
 async def serve(config: ModelServerConfig) -> None:
     """Runs a model server until SIGTERM or SIGINT."""
     backend = build_backend(config)
-    model_server = ModelServer(config, backend)
+    try:
+        model_server = ModelServer(config, backend)
+    except ValueError as error:  # e.g. an alias that names another model
+        raise ConfigError(f"backend: {error}") from None
     port = await model_server.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(

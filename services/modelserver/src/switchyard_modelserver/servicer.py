@@ -36,6 +36,7 @@ from switchyard_modelserver.domain import (
     GenerationRequest,
     ModelState,
 )
+from switchyard_modelserver.validation import UnreadableRequest
 
 log = logging.getLogger("switchyard.modelserver.requests")
 
@@ -192,7 +193,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self._in_flight = in_flight
 
     async def Generate(  # noqa: N802 - gRPC method name
-        self, request: pb.GenerateRequest, context: Context
+        self, request: pb.GenerateRequest | UnreadableRequest, context: Context
     ) -> pb.GenerateResponse:
         outcome = _Outcome("Generate")
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
@@ -216,16 +217,18 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
     async def StreamGenerate(  # type: ignore[override]  # noqa: N802 - writes via context
-        self, request: pb.StreamGenerateRequest, context: Context
+        self, request: pb.StreamGenerateRequest | UnreadableRequest, context: Context
     ) -> None:
         outcome = _Outcome("StreamGenerate")
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
-            events = coalesced(self._events(validation.generation_request(request), outcome))
+            valid = validation.generation_request(request)
+            with_ids = valid.include_token_ids
+            events = coalesced(self._events(valid, outcome))
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or (request.include_token_ids and event.token_ids):
-                            await context.write(_delta_message(event, request.include_token_ids))
+                        if event.text or (with_ids and event.token_ids):
+                            await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))
 

@@ -7,10 +7,17 @@ which alone can count tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
+
+_Message = TypeVar("_Message", bound=Message)
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_SEQUENCE_LENGTH = 256
@@ -19,10 +26,40 @@ MAX_SEED = 2**63 - 1
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+@dataclass(frozen=True)
+class UnreadableRequest:
+    """Stands in for a request whose bytes did not parse (e.g. a string that is not UTF-8)."""
+
+    message_type: str
+    error: str
+
+
+def lenient_parser(
+    message_type: type[_Message],
+) -> Callable[[bytes], _Message | UnreadableRequest]:
+    """A gRPC request deserializer that hands bad bytes to the servicer instead of
+    failing inside grpcio (which would answer UNKNOWN), so they get INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> _Message | UnreadableRequest:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as error:
+            return UnreadableRequest(message_type.DESCRIPTOR.full_name, str(error))
+
+    return parse
+
+
 def generation_request(
-    request: pb.GenerateRequest | pb.StreamGenerateRequest,
+    request: pb.GenerateRequest | pb.StreamGenerateRequest | UnreadableRequest,
 ) -> GenerationRequest:
     """Validates a Generate or StreamGenerate request; raises StatusError on bad input."""
+    if isinstance(request, UnreadableRequest):
+        raise invalid_argument(
+            FieldViolation(
+                "request",
+                f"not a valid {request.message_type} (strings must be UTF-8): {request.error}",
+            )
+        )
     violations: list[FieldViolation] = []
     if not request.model:
         violations.append(FieldViolation("model", "is required (see ListModels for the ids)"))

@@ -112,9 +112,10 @@ class Router:
 
     async def start(self) -> int:
         await self.apply(self.config)
-        port = self.server.add_insecure_port(self.config.listen)
-        if port == 0:
-            raise ConfigError(f"listen: cannot bind {self.config.listen}")
+        try:
+            port = self.server.add_insecure_port(self.config.listen)
+        except RuntimeError as error:  # grpcio raises where it used to return 0
+            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
         # Give health streams a moment so the first requests find healthy endpoints.
         deadline = time.monotonic() + _INITIAL_HEALTH_WAIT_SECONDS
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110

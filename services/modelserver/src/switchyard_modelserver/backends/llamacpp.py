@@ -70,6 +70,12 @@ class LlamaCppOptions(BackendOptions):
     threads: int | None = Field(default=None, ge=1, description="CPU threads per model")
     batch_size: int = Field(default=512, ge=1)
     default_max_tokens: int = Field(default=512, ge=1)
+    prompt_chunk_tokens: int = Field(
+        default=128,
+        ge=1,
+        description="prompt tokens per forward pass; cancellation is "
+        "checked between passes, so this bounds how long a cancelled prompt keeps the model",
+    )
 
 
 @dataclass
@@ -83,6 +89,7 @@ class _LoadedModel:
 
 @dataclass(frozen=True)
 class _Job:
+    prompt_chunk_tokens: int
     prompt_tokens: list[int]
     continuation_tokens: list[int]
     delivered_text: str
@@ -108,6 +115,7 @@ class LlamaCppBackend(Backend):
         self._options = options
         self._files = self._discover(options)
         self._loaded: dict[str, _LoadedModel] = {}
+        self._live: set[EngineThreadBridge] = set()
 
     @staticmethod
     def _discover(options: LlamaCppOptions) -> dict[str, tuple[Path, LlamaCppModelOptions]]:
@@ -119,6 +127,11 @@ class LlamaCppBackend(Backend):
         for path in sorted(directory.glob("*.gguf")):
             override = overrides.pop(path.name, LlamaCppModelOptions(file=path.name))
             model_id = override.id or path.name.removesuffix(".gguf")
+            if model_id in files:
+                raise ValueError(
+                    f"backend.models: {path.name} and {files[model_id][0].name} "
+                    f"would both be model {model_id!r}"
+                )
             files[model_id] = (path, override)
         if overrides:
             missing = ", ".join(sorted(overrides))
@@ -220,6 +233,7 @@ class LlamaCppBackend(Backend):
                 FieldViolation("continuation", "prompt and continuation fill the context")
             )
         job = _Job(
+            prompt_chunk_tokens=self._options.prompt_chunk_tokens,
             prompt_tokens=prompt_tokens,
             continuation_tokens=continuation_tokens,
             delivered_text=request.continuation.text,
@@ -237,6 +251,7 @@ class LlamaCppBackend(Backend):
             stop=sampling.stop,
         )
         bridge = EngineThreadBridge()
+        self._live.add(bridge)
         asyncio.get_running_loop().run_in_executor(
             model.executor, _decode, model.llama, job, bridge
         )
@@ -247,6 +262,7 @@ class LlamaCppBackend(Backend):
             # Consumer gone (finished, cancelled or timed out): the worker stops
             # before its next token and the model is free for the next request.
             bridge.cancelled.set()
+            self._live.discard(bridge)
 
     @staticmethod
     def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
@@ -256,6 +272,7 @@ class LlamaCppBackend(Backend):
             return list(
                 llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False)
             )
+        import jinja2
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         assert model.chat_template is not None
@@ -265,7 +282,13 @@ class LlamaCppBackend(Backend):
             bos_token=_token_text(llama, llama.token_bos()),
         )
         messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
-        text = formatter(messages=messages).prompt
+        try:
+            text = formatter(messages=messages).prompt
+        except (ValueError, TypeError, jinja2.TemplateError) as error:
+            # Templates reject what they cannot format (e.g. roles that do not alternate).
+            raise invalid_argument(
+                FieldViolation("messages", f"{request.model}'s chat template refused them: {error}")
+            ) from None
         bos_text = _token_text(llama, llama.token_bos())
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
@@ -288,8 +311,12 @@ class LlamaCppBackend(Backend):
         return []
 
     async def close(self) -> None:
+        # Stop generations still running (the drain's grace period is over),
+        # then wait for the workers off the event loop.
+        for bridge in self._live:
+            bridge.cancelled.set()
         for model in self._loaded.values():
-            model.executor.shutdown(wait=True, cancel_futures=True)
+            await asyncio.to_thread(model.executor.shutdown, wait=True, cancel_futures=True)
             model.llama.close()
         self._loaded.clear()
 
@@ -321,6 +348,27 @@ def _decode(llama: Llama, job: _Job, bridge: EngineThreadBridge) -> None:
         bridge.push(error)
 
 
+def _prefill(llama: Llama, tokens: list[int], chunk: int, cancelled: threading.Event) -> bool:
+    """Evaluates the prompt in chunks, reusing the cached prefix; False if cancelled.
+
+    Chunks bound how long a cancelled request keeps the model busy (a long
+    prompt in one pass would hold it for seconds). Afterwards the whole prompt
+    is cached, so ``Llama.generate`` samples at once.
+    """
+    cached = 0
+    for old, new in zip(llama._input_ids, tokens, strict=False):
+        if old != new:
+            break
+        cached += 1
+    cached = min(cached, len(tokens) - 1)  # the last token is evaluated for fresh logits
+    llama.n_tokens = cached
+    for start in range(cached, len(tokens), chunk):
+        if cancelled.is_set():
+            return False
+        llama.eval(tokens[start : start + chunk])
+    return True
+
+
 def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: Any) -> None:
     cancelled: threading.Event = bridge.cancelled
     if cancelled.is_set():  # cancelled while waiting for the thread
@@ -347,11 +395,12 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     # interruption completes exactly as it would have.
     replayed = ""
     if job.continuation_tokens:
-        # Evaluate as the interrupted server did: the prompt as a batch, then
-        # each generated token alone. A batched pass computes slightly different
-        # logits, which would change a greedy continuation at near-ties.
-        llama.reset()
-        llama.eval(job.prompt_tokens)
+        # Evaluate as the interrupted server did: the prompt in the same passes,
+        # then each generated token alone. One batched pass would compute
+        # slightly different logits and change a greedy continuation at near-ties.
+        llama.reset()  # type: ignore[no-untyped-call]
+    if not _prefill(llama, job.prompt_tokens, job.prompt_chunk_tokens, cancelled):
+        return
     for token in job.continuation_tokens:
         if cancelled.is_set():
             return
