@@ -16,7 +16,7 @@ import gguf
 import pytest
 import yaml
 from processes import ServerProcess, free_port
-from tinymodel import TinyModelSpec, write_tiny_model
+from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
 
 MODELSERVER = "switchyard_modelserver"
 ROUTER = "switchyard_router"
@@ -47,6 +47,7 @@ def models_dir(workdir: Path) -> Path:
         directory / "tiny-q4.gguf", TinyModelSpec(quantization=gguf.GGMLQuantizationType.Q4_0)
     )
     write_tiny_model(directory / "tiny-slow.gguf", SLOW_SPEC)
+    write_tiny_model(directory / "tiny-strict.gguf", TinyModelSpec(chat_template=STRICT_TEMPLATE))
     return directory
 
 

@@ -72,7 +72,8 @@ class ServerProcess:
         raise TimeoutError(f"{self.name} not SERVING after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:

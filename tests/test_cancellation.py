@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 from conftest import start_modelserver, start_router
 from processes import ServerProcess
 
-from switchyard import AsyncClient, Client, DeadlineExceededError, FinishReason, RateLimitError
+from switchyard import (
+    APIError,
+    AsyncClient,
+    Client,
+    DeadlineExceededError,
+    FinishReason,
+    RateLimitError,
+)
 
 LONG = 3000  # tokens: ~10 s of work on the slow model, far past any deadline used here
 
@@ -149,3 +157,43 @@ async def test_full_queue_is_resource_exhausted_with_retry_info(workdir: Path) -
         assert sorted(results) == ["a b c d e f", "rejected"]
     finally:
         server.stop()
+
+
+def test_cancelling_during_a_long_prompt_frees_the_model(slow_server: ServerProcess) -> None:
+    long_prompt = "hello world " * 1400  # ~2,800 tokens: ~2.5 s of prompt processing here
+    with Client(slow_server.address, max_retries=0) as client:
+        with pytest.raises(DeadlineExceededError):
+            client.generate("tiny-slow", long_prompt, max_tokens=8, timeout=0.3)
+        # Prompt processing stops between chunks; had it run on, this would wait ~2 s.
+        result = client.generate("tiny-slow", "hello", max_tokens=1, timeout=1.5)
+    assert result.usage.completion_tokens == 1
+
+
+def test_sigterm_cancels_generations_still_running_after_the_grace_period(
+    workdir: Path, models_dir: Path
+) -> None:
+    directory = workdir / "grace-models"
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    server = start_modelserver(
+        workdir,
+        "grace-modelserver",
+        {
+            "drain_grace_seconds": 1,
+            "backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1},
+        },
+    )
+    try:
+        with Client(server.address, max_retries=0) as client:
+            stream = client.stream("tiny-slow", "hello", max_tokens=LONG, temperature=0)
+            next(stream)
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            # Exits after the 1 s grace period, not after the ~10 s generation.
+            assert server.process.wait(timeout=8) == 0
+            assert time.monotonic() - started < 8
+            with pytest.raises(APIError):
+                list(stream)
+    finally:
+        server.stop()
+    assert "grace period over; cancelling 1 requests" in server.log()

@@ -136,6 +136,29 @@ def test_stream_reports_bad_input_the_same_way(address: str) -> None:
     assert [v.field for v in caught.value.field_violations] == ["sampling.temperature"]
 
 
+def test_a_conversation_the_chat_template_refuses_is_invalid_argument(
+    llama_server: ServerProcess,
+) -> None:
+    with Client(llama_server.address) as client, pytest.raises(InvalidArgumentError) as caught:
+        client.chat("tiny-strict", [{"role": "assistant", "content": "hi"}], max_tokens=2)
+    assert [v.field for v in caught.value.field_violations] == ["messages"]
+    assert "must start with a user message" in caught.value.message
+
+
+def test_a_prompt_that_is_not_utf8_is_invalid_argument(address: str) -> None:
+    # Hand-encoded: field 1 (model) "tiny", field 2 (prompt) two bytes that are not UTF-8.
+    raw = b"\x0a\x04tiny" + b"\x12\x02\xff\xfe"
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/switchyard.v1.LLMService/Generate", None, None)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(raw, timeout=10)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in parse_details(error.trailing_metadata()).field_violations] == [
+        "request"
+    ]
+
+
 def test_logprobs_on_llamacpp_is_refused_clearly(address: str) -> None:
     error = _call(
         address,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from switchyard.configfile import ConfigError, MissingVariableError, expand_env, load_config
+from switchyard.types import FinishReason as FinishReasonSDK
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.config import ModelServerConfig
@@ -115,3 +116,13 @@ def test_router_config_errors_name_the_bad_key(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "clusters.cpu.endpoints" in message
     assert "lisen" in message
+
+
+def test_sdk_tolerates_enum_values_newer_than_itself() -> None:
+    from switchyard import _convert
+
+    chunk = _convert.stream_chunk(pb.StreamGenerateResponse(finish_reason=99))  # type: ignore[arg-type]
+    assert chunk.finish_reason is FinishReasonSDK.UNKNOWN
+    info = _convert.model_info(pb.Model(id="m", status=42, capabilities=[1, 77]))  # type: ignore[list-item, arg-type]
+    assert info.status == "unknown"
+    assert info.capabilities == ["completion", "unknown"]

@@ -22,6 +22,12 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 EOS_ID = 2
+# A template that refuses conversations it cannot format, as many real ones do.
+STRICT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'user' %}"
+    "{{ raise_exception('Conversations must start with a user message') }}"
+    "{% endif %}" + CHATML_TEMPLATE
+)
 _WORDS = (
     "the", "capital", "of", "france", "is", "paris", "hello", "world", "model", "token",
     "switch", "yard", "router", "stream", "answer", "question", "and", "a", "to", "in",
@@ -38,6 +44,7 @@ class TinyModelSpec:
     context_length: int = 2048
     quantization: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32
     seed: int = 0
+    chat_template: str = CHATML_TEMPLATE
 
 
 def _vocabulary() -> tuple[list[str], list[float], list[int]]:
@@ -100,7 +107,7 @@ def write_tiny_model(path: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    writer.add_chat_template(spec.chat_template)
 
     def tensor(
         name: str, shape: tuple[int, ...], *, norm: bool = False, zero_row: int | None = None

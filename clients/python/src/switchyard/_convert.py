@@ -114,9 +114,7 @@ def model_info(model: pb.Model) -> ModelInfo:
         status=_enum_name(pb.ModelStatus, model.status, "MODEL_STATUS_"),
         context_length=model.context_length,
         aliases=list(model.aliases),
-        capabilities=[
-            _enum_name(pb.Capability, c, "CAPABILITY_") for c in model.capabilities
-        ],
+        capabilities=[_enum_name(pb.Capability, c, "CAPABILITY_") for c in model.capabilities],
         healthy_replicas=model.healthy_replicas,
         total_replicas=model.total_replicas,
     )

@@ -24,7 +24,7 @@ class FinishReason(enum.StrEnum):
     @classmethod
     def from_proto(cls, value: int) -> FinishReason:
         try:
-            name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")  # type: ignore[arg-type]
+            name = pb.FinishReason.Name(value).removeprefix("FINISH_REASON_")
         except ValueError:  # the contract only grows: newer servers may send new values
             return cls.UNKNOWN
         return cls(name.lower())
