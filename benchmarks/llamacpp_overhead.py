@@ -115,9 +115,9 @@ def in_process(model: Path, max_tokens: int) -> Callable[[], Sample]:
             PROMPT, max_tokens=max_tokens, temperature=0, stream=True
         )
         for chunk in chunks:
-            if chunk["choices"][0]["text"] and not first:
-                first = time.perf_counter() - start
-            tokens += 1
+            if chunk["choices"][0]["text"]:  # the last chunk only says why it stopped
+                first = first or time.perf_counter() - start
+                tokens += 1
         return first, tokens, time.perf_counter() - start
 
     return run
@@ -156,9 +156,9 @@ def over_sse(port: int, max_tokens: int) -> Callable[[], Sample]:
             line = raw.decode().strip()
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if json.loads(line[6:])["choices"][0]["text"] and not first:
-                first = time.perf_counter() - start
-            tokens += 1
+            if json.loads(line[6:])["choices"][0]["text"]:
+                first = first or time.perf_counter() - start
+                tokens += 1
         connection.close()
         return first, tokens, time.perf_counter() - start
 
@@ -245,12 +245,23 @@ def main() -> None:
         f"SmolLM2-135M-Instruct Q4_1, 1 thread per engine, greedy, max_tokens={args.max_tokens}, "
         f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs {env_note}"
     )
-    print(f"| {'path':24} | {'TTFT p50':>9} | {'tokens/s p50':>12} | {'vs in-process':>13} |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 14}|{'-' * 15}|")
+
+    def spread(runs: list[Sample]) -> str:
+        rates = sorted((t - 1) / (total - first) for first, t, total in runs if t > 1)
+        low, high = rates[len(rates) // 4], rates[(3 * len(rates)) // 4]
+        return f"{low / baseline:.2f}-{high / baseline:.2f}x"
+
+    header = f"| {'path':24} | {'TTFT p50':>9} | {'tokens/s p50':>12} | {'vs in-process':>13} |"
+    print(f"{header} {'IQR of ratio':>12} |")
+    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 14}|{'-' * 15}|{'-' * 14}|")
     for name, runs in samples.items():
         ttft = statistics.median(first for first, _, _ in runs)
         rate = decode_rate(runs)
-        print(f"| {name:24} | {ttft * 1e3:7.1f}ms | {rate:12.1f} | {rate / baseline:12.3f}x |")
+        ratio = rate / baseline
+        print(
+            f"| {name:24} | {ttft * 1e3:7.1f}ms | {rate:12.1f} | {ratio:12.3f}x "
+            f"| {spread(runs):>12} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Coalescing of streamed deltas: fewer gRPC messages, same text, same first token.
 
-Each gRPC message costs a relaying router about 50 µs of CPU, whatever it
-carries (DESIGN.md, performance facts). The backend's generator runs in its own
-task and fills a buffer; the stream writer takes everything ready at once and
-sends consecutive deltas as one message. Nothing waits on a timer: when the
-writer keeps up, each token still travels alone, and the first token always
-goes out by itself, so time to first token is unchanged.
+Each gRPC message costs a relaying router tens of microseconds of CPU, whatever
+it carries (DESIGN.md, performance facts), so one message per token would make
+the router cost as much CPU as the engine. The backend's generator runs in its
+own task and fills a buffer; the writer sends the first token at once, then at
+most one message per ``window`` carrying every delta produced meanwhile. The
+end of the generation is sent as soon as it arrives. With ``window`` 0, only
+deltas that are ready together are merged (nothing waits on a timer).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from switchyard_modelserver.domain import Delta, GenerationEvent
 
 
 async def coalesced(
-    events: AsyncGenerator[GenerationEvent, None],
+    events: AsyncGenerator[GenerationEvent, None], window: float = 0.0
 ) -> AsyncGenerator[GenerationEvent, None]:
-    """Yields ``events`` with consecutive ready deltas merged."""
+    """Yields ``events`` with the deltas of each ``window`` (seconds) merged."""
     buffer: collections.deque[GenerationEvent] = collections.deque()
     ready = asyncio.Event()
     failure: list[BaseException] = []
     finished = False
+    loop = asyncio.get_running_loop()
 
     async def produce() -> None:
         nonlocal finished
@@ -32,6 +34,8 @@ async def coalesced(
         try:
             async for event in events:
                 buffer.append(event)
+                if not isinstance(event, Delta):
+                    finished = True  # the Finish: nothing to wait for any more
                 ready.set()
                 if first:
                     first = False
@@ -43,10 +47,20 @@ async def coalesced(
             ready.set()
             await events.aclose()
 
-    producer = asyncio.get_running_loop().create_task(produce())
+    producer = loop.create_task(produce())
+    last_sent: float | None = None
     try:
         while True:
             await ready.wait()
+            while window and last_sent is not None and not finished:
+                remaining = last_sent + window - loop.time()
+                if remaining <= 0:
+                    break
+                ready.clear()
+                try:
+                    await asyncio.wait_for(ready.wait(), remaining)
+                except TimeoutError:
+                    break
             ready.clear()
             pending: Delta | None = None
             while buffer:
@@ -65,6 +79,7 @@ async def coalesced(
                 yield event
             if pending is not None:
                 yield pending
+                last_sent = loop.time()
             if finished and not buffer:
                 if failure:
                     raise failure[0]

@@ -42,6 +42,11 @@ class ModelServerConfig(BaseModel):
     queue_retry_after_seconds: float = Field(default=1.0, ge=0)
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    stream_coalesce_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description="after the first token, at most one stream message per this many ms",
+    )
 
 
 def load_modelserver_config(path: Path) -> ModelServerConfig:

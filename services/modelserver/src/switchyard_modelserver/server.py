@@ -103,7 +103,17 @@ class ModelServer:
         )
         self.in_flight = InFlight()
         self.server.add_generic_rpc_handlers(
-            (_llm_service_handler(LLMServicer(backend, self.catalog, self.gates, self.in_flight)),)
+            (
+                _llm_service_handler(
+                    LLMServicer(
+                        backend,
+                        self.catalog,
+                        self.gates,
+                        self.in_flight,
+                        config.stream_coalesce_ms / 1000,
+                    )
+                ),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -186,7 +186,9 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         catalog: ModelCatalog,
         gates: dict[str, ModelGate],
         in_flight: InFlight,
+        coalesce_seconds: float = 0.0,
     ) -> None:
+        self._coalesce_seconds = coalesce_seconds
         self._backend = backend
         self._catalog = catalog
         self._gates = gates
@@ -223,7 +225,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             valid = validation.generation_request(request)
             with_ids = valid.include_token_ids
-            events = coalesced(self._events(valid, outcome))
+            events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
