@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from switchyard.configfile import ConfigError, MissingVariableError, expand_env, load_config
 from switchyard.types import FinishReason as FinishReasonSDK
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import Delta, Finish, FinishReason
@@ -126,3 +128,20 @@ def test_sdk_tolerates_enum_values_newer_than_itself() -> None:
     info = _convert.model_info(pb.Model(id="m", status=42, capabilities=[1, 77]))  # type: ignore[list-item, arg-type]
     assert info.status == "unknown"
     assert info.capabilities == ["completion", "unknown"]
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("router.yaml", RouterConfig),
+        ("modelserver-llamacpp.yaml", ModelServerConfig),
+        ("modelserver-scripted.yaml", ModelServerConfig),
+    ],
+)
+def test_the_documented_example_configs_are_valid(name: str, model: type[Any]) -> None:
+    text = (REPO / "deploy/examples" / name).read_text()
+    assert text.split("\n", 1)[1] in (REPO / "README.md").read_text()  # README shows it whole
+    config = load_config(REPO / "deploy/examples" / name, model)
+    if isinstance(config, ModelServerConfig):
+        backend = backend_class(config.backend.kind)
+        backend.options_model.model_validate(config.backend.options())

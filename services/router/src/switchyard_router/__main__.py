@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_router_config(args.config)
         if args.listen:
             config = config.model_copy(update={"listen": args.listen})
+        if os.environ.get("SWITCHYARD_EVENT_LOOP", "uvloop") == "asyncio":
+            asyncio.run(serve(config, args.config))
+            return 0
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
