@@ -266,3 +266,26 @@ def test_a_flaky_replica_is_ejected_and_requests_succeed(fleet: Fleet) -> None:
     flaky_attempts = flaky.log().count("request method=Generate")
     assert flaky_attempts >= 1
     assert all(e.outstanding_requests == 0 for e in endpoints(router))
+
+
+def test_a_stream_that_fails_before_its_first_token_is_retried_transparently(
+    fleet: Fleet,
+) -> None:
+    broken = fleet.scripted("broken", [{"id": "m", "reply": WORDS, "fail_after_tokens": 0}])
+    good = fleet.scripted("good", [{"id": "m", "reply": WORDS}])
+    # The broken replica is the first choice (priority 0) until it is ejected.
+    router = fleet.router(
+        {
+            "clusters": {"first": _cluster(broken), "second": _cluster(good)},
+            "routes": [_route("m", {"cluster": "first"}, {"cluster": "second", "priority": 1})],
+        }
+    )
+    with Client(router.address, max_retries=0) as client:
+        for _ in range(5):
+            chunks = list(client.stream("m", "x"))
+            assert "".join(c.text for c in chunks) == WORDS
+            assert chunks[-1].resumes == 0  # a retry, not a resume: nothing had been sent
+    deadline = time.monotonic() + 5
+    while broken.log().count("code=UNAVAILABLE") < 3:  # three failed first attempts, then ejected
+        assert time.monotonic() < deadline, broken.log()
+        time.sleep(0.02)
