@@ -99,6 +99,11 @@ class ModelServer:
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Routers ping every few seconds to find hung servers: allow it
+                # (gRPC's default answers frequent pings with GOAWAY "too_many_pings").
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         self.in_flight = InFlight()

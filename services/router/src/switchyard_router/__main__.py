@@ -31,14 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.listen:
             config = config.model_copy(update={"listen": args.listen})
         if os.environ.get("SWITCHYARD_EVENT_LOOP", "uvloop") == "asyncio":
-            asyncio.run(serve(config, args.config))
+            asyncio.run(serve(config, args.config, bool(args.listen)))
             return 0
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            asyncio.run(serve(config, args.config))
+            asyncio.run(serve(config, args.config, bool(args.listen)))
         else:
-            uvloop.run(serve(config, args.config))
+            uvloop.run(serve(config, args.config, bool(args.listen)))
     except ConfigError as error:
         logging.getLogger("switchyard.router").error("%s", error)
         return 2

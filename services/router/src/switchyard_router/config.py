@@ -45,6 +45,12 @@ class ClusterConfig(_Strict):
         "the name resolves to, re-resolved every dns_refresh_seconds)",
     )
     dns_refresh_seconds: float = Field(default=10.0, gt=0)
+    keepalive_seconds: float = Field(
+        default=10.0, ge=1, description="HTTP/2 ping interval; a hung server is dropped"
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
+    )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
 
     @model_validator(mode="after")
@@ -65,7 +71,7 @@ class RetryConfig(_Strict):
         default=None, gt=0, description="for a stream, the wait for its first message"
     )
     budget_max_tokens: float = Field(
-        default=10.0, gt=0, description="retry throttling: bucket size (gRPC's maxTokens)"
+        default=100.0, gt=0, description="retry throttling: bucket size (gRPC's maxTokens)"
     )
     budget_token_ratio: float = Field(
         default=0.1, gt=0, description="tokens a success gives back (gRPC's tokenRatio)"

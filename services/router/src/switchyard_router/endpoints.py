@@ -17,7 +17,7 @@ import time
 
 import grpc.aio
 
-from switchyard_router.config import ClusterConfig, OutlierDetectionConfig
+from switchyard_router.config import ClusterConfig
 from switchyard_router.health import HealthWatcher
 
 log = logging.getLogger("switchyard.router.endpoints")
@@ -52,19 +52,23 @@ class Endpoint:
     """One model server: its channel, raw-bytes call stubs, health and load."""
 
     def __init__(
-        self, cluster: str, address: str, outlier: OutlierDetectionConfig, max_message_bytes: int
+        self, cluster: str, address: str, config: ClusterConfig, max_message_bytes: int
     ) -> None:
         self.cluster = cluster
         self.address = address
-        self.outlier = outlier
+        self.outlier = config.outlier_detection
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                # Notice dead peers and come back quickly when a replica restarts.
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
+                # Pings find a hung peer (e.g. SIGSTOP, a dead node): its health
+                # stream breaks and it leaves rotation. Model servers accept pings
+                # this often; come back quickly when a replica restarts.
+                ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+                ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2_000),
@@ -180,6 +184,7 @@ class Cluster:
         self.endpoints: dict[str, Endpoint] = {}
         self.watched_models: set[str] = set()
         self._removed: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     def reconfigure(self, config: ClusterConfig) -> None:
         """Takes a new config; addresses change on the next ``refresh``."""
@@ -201,11 +206,11 @@ class Cluster:
                 wanted += await _resolve(entry.removeprefix(DNS_SCHEME), known=self._known(entry))
             else:
                 wanted.append(entry)
+        if self.closed:  # removed by a reload while we were resolving
+            return
         for address in wanted:
             if address not in self.endpoints:
-                endpoint = Endpoint(
-                    self.name, address, self.config.outlier_detection, self.max_message_bytes
-                )
+                endpoint = Endpoint(self.name, address, self.config, self.max_message_bytes)
                 endpoint.watcher.watch(self.watched_models)
                 self.endpoints[address] = endpoint
                 log.info("cluster %s: endpoint %s joined", self.name, address)
@@ -221,10 +226,12 @@ class Cluster:
         port = entry.rsplit(":", 1)[1]
         return [a for a in self.endpoints if a.rsplit(":", 1)[1] == port]
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Drains every endpoint (in-flight requests get ``grace`` seconds) and closes."""
+        self.closed = True
         endpoints = list(self.endpoints.values())
         self.endpoints.clear()
-        await asyncio.gather(*(e.drain_and_close(0) for e in endpoints), *self._removed)
+        await asyncio.gather(*(e.drain_and_close(grace) for e in endpoints), *self._removed)
 
 
 async def _resolve(name: str, known: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
@@ -77,19 +78,30 @@ class _Resumable:
     client_wants_token_ids: bool
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    source: tuple[str, str] | None = None
+    """(cluster, model) that produced the token ids; other targets get text only."""
     resumes: int = 0
+    finished: bool = False
 
-    def continuation(self) -> bytes:
+    def continuation(self, pick: Pick) -> bytes:
         if not self.text and not self.token_ids:
             return b""
-        continuation = pb.Continuation(text="".join(self.text), token_ids=self.token_ids)
+        same_model = self.source == (pick.cluster, pick.model)
+        continuation = pb.Continuation(
+            text="".join(self.text), token_ids=self.token_ids if same_model else ()
+        )
         return pb.StreamGenerateRequest(continuation=continuation).SerializeToString()
 
-    def relay(self, message: bytes) -> bytes:
+    def relay(self, message: bytes, pick: Pick) -> bytes:
         """Records a message's text and token ids; returns what the client gets."""
         parsed = pb.StreamGenerateResponse.FromString(message)
+        if self.source != (pick.cluster, pick.model):
+            # Token ids of another model mean nothing here; start counting afresh.
+            self.source = (pick.cluster, pick.model)
+            self.token_ids = []
         self.text.append(parsed.text)
         self.token_ids.extend(token.id for token in parsed.tokens)
+        self.finished = self.finished or bool(parsed.finish_reason)
         changed = False
         if parsed.tokens and not self.client_wants_token_ids:
             parsed.ClearField("tokens")
@@ -188,6 +200,10 @@ class Proxy:
                 return response
             except grpc.aio.AioRpcError as error:
                 failure = self._classify(error, pick, own_limit)
+            except asyncio.CancelledError:
+                if _own_cancellation():
+                    raise  # the client left: nothing more to do
+                failure = self._channel_closed(pick)  # the endpoint was removed under us
             finally:
                 pick.endpoint.outstanding -= 1
             if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
@@ -233,7 +249,13 @@ class Proxy:
         resumable: _Resumable | None = None
         base = request
         if route.resume:
-            wants_ids = pb.StreamGenerateRequest.FromString(request).include_token_ids
+            try:
+                wants_ids = pb.StreamGenerateRequest.FromString(request).include_token_ids
+            except DecodeError as error:
+                await _abort(
+                    context,
+                    invalid_argument(FieldViolation("request", f"not a valid request: {error}")),
+                )
             resumable = _Resumable(client_wants_token_ids=wants_ids)
             base = request + _WANT_TOKEN_IDS
         tried: set[Any] = set()
@@ -247,9 +269,13 @@ class Proxy:
                 await _abort(context, error, failure.trailers if failure else None)
             tried.add(pick.endpoint)
             payload = base if pick.model == model else wire.with_model(base, pick.model)
-            if resumable is not None and delivered:
-                payload += resumable.continuation()
+            resuming = resumable is not None and delivered > 0
+            if resumable is not None and resuming:
+                payload += resumable.continuation(pick)
             timeout, own_limit = self._attempt_timeout(deadline)
+            # A resumed attempt first replays what was delivered (one forward pass
+            # per token): the per-try timeout would punish a healthy server for it.
+            first_timeout = timeout if own_limit and not resuming else None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             pick.endpoint.outstanding += 1
             call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
@@ -257,13 +283,13 @@ class Proxy:
             try:
                 responses = call.__aiter__()
                 # The per-try timeout bounds the wait for an attempt's first message.
-                first = await asyncio.wait_for(anext(responses), timeout if own_limit else None)
+                first = await asyncio.wait_for(anext(responses), first_timeout)
                 received = 1
-                yield first if resumable is None else resumable.relay(first)
+                yield first if resumable is None else resumable.relay(first, pick)
                 delivered += 1
                 async for message in responses:
                     received += 1
-                    yield message if resumable is None else resumable.relay(message)
+                    yield message if resumable is None else resumable.relay(message, pick)
                     delivered += 1
                 pick.endpoint.record_success()
                 self.budget.record_success()
@@ -274,20 +300,35 @@ class Proxy:
                 failure = self._classify_timeout(pick)
             except grpc.aio.AioRpcError as error:
                 failure = self._classify(error, pick, own_limit=False)
+            except asyncio.CancelledError:
+                if _own_cancellation():
+                    raise  # the client left: nothing more to do
+                failure = self._channel_closed(pick)  # the endpoint was removed under us
             finally:
                 pick.endpoint.outstanding -= 1
                 call.cancel()  # client gone, attempt failed or done: stop upstream work
-            if delivered == 0:
-                if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
-                    await _abort(
-                        context, StatusError(failure.code, failure.details), failure.trailers
-                    )
-            elif resumable is not None and failure.code == grpc.StatusCode.UNAVAILABLE:
+            if resumable is not None and resumable.finished:
+                return  # the final message was relayed; only the trailers were lost
+            if received == 0 and (
+                failure.code not in RETRYABLE or not self._may_retry(attempt, deadline)
+            ):
+                await _abort(context, StatusError(failure.code, failure.details), failure.trailers)
+            elif received == 0:
+                pass  # nothing of this attempt reached the client: retry it elsewhere
+            elif resumable is not None and failure.code in RETRYABLE:
                 if not self._may_retry(attempt, deadline):
                     await _abort(context, StatusError(failure.code, failure.details))
                 resumable.resumes += 1
                 log.warning(
                     "resuming %s after %d messages: %s", route.model, delivered, failure.details
+                )
+            elif resumable is not None:
+                await _abort(
+                    context,
+                    StatusError(
+                        failure.code, f"{failure.details} (after {delivered} streamed messages)"
+                    ),
+                    failure.trailers,
                 )
             else:
                 await _abort(
@@ -302,6 +343,14 @@ class Proxy:
             attempt += 1
             await self._pause(attempt, deadline)
 
+    def _channel_closed(self, pick: Pick) -> _Failure:
+        self.budget.record_failure()
+        return _Failure(
+            grpc.StatusCode.UNAVAILABLE,
+            f"model server {pick.endpoint.address} (cluster {pick.cluster}) was removed "
+            "from the configuration while the request ran",
+        )
+
     def _classify_timeout(self, pick: Pick) -> _Failure:
         pick.endpoint.record_failure("per-try timeout")
         self.budget.record_failure()
@@ -310,6 +359,13 @@ class Proxy:
             f"model server {pick.endpoint.address} (cluster {pick.cluster}) sent nothing "
             f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
         )
+
+
+def _own_cancellation() -> bool:
+    """Whether the running task itself is being cancelled (the caller left),
+    as opposed to a CancelledError raised by a call whose channel was closed."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _deadline(context: Context) -> float | None:

@@ -38,8 +38,12 @@ _CONFIG_POLL_SECONDS = 1.0
 class Router:
     """The router's gRPC server and the state behind it."""
 
-    def __init__(self, config: RouterConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig, config_path: Path | None = None, listen_fixed: bool = False
+    ) -> None:
         self.config = config
+        self.listen = config.listen
+        self._listen_fixed = listen_fixed  # set by --listen: reloads keep it
         self.config_path = config_path
         self.clusters: dict[str, Cluster] = {}
         self.proxy = Proxy(RouteTable(None, {}), config.retry)
@@ -104,11 +108,11 @@ class Router:
         for name, cluster in self.clusters.items():
             cluster.watch(watched.get(name, set()))
         self.proxy.configure(table, config.retry)
-        if config.listen != self.config.listen:
+        if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
         self.config = config
-        for cluster in gone:
-            self._spawn(cluster.close(), f"close cluster {cluster.name}")
+        for cluster in gone:  # in-flight requests finish on the endpoints they hold
+            self._spawn(cluster.close(config.drain_grace_seconds), f"close {cluster.name}")
 
     async def start(self) -> int:
         await self.apply(self.config)
@@ -175,11 +179,14 @@ class Router:
         if self.config_path is None:
             log.warning("reload requested but the router was not started from a file")
             return False
+        self._config_mtime = self._mtime()  # so the file watch does not apply it again
         try:
             config = load_router_config(self.config_path)
         except ConfigError as error:
             log.error("config reload refused; keeping the current config: %s", error)
             return False
+        if self._listen_fixed:
+            config = config.model_copy(update={"listen": self.listen})
         await self.apply(config)
         log.info("config reloaded: routes %s", ", ".join(sorted(r.model for r in config.routes)))
         return True
@@ -192,9 +199,11 @@ class Router:
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
 
 
-async def serve(config: RouterConfig, config_path: Path | None = None) -> None:
+async def serve(
+    config: RouterConfig, config_path: Path | None = None, listen_fixed: bool = False
+) -> None:
     """Runs the router until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    router = Router(config, config_path)
+    router = Router(config, config_path, listen_fixed)
     port = await router.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(

@@ -104,9 +104,19 @@ class ScriptedBackend(Backend):
         stops = StopMatcher(request.sampling.stop)
         # Token ids are positions in the reply; a continuation skips what it covers.
         continuation = request.continuation
+        reply_tokens = tokens_of(reply)
         skip = len(continuation.token_ids) or len(tokens_of(continuation.text))
         generated = skip
-        for index, token in enumerate(tokens_of(reply)[skip:], start=skip):
+        # Text the interrupted server held back (a possible stop sequence) was
+        # never delivered: replay it through the stop matcher, as llamacpp does.
+        replayed = "".join(reply_tokens[:skip])
+        if replayed.startswith(continuation.text) and len(replayed) > len(continuation.text):
+            text, matched = stops.feed(replayed[len(continuation.text) :])
+            yield Delta(text, 0)
+            if matched is not None:
+                yield Finish(FinishReason.STOP_SEQUENCE, prompt_tokens, generated, matched)
+                return
+        for index, token in enumerate(reply_tokens[skip:], start=skip):
             if generated >= max_tokens:
                 yield Delta(stops.flush(), 0)
                 yield Finish(FinishReason.LENGTH, prompt_tokens, generated)
