@@ -289,3 +289,61 @@ def test_a_stream_that_fails_before_its_first_token_is_retried_transparently(
     while broken.log().count("code=UNAVAILABLE") < 3:  # three failed first attempts, then ejected
         assert time.monotonic() < deadline, broken.log()
         time.sleep(0.02)
+
+
+def test_a_hung_replica_is_dropped_by_keepalive_without_a_per_try_timeout(fleet: Fleet) -> None:
+    a = fleet.scripted("a", [{"id": "m", "reply": "from-a"}])
+    b = fleet.scripted("b", [{"id": "m", "reply": "from-b"}])
+    cluster = {**_cluster(a, b), "keepalive_seconds": 1, "keepalive_timeout_seconds": 1}
+    router = fleet.router(
+        {"clusters": {"pool": cluster}, "routes": [_route("m", {"cluster": "pool"})]}
+    )
+    a.signal(signal.SIGSTOP)
+    try:
+        with Client(router.address, max_retries=0, timeout=20) as client:
+            # Requests sent to the hung replica fail when its pings go unanswered
+            # and are retried on the other one; none is lost.
+            replies = [client.generate("m", "x").text for _ in range(6)]
+        assert set(replies) == {"from-b"}
+        wait_for_state(router, a.address, admin_pb.ENDPOINT_STATE_UNREACHABLE, timeout=10)
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for_state(router, a.address, admin_pb.ENDPOINT_STATE_HEALTHY)
+
+
+async def test_kill_9_under_heavy_concurrency_fails_no_unary_request(fleet: Fleet) -> None:
+    models = [{"id": "m", "reply": WORDS, "token_delay_ms": 20}]
+    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    router = fleet.router(
+        {"clusters": {"pool": _cluster(a, b)}, "routes": [_route("m", {"cluster": "pool"})]}
+    )
+    async with AsyncClient(router.address, max_retries=0, timeout=30) as client:
+        requests = [asyncio.create_task(client.generate("m", "x")) for _ in range(40)]
+        await asyncio.sleep(0.1)  # all 40 are in flight, about half on each replica
+        a.process.kill()
+        results = await asyncio.gather(*requests)
+    assert [r.text for r in results] == [WORDS] * 40
+
+
+async def test_resume_keeps_text_held_back_for_a_possible_stop_sequence(fleet: Fleet) -> None:
+    models = [{"id": "m", "reply": WORDS, "token_delay_ms": 150}]
+    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    router = fleet.router(
+        {
+            "clusters": {"first": _cluster(a), "second": _cluster(b)},
+            "routes": [
+                _route("m", {"cluster": "first"}, {"cluster": "second", "priority": 1}, resume=True)
+            ],
+        }
+    )
+    async with AsyncClient(router.address, max_retries=0, timeout=20) as client:
+        # " three five" never matches, but " three" is held back until " four" arrives.
+        stream = client.stream("m", "x", stop=[" three five"])
+        text = ""
+        async for chunk in stream:
+            text += chunk.text
+            if text.endswith("two"):
+                a.process.kill()  # " three" is generated on a and held back when it dies
+        final = chunk
+    assert text == WORDS
+    assert final.resumes == 1

@@ -171,3 +171,41 @@ def test_cli_shows_every_endpoint_state(fleet: Fleet) -> None:
     with Client(router.address) as client:
         [model] = client.list_models()
     assert (model.healthy_replicas, model.total_replicas) == (1, 2)
+
+
+async def test_reload_that_removes_the_cluster_in_use_lets_in_flight_requests_finish(
+    fleet: Fleet,
+) -> None:
+    words = "one two three four five six"
+    a = fleet.scripted("a", [{"id": "m", "reply": words, "token_delay_ms": 200}])
+    b = fleet.scripted("b", [{"id": "m", "reply": "from-b"}])
+    router = fleet.router(_config({"a": {"endpoints": [a.address]}}, "a"))
+    async with AsyncClient(router.address, max_retries=0, timeout=20) as client:
+        stream = client.stream("m", "x")
+        first = await anext(stream)
+        unary = asyncio.create_task(client.generate("m", "x"))
+        await asyncio.sleep(0.1)
+        fleet.rewrite_router_config("router", _config({"b": {"endpoints": [b.address]}}, "b"))
+        router.signal(signal.SIGHUP)
+        rest = [chunk.text async for chunk in stream]
+        assert first.text + "".join(rest) == words  # drained, not cut
+        assert (await unary).text == words
+        assert (await client.generate("m", "x")).text == "from-b"
+
+
+def test_a_resume_route_answers_invalid_argument_to_an_unreadable_request(fleet: Fleet) -> None:
+    import grpc
+
+    a = fleet.scripted("a", [{"id": "m"}])
+    router = fleet.router(
+        {
+            "clusters": {"a": {"endpoints": [a.address]}},
+            "routes": [{"model": "m", "resume": True, "targets": [{"cluster": "a"}]}],
+        }
+    )
+    raw = b"\x0a\x01m" + b"\x12\x02\xff\xfe"  # model "m", a prompt that is not UTF-8
+    with grpc.insecure_channel(router.address) as channel:
+        call = channel.unary_stream("/switchyard.v1.LLMService/StreamGenerate", None, None)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(call(raw, timeout=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

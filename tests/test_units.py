@@ -145,3 +145,20 @@ def test_the_documented_example_configs_are_valid(name: str, model: type[Any]) -
     if isinstance(config, ModelServerConfig):
         backend = backend_class(config.backend.kind)
         backend.options_model.model_validate(config.backend.options())
+
+
+def test_resume_sends_token_ids_only_to_the_model_that_made_them() -> None:
+    from switchyard_router.proxy import _Resumable
+    from switchyard_router.routing import Pick
+
+    same, other = Pick(None, "m", "cpu"), Pick(None, "cloud-m", "cloud")  # type: ignore[arg-type]
+    resumable = _Resumable(client_wants_token_ids=False)
+    message = pb.StreamGenerateResponse(text="Hello", tokens=[pb.Token(id=7), pb.Token(id=9)])
+    relayed = pb.StreamGenerateResponse.FromString(
+        resumable.relay(message.SerializeToString(), same)
+    )
+    assert not relayed.tokens  # the client did not ask for them
+    to_same = pb.StreamGenerateRequest.FromString(resumable.continuation(same)).continuation
+    to_other = pb.StreamGenerateRequest.FromString(resumable.continuation(other)).continuation
+    assert (to_same.text, list(to_same.token_ids)) == ("Hello", [7, 9])
+    assert (to_other.text, list(to_other.token_ids)) == ("Hello", [])

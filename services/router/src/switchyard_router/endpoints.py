@@ -67,8 +67,11 @@ class Endpoint:
                 # this often; come back quickly when a replica restarts.
                 ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
                 ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+                # This grpcio times keepalive pings out with this one (default 1 min).
+                ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.http2.min_time_between_pings_ms", int(config.keepalive_seconds * 1000)),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2_000),

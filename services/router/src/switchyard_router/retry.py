@@ -6,10 +6,10 @@ caller's deadline, and only while the retry budget has tokens.
 
 The budget is gRPC's retry throttling: it holds up to ``max_tokens``; each
 failed attempt takes one, each success gives back ``token_ratio``; retries
-are allowed while more than half remain. A burst (one replica dying with
-requests in flight) is retried in full, but a fleet that keeps failing gets
-at most about one retry per ``1 / token_ratio`` successes, so it is not
-hammered with extra load.
+are allowed while more than half remain. A burst of up to ``max_tokens / 2``
+failures (one replica dying with requests in flight) is retried in full, but
+a fleet that keeps failing gets at most about one retry per
+``1 / token_ratio`` successes, so it is not hammered with extra load.
 """
 
 from __future__ import annotations
