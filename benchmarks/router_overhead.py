@@ -80,11 +80,13 @@ class _Processes:
     def start(self, name: str, module: str, config: dict[str, object]) -> subprocess.Popen[bytes]:
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
+        return self.spawn(name, ["-m", module, "--config", str(path), "--log-level", "WARNING"])
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Starts ``python ARGS`` with its output in NAME.log (stopped at the end)."""
         with (self.work / f"{name}.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, "--config", str(path), "--log-level", "WARNING"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT
             )
         self.procs.append(process)
         return process
@@ -221,6 +223,15 @@ async def run(args: argparse.Namespace) -> None:
             },
         )
         _wait_serving(f"127.0.0.1:{router_port}")
+        bare_port = _free_port()
+        bare = processes.spawn(
+            "bare",
+            [
+                str(Path(__file__).with_name("bare_grpc_proxy.py")),
+                f"127.0.0.1:{bare_port}",
+                f"127.0.0.1:{server_port}",
+            ],
+        )
         direct = grpc.aio.insecure_channel(f"127.0.0.1:{server_port}")
         routed = grpc.aio.insecure_channel(f"127.0.0.1:{router_port}")
         stubs = {"direct": pb_grpc.LLMServiceStub(direct), "router": pb_grpc.LLMServiceStub(routed)}
@@ -233,6 +244,11 @@ async def run(args: argparse.Namespace) -> None:
         count, cpu = await _measured(router.pid, _throughput(stubs["router"], seconds, 32))
         rps["router"] = count / seconds
         cpu_per_request = cpu / count
+        bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}")
+        bare_stub = pb_grpc.LLMServiceStub(bare_channel)
+        await _throughput(bare_stub, 0.5, 32)  # warm-up (it has no health service)
+        bare_count, bare_cpu = await _measured(bare.pid, _throughput(bare_stub, seconds, 32))
+        await bare_channel.close(grace=None)
         streams = max(4, int(40 * scale))
         stream_rows = []
         for model in ("fast1000", "paced1000"):
@@ -279,6 +295,10 @@ async def run(args: argparse.Namespace) -> None:
         f"| requests/s, concurrency 32 | {rps['direct']:.0f} | {rps['router']:.0f} "
         f"| {rps['router'] / rps['direct']:.2f}x; "
         f"router CPU {cpu_per_request * 1e6:.0f} µs/request |"
+    )
+    print(
+        f"| the floor: a bare grpc.aio byte relay, concurrency 32 | | {bare_count / seconds:.0f} "
+        f"| CPU {bare_cpu / bare_count * 1e6:.0f} µs/request |"
     )
     for model, row in stream_rows:
         label = "fast" if model == "fast1000" else "1 token/ms"
