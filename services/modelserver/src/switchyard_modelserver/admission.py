@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from switchyard.status import StatusError
+from switchyard_modelserver import metrics
 
 
 class ModelGate:
@@ -41,13 +42,17 @@ class ModelGate:
                 retry_after=self._retry_after,
             )
         self.waiting += 1
+        metrics.QUEUE_DEPTH.labels(self.model_id).inc()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+            metrics.QUEUE_DEPTH.labels(self.model_id).dec()
         self.running += 1
+        metrics.IN_FLIGHT.labels(self.model_id).inc()
         try:
             yield
         finally:
             self.running -= 1
+            metrics.IN_FLIGHT.labels(self.model_id).dec()
             self._slots.release()

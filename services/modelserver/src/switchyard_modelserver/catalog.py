@@ -54,6 +54,10 @@ class ModelCatalog:
         if self._on_change is not None:
             self._on_change(entry)
 
+    def lookup(self, name: str) -> str | None:
+        """The model id for a name, or None; never raises."""
+        return self._names.get(name)
+
     def resolve(self, name: str) -> str:
         """The model id for a name; NOT_FOUND or UNAVAILABLE if it cannot serve now."""
         model_id = self._names.get(name)

@@ -42,6 +42,9 @@ class ModelServerConfig(BaseModel):
     queue_retry_after_seconds: float = Field(default=1.0, ge=0)
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    metrics_listen: str | None = Field(
+        default=None, description="host:port for Prometheus /metrics (unset: no endpoint)"
+    )
     stream_coalesce_ms: float = Field(
         default=10.0,
         ge=0,

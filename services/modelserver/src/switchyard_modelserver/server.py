@@ -20,7 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from switchyard.configfile import ConfigError, describe_validation_error
+from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_modelserver import metrics
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.backends.registry import backend_class
@@ -127,6 +129,7 @@ class ModelServer:
 
     def _on_model_change(self, entry: CatalogEntry) -> None:
         status = _SERVING if entry.state is ModelState.READY else _NOT_SERVING
+        metrics.MODEL_READY.labels(entry.card.id).set(1 if entry.state is ModelState.READY else 0)
         for name in self.catalog.health_names(entry):
             self._set_health(name, status)
         ready = [e for e in self.catalog.entries() if e.state is ModelState.READY]
@@ -185,6 +188,8 @@ class ModelServer:
 async def serve(config: ModelServerConfig) -> None:
     """Runs a model server until SIGTERM or SIGINT."""
     backend = build_backend(config)
+    if config.metrics_listen:
+        start_metrics_server(config.metrics_listen)
     try:
         model_server = ModelServer(config, backend)
     except ValueError as error:  # e.g. an alias that names another model

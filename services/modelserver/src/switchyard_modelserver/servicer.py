@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2
 from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-from switchyard_modelserver import validation
+from switchyard_modelserver import metrics, validation
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
@@ -70,6 +70,7 @@ class _Outcome:
     method: str
     started: float = field(default_factory=time.monotonic)
     model: str = "-"
+    resolved: bool = False  # model is a served id (a bounded metrics label)
     code: str = "OK"
     finish: str = "-"
     prompt_tokens: int = 0
@@ -78,6 +79,17 @@ class _Outcome:
 
     def log(self) -> None:
         now = time.monotonic()
+        metrics.record_request(
+            method=self.method,
+            model=self.model if self.resolved else "unknown",
+            code=self.code,
+            duration=now - self.started,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            time_to_first_token=(
+                None if self.first_token_at is None else self.first_token_at - self.started
+            ),
+        )
         ttft = (
             "-"
             if self.first_token_at is None
@@ -197,7 +209,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest | UnreadableRequest, context: Context
     ) -> pb.GenerateResponse:
-        outcome = _Outcome("Generate")
+        outcome = self._outcome("Generate", request)
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             parts: list[str] = []
             events = self._events(validation.generation_request(request), outcome)
@@ -221,7 +233,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def StreamGenerate(  # type: ignore[override]  # noqa: N802 - writes via context
         self, request: pb.StreamGenerateRequest | UnreadableRequest, context: Context
     ) -> None:
-        outcome = _Outcome("StreamGenerate")
+        outcome = self._outcome("StreamGenerate", request)
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             valid = validation.generation_request(request)
             with_ids = valid.include_token_ids
@@ -233,6 +245,18 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))
+
+    def _outcome(
+        self,
+        method: str,
+        request: pb.GenerateRequest | pb.StreamGenerateRequest | UnreadableRequest,
+    ) -> _Outcome:
+        outcome = _Outcome(method)
+        if not isinstance(request, UnreadableRequest):
+            model_id = self._catalog.lookup(request.model)
+            outcome.model = model_id or request.model or "-"
+            outcome.resolved = model_id is not None
+        return outcome
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: pb.ListModelsRequest, context: Context
@@ -260,6 +284,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         outcome.model = request.model
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
+        outcome.resolved = True
         resolved = dataclasses.replace(request, model=model_id)
         async with self._gates[model_id].admit():
             events = self._backend.generate(resolved)

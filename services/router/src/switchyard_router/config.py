@@ -106,6 +106,9 @@ class RouterConfig(_Strict):
     clusters: dict[str, ClusterConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
     list_models_timeout_seconds: float = Field(default=2.0, gt=0)
+    metrics_listen: str | None = Field(
+        default=None, description="host:port for Prometheus /metrics (unset: no endpoint)"
+    )
     retry: RetryConfig = RetryConfig()
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -10,6 +10,7 @@ back-off is over it returns as soon as health says SERVING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import socket
@@ -17,6 +18,7 @@ import time
 
 import grpc.aio
 
+from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig
 from switchyard_router.health import HealthWatcher
 
@@ -90,6 +92,10 @@ class Endpoint:
         self.ejection_reason = ""
         self.draining = False
         self.watcher = HealthWatcher(self)
+        # Read at scrape time: no cost on the request path.
+        metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
+            lambda: 1.0 if self.state() is EndpointState.HEALTHY else 0.0
+        )
 
     # Health, from the watcher.
     def set_model_health(self, model: str, serving: bool) -> None:
@@ -143,6 +149,7 @@ class Endpoint:
             )
             self.ejected_until = time.monotonic() + seconds
             self.ejection_reason = f"{self.consecutive_failures} consecutive failures: {reason}"
+            metrics.EJECTIONS.labels(self.cluster, self.address).inc()
             self.consecutive_failures = 0
             log.warning(
                 "%s (%s): ejected for %.1fs after %s",
@@ -175,6 +182,8 @@ class Endpoint:
             await asyncio.sleep(0.05)
         await self.watcher.close()
         await self.channel.close(grace=None)
+        with contextlib.suppress(KeyError):  # already removed
+            metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
 
 
 class Cluster:

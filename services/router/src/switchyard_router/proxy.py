@@ -31,6 +31,7 @@ from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError,
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router import wire
 from switchyard_router.config import RetryConfig
+from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import Pick, Route, RouteTable, describe_unavailable
 
@@ -173,43 +174,57 @@ class Proxy:
 
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate, relayed, retried on another endpoint when that can help."""
+        record = RequestRecord("Generate")
         try:
-            table, route, model = self._route(request)
-        except StatusError as error:
-            await _abort(context, error)
-        deadline = _deadline(context)
-        metadata = _forwarded(context.invocation_metadata())
-        tried: set[Any] = set()
-        failure: _Failure | None = None
-        attempt = 0
-        while True:
             try:
-                pick = self._next(table, route, tried, failure)
+                table, route, model = self._route(request)
             except StatusError as error:
-                await _abort(context, error, failure.trailers if failure else None)
-            tried.add(pick.endpoint)
-            payload = request if pick.model == model else wire.with_model(request, pick.model)
-            timeout, own_limit = self._attempt_timeout(deadline)
-            pick.endpoint.outstanding += 1
-            try:
-                response: bytes = await pick.endpoint.generate(
-                    payload, timeout=timeout, metadata=metadata
-                )
-                pick.endpoint.record_success()
-                self.budget.record_success()
-                return response
-            except grpc.aio.AioRpcError as error:
-                failure = self._classify(error, pick, own_limit)
-            except asyncio.CancelledError:
-                if _own_cancellation():
-                    raise  # the client left: nothing more to do
-                failure = self._channel_closed(pick)  # the endpoint was removed under us
-            finally:
-                pick.endpoint.outstanding -= 1
-            if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
-                await _abort(context, StatusError(failure.code, failure.details), failure.trailers)
-            attempt += 1
-            await self._pause(attempt, deadline)
+                await _abort(record, context, error)
+            record.model = route.model
+            deadline = _deadline(context)
+            metadata = _forwarded(context.invocation_metadata())
+            tried: set[Any] = set()
+            failure: _Failure | None = None
+            attempt = 0
+            while True:
+                try:
+                    pick = self._next(table, route, tried, failure)
+                except StatusError as error:
+                    await _abort(record, context, error, failure.trailers if failure else None)
+                tried.add(pick.endpoint)
+                payload = request if pick.model == model else wire.with_model(request, pick.model)
+                timeout, own_limit = self._attempt_timeout(deadline)
+                pick.endpoint.outstanding += 1
+                try:
+                    response: bytes = await pick.endpoint.generate(
+                        payload, timeout=timeout, metadata=metadata
+                    )
+                    pick.endpoint.record_success()
+                    self.budget.record_success()
+                    return response
+                except grpc.aio.AioRpcError as error:
+                    failure = self._classify(error, pick, own_limit)
+                except asyncio.CancelledError:
+                    if _own_cancellation():
+                        raise  # the client left: nothing more to do
+                    failure = self._channel_closed(pick)  # the endpoint was removed under us
+                finally:
+                    pick.endpoint.outstanding -= 1
+                if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
+                    await _abort(
+                        record,
+                        context,
+                        StatusError(failure.code, failure.details),
+                        failure.trailers,
+                    )
+                attempt += 1
+                RETRIES.labels(route.model).inc()
+                await self._pause(attempt, deadline)
+        except asyncio.CancelledError:
+            record.code = "CANCELLED"  # the caller left
+            raise
+        finally:
+            record.finish()
 
     def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
         code = error.code()
@@ -240,108 +255,128 @@ class Proxy:
 
     async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         """StreamGenerate, relayed; retried until its first message, then maybe resumed."""
+        record = RequestRecord("StreamGenerate")
         try:
-            table, route, model = self._route(request)
-        except StatusError as error:
-            await _abort(context, error)
-        deadline = _deadline(context)
-        metadata = _forwarded(context.invocation_metadata())
-        resumable: _Resumable | None = None
-        base = request
-        if route.resume:
             try:
-                wants_ids = pb.StreamGenerateRequest.FromString(request).include_token_ids
-            except DecodeError as error:
-                await _abort(
-                    context,
-                    invalid_argument(FieldViolation("request", f"not a valid request: {error}")),
-                )
-            resumable = _Resumable(client_wants_token_ids=wants_ids)
-            base = request + _WANT_TOKEN_IDS
-        tried: set[Any] = set()
-        failure: _Failure | None = None
-        attempt = 0
-        delivered = 0
-        while True:
-            try:
-                pick = self._next(table, route, tried, failure)
+                table, route, model = self._route(request)
             except StatusError as error:
-                await _abort(context, error, failure.trailers if failure else None)
-            tried.add(pick.endpoint)
-            payload = base if pick.model == model else wire.with_model(base, pick.model)
-            resuming = resumable is not None and delivered > 0
-            if resumable is not None and resuming:
-                payload += resumable.continuation(pick)
-            timeout, own_limit = self._attempt_timeout(deadline)
-            # A resumed attempt first replays what was delivered (one forward pass
-            # per token): the per-try timeout would punish a healthy server for it.
-            first_timeout = timeout if own_limit and not resuming else None
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            pick.endpoint.outstanding += 1
-            call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
-            received = 0
-            try:
-                responses = call.__aiter__()
-                # The per-try timeout bounds the wait for an attempt's first message.
-                first = await asyncio.wait_for(anext(responses), first_timeout)
-                received = 1
-                yield first if resumable is None else resumable.relay(first, pick)
-                delivered += 1
-                async for message in responses:
-                    received += 1
-                    yield message if resumable is None else resumable.relay(message, pick)
+                await _abort(record, context, error)
+            record.model = route.model
+            deadline = _deadline(context)
+            metadata = _forwarded(context.invocation_metadata())
+            resumable: _Resumable | None = None
+            base = request
+            if route.resume:
+                try:
+                    wants_ids = pb.StreamGenerateRequest.FromString(request).include_token_ids
+                except DecodeError as error:
+                    await _abort(
+                        record,
+                        context,
+                        invalid_argument(
+                            FieldViolation("request", f"not a valid request: {error}")
+                        ),
+                    )
+                resumable = _Resumable(client_wants_token_ids=wants_ids)
+                base = request + _WANT_TOKEN_IDS
+            tried: set[Any] = set()
+            failure: _Failure | None = None
+            attempt = 0
+            delivered = 0
+            while True:
+                try:
+                    pick = self._next(table, route, tried, failure)
+                except StatusError as error:
+                    await _abort(record, context, error, failure.trailers if failure else None)
+                tried.add(pick.endpoint)
+                payload = base if pick.model == model else wire.with_model(base, pick.model)
+                resuming = resumable is not None and delivered > 0
+                if resumable is not None and resuming:
+                    payload += resumable.continuation(pick)
+                timeout, own_limit = self._attempt_timeout(deadline)
+                # A resumed attempt first replays what was delivered (one forward pass
+                # per token): the per-try timeout would punish a healthy server for it.
+                first_timeout = timeout if own_limit and not resuming else None
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                pick.endpoint.outstanding += 1
+                call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+                received = 0
+                try:
+                    responses = call.__aiter__()
+                    # The per-try timeout bounds the wait for an attempt's first message.
+                    first = await asyncio.wait_for(anext(responses), first_timeout)
+                    received = 1
+                    yield first if resumable is None else resumable.relay(first, pick)
                     delivered += 1
-                pick.endpoint.record_success()
-                self.budget.record_success()
-                return
-            except StopAsyncIteration:
-                return  # an empty stream: nothing to relay
-            except TimeoutError:
-                failure = self._classify_timeout(pick)
-            except grpc.aio.AioRpcError as error:
-                failure = self._classify(error, pick, own_limit=False)
-            except asyncio.CancelledError:
-                if _own_cancellation():
-                    raise  # the client left: nothing more to do
-                failure = self._channel_closed(pick)  # the endpoint was removed under us
-            finally:
-                pick.endpoint.outstanding -= 1
-                call.cancel()  # client gone, attempt failed or done: stop upstream work
-            if resumable is not None and resumable.finished:
-                return  # the final message was relayed; only the trailers were lost
-            if received == 0 and (
-                failure.code not in RETRYABLE or not self._may_retry(attempt, deadline)
-            ):
-                await _abort(context, StatusError(failure.code, failure.details), failure.trailers)
-            elif received == 0:
-                pass  # nothing of this attempt reached the client: retry it elsewhere
-            elif resumable is not None and failure.code in RETRYABLE:
-                if not self._may_retry(attempt, deadline):
-                    await _abort(context, StatusError(failure.code, failure.details))
-                resumable.resumes += 1
-                log.warning(
-                    "resuming %s after %d messages: %s", route.model, delivered, failure.details
-                )
-            elif resumable is not None:
-                await _abort(
-                    context,
-                    StatusError(
-                        failure.code, f"{failure.details} (after {delivered} streamed messages)"
-                    ),
-                    failure.trailers,
-                )
-            else:
-                await _abort(
-                    context,
-                    StatusError(
-                        failure.code,
-                        f"{failure.details} (after {delivered} streamed messages; "
-                        f"route {route.model!r} does not resume)",
-                    ),
-                    failure.trailers,
-                )
-            attempt += 1
-            await self._pause(attempt, deadline)
+                    async for message in responses:
+                        received += 1
+                        yield message if resumable is None else resumable.relay(message, pick)
+                        delivered += 1
+                    pick.endpoint.record_success()
+                    self.budget.record_success()
+                    return
+                except StopAsyncIteration:
+                    return  # an empty stream: nothing to relay
+                except TimeoutError:
+                    failure = self._classify_timeout(pick)
+                except grpc.aio.AioRpcError as error:
+                    failure = self._classify(error, pick, own_limit=False)
+                except asyncio.CancelledError:
+                    if _own_cancellation():
+                        raise  # the client left: nothing more to do
+                    failure = self._channel_closed(pick)  # the endpoint was removed under us
+                finally:
+                    pick.endpoint.outstanding -= 1
+                    call.cancel()  # client gone, attempt failed or done: stop upstream work
+                if resumable is not None and resumable.finished:
+                    return  # the final message was relayed; only the trailers were lost
+                if received == 0 and (
+                    failure.code not in RETRYABLE or not self._may_retry(attempt, deadline)
+                ):
+                    await _abort(
+                        record,
+                        context,
+                        StatusError(failure.code, failure.details),
+                        failure.trailers,
+                    )
+                elif received == 0:
+                    pass  # nothing of this attempt reached the client: retry it elsewhere
+                elif resumable is not None and failure.code in RETRYABLE:
+                    if not self._may_retry(attempt, deadline):
+                        await _abort(record, context, StatusError(failure.code, failure.details))
+                    resumable.resumes += 1
+                    RESUMES.labels(route.model).inc()
+                    log.warning(
+                        "resuming %s after %d messages: %s", route.model, delivered, failure.details
+                    )
+                elif resumable is not None:
+                    await _abort(
+                        record,
+                        context,
+                        StatusError(
+                            failure.code, f"{failure.details} (after {delivered} streamed messages)"
+                        ),
+                        failure.trailers,
+                    )
+                else:
+                    await _abort(
+                        record,
+                        context,
+                        StatusError(
+                            failure.code,
+                            f"{failure.details} (after {delivered} streamed messages; "
+                            f"route {route.model!r} does not resume)",
+                        ),
+                        failure.trailers,
+                    )
+                attempt += 1
+                RETRIES.labels(route.model).inc()
+                await self._pause(attempt, deadline)
+        except asyncio.CancelledError:
+            record.code = "CANCELLED"  # the caller left
+            raise
+        finally:
+            record.finish()
 
     def _channel_closed(self, pick: Pick) -> _Failure:
         self.budget.record_failure()
@@ -373,6 +408,9 @@ def _deadline(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _abort(context: Context, error: StatusError, trailers: Metadata | None = None) -> Any:
+async def _abort(
+    record: RequestRecord, context: Context, error: StatusError, trailers: Metadata | None = None
+) -> Any:
+    record.code = error.code.name
     metadata = trailers if trailers else error.trailing_metadata()
     await context.abort(error.code, error.message, trailing_metadata=metadata)

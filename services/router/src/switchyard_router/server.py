@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchyard.configfile import ConfigError
+from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
@@ -204,6 +205,8 @@ async def serve(
 ) -> None:
     """Runs the router until SIGTERM or SIGINT; SIGHUP reloads the config file."""
     router = Router(config, config_path, listen_fixed)
+    if config.metrics_listen:
+        start_metrics_server(config.metrics_listen)
     port = await router.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(

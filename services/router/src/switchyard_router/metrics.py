@@ -1,0 +1,59 @@
+"""Prometheus metrics of the router (served on ``metrics_listen``).
+
+Labels are bounded: ``model`` is a configured route (or ``unknown``),
+``cluster`` and ``endpoint`` come from the config (or its DNS names), ``code``
+is a gRPC status name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "switchyard_router_requests",
+    "Requests finished, by method, route and gRPC status code.",
+    ["method", "model", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "switchyard_router_request_duration_seconds",
+    "Time from a request's arrival at the router to its end.",
+    ["method", "model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RETRIES = Counter(
+    "switchyard_router_retries",
+    "Attempts after the first (failovers to another endpoint), by route.",
+    ["model"],
+)
+RESUMES = Counter(
+    "switchyard_router_resumes",
+    "Streams continued on another endpoint after a failure mid-stream, by route.",
+    ["model"],
+)
+ENDPOINT_HEALTHY = Gauge(
+    "switchyard_router_endpoint_healthy",
+    "1 while an endpoint takes new requests (healthy, not ejected), else 0.",
+    ["cluster", "endpoint"],
+)
+EJECTIONS = Counter(
+    "switchyard_router_ejections",
+    "Outlier-detection ejections, by endpoint.",
+    ["cluster", "endpoint"],
+)
+
+
+@dataclass
+class RequestRecord:
+    """One request's outcome, recorded when it ends."""
+
+    method: str
+    model: str = "unknown"
+    code: str = "OK"
+    started: float = field(default_factory=time.monotonic)
+
+    def finish(self) -> None:
+        REQUESTS.labels(self.method, self.model, self.code).inc()
+        REQUEST_DURATION.labels(self.method, self.model).observe(time.monotonic() - self.started)
