@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from switchyard import tracing
 from switchyard.configfile import ConfigError, describe_validation_error
 from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
@@ -188,6 +189,7 @@ class ModelServer:
 async def serve(config: ModelServerConfig) -> None:
     """Runs a model server until SIGTERM or SIGINT."""
     backend = build_backend(config)
+    tracing.configure("switchyard-modelserver")
     if config.metrics_listen:
         start_metrics_server(config.metrics_listen)
     try:
@@ -212,4 +214,5 @@ async def serve(config: ModelServerConfig) -> None:
     log.info("shutdown requested")
     loading.cancel()
     await model_server.drain()
+    tracing.shutdown()  # flush spans still batched
     log.info("stopped")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -19,6 +21,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
+from switchyard import tracing
 from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -39,6 +42,12 @@ from switchyard_modelserver.domain import (
 from switchyard_modelserver.validation import UnreadableRequest
 
 log = logging.getLogger("switchyard.modelserver.requests")
+
+
+@functools.cache
+def _tracer() -> Any:
+    return tracing.tracer("switchyard.modelserver")
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,14 +80,39 @@ class _Outcome:
     started: float = field(default_factory=time.monotonic)
     model: str = "-"
     resolved: bool = False  # model is a served id (a bounded metrics label)
+    span: Any = None  # the request's span when tracing is on
+    output: list[str] | None = None  # completion text, only when content capture is on
     code: str = "OK"
     finish: str = "-"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: float | None = None
 
+    def end_span(self, now: float) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.span
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
+        if self.resolved:
+            span.set_attribute("gen_ai.response.model", self.model)
+        span.set_attribute("gen_ai.usage.input_tokens", self.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", self.completion_tokens)
+        if self.finish != "-":
+            span.set_attribute("gen_ai.response.finish_reasons", [self.finish])
+        if self.first_token_at is not None:
+            ttft_ms = (self.first_token_at - self.started) * 1e3
+            span.set_attribute("switchyard.time_to_first_token_ms", ttft_ms)
+        if self.output is not None:
+            text = "".join(self.output)
+            span.set_attribute("gen_ai.output.messages", _messages_json([("assistant", text)]))
+        if self.code != "OK":
+            span.set_status(Status(StatusCode.ERROR, self.code))
+        span.end()
+
     def log(self) -> None:
         now = time.monotonic()
+        if self.span is not None:
+            self.end_span(now)
         metrics.record_request(
             method=self.method,
             model=self.model if self.resolved else "unknown",
@@ -107,6 +141,13 @@ class _Outcome:
             ttft,
             (now - self.started) * 1e3,
         )
+
+
+def _messages_json(turns: list[tuple[str, str]]) -> str:
+    """Messages in the GenAI conventions' JSON shape (for opted-in content capture)."""
+    return json.dumps(
+        [{"role": role, "parts": [{"type": "text", "content": text}]} for role, text in turns]
+    )
 
 
 @asynccontextmanager
@@ -209,7 +250,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest | UnreadableRequest, context: Context
     ) -> pb.GenerateResponse:
-        outcome = self._outcome("Generate", request)
+        outcome = self._outcome("Generate", request, context)
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             parts: list[str] = []
             events = self._events(validation.generation_request(request), outcome)
@@ -233,7 +274,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def StreamGenerate(  # type: ignore[override]  # noqa: N802 - writes via context
         self, request: pb.StreamGenerateRequest | UnreadableRequest, context: Context
     ) -> None:
-        outcome = self._outcome("StreamGenerate", request)
+        outcome = self._outcome("StreamGenerate", request, context)
         async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
             valid = validation.generation_request(request)
             with_ids = valid.include_token_ids
@@ -250,13 +291,48 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self,
         method: str,
         request: pb.GenerateRequest | pb.StreamGenerateRequest | UnreadableRequest,
+        context: Context,
     ) -> _Outcome:
         outcome = _Outcome(method)
         if not isinstance(request, UnreadableRequest):
             model_id = self._catalog.lookup(request.model)
             outcome.model = model_id or request.model or "-"
             outcome.resolved = model_id is not None
+            if tracing.enabled():
+                outcome.span = self._start_span(method, request, context)
+                if tracing.capture_content():
+                    outcome.output = []
         return outcome
+
+    def _start_span(
+        self, method: str, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: Context
+    ) -> Any:
+        from opentelemetry.trace import SpanKind
+
+        operation = "chat" if len(request.messages) else "text_completion"
+        sampling = request.sampling
+        attributes = tracing.genai_attributes(
+            operation=operation,
+            provider=self._backend.kind,
+            request_model=request.model,
+            sampling={
+                name: getattr(sampling, name) if sampling.HasField(name) else None
+                for name in ("temperature", "top_p", "top_k", "max_tokens")
+            },
+        )
+        attributes.update(
+            {"rpc.system": "grpc", "rpc.service": "switchyard.v1.LLMService", "rpc.method": method}
+        )
+        if tracing.capture_content():
+            turns = [("user", request.prompt)] if request.prompt else []
+            turns += [(m.role, m.content) for m in request.messages]
+            attributes["gen_ai.input.messages"] = _messages_json(turns)
+        return _tracer().start_span(
+            f"{operation} {request.model}",
+            context=tracing.extract(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: pb.ListModelsRequest, context: Context
@@ -293,6 +369,10 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                     if isinstance(event, Delta):
                         if event.tokens and outcome.first_token_at is None:
                             outcome.first_token_at = time.monotonic()
+                            if outcome.span is not None:
+                                outcome.span.add_event("gen_ai.first_token")
+                        if outcome.output is not None:
+                            outcome.output.append(event.text)
                         outcome.completion_tokens += event.tokens
                     else:
                         outcome.prompt_tokens = event.prompt_tokens

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
@@ -53,7 +55,15 @@ class RequestRecord:
     model: str = "unknown"
     code: str = "OK"
     started: float = field(default_factory=time.monotonic)
+    span: Any = None  # the request's span when tracing is on
 
     def finish(self) -> None:
+        if self.span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
+            if self.code != "OK":
+                self.span.set_status(Status(StatusCode.ERROR, self.code))
+            self.span.end()
         REQUESTS.labels(self.method, self.model, self.code).inc()
         REQUEST_DURATION.labels(self.method, self.model).observe(time.monotonic() - self.started)

@@ -16,6 +16,7 @@ with a clean UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from switchyard import tracing
 from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router import wire
@@ -36,6 +38,12 @@ from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import Pick, Route, RouteTable, describe_unavailable
 
 log = logging.getLogger("switchyard.router.proxy")
+
+
+@functools.cache
+def _tracer() -> Any:
+    return tracing.tracer("switchyard.router")
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -183,6 +191,8 @@ class Proxy:
             record.model = route.model
             deadline = _deadline(context)
             metadata = _forwarded(context.invocation_metadata())
+            if tracing.enabled():
+                record.span = _start_request_span(record, context, model)
             tried: set[Any] = set()
             failure: _Failure | None = None
             attempt = 0
@@ -194,22 +204,28 @@ class Proxy:
                 tried.add(pick.endpoint)
                 payload = request if pick.model == model else wire.with_model(request, pick.model)
                 timeout, own_limit = self._attempt_timeout(deadline)
+                span, attempt_metadata = _start_attempt(record, pick, attempt, metadata)
+                outcome = "CANCELLED"
                 pick.endpoint.outstanding += 1
                 try:
                     response: bytes = await pick.endpoint.generate(
-                        payload, timeout=timeout, metadata=metadata
+                        payload, timeout=timeout, metadata=attempt_metadata
                     )
                     pick.endpoint.record_success()
                     self.budget.record_success()
+                    outcome = "OK"
                     return response
                 except grpc.aio.AioRpcError as error:
                     failure = self._classify(error, pick, own_limit)
+                    outcome = failure.code.name
                 except asyncio.CancelledError:
                     if _own_cancellation():
                         raise  # the client left: nothing more to do
                     failure = self._channel_closed(pick)  # the endpoint was removed under us
+                    outcome = failure.code.name
                 finally:
                     pick.endpoint.outstanding -= 1
+                    _end_attempt(span, outcome)
                 if failure.code not in RETRYABLE or not self._may_retry(attempt, deadline):
                     await _abort(
                         record,
@@ -264,6 +280,8 @@ class Proxy:
             record.model = route.model
             deadline = _deadline(context)
             metadata = _forwarded(context.invocation_metadata())
+            if tracing.enabled():
+                record.span = _start_request_span(record, context, model)
             resumable: _Resumable | None = None
             base = request
             if route.resume:
@@ -298,8 +316,12 @@ class Proxy:
                 # per token): the per-try timeout would punish a healthy server for it.
                 first_timeout = timeout if own_limit and not resuming else None
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                span, attempt_metadata = _start_attempt(record, pick, attempt, metadata)
+                outcome = "CANCELLED"
                 pick.endpoint.outstanding += 1
-                call = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+                call = pick.endpoint.stream_generate(
+                    payload, timeout=remaining, metadata=attempt_metadata
+                )
                 received = 0
                 try:
                     responses = call.__aiter__()
@@ -314,20 +336,26 @@ class Proxy:
                         delivered += 1
                     pick.endpoint.record_success()
                     self.budget.record_success()
+                    outcome = "OK"
                     return
                 except StopAsyncIteration:
+                    outcome = "OK"
                     return  # an empty stream: nothing to relay
                 except TimeoutError:
                     failure = self._classify_timeout(pick)
+                    outcome = failure.code.name
                 except grpc.aio.AioRpcError as error:
                     failure = self._classify(error, pick, own_limit=False)
+                    outcome = failure.code.name
                 except asyncio.CancelledError:
                     if _own_cancellation():
                         raise  # the client left: nothing more to do
                     failure = self._channel_closed(pick)  # the endpoint was removed under us
+                    outcome = failure.code.name
                 finally:
                     pick.endpoint.outstanding -= 1
                     call.cancel()  # client gone, attempt failed or done: stop upstream work
+                    _end_attempt(span, outcome, received)
                 if resumable is not None and resumable.finished:
                     return  # the final message was relayed; only the trailers were lost
                 if received == 0 and (
@@ -394,6 +422,58 @@ class Proxy:
             f"model server {pick.endpoint.address} (cluster {pick.cluster}) sent nothing "
             f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
         )
+
+
+def _start_request_span(record: RequestRecord, context: Context, model: str) -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return _tracer().start_span(
+        f"{record.method} {model}",
+        context=tracing.extract(context.invocation_metadata()),
+        kind=SpanKind.SERVER,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": "switchyard.v1.LLMService",
+            "rpc.method": record.method,
+            "gen_ai.request.model": model,
+        },
+    )
+
+
+def _start_attempt(
+    record: RequestRecord, pick: Pick, attempt: int, metadata: Metadata
+) -> tuple[Any, Metadata]:
+    """A child span for one attempt, and metadata carrying it to the model server."""
+    if record.span is None:
+        return None, metadata
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    span = _tracer().start_span(
+        f"attempt {attempt + 1} {pick.endpoint.address}",
+        context=trace.set_span_in_context(record.span),
+        kind=SpanKind.CLIENT,
+        attributes={
+            "switchyard.attempt": attempt + 1,
+            "switchyard.cluster": pick.cluster,
+            "server.address": pick.endpoint.address,
+            "gen_ai.request.model": pick.model,
+        },
+    )
+    return span, tracing.inject(metadata, span)
+
+
+def _end_attempt(span: Any, outcome: str, received: int | None = None) -> None:
+    if span is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("switchyard.outcome", outcome)
+    if received is not None:
+        span.set_attribute("switchyard.messages_relayed", received)
+    if outcome != "OK":
+        span.set_status(Status(StatusCode.ERROR, outcome))
+    span.end()
 
 
 def _own_cancellation() -> bool:

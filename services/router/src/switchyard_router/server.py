@@ -14,6 +14,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from switchyard import tracing
 from switchyard.configfile import ConfigError
 from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
@@ -204,6 +205,7 @@ async def serve(
     config: RouterConfig, config_path: Path | None = None, listen_fixed: bool = False
 ) -> None:
     """Runs the router until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    tracing.configure("switchyard-router")
     router = Router(config, config_path, listen_fixed)
     if config.metrics_listen:
         start_metrics_server(config.metrics_listen)
@@ -230,4 +232,5 @@ async def serve(
     await stop.wait()
     log.info("shutdown requested; draining")
     await router.drain()
+    tracing.shutdown()  # flush spans still batched
     log.info("stopped")

@@ -1,0 +1,105 @@
+"""OpenTelemetry tracing for the services, configured by the standard OTEL_* variables.
+
+Tracing is on when an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``
+or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) and ``OTEL_SDK_DISABLED`` is not
+``true``. Otherwise nothing is set up and the request paths skip tracing
+entirely. Service name, resource attributes, sampler and exporter settings come
+from the usual ``OTEL_*`` variables. Needs the ``server`` extra.
+
+Prompt and completion text are recorded only when
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_provider: Any = None
+
+
+def enabled() -> bool:
+    """Whether this process exports traces."""
+    return _provider is not None
+
+
+def capture_content() -> bool:
+    """Whether operators opted in to prompt and completion text in spans."""
+    value = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    return value.lower() == "true"
+
+
+def configure(default_service_name: str) -> bool:
+    """Sets up OTLP export if the environment asks for it; returns whether it did."""
+    global _provider
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    if not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return False
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return True
+
+
+def shutdown() -> None:
+    """Flushes and stops the exporter (call on exit)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def tracer(name: str) -> Any:
+    from opentelemetry import trace
+
+    return trace.get_tracer(name)
+
+
+def extract(metadata: Iterable[Any] | None) -> Any:
+    """The W3C trace context carried in gRPC metadata (an OpenTelemetry Context)."""
+    from opentelemetry import propagate
+
+    carrier = {str(key): value for key, value in metadata or () if isinstance(value, str)}
+    return propagate.extract(carrier)
+
+
+def inject(metadata: Iterable[tuple[str, Any]], span: Any) -> tuple[tuple[str, Any], ...]:
+    """``metadata`` with the trace context replaced by ``span``'s (for an outgoing call)."""
+    from opentelemetry import propagate, trace
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    kept = tuple((k, v) for k, v in metadata if k not in carrier)
+    return kept + tuple(carrier.items())
+
+
+def genai_attributes(
+    *,
+    operation: str,
+    provider: str,
+    request_model: str,
+    sampling: Mapping[str, float | int | None],
+) -> dict[str, Any]:
+    """GenAI semantic-convention attributes known when a request starts."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": request_model,
+    }
+    for name, value in sampling.items():
+        if value is not None:
+            attributes[f"gen_ai.request.{name}"] = value
+    return attributes
