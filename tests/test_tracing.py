@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -113,14 +114,14 @@ def test_one_request_is_one_trace_through_router_and_model_server(
         "traced-broken",
         "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "tiny", "fail_after_tokens": 0}]}},
-        _env(endpoint),
+        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
     server = _start(
         workdir,
         "traced-llama",
         "switchyard_modelserver",
         {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
-        _env(endpoint),
+        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
     router = _start(
         workdir,
@@ -186,6 +187,18 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     # Prompt and completion text are not recorded unless an operator opts in.
     everything = repr(spans)
     assert "secret prompt" not in everything
+    # JSON logs: one line per request outcome, with the ids that lead to its spans.
+    [served] = _request_lines(server)
+    assert (served["code"], served["trace_id"]) == ("OK", TRACE_ID)
+    assert served["span_id"] == model_span["span_id"]
+    assert served["completion_tokens"] == 5
+    [failed] = _request_lines(broken)
+    assert (failed["code"], failed["trace_id"], failed["level"]) == (
+        "UNAVAILABLE",
+        TRACE_ID,
+        "INFO",
+    )
+    assert "secret prompt" not in server.log()
     assert response.text not in everything or not response.text.strip()
 
 
@@ -208,3 +221,13 @@ def test_prompt_and_completion_are_recorded_only_when_an_operator_opts_in(
         server.stop()
     assert "opted-in prompt" in span["attributes"]["gen_ai.input.messages"]
     assert "opted-in prompt" in span["attributes"]["gen_ai.output.messages"]
+
+
+def _request_lines(server: ServerProcess) -> list[dict[str, Any]]:
+    lines = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry["message"].startswith("request "):
+                lines.append(entry)
+    return lines

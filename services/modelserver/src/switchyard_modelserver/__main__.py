@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from switchyard import logs
 from switchyard.configfile import ConfigError
 from switchyard_modelserver.backends.registry import UnknownBackendError, available_backends
 from switchyard_modelserver.config import load_modelserver_config
@@ -20,13 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML config file")
     parser.add_argument("--listen", help="override the config's listen address (host:port)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="default: $SWITCHYARD_LOG_FORMAT or text"
+    )
     parser.add_argument("--list-backends", action="store_true", help="print installed backends")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, args.log_format)
     if args.list_backends:
         print("\n".join(available_backends()))
         return 0

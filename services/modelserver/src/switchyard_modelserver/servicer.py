@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
-from switchyard import tracing
+from switchyard import logs, tracing
 from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -125,21 +125,26 @@ class _Outcome:
             ),
         )
         ttft = (
-            "-"
+            None
             if self.first_token_at is None
-            else f"{(self.first_token_at - self.started) * 1e3:.1f}"
+            else round((self.first_token_at - self.started) * 1e3, 1)
         )
-        log.info(
-            "request method=%s model=%s code=%s finish=%s prompt_tokens=%d completion_tokens=%d "
-            "ttft_ms=%s total_ms=%.1f",
-            self.method,
-            self.model,
-            self.code,
-            self.finish,
-            self.prompt_tokens,
-            self.completion_tokens,
-            ttft,
-            (now - self.started) * 1e3,
+        fields = {
+            "method": self.method,
+            "model": self.model,
+            "code": self.code,
+            "finish": self.finish,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": ttft,
+            "total_ms": round((now - self.started) * 1e3, 1),
+            **logs.trace_ids(self.span),
+        }
+        level = logging.ERROR if self.code == "INTERNAL" else logging.INFO
+        log.log(
+            level,
+            "request " + " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()),
+            extra={"fields": fields},
         )
 
 

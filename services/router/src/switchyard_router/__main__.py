@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from switchyard import logs
 from switchyard.configfile import ConfigError
 from switchyard_router.config import load_router_config
 from switchyard_router.server import serve
@@ -20,12 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="YAML config file")
     parser.add_argument("--listen", help="override the config's listen address (host:port)")
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="default: $SWITCHYARD_LOG_FORMAT or text"
     )
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
     try:
         config = load_router_config(args.config)
         if args.listen:

@@ -7,12 +7,17 @@ is a gRPC status name.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
+
+from switchyard import logs
+
+log = logging.getLogger("switchyard.router.requests")
 
 REQUESTS = Counter(
     "switchyard_router_requests",
@@ -56,8 +61,21 @@ class RequestRecord:
     code: str = "OK"
     started: float = field(default_factory=time.monotonic)
     span: Any = None  # the request's span when tracing is on
+    attempts: int = 0
 
     def finish(self) -> None:
+        total_ms = round((time.monotonic() - self.started) * 1e3, 1)
+        fields = {
+            "method": self.method,
+            "model": self.model,
+            "code": self.code,
+            "attempts": self.attempts,
+            "total_ms": total_ms,
+            **logs.trace_ids(self.span),
+        }
+        log.info(
+            "request " + " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields}
+        )
         if self.span is not None:
             from opentelemetry.trace import Status, StatusCode
 

@@ -444,6 +444,7 @@ def _start_attempt(
     record: RequestRecord, pick: Pick, attempt: int, metadata: Metadata
 ) -> tuple[Any, Metadata]:
     """A child span for one attempt, and metadata carrying it to the model server."""
+    record.attempts += 1
     if record.span is None:
         return None, metadata
     from opentelemetry import trace
