@@ -80,7 +80,8 @@ class _Processes:
     def start(self, name: str, module: str, config: dict[str, object]) -> subprocess.Popen[bytes]:
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        return self.spawn(name, ["-m", module, "--config", str(path), "--log-level", "WARNING"])
+        # Default log level: the router's cost includes its one INFO line per request.
+        return self.spawn(name, ["-m", module, "--config", str(path)])
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Starts ``python ARGS`` with its output in NAME.log (stopped at the end)."""
@@ -212,6 +213,7 @@ async def run(args: argparse.Namespace) -> None:
             "switchyard_router",
             {
                 "listen": f"127.0.0.1:{router_port}",
+                "access_log": os.environ.get("ROUTER_ACCESS_LOG", "true") == "true",
                 "clusters": {
                     "main": {"endpoints": [f"127.0.0.1:{server_port}"]},
                     "spare": {"endpoints": [f"127.0.0.1:{spare_port}"]},

@@ -109,6 +109,9 @@ class RouterConfig(_Strict):
     metrics_listen: str | None = Field(
         default=None, description="host:port for Prometheus /metrics (unset: no endpoint)"
     )
+    access_log: bool = Field(
+        default=True, description="one INFO line per request outcome (costs CPU per request)"
+    )
     retry: RetryConfig = RetryConfig()
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -52,6 +52,14 @@ EJECTIONS = Counter(
 )
 
 
+class _Switch:
+    enabled = True
+
+
+ACCESS_LOG = _Switch()
+"""Whether each request's outcome is logged (the router's ``access_log`` option)."""
+
+
 @dataclass
 class RequestRecord:
     """One request's outcome, recorded when it ends."""
@@ -64,6 +72,19 @@ class RequestRecord:
     attempts: int = 0
 
     def finish(self) -> None:
+        REQUESTS.labels(self.method, self.model, self.code).inc()
+        REQUEST_DURATION.labels(self.method, self.model).observe(time.monotonic() - self.started)
+        if self.span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
+            if self.code != "OK":
+                self.span.set_status(Status(StatusCode.ERROR, self.code))
+            self.span.end()
+        if ACCESS_LOG.enabled:
+            self._log()
+
+    def _log(self) -> None:
         total_ms = round((time.monotonic() - self.started) * 1e3, 1)
         fields = {
             "method": self.method,
@@ -76,12 +97,3 @@ class RequestRecord:
         log.info(
             "request " + " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields}
         )
-        if self.span is not None:
-            from opentelemetry.trace import Status, StatusCode
-
-            self.span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
-            if self.code != "OK":
-                self.span.set_status(Status(StatusCode.ERROR, self.code))
-            self.span.end()
-        REQUESTS.labels(self.method, self.model, self.code).inc()
-        REQUEST_DURATION.labels(self.method, self.model).observe(time.monotonic() - self.started)

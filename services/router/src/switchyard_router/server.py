@@ -20,7 +20,7 @@ from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
-from switchyard_router import catalog
+from switchyard_router import catalog, metrics
 from switchyard_router.admin import RouterAdmin
 from switchyard_router.config import RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
@@ -110,6 +110,7 @@ class Router:
         for name, cluster in self.clusters.items():
             cluster.watch(watched.get(name, set()))
         self.proxy.configure(table, config.retry)
+        metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
         self.config = config
