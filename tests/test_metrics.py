@@ -128,3 +128,32 @@ def test_counters_move_by_exactly_the_requests_sent(fleet: Fleet) -> None:
     )
     names = {name for name, _ in after_router}
     assert "switchyard_router_request_duration_seconds_bucket" in names
+
+
+def test_streams_the_caller_leaves_are_counted_cancelled_not_ok(fleet: Fleet) -> None:
+    router_metrics = free_port()
+    server = fleet.scripted("server", [{"id": "m", "reply": "a " * 200, "token_delay_ms": 20}])
+    router = fleet.router(
+        {
+            "metrics_listen": f"127.0.0.1:{router_metrics}",
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    before = scrape(router_metrics)
+    with Client(router.address, max_retries=0) as client:
+        for _ in range(5):
+            with client.stream("m", "x") as stream:
+                next(stream)  # then leave
+    name = "switchyard_router_requests_total"
+    labels = {"method": "StreamGenerate", "model": "m"}
+    deadline = time.monotonic() + 5
+    while (
+        value(scrape(router_metrics), name, code="CANCELLED", **labels)
+        - value(before, name, code="CANCELLED", **labels)
+        < 5
+    ):
+        assert time.monotonic() < deadline, scrape(router_metrics)
+        time.sleep(0.05)
+    after = scrape(router_metrics)
+    assert value(after, name, code="OK", **labels) == value(before, name, code="OK", **labels)

@@ -141,6 +141,8 @@ class _Outcome:
             **logs.trace_ids(self.span),
         }
         level = logging.ERROR if self.code == "INTERNAL" else logging.INFO
+        if not log.isEnabledFor(level):
+            return
         log.log(
             level,
             "request " + " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()),
@@ -183,6 +185,19 @@ async def status_boundary(context: Context, outcome: _Outcome) -> AsyncIterator[
         )
     finally:
         outcome.log()
+
+
+@asynccontextmanager
+async def _current(span: Any) -> AsyncIterator[None]:
+    """Makes ``span`` current for the handler, so every log line (and any child
+    span, e.g. an HTTP call) carries its trace; a no-op without tracing."""
+    if span is None:
+        yield
+        return
+    from opentelemetry import trace
+
+    with trace.use_span(span, end_on_exit=False):
+        yield
 
 
 def _deadline(context: Context) -> asyncio.Timeout:
@@ -256,7 +271,12 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self, request: pb.GenerateRequest | UnreadableRequest, context: Context
     ) -> pb.GenerateResponse:
         outcome = self._outcome("Generate", request, context)
-        async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
+        async with (
+            _current(outcome.span),
+            status_boundary(context, outcome),
+            self._in_flight.track(),
+            _deadline(context),
+        ):
             parts: list[str] = []
             events = self._events(validation.generation_request(request), outcome)
             async with aclosing(events):
@@ -280,7 +300,12 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         self, request: pb.StreamGenerateRequest | UnreadableRequest, context: Context
     ) -> None:
         outcome = self._outcome("StreamGenerate", request, context)
-        async with status_boundary(context, outcome), self._in_flight.track(), _deadline(context):
+        async with (
+            _current(outcome.span),
+            status_boundary(context, outcome),
+            self._in_flight.track(),
+            _deadline(context),
+        ):
             valid = validation.generation_request(request)
             with_ids = valid.include_token_ids
             events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
@@ -305,7 +330,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             outcome.resolved = model_id is not None
             if tracing.enabled():
                 outcome.span = self._start_span(method, request, context)
-                if tracing.capture_content():
+                if tracing.capture_content() and outcome.span.is_recording():
                     outcome.output = []
         return outcome
 

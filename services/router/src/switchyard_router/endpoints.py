@@ -30,6 +30,10 @@ LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
 DNS_SCHEME = "dns:///"
 
 
+# Which Endpoint owns each (cluster, address) series of the health gauge.
+_gauge_owner: dict[tuple[str, str], Endpoint] = {}
+
+
 class ModelHealth(enum.Enum):
     """What the health stream last said about one model on one endpoint."""
 
@@ -96,6 +100,7 @@ class Endpoint:
         metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
             lambda: 1.0 if self.state() is EndpointState.HEALTHY else 0.0
         )
+        _gauge_owner[(cluster, address)] = self
 
     # Health, from the watcher.
     def set_model_health(self, model: str, serving: bool) -> None:
@@ -182,8 +187,11 @@ class Endpoint:
             await asyncio.sleep(0.05)
         await self.watcher.close()
         await self.channel.close(grace=None)
-        with contextlib.suppress(KeyError):  # already removed
-            metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
+        # The address may have rejoined (a new Endpoint) while this one drained.
+        if _gauge_owner.get((self.cluster, self.address)) is self:
+            del _gauge_owner[(self.cluster, self.address)]
+            with contextlib.suppress(KeyError):
+                metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
 
 
 class Cluster:

@@ -81,7 +81,7 @@ class RequestRecord:
             if self.code != "OK":
                 self.span.set_status(Status(StatusCode.ERROR, self.code))
             self.span.end()
-        if ACCESS_LOG.enabled:
+        if ACCESS_LOG.enabled and log.isEnabledFor(logging.INFO):
             self._log()
 
     def _log(self) -> None:

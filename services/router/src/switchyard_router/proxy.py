@@ -237,7 +237,7 @@ class Proxy:
                 RETRIES.labels(route.model).inc()
                 await self._pause(attempt, deadline)
         except asyncio.CancelledError:
-            record.code = "CANCELLED"  # the caller left
+            record.code = _left_code(context)
             raise
         finally:
             record.finish()
@@ -400,8 +400,10 @@ class Proxy:
                 attempt += 1
                 RETRIES.labels(route.model).inc()
                 await self._pause(attempt, deadline)
-        except asyncio.CancelledError:
-            record.code = "CANCELLED"  # the caller left
+        except (asyncio.CancelledError, GeneratorExit):
+            # grpc closes the generator (GeneratorExit) or cancels the task when
+            # the caller leaves or its deadline passes.
+            record.code = _left_code(context)
             raise
         finally:
             record.finish()
@@ -475,6 +477,12 @@ def _end_attempt(span: Any, outcome: str, received: int | None = None) -> None:
     if outcome != "OK":
         span.set_status(Status(StatusCode.ERROR, outcome))
     span.end()
+
+
+def _left_code(context: Context) -> str:
+    """How a request that ended early is counted: its deadline passed, or the caller left."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def _own_cancellation() -> bool:
