@@ -220,7 +220,9 @@ def test_prompt_and_completion_are_recorded_only_when_an_operator_opts_in(
     finally:
         server.stop()
     assert "opted-in prompt" in span["attributes"]["gen_ai.input.messages"]
-    assert "opted-in prompt" in span["attributes"]["gen_ai.output.messages"]
+    [output] = json.loads(span["attributes"]["gen_ai.output.messages"])
+    assert output["parts"][0]["content"] == "opted-in prompt"  # the echo model's answer
+    assert output["finish_reason"] == "stop"
 
 
 def _request_lines(server: ServerProcess) -> list[dict[str, Any]]:

@@ -104,7 +104,14 @@ class _Outcome:
             span.set_attribute("switchyard.time_to_first_token_ms", ttft_ms)
         if self.output is not None:
             text = "".join(self.output)
-            span.set_attribute("gen_ai.output.messages", _messages_json([("assistant", text)]))
+            output = [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": text}],
+                    "finish_reason": self.finish,
+                }
+            ]
+            span.set_attribute("gen_ai.output.messages", json.dumps(output))
         if self.code != "OK":
             span.set_status(Status(StatusCode.ERROR, self.code))
         span.end()
