@@ -258,13 +258,21 @@ def test_invalid_argument_is_never_retried(fleet: Fleet) -> None:
 def test_a_flaky_replica_is_ejected_and_requests_succeed(fleet: Fleet) -> None:
     flaky = fleet.scripted("flaky", [{"id": "m", "reply": "x", "fail_after_tokens": 0}])
     good = fleet.scripted("good", [{"id": "m", "reply": "good"}])
+    # The flaky replica is everyone's first choice (priority 0) while it is not ejected.
     router = fleet.router(
-        {"clusters": {"pool": _cluster(flaky, good)}, "routes": [_route("m", {"cluster": "pool"})]}
+        {
+            "clusters": {"first": _cluster(flaky), "second": _cluster(good)},
+            "routes": [_route("m", {"cluster": "first"}, {"cluster": "second", "priority": 1})],
+        }
     )
     with Client(router.address, max_retries=0) as client:
         assert {client.generate("m", "x").text for _ in range(20)} == {"good"}
-    flaky_attempts = flaky.log().count("request method=Generate")
-    assert flaky_attempts >= 1
+    [flaky_view] = [e for e in endpoints(router) if e.address == flaky.address]
+    assert flaky_view.ejections >= 1
+    assert "3 consecutive failures" in flaky_view.ejection_reason
+    # Ejected after its third failure: most requests never tried it.
+    time.sleep(0.3)  # a server logs its request just after answering
+    assert 3 <= flaky.log().count("request method=Generate") < 20
     assert all(e.outstanding_requests == 0 for e in endpoints(router))
 
 

@@ -12,6 +12,7 @@ from switchyard.types import FinishReason as FinishReasonSDK
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.bridge import EngineThreadBridge
+from switchyard_modelserver.coalescing import coalesced
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import Delta, Finish, FinishReason
 from switchyard_modelserver.stops import StopMatcher
@@ -77,13 +78,17 @@ def test_stop_matcher_picks_the_earliest_stop() -> None:
     assert StopMatcher(["b", "a"]).feed("xxab") == ("xx", "a")
 
 
-async def test_bridge_coalesces_deltas_that_are_ready_together() -> None:
-    bridge = EngineThreadBridge()
-    for text in ("a", "b", "c"):
-        bridge.push(Delta(text, 1))
-    bridge.push(Finish(FinishReason.LENGTH, 1, 3))
-    events = [event async for event in bridge.events()]
-    assert events == [Delta("abc", 3), Finish(FinishReason.LENGTH, 1, 3)]
+async def test_deltas_ready_together_are_coalesced_and_the_first_goes_alone() -> None:
+    bridge = EngineThreadBridge()  # an engine thread that pushed four tokens at once
+    for text in ("a", "b", "c", "d"):
+        bridge.push(Delta(text, 1, [ord(text)]))
+    bridge.push(Finish(FinishReason.LENGTH, 1, 4))
+    events = [event async for event in coalesced(bridge.events())]
+    assert events == [
+        Delta("a", 1, [97]),
+        Delta("bcd", 3, [98, 99, 100]),
+        Finish(FinishReason.LENGTH, 1, 4),
+    ]
 
 
 def test_expand_env() -> None:

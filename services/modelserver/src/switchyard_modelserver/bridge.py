@@ -1,10 +1,8 @@
-"""A bridge from an engine thread to asyncio that coalesces ready tokens.
+"""A bridge from an engine thread to asyncio.
 
 Engines such as llama.cpp generate in a worker thread. The thread pushes
-events; the asyncio side takes every event that is ready at once and merges
-consecutive deltas into one. The first token is never delayed, and when the
-consumer keeps up each token travels alone; when it falls behind, one message
-carries many tokens, which keeps the per-message cost of gRPC off the hot path.
+events without blocking; the asyncio side wakes once for everything that is
+ready and yields it in order.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from switchyard_modelserver.domain import Delta, GenerationEvent
 
@@ -38,28 +36,18 @@ class EngineThreadBridge:
         self._items.append(item)
         self._ready.set()
 
-    async def events(self) -> AsyncIterator[GenerationEvent]:
-        """Yields events until (and including) the Finish; re-raises a worker's exception."""
+    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+        """Yields events until (and including) the Finish; re-raises a worker's exception.
+
+        Merging deltas into fewer messages is the servicer's job (``coalescing``).
+        """
         while True:
             await self._ready.wait()
             self._ready.clear()
-            pending: Delta | None = None
             while self._items:
                 item = self._items.popleft()
-                if isinstance(item, Delta):
-                    if pending is None:
-                        pending = Delta(item.text, item.tokens, list(item.token_ids))
-                    else:
-                        pending.text += item.text
-                        pending.tokens += item.tokens
-                        pending.token_ids += item.token_ids
-                    continue
-                if pending is not None:
-                    yield pending
-                    pending = None
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                return
-            if pending is not None:
-                yield pending
+                if not isinstance(item, Delta):
+                    return

@@ -22,7 +22,6 @@ _Message = TypeVar("_Message", bound=Message)
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_SEQUENCE_LENGTH = 256
 MAX_LOGPROBS = 20
-MAX_SEED = 2**63 - 1
 CHAT_ROLES = ("system", "user", "assistant")
 
 

@@ -88,7 +88,6 @@ class Endpoint:
         self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.health: dict[str, ModelHealth] = {}
-        self.unreachable_reason = ""
         self.outstanding = 0
         self.consecutive_failures = 0
         self.ejections = 0
@@ -113,7 +112,6 @@ class Endpoint:
         if self.health.get(model) is not ModelHealth.UNREACHABLE:
             log.info("%s (%s): unreachable for %s: %s", self.address, self.cluster, model, reason)
         self.health[model] = ModelHealth.UNREACHABLE
-        self.unreachable_reason = reason
 
     def forget_model(self, model: str) -> None:
         self.health.pop(model, None)

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -33,6 +33,7 @@ from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError,
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router import wire
 from switchyard_router.config import RetryConfig
+from switchyard_router.endpoints import Endpoint
 from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import Pick, Route, RouteTable, describe_unavailable
@@ -121,6 +122,20 @@ class _Resumable:
         return parsed.SerializeToString() if changed else message
 
 
+@dataclass
+class _Call:
+    """One request's routing state across its attempts."""
+
+    record: RequestRecord
+    context: Context
+    table: RouteTable
+    route: Route
+    model: str
+    deadline: float | None
+    metadata: Metadata
+    tried: set[Endpoint] = field(default_factory=set)
+
+
 class Proxy:
     """Forwards LLMService calls, with retries, failover and resume."""
 
@@ -135,31 +150,42 @@ class Proxy:
         self.retry = retry
         self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
 
-    def _route(self, request: bytes) -> tuple[RouteTable, Route, str]:
+    async def _begin(self, record: RequestRecord, request: bytes, context: Context) -> _Call:
+        """Finds the request's route (or aborts with INVALID_ARGUMENT / NOT_FOUND)."""
+        table = self.table  # a reload mid-request does not change this request's route
         try:
-            model = wire.read_model(request)
-        except wire.MalformedRequestError as error:
-            raise invalid_argument(
-                FieldViolation("model", f"unreadable request: {error}")
-            ) from None
-        table = self.table
-        return table, table.route(model), model
+            try:
+                model = wire.read_model(request)
+            except wire.MalformedRequestError as error:
+                reason = f"unreadable request: {error}"
+                raise invalid_argument(FieldViolation("model", reason)) from None
+            route = table.route(model)
+        except StatusError as error:
+            await _abort(record, context, error)
+        record.model = route.model
+        if tracing.enabled():
+            record.span = _start_request_span(record, context, model)
+        metadata = _forwarded(context.invocation_metadata())
+        return _Call(record, context, table, route, model, _deadline(context), metadata)
 
-    def _next(
-        self, table: RouteTable, route: Route, tried: set[Any], failure: _Failure | None
-    ) -> Pick:
-        pick = table.pick(route, tried)
-        if pick is not None:
-            return pick
-        if failure is not None:  # every endpoint tried: the last answer stands
-            raise StatusError(failure.code, failure.details)
-        raise StatusError(
-            grpc.StatusCode.UNAVAILABLE,
-            describe_unavailable(route),
-            reason="NO_HEALTHY_ENDPOINT",
-            metadata={"model": route.model},
-            retry_after=1.0,
-        )
+    async def _next_pick(self, call: _Call, failure: _Failure | None) -> Pick:
+        """The endpoint for the next attempt, or the final status when none is left."""
+        pick = call.table.pick(call.route, call.tried)
+        if pick is None:
+            if failure is not None:  # every endpoint tried: the last answer stands
+                error = StatusError(failure.code, failure.details)
+                await _abort(call.record, call.context, error, failure.trailers)
+            error = StatusError(
+                grpc.StatusCode.UNAVAILABLE,
+                describe_unavailable(call.route),
+                reason="NO_HEALTHY_ENDPOINT",
+                metadata={"model": call.route.model},
+                retry_after=1.0,
+            )
+            await _abort(call.record, call.context, error)
+        call.tried.add(pick.endpoint)
+        call.record.attempts += 1
+        return pick
 
     def _attempt_timeout(self, deadline: float | None) -> tuple[float | None, bool]:
         """(timeout for this attempt, whether it is the attempt's own per-try limit)."""
@@ -184,27 +210,15 @@ class Proxy:
         """Generate, relayed, retried on another endpoint when that can help."""
         record = RequestRecord("Generate")
         try:
-            try:
-                table, route, model = self._route(request)
-            except StatusError as error:
-                await _abort(record, context, error)
-            record.model = route.model
-            deadline = _deadline(context)
-            metadata = _forwarded(context.invocation_metadata())
-            if tracing.enabled():
-                record.span = _start_request_span(record, context, model)
-            tried: set[Any] = set()
+            call = await self._begin(record, request, context)
+            route, model, deadline = call.route, call.model, call.deadline
             failure: _Failure | None = None
             attempt = 0
             while True:
-                try:
-                    pick = self._next(table, route, tried, failure)
-                except StatusError as error:
-                    await _abort(record, context, error, failure.trailers if failure else None)
-                tried.add(pick.endpoint)
+                pick = await self._next_pick(call, failure)
                 payload = request if pick.model == model else wire.with_model(request, pick.model)
                 timeout, own_limit = self._attempt_timeout(deadline)
-                span, attempt_metadata = _start_attempt(record, pick, attempt, metadata)
+                span, attempt_metadata = _start_attempt(record, pick, attempt, call.metadata)
                 outcome = "CANCELLED"
                 pick.endpoint.outstanding += 1
                 try:
@@ -273,15 +287,8 @@ class Proxy:
         """StreamGenerate, relayed; retried until its first message, then maybe resumed."""
         record = RequestRecord("StreamGenerate")
         try:
-            try:
-                table, route, model = self._route(request)
-            except StatusError as error:
-                await _abort(record, context, error)
-            record.model = route.model
-            deadline = _deadline(context)
-            metadata = _forwarded(context.invocation_metadata())
-            if tracing.enabled():
-                record.span = _start_request_span(record, context, model)
+            call = await self._begin(record, request, context)
+            route, model, deadline = call.route, call.model, call.deadline
             resumable: _Resumable | None = None
             base = request
             if route.resume:
@@ -297,16 +304,11 @@ class Proxy:
                     )
                 resumable = _Resumable(client_wants_token_ids=wants_ids)
                 base = request + _WANT_TOKEN_IDS
-            tried: set[Any] = set()
             failure: _Failure | None = None
             attempt = 0
             delivered = 0
             while True:
-                try:
-                    pick = self._next(table, route, tried, failure)
-                except StatusError as error:
-                    await _abort(record, context, error, failure.trailers if failure else None)
-                tried.add(pick.endpoint)
+                pick = await self._next_pick(call, failure)
                 payload = base if pick.model == model else wire.with_model(base, pick.model)
                 resuming = resumable is not None and delivered > 0
                 if resumable is not None and resuming:
@@ -316,15 +318,15 @@ class Proxy:
                 # per token): the per-try timeout would punish a healthy server for it.
                 first_timeout = timeout if own_limit and not resuming else None
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                span, attempt_metadata = _start_attempt(record, pick, attempt, metadata)
+                span, attempt_metadata = _start_attempt(record, pick, attempt, call.metadata)
                 outcome = "CANCELLED"
                 pick.endpoint.outstanding += 1
-                call = pick.endpoint.stream_generate(
+                upstream = pick.endpoint.stream_generate(
                     payload, timeout=remaining, metadata=attempt_metadata
                 )
                 received = 0
                 try:
-                    responses = call.__aiter__()
+                    responses = upstream.__aiter__()
                     # The per-try timeout bounds the wait for an attempt's first message.
                     first = await asyncio.wait_for(anext(responses), first_timeout)
                     received = 1
@@ -354,7 +356,7 @@ class Proxy:
                     outcome = failure.code.name
                 finally:
                     pick.endpoint.outstanding -= 1
-                    call.cancel()  # client gone, attempt failed or done: stop upstream work
+                    upstream.cancel()  # client gone, attempt failed or done: stop its work
                     _end_attempt(span, outcome, received)
                 if resumable is not None and resumable.finished:
                     return  # the final message was relayed; only the trailers were lost
@@ -446,7 +448,6 @@ def _start_attempt(
     record: RequestRecord, pick: Pick, attempt: int, metadata: Metadata
 ) -> tuple[Any, Metadata]:
     """A child span for one attempt, and metadata carrying it to the model server."""
-    record.attempts += 1
     if record.span is None:
         return None, metadata
     from opentelemetry import trace
@@ -499,7 +500,9 @@ def _deadline(context: Context) -> float | None:
 
 async def _abort(
     record: RequestRecord, context: Context, error: StatusError, trailers: Metadata | None = None
-) -> Any:
+) -> NoReturn:
+    """Ends the RPC with ``error`` (and the upstream's trailers, when relaying them)."""
     record.code = error.code.name
     metadata = trailers if trailers else error.trailing_metadata()
     await context.abort(error.code, error.message, trailing_metadata=metadata)
+    raise AssertionError("unreachable: context.abort raises")

@@ -62,6 +62,16 @@ class ScriptedOptions(BackendOptions):
         return self
 
 
+def _fail_if_due(script: ScriptedModel, generated: int) -> None:
+    """Raises the script's injected failure once it has produced enough tokens."""
+    if script.fail_after_tokens is not None and generated >= script.fail_after_tokens:
+        raise StatusError(
+            getattr(grpc.StatusCode, script.fail_code),
+            f"scripted failure after {generated} tokens",
+            reason="SCRIPTED_FAILURE",
+        )
+
+
 def tokens_of(text: str) -> list[str]:
     """Splits text into the scripted backend's tokens (words with their leading space)."""
     return _TOKEN.findall(text)
@@ -121,12 +131,7 @@ class ScriptedBackend(Backend):
                 yield Delta(stops.flush(), 0)
                 yield Finish(FinishReason.LENGTH, prompt_tokens, generated)
                 return
-            if script.fail_after_tokens is not None and generated >= script.fail_after_tokens:
-                raise StatusError(
-                    getattr(grpc.StatusCode, script.fail_code),
-                    f"scripted failure after {generated} tokens",
-                    reason="SCRIPTED_FAILURE",
-                )
+            _fail_if_due(script, generated)
             delay = script.first_token_delay_ms if index == skip else script.token_delay_ms
             if delay:
                 await asyncio.sleep(delay / 1000)
@@ -136,11 +141,6 @@ class ScriptedBackend(Backend):
             if matched is not None:
                 yield Finish(FinishReason.STOP_SEQUENCE, prompt_tokens, generated, matched)
                 return
-        if script.fail_after_tokens is not None and generated >= script.fail_after_tokens:
-            raise StatusError(
-                getattr(grpc.StatusCode, script.fail_code),
-                f"scripted failure after {generated} tokens",
-                reason="SCRIPTED_FAILURE",
-            )
+        _fail_if_due(script, generated)
         yield Delta(stops.flush(), 0)
         yield Finish(FinishReason.STOP, prompt_tokens, generated)
