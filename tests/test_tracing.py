@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from conftest import write_config
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
 from processes import ServerProcess, free_port
 
 from switchyard import Client
@@ -35,6 +37,10 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(  # noqa: N802 - gRPC method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.add(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         with self.lock:
             for resource_spans in request.resource_spans:
                 service = {
@@ -49,11 +55,11 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 "trace_id": span.trace_id.hex(),
                                 "span_id": span.span_id.hex(),
                                 "parent": span.parent_span_id.hex(),
+                                "kind": trace_pb2.Span.SpanKind.Name(span.kind),
                                 "attributes": {a.key: _value(a.value) for a in span.attributes},
                                 "events": [e.name for e in span.events],
                             }
                         )
-        return trace_service_pb2.ExportTraceServiceResponse()
 
     def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -81,6 +87,36 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
     server.start()
     yield collector, f"http://127.0.0.1:{port}"
     server.stop(0)
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[tuple[Receiver, str]]:
+    """OTLP over HTTP (protobuf bodies POSTed to /v1/traces), as a collector serves it."""
+    collector = Receiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path != "/v1/traces":
+                self.send_error(404)
+                return
+            collector.add(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield collector, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 def _env(endpoint: str, **extra: str) -> dict[str, str]:
@@ -139,7 +175,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
                 }
             ],
         },
-        _env(endpoint),
+        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
     try:
         with grpc.insecure_channel(router.address) as channel:
@@ -152,7 +188,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
                 metadata=(("traceparent", TRACEPARENT),),
                 timeout=30,
             )
-        spans = collector.wait_for(4)
+        spans = collector.wait_for(7)  # router 3, each model server 2
     finally:
         for process in (router, server, broken):
             process.stop()
@@ -173,7 +209,16 @@ def test_one_request_is_one_trace_through_router_and_model_server(
         and s["attributes"].get("gen_ai.provider.name") == "llamacpp"
     ]
     [model_span] = generation
-    assert model_span["parent"] == attempts[1]["span_id"]
+    # The model server's RPC span continues the router's second attempt; the
+    # GenAI inference span (INTERNAL for an in-process engine) sits under it.
+    rpc_span = next(s for s in ours if s["span_id"] == model_span["parent"])
+    assert rpc_span["service"] == "switchyard-modelserver"
+    assert rpc_span["name"] == "switchyard.v1.LLMService/Generate"
+    assert rpc_span["kind"] == "SPAN_KIND_SERVER"
+    assert rpc_span["parent"] == attempts[1]["span_id"]
+    assert rpc_span["attributes"]["rpc.grpc.status_code"] == 0
+    assert model_span["name"] == "text_completion tiny"
+    assert model_span["kind"] == "SPAN_KIND_INTERNAL"
     attributes = model_span["attributes"]
     assert attributes["gen_ai.operation.name"] == "text_completion"
     assert attributes["gen_ai.request.model"] == "tiny"
@@ -190,7 +235,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     # JSON logs: one line per request outcome, with the ids that lead to its spans.
     [served] = _request_lines(server)
     assert (served["code"], served["trace_id"]) == ("OK", TRACE_ID)
-    assert served["span_id"] == model_span["span_id"]
+    assert served["span_id"] == rpc_span["span_id"]
     assert served["completion_tokens"] == 5
     [failed] = _request_lines(broken)
     assert (failed["code"], failed["trace_id"], failed["level"]) == (
@@ -199,6 +244,11 @@ def test_one_request_is_one_trace_through_router_and_model_server(
         "INFO",
     )
     assert "secret prompt" not in server.log()
+    # The router's other lines about this request (here: the failed attempt) lead to it too.
+    routed = [json.loads(line) for line in router.log().splitlines() if line.startswith("{")]
+    [attempt_line] = [e for e in routed if e["message"].startswith("attempt on")]
+    assert attempt_line["trace_id"] == TRACE_ID
+    assert attempt_line["span_id"] == request_span["span_id"]
     assert response.text not in everything or not response.text.strip()
 
 
@@ -216,13 +266,61 @@ def test_prompt_and_completion_are_recorded_only_when_an_operator_opts_in(
     try:
         with Client(server.address) as client:
             client.generate("echo", "opted-in prompt")
-        [span] = collector.wait_for(1)
+        spans = collector.wait_for(2)  # the RPC span and its inference span
     finally:
         server.stop()
+    [span] = [s for s in spans if "gen_ai.operation.name" in s["attributes"]]
     assert "opted-in prompt" in span["attributes"]["gen_ai.input.messages"]
     [output] = json.loads(span["attributes"]["gen_ai.output.messages"])
     assert output["parts"][0]["content"] == "opted-in prompt"  # the echo model's answer
     assert output["finish_reason"] == "stop"
+
+
+def test_spans_can_be_exported_with_otlp_over_http(
+    http_receiver: tuple[Receiver, str], workdir: Path
+) -> None:
+    collector, endpoint = http_receiver
+    server = _start(
+        workdir,
+        "traced-http",
+        "switchyard_modelserver",
+        {"backend": {"kind": "scripted", "models": [{"id": "echo"}]}},
+        _env(endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
+    )
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            pb_grpc.LLMServiceStub(channel).Generate(
+                pb.GenerateRequest(model="echo", prompt="over http"),
+                metadata=(("traceparent", TRACEPARENT),),
+                timeout=30,
+            )
+        spans = collector.wait_for(2)
+    finally:
+        server.stop()
+    assert {s["name"] for s in spans} == {
+        "switchyard.v1.LLMService/Generate",
+        "text_completion echo",
+    }
+    assert {s["trace_id"] for s in spans} == {TRACE_ID}
+
+
+def test_an_unknown_trace_exporter_stops_the_server_with_a_clear_error(workdir: Path) -> None:
+    path = write_config(
+        workdir / "bad-exporter.yaml", {"backend": {"kind": "scripted", "models": [{"id": "e"}]}}
+    )
+    server = ServerProcess(
+        "bad-exporter",
+        "switchyard_modelserver",
+        path,
+        free_port(),
+        workdir,
+        extra_env={"OTEL_TRACES_EXPORTER": "jaeger"},
+    )
+    try:
+        assert server.process.wait(timeout=60) == 2
+    finally:
+        server.stop()
+    assert "OTEL_TRACES_EXPORTER='jaeger': expected otlp, console or none" in server.log()
 
 
 def _request_lines(server: ServerProcess) -> list[dict[str, Any]]:

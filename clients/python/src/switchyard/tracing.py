@@ -1,10 +1,13 @@
 """OpenTelemetry tracing for the services, configured by the standard OTEL_* variables.
 
 Tracing is on when an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``
-or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) and ``OTEL_SDK_DISABLED`` is not
-``true``. Otherwise nothing is set up and the request paths skip tracing
-entirely. Service name, resource attributes, sampler and exporter settings come
-from the usual ``OTEL_*`` variables. Needs the ``server`` extra.
+or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), or ``OTEL_TRACES_EXPORTER=console``
+(spans printed to stdout, for debugging), and neither ``OTEL_SDK_DISABLED=true``
+nor ``OTEL_TRACES_EXPORTER=none`` is set. Otherwise nothing is set up and the
+request paths skip tracing entirely. OTLP goes over gRPC unless
+``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL`` says
+``http/protobuf``. Service name, resource attributes, sampler, headers, timeouts
+and TLS come from the usual ``OTEL_*`` variables. Needs the ``server`` extra.
 
 Prompt and completion text are recorded only when
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``.
@@ -15,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from switchyard.configfile import ConfigError
 
 _provider: Any = None
 
@@ -36,22 +41,53 @@ def configure(default_service_name: str) -> bool:
     env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    if not (
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
+    exporter = _exporter(env)
+    if exporter is None:
         return False
     from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
     provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
     return True
+
+
+def _exporter(env: Mapping[str, str]) -> Any:
+    """The span exporter the environment asks for, or None for no tracing."""
+    chosen = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if chosen == "none":
+        return None
+    if chosen == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if chosen != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER={chosen!r}: expected otlp, console or none")
+    if not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HTTPSpanExporter,
+        )
+
+        return HTTPSpanExporter()
+    raise ConfigError(f"OTLP protocol {protocol!r} is not supported: use grpc or http/protobuf")
 
 
 def shutdown() -> None:

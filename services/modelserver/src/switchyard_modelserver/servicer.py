@@ -80,7 +80,8 @@ class _Outcome:
     started: float = field(default_factory=time.monotonic)
     model: str = "-"
     resolved: bool = False  # model is a served id (a bounded metrics label)
-    span: Any = None  # the request's span when tracing is on
+    rpc_span: Any = None  # the RPC's SERVER span when tracing is on
+    span: Any = None  # its GenAI inference child span (current while handling)
     output: list[str] | None = None  # completion text, only when content capture is on
     code: str = "OK"
     finish: str = "-"
@@ -88,11 +89,19 @@ class _Outcome:
     completion_tokens: int = 0
     first_token_at: float | None = None
 
-    def end_span(self, now: float) -> None:
+    def end_spans(self) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        span = self.span
-        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
+        status = Status(StatusCode.ERROR, self.code) if self.code != "OK" else None
+        if self.span is not None:
+            self._end_inference_span(self.span, status)
+        rpc_span = self.rpc_span
+        rpc_span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[self.code].value[0])
+        if status is not None:
+            rpc_span.set_status(status)
+        rpc_span.end()
+
+    def _end_inference_span(self, span: Any, status: Any) -> None:
         if self.resolved:
             span.set_attribute("gen_ai.response.model", self.model)
         span.set_attribute("gen_ai.usage.input_tokens", self.prompt_tokens)
@@ -112,14 +121,15 @@ class _Outcome:
                 }
             ]
             span.set_attribute("gen_ai.output.messages", json.dumps(output))
-        if self.code != "OK":
-            span.set_status(Status(StatusCode.ERROR, self.code))
+        if status is not None:
+            span.set_attribute("error.type", self.code)
+            span.set_status(status)
         span.end()
 
     def log(self) -> None:
         now = time.monotonic()
-        if self.span is not None:
-            self.end_span(now)
+        if self.rpc_span is not None:
+            self.end_spans()
         metrics.record_request(
             method=self.method,
             model=self.model if self.resolved else "unknown",
@@ -145,7 +155,7 @@ class _Outcome:
             "completion_tokens": self.completion_tokens,
             "ttft_ms": ttft,
             "total_ms": round((now - self.started) * 1e3, 1),
-            **logs.trace_ids(self.span),
+            **logs.trace_ids(self.rpc_span),
         }
         level = logging.ERROR if self.code == "INTERNAL" else logging.INFO
         if not log.isEnabledFor(level):
@@ -279,7 +289,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     ) -> pb.GenerateResponse:
         outcome = self._outcome("Generate", request, context)
         async with (
-            _current(outcome.span),
+            _current(outcome.span or outcome.rpc_span),
             status_boundary(context, outcome),
             self._in_flight.track(),
             _deadline(context),
@@ -308,7 +318,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     ) -> None:
         outcome = self._outcome("StreamGenerate", request, context)
         async with (
-            _current(outcome.span),
+            _current(outcome.span or outcome.rpc_span),
             status_boundary(context, outcome),
             self._in_flight.track(),
             _deadline(context),
@@ -331,19 +341,40 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         context: Context,
     ) -> _Outcome:
         outcome = _Outcome(method)
-        if not isinstance(request, UnreadableRequest):
-            model_id = self._catalog.lookup(request.model)
-            outcome.model = model_id or request.model or "-"
+        readable = None if isinstance(request, UnreadableRequest) else request
+        if readable is not None:
+            model_id = self._catalog.lookup(readable.model)
+            outcome.model = model_id or readable.model or "-"
             outcome.resolved = model_id is not None
-            if tracing.enabled():
-                outcome.span = self._start_span(method, request, context)
+        if tracing.enabled():
+            outcome.rpc_span = self._start_rpc_span(method, context)
+            if readable is not None:  # an unreadable request has only the RPC span
+                outcome.span = self._start_inference_span(readable, outcome.rpc_span)
                 if tracing.capture_content() and outcome.span.is_recording():
                     outcome.output = []
         return outcome
 
-    def _start_span(
-        self, method: str, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: Context
+    def _start_rpc_span(self, method: str, context: Context) -> Any:
+        """The SERVER span of the call, continuing the caller's W3C trace context."""
+        from opentelemetry.trace import SpanKind
+
+        return _tracer().start_span(
+            f"switchyard.v1.LLMService/{method}",
+            context=tracing.extract(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "switchyard.v1.LLMService",
+                "rpc.method": method,
+            },
+        )
+
+    def _start_inference_span(
+        self, request: pb.GenerateRequest | pb.StreamGenerateRequest, parent: Any
     ) -> Any:
+        """The GenAI inference span (OpenTelemetry GenAI conventions): a CLIENT span
+        when the backend calls a remote provider, INTERNAL for an in-process engine."""
+        from opentelemetry import trace
         from opentelemetry.trace import SpanKind
 
         operation = "chat" if len(request.messages) else "text_completion"
@@ -357,17 +388,14 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                 for name in ("temperature", "top_p", "top_k", "max_tokens")
             },
         )
-        attributes.update(
-            {"rpc.system": "grpc", "rpc.service": "switchyard.v1.LLMService", "rpc.method": method}
-        )
         if tracing.capture_content():
             turns = [("user", request.prompt)] if request.prompt else []
             turns += [(m.role, m.content) for m in request.messages]
             attributes["gen_ai.input.messages"] = _messages_json(turns)
         return _tracer().start_span(
             f"{operation} {request.model}",
-            context=tracing.extract(context.invocation_metadata()),
-            kind=SpanKind.SERVER,
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT if self._backend.remote else SpanKind.INTERNAL,
             attributes=attributes,
         )
 

@@ -429,9 +429,13 @@ class Proxy:
 
 
 def _start_request_span(record: RequestRecord, context: Context, model: str) -> Any:
+    """The request's SERVER span, made current for the rest of the handler so that
+    its log lines carry the trace (each RPC runs in its own task and context)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
-    return _tracer().start_span(
+    span = _tracer().start_span(
         f"{record.method} {model}",
         context=tracing.extract(context.invocation_metadata()),
         kind=SpanKind.SERVER,
@@ -442,6 +446,8 @@ def _start_request_span(record: RequestRecord, context: Context, model: str) -> 
             "gen_ai.request.model": model,
         },
     )
+    otel_context.attach(trace.set_span_in_context(span))
+    return span
 
 
 def _start_attempt(

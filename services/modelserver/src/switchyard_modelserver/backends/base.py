@@ -35,6 +35,8 @@ class Backend(abc.ABC):
 
     kind: ClassVar[str]
     options_model: ClassVar[type[BackendOptions]]
+    remote: ClassVar[bool] = False
+    """True when generation calls a remote provider (its spans are then CLIENT spans)."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Backend:
