@@ -157,3 +157,23 @@ def test_streams_the_caller_leaves_are_counted_cancelled_not_ok(fleet: Fleet) ->
         time.sleep(0.05)
     after = scrape(router_metrics)
     assert value(after, name, code="OK", **labels) == value(before, name, code="OK", **labels)
+
+
+def test_a_request_the_caller_leaves_still_counts_its_prompt_tokens(fleet: Fleet) -> None:
+    server_metrics = free_port()
+    server = fleet.scripted(
+        "server",
+        [{"id": "m", "reply": "a " * 200, "token_delay_ms": 20}],
+        metrics_listen=f"127.0.0.1:{server_metrics}",
+    )
+    name, labels = "switchyard_modelserver_input_tokens_total", {"model": "m"}
+    before = value(scrape(server_metrics), name, **labels)
+    with Client(server.address, max_retries=0) as client:
+        for _ in range(3):
+            with client.stream("m", "four words of prompt") as stream:
+                next(stream)  # then leave, long before the usage in the last message
+    deadline = time.monotonic() + 5
+    while value(scrape(server_metrics), name, **labels) - before < 3 * 4:
+        assert time.monotonic() < deadline, scrape(server_metrics)
+        time.sleep(0.05)
+    assert value(scrape(server_metrics), name, **labels) - before == 3 * 4

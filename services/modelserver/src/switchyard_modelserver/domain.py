@@ -113,4 +113,16 @@ class Finish:
     stop_sequence: str = ""
 
 
+@dataclass
+class PromptCounted:
+    """Optional, before the first :class:`Delta`: the prompt's length in tokens, so
+    usage is known even for a request that ends early (cancelled or failed)."""
+
+    tokens: int
+
+
 GenerationEvent = Delta | Finish
+"""What the servicer streams on."""
+
+BackendEvent = PromptCounted | Delta | Finish
+"""What a backend yields."""

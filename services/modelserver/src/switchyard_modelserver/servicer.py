@@ -38,6 +38,7 @@ from switchyard_modelserver.domain import (
     GenerationEvent,
     GenerationRequest,
     ModelState,
+    PromptCounted,
 )
 from switchyard_modelserver.validation import UnreadableRequest
 
@@ -431,6 +432,9 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             events = self._backend.generate(resolved)
             try:
                 async for event in events:
+                    if isinstance(event, PromptCounted):
+                        outcome.prompt_tokens = event.tokens
+                        continue
                     if isinstance(event, Delta):
                         if event.tokens and outcome.first_token_at is None:
                             outcome.first_token_at = time.monotonic()

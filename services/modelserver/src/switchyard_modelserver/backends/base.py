@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from switchyard_modelserver.domain import GenerationEvent, GenerationRequest, ModelCard, ModelState
+from switchyard_modelserver.domain import BackendEvent, GenerationRequest, ModelCard, ModelState
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""
@@ -27,9 +27,11 @@ class Backend(abc.ABC):
     maybe before loading) → ``load()`` (may take minutes; reports each model's
     state) → ``generate()`` many times, concurrently → ``close()``.
 
-    ``generate`` yields :class:`Delta` events and ends with exactly one
-    :class:`Finish`. If its consumer stops iterating (cancellation, deadline),
-    the generator is closed and the backend must stop producing tokens.
+    ``generate`` may first yield :class:`PromptCounted` (the prompt's length, so
+    that usage is known if the request ends early), then yields :class:`Delta`
+    events and ends with exactly one :class:`Finish`. If its consumer stops
+    iterating (cancellation, deadline), the generator is closed and the backend
+    must stop producing tokens.
     Expected failures are raised as ``switchyard.status.StatusError``.
     """
 
@@ -55,7 +57,7 @@ class Backend(abc.ABC):
         """Loads every model, reporting READY or UNAVAILABLE for each."""
 
     @abc.abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         """Generates for a validated request whose ``model`` is a served model id."""
 
     def concurrency(self, model_id: str) -> int:

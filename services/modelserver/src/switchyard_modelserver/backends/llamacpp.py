@@ -29,14 +29,15 @@ from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import (
+    BackendEvent,
     Capability,
     Delta,
     Finish,
     FinishReason,
-    GenerationEvent,
     GenerationRequest,
     ModelCard,
     ModelState,
+    PromptCounted,
 )
 from switchyard_modelserver.stops import StopMatcher
 
@@ -201,7 +202,7 @@ class LlamaCppBackend(Backend):
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
         return _LoadedModel(card, llama, executor, add_bos, template)
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         model = self._loaded[request.model]
         sampling = request.sampling
         if sampling.logprobs is not None:
@@ -250,6 +251,7 @@ class LlamaCppBackend(Backend):
             repetition_penalty=_or(sampling.repetition_penalty, 1.0),
             stop=sampling.stop,
         )
+        yield PromptCounted(len(prompt_tokens))
         bridge = EngineThreadBridge()
         self._live.add(bridge)
         asyncio.get_running_loop().run_in_executor(

@@ -18,13 +18,14 @@ from pydantic import Field, model_validator
 from switchyard.status import StatusError
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
+    BackendEvent,
     Delta,
     Finish,
     FinishReason,
-    GenerationEvent,
     GenerationRequest,
     ModelCard,
     ModelState,
+    PromptCounted,
 )
 from switchyard_modelserver.stops import StopMatcher
 
@@ -102,13 +103,14 @@ class ScriptedBackend(Backend):
     def concurrency(self, model_id: str) -> int:
         return self._models[model_id].concurrency
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         script = self._models[request.model]
         source = request.prompt
         if source is None:
             assert request.messages is not None
             source = "\n".join(m.content for m in request.messages)
         prompt_tokens = len(tokens_of(source))
+        yield PromptCounted(prompt_tokens)
         reply = source if script.reply is None else script.reply * script.repeat
         max_tokens = request.sampling.max_tokens or script.context_length - prompt_tokens
         stops = StopMatcher(request.sampling.stop)
