@@ -24,7 +24,8 @@ lint: setup proto-check
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-# Regenerates the Python stubs (their one home: clients/python/src/switchyard/v1).
+# Regenerates the stubs, one home per language: Python clients/python/src/switchyard/v1,
+# Go clients/go/switchyard/v1, TypeScript clients/typescript/src/gen.
 proto: setup
 	$(BUF) generate
 
@@ -32,7 +33,9 @@ proto: setup
 proto-check: setup
 	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	$(BUF) generate -o "$$tmp" && \
-	diff -r -x __init__.py -x __pycache__ "$$tmp/clients/python/src/switchyard/v1" clients/python/src/switchyard/v1 \
+	diff -r -x __init__.py -x __pycache__ "$$tmp/clients/python/src/switchyard/v1" clients/python/src/switchyard/v1 && \
+	diff -r "$$tmp/clients/go/switchyard" clients/go/switchyard && \
+	diff -r "$$tmp/clients/typescript/src/gen" clients/typescript/src/gen \
 	  || { echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1; }
 
 # The peer server (llama_cpp.server) needs llama-cpp-python's [server] extra.

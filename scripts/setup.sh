@@ -18,6 +18,7 @@ export SWITCHYARD_WHEELHOUSE="$WHEELHOUSE"
 shopt -s nullglob
 parts=(scripts/setup.d/*.sh)
 inputs_hash="$(cat scripts/setup.sh requirements/*.txt clients/python/pyproject.toml \
+  clients/typescript/package-lock.json \
   services/*/pyproject.toml "${parts[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" && -x "$VENV/bin/python" ]]; then
   exit 0

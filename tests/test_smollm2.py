@@ -85,36 +85,69 @@ def _json_objects(text: str) -> list[dict[str, object]]:
     return objects
 
 
+def _grpcurl() -> str:
+    return shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+
+
+def _run_readme_line(
+    line: str, router: ServerProcess, server: ServerProcess
+) -> subprocess.CompletedProcess[str]:
+    line_here = line.replace("localhost:50051", router.address)
+    args = shlex.split(line_here.replace("localhost:50061", server.address))
+    return subprocess.run(
+        [_grpcurl(), *args[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_readme_grpcurl_lines_work_as_written(
     smollm2_stack: tuple[ServerProcess, ServerProcess],
 ) -> None:
     server, router = smollm2_stack
-    grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
     lines = _readme_grpcurl_lines()
     assert len(lines) >= 6
-    outputs: dict[str, str] = {}
+    outputs: list[tuple[str, str]] = []
     for line in lines:
-        line_here = line.replace("localhost:50051", router.address)
-        args = shlex.split(line_here.replace("localhost:50061", server.address))
-        result = subprocess.run(
-            [grpcurl, *args[1:]], capture_output=True, text=True, timeout=120, check=False
-        )
+        result = _run_readme_line(line, router, server)
         assert result.returncode == 0, f"{line}\n{result.stderr}"
-        outputs[line] = result.stdout
-    by_kind = {
-        "list": [o for line, o in outputs.items() if " list" in line],
-        "generate": [o for line, o in outputs.items() if line.endswith("LLMService/Generate")],
-        "stream": [o for line, o in outputs.items() if line.endswith("/StreamGenerate")],
-        "models": [o for line, o in outputs.items() if line.endswith("/ListModels")],
-        "health": [o for line, o in outputs.items() if line.endswith("Health/Check")],
-    }
-    assert "switchyard.v1.LLMService" in by_kind["list"][0]
-    for output in by_kind["generate"]:  # the prompt and the chat request
-        assert "Paris" in json.loads(output)["text"]
-    messages = _json_objects(by_kind["stream"][0])
-    assert len(messages) > 2
-    assert "Paris" in "".join(str(m.get("text", "")) for m in messages)
-    assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
-    [model] = json.loads(by_kind["models"][0])["models"]
+        outputs.append((line, result.stdout))
+
+    def by_kind(matches: str) -> dict[str, list[str]]:
+        """Outputs of the lines running `matches`, by the server they call."""
+        found: dict[str, list[str]] = {"router": [], "modelserver": []}
+        for line, output in outputs:
+            if re.search(matches, line):
+                found["router" if "localhost:50051" in line else "modelserver"].append(output)
+        assert found["router"] and found["modelserver"], f"README lacks {matches} for both servers"
+        return found
+
+    for output in [*by_kind(r" list$")["router"], *by_kind(r" list$")["modelserver"]]:
+        assert "switchyard.v1.LLMService" in output
+        assert "grpc.health.v1.Health" in output
+    for outputs_of in by_kind(r" describe ").values():
+        assert "switchyard.v1." in outputs_of[0]
+    for outputs_of in by_kind(r"LLMService/Generate$").values():
+        for output in outputs_of:  # prompts and the chat request
+            assert "Paris" in json.loads(output)["text"]
+    for outputs_of in by_kind(r"/StreamGenerate$").values():
+        messages = _json_objects(outputs_of[0])
+        assert len(messages) > 2
+        assert "Paris" in "".join(str(m.get("text", "")) for m in messages)
+        assert messages[-1]["finishReason"] == "FINISH_REASON_LENGTH"
+    for outputs_of in by_kind(r"Health/Check$").values():
+        assert json.loads(outputs_of[0])["status"] == "SERVING"
+    models = [output for line, output in outputs if line.endswith("/ListModels")]
+    [model] = json.loads(models[0])["models"]
     assert (model["id"], model["status"]) == (MODEL, "MODEL_STATUS_READY")
-    assert json.loads(by_kind["health"][0])["status"] == "SERVING"
+
+
+def test_readme_grpcurl_error_example_is_what_grpcurl_prints(
+    smollm2_stack: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, router = smollm2_stack
+    text = README.read_text()
+    section = text[text.index("A bad request shows its details") :]
+    block = re.search(r"```\n\$ (grpcurl .*?)\n(.*?)```", section, re.S)
+    assert block is not None, "README lost its grpcurl error example"
+    result = _run_readme_line(block.group(1), router, server)
+    assert result.returncode != 0
+    assert result.stderr.strip() == block.group(2).strip()

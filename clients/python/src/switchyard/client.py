@@ -13,21 +13,27 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Literal, Self, Unpack, overload
 
 import grpc
 import grpc.aio
 
 from switchyard import _convert
 from switchyard._convert import MessageLike, SamplingOptions
+from switchyard.batch import run_concurrently, run_threaded
 from switchyard.errors import APIError, from_rpc_error
 from switchyard.types import Completion, ModelInfo, StreamChunk
+from switchyard.usage import StreamUsageRecorder, UsageCallback, completion_event
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_BATCH_CONCURRENCY = 8
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+BatchInput = str | Sequence[MessageLike]
+"""One item of ``generate_batch``: a prompt, or a conversation (a list of messages)."""
 
 
 def _generate_request(
@@ -39,6 +45,23 @@ def _generate_request(
         messages=_convert.chat_messages(messages or ()),
         sampling=_convert.sampling_params(options),
     )
+
+
+def _batch_request(model: str, item: BatchInput, options: SamplingOptions) -> pb.GenerateRequest:
+    if isinstance(item, str):
+        return _generate_request(model, item, None, options)
+    return _generate_request(model, None, item, options)
+
+
+def _method(request: pb.GenerateRequest) -> str:
+    return "chat" if request.messages else "generate"
+
+
+class _Tries:
+    """Counts the attempts of one unary call (for its usage event)."""
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 def _stream_request(request: pb.GenerateRequest) -> pb.StreamGenerateRequest:
@@ -61,21 +84,34 @@ class Stream(Iterator[StreamChunk]):
     generating at once rather than when the stream is garbage-collected.
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
         self._call = call
+        self._usage = usage
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> StreamChunk:
         try:
-            return _convert.stream_chunk(next(self._call))
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            chunk = _convert.stream_chunk(next(self._call))
+        except StopIteration:
+            if self._usage:
+                self._usage.finish()
+            raise
+        except grpc.RpcError as rpc_error:
+            error = from_rpc_error(rpc_error)
+            if self._usage:
+                self._usage.finish(error)
+            raise error from None
+        if self._usage:
+            self._usage.chunk(chunk)
+        return chunk
 
     def close(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
         self._call.cancel()
+        if self._usage:
+            self._usage.finish(closed=True)
 
     def __enter__(self) -> Self:
         return self
@@ -90,22 +126,35 @@ class Stream(Iterator[StreamChunk]):
 class AsyncStream(AsyncIterator[StreamChunk]):
     """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
         self._call = call
         self._responses = call.__aiter__()
+        self._usage = usage
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
         try:
-            return _convert.stream_chunk(await self._responses.__anext__())
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            chunk = _convert.stream_chunk(await self._responses.__anext__())
+        except StopAsyncIteration:
+            if self._usage:
+                self._usage.finish()
+            raise
+        except grpc.RpcError as rpc_error:
+            error = from_rpc_error(rpc_error)
+            if self._usage:
+                self._usage.finish(error)
+            raise error from None
+        if self._usage:
+            self._usage.chunk(chunk)
+        return chunk
 
     async def aclose(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
         self._call.cancel()
+        if self._usage:
+            self._usage.finish(closed=True)
 
     async def __aenter__(self) -> Self:
         return self
@@ -118,11 +167,29 @@ class AsyncStream(AsyncIterator[StreamChunk]):
 
 
 class _Options:
-    def __init__(self, timeout: float | None, max_retries: int) -> None:
+    def __init__(
+        self, timeout: float | None, max_retries: int, on_usage: UsageCallback | None
+    ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.timeout = timeout
         self.max_retries = max_retries
+        self.on_usage = on_usage
+
+    def stream_usage(self, request: pb.StreamGenerateRequest) -> StreamUsageRecorder | None:
+        return StreamUsageRecorder(self.on_usage, request.model) if self.on_usage else None
+
+    def report(
+        self,
+        request: pb.GenerateRequest,
+        started: float,
+        tries: _Tries,
+        result: Completion | APIError,
+    ) -> None:
+        if self.on_usage:
+            self.on_usage(
+                completion_event(_method(request), request.model, started, tries.count, result)
+            )
 
 
 class Client:
@@ -135,6 +202,8 @@ class Client:
             with exponential back-off or the server's RetryInfo. Streams are not
             retried by the client (the router retries them before the first token).
         channel: an existing channel to use instead of creating one.
+        on_usage: called with a :class:`~switchyard.usage.UsageEvent` (tokens,
+            latency, errors) after every generate, chat and stream call.
     """
 
     def __init__(
@@ -144,8 +213,9 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         channel: grpc.Channel | None = None,
+        on_usage: UsageCallback | None = None,
     ) -> None:
-        self._options = _Options(timeout, max_retries)
+        self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = pb_grpc.LLMServiceStub(self._channel)
@@ -175,8 +245,7 @@ class Client:
         **sampling: Unpack[SamplingOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
-        request = _generate_request(model, prompt, None, sampling)
-        return _convert.completion(self._unary(request, timeout))
+        return self._complete(_generate_request(model, prompt, None, sampling), timeout)
 
     def chat(
         self,
@@ -187,8 +256,7 @@ class Client:
         **sampling: Unpack[SamplingOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
-        request = _generate_request(model, None, messages, sampling)
-        return _convert.completion(self._unary(request, timeout))
+        return self._complete(_generate_request(model, None, messages, sampling), timeout)
 
     def stream(
         self,
@@ -205,7 +273,58 @@ class Client:
         a context manager) to cancel the request when you stop reading early.
         """
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        return Stream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
+        usage = self._options.stream_usage(request)
+        return Stream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)), usage)
+
+    @overload
+    def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+        timeout: float | None = ...,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion]: ...
+
+    @overload
+    def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = ...,
+        return_exceptions: Literal[True],
+        timeout: float | None = ...,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion | APIError]: ...
+
+    def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion] | list[Completion | APIError]:
+        """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
+
+        Results come in input order. The first error is raised (calls not yet
+        started are dropped) unless ``return_exceptions``, which puts each
+        failed item's :class:`~switchyard.APIError` in its place instead.
+        Each call has its own ``timeout`` and retries, and its own usage event.
+        """
+        requests = [_batch_request(model, item, sampling) for item in inputs]
+        results = run_threaded(
+            lambda request: self._complete(request, timeout),
+            requests,
+            max_concurrency,
+            return_exceptions,
+        )
+        return results
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
@@ -218,12 +337,25 @@ class Client:
     def _timeout(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self._options.timeout
 
-    def _unary(self, request: pb.GenerateRequest, timeout: float | None) -> pb.GenerateResponse:
+    def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
+        started, tries = time.monotonic(), _Tries()
+        try:
+            result = _convert.completion(self._unary(request, timeout, tries))
+        except APIError as error:
+            self._options.report(request, started, tries, error)
+            raise
+        self._options.report(request, started, tries, result)
+        return result
+
+    def _unary(
+        self, request: pb.GenerateRequest, timeout: float | None, tries: _Tries
+    ) -> pb.GenerateResponse:
         budget = self._timeout(timeout)
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            tries.count += 1
             try:
                 response: pb.GenerateResponse = self._stub.Generate(request, timeout=remaining)
                 return response
@@ -254,8 +386,9 @@ class AsyncClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         channel: grpc.aio.Channel | None = None,
+        on_usage: UsageCallback | None = None,
     ) -> None:
-        self._options = _Options(timeout, max_retries)
+        self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.LLMServiceStub(self._channel)
@@ -285,8 +418,7 @@ class AsyncClient:
         **sampling: Unpack[SamplingOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
-        request = _generate_request(model, prompt, None, sampling)
-        return _convert.completion(await self._unary(request, timeout))
+        return await self._complete(_generate_request(model, prompt, None, sampling), timeout)
 
     async def chat(
         self,
@@ -297,8 +429,7 @@ class AsyncClient:
         **sampling: Unpack[SamplingOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
-        request = _generate_request(model, None, messages, sampling)
-        return _convert.completion(await self._unary(request, timeout))
+        return await self._complete(_generate_request(model, None, messages, sampling), timeout)
 
     def stream(
         self,
@@ -311,7 +442,59 @@ class AsyncClient:
     ) -> AsyncStream:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        return AsyncStream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
+        usage = self._options.stream_usage(request)
+        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
+        return AsyncStream(call, usage)
+
+    @overload
+    async def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+        timeout: float | None = ...,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion]: ...
+
+    @overload
+    async def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = ...,
+        return_exceptions: Literal[True],
+        timeout: float | None = ...,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion | APIError]: ...
+
+    async def generate_batch(
+        self,
+        model: str,
+        inputs: Sequence[BatchInput],
+        *,
+        max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        **sampling: Unpack[SamplingOptions],
+    ) -> list[Completion] | list[Completion | APIError]:
+        """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
+
+        Results come in input order. The first error is raised (the calls still running are
+        cancelled) unless ``return_exceptions``, which puts each
+        failed item's :class:`~switchyard.APIError` in its place instead.
+        Each call has its own ``timeout`` and retries, and its own usage event.
+        """
+        requests = [_batch_request(model, item, sampling) for item in inputs]
+        results = await run_concurrently(
+            lambda request: self._complete(request, timeout),
+            requests,
+            max_concurrency,
+            return_exceptions,
+        )
+        return results
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
@@ -326,14 +509,25 @@ class AsyncClient:
     def _timeout(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self._options.timeout
 
+    async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
+        started, tries = time.monotonic(), _Tries()
+        try:
+            result = _convert.completion(await self._unary(request, timeout, tries))
+        except APIError as error:
+            self._options.report(request, started, tries, error)
+            raise
+        self._options.report(request, started, tries, result)
+        return result
+
     async def _unary(
-        self, request: pb.GenerateRequest, timeout: float | None
+        self, request: pb.GenerateRequest, timeout: float | None, tries: _Tries
     ) -> pb.GenerateResponse:
         budget = self._timeout(timeout)
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            tries.count += 1
             try:
                 response: pb.GenerateResponse = await self._stub.Generate(
                     request, timeout=remaining

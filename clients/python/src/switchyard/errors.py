@@ -1,6 +1,8 @@
 """The SDK's exceptions: one hierarchy, mapped from gRPC status codes.
 
 SwitchyardError
+├── TemplateError              a prompt template that cannot be parsed or rendered
+│   └── MissingVariablesError  values missing for a template (.missing, .template_variables)
 └── APIError                   (any non-OK status; .code, .reason, .details)
     ├── InvalidArgumentError   INVALID_ARGUMENT, OUT_OF_RANGE (.field_violations)
     ├── NotFoundError          NOT_FOUND (.available_models)
@@ -25,6 +27,27 @@ from switchyard.status import FieldViolation, StatusDetails, parse_details
 
 class SwitchyardError(Exception):
     """Base class of every exception the SDK raises."""
+
+
+class TemplateError(SwitchyardError, ValueError):
+    """A prompt template is malformed, or a chain's templates do not fit together."""
+
+
+class MissingVariablesError(TemplateError, KeyError):
+    """Rendering a template (or running a chain) without a value for each of its variables."""
+
+    def __init__(
+        self, missing: Sequence[str], template_variables: Sequence[str], where: str
+    ) -> None:
+        self.missing = tuple(missing)
+        self.template_variables = tuple(template_variables)
+        names = ", ".join(repr(name) for name in self.missing)
+        expected = ", ".join(self.template_variables) or "none"
+        plural = "s" if len(self.missing) > 1 else ""
+        super().__init__(f"{where} is missing variable{plural} {names} (it takes: {expected})")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
 
 
 class APIError(SwitchyardError):
