@@ -80,6 +80,8 @@ class GenerationRequest:
     sampling: Sampling
     continuation: Continuation = Continuation()
     include_token_ids: bool = False
+    deadline: float | None = None
+    """When the caller stops waiting, on ``time.monotonic()``'s clock (None: no deadline)."""
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,14 @@ def _deadline(context: Context) -> asyncio.Timeout:
     return asyncio.timeout(context.time_remaining())
 
 
+def _with_deadline(request: GenerationRequest, context: Context) -> GenerationRequest:
+    """The request with the caller's deadline, which cloud backends use as their HTTP timeout."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return request
+    return dataclasses.replace(request, deadline=time.monotonic() + remaining)
+
+
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
     if include_token_ids:
@@ -285,7 +293,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             _deadline(context),
         ):
             parts: list[str] = []
-            events = self._events(validation.generation_request(request), outcome)
+            valid = _with_deadline(validation.generation_request(request), context)
+            events = self._events(valid, outcome)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
@@ -313,7 +322,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             self._in_flight.track(),
             _deadline(context),
         ):
-            valid = validation.generation_request(request)
+            valid = _with_deadline(validation.generation_request(request), context)
             with_ids = valid.include_token_ids
             events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
             async with aclosing(events):
