@@ -117,9 +117,9 @@ class AnthropicBackend(CloudBackend):
             )
         if isinstance(error, anthropic.APIConnectionError):
             cause = error.__cause__
-            if cause is not None and (status_error := cloud.transport_error(
-                self.provider, model, cause
-            )):
+            if cause is not None and (
+                status_error := cloud.transport_error(self.provider, model, cause)
+            ):
                 return status_error
             return cloud.connection_error(self.provider, model, type(error).__name__)
         if isinstance(error, ValueError):  # an event that is not JSON

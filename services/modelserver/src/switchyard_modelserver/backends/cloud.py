@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 CapabilityName = Literal["completion", "chat", "streaming", "logprobs"]
 
 
+def _chat_and_streaming() -> list[CapabilityName]:
+    return ["chat", "streaming"]
+
+
 class CloudModel(BackendOptions):
     """One model a cloud backend serves."""
 
@@ -58,7 +62,7 @@ class CloudModel(BackendOptions):
     )
     aliases: list[str] = Field(default_factory=list)
     context_length: int = Field(default=8192, ge=16)
-    capabilities: list[CapabilityName] = Field(default_factory=lambda: ["chat", "streaming"])
+    capabilities: list[CapabilityName] = Field(default_factory=_chat_and_streaming)
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="max_tokens sent when a request sets none"
     )
@@ -229,7 +233,9 @@ def http_status_error(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"{provider} {what} (HTTP {status}); the operator must fix backend.api_key_env or "
             f"backend.api_key_file of this model server",
-            reason="PROVIDER_CREDENTIALS_REJECTED" if status == 401 else "PROVIDER_PERMISSION_DENIED",
+            reason="PROVIDER_CREDENTIALS_REJECTED"
+            if status == 401
+            else "PROVIDER_PERMISSION_DENIED",
             metadata=metadata,
         )
     if status == 404:
@@ -362,8 +368,8 @@ def http_client(options: CloudOptions, provider: str) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(
         transport=TracedTransport(httpx2.AsyncHTTPTransport(retries=0), provider),
         timeout=httpx2.Timeout(
-            options.timeout_seconds, connect=min(options.connect_timeout_seconds,
-                                                 options.timeout_seconds)
+            options.timeout_seconds,
+            connect=min(options.connect_timeout_seconds, options.timeout_seconds),
         ),
     )
 
@@ -431,7 +437,7 @@ class ProviderHealth:
                 log.info("provider probe failed: %s", error.message)
                 continue
             for model_id in list(self._down):
-                if model_id not in missing:
+                if model_id not in missing or not self._backend.authoritative_model_list:
                     log.info("model %s is available again", model_id)
                     self.up(model_id)
 
@@ -456,6 +462,8 @@ class CloudBackend(Backend):
     """A provider reached over HTTP; subclasses speak its API."""
 
     provider: ClassVar[str]
+    authoritative_model_list: ClassVar[bool] = False
+    """Whether a model the provider does not list is unavailable (else only a warning)."""
     options: CloudOptions
 
     def __init__(self, options: CloudOptions) -> None:
@@ -477,9 +485,9 @@ class CloudBackend(Backend):
         """Streams one generation from the provider; closing it closes the HTTP stream."""
 
     @abc.abstractmethod
-    def status_of(self, error: Exception, model: CloudModel, request: GenerationRequest | None) -> (
-        StatusError | None
-    ):
+    def status_of(
+        self, error: Exception, model: CloudModel, request: GenerationRequest | None
+    ) -> StatusError | None:
         """The gRPC status of an SDK or HTTP error (None: not a provider failure)."""
 
     # -- the Backend interface --------------------------------------------
@@ -523,12 +531,17 @@ class CloudBackend(Backend):
                 self._health.down(model_id, error.message)
             return
         for model_id, model in self._models.items():
-            if model_id in missing:
-                self._health.down(
-                    model_id, f"{self.provider} has no model {model.upstream!r}"
+            if model_id in missing and self.authoritative_model_list:
+                self._health.down(model_id, f"{self.provider} has no model {model.upstream!r}")
+                continue
+            if model_id in missing:  # compatible servers list models their own way
+                log.warning(
+                    "%s does not list model %r (served as %s); serving it anyway",
+                    self.provider,
+                    model.upstream,
+                    model_id,
                 )
-            else:
-                self._health.up(model_id)
+            self._health.up(model_id)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         model = self._models[request.model]

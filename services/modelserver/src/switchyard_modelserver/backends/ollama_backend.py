@@ -55,6 +55,7 @@ class OllamaBackend(CloudBackend):
 
     kind = "ollama"
     provider = "ollama"
+    authoritative_model_list = True  # /api/tags: what has been pulled
     options_model = OllamaOptions
 
     def __init__(self, options: OllamaOptions) -> None:
@@ -79,7 +80,9 @@ class OllamaBackend(CloudBackend):
                 timeout=self.options.connect_timeout_seconds,
             )
             if response.status_code >= 400:
-                raise OllamaError(response.status_code, _error_text(response.text), response.headers)
+                raise OllamaError(
+                    response.status_code, _error_text(response.text), response.headers
+                )
             names: set[str] = set()
             for model in response.json().get("models", []):
                 for name in (model.get("name"), model.get("model")):
@@ -170,8 +173,10 @@ class OllamaBackend(CloudBackend):
                 item = json.loads(line)
                 if item.get("error"):
                     raise OllamaError(200, str(item["error"]), response.headers)
-                text = item["message"].get("content", "") if "message" in item else item.get(
-                    "response", ""
+                text = (
+                    item["message"].get("content", "")
+                    if "message" in item
+                    else item.get("response", "")
                 )
                 if text:
                     yield Delta(text, 1)
