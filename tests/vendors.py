@@ -68,9 +68,9 @@ def _words(text: str) -> list[str]:
     return [parts[0]] + [" " + p for p in parts[1:]]
 
 
-def _reply(vendor: str, last_input: str, max_tokens: int | None, stop: list[str]) -> tuple[
-    list[str], str, str
-]:
+def _reply(
+    vendor: str, last_input: str, max_tokens: int | None, stop: list[str]
+) -> tuple[list[str], str, str]:
     """(tokens, finish: stop|length|stop_sequence, matched stop sequence)."""
     text = f"Hello from {vendor}: {last_input}"
     for sequence in stop:
@@ -166,8 +166,10 @@ class FakeVendors:
             return web.json_response(
                 {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
             )
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
-        return web.json_response({"object": "list", "data": data})
+        listed: list[dict[str, Any]] = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS
+        ]
+        return web.json_response({"object": "list", "data": listed})
 
     def _auth_error(self, vendor: str, key: str) -> web.Response:
         if vendor == "anthropic":
@@ -215,7 +217,9 @@ class FakeVendors:
                 "anthropic": "prompt is too long: 210000 tokens > 200000 maximum",
                 "ollama": "input length exceeds the context length",
             }[vendor]
-            return self._error(vendor, 400, "invalid_request_error", message, code="context_length_exceeded")
+            return self._error(
+                vendor, 400, "invalid_request_error", message, code="context_length_exceeded"
+            )
         return None
 
     @staticmethod
@@ -305,7 +309,9 @@ class FakeVendors:
             last_input = body["prompt"]
             prompt_tokens = len(_words(last_input))
         stop = body.get("stop") or []
-        tokens, finish, _ = _reply("openai", last_input, body.get("max_tokens"), [stop] if isinstance(stop, str) else stop)
+        tokens, finish, _ = _reply(
+            "openai", last_input, body.get("max_tokens"), [stop] if isinstance(stop, str) else stop
+        )
         finish_reason = "length" if finish == "length" else "stop"
         if model == "slow-stream":
             tokens = [" tick"] * 200
@@ -356,7 +362,15 @@ class FakeVendors:
         frames = []
         if chat:
             frames.append(
-                chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+                chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             )
         frames += [chunk([piece(t)]) for t in tokens]
         tail = [chunk([piece("", finish_reason)])]
@@ -380,7 +394,9 @@ class FakeVendors:
             return fault
         if "max_tokens" not in body:
             record.finished = True
-            return self._error("anthropic", 400, "invalid_request_error", "max_tokens: Field required")
+            return self._error(
+                "anthropic", 400, "invalid_request_error", "max_tokens: Field required"
+            )
         messages = body["messages"]
         prompt_tokens = sum(len(_words(m["content"])) for m in messages)
         if isinstance(body.get("system"), str):
@@ -395,12 +411,16 @@ class FakeVendors:
             tokens = _words(text[len(prefill) :]) if text.startswith(prefill) else tokens
         if model == "slow-stream":
             tokens = [" tick"] * 200
-        stop_reason = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}[finish]
+        stop_reason = {
+            "stop": "end_turn",
+            "length": "max_tokens",
+            "stop_sequence": "stop_sequence",
+        }[finish]
 
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
-        message = {
+        message: dict[str, Any] = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
@@ -414,14 +434,22 @@ class FakeVendors:
             event("message_start", {"type": "message_start", "message": message}),
             event(
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             ),
             event("ping", {"type": "ping"}),
         ]
         deltas = [
             event(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": t},
+                },
             )
             for t in tokens
         ]
@@ -430,7 +458,10 @@ class FakeVendors:
                 2,
                 event(
                     "error",
-                    {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    },
                 ),
             )
             deltas = deltas[:3]
@@ -467,7 +498,11 @@ class FakeVendors:
                 "modified_at": "2025-01-01T00:00:00Z",
                 "size": 1000,
                 "digest": "0" * 64,
-                "details": {"family": "llama", "parameter_size": "1B", "quantization_level": "Q4_0"},
+                "details": {
+                    "family": "llama",
+                    "parameter_size": "1B",
+                    "quantization_level": "Q4_0",
+                },
             }
             for m in MODELS
         ]
@@ -490,7 +525,9 @@ class FakeVendors:
         else:
             last_input = body["prompt"]
             prompt_tokens = len(_words(last_input))
-        tokens, finish, _ = _reply("ollama", last_input, options.get("num_predict"), options.get("stop") or [])
+        tokens, finish, _ = _reply(
+            "ollama", last_input, options.get("num_predict"), options.get("stop") or []
+        )
         if model == "slow-stream":
             tokens = [" tick"] * 200
 
@@ -512,7 +549,9 @@ class FakeVendors:
 
         if body.get("stream") is False:
             record.finished = True
-            return web.Response(body=line("".join(tokens), done=True), content_type="application/json")
+            return web.Response(
+                body=line("".join(tokens), done=True), content_type="application/json"
+            )
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         frames = [line(t) for t in tokens]
         return await self._stream_tokens(request, record, response, model, frames, [line("", True)])
