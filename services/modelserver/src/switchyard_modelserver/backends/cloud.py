@@ -132,7 +132,8 @@ class Secret:
         return "Secret([redacted])" if self._value else "Secret(None)"
 
 
-_KEY_LIKE = re.compile(r"\b(sk|pk|key|api|tok)[-_][A-Za-z0-9_\-*.]{8,}", re.IGNORECASE)
+# Vendor key shapes (sk-..., sk-ant-..., key-...), masked or not.
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|key|tok)-[A-Za-z0-9_\-*.]{12,}")
 
 
 def load_secret(options: CloudOptions, *, required: bool, kind: str) -> Secret:
