@@ -178,6 +178,40 @@ def test_sampling_parameters_reach_the_vendor(
         }
 
 
+@pytest.mark.parametrize("model", ["ok", "ok-text"])
+def test_openai_logprobs_come_back_per_token(
+    model: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
+) -> None:
+    if model == "ok":
+        request = chat("ok", "a b", logprobs=1)
+    else:
+        request = pb.GenerateRequest(
+            model="ok-text", prompt="a b", sampling=pb.SamplingParams(logprobs=1)
+        )
+    response = generate(cloud["openai"], request)
+    words = ["Hello", " from", " openai:", " a", " b"]
+    assert [t.text for t in response.tokens] == words
+    assert [round(t.logprob, 3) for t in response.tokens] == [-0.1, -0.2, -0.3, -0.4, -0.5]
+    assert [[a.text for a in t.top_logprobs] for t in response.tokens] == [[w] for w in words]
+    streamed = [t for m in stream(cloud["openai"], request) for t in m.tokens]
+    assert [t.text for t in streamed] == words
+    sent = vendors.received("ok").body
+    if model == "ok":  # chat asks for the chosen token's and the top alternatives'
+        assert (sent["logprobs"], sent["top_logprobs"]) == (True, 1)
+    else:
+        assert sent["logprobs"] == 1
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "ollama"])
+def test_logprobs_where_the_api_has_none_are_invalid_argument(
+    kind: str, cloud: dict[str, ServerProcess]
+) -> None:
+    code, message, details = failure(lambda: generate(cloud[kind], chat("ok", logprobs=0)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["sampling.logprobs"]
+    assert kind in message
+
+
 def test_anthropic_stop_sequence_is_reported_with_the_sequence(
     cloud: dict[str, ServerProcess],
 ) -> None:

@@ -353,11 +353,39 @@ class FakeVendors:
                 payload["usage"] = usage
             return f"data: {json.dumps(payload)}\n\n".encode()
 
-        def piece(text: str, finish: str | None = None) -> dict[str, Any]:
+        wanted = body.get("top_logprobs", 0) if chat else body.get("logprobs")
+        with_logprobs = bool(body.get("logprobs")) or (not chat and wanted is not None)
+
+        def logprobs_of(index: int, text: str) -> dict[str, Any] | None:
+            """The logprobs of token ``index``: -0.1 per position, one alternative ' alt'."""
+            if not text or not with_logprobs:
+                return None
+            value = -0.1 * (index + 1)
+            alternatives = [(text, value), (" alt", value - 2)][: int(wanted or 0)]
+            if chat:
+                top = [
+                    {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alternatives
+                ]
+                entry = {
+                    "token": text,
+                    "logprob": value,
+                    "bytes": list(text.encode()),
+                    "top_logprobs": top,
+                }
+                return {"content": [entry], "refusal": None}
+            return {
+                "tokens": [text],
+                "token_logprobs": [value],
+                "top_logprobs": [dict(alternatives)],
+                "text_offset": [0],
+            }
+
+        def piece(text: str, finish: str | None = None, index: int = 0) -> dict[str, Any]:
+            logprobs = logprobs_of(index, text)
             if chat:
                 delta: dict[str, Any] = {"content": text} if text else {}
-                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
         frames = []
         if chat:
@@ -372,7 +400,7 @@ class FakeVendors:
                     ]
                 )
             )
-        frames += [chunk([piece(t)]) for t in tokens]
+        frames += [chunk([piece(t, index=i)]) for i, t in enumerate(tokens)]
         tail = [chunk([piece("", finish_reason)])]
         if (body.get("stream_options") or {}).get("include_usage"):
             tail.append(chunk([], usage))

@@ -223,9 +223,27 @@ def _with_deadline(request: GenerationRequest, context: Context) -> GenerationRe
 
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
-    if include_token_ids:
+    if delta.logprobs:
+        message.tokens.extend(_logprob_tokens(delta, include_token_ids))
+    elif include_token_ids:
         message.tokens.extend(pb.Token(id=token_id) for token_id in delta.token_ids)
     return message
+
+
+def _logprob_tokens(delta: Delta, include_token_ids: bool) -> list[pb.Token]:
+    """The delta's tokens with their log probabilities (ids where known and asked for)."""
+    ids = (
+        delta.token_ids if include_token_ids and len(delta.token_ids) == len(delta.logprobs) else []
+    )
+    return [
+        pb.Token(
+            id=ids[index] if ids else 0,
+            text=token.text,
+            logprob=token.logprob,
+            top_logprobs=[pb.TopLogprob(text=text, logprob=logprob) for text, logprob in token.top],
+        )
+        for index, token in enumerate(delta.logprobs)
+    ]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -293,12 +311,15 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             _deadline(context),
         ):
             parts: list[str] = []
+            tokens: list[pb.Token] = []
             valid = _with_deadline(validation.generation_request(request), context)
             events = self._events(valid, outcome)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
                         parts.append(event.text)
+                        if event.logprobs:
+                            tokens += _logprob_tokens(event, valid.include_token_ids)
                     else:
                         final = self._final_message(event, outcome)
                         return pb.GenerateResponse(
@@ -309,6 +330,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                             model=final.model,
                             backend=final.backend,
                             timings=final.timings,
+                            tokens=tokens,
                         )
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
@@ -328,7 +350,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or (with_ids and event.token_ids):
+                        if event.text or event.logprobs or (with_ids and event.token_ids):
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))

@@ -23,6 +23,7 @@ from switchyard_modelserver.domain import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
+    TokenLogprob,
 )
 
 _FINISH = {
@@ -119,8 +120,6 @@ class OpenAIBackend(CloudBackend):
 
     def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
-        if sampling.logprobs is not None:
-            raise cloud.unsupported("sampling.logprobs", self.kind)
         arguments: dict[str, Any] = {
             "model": model.upstream,
             "stream": True,
@@ -142,6 +141,12 @@ class OpenAIBackend(CloudBackend):
         }
         if extra:
             arguments["extra_body"] = extra
+        if sampling.logprobs is not None:
+            if request.messages is not None:
+                arguments["logprobs"] = True
+                arguments["top_logprobs"] = sampling.logprobs
+            else:  # the completions API takes the number of alternatives
+                arguments["logprobs"] = sampling.logprobs
         max_tokens = cloud.max_tokens_for(model, request)
         if max_tokens is not None:
             arguments["max_tokens"] = max_tokens
@@ -175,9 +180,10 @@ class OpenAIBackend(CloudBackend):
                     completion_tokens = chunk.usage.completion_tokens
                 for choice in chunk.choices:
                     text = _choice_text(choice)
-                    if text:
+                    logprobs = _logprobs(choice) if request.sampling.logprobs is not None else []
+                    if text or logprobs:
                         chunks += 1
-                        yield Delta(text, 1)
+                        yield Delta(text, max(1, len(logprobs)), logprobs=logprobs)
                     if choice.finish_reason:
                         finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
                         # vLLM names the stop sequence that matched.
@@ -200,6 +206,34 @@ def _choice_text(choice: Any) -> str:
     if delta is not None:  # chat
         return str(delta.content or "")
     return str(getattr(choice, "text", "") or "")
+
+
+def _logprobs(choice: Any) -> list[TokenLogprob]:
+    """A chunk's token log probabilities, from either API's shape."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return []
+    content = getattr(logprobs, "content", None)
+    if content is not None:  # chat: [{token, logprob, top_logprobs: [{token, logprob}]}]
+        return [
+            TokenLogprob(
+                item.token,
+                item.logprob,
+                tuple((top.token, top.logprob) for top in item.top_logprobs or ()),
+            )
+            for item in content
+        ]
+    tokens = getattr(logprobs, "tokens", None) or []  # completions: parallel lists
+    values = getattr(logprobs, "token_logprobs", None) or []
+    tops = getattr(logprobs, "top_logprobs", None) or []
+    return [
+        TokenLogprob(
+            token,
+            float(value or 0.0),
+            tuple((text, float(p)) for text, p in (tops[i] or {}).items()) if i < len(tops) else (),
+        )
+        for i, (token, value) in enumerate(zip(tokens, values, strict=False))
+    ]
 
 
 def _message(error: openai.APIError) -> str:
