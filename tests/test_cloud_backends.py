@@ -13,7 +13,7 @@ import grpc
 import pytest
 from conftest import start_modelserver
 from processes import ServerProcess, free_port, health_status
-from vendors import MODELS, RETRY_AFTER_SECONDS, VALID_KEY, FakeVendors
+from vendors import MODELS, OLLAMA_CONTEXT_LENGTH, RETRY_AFTER_SECONDS, VALID_KEY, FakeVendors
 
 from switchyard.status import StatusDetails, parse_details
 from switchyard.v1 import llm_service_pb2 as pb
@@ -514,5 +514,33 @@ def test_an_ollama_model_that_is_not_pulled_is_unavailable(
             models = {m.id: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=5).models}
         assert models["ok"].status == pb.MODEL_STATUS_READY  # "ok:latest" in /api/tags
         assert models["absent"].status == pb.MODEL_STATUS_UNAVAILABLE
+    finally:
+        server.stop()
+
+
+def test_ollama_discovery_serves_every_model_in_api_tags(
+    workdir: Path, vendors: FakeVendors, key_file: Path
+) -> None:
+    config = backend_config("ollama", vendors.url, key_file)
+    config["backend"].update(
+        discover=True, models=[{"id": "mine", "provider_model": "ok", "context_length": 512}]
+    )
+    server = start_modelserver(workdir, "cloud-ollama-discover", config)
+    try:
+        channel, stub = _stub(server)
+        with channel:
+            models = {m.id: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=5).models}
+        # The configured model keeps its card; the rest come from /api/tags and /api/show.
+        assert set(models) == {"mine"} | (set(MODELS) - {"ok"})
+        assert models["mine"].context_length == 512
+        assert models["slow-stream"].context_length == OLLAMA_CONTEXT_LENGTH
+        assert models["slow-stream"].status == pb.MODEL_STATUS_READY
+        assert health_status(server.address, "fault-500") == "SERVING"
+        assert generate(server, chat("mine")).text == "Hello from ollama: hi there"
+        # A discovered model is served like a configured one, prompts included.
+        _, _, details = failure(
+            lambda: generate(server, pb.GenerateRequest(model="fault-context", prompt="x"))
+        )
+        assert details.reason == "CONTEXT_LENGTH_EXCEEDED"
     finally:
         server.stop()

@@ -11,7 +11,7 @@ One aiohttp server answers three APIs, as the real services do:
   content_block_delta…, content_block_stop, message_delta, message_stop;
   errors as ``{"type": "error", "error": {"type", "message"}}``, 529
   ``overloaded_error``, and error events inside a stream.
-- Ollama: ``GET /api/tags``, ``POST /api/chat`` and ``POST /api/generate``:
+- Ollama: ``GET /api/tags``, ``POST /api/show``, ``POST /api/chat`` and ``POST /api/generate``:
   NDJSON lines ending with ``done: true`` and the token counts.
 
 The reply is ``Hello from <vendor>: <the last input>``, one word per token.
@@ -49,6 +49,7 @@ MODELS = [
 ]
 SLOW_FIRST_BYTE_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 7
+OLLAMA_CONTEXT_LENGTH = 2048  # what /api/show reports for every model
 
 
 @dataclass
@@ -110,6 +111,7 @@ class FakeVendors:
         app.router.add_post("/v1/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_get("/api/tags", self._ollama_tags)
+        app.router.add_post("/api/show", self._ollama_show)
         app.router.add_post("/api/chat", self._ollama)
         app.router.add_post("/api/generate", self._ollama)
         self._runner = web.AppRunner(app, access_log=None)
@@ -535,6 +537,15 @@ class FakeVendors:
             for m in MODELS
         ]
         return web.json_response({"models": tags})
+
+    async def _ollama_show(self, request: web.Request) -> web.Response:
+        name = str((await request.json()).get("model", "")).removesuffix(":latest")
+        if name not in MODELS:
+            return self._error("ollama", 404, "not_found_error", f"model '{name}' not found")
+        info = {"general.architecture": "llama", "llama.context_length": OLLAMA_CONTEXT_LENGTH}
+        return web.json_response(
+            {"modelfile": "", "details": {"family": "llama"}, "model_info": info}
+        )
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)

@@ -11,14 +11,16 @@ needs none; a hosted one takes a bearer token).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from switchyard.status import StatusError
 from switchyard_modelserver.backends import cloud
+from switchyard_modelserver.backends.base import StateReporter
 from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
 from switchyard_modelserver.domain import (
     Delta,
@@ -28,6 +30,8 @@ from switchyard_modelserver.domain import (
     GenerationRequest,
 )
 
+log = logging.getLogger(__name__)
+
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
@@ -35,6 +39,22 @@ class OllamaOptions(CloudOptions):
     """Options of the ollama backend."""
 
     base_url: str | None = Field(default="http://127.0.0.1:11434", description="Ollama's address")
+    models: list[CloudModel] = Field(default_factory=list)
+    discover: bool = Field(
+        default=False,
+        description="also serve every model in /api/tags at start (id: its name without "
+        ":latest; context length from /api/show)",
+    )
+    discovered_context_length: int = Field(
+        default=4096, ge=16, description="for a discovered model whose /api/show has none"
+    )
+
+    @model_validator(mode="after")
+    def _models_or_discover(self) -> OllamaOptions:
+        if not self.models and not self.discover:
+            raise ValueError("list models, or set discover: true to serve what /api/tags lists")
+        return self
+
     keep_alive: str | None = Field(
         default=None, description="how long Ollama keeps the model loaded (e.g. '5m')"
     )
@@ -61,6 +81,8 @@ class OllamaBackend(CloudBackend):
     def __init__(self, options: OllamaOptions) -> None:
         super().__init__(options)
         self._keep_alive = options.keep_alive
+        self._discover = options.discover
+        self._discovered_context_length = options.discovered_context_length
         self._secret = cloud.load_secret(options, required=False, kind=self.kind)
         self._http = cloud.http_client(options, self.provider)
         self._base = (options.base_url or "").rstrip("/")
@@ -72,10 +94,13 @@ class OllamaBackend(CloudBackend):
     def secret(self) -> Secret:
         return self._secret
 
-    async def list_provider_models(self) -> set[str] | None:
+    async def _get_json(self, method: str, path: str, body: Any = None) -> Any:
+        """One small JSON call to Ollama; failures become StatusError."""
         try:
-            response = await self._http.get(
-                f"{self._base}/api/tags",
+            response = await self._http.request(
+                method,
+                self._base + path,
+                json=body,
                 headers=self._headers,
                 timeout=self.options.connect_timeout_seconds,
             )
@@ -83,18 +108,52 @@ class OllamaBackend(CloudBackend):
                 raise OllamaError(
                     response.status_code, _error_text(response.text), response.headers
                 )
-            names: set[str] = set()
-            for model in response.json().get("models", []):
-                for name in (model.get("name"), model.get("model")):
-                    if isinstance(name, str):
-                        names.add(name)
-                        names.add(name.removesuffix(":latest"))
-            return names
+            return response.json()
         except Exception as error:
             status = self.status_of(error, CloudModel(id="-"), None)
             if status is None:
                 raise
             raise status from None
+
+    async def _tags(self) -> list[str]:
+        """The names of the models Ollama has pulled (e.g. ``llama3.2:latest``)."""
+        tags = await self._get_json("GET", "/api/tags")
+        return [m["name"] for m in tags.get("models", []) if isinstance(m.get("name"), str)]
+
+    async def list_provider_models(self) -> set[str] | None:
+        names = await self._tags()
+        return {n for name in names for n in (name, name.removesuffix(":latest"))}
+
+    async def load(self, report: StateReporter) -> None:
+        if self._discover:
+            try:
+                await self._discover_models()
+            except StatusError as error:
+                log.warning("ollama model discovery failed: %s", error.message)
+        await super().load(report)
+
+    async def _discover_models(self) -> None:
+        taken = {n for m in self._models.values() for n in (m.id, m.upstream, *m.aliases)}
+        for name in await self._tags():
+            model_id = name.removesuffix(":latest")
+            if model_id in taken or name in taken:
+                continue
+            context_length = self._discovered_context_length
+            try:
+                shown = await self._get_json("POST", "/api/show", {"model": name})
+            except StatusError as error:
+                log.warning("ollama /api/show %s failed: %s", name, error.message)
+                shown = {}
+            for key, value in (shown.get("model_info") or {}).items():
+                if key.endswith(".context_length") and isinstance(value, int) and value >= 16:
+                    context_length = value
+            self._models[model_id] = CloudModel(
+                id=model_id,
+                provider_model=name,
+                context_length=context_length,
+                capabilities=["chat", "completion", "streaming"],
+            )
+            log.info("discovered ollama model %s (context %d)", model_id, context_length)
 
     def status_of(
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
