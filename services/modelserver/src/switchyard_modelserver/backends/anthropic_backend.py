@@ -88,7 +88,7 @@ class AnthropicBackend(CloudBackend):
             page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
             return {model.id async for model in page}
         except Exception as error:
-            status = self.status_of(error, CloudModel(id="-"), None)
+            status = self.status_of(error, cloud.MODEL_LIST, None)
             if status is None:
                 raise
             status.message = self._secret.scrub(status.message)

@@ -46,6 +46,11 @@ from switchyard_modelserver.domain import (
 
 log = logging.getLogger(__name__)
 
+# The HTTP and SDK loggers write every request's URL (query strings included,
+# where some gateways carry keys) and, at DEBUG, request options: keep them quiet.
+for _name in ("httpx2", "httpcore2", "openai", "anthropic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 CapabilityName = Literal["completion", "chat", "streaming", "logprobs"]
 
 
@@ -190,6 +195,10 @@ def retry_after(headers: Mapping[str, str], default: float = 1.0) -> float:
     return default
 
 
+MODEL_LIST = CloudModel(id="(model list)")
+"""Stands for the provider's model list in the errors of the startup check and probes."""
+
+
 def http_status_error(
     *,
     provider: str,
@@ -239,6 +248,13 @@ def http_status_error(
             else "PROVIDER_PERMISSION_DENIED",
             metadata=metadata,
         )
+    if status == 404 and model is MODEL_LIST:
+        return StatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{provider} has no model list at this address (HTTP 404); check backend.base_url",
+            reason="PROVIDER_NOT_FOUND",
+            metadata=metadata,
+        )
     if status == 404:
         return StatusError(
             grpc.StatusCode.NOT_FOUND,
@@ -271,10 +287,14 @@ def http_status_error(
     )
 
 
+def _for(model: CloudModel) -> str:
+    return "for its model list" if model is MODEL_LIST else f"for model {model.id}"
+
+
 def timeout_error(provider: str, model: CloudModel) -> StatusError:
     return StatusError(
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"{provider} did not answer for model {model.id} within the deadline",
+        f"{provider} did not answer {_for(model)} within the deadline",
         reason="PROVIDER_TIMEOUT",
         metadata={"provider": provider, "model": model.id},
     )
@@ -283,7 +303,7 @@ def timeout_error(provider: str, model: CloudModel) -> StatusError:
 def connection_error(provider: str, model: CloudModel, what: str) -> StatusError:
     return StatusError(
         grpc.StatusCode.UNAVAILABLE,
-        f"{provider} connection failed for model {model.id}: {what}",
+        f"{provider} connection failed {_for(model)}: {what}",
         reason="PROVIDER_UNREACHABLE",
         metadata={"provider": provider, "model": model.id},
     )
@@ -292,7 +312,7 @@ def connection_error(provider: str, model: CloudModel, what: str) -> StatusError
 def broken_stream_error(provider: str, model: CloudModel, what: str) -> StatusError:
     return StatusError(
         grpc.StatusCode.UNAVAILABLE,
-        f"{provider} stream for model {model.id} broke off: {what}",
+        f"{provider} stream {_for(model)} broke off: {what}",
         reason="PROVIDER_STREAM_BROKEN",
         metadata={"provider": provider, "model": model.id},
     )

@@ -110,7 +110,7 @@ class OllamaBackend(CloudBackend):
                 )
             return response.json()
         except Exception as error:
-            status = self.status_of(error, CloudModel(id="-"), None)
+            status = self.status_of(error, cloud.MODEL_LIST, None)
             if status is None:
                 raise
             raise status from None

@@ -85,8 +85,7 @@ class OpenAIBackend(CloudBackend):
             page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
             return {model.id async for model in page}
         except Exception as error:
-            probe = CloudModel(id="-")
-            status = self.status_of(error, probe, None)
+            status = self.status_of(error, cloud.MODEL_LIST, None)
             if status is None:
                 raise
             status.message = self._secret.scrub(status.message)
