@@ -262,6 +262,30 @@ def test_list_models_shows_the_configured_cards(cloud: dict[str, ServerProcess])
 
 # -- the error table --------------------------------------------------------
 
+
+def test_retry_after_reads_milliseconds_seconds_and_http_dates() -> None:
+    from email.utils import formatdate
+
+    from switchyard_modelserver.backends.cloud import retry_after
+
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"Retry-After": "3"}) == 3.0
+    assert 25 < retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)}) <= 30
+    assert retry_after({}) == 1.0  # a 429 without a header still says when to retry
+
+
+def test_a_key_echoed_by_a_provider_is_scrubbed_but_config_names_are_not() -> None:
+    from switchyard_modelserver.backends.cloud import Secret
+
+    secret = Secret("plain-secret-value")
+    text = secret.scrub(
+        f"Incorrect API key provided: {WRONG_KEY}; plain-secret-value; fix backend.api_key_file"
+    )
+    assert WRONG_KEY not in text and "plain-secret-value" not in text
+    assert text.endswith("fix backend.api_key_file")
+    assert "plain-secret-value" not in repr(secret)
+
+
 ERRORS = [
     ("fault-429", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
     ("fault-500", grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
