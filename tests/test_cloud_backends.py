@@ -239,6 +239,48 @@ def test_a_prompt_goes_to_the_completion_api(
     assert record.body["prompt"] == "Once upon"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_token_ids_asked_for_are_answered_without_them(
+    kind: str, cloud: dict[str, ServerProcess]
+) -> None:
+    channel, stub = _stub(cloud[kind])
+    request = chat("ok")
+    with channel:
+        messages = list(
+            stub.StreamGenerate(
+                pb.StreamGenerateRequest(
+                    model="ok", messages=request.messages, include_token_ids=True
+                ),
+                timeout=20,
+            )
+        )
+    assert "".join(m.text for m in messages) == f"Hello from {kind}: hi there"
+    assert not any(m.tokens for m in messages)
+
+
+@pytest.mark.parametrize("delivered", ["Hello from", "Hello from "])
+def test_anthropic_continues_a_resumed_reply_by_prefill(
+    delivered: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
+) -> None:
+    channel, stub = _stub(cloud["anthropic"])
+    request = chat("ok", "go on")
+    with channel:
+        messages = list(
+            stub.StreamGenerate(
+                pb.StreamGenerateRequest(
+                    model="ok",
+                    messages=request.messages,
+                    continuation=pb.Continuation(text=delivered),
+                ),
+                timeout=20,
+            )
+        )
+    assert delivered + "".join(m.text for m in messages) == "Hello from anthropic: go on"
+    sent = vendors.received("ok").body["messages"]
+    # The API refuses a prefill ending in whitespace; the reply's own space is dropped.
+    assert sent[-1] == {"role": "assistant", "content": "Hello from"}
+
+
 def test_a_chat_only_model_refuses_a_prompt(cloud: dict[str, ServerProcess]) -> None:
     code, message, details = failure(
         lambda: generate(cloud["openai"], pb.GenerateRequest(model="ok", prompt="x"))

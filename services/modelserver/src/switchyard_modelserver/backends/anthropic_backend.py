@@ -144,9 +144,11 @@ class AnthropicBackend(CloudBackend):
                     system.append(turn.content)
                 else:
                     messages.append({"role": turn.role, "content": turn.content})
-        if request.continuation.text:
-            # Prefill: the reply continues from the text already delivered.
-            messages.append({"role": "assistant", "content": request.continuation.text})
+        if request.continuation.text.rstrip():
+            # Prefill: the reply continues from the text already delivered (the
+            # API refuses a prefill that ends in whitespace; stream() drops it
+            # from the reply's start instead).
+            messages.append({"role": "assistant", "content": request.continuation.text.rstrip()})
         arguments: dict[str, Any] = {
             "model": model.upstream,
             "messages": messages,
@@ -176,6 +178,9 @@ class AnthropicBackend(CloudBackend):
         stop_sequence = ""
         prompt_tokens = completion_tokens = 0
         ended = False
+        delivered = request.continuation.text
+        # Whitespace that was delivered but not prefilled comes back first: skip it.
+        skip = delivered[len(delivered.rstrip()) :] if delivered.rstrip() else ""
         try:
             async for event in stream:
                 kind = event.type
@@ -184,7 +189,10 @@ class AnthropicBackend(CloudBackend):
                     prompt_tokens = usage.input_tokens or 0
                     completion_tokens = usage.output_tokens or 0
                 elif kind == "content_block_delta":
-                    text = getattr(event.delta, "text", None)
+                    text = getattr(event.delta, "text", None) or ""
+                    if skip and text:
+                        same = _common_prefix_length(text, skip)
+                        text, skip = text[same:], (skip[same:] if same else "")
                     if text:
                         yield Delta(text, 1)
                 elif kind == "message_delta":
@@ -205,6 +213,15 @@ class AnthropicBackend(CloudBackend):
     async def close(self) -> None:
         await super().close()
         await self._client.close()
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
 
 
 def _error_of(body: object) -> tuple[str, str]:

@@ -575,10 +575,14 @@ class CloudBackend(Backend):
             raise invalid_argument(
                 FieldViolation("messages", f"model {model.id} takes a prompt, not messages")
             )
-        if request.include_token_ids or request.continuation.token_ids:
-            field = "include_token_ids" if request.include_token_ids else "continuation.token_ids"
+        # include_token_ids is accepted (routers that may resume a stream always
+        # ask) but answered without ids: providers do not expose them.
+        if request.continuation.token_ids:
             raise invalid_argument(
-                FieldViolation(field, f"the {self.provider} backend does not expose token ids")
+                FieldViolation(
+                    "continuation.token_ids",
+                    f"the {self.provider} backend has no token ids; send continuation.text",
+                )
             )
         events = self.stream(model, request)
         try:
