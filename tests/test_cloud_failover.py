@@ -57,6 +57,7 @@ def test_a_route_falls_back_from_a_dead_llamacpp_target_to_a_cloud_target(
                         {"cluster": "cpu", "model": "tiny"},
                         {"cluster": "cloud", "model": "ok", "priority": 1},
                     ],
+                    "resume": True,  # the router then asks every target for token ids
                 }
             ],
         }
@@ -68,6 +69,8 @@ def test_a_route_falls_back_from_a_dead_llamacpp_target_to_a_cloud_target(
         llama.process.kill()
         llama.process.wait()
         answer = client.chat("tiny", messages, max_tokens=4, temperature=0.0)
+        streamed = "".join(c.text for c in client.stream("tiny", messages=messages))
+    assert streamed == "Hello from openai: who answers"
     assert (answer.backend, answer.model) == ("openai", "ok")
     assert answer.text == "Hello from openai: who"  # four tokens, as asked
     assert vendors.received("ok").body["messages"] == messages
