@@ -337,8 +337,9 @@ class TracedTransport(httpx2.AsyncBaseTransport):
     """One CLIENT span per HTTP request, its W3C context sent in the headers.
 
     The span is a child of whatever span is current (the model server's request
-    span). Only method, URL without query, host, port and status are recorded:
-    never headers (the API key) or bodies (the prompt).
+    span). It ends when the response headers arrive (a stream's body is the
+    model server's span). Only method, URL without query, host, port and
+    status are recorded: never headers (the API key) or bodies (the prompt).
     """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, provider: str) -> None:
@@ -438,9 +439,12 @@ class ProviderHealth:
     def failed(self, model_id: str, error: StatusError) -> None:
         """Counts a failure that says the provider, not the request, is at fault."""
         reason = error.details.reason or ""
-        if reason in ("PROVIDER_CREDENTIALS_REJECTED", "PROVIDER_PERMISSION_DENIED"):
+        if reason == "PROVIDER_CREDENTIALS_REJECTED":  # the key is wrong for every model
             for other in self._backend.model_ids():
                 self.down(other, error.message)
+            return
+        if reason == "PROVIDER_PERMISSION_DENIED":  # the key may lack only this model
+            self.down(model_id, error.message)
             return
         if error.code is not grpc.StatusCode.UNAVAILABLE:
             return
