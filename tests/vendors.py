@@ -14,7 +14,8 @@ One aiohttp server answers three APIs, as the real services do:
 - Ollama: ``GET /api/tags``, ``POST /api/show``, ``POST /api/chat`` and ``POST /api/generate``:
   NDJSON lines ending with ``done: true`` and the token counts.
 
-The reply is ``Hello from <vendor>: <the last input>``, one word per token.
+The backends always stream, so generations are answered as streams only. The
+reply is ``Hello from <vendor>: <the last input>``, one word per token.
 The provider model name picks a fault, so one server serves every test:
 ``fault-429``, ``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
 ``fault-context``, ``fault-malformed``, ``fault-drop``, ``fault-slow`` (first
@@ -323,25 +324,6 @@ class FakeVendors:
             "total_tokens": prompt_tokens + len(tokens),
         }
         created = int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        if not body.get("stream"):
-            choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}}
-                if chat
-                else {"index": 0, "text": "".join(tokens), "logprobs": None}
-            )
-            choice["finish_reason"] = finish_reason
-            record.finished = True
-            return web.json_response(
-                {
-                    "id": "cmpl-fake",
-                    "object": kind,
-                    "created": created,
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
             payload: dict[str, Any] = {
@@ -586,11 +568,6 @@ class FakeVendors:
                 )
             return (json.dumps(item) + "\n").encode()
 
-        if body.get("stream") is False:
-            record.finished = True
-            return web.Response(
-                body=line("".join(tokens), done=True), content_type="application/json"
-            )
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         frames = [line(t) for t in tokens]
         return await self._stream_tokens(request, record, response, model, frames, [line("", True)])
