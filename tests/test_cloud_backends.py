@@ -15,6 +15,7 @@ from conftest import start_modelserver
 from processes import ServerProcess, free_port, health_status
 from vendors import MODELS, OLLAMA_CONTEXT_LENGTH, RETRY_AFTER_SECONDS, VALID_KEY, FakeVendors
 
+from switchyard import Client, FailedPreconditionError
 from switchyard.status import StatusDetails, parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -436,13 +437,22 @@ def test_rejected_credentials_tell_the_operator_and_never_show_the_key(
         backend_config(kind, vendors.url, wrong, startup_check=False),
     )
     try:
-        code, message, details = failure(lambda: generate(server, chat("ok")))
-        assert code == grpc.StatusCode.FAILED_PRECONDITION
-        assert details.reason == "PROVIDER_CREDENTIALS_REJECTED"
-        assert "api_key" in message  # says what the operator must fix
-        assert WRONG_KEY not in message + repr(details)
-        # The model server stops advertising a model it cannot serve.
+        # Not an internal error (nor the caller's credentials): an operator's job.
+        with (
+            Client(server.address, max_retries=0) as client,
+            pytest.raises(FailedPreconditionError) as raised,
+        ):
+            client.chat("ok", [{"role": "user", "content": "hi"}])
+        assert raised.value.reason == "PROVIDER_CREDENTIALS_REJECTED"
+        assert "api_key" in raised.value.message  # says what the operator must fix
+        assert WRONG_KEY not in str(raised.value) + repr(raised.value.details)
+        # The model server stops advertising models it cannot serve, so a
+        # router sends the next request elsewhere; a direct one learns why.
         assert health_status(server.address, "ok") == "NOT_SERVING"
+        code, message, _ = failure(lambda: generate(server, chat("fault-500")))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "rejected the model server's API key" in message
+        assert WRONG_KEY not in message
     finally:
         server.stop()
     assert WRONG_KEY not in server.log()
