@@ -213,6 +213,21 @@ def test_logprobs_where_the_api_has_none_are_invalid_argument(
     assert kind in message
 
 
+def test_openai_can_send_max_completion_tokens(
+    workdir: Path, vendors: FakeVendors, key_file: Path
+) -> None:
+    config = backend_config("openai", vendors.url, key_file, startup_check=False)
+    config["backend"]["max_tokens_parameter"] = "max_completion_tokens"
+    server = start_modelserver(workdir, "cloud-openai-completion-tokens", config)
+    try:
+        assert generate(server, chat("ok", max_tokens=3)).usage.completion_tokens == 3
+    finally:
+        server.stop()
+    sent = vendors.received("ok").body
+    assert sent["max_completion_tokens"] == 3
+    assert "max_tokens" not in sent
+
+
 def test_anthropic_stop_sequence_is_reported_with_the_sequence(
     cloud: dict[str, ServerProcess],
 ) -> None:

@@ -312,9 +312,9 @@ class FakeVendors:
             last_input = body["prompt"]
             prompt_tokens = len(_words(last_input))
         stop = body.get("stop") or []
-        tokens, finish, _ = _reply(
-            "openai", last_input, body.get("max_tokens"), [stop] if isinstance(stop, str) else stop
-        )
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        stops = [stop] if isinstance(stop, str) else stop
+        tokens, finish, _ = _reply("openai", last_input, limit, stops)
         finish_reason = "length" if finish == "length" else "stop"
         if model == "slow-stream":
             tokens = [" tick"] * 200

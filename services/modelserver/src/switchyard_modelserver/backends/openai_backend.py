@@ -9,7 +9,7 @@ so Generate and StreamGenerate see the same events.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from pydantic import Field
@@ -45,6 +45,11 @@ class OpenAIOptions(CloudOptions):
     )
     default_query: dict[str, str] = Field(
         default_factory=dict, description="extra query parameters, e.g. Azure's api-version"
+    )
+    max_tokens_parameter: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens",
+        description="how chat requests send max_tokens; OpenAI's reasoning models take only "
+        "max_completion_tokens, most compatible servers only max_tokens",
     )
     stream_usage: bool = Field(
         default=True,
@@ -148,7 +153,10 @@ class OpenAIBackend(CloudBackend):
                 arguments["logprobs"] = sampling.logprobs
         max_tokens = cloud.max_tokens_for(model, request)
         if max_tokens is not None:
-            arguments["max_tokens"] = max_tokens
+            chat = request.messages is not None
+            arguments[self._openai_options.max_tokens_parameter if chat else "max_tokens"] = (
+                max_tokens
+            )
         return arguments
 
     async def stream(
