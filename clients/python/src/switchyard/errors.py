@@ -8,6 +8,7 @@ SwitchyardError
     ├── NotFoundError          NOT_FOUND (.available_models)
     ├── AuthenticationError    UNAUTHENTICATED
     ├── PermissionDeniedError  PERMISSION_DENIED
+    ├── FailedPreconditionError FAILED_PRECONDITION (e.g. a backend's provider key is wrong)
     ├── RateLimitError         RESOURCE_EXHAUSTED (.retry_after)
     ├── UnavailableError       UNAVAILABLE (.retry_after)
     ├── DeadlineExceededError  DEADLINE_EXCEEDED
@@ -97,6 +98,11 @@ class PermissionDeniedError(APIError):
     """Credentials were valid but not allowed to do this."""
 
 
+class FailedPreconditionError(APIError):
+    """The server is not set up to do this (e.g. its cloud provider rejected its
+    API key); an operator must act, retrying will not help. See ``reason``."""
+
+
 class RateLimitError(APIError):
     """The server or its backend is overloaded or rate-limited; see ``retry_after``."""
 
@@ -123,6 +129,7 @@ _BY_CODE: dict[grpc.StatusCode, type[APIError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,

@@ -80,6 +80,8 @@ class GenerationRequest:
     sampling: Sampling
     continuation: Continuation = Continuation()
     include_token_ids: bool = False
+    deadline: float | None = None
+    """When the caller stops waiting, on ``time.monotonic()``'s clock (None: no deadline)."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,24 @@ class ModelCard:
     )
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability, with the likeliest alternatives."""
+
+    text: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class Delta:
-    """New output: text plus how many tokens produced it (and their ids, if known)."""
+    """New output: text plus how many tokens produced it (and their ids and
+    log probabilities, if known and asked for)."""
 
     text: str
     tokens: int
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass

@@ -129,6 +129,13 @@ class ModelServer:
         )
 
     def _on_model_change(self, entry: CatalogEntry) -> None:
+        if entry.card.id not in self.gates:  # a model the backend found while loading
+            self.gates[entry.card.id] = ModelGate(
+                entry.card.id,
+                self.backend.concurrency(entry.card.id),
+                self.config.max_queue_per_model,
+                self.config.queue_retry_after_seconds,
+            )
         status = _SERVING if entry.state is ModelState.READY else _NOT_SERVING
         metrics.MODEL_READY.labels(entry.card.id).set(1 if entry.state is ModelState.READY else 0)
         for name in self.catalog.health_names(entry):

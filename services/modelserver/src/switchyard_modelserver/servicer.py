@@ -224,11 +224,37 @@ def _deadline(context: Context) -> asyncio.Timeout:
     return asyncio.timeout(context.time_remaining())
 
 
+def _with_deadline(request: GenerationRequest, context: Context) -> GenerationRequest:
+    """The request with the caller's deadline, which cloud backends use as their HTTP timeout."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return request
+    return dataclasses.replace(request, deadline=time.monotonic() + remaining)
+
+
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
-    if include_token_ids:
+    if delta.logprobs:
+        message.tokens.extend(_logprob_tokens(delta, include_token_ids))
+    elif include_token_ids:
         message.tokens.extend(pb.Token(id=token_id) for token_id in delta.token_ids)
     return message
+
+
+def _logprob_tokens(delta: Delta, include_token_ids: bool) -> list[pb.Token]:
+    """The delta's tokens with their log probabilities (ids where known and asked for)."""
+    ids = (
+        delta.token_ids if include_token_ids and len(delta.token_ids) == len(delta.logprobs) else []
+    )
+    return [
+        pb.Token(
+            id=ids[index] if ids else 0,
+            text=token.text,
+            logprob=token.logprob,
+            top_logprobs=[pb.TopLogprob(text=text, logprob=logprob) for text, logprob in token.top],
+        )
+        for index, token in enumerate(delta.logprobs)
+    ]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -296,11 +322,15 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             _deadline(context),
         ):
             parts: list[str] = []
-            events = self._events(validation.generation_request(request), outcome)
+            tokens: list[pb.Token] = []
+            valid = _with_deadline(validation.generation_request(request), context)
+            events = self._events(valid, outcome)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
                         parts.append(event.text)
+                        if event.logprobs:
+                            tokens += _logprob_tokens(event, valid.include_token_ids)
                     else:
                         final = self._final_message(event, outcome)
                         return pb.GenerateResponse(
@@ -311,6 +341,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                             model=final.model,
                             backend=final.backend,
                             timings=final.timings,
+                            tokens=tokens,
                         )
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
@@ -324,13 +355,13 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             self._in_flight.track(),
             _deadline(context),
         ):
-            valid = validation.generation_request(request)
+            valid = _with_deadline(validation.generation_request(request), context)
             with_ids = valid.include_token_ids
             events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or (with_ids and event.token_ids):
+                        if event.text or event.logprobs or (with_ids and event.token_ids):
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))

@@ -1,0 +1,233 @@
+"""The `anthropic` backend: Claude models through the official SDK's Messages API.
+
+System messages are split out into ``system``; every request streams
+(message_start … message_stop), so Generate and StreamGenerate see the same
+events. The Messages API requires max_tokens: a request without one gets the
+model's ``default_max_tokens``, else the backend's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anthropic
+from pydantic import Field
+
+from switchyard.status import StatusError
+from switchyard_modelserver.backends import cloud
+from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.domain import (
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+)
+
+_FINISH = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP_SEQUENCE,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "tool_use": FinishReason.STOP,
+    "pause_turn": FinishReason.STOP,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+
+# The HTTP status each error type of the API's error bodies stands for (an
+# error event inside a 200 stream carries only the type).
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class AnthropicOptions(CloudOptions):
+    """Options of the anthropic backend."""
+
+    default_max_tokens: int = Field(
+        default=1024, ge=1, description="max_tokens when neither the request nor the model sets one"
+    )
+
+
+class AnthropicBackend(CloudBackend):
+    """Serves Claude models."""
+
+    kind = "anthropic"
+    provider = "anthropic"
+    options_model = AnthropicOptions
+
+    def __init__(self, options: AnthropicOptions) -> None:
+        super().__init__(options)
+        self._default_max_tokens = options.default_max_tokens
+        self._secret = cloud.load_secret(options, required=True, kind=self.kind)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=self._secret.reveal(),
+            base_url=options.base_url,
+            max_retries=options.max_retries,
+            http_client=cloud.http_client(options, self.provider),
+            # Our transport makes the HTTP span; the SDK's own would repeat it.
+            open_telemetry=False,
+        )
+
+    @property
+    def secret(self) -> Secret:
+        return self._secret
+
+    async def list_provider_models(self) -> set[str] | None:
+        try:
+            page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
+            return {model.id async for model in page}
+        except Exception as error:
+            status = self.status_of(error, cloud.MODEL_LIST, None)
+            if status is None:
+                raise
+            status.message = self._secret.scrub(status.message)
+            raise status from None
+
+    def status_of(
+        self, error: Exception, model: CloudModel, request: GenerationRequest | None
+    ) -> StatusError | None:
+        if isinstance(error, anthropic.APITimeoutError):
+            return cloud.timeout_error(self.provider, model)
+        if isinstance(error, anthropic.APIStatusError):
+            error_type, message = _error_of(error.body)
+            status = error.status_code
+            if status < 400:  # an error event inside the stream
+                if error_type not in _ERROR_STATUS:
+                    return cloud.broken_stream_error(self.provider, model, message or error_type)
+                status = _ERROR_STATUS[error_type]
+            return cloud.http_status_error(
+                provider=self.provider,
+                status=status,
+                message=message or str(error.message),
+                model=model,
+                headers=error.response.headers,
+                request=request,
+                error_type=error_type,
+            )
+        if isinstance(error, anthropic.APIConnectionError):
+            cause = error.__cause__
+            if cause is not None and (
+                status_error := cloud.transport_error(self.provider, model, cause)
+            ):
+                return status_error
+            return cloud.connection_error(self.provider, model, type(error).__name__)
+        if isinstance(error, ValueError):  # an event that is not JSON
+            return cloud.broken_stream_error(self.provider, model, "malformed event")
+        return cloud.transport_error(self.provider, model, error)
+
+    def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        for name in ("seed", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            if getattr(sampling, name) is not None:
+                raise cloud.unsupported(f"sampling.{name}", self.kind)
+        if sampling.logprobs is not None:
+            raise cloud.unsupported("sampling.logprobs", self.kind)
+        system = []
+        messages: list[dict[str, str]] = []
+        if request.messages is None:
+            assert request.prompt is not None
+            messages.append({"role": "user", "content": request.prompt})
+        else:
+            for turn in request.messages:
+                if turn.role == "system":
+                    system.append(turn.content)
+                else:
+                    messages.append({"role": turn.role, "content": turn.content})
+        if request.continuation.text.rstrip():
+            # Prefill: the reply continues from the text already delivered (the
+            # API refuses a prefill that ends in whitespace; stream() drops it
+            # from the reply's start instead).
+            messages.append({"role": "assistant", "content": request.continuation.text.rstrip()})
+        arguments: dict[str, Any] = {
+            "model": model.upstream,
+            "messages": messages,
+            "max_tokens": cloud.max_tokens_for(model, request) or self._default_max_tokens,
+            "stream": True,
+            "timeout": cloud.request_timeout(self.options, request),
+        }
+        if system:
+            arguments["system"] = "\n\n".join(system)
+        if sampling.stop:
+            arguments["stop_sequences"] = list(sampling.stop)
+        extra = {
+            name: getattr(sampling, name)
+            for name in ("temperature", "top_p", "top_k")
+            if getattr(sampling, name) is not None
+        }
+        if extra:
+            arguments["extra_body"] = extra
+        return arguments
+
+    async def stream(
+        self, model: CloudModel, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        arguments = self._arguments(model, request)
+        stream: Any = await self._client.messages.create(**arguments)
+        finish: FinishReason | None = None
+        stop_sequence = ""
+        prompt_tokens = completion_tokens = 0
+        ended = False
+        delivered = request.continuation.text
+        # Whitespace that was delivered but not prefilled comes back first: skip it.
+        skip = delivered[len(delivered.rstrip()) :] if delivered.rstrip() else ""
+        try:
+            async for event in stream:
+                kind = event.type
+                if kind == "message_start":
+                    usage = event.message.usage
+                    prompt_tokens = usage.input_tokens or 0
+                    completion_tokens = usage.output_tokens or 0
+                elif kind == "content_block_delta":
+                    text = getattr(event.delta, "text", None) or ""
+                    if skip and text:
+                        same = _common_prefix_length(text, skip)
+                        text, skip = text[same:], (skip[same:] if same else "")
+                    if text:
+                        yield Delta(text, 1)
+                elif kind == "message_delta":
+                    reason = event.delta.stop_reason
+                    if reason:
+                        finish = _FINISH.get(reason, FinishReason.STOP)
+                    stop_sequence = event.delta.stop_sequence or ""
+                    if event.usage is not None and event.usage.output_tokens is not None:
+                        completion_tokens = event.usage.output_tokens
+                elif kind == "message_stop":
+                    ended = True
+        finally:
+            await stream.close()  # also when the caller went away: the HTTP stream ends
+        if not ended or finish is None:
+            raise cloud.broken_stream_error(self.provider, model, "ended before message_stop")
+        yield Finish(finish, prompt_tokens, completion_tokens, stop_sequence)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._client.close()
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _error_of(body: object) -> tuple[str, str]:
+    """(error type, message) from an Anthropic error body."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("type") or ""), str(inner.get("message") or "")
+    return "", ""

@@ -1,0 +1,266 @@
+"""The `ollama` backend: Ollama's native API over HTTP (httpx2).
+
+Chat requests go to /api/chat, prompts to /api/generate (raw: the prompt is
+sent as written, no template); both stream NDJSON, one JSON object a line,
+the last with ``done: true`` and the token counts. /api/tags is the startup
+check and the health probe: a configured model that Ollama has not pulled is
+UNAVAILABLE in ListModels and health. An API key is optional (a local Ollama
+needs none; a hosted one takes a bearer token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx2
+from pydantic import Field, model_validator
+
+from switchyard.status import StatusError
+from switchyard_modelserver.backends import cloud
+from switchyard_modelserver.backends.base import StateReporter
+from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.domain import (
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+)
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+
+
+class OllamaOptions(CloudOptions):
+    """Options of the ollama backend."""
+
+    base_url: str | None = Field(default="http://127.0.0.1:11434", description="Ollama's address")
+    models: list[CloudModel] = Field(default_factory=list)
+    discover: bool = Field(
+        default=False,
+        description="also serve every model in /api/tags at start (id: its name without "
+        ":latest; context length from /api/show)",
+    )
+    discovered_context_length: int = Field(
+        default=4096, ge=16, description="for a discovered model whose /api/show has none"
+    )
+
+    @model_validator(mode="after")
+    def _models_or_discover(self) -> OllamaOptions:
+        if not self.models and not self.discover:
+            raise ValueError("list models, or set discover: true to serve what /api/tags lists")
+        return self
+
+    keep_alive: str | None = Field(
+        default=None, description="how long Ollama keeps the model loaded (e.g. '5m')"
+    )
+
+
+class OllamaError(Exception):
+    """An error answer from Ollama: HTTP status and its message."""
+
+    def __init__(self, status: int, message: str, headers: httpx2.Headers) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class OllamaBackend(CloudBackend):
+    """Serves the models of an Ollama server."""
+
+    kind = "ollama"
+    provider = "ollama"
+    authoritative_model_list = True  # /api/tags: what has been pulled
+    options_model = OllamaOptions
+
+    def __init__(self, options: OllamaOptions) -> None:
+        super().__init__(options)
+        self._keep_alive = options.keep_alive
+        self._discover = options.discover
+        self._discovered_context_length = options.discovered_context_length
+        self._secret = cloud.load_secret(options, required=False, kind=self.kind)
+        self._http = cloud.http_client(options, self.provider)
+        self._base = (options.base_url or "").rstrip("/")
+        self._headers = {"Accept": "application/x-ndjson"}
+        if key := self._secret.reveal():
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    @property
+    def secret(self) -> Secret:
+        return self._secret
+
+    async def _get_json(self, method: str, path: str, body: Any = None) -> Any:
+        """One small JSON call to Ollama; failures become StatusError."""
+        try:
+            response = await self._http.request(
+                method,
+                self._base + path,
+                json=body,
+                headers=self._headers,
+                timeout=self.options.connect_timeout_seconds,
+            )
+            if response.status_code >= 400:
+                raise OllamaError(
+                    response.status_code, _error_text(response.text), response.headers
+                )
+            return response.json()
+        except Exception as error:
+            status = self.status_of(error, cloud.MODEL_LIST, None)
+            if status is None:
+                raise
+            raise status from None
+
+    async def _tags(self) -> list[str]:
+        """The names of the models Ollama has pulled (e.g. ``llama3.2:latest``)."""
+        tags = await self._get_json("GET", "/api/tags")
+        return [m["name"] for m in tags.get("models", []) if isinstance(m.get("name"), str)]
+
+    async def list_provider_models(self) -> set[str] | None:
+        names = await self._tags()
+        return {n for name in names for n in (name, name.removesuffix(":latest"))}
+
+    async def load(self, report: StateReporter) -> None:
+        if self._discover:
+            try:
+                await self._discover_models()
+            except StatusError as error:
+                log.warning("ollama model discovery failed: %s", error.message)
+        await super().load(report)
+
+    async def _discover_models(self) -> None:
+        taken = {n for m in self._models.values() for n in (m.id, m.upstream, *m.aliases)}
+        for name in await self._tags():
+            model_id = name.removesuffix(":latest")
+            if model_id in taken or name in taken:
+                continue
+            context_length = self._discovered_context_length
+            try:
+                shown = await self._get_json("POST", "/api/show", {"model": name})
+            except StatusError as error:
+                log.warning("ollama /api/show %s failed: %s", name, error.message)
+                shown = {}
+            for key, value in (shown.get("model_info") or {}).items():
+                if key.endswith(".context_length") and isinstance(value, int) and value >= 16:
+                    context_length = value
+            self._models[model_id] = CloudModel(
+                id=model_id,
+                provider_model=name,
+                context_length=context_length,
+                capabilities=["chat", "completion", "streaming"],
+            )
+            log.info("discovered ollama model %s (context %d)", model_id, context_length)
+
+    def status_of(
+        self, error: Exception, model: CloudModel, request: GenerationRequest | None
+    ) -> StatusError | None:
+        if isinstance(error, OllamaError):
+            if error.status == 200:  # an error line inside the stream
+                return cloud.broken_stream_error(self.provider, model, error.message)
+            return cloud.http_status_error(
+                provider=self.provider,
+                status=error.status,
+                message=self._secret.scrub(error.message),
+                model=model,
+                headers=error.headers,
+                request=request,
+            )
+        if isinstance(error, ValueError):  # a line that is not JSON
+            return cloud.broken_stream_error(self.provider, model, "malformed NDJSON line")
+        return cloud.transport_error(self.provider, model, error)
+
+    def _body(self, model: CloudModel, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        sampling = request.sampling
+        if sampling.logprobs is not None:
+            raise cloud.unsupported("sampling.logprobs", self.kind)
+        options: dict[str, Any] = {}
+        for ours, theirs in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("seed", "seed"),
+            ("presence_penalty", "presence_penalty"),
+            ("frequency_penalty", "frequency_penalty"),
+            ("repetition_penalty", "repeat_penalty"),
+        ):
+            value = getattr(sampling, ours)
+            if value is not None:
+                options[theirs] = value
+        max_tokens = cloud.max_tokens_for(model, request)
+        if max_tokens is not None:
+            options["num_predict"] = max_tokens
+        if sampling.stop:
+            options["stop"] = list(sampling.stop)
+        body: dict[str, Any] = {"model": model.upstream, "stream": True, "options": options}
+        if self._keep_alive is not None:
+            body["keep_alive"] = self._keep_alive
+        continuation = request.continuation.text
+        if request.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            if continuation:  # a final assistant message is continued, not answered
+                messages.append({"role": "assistant", "content": continuation})
+            body["messages"] = messages
+            return "/api/chat", body
+        assert request.prompt is not None
+        body["prompt"] = request.prompt + continuation
+        body["raw"] = True
+        return "/api/generate", body
+
+    async def stream(
+        self, model: CloudModel, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        path, body = self._body(model, request)
+        http_request = self._http.build_request(
+            "POST",
+            self._base + path,
+            json=body,
+            headers=self._headers,
+            timeout=cloud.request_timeout(self.options, request),
+        )
+        response = await self._http.send(http_request, stream=True)
+        try:
+            if response.status_code >= 400:
+                text = (await response.aread()).decode(errors="replace")
+                raise OllamaError(response.status_code, _error_text(text), response.headers)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if item.get("error"):
+                    raise OllamaError(200, str(item["error"]), response.headers)
+                text = (
+                    item["message"].get("content", "")
+                    if "message" in item
+                    else item.get("response", "")
+                )
+                if text:
+                    yield Delta(text, 1)
+                if item.get("done"):
+                    reason = _FINISH.get(item.get("done_reason", "stop"), FinishReason.STOP)
+                    yield Finish(
+                        reason,
+                        int(item.get("prompt_eval_count") or 0),
+                        int(item.get("eval_count") or 0),
+                    )
+                    return
+        finally:
+            await response.aclose()  # also when the caller went away: the HTTP stream ends
+        raise cloud.broken_stream_error(self.provider, model, "ended before done")
+
+    async def close(self) -> None:
+        await super().close()
+        await self._http.aclose()
+
+
+def _error_text(text: str) -> str:
+    try:
+        item = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(item, dict) and isinstance(item.get("error"), str):
+        return str(item["error"])
+    return text.strip()[:500]

@@ -1,0 +1,260 @@
+"""The `openai` backend: OpenAI, or any OpenAI-compatible API, through the official SDK.
+
+``base_url`` points it at Azure OpenAI, vLLM's server, Ollama's /v1, TGI or
+Gemini's OpenAI-compatible endpoint. Chat requests go to /chat/completions,
+prompts to /completions; both always stream (with usage in the final chunk),
+so Generate and StreamGenerate see the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any, Literal
+
+import openai
+from pydantic import Field
+
+from switchyard.status import StatusError
+from switchyard_modelserver.backends import cloud
+from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.domain import (
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    TokenLogprob,
+)
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.STOP,
+    "function_call": FinishReason.STOP,
+}
+
+
+class OpenAIOptions(CloudOptions):
+    """Options of the openai backend."""
+
+    organization: str | None = None
+    project: str | None = None
+    default_headers: dict[str, str] = Field(
+        default_factory=dict, description="extra headers on every request (never secrets)"
+    )
+    default_query: dict[str, str] = Field(
+        default_factory=dict, description="extra query parameters, e.g. Azure's api-version"
+    )
+    max_tokens_parameter: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens",
+        description="how chat requests send max_tokens; OpenAI's reasoning models take only "
+        "max_completion_tokens, most compatible servers only max_tokens",
+    )
+    stream_usage: bool = Field(
+        default=True,
+        description="ask for usage in the final stream chunk (stream_options.include_usage); "
+        "turn off for servers that reject it",
+    )
+
+
+class OpenAIBackend(CloudBackend):
+    """Serves models of an OpenAI-compatible API."""
+
+    kind = "openai"
+    provider = "openai"
+    options_model = OpenAIOptions
+
+    def __init__(self, options: OpenAIOptions) -> None:
+        super().__init__(options)
+        self._openai_options = options
+        # A local OpenAI-compatible server (vLLM, Ollama) may need no key.
+        self._secret = cloud.load_secret(options, required=False, kind=self.kind)
+        self._client = openai.AsyncOpenAI(
+            api_key=self._secret.reveal() or "unused",
+            organization=options.organization,
+            project=options.project,
+            base_url=options.base_url,
+            max_retries=options.max_retries,
+            default_headers=options.default_headers or None,
+            default_query=options.default_query or None,
+            http_client=cloud.http_client(options, self.provider),
+        )
+
+    @property
+    def secret(self) -> Secret:
+        return self._secret
+
+    async def list_provider_models(self) -> set[str] | None:
+        try:
+            page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
+            return {model.id async for model in page}
+        except Exception as error:
+            status = self.status_of(error, cloud.MODEL_LIST, None)
+            if status is None:
+                raise
+            status.message = self._secret.scrub(status.message)
+            raise status from None
+
+    def status_of(
+        self, error: Exception, model: CloudModel, request: GenerationRequest | None
+    ) -> StatusError | None:
+        if isinstance(error, openai.APITimeoutError):
+            return cloud.timeout_error(self.provider, model)
+        if isinstance(error, openai.APIStatusError):
+            return cloud.http_status_error(
+                provider=self.provider,
+                status=error.status_code,
+                message=_message(error),
+                model=model,
+                headers=error.response.headers,
+                request=request,
+                error_type=_error_type(error.body),
+            )
+        if isinstance(error, openai.APIConnectionError):
+            cause = error.__cause__
+            if cause is not None and (status := cloud.transport_error(self.provider, model, cause)):
+                return status
+            return cloud.connection_error(self.provider, model, type(error).__name__)
+        if isinstance(error, openai.APIError):  # an error event inside the stream
+            return cloud.broken_stream_error(self.provider, model, _message(error))
+        if isinstance(error, ValueError):  # a chunk that is not JSON
+            return cloud.broken_stream_error(self.provider, model, "malformed chunk")
+        return cloud.transport_error(self.provider, model, error)
+
+    def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        arguments: dict[str, Any] = {
+            "model": model.upstream,
+            "stream": True,
+            "timeout": cloud.request_timeout(self.options, request),
+        }
+        if self._openai_options.stream_usage:
+            arguments["stream_options"] = {"include_usage": True}
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+            value = getattr(sampling, name)
+            if value is not None:
+                arguments[name] = value
+        if sampling.stop:
+            arguments["stop"] = list(sampling.stop)
+        # Not OpenAI parameters, but vLLM's and TGI's servers take them.
+        extra = {
+            name: getattr(sampling, name)
+            for name in ("top_k", "repetition_penalty")
+            if getattr(sampling, name) is not None
+        }
+        if extra:
+            arguments["extra_body"] = extra
+        if sampling.logprobs is not None:
+            if request.messages is not None:
+                arguments["logprobs"] = True
+                arguments["top_logprobs"] = sampling.logprobs
+            else:  # the completions API takes the number of alternatives
+                arguments["logprobs"] = sampling.logprobs
+        max_tokens = cloud.max_tokens_for(model, request)
+        if max_tokens is not None:
+            chat = request.messages is not None
+            arguments[self._openai_options.max_tokens_parameter if chat else "max_tokens"] = (
+                max_tokens
+            )
+        return arguments
+
+    async def stream(
+        self, model: CloudModel, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        arguments = self._arguments(model, request)
+        continuation = request.continuation.text
+        if request.messages is not None:
+            if continuation:
+                raise cloud.unsupported("continuation", "openai chat")
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            stream: Any = await self._client.chat.completions.create(
+                messages=messages,  # type: ignore[arg-type]
+                **arguments,
+            )
+        else:
+            assert request.prompt is not None
+            stream = await self._client.completions.create(
+                prompt=request.prompt + continuation, **arguments
+            )
+        finish: FinishReason | None = None
+        stop_sequence = ""
+        prompt_tokens = completion_tokens = chunks = 0
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    prompt_tokens = chunk.usage.prompt_tokens
+                    completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    text = _choice_text(choice)
+                    logprobs = _logprobs(choice) if request.sampling.logprobs is not None else []
+                    if text or logprobs:
+                        chunks += 1
+                        yield Delta(text, max(1, len(logprobs)), logprobs=logprobs)
+                    if choice.finish_reason:
+                        finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
+                        # vLLM names the stop sequence that matched.
+                        matched = (choice.model_extra or {}).get("stop_reason")
+                        if isinstance(matched, str) and matched in request.sampling.stop:
+                            finish, stop_sequence = FinishReason.STOP_SEQUENCE, matched
+        finally:
+            await stream.close()  # also when the caller went away: the HTTP stream ends
+        if finish is None:
+            raise cloud.broken_stream_error(self.provider, model, "no finish reason before the end")
+        yield Finish(finish, prompt_tokens, completion_tokens or chunks, stop_sequence)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._client.close()
+
+
+def _choice_text(choice: Any) -> str:
+    delta = getattr(choice, "delta", None)
+    if delta is not None:  # chat
+        return str(delta.content or "")
+    return str(getattr(choice, "text", "") or "")
+
+
+def _logprobs(choice: Any) -> list[TokenLogprob]:
+    """A chunk's token log probabilities, from either API's shape."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return []
+    content = getattr(logprobs, "content", None)
+    if content is not None:  # chat: [{token, logprob, top_logprobs: [{token, logprob}]}]
+        return [
+            TokenLogprob(
+                item.token,
+                item.logprob,
+                tuple((top.token, top.logprob) for top in item.top_logprobs or ()),
+            )
+            for item in content
+        ]
+    tokens = getattr(logprobs, "tokens", None) or []  # completions: parallel lists
+    values = getattr(logprobs, "token_logprobs", None) or []
+    tops = getattr(logprobs, "top_logprobs", None) or []
+    return [
+        TokenLogprob(
+            token,
+            float(value or 0.0),
+            tuple((text, float(p)) for text, p in (tops[i] or {}).items()) if i < len(tops) else (),
+        )
+        for i, (token, value) in enumerate(zip(tokens, values, strict=False))
+    ]
+
+
+def _message(error: openai.APIError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(error.message)
+
+
+def _error_type(body: object) -> str:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return " ".join(str(inner.get(k) or "") for k in ("type", "code"))
+    return ""

@@ -1,0 +1,64 @@
+"""A cloud backend's HTTP call is a child span of the model server's span, and
+carries the trace onward to the vendor (W3C traceparent)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from test_cloud_backends import backend_config
+from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver
+from vendors import VALID_KEY, FakeVendors
+
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+
+__all__ = ["receiver"]  # the OTLP receiver fixture, shared with test_tracing
+
+import pytest
+
+
+@pytest.fixture
+def vendors() -> Iterator[FakeVendors]:
+    server = FakeVendors().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
+    kind: str, receiver: tuple[Receiver, str], vendors: FakeVendors, workdir: Path
+) -> None:
+    collector, endpoint = receiver
+    key_file = workdir / f"traced-key-{kind}"
+    key_file.write_text(VALID_KEY)
+    config = backend_config(kind, vendors.url, key_file, startup_check=False)
+    server = _start(
+        workdir, f"traced-cloud-{kind}", "switchyard_modelserver", config, _env(endpoint)
+    )
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            pb_grpc.LLMServiceStub(channel).Generate(
+                pb.GenerateRequest(
+                    model="ok", messages=[pb.ChatMessage(role="user", content="the secret prompt")]
+                ),
+                metadata=(("traceparent", TRACEPARENT),),
+                timeout=20,
+            )
+        spans = collector.wait_for(2)
+    finally:
+        server.stop()
+    ours = [s for s in spans if s["trace_id"] == TRACE_ID]
+    [model_span] = [s for s in ours if s["attributes"].get("rpc.method") == "Generate"]
+    [http_span] = [s for s in ours if "http.request.method" in s["attributes"]]
+    assert http_span["parent"] == model_span["span_id"]
+    assert http_span["attributes"]["http.request.method"] == "POST"
+    assert http_span["attributes"]["http.response.status_code"] == 200
+    assert http_span["attributes"]["gen_ai.provider.name"] == kind
+    # The vendor received the trace context of the HTTP span.
+    sent = vendors.received("ok").headers["traceparent"]
+    assert sent.split("-")[1:3] == [TRACE_ID, http_span["span_id"]]
+    everything = repr(spans)
+    assert VALID_KEY not in everything
+    assert "secret prompt" not in everything

@@ -1,0 +1,573 @@
+"""Fake cloud vendors on 127.0.0.1 that speak each vendor's HTTP wire format.
+
+One aiohttp server answers three APIs, as the real services do:
+
+- OpenAI: ``GET /v1/models``, ``POST /v1/chat/completions`` and
+  ``POST /v1/completions``: JSON, or SSE ``data: {...}`` chunks with a usage
+  chunk and ``data: [DONE]``; errors as ``{"error": {"message", "type", "code"}}``
+  with OpenAI's rate-limit headers; bearer keys.
+- Anthropic: ``GET /v1/models`` and ``POST /v1/messages`` (``x-api-key``):
+  the SSE sequence message_start, content_block_start, ping,
+  content_block_delta…, content_block_stop, message_delta, message_stop;
+  errors as ``{"type": "error", "error": {"type", "message"}}``, 529
+  ``overloaded_error``, and error events inside a stream.
+- Ollama: ``GET /api/tags``, ``POST /api/show``, ``POST /api/chat`` and ``POST /api/generate``:
+  NDJSON lines ending with ``done: true`` and the token counts.
+
+The backends always stream, so generations are answered as streams only. The
+reply is ``Hello from <vendor>: <the last input>``, one word per token.
+The provider model name picks a fault, so one server serves every test:
+``fault-429``, ``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
+``fault-context``, ``fault-malformed``, ``fault-drop``, ``fault-slow`` (first
+byte after 5 s), ``slow-stream`` (a token every 50 ms, 200 tokens). Unknown
+models get the vendor's 404. Every request is recorded (path, headers, body,
+and whether the client went away before the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+VALID_KEY = "sk-test-valid-key-0123456789abcdef"
+MODELS = [
+    "ok",
+    "fault-429",
+    "fault-500",
+    "fault-529",
+    "fault-overloaded-midstream",
+    "fault-context",
+    "fault-malformed",
+    "fault-drop",
+    "fault-slow",
+    "slow-stream",
+]
+SLOW_FIRST_BYTE_SECONDS = 5.0
+RETRY_AFTER_SECONDS = 7
+OLLAMA_CONTEXT_LENGTH = 2048  # what /api/show reports for every model
+
+
+@dataclass
+class Recorded:
+    """One request the fake vendor received."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    finished: bool = False
+    client_went_away: bool = False
+    events: list[str] = field(default_factory=list)
+
+
+def _words(text: str) -> list[str]:
+    parts = text.split(" ")
+    return [parts[0]] + [" " + p for p in parts[1:]]
+
+
+def _reply(
+    vendor: str, last_input: str, max_tokens: int | None, stop: list[str]
+) -> tuple[list[str], str, str]:
+    """(tokens, finish: stop|length|stop_sequence, matched stop sequence)."""
+    text = f"Hello from {vendor}: {last_input}"
+    for sequence in stop:
+        if sequence in text:
+            tokens = _words(text[: text.index(sequence)])
+            if max_tokens is None or len(tokens) <= max_tokens:
+                return tokens, "stop_sequence", sequence
+    tokens = _words(text)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        return tokens[:max_tokens], "length", ""
+    return tokens, "stop", ""
+
+
+class FakeVendors:
+    """The server, run on its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeVendors:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_get("/api/tags", self._ollama_tags)
+        app.router.add_post("/api/show", self._ollama_show)
+        app.router.add_post("/api/chat", self._ollama)
+        app.router.add_post("/api/generate", self._ollama)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def received(self, model: str, timeout: float = 10.0) -> Recorded:
+        """The latest finished request for ``model`` (waits for it to finish)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in reversed(self.requests):
+                if record.body.get("model") == model and record.finished:
+                    return record
+            time.sleep(0.02)
+        raise AssertionError(f"no finished request for {model}: {self.requests}")
+
+    # -- shared ----------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> Recorded:
+        body = await request.json() if request.can_read_body else {}
+        record = Recorded(request.path, dict(request.headers), body)
+        self.requests.append(record)
+        return record
+
+    @staticmethod
+    def _vendor(request: web.Request) -> str:
+        if request.path.startswith("/api/"):
+            return "ollama"
+        return "anthropic" if "x-api-key" in request.headers else "openai"
+
+    @staticmethod
+    def _key(request: web.Request) -> str:
+        if "x-api-key" in request.headers:
+            return request.headers["x-api-key"]
+        return request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        vendor = self._vendor(request)
+        if self._key(request) != VALID_KEY:
+            return self._auth_error(vendor, self._key(request))
+        if vendor == "anthropic":
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in MODELS
+            ]
+            return web.json_response(
+                {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
+            )
+        listed: list[dict[str, Any]] = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS
+        ]
+        return web.json_response({"object": "list", "data": listed})
+
+    def _auth_error(self, vendor: str, key: str) -> web.Response:
+        if vendor == "anthropic":
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": f"invalid x-api-key {key}"},
+            }
+        else:  # OpenAI echoes (part of) the key back; this fake echoes all of it
+            body = {
+                "error": {
+                    "message": f"Incorrect API key provided: {key}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+        return web.json_response(body, status=401)
+
+    async def _common_faults(
+        self, request: web.Request, vendor: str, model: str
+    ) -> web.Response | None:
+        if self._key(request) != VALID_KEY and vendor != "ollama":
+            return self._auth_error(vendor, self._key(request))
+        if model == "fault-slow":
+            await asyncio.sleep(SLOW_FIRST_BYTE_SECONDS)
+        if model not in MODELS:
+            return self._error(vendor, 404, "not_found_error", f"model {model!r} not found")
+        if model == "fault-429":
+            headers = {
+                "retry-after": str(RETRY_AFTER_SECONDS),
+                "x-ratelimit-limit-requests": "60",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": f"{RETRY_AFTER_SECONDS}s",
+                "anthropic-ratelimit-requests-remaining": "0",
+            }
+            return self._error(vendor, 429, "rate_limit_error", "Rate limit reached", headers)
+        if model == "fault-500":
+            return self._error(vendor, 500, "api_error", "The server had an error")
+        if model == "fault-529":
+            return self._error(vendor, 529, "overloaded_error", "Overloaded")
+        if model == "fault-context":
+            message = {
+                "openai": "This model's maximum context length is 8192 tokens. However, your "
+                "messages resulted in 9000 tokens.",
+                "anthropic": "prompt is too long: 210000 tokens > 200000 maximum",
+                "ollama": "input length exceeds the context length",
+            }[vendor]
+            return self._error(
+                vendor, 400, "invalid_request_error", message, code="context_length_exceeded"
+            )
+        return None
+
+    @staticmethod
+    def _error(
+        vendor: str,
+        status: int,
+        kind: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> web.Response:
+        if vendor == "anthropic":
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": kind, "message": message},
+                "request_id": "req_fake",
+            }
+        elif vendor == "ollama":
+            body = {"error": message}
+        else:
+            openai_type = {
+                "not_found_error": "invalid_request_error",
+                "rate_limit_error": "requests",
+                "api_error": "server_error",
+                "overloaded_error": "server_error",
+            }.get(kind, kind)
+            body = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _stream_tokens(
+        self,
+        request: web.Request,
+        record: Recorded,
+        response: web.StreamResponse,
+        model: str,
+        frames: list[bytes],
+        tail: list[bytes],
+    ) -> web.StreamResponse:
+        """Writes the token frames (with the model's faults), then the tail."""
+        try:
+            await response.prepare(request)
+            for index, frame in enumerate(frames):
+                if model == "fault-drop" and index == 2:
+                    assert request.transport is not None
+                    request.transport.close()  # the connection dies mid-stream
+                    record.events.append("dropped")
+                    record.finished = True
+                    return response
+                if model == "fault-malformed" and index == 2:
+                    await response.write(
+                        b'data: {"id": "broken", "choices": [{"delta": {"content": "x"\n\n'
+                        if not request.path.startswith("/api/")
+                        else b'{"model": "fault-malformed", "message": {"content"\n'
+                    )
+                    record.events.append("malformed")
+                    await response.write_eof()
+                    record.finished = True
+                    return response
+                if model == "slow-stream":
+                    await asyncio.sleep(0.05)
+                await response.write(frame)
+            for frame in tail:
+                await response.write(frame)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            record.client_went_away = True
+            record.finished = True
+            raise
+        record.finished = True
+        return response
+
+    # -- OpenAI ----------------------------------------------------------
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        body = record.body
+        model = str(body.get("model"))
+        fault = await self._common_faults(request, "openai", model)
+        if fault is not None:
+            record.finished = True
+            return fault
+        chat = request.path.endswith("/chat/completions")
+        if chat:
+            last_input = body["messages"][-1]["content"]
+            prompt_tokens = sum(len(_words(m["content"])) for m in body["messages"])
+        else:
+            last_input = body["prompt"]
+            prompt_tokens = len(_words(last_input))
+        stop = body.get("stop") or []
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        stops = [stop] if isinstance(stop, str) else stop
+        tokens, finish, _ = _reply("openai", last_input, limit, stops)
+        finish_reason = "length" if finish == "length" else "stop"
+        if model == "slow-stream":
+            tokens = [" tick"] * 200
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        created = int(time.time())
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+            payload: dict[str, Any] = {
+                "id": "cmpl-fake",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if usage is not None:
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        wanted = body.get("top_logprobs", 0) if chat else body.get("logprobs")
+        with_logprobs = bool(body.get("logprobs")) or (not chat and wanted is not None)
+
+        def logprobs_of(index: int, text: str) -> dict[str, Any] | None:
+            """The logprobs of token ``index``: -0.1 per position, one alternative ' alt'."""
+            if not text or not with_logprobs:
+                return None
+            value = -0.1 * (index + 1)
+            alternatives = [(text, value), (" alt", value - 2)][: int(wanted or 0)]
+            if chat:
+                top = [
+                    {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alternatives
+                ]
+                entry = {
+                    "token": text,
+                    "logprob": value,
+                    "bytes": list(text.encode()),
+                    "top_logprobs": top,
+                }
+                return {"content": [entry], "refusal": None}
+            return {
+                "tokens": [text],
+                "token_logprobs": [value],
+                "top_logprobs": [dict(alternatives)],
+                "text_offset": [0],
+            }
+
+        def piece(text: str, finish: str | None = None, index: int = 0) -> dict[str, Any]:
+            logprobs = logprobs_of(index, text)
+            if chat:
+                delta: dict[str, Any] = {"content": text} if text else {}
+                return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+        frames = []
+        if chat:
+            frames.append(
+                chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
+        frames += [chunk([piece(t, index=i)]) for i, t in enumerate(tokens)]
+        tail = [chunk([piece("", finish_reason)])]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            tail.append(chunk([], usage))
+        tail.append(b"data: [DONE]\n\n")
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-request-id": "req_fake"}
+        )
+        return await self._stream_tokens(request, record, response, model, frames, tail)
+
+    # -- Anthropic -------------------------------------------------------
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        body = record.body
+        model = str(body.get("model"))
+        fault = await self._common_faults(request, "anthropic", model)
+        if fault is not None:
+            record.finished = True
+            return fault
+        if "max_tokens" not in body:
+            record.finished = True
+            return self._error(
+                "anthropic", 400, "invalid_request_error", "max_tokens: Field required"
+            )
+        messages = body["messages"]
+        prompt_tokens = sum(len(_words(m["content"])) for m in messages)
+        if isinstance(body.get("system"), str):
+            prompt_tokens += len(_words(body["system"]))
+        prefill = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        last_input = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        tokens, finish, matched = _reply(
+            "anthropic", last_input, body["max_tokens"], body.get("stop_sequences") or []
+        )
+        if prefill:  # continue after the prefilled text
+            text = "".join(tokens)
+            tokens = _words(text[len(prefill) :]) if text.startswith(prefill) else tokens
+        if model == "slow-stream":
+            tokens = [" tick"] * 200
+        stop_reason = {
+            "stop": "end_turn",
+            "length": "max_tokens",
+            "stop_sequence": "stop_sequence",
+        }[finish]
+
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+        message: dict[str, Any] = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 1},
+        }
+        head = [
+            event("message_start", {"type": "message_start", "message": message}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            event("ping", {"type": "ping"}),
+        ]
+        deltas = [
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": t},
+                },
+            )
+            for t in tokens
+        ]
+        if model == "fault-overloaded-midstream":
+            deltas.insert(
+                2,
+                event(
+                    "error",
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    },
+                ),
+            )
+            deltas = deltas[:3]
+            tail: list[bytes] = []
+        else:
+            tail = [
+                event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": stop_reason, "stop_sequence": matched or None},
+                        "usage": {"output_tokens": len(tokens)},
+                    },
+                ),
+                event("message_stop", {"type": "message_stop"}),
+            ]
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "request-id": "req_fake"}
+        )
+        if model == "fault-malformed":
+            deltas = [head[0], head[1], b"event: content_block_delta\ndata: {not json\n\n"]
+            head, tail = [], []
+            return await self._stream_tokens(request, record, response, "ok", deltas, tail)
+        return await self._stream_tokens(request, record, response, model, head + deltas, tail)
+
+    # -- Ollama ----------------------------------------------------------
+
+    async def _ollama_tags(self, request: web.Request) -> web.Response:
+        tags = [
+            {
+                "name": f"{m}:latest",
+                "model": f"{m}:latest",
+                "modified_at": "2025-01-01T00:00:00Z",
+                "size": 1000,
+                "digest": "0" * 64,
+                "details": {
+                    "family": "llama",
+                    "parameter_size": "1B",
+                    "quantization_level": "Q4_0",
+                },
+            }
+            for m in MODELS
+        ]
+        return web.json_response({"models": tags})
+
+    async def _ollama_show(self, request: web.Request) -> web.Response:
+        name = str((await request.json()).get("model", "")).removesuffix(":latest")
+        if name not in MODELS:
+            return self._error("ollama", 404, "not_found_error", f"model '{name}' not found")
+        info = {"general.architecture": "llama", "llama.context_length": OLLAMA_CONTEXT_LENGTH}
+        return web.json_response(
+            {"modelfile": "", "details": {"family": "llama"}, "model_info": info}
+        )
+
+    async def _ollama(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        body = record.body
+        model = str(body.get("model")).removesuffix(":latest")
+        fault = await self._common_faults(request, "ollama", model)
+        if fault is not None:
+            record.finished = True
+            return fault
+        options = body.get("options") or {}
+        chat = request.path == "/api/chat"
+        if chat:
+            messages = body["messages"]
+            last_input = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+            prompt_tokens = sum(len(_words(m["content"])) for m in messages)
+        else:
+            last_input = body["prompt"]
+            prompt_tokens = len(_words(last_input))
+        tokens, finish, _ = _reply(
+            "ollama", last_input, options.get("num_predict"), options.get("stop") or []
+        )
+        if model == "slow-stream":
+            tokens = [" tick"] * 200
+
+        def line(text: str, done: bool = False) -> bytes:
+            item: dict[str, Any] = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z"}
+            if chat:
+                item["message"] = {"role": "assistant", "content": text}
+            else:
+                item["response"] = text
+            item["done"] = done
+            if done:
+                item.update(
+                    done_reason="length" if finish == "length" else "stop",
+                    total_duration=1000,
+                    prompt_eval_count=prompt_tokens,
+                    eval_count=len(tokens),
+                )
+            return (json.dumps(item) + "\n").encode()
+
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        frames = [line(t) for t in tokens]
+        return await self._stream_tokens(request, record, response, model, frames, [line("", True)])
