@@ -487,6 +487,7 @@ class CloudBackend(Backend):
     """A provider reached over HTTP; subclasses speak its API."""
 
     provider: ClassVar[str]
+    remote = True
     authoritative_model_list: ClassVar[bool] = False
     """Whether a model the provider does not list is unavailable (else only a warning)."""
     options: CloudOptions
