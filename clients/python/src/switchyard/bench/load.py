@@ -1,0 +1,371 @@
+"""Load generation for `switchyard bench`: closed and open loops over grpc.aio.
+
+Requests go through the generated method paths with pre-serialised request
+bytes (no SDK conversion, no retries), so the client does as little as it can
+per request and every failure is counted under its own status code.
+
+- Closed loop: ``concurrency`` workers, each sending its next request as soon
+  as the previous one finished. Latency counts from the send.
+- Open loop: requests start at scheduled times (``rate`` per second, Poisson
+  or uniformly spaced arrivals) whether or not earlier ones have finished, so a
+  slow server cannot slow the load down. Latency and time to first token count
+  from the scheduled time, so a client that falls behind (or a server that
+  queues) is charged for the wait rather than hiding it (coordinated omission).
+
+Both stop issuing when ``requests`` have been sent or ``duration`` seconds
+have passed, then wait for the requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TextIO
+
+import grpc
+import grpc.aio
+
+from switchyard import _convert
+from switchyard.bench.prompts import Prompt
+from switchyard.bench.stats import OK, RequestRecord, TargetResult
+from switchyard.v1 import llm_service_pb2 as pb
+
+Arrival = Literal["poisson", "uniform"]
+_GENERATE = "/switchyard.v1.LLMService/Generate"
+_STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
+
+
+class BenchError(Exception):
+    """A benchmark that cannot run (unreachable target, unknown model); the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to send, how hard and for how long."""
+
+    model: str
+    prompts: Sequence[Prompt]
+    concurrency: int | None = 1
+    rate: float | None = None
+    arrival: Arrival = "poisson"
+    duration: float | None = None
+    requests: int | None = 100
+    max_tokens: int | None = None
+    stream: bool = False
+    timeout: float = 60.0
+    seed: int = 0
+    rounds: int = 1
+    """Rounds per target; with several targets they alternate round by round."""
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("exactly one of concurrency and rate is needed")
+        if self.duration is None and self.requests is None:
+            raise ValueError("a duration or a request count is needed")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be positive")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be positive")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError("requests must be at least 1")
+        if self.rounds < 1:
+            raise ValueError("rounds must be at least 1")
+
+    @property
+    def mode(self) -> str:
+        return "closed" if self.concurrency is not None else "open"
+
+
+@dataclass
+class LiveCounters:
+    """What the progress line shows; updated by every request."""
+
+    sent: int = 0
+    done: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+def request_payloads(config: LoadConfig) -> list[bytes]:
+    """Each prompt's request, serialised once (Generate and StreamGenerate share field numbers)."""
+    sampling = _convert.sampling_params(
+        {} if config.max_tokens is None else {"max_tokens": config.max_tokens}
+    )
+    payloads = []
+    for prompt in config.prompts:
+        request = pb.GenerateRequest(
+            model=config.model,
+            prompt=prompt.prompt or "",
+            messages=_convert.chat_messages(prompt.messages),
+            sampling=sampling,
+        )
+        payloads.append(request.SerializeToString())
+    return payloads
+
+
+class RequestSender:
+    """Sends request number ``index`` to one target and times what comes back."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        payloads: Sequence[bytes],
+        config: LoadConfig,
+        origin: float,
+        counters: LiveCounters,
+    ) -> None:
+        self._payloads = payloads
+        self._stream = config.stream
+        self._timeout = config.timeout
+        self._origin = origin
+        self._counters = counters
+        self._generate = channel.unary_unary(
+            _GENERATE, request_serializer=None, response_deserializer=pb.GenerateResponse.FromString
+        )
+        self._stream_generate = channel.unary_stream(
+            _STREAM_GENERATE,
+            request_serializer=None,
+            response_deserializer=pb.StreamGenerateResponse.FromString,
+        )
+
+    async def send(self, index: int, scheduled: float) -> RequestRecord:
+        """Sends one request; ``scheduled`` is seconds since the run's origin."""
+        counters, origin = self._counters, self._origin
+        payload = self._payloads[index % len(self._payloads)]
+        counters.sent += 1
+        counters.in_flight += 1
+        sent = time.monotonic() - origin
+        first: float | None = None
+        last: float | None = None
+        tokens = 0
+        code = OK
+        try:
+            if self._stream:
+                call = self._stream_generate(payload, timeout=self._timeout)
+                async for response in call:
+                    if response.text:
+                        last = time.monotonic() - origin
+                        if first is None:
+                            first = last
+                    if response.finish_reason:
+                        tokens = response.usage.completion_tokens
+            else:
+                reply = await self._generate(payload, timeout=self._timeout)
+                tokens = reply.usage.completion_tokens
+        except grpc.aio.AioRpcError as error:
+            code = error.code().name
+        finished = time.monotonic() - origin
+        counters.in_flight -= 1
+        counters.done += 1
+        if code != OK:
+            counters.errors += 1
+        else:
+            counters.latencies.append(finished - scheduled)
+        return RequestRecord(index, scheduled, sent, finished, code, first, last, tokens)
+
+
+async def closed_loop(
+    sender: RequestSender,
+    config: LoadConfig,
+    first_index: int,
+    requests: int | None,
+    duration: float | None,
+    origin: float,
+) -> list[RequestRecord]:
+    """``concurrency`` workers back to back until the count or the time is reached."""
+    assert config.concurrency is not None
+    indexes = itertools.count(first_index)
+    deadline = None if duration is None else time.monotonic() + duration
+    last_index = None if requests is None else first_index + requests
+    records: list[RequestRecord] = []
+
+    async def worker() -> None:
+        while True:
+            index = next(indexes)
+            if last_index is not None and index >= last_index:
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            records.append(await sender.send(index, now - origin))
+
+    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    return records
+
+
+def arrival_offsets(rate: float, arrival: Arrival, rng: random.Random) -> Iterator[float]:
+    """Send times in seconds from the start: every 1/rate, or a Poisson process of that rate."""
+    if arrival == "uniform":
+        for number in itertools.count():
+            yield number / rate
+    offset = 0.0
+    while True:
+        yield offset
+        offset += rng.expovariate(rate)
+
+
+async def open_loop(
+    sender: RequestSender,
+    config: LoadConfig,
+    first_index: int,
+    requests: int | None,
+    duration: float | None,
+    origin: float,
+    rng: random.Random,
+) -> list[RequestRecord]:
+    """Starts each request at its scheduled time, never waiting for earlier ones."""
+    assert config.rate is not None
+    start = time.monotonic()
+    tasks = []
+    for number, offset in enumerate(arrival_offsets(config.rate, config.arrival, rng)):
+        if (requests is not None and number >= requests) or (
+            duration is not None and offset >= duration
+        ):
+            break
+        due = start + offset
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(sender.send(first_index + number, due - origin)))
+    return list(await asyncio.gather(*tasks))
+
+
+def _split(total: int | None, parts: int) -> list[int | None]:
+    if total is None:
+        return [None] * parts
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def preflight(channel: grpc.aio.Channel, target: str, model: str, wait: float) -> None:
+    """Fails early, with a clear message, on a target that is down or lacks the model."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), wait)
+    except TimeoutError:
+        raise BenchError(f"cannot connect to {target} (waited {wait:g} s)") from None
+    list_models = channel.unary_unary(
+        "/switchyard.v1.LLMService/ListModels",
+        request_serializer=pb.ListModelsRequest.SerializeToString,
+        response_deserializer=pb.ListModelsResponse.FromString,
+    )
+    try:
+        response = await list_models(pb.ListModelsRequest(), timeout=wait)
+    except grpc.aio.AioRpcError as error:
+        message = f"{target}: ListModels failed: {error.code().name} {error.details()}"
+        raise BenchError(message) from None
+    names = {name for m in response.models for name in (m.id, *m.aliases)}
+    if model not in names:
+        available = ", ".join(sorted(m.id for m in response.models)) or "none"
+        raise BenchError(f"model {model!r} is not served at {target}; available: {available}")
+
+
+class ProgressLine:
+    """A live status line on stderr: rewritten in place on a terminal, one line a second else."""
+
+    def __init__(self, out: TextIO | None, counters: Callable[[], list[tuple[str, LiveCounters]]]):
+        self._out = out
+        self._counters = counters
+        self._tty = out is not None and out.isatty()
+        self._origin = time.monotonic()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self._origin
+        parts = []
+        for label, c in self._counters():
+            recent = sorted(c.latencies[-200:])
+            p50 = f"{recent[len(recent) // 2] * 1000:.1f}ms" if recent else "-"
+            prefix = f"{label}: " if label else ""
+            parts.append(
+                f"{prefix}sent {c.sent} done {c.done} errors {c.errors} "
+                f"in-flight {c.in_flight} p50 {p50}"
+            )
+        return f"[{elapsed:6.1f}s] " + "  |  ".join(parts)
+
+    async def run(self) -> None:
+        if self._out is None:
+            return
+        interval = 0.25 if self._tty else 1.0
+        while True:
+            await asyncio.sleep(interval)
+            self._write()
+
+    def _write(self) -> None:
+        assert self._out is not None
+        if self._tty:
+            self._out.write("\r" + self.line() + "\x1b[K")
+        else:
+            self._out.write(self.line() + "\n")
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._out is not None:
+            self._write()
+            if self._tty:
+                self._out.write("\n")
+            self._out.flush()
+
+
+async def run_load(
+    targets: Sequence[str],
+    config: LoadConfig,
+    progress: TextIO | None = None,
+    connect_timeout: float = 10.0,
+) -> list[TargetResult]:
+    """Runs the load against each target (alternating rounds when there are several)."""
+    channels = [grpc.aio.insecure_channel(t) for t in targets]
+    try:
+        for channel, target in zip(channels, targets, strict=True):
+            await preflight(channel, target, config.model, connect_timeout)
+        payloads = request_payloads(config)
+        origin = time.monotonic()
+        counters = [LiveCounters() for _ in targets]
+        senders = [
+            RequestSender(channel, payloads, config, origin, c)
+            for channel, c in zip(channels, counters, strict=True)
+        ]
+        labels = [""] if len(targets) == 1 else [f"#{i + 1}" for i in range(len(targets))]
+        line = ProgressLine(progress, lambda: list(zip(labels, counters, strict=True)))
+        ticker = asyncio.create_task(line.run())
+        try:
+            records: list[list[RequestRecord]] = [[] for _ in targets]
+            walls = [0.0 for _ in targets]
+            rounds = config.rounds if len(targets) > 1 else 1
+            counts = _split(config.requests, rounds)
+            duration = None if config.duration is None else config.duration / rounds
+            first = 0
+            for count in counts:
+                next_first = first
+                for position, sender in enumerate(senders):
+                    # The same seed per round and target: both see the same arrivals.
+                    rng = random.Random(f"{config.seed}-{first}")
+                    began = time.monotonic()
+                    if config.mode == "closed":
+                        got = await closed_loop(sender, config, first, count, duration, origin)
+                    else:
+                        got = await open_loop(sender, config, first, count, duration, origin, rng)
+                    walls[position] += time.monotonic() - began
+                    records[position].extend(got)
+                    next_first = max([next_first, *(r.index + 1 for r in got)])
+                first = next_first
+        finally:
+            ticker.cancel()
+            line.finish()
+    finally:
+        for channel in channels:
+            await channel.close(grace=None)
+    return [
+        TargetResult(target, sorted(r, key=lambda x: x.index), wall)
+        for target, r, wall in zip(targets, records, walls, strict=True)
+    ]
+
+
+def stderr_if_tty(force: bool) -> TextIO | None:
+    """Where the progress line goes: stderr when it is a terminal or when asked for."""
+    return sys.stderr if force or sys.stderr.isatty() else None
