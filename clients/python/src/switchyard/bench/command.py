@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=6,
         help="with --compare: alternating rounds per target (default %(default)s)",
     )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for each target to answer before giving up (default %(default)s)",
+    )
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the JSON results")
     parser.add_argument("--report", metavar="OUT.html", help="write an HTML report with charts")
     parser.add_argument(
@@ -143,7 +149,9 @@ def run(args: argparse.Namespace, default_target: str) -> int:
     cpu_before, wall_before = time.process_time(), time.monotonic()
     progress = stderr_if_tty(args.progress)
     try:
-        results, loop_name = run_event_loop(run_load(targets, config, progress))
+        results, loop_name = run_event_loop(
+            run_load(targets, config, progress, args.connect_timeout)
+        )
     except BenchError as error:
         print(f"switchyard bench: {error}", file=sys.stderr)
         return 1
