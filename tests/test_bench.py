@@ -23,7 +23,7 @@ from processes import ServerProcess, free_port
 
 from switchyard.bench.prompts import BUILTIN_SETS, builtin
 from switchyard.bench.stats import percentile
-from switchyard.cli import main
+from switchyard.cli import _parser, main
 
 PACED_TOKENS = 10
 FIRST_TOKEN_MS = 150.0
@@ -364,12 +364,11 @@ def test_percentiles_interpolate_between_ranks() -> None:
     assert percentile([3.0], 99) == 3.0
 
 
-def test_readme_bench_commands_parse() -> None:
+def test_readme_bench_commands_are_valid_command_lines() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    commands = [line for line in readme.splitlines() if line.startswith("switchyard bench ")]
-    assert commands
-    from switchyard.cli import _parser
-
+    lines = [line.removeprefix("$ ") for line in readme.splitlines()]
+    commands = [line for line in lines if line.startswith("switchyard bench ")]
+    assert len(commands) >= 4
     for line in commands:
         args = _parser().parse_args(line.split("#")[0].split()[1:])
-        assert args.command == "bench"
+        assert args.command == "bench" and args.model

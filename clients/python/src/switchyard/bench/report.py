@@ -67,7 +67,9 @@ def _ms(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
 
 
 Cell = Callable[[dict[str, Any]], str]
@@ -152,7 +154,7 @@ def table(doc: dict[str, Any]) -> str:
 
 _W, _H = 720, 300
 _BINS = 30
-_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 20, 30, 45
+_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 20, 44, 45
 
 
 def _el(tag: str, content: str = "", **attrs: object) -> str:
@@ -214,10 +216,10 @@ def _frame(
     parts.append(
         _el("text", html.escape(labels[1]), x=14, y=middle, transform=f"rotate(-90 14 {middle})")
     )
-    for i, label in enumerate(legend):
-        y = _TOP + 4 + 14 * i
-        parts.append(_el("rect", x=right - 200, y=y, width=10, height=10, fill=COLORS[i % 2]))
-        parts.append(_el("text", html.escape(label), x=right - 185, y=y + 9))
+    for i, label in enumerate(legend):  # one row above the plot
+        x = _LEFT + 240 * i
+        parts.append(_el("rect", x=x, y=24, width=10, height=10, fill=COLORS[i % 2]))
+        parts.append(_el("text", html.escape(label), x=x + 15, y=33))
     svg_attrs = {
         "id": chart_id,
         "xmlns": "http://www.w3.org/2000/svg",
