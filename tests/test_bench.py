@@ -337,6 +337,24 @@ def test_bad_prompt_files_are_refused_with_the_line_and_reason(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--concurrency", "0"], "--concurrency must be at least 1 (got 0)"),
+        (["--rate", "-2"], "--rate must be positive (got -2)"),
+        (["--requests", "0"], "--requests must be at least 1 (got 0)"),
+        (["--duration", "0"], "--duration must be positive (got 0)"),
+        (["--max-tokens", "0"], "--max-tokens must be at least 1 (got 0)"),
+        (["--timeout", "0"], "--timeout must be positive (got 0)"),
+    ],
+)
+def test_bad_load_options_are_refused_naming_the_option(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["bench", "--model", "m", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_missing_prompt_file_unknown_model_and_unreachable_target_are_clear_errors(
     server: ServerProcess, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -89,17 +89,21 @@ def _load_config(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
         model=args.model,
         prompts=prompts,
-        concurrency=None if args.rate is not None else (args.concurrency or 1),
+        concurrency=None if args.rate is not None else _or_default(args.concurrency, 1),
         rate=args.rate,
         arrival=args.arrival,
         duration=args.duration,
-        requests=None if args.duration is not None else (args.requests or 100),
+        requests=None if args.duration is not None else _or_default(args.requests, 100),
         max_tokens=args.max_tokens,
         stream=args.stream,
         timeout=args.request_timeout,
         seed=args.seed,
         rounds=args.rounds,
     )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _config_entry(config: LoadConfig, targets: list[str], prompts: str) -> dict[str, Any]:

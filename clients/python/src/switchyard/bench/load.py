@@ -64,19 +64,23 @@ class LoadConfig:
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
-            raise ValueError("exactly one of concurrency and rate is needed")
+            raise ValueError("exactly one of --concurrency and --rate is needed")
         if self.duration is None and self.requests is None:
-            raise ValueError("a duration or a request count is needed")
+            raise ValueError("--duration or --requests is needed")
         if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ValueError(f"--concurrency must be at least 1 (got {self.concurrency})")
         if self.rate is not None and self.rate <= 0:
-            raise ValueError("rate must be positive")
+            raise ValueError(f"--rate must be positive (got {self.rate:g})")
         if self.duration is not None and self.duration <= 0:
-            raise ValueError("duration must be positive")
+            raise ValueError(f"--duration must be positive (got {self.duration:g})")
         if self.requests is not None and self.requests < 1:
-            raise ValueError("requests must be at least 1")
+            raise ValueError(f"--requests must be at least 1 (got {self.requests})")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be positive (got {self.timeout:g})")
         if self.rounds < 1:
-            raise ValueError("rounds must be at least 1")
+            raise ValueError(f"--rounds must be at least 1 (got {self.rounds})")
 
     @property
     def mode(self) -> str:
