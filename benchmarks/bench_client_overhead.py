@@ -31,7 +31,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchyard import AsyncClient
-from switchyard.bench.load import LiveCounters, LoadConfig, RequestSender, request_payloads
+from switchyard.bench.load import LoadConfig, RequestSender, request_payloads
+from switchyard.bench.progress import LiveCounters
 from switchyard.bench.prompts import Prompt
 
 PROMPT = "Continue this text: the river city train signal station morning light"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ BENCH_MODELS: list[dict[str, Any]] = [
 ]
 
 # JSON schema switchyard.bench/v1, spelled out: a change here is a change of schema.
-TOP_KEYS = {"schema", "started_at", "config", "client", "results", "comparison"}
+TOP_KEYS = {"schema", "started_at", "interrupted", "config", "client", "results", "comparison"}
 CONFIG_KEYS = {
     "targets", "model", "mode", "concurrency", "rate", "arrival", "duration_s", "requests",
     "prompts", "prompt_count", "max_tokens", "stream", "timeout_s", "seed", "rounds",
@@ -277,6 +278,29 @@ def test_open_loop_sends_at_the_rate_however_slow_the_answers(
     assert sent[-1] - sent[0] < 2.5  # all sent within the 2 s, not one per answer
     assert max(s["sent_s"] - s["scheduled_s"] for s in samples) < 0.5
     assert all(s["code"] == "OK" and s["latency_ms"] >= 1000 for s in samples)
+
+
+def test_interrupt_stops_sending_and_still_reports(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted.json"
+    command = [str(Path(sys.executable).with_name("switchyard")), "bench", "--progress"]
+    command += ["--target", server.address, "--model", "slow", "--stream", "--rate", "10"]
+    command += ["--duration", "600", "--json", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # the progress line, once a second
+        if " done " in line and " done 0 " not in line:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "stopping: no new requests" in stderr
+    assert "Interrupted" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True
+    result = doc["results"][0]
+    # Requests in flight at the stop (each takes a second) finished and count.
+    assert 10 <= result["requests"]["total"] < 6000
+    assert result["requests"]["ok"] == result["requests"]["total"]
 
 
 def test_open_loop_poisson_arrivals_average_the_rate(

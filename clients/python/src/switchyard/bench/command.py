@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from switchyard.bench import prompts as prompt_sets
-from switchyard.bench.load import BenchError, LoadConfig, run_load, stderr_if_tty
+from switchyard.bench.load import BenchError, LoadConfig, run_load
+from switchyard.bench.progress import stderr_if_tty
 from switchyard.bench.report import document, html_report, table
 from switchyard.bench.stats import TargetResult
 
@@ -139,6 +141,33 @@ def run_event_loop(coroutine: Coroutine[Any, Any, _T]) -> tuple[_T, str]:
     return asyncio.run(coroutine), "asyncio"
 
 
+async def _interruptible(
+    load: Callable[[asyncio.Event], Awaitable[list[TargetResult]]],
+) -> tuple[list[TargetResult], bool]:
+    """Runs ``load`` so that a first Ctrl-C (or SIGTERM) stops sending and still reports
+    what was measured; a second Ctrl-C quits at once. Returns the results and whether
+    the run was stopped early."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            print(
+                "\nstopping: no new requests; waiting for those in flight (Ctrl-C again to quit)",
+                file=sys.stderr,
+            )
+            loop.remove_signal_handler(signal.SIGINT)  # the next one raises KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        return await load(stop), stop.is_set()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
 def run(args: argparse.Namespace, default_target: str) -> int:
     """Runs the benchmark the arguments describe; returns the exit status."""
     try:
@@ -153,8 +182,10 @@ def run(args: argparse.Namespace, default_target: str) -> int:
     cpu_before, wall_before = time.process_time(), time.monotonic()
     progress = stderr_if_tty(args.progress)
     try:
-        results, loop_name = run_event_loop(
-            run_load(targets, config, progress, args.connect_timeout)
+        (results, interrupted), loop_name = run_event_loop(
+            _interruptible(
+                lambda stop: run_load(targets, config, progress, args.connect_timeout, stop)
+            )
         )
     except BenchError as error:
         print(f"switchyard bench: {error}", file=sys.stderr)
@@ -169,6 +200,7 @@ def run(args: argparse.Namespace, default_target: str) -> int:
         [r.summary() for r in results],
         client,
         started_at,
+        interrupted,
     )
     text = table(doc)
     sys.stdout.write(text)

@@ -19,18 +19,19 @@ have passed, then wait for the requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal, TextIO
 
 import grpc
 import grpc.aio
 
 from switchyard import _convert
+from switchyard.bench.progress import LiveCounters, ProgressLine
 from switchyard.bench.prompts import Prompt
 from switchyard.bench.stats import OK, RequestRecord, TargetResult
 from switchyard.v1 import llm_service_pb2 as pb
@@ -38,6 +39,8 @@ from switchyard.v1 import llm_service_pb2 as pb
 Arrival = Literal["poisson", "uniform"]
 _GENERATE = "/switchyard.v1.LLMService/Generate"
 _STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
+# Open-loop gaps longer than this wait on the stop event too (cheaper sleeps below it).
+_STOP_CHECK = 0.1
 
 
 class BenchError(Exception):
@@ -85,17 +88,6 @@ class LoadConfig:
     @property
     def mode(self) -> str:
         return "closed" if self.concurrency is not None else "open"
-
-
-@dataclass
-class LiveCounters:
-    """What the progress line shows; updated by every request."""
-
-    sent: int = 0
-    done: int = 0
-    errors: int = 0
-    in_flight: int = 0
-    latencies: list[float] = field(default_factory=list)
 
 
 def request_payloads(config: LoadConfig) -> list[bytes]:
@@ -183,6 +175,7 @@ async def closed_loop(
     requests: int | None,
     duration: float | None,
     origin: float,
+    stop: asyncio.Event,
 ) -> list[RequestRecord]:
     """``concurrency`` workers back to back until the count or the time is reached."""
     assert config.concurrency is not None
@@ -194,7 +187,7 @@ async def closed_loop(
     async def worker() -> None:
         while True:
             index = next(indexes)
-            if last_index is not None and index >= last_index:
+            if (last_index is not None and index >= last_index) or stop.is_set():
                 return
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -224,6 +217,7 @@ async def open_loop(
     duration: float | None,
     origin: float,
     rng: random.Random,
+    stop: asyncio.Event,
 ) -> list[RequestRecord]:
     """Starts each request at its scheduled time, never waiting for earlier ones."""
     assert config.rate is not None
@@ -236,8 +230,13 @@ async def open_loop(
             break
         due = start + offset
         delay = due - time.monotonic()
-        if delay > 0:
+        if delay > _STOP_CHECK:  # a long gap: wake up early on a stop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        elif delay > 0:
             await asyncio.sleep(delay)
+        if stop.is_set():
+            break
         tasks.append(asyncio.create_task(sender.send(first_index + number, due - origin)))
     return list(await asyncio.gather(*tasks))
 
@@ -246,6 +245,34 @@ def _split(total: int | None, parts: int) -> list[int | None]:
     if total is None:
         return [None] * parts
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def _rounds(
+    senders: Sequence[RequestSender], config: LoadConfig, origin: float, stop: asyncio.Event
+) -> tuple[list[list[RequestRecord]], list[float]]:
+    """Each target's records and load time; several targets take turns, round by round."""
+    records: list[list[RequestRecord]] = [[] for _ in senders]
+    walls = [0.0 for _ in senders]
+    rounds = config.rounds if len(senders) > 1 else 1
+    duration = None if config.duration is None else config.duration / rounds
+    first = 0  # request numbers (and so prompts) continue from round to round
+    for count in _split(config.requests, rounds):
+        if stop.is_set():
+            break
+        next_first = first
+        for position, sender in enumerate(senders):
+            began = time.monotonic()
+            if config.mode == "closed":
+                got = await closed_loop(sender, config, first, count, duration, origin, stop)
+            else:
+                # The same seed per round for every target: they see the same arrivals.
+                rng = random.Random(f"{config.seed}-{first}")
+                got = await open_loop(sender, config, first, count, duration, origin, rng, stop)
+            walls[position] += time.monotonic() - began
+            records[position].extend(got)
+            next_first = max([next_first, *(r.index + 1 for r in got)])
+        first = next_first
+    return records, walls
 
 
 async def preflight(channel: grpc.aio.Channel, target: str, model: str, wait: float) -> None:
@@ -270,59 +297,18 @@ async def preflight(channel: grpc.aio.Channel, target: str, model: str, wait: fl
         raise BenchError(f"model {model!r} is not served at {target}; available: {available}")
 
 
-class ProgressLine:
-    """A live status line on stderr: rewritten in place on a terminal, one line a second else."""
-
-    def __init__(self, out: TextIO | None, counters: Callable[[], list[tuple[str, LiveCounters]]]):
-        self._out = out
-        self._counters = counters
-        self._tty = out is not None and out.isatty()
-        self._origin = time.monotonic()
-
-    def line(self) -> str:
-        elapsed = time.monotonic() - self._origin
-        parts = []
-        for label, c in self._counters():
-            recent = sorted(c.latencies[-200:])
-            p50 = f"{recent[len(recent) // 2] * 1000:.1f}ms" if recent else "-"
-            prefix = f"{label}: " if label else ""
-            parts.append(
-                f"{prefix}sent {c.sent} done {c.done} errors {c.errors} "
-                f"in-flight {c.in_flight} p50 {p50}"
-            )
-        return f"[{elapsed:6.1f}s] " + "  |  ".join(parts)
-
-    async def run(self) -> None:
-        if self._out is None:
-            return
-        interval = 0.25 if self._tty else 1.0
-        while True:
-            await asyncio.sleep(interval)
-            self._write()
-
-    def _write(self) -> None:
-        assert self._out is not None
-        if self._tty:
-            self._out.write("\r" + self.line() + "\x1b[K")
-        else:
-            self._out.write(self.line() + "\n")
-        self._out.flush()
-
-    def finish(self) -> None:
-        if self._out is not None:
-            self._write()
-            if self._tty:
-                self._out.write("\n")
-            self._out.flush()
-
-
 async def run_load(
     targets: Sequence[str],
     config: LoadConfig,
     progress: TextIO | None = None,
     connect_timeout: float = 10.0,
+    stop: asyncio.Event | None = None,
 ) -> list[TargetResult]:
-    """Runs the load against each target (alternating rounds when there are several)."""
+    """Runs the load against each target (alternating rounds when there are several).
+
+    Setting ``stop`` ends the run early: no new requests, those in flight finish.
+    """
+    stop = stop or asyncio.Event()
     channels = [grpc.aio.insecure_channel(t) for t in targets]
     try:
         for channel, target in zip(channels, targets, strict=True):
@@ -338,26 +324,7 @@ async def run_load(
         line = ProgressLine(progress, lambda: list(zip(labels, counters, strict=True)))
         ticker = asyncio.create_task(line.run())
         try:
-            records: list[list[RequestRecord]] = [[] for _ in targets]
-            walls = [0.0 for _ in targets]
-            rounds = config.rounds if len(targets) > 1 else 1
-            counts = _split(config.requests, rounds)
-            duration = None if config.duration is None else config.duration / rounds
-            first = 0
-            for count in counts:
-                next_first = first
-                for position, sender in enumerate(senders):
-                    # The same seed per round and target: both see the same arrivals.
-                    rng = random.Random(f"{config.seed}-{first}")
-                    began = time.monotonic()
-                    if config.mode == "closed":
-                        got = await closed_loop(sender, config, first, count, duration, origin)
-                    else:
-                        got = await open_loop(sender, config, first, count, duration, origin, rng)
-                    walls[position] += time.monotonic() - began
-                    records[position].extend(got)
-                    next_first = max([next_first, *(r.index + 1 for r in got)])
-                first = next_first
+            records, walls = await _rounds(senders, config, origin, stop)
         finally:
             ticker.cancel()
             line.finish()
@@ -368,8 +335,3 @@ async def run_load(
         TargetResult(target, sorted(r, key=lambda x: x.index), wall)
         for target, r, wall in zip(targets, records, walls, strict=True)
     ]
-
-
-def stderr_if_tty(force: bool) -> TextIO | None:
-    """Where the progress line goes: stderr when it is a terminal or when asked for."""
-    return sys.stderr if force or sys.stderr.isatty() else None

@@ -43,6 +43,7 @@ def document(
     results: Sequence[dict[str, Any]],
     client: dict[str, Any],
     started_at: str,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
     """The JSON document (see README "Benchmarking" for every key)."""
     comparison = None
@@ -55,6 +56,7 @@ def document(
     return {
         "schema": SCHEMA,
         "started_at": started_at,
+        "interrupted": interrupted,
         "config": config,
         "client": client,
         "results": list(results),
@@ -147,6 +149,8 @@ def table(doc: dict[str, Any]) -> str:
     notes = []
     if not config["stream"]:
         notes.append("TTFT and inter-token latency need --stream.")
+    if doc["interrupted"]:
+        notes.append("Interrupted: these are the requests sent before the stop.")
     return "\n".join([title, "", *out, *(f"\n{n}" for n in notes)]) + "\n"
 
 
