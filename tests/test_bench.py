@@ -370,6 +370,7 @@ def test_bad_prompt_files_are_refused_with_the_line_and_reason(
         (["--duration", "0"], "--duration must be positive (got 0)"),
         (["--max-tokens", "0"], "--max-tokens must be at least 1 (got 0)"),
         (["--timeout", "0"], "--timeout must be positive (got 0)"),
+        (["--json", "/no/such/dir/out.json"], "--json: no directory for /no/such/dir/out.json"),
     ],
 )
 def test_bad_load_options_are_refused_naming_the_option(
