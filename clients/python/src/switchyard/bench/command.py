@@ -36,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model (or route) name to request")
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
-        "--concurrency", type=int, help="closed loop: requests in flight at all times (default 1)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="closed loop: requests in flight at all times (default 1)",
     )
-    load.add_argument("--rate", type=float, help="open loop: requests started per second")
+    load.add_argument(
+        "--rate", type=float, metavar="R", help="open loop: requests started per second"
+    )
     parser.add_argument(
         "--arrival",
         choices=("poisson", "uniform"),
@@ -46,36 +51,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open loop: Poisson arrivals or evenly spaced ones (default %(default)s)",
     )
     bound = parser.add_mutually_exclusive_group()
-    bound.add_argument("--duration", type=float, help="seconds to send for")
-    bound.add_argument("--requests", type=int, help="requests to send (default 100)")
+    bound.add_argument("--duration", type=float, metavar="S", help="seconds to send for")
+    bound.add_argument("--requests", type=int, metavar="K", help="requests to send (default 100)")
     parser.add_argument(
         "--prompts",
         default="short",
+        metavar="SET|FILE",
         help="short, medium, long (built-in synthetic sets) or a JSONL file with one "
         '{"prompt": ...} or {"messages": [...]} per line (default %(default)s)',
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=128, help="per request (default %(default)s)"
+        "--max-tokens", type=int, default=128, metavar="T", help="per request (default %(default)s)"
     )
     parser.add_argument("--stream", action="store_true", help="StreamGenerate (measures TTFT)")
     parser.add_argument(
         "--timeout",
         dest="request_timeout",
+        metavar="S",
         type=float,
         default=60.0,
         help="deadline per request in seconds (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the Poisson arrivals"
+    )
     parser.add_argument("--compare", metavar="HOST:PORT", help="a second target, run interleaved")
     parser.add_argument(
         "--rounds",
         type=int,
+        metavar="N",
         default=6,
         help="with --compare: alternating rounds per target (default %(default)s)",
     )
     parser.add_argument(
         "--connect-timeout",
         type=float,
+        metavar="S",
         default=10.0,
         help="seconds to wait for each target to answer before giving up (default %(default)s)",
     )
