@@ -2,6 +2,7 @@
 
 The pieces, one idea each: :mod:`~switchyard.bench.prompts` (what to send),
 :mod:`~switchyard.bench.load` (closed- and open-loop load over gRPC),
+:mod:`~switchyard.bench.progress` (the live line),
 :mod:`~switchyard.bench.stats` (percentiles and the summary),
 :mod:`~switchyard.bench.report` (table, JSON and HTML) and
 :mod:`~switchyard.bench.command` (the command line).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -18,7 +19,8 @@ class LiveCounters:
     done: int = 0
     errors: int = 0
     in_flight: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    """The latest successful latencies (seconds), for a running median."""
 
 
 class ProgressLine:
@@ -34,7 +36,7 @@ class ProgressLine:
         elapsed = time.monotonic() - self._origin
         parts = []
         for label, c in self._counters():
-            recent = sorted(c.latencies[-200:])
+            recent = sorted(c.latencies)
             p50 = f"{recent[len(recent) // 2] * 1000:.1f}ms" if recent else "-"
             prefix = f"{label}: " if label else ""
             parts.append(
