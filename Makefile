@@ -47,3 +47,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+# `switchyard bench --compare`: a scripted model server direct vs through the router;
+# JSON and HTML report in .run/ (see README "Benchmarking").
+.PHONY: bench-router
+bench-router: setup
+	$(PY) benchmarks/bench_router_compare.py

@@ -4,6 +4,7 @@ switchyard models
 switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
 switchyard chat smollm2-135m-instruct "Say hello"      # one turn
 switchyard chat smollm2-135m-instruct                  # interactive, keeps history
+switchyard bench --model smollm2-135m-instruct --concurrency 4 --requests 100 --stream
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
+from switchyard import bench
 from switchyard._convert import SamplingOptions
 from switchyard.client import DEFAULT_TARGET, Client
 from switchyard.errors import APIError, from_rpc_error
@@ -44,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("message", nargs="?", help="one user message; omit for an interactive chat")
     chat.add_argument("--system", help="a system prompt")
     _sampling_arguments(chat)
+
+    bench_command = commands.add_parser(
+        "bench",
+        help="load a server and measure latency, TTFT and throughput",
+        description="Closed-loop (--concurrency) or open-loop (--rate) load over gRPC; "
+        "prints a table, optionally writes JSON and an HTML report.",
+    )
+    bench.command.add_arguments(bench_command)
     return parser
 
 
@@ -156,6 +166,8 @@ def _chat(client: Client, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return bench.command.run(args, args.target)
     with Client(args.target, timeout=args.timeout) as client:
         try:
             if args.command == "models":
