@@ -66,7 +66,9 @@ _SAMPLING_FIELDS = (
 class VllmOptions(BackendOptions):
     """Options of the vllm backend: the served model and vLLM's engine arguments."""
 
-    model: str = Field(description="a local Hugging Face model folder (or a hub id where reachable)")
+    model: str = Field(
+        description="a local Hugging Face model folder (or a hub id where reachable)"
+    )
     id: str | None = Field(default=None, description="model id (default: the folder's name)")
     aliases: list[str] = Field(default_factory=list)
     tokenizer: str | None = Field(default=None, description="default: the model's own")
@@ -212,7 +214,7 @@ class VllmBackend(Backend):
 
     async def _watch(self, engine: AsyncLLM) -> None:
         """Polls the engine's liveness; a dead engine makes the model UNAVAILABLE."""
-        while not engine.errored:
+        while not engine.errored:  # noqa: ASYNC110 - vLLM exposes liveness only as a property
             await asyncio.sleep(self._options.health_check_seconds)
         log.error("vLLM engine died; the model is unavailable and the server will exit")
         if self._report is not None:
@@ -414,5 +416,3 @@ def _finish_reason(reason: str | None, stop_reason: int | str | None) -> tuple[F
     if reason == "abort":
         return FinishReason.CANCELLED, ""
     return FinishReason.ERROR, ""
-
-
