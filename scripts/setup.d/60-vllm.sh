@@ -37,6 +37,5 @@ if ! "${venv_pip[@]}" "${offline[@]}" 2>/dev/null; then
   "${venv_pip[@]}" "${offline[@]}"
 fi
 "${venv_pip[@]}" install --no-deps -e clients/python -e services/modelserver
-"$VENV/bin/python" -c 'import vllm, switchyard_modelserver.backends.vllm' >/dev/null
 echo "$inputs_hash" > "$STAMP"
 echo "setup: $VENV ready in $((SECONDS - started)) s"
