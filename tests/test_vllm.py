@@ -33,6 +33,8 @@ from switchyard import (
     InvalidArgumentError,
     UnavailableError,
 )
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -315,6 +317,23 @@ def test_a_passed_deadline_aborts_the_engine_request(vllm_server: VllmServer) ->
             break
         assert time.monotonic() < deadline, "the engine kept generating after the deadline"
     assert settled - generated_before < LONG / 2
+
+
+def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
+    sampling = pb.SamplingParams(max_tokens=8, temperature=0, logprobs=3)
+    with grpc.insecure_channel(vllm_server.address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        whole = stub.Generate(pb.GenerateRequest(model=MODEL, prompt="hi", sampling=sampling))
+        request = pb.StreamGenerateRequest(model=MODEL, prompt="hi", sampling=sampling)
+        streamed = [token for message in stub.StreamGenerate(request) for token in message.tokens]
+    assert len(whole.tokens) == 8
+    for token in whole.tokens:
+        top = token.top_logprobs
+        assert len(top) == 3
+        assert top[0].id == token.id and top[0].logprob == pytest.approx(token.logprob)  # greedy
+        assert [t.logprob for t in top] == sorted((t.logprob for t in top), reverse=True)
+        assert token.logprob <= 0
+    assert [t.id for t in streamed] == [t.id for t in whole.tokens]
 
 
 @pytest.mark.parametrize(

@@ -67,11 +67,14 @@ async def coalesced(
                 event = buffer.popleft()
                 if isinstance(event, Delta):
                     if pending is None:
-                        pending = Delta(event.text, event.tokens, list(event.token_ids))
+                        pending = Delta(
+                            event.text, event.tokens, list(event.token_ids), list(event.logprobs)
+                        )
                     else:
                         pending.text += event.text
                         pending.tokens += event.tokens
                         pending.token_ids += event.token_ids
+                        pending.logprobs += event.logprobs
                     continue
                 if pending is not None:
                     yield pending

@@ -94,13 +94,27 @@ class ModelCard:
     )
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability and the top alternatives (id, text, logprob)."""
+
+    id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
 @dataclass
 class Delta:
-    """New output: text plus how many tokens produced it (and their ids, if known)."""
+    """New output: text plus how many tokens produced it (and their ids, if known).
+
+    ``logprobs`` has one entry per token when the request asked for logprobs.
+    """
 
     text: str
     tokens: int
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass

@@ -215,9 +215,24 @@ def _deadline(context: Context) -> asyncio.Timeout:
 
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
-    if include_token_ids:
+    if delta.logprobs:
+        message.tokens.extend(_tokens(delta))
+    elif include_token_ids:
         message.tokens.extend(pb.Token(id=token_id) for token_id in delta.token_ids)
     return message
+
+
+def _tokens(delta: Delta) -> list[pb.Token]:
+    """A delta's per-token details (ids, texts, logprobs) for the response's ``tokens``."""
+    return [
+        pb.Token(
+            id=token.id,
+            text=token.text,
+            logprob=token.logprob,
+            top_logprobs=[pb.TopLogprob(id=i, text=t, logprob=lp) for i, t, lp in token.top],
+        )
+        for token in delta.logprobs
+    ]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -285,11 +300,14 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             _deadline(context),
         ):
             parts: list[str] = []
+            tokens: list[pb.Token] = []
             events = self._events(validation.generation_request(request), outcome)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
                         parts.append(event.text)
+                        if event.logprobs:
+                            tokens += _tokens(event)
                     else:
                         final = self._final_message(event, outcome)
                         return pb.GenerateResponse(
@@ -300,6 +318,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                             model=final.model,
                             backend=final.backend,
                             timings=final.timings,
+                            tokens=tokens,
                         )
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
@@ -319,7 +338,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or (with_ids and event.token_ids):
+                        if event.text or (with_ids and event.token_ids) or event.logprobs:
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))

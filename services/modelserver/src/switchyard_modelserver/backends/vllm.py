@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -39,6 +39,7 @@ from switchyard_modelserver.domain import (
     ModelCard,
     ModelState,
     Sampling,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
@@ -286,6 +287,9 @@ class VllmBackend(Backend):
                         completion.text,
                         new_tokens,
                         list(completion.token_ids) if request.include_token_ids else [],
+                        _logprobs(completion.token_ids, completion.logprobs, sampling.logprobs)
+                        if sampling.logprobs is not None
+                        else [],
                     )
                 if output.finished:
                     finished = True
@@ -395,6 +399,29 @@ async def _engine_errors(outputs: AsyncGenerator[Any, None]) -> AsyncGenerator[A
         raise _engine_dead() from None
     except VLLMClientError as error:
         raise _refused_by_vllm(error) from None
+
+
+def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[TokenLogprob]:
+    """vLLM's per-position logprob maps (token id -> Logprob) as ours, the top ``top_n`` by rank.
+
+    Each map holds the sampled token (whatever its rank) and the ``top_n`` best.
+    """
+    found = []
+    for token_id, candidates in zip(token_ids, positions or (), strict=False):
+        chosen = candidates[token_id]
+        top = sorted(
+            (c for c in candidates.items() if c[1].rank is not None and c[1].rank <= top_n),
+            key=lambda c: c[1].rank,
+        )
+        found.append(
+            TokenLogprob(
+                id=token_id,
+                text=chosen.decoded_token or "",
+                logprob=chosen.logprob,
+                top=tuple((i, c.decoded_token or "", c.logprob) for i, c in top),
+            )
+        )
+    return found
 
 
 def _engine_dead() -> StatusError:
