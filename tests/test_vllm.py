@@ -44,6 +44,9 @@ MAX_LOGPROBS = 5
 LONG = 3000  # tokens: several seconds of work, far past the point where a test cancels
 ENGINE_START_TIMEOUT = 300.0  # importing torch and vLLM and starting the engine, on a busy machine
 
+# The first test also waits for the tiny model and the engine to start.
+pytestmark = pytest.mark.timeout(600)
+
 CHAT_PROMPT = "<|im_start|>user\nWhich city is the capital of France?<|im_end|>\n"
 CHAT_PROMPT += "<|im_start|>assistant\n"
 
