@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := $(VENV)/bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto proto-check bench clean
+.PHONY: setup run test lint proto proto-check bench bench-vllm clean
 
 setup:
 	@scripts/setup.sh
@@ -45,8 +45,12 @@ bench: setup
 	  "llama-cpp-python[server]==0.3.36"
 	$(PY) benchmarks/llamacpp_overhead.py
 
+# Our vllm model server against `vllm serve` (both from .venv-vllm, the CPU build).
+bench-vllm: setup
+	$(PY) benchmarks/vllm_overhead.py
+
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-vllm .run .mypy_cache .ruff_cache .pytest_cache
 
 # `switchyard bench --compare`: a scripted model server direct vs through the router;
 # JSON and HTML report in .run/ (see README "Benchmarking").

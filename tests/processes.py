@@ -48,13 +48,22 @@ class ServerProcess:
         port: int,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
         self.name = name
         self.address = f"127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config), "--listen", self.address],
+            [
+                python or sys.executable,
+                "-m",
+                module,
+                "--config",
+                str(config),
+                "--listen",
+                self.address,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},

@@ -144,6 +144,7 @@ def test_sdk_tolerates_enum_values_newer_than_itself() -> None:
         ("modelserver-openai.yaml", ModelServerConfig),
         ("modelserver-anthropic.yaml", ModelServerConfig),
         ("modelserver-ollama.yaml", ModelServerConfig),
+        ("modelserver-vllm.yaml", ModelServerConfig),
     ],
 )
 def test_the_documented_example_configs_are_valid(name: str, model: type[Any]) -> None:

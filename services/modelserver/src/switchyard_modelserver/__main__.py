@@ -12,7 +12,7 @@ from switchyard import logs
 from switchyard.configfile import ConfigError
 from switchyard_modelserver.backends.registry import UnknownBackendError, available_backends
 from switchyard_modelserver.config import load_modelserver_config
-from switchyard_modelserver.server import serve
+from switchyard_modelserver.server import BackendFailedError, serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownBackendError) as error:
         logging.getLogger("switchyard.modelserver").error("%s", error)
         return 2
+    except BackendFailedError:
+        return 1  # logged where it happened; a restart may help
     return 0
 
 

@@ -98,17 +98,21 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token's log probability, with the likeliest alternatives."""
+    """One generated token with its log probability and the likeliest alternatives
+    (id, text, logprob). Ids are 0 where the backend does not know them (cloud APIs)."""
 
+    id: int
     text: str
     logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    top: tuple[tuple[int, str, float], ...] = ()
 
 
 @dataclass
 class Delta:
-    """New output: text plus how many tokens produced it (and their ids and
-    log probabilities, if known and asked for)."""
+    """New output: text plus how many tokens produced it (and their ids, if known).
+
+    ``logprobs`` has one entry per token when the request asked for logprobs.
+    """
 
     text: str
     tokens: int

@@ -193,8 +193,12 @@ class ModelServer:
         await self.backend.close()
 
 
+class BackendFailedError(RuntimeError):
+    """The backend can no longer serve (e.g. its engine died); the process exits non-zero."""
+
+
 async def serve(config: ModelServerConfig) -> None:
-    """Runs a model server until SIGTERM or SIGINT."""
+    """Runs a model server until SIGTERM or SIGINT (or until its backend fails for good)."""
     backend = build_backend(config)
     tracing.configure("switchyard-modelserver")
     if config.metrics_listen:
@@ -217,9 +221,18 @@ async def serve(config: ModelServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loading = asyncio.create_task(model_server.load())
-    await stop.wait()
-    log.info("shutdown requested")
-    loading.cancel()
+    stopping = asyncio.create_task(stop.wait())
+    failing = asyncio.create_task(backend.failure())
+    await asyncio.wait((stopping, failing), return_when=asyncio.FIRST_COMPLETED)
+    failed = failing.result() if failing.done() else None
+    if failed is None:
+        log.info("shutdown requested")
+    else:
+        log.error("backend failed: %s; stopping", failed)
+    for task in (loading, stopping, failing):
+        task.cancel()
     await model_server.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+    if failed is not None:
+        raise BackendFailedError(failed)

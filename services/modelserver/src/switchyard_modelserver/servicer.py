@@ -235,25 +235,22 @@ def _with_deadline(request: GenerationRequest, context: Context) -> GenerationRe
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
     if delta.logprobs:
-        message.tokens.extend(_logprob_tokens(delta, include_token_ids))
+        message.tokens.extend(_tokens(delta))
     elif include_token_ids:
         message.tokens.extend(pb.Token(id=token_id) for token_id in delta.token_ids)
     return message
 
 
-def _logprob_tokens(delta: Delta, include_token_ids: bool) -> list[pb.Token]:
-    """The delta's tokens with their log probabilities (ids where known and asked for)."""
-    ids = (
-        delta.token_ids if include_token_ids and len(delta.token_ids) == len(delta.logprobs) else []
-    )
+def _tokens(delta: Delta) -> list[pb.Token]:
+    """A delta's per-token details (ids, texts, logprobs) for the response's ``tokens``."""
     return [
         pb.Token(
-            id=ids[index] if ids else 0,
+            id=token.id,
             text=token.text,
             logprob=token.logprob,
-            top_logprobs=[pb.TopLogprob(text=text, logprob=logprob) for text, logprob in token.top],
+            top_logprobs=[pb.TopLogprob(id=i, text=t, logprob=lp) for i, t, lp in token.top],
         )
-        for index, token in enumerate(delta.logprobs)
+        for token in delta.logprobs
     ]
 
 
@@ -330,7 +327,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                     if isinstance(event, Delta):
                         parts.append(event.text)
                         if event.logprobs:
-                            tokens += _logprob_tokens(event, valid.include_token_ids)
+                            tokens += _tokens(event)
                     else:
                         final = self._final_message(event, outcome)
                         return pb.GenerateResponse(
@@ -361,7 +358,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or event.logprobs or (with_ids and event.token_ids):
+                        if event.text or (with_ids and event.token_ids) or event.logprobs:
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, outcome))

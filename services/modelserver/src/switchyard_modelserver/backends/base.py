@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -63,6 +64,13 @@ class Backend(abc.ABC):
     def concurrency(self, model_id: str) -> int:
         """How many generations of one model may run at once (the rest queue)."""
         return 1
+
+    async def failure(self) -> str:
+        """Returns (with the reason) once the backend can never serve again, e.g.
+        its engine process died; the server then exits non-zero so that it is
+        restarted. The default never returns."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases the backend's resources."""

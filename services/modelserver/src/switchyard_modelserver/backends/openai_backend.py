@@ -224,9 +224,10 @@ def _logprobs(choice: Any) -> list[TokenLogprob]:
     if content is not None:  # chat: [{token, logprob, top_logprobs: [{token, logprob}]}]
         return [
             TokenLogprob(
+                0,  # the API gives no token ids
                 item.token,
                 item.logprob,
-                tuple((top.token, top.logprob) for top in item.top_logprobs or ()),
+                tuple((0, top.token, top.logprob) for top in item.top_logprobs or ()),
             )
             for item in content
         ]
@@ -235,9 +236,12 @@ def _logprobs(choice: Any) -> list[TokenLogprob]:
     tops = getattr(logprobs, "top_logprobs", None) or []
     return [
         TokenLogprob(
+            0,
             token,
             float(value or 0.0),
-            tuple((text, float(p)) for text, p in (tops[i] or {}).items()) if i < len(tops) else (),
+            tuple((0, text, float(p)) for text, p in (tops[i] or {}).items())
+            if i < len(tops)
+            else (),
         )
         for i, (token, value) in enumerate(zip(tokens, values, strict=False))
     ]

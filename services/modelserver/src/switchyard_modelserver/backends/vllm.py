@@ -1,0 +1,445 @@
+"""The `vllm` backend: vLLM's async engine (AsyncLLM) in the model-server process.
+
+One engine serves one model. Every request goes straight into the engine, which
+batches them continuously (no lock, no per-request thread): ``concurrency`` is
+large and the engine's own scheduler decides what runs, up to ``max_num_seqs``
+at a time. Requests are tokenized here (so prompt length is checked against the
+context before the engine sees it, and chat goes through the tokenizer's chat
+template), then streamed back as deltas. A consumer that stops (the RPC was
+cancelled or its deadline passed) aborts the engine request, so the GPU stops
+working on it. If the engine dies, the model turns UNAVAILABLE and
+:meth:`VllmBackend.failure` tells the server to exit non-zero, so that
+Kubernetes restarts the pod.
+
+vLLM is imported only when the engine loads: the options and this module work
+without it (the config check, ``--list-backends``, type checking).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from pydantic import Field
+
+from switchyard.status import FieldViolation, StatusError, invalid_argument
+from switchyard_modelserver import validation
+from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
+from switchyard_modelserver.domain import (
+    Capability,
+    Delta,
+    Finish,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelCard,
+    ModelState,
+    Sampling,
+    TokenLogprob,
+)
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+# Prompts longer than this are tokenized off the event loop.
+_INLINE_TOKENIZE_CHARS = 8192
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logprobs",
+)
+
+
+class VllmOptions(BackendOptions):
+    """Options of the vllm backend: the served model and vLLM's engine arguments."""
+
+    model: str = Field(
+        description="a local Hugging Face model folder (or a hub id where reachable)"
+    )
+    id: str | None = Field(default=None, description="model id (default: the folder's name)")
+    aliases: list[str] = Field(default_factory=list)
+    tokenizer: str | None = Field(default=None, description="default: the model's own")
+    revision: str | None = None
+    dtype: str = Field(default="auto", description="auto, float16, bfloat16, float32")
+    quantization: str | None = Field(default=None, description="e.g. awq, gptq, fp8")
+    max_model_len: int | None = Field(default=None, ge=16, description="context length")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(
+        default=None, ge=1, description="KV cache size; overrides gpu_memory_utilization"
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1, description="sequences per batch")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    enable_lora: bool = False
+    max_loras: int | None = Field(default=None, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation")
+    trust_remote_code: bool = False
+    seed: int | None = Field(default=None, description="engine seed")
+    max_logprobs: int = Field(default=validation.MAX_LOGPROBS, ge=0)
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="any other AsyncEngineArgs field, passed as is (vLLM checks it)",
+    )
+    default_max_tokens: int = Field(default=512, ge=1)
+    max_concurrent_requests: int = Field(
+        default=256,
+        ge=1,
+        description="requests handed to the engine at once; its scheduler batches them "
+        "(max_num_seqs at a time) and queues the rest. Past this, max_queue_per_model applies",
+    )
+    log_stats: bool = Field(
+        default=True,
+        description="vLLM's engine metrics (vllm:*) on metrics_listen, and its periodic stats line",
+    )
+    health_check_seconds: float = Field(default=1.0, gt=0, description="engine liveness poll")
+
+
+class VllmBackend(Backend):
+    """Serves one Hugging Face model with vLLM's AsyncLLM engine."""
+
+    kind = "vllm"
+    options_model = VllmOptions
+
+    def __init__(self, options: VllmOptions) -> None:
+        self._options = options
+        self._id = options.id or options.model.rstrip("/").rsplit("/", 1)[-1]
+        self._card = ModelCard(
+            id=self._id,
+            aliases=tuple(options.aliases),
+            context_length=options.max_model_len or 0,
+            capabilities=frozenset(
+                {Capability.COMPLETION, Capability.STREAMING, Capability.LOGPROBS}
+            ),
+        )
+        self._engine: AsyncLLM | None = None
+        self._tokenizer: Any = None
+        self._failed: asyncio.Future[str] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._report: StateReporter | None = None
+
+    def models(self) -> list[ModelCard]:
+        return [self._card]
+
+    def concurrency(self, model_id: str) -> int:
+        return self._options.max_concurrent_requests
+
+    def engine_args(self) -> dict[str, Any]:
+        """The AsyncEngineArgs fields this config sets (unset ones keep vLLM's defaults)."""
+        o = self._options
+        args: dict[str, Any] = {
+            "model": o.model,
+            "served_model_name": [self._id],
+            "dtype": o.dtype,
+            "gpu_memory_utilization": o.gpu_memory_utilization,
+            "tensor_parallel_size": o.tensor_parallel_size,
+            "pipeline_parallel_size": o.pipeline_parallel_size,
+            "enable_lora": o.enable_lora,
+            "enforce_eager": o.enforce_eager,
+            "trust_remote_code": o.trust_remote_code,
+            "max_logprobs": o.max_logprobs,
+            "disable_log_stats": not o.log_stats,
+        }
+        optional = {
+            "tokenizer": o.tokenizer,
+            "revision": o.revision,
+            "quantization": o.quantization,
+            "max_model_len": o.max_model_len,
+            "kv_cache_memory_bytes": o.kv_cache_memory_bytes,
+            "max_num_seqs": o.max_num_seqs,
+            "max_num_batched_tokens": o.max_num_batched_tokens,
+            "enable_prefix_caching": o.enable_prefix_caching,
+            "max_loras": o.max_loras,
+            "max_lora_rank": o.max_lora_rank,
+            "seed": o.seed,
+        }
+        args.update({k: v for k, v in optional.items() if v is not None})
+        args.update(o.engine_args)
+        return args
+
+    async def load(self, report: StateReporter) -> None:
+        self._report = report
+        loop = asyncio.get_running_loop()
+        self._failed = loop.create_future()
+        try:
+            # Building the engine blocks (it waits for the engine process to load
+            # the model and size the KV cache): off the loop, so health answers
+            # NOT_SERVING meanwhile.
+            engine = await asyncio.to_thread(self._start_engine)
+        except Exception as error:
+            log.exception("vLLM engine failed to start for %s", self._options.model)
+            report(self._card, ModelState.UNAVAILABLE, f"engine failed to start: {error}")
+            self._fail(f"vLLM engine failed to start: {error}")
+            return
+        self._engine = engine
+        self._tokenizer = engine.tokenizer
+        capabilities = set(self._card.capabilities)
+        if getattr(self._tokenizer, "chat_template", None):
+            capabilities.add(Capability.CHAT)
+        self._card = ModelCard(
+            id=self._id,
+            aliases=self._card.aliases,
+            context_length=engine.model_config.max_model_len,
+            capabilities=frozenset(capabilities),
+        )
+        self._watchdog = loop.create_task(self._watch(engine))
+        log.info(
+            "vLLM engine ready: %s as %s (context %d)",
+            self._options.model,
+            self._id,
+            self._card.context_length,
+        )
+        report(self._card, ModelState.READY, "")
+
+    def _start_engine(self) -> AsyncLLM:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
+
+    async def _watch(self, engine: AsyncLLM) -> None:
+        """Polls the engine's liveness; a dead engine makes the model UNAVAILABLE."""
+        while not engine.errored:  # noqa: ASYNC110 - vLLM exposes liveness only as a property
+            await asyncio.sleep(self._options.health_check_seconds)
+        log.error("vLLM engine died; the model is unavailable and the server will exit")
+        if self._report is not None:
+            self._report(self._card, ModelState.UNAVAILABLE, "the vLLM engine died")
+        self._fail("the vLLM engine died")
+
+    def _fail(self, why: str) -> None:
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(why)
+
+    async def failure(self) -> str:
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return await self._failed
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        engine = self._engine
+        assert engine is not None, "generate before load"
+        if engine.errored:
+            raise _engine_dead()
+        sampling = request.sampling
+        if request.messages is not None and Capability.CHAT not in self._card.capabilities:
+            raise invalid_argument(
+                FieldViolation("messages", f"model {self._id} has no chat template; send a prompt")
+            )
+        if sampling.logprobs is not None and sampling.logprobs > self._options.max_logprobs:
+            raise invalid_argument(
+                FieldViolation(
+                    "sampling.logprobs",
+                    f"at most {self._options.max_logprobs} for model {self._id} (got "
+                    f"{sampling.logprobs})",
+                )
+            )
+        prompt_tokens = await self._prompt_tokens(request)
+        continuation = self._continuation_tokens(request)
+        context_length = self._card.context_length
+        overflow = validation.context_overflow(
+            prompt_field="prompt" if request.prompt is not None else "messages",
+            prompt_tokens=len(prompt_tokens),
+            max_tokens=sampling.max_tokens,
+            context_length=context_length,
+        )
+        if overflow is not None:
+            raise overflow
+        if len(prompt_tokens) + len(continuation) >= context_length:
+            raise invalid_argument(
+                FieldViolation("continuation", "prompt and continuation fill the context")
+            )
+        max_tokens = sampling.max_tokens or min(
+            self._options.default_max_tokens, context_length - len(prompt_tokens)
+        )
+        if len(continuation) >= max_tokens:
+            yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
+            return
+        params = _sampling_params(sampling, max_tokens - len(continuation))
+        request_id = f"sy-{uuid.uuid4().hex}"
+        outputs = engine.generate(
+            {"prompt_token_ids": prompt_tokens + continuation}, params, request_id
+        )
+        generated = len(continuation)
+        finished = False
+        try:
+            async for output in _engine_errors(outputs):
+                completion = output.outputs[0]
+                new_tokens = len(completion.token_ids)
+                generated += new_tokens
+                if completion.text or new_tokens:
+                    yield Delta(
+                        completion.text,
+                        new_tokens,
+                        list(completion.token_ids) if request.include_token_ids else [],
+                        _logprobs(completion.token_ids, completion.logprobs, sampling.logprobs)
+                        if sampling.logprobs is not None
+                        else [],
+                    )
+                if output.finished:
+                    finished = True
+                    reason, stop_sequence = _finish_reason(
+                        completion.finish_reason, completion.stop_reason
+                    )
+                    yield Finish(reason, len(prompt_tokens), generated, stop_sequence)
+                    return
+        finally:
+            if not finished:
+                # The consumer left (cancelled, deadline) or the engine failed:
+                # take the request out of the engine's batch now.
+                await outputs.aclose()
+                if not engine.errored:
+                    await engine.abort(request_id)
+                log.debug("aborted engine request %s after %d tokens", request_id, generated)
+
+    async def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.prompt is not None:
+            text, add_special = request.prompt, True
+        else:
+            assert request.messages is not None
+            turns = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                text = self._tokenizer.apply_chat_template(
+                    turns, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as error:  # templates refuse what they cannot format
+                raise invalid_argument(
+                    FieldViolation("messages", f"{self._id}'s chat template refused them: {error}")
+                ) from None
+            add_special = False  # the template places BOS itself where the model wants it
+        if len(text) <= _INLINE_TOKENIZE_CHARS:
+            return self._encode(text, add_special)
+        return await asyncio.to_thread(self._encode, text, add_special)
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def _continuation_tokens(self, request: GenerationRequest) -> list[int]:
+        continuation = request.continuation
+        if continuation.token_ids:
+            vocabulary = len(self._tokenizer)
+            if any(t >= vocabulary for t in continuation.token_ids):
+                raise invalid_argument(
+                    FieldViolation("continuation.token_ids", f"not ids of {self._id}'s vocabulary")
+                )
+            return list(continuation.token_ids)
+        if continuation.text:
+            return self._encode(continuation.text, False)
+        return []
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.shutdown)
+
+
+def _sampling_params(sampling: Sampling, max_tokens: int) -> SamplingParams:
+    """Our sampling fields as vLLM's; INVALID_ARGUMENT naming the field vLLM refuses."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind
+
+    given: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "seed": sampling.seed,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "repetition_penalty": sampling.repetition_penalty,
+        "logprobs": sampling.logprobs,
+    }
+    try:
+        return SamplingParams(
+            **{k: v for k, v in given.items() if v is not None},
+            max_tokens=max_tokens,
+            stop=list(sampling.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (VLLMClientError, ValueError) as error:
+        raise _refused_by_vllm(error) from None
+
+
+def _refused_by_vllm(error: Exception) -> StatusError:
+    """vLLM's validation error as INVALID_ARGUMENT naming our field."""
+    message = str(error).split(" (parameter=")[0]
+    name = getattr(error, "parameter", None)
+    if name not in _SAMPLING_FIELDS:
+        name = next((f for f in _SAMPLING_FIELDS if message.startswith(f)), None)
+    field = f"sampling.{name}" if name else "sampling"
+    return invalid_argument(FieldViolation(field, f"refused by vLLM: {message}"))
+
+
+async def _engine_errors(outputs: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    """The engine's outputs, with its failures as statuses."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        async for output in outputs:
+            yield output
+    except EngineDeadError:
+        raise _engine_dead() from None
+    except VLLMClientError as error:
+        raise _refused_by_vllm(error) from None
+
+
+def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[TokenLogprob]:
+    """vLLM's per-position logprob maps (token id -> Logprob) as ours, the top ``top_n`` by rank.
+
+    Each map holds the sampled token (whatever its rank) and the ``top_n`` best.
+    """
+    found = []
+    for token_id, candidates in zip(token_ids, positions or (), strict=False):
+        chosen = candidates[token_id]
+        top = sorted(
+            (c for c in candidates.items() if c[1].rank is not None and c[1].rank <= top_n),
+            key=lambda c: c[1].rank,
+        )
+        found.append(
+            TokenLogprob(
+                id=token_id,
+                text=chosen.decoded_token or "",
+                logprob=chosen.logprob,
+                top=tuple((i, c.decoded_token or "", c.logprob) for i, c in top),
+            )
+        )
+    return found
+
+
+def _engine_dead() -> StatusError:
+    return StatusError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the vLLM engine died; retry on another replica",
+        reason="ENGINE_DEAD",
+    )
+
+
+def _finish_reason(reason: str | None, stop_reason: int | str | None) -> tuple[FinishReason, str]:
+    """vLLM's finish_reason / stop_reason as ours (and the stop sequence that matched)."""
+    if reason == "stop":
+        if isinstance(stop_reason, str):
+            return FinishReason.STOP_SEQUENCE, stop_reason
+        return FinishReason.STOP, ""
+    if reason == "length":
+        return FinishReason.LENGTH, ""
+    if reason == "abort":
+        return FinishReason.CANCELLED, ""
+    return FinishReason.ERROR, ""

