@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from switchyard import tracing
 from switchyard.configfile import ConfigError
 from switchyard.metrics_server import start_metrics_server
+from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_router import catalog, metrics
 from switchyard_router.admin import RouterAdmin
+from switchyard_router.auth import Guard
 from switchyard_router.config import RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
 from switchyard_router.proxy import Proxy
@@ -50,12 +53,18 @@ class Router:
         self.clusters: dict[str, Cluster] = {}
         self.proxy = Proxy(RouteTable(None, {}), config.retry)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # bound at import
+        # Services other than LLMService (admin, and health / reflection unless
+        # open) need a key too; the interceptor exists only when auth is on at
+        # start, so a router without auth pays nothing for it.
+        interceptors = [_KeyInterceptor(self.proxy)] if config.auth is not None else []
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+                *config.limits.server_options(),
+            ],
         )
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -89,17 +98,27 @@ class Router:
     async def _list_models(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
+        guard = self.proxy.guard
+        allowed = None
+        if guard is not None:
+            try:
+                allowed = guard.authenticate(context.invocation_metadata()).models
+            except StatusError as error:
+                await context.abort(
+                    error.code, error.message, trailing_metadata=error.trailing_metadata()
+                )
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
-        return await catalog.list_models(self.proxy.table, timeout)
+        # A key limited to some models sees only those.
+        return await catalog.list_models(self.proxy.table, timeout, allowed)
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
         for name, cluster_config in config.clusters.items():
             if name in self.clusters:
-                self.clusters[name].reconfigure(cluster_config)
+                self.clusters[name].reconfigure(cluster_config, config.drain_grace_seconds)
             else:
                 self.clusters[name] = Cluster(name, cluster_config, config.max_message_bytes)
         gone = [self.clusters.pop(n) for n in set(self.clusters) - set(config.clusters)]
@@ -109,7 +128,18 @@ class Router:
         watched = table.watched_models()
         for name, cluster in self.clusters.items():
             cluster.watch(watched.get(name, set()))
-        self.proxy.configure(table, config.retry)
+        guard = self.proxy.guard
+        if config.auth is None:
+            guard = None
+        elif guard is None or guard.config != config.auth:
+            guard = Guard(config.auth, guard)
+        if (config.auth is None) != (self.config.auth is None) and self._tasks:
+            log.warning(
+                "auth turned %s: applies to LLMService now, to admin, health and "
+                "reflection on restart",
+                "off" if config.auth is None else "on",
+            )
+        self.proxy.configure(table, config.retry, guard, config.limits)
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
@@ -120,7 +150,13 @@ class Router:
     async def start(self) -> int:
         await self.apply(self.config)
         try:
-            port = self.server.add_insecure_port(self.config.listen)
+            if self.config.tls is None:
+                port = self.server.add_insecure_port(self.config.listen)
+            else:
+                credentials = self.config.tls.files().server_credentials()
+                port = self.server.add_secure_port(self.config.listen, credentials)
+        except OSError as error:
+            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
         except RuntimeError as error:  # grpcio raises where it used to return 0
             raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
         # Give health streams a moment so the first requests find healthy endpoints.
@@ -131,6 +167,7 @@ class Router:
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
         self._spawn(self._refresh_dns(), "dns refresh")
+        self._spawn(self._watch_certificates(), "certificate files watch")
         if self.config_path is not None:
             self._spawn(self._watch_config_file(), "config file watch")
         return port
@@ -161,6 +198,17 @@ class Router:
                         await cluster.refresh(self.config.drain_grace_seconds)
                     except Exception:
                         log.exception("refreshing cluster %s failed", name)
+
+    async def _watch_certificates(self) -> None:
+        """Rebuilds a cluster's channels when its certificate files change. (The
+        listener's own certificates are re-read by gRPC at each new connection.)"""
+        while True:
+            await asyncio.sleep(_CONFIG_POLL_SECONDS)
+            for cluster in list(self.clusters.values()):
+                try:
+                    cluster.check_certificates(self.config.drain_grace_seconds)
+                except Exception:
+                    log.exception("reloading certificates of cluster %s failed", cluster.name)
 
     def _mtime(self) -> float | None:
         try:
@@ -235,3 +283,55 @@ async def serve(
     await router.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+
+
+_Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class _KeyInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+    """Asks for an API key on services other than LLMService (which the proxy checks
+    itself, on the hot path) unless they are in ``auth.open_services``."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        guard = self._proxy.guard
+        service = handler_call_details.method.lstrip("/").split("/", 1)[0]
+        if guard is None or service == SERVICE_NAME or service in guard.open_services:
+            return await continuation(handler_call_details)
+        try:
+            guard.authenticate(handler_call_details.invocation_metadata)
+        except StatusError as error:
+            handler = await continuation(handler_call_details)
+            # An unknown method has no handler: gRPC answers UNIMPLEMENTED as usual.
+            return handler if handler is None else _refusing(handler, error)
+        return await continuation(handler_call_details)
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], error: StatusError
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape that ends the call with ``error``."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
