@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -285,10 +285,11 @@ async def serve(
     log.info("stopped")
 
 
-_Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
-class _KeyInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Asks for an API key on services other than LLMService (which the proxy checks
     itself, on the hot path) unless they are in ``auth.open_services``."""
 
