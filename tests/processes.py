@@ -48,13 +48,23 @@ class ServerProcess:
         port: int,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.name = name
         self.address = f"127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config), "--listen", self.address],
+            [
+                sys.executable,
+                "-m",
+                module,
+                "--config",
+                str(config),
+                "--listen",
+                self.address,
+                *(extra_args or []),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
