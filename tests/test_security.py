@@ -364,7 +364,7 @@ def _sha256(key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def auth_router(folder: Path, keys: Keys, servers: list[ServerProcess]) -> Iterator[ServerProcess]:
+def auth_router(folder: Path, keys: Keys, servers: list[ServerProcess]) -> ServerProcess:
     upstream = _start(folder, "auth-modelserver", MODELSERVER, _scripted())
     servers.append(upstream)
     hash_file = folder / "full-key.sha256"
