@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from processes import ServerProcess, free_port
 
+from switchyard import AuthenticationError, Client, PermissionDeniedError
+from switchyard.client import API_KEY_ENV
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -678,3 +680,29 @@ def test_no_key_or_prompt_reaches_the_logs_of_this_modules_servers(
     # Every key above was sent (and wrong ones refused) at DEBUG log level.
     assert "key_id=full" in auth_router.log()  # the access log names keys by id
     assert secretscan.leaks({folder}) == []
+
+
+# The SDK ------------------------------------------------------------------------------
+
+
+def test_the_sdk_sends_its_api_key_and_speaks_tls(
+    pki: PKI,
+    auth_router: ServerProcess,
+    tls_router: ServerProcess,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    with Client(auth_router.address, api_key=keys.echo_only, max_retries=0) as client:
+        assert [m.id for m in client.list_models()] == ["echo"]
+        assert client.generate("echo", "hello there").text == "hello there"
+        with pytest.raises(PermissionDeniedError):
+            client.generate("canned", "hello")
+    with Client(auth_router.address, max_retries=0) as client, pytest.raises(AuthenticationError):
+        client.generate("echo", "hello")
+    monkeypatch.setenv(API_KEY_ENV, keys.full)
+    with Client(auth_router.address, max_retries=0) as client:
+        assert client.generate("canned", "hello").text == "The capital of France is Paris."
+    credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+    with Client(tls_router.address, credentials=credentials) as client:
+        assert client.generate("canned", "hello").text == "The capital of France is Paris."

@@ -10,6 +10,7 @@ with Client("localhost:50051") as client:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
@@ -28,6 +29,13 @@ from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 60.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+API_KEY_ENV = "SWITCHYARD_API_KEY"
+
+
+def _auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization: Bearer <key>`` for every call (``$SWITCHYARD_API_KEY`` by default)."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return (("authorization", f"Bearer {key}"),) if key else None
 
 
 def _generate_request(
@@ -135,6 +143,9 @@ class Client:
             with exponential back-off or the server's RetryInfo. Streams are not
             retried by the client (the router retries them before the first token).
         channel: an existing channel to use instead of creating one.
+        api_key: sent as ``authorization: Bearer <key>`` (default: ``$SWITCHYARD_API_KEY``).
+        credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``) for a
+            router that serves TLS; unset: plaintext.
     """
 
     def __init__(
@@ -144,10 +155,19 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._options = _Options(timeout, max_retries)
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(target)
+            )
+        self._channel = channel
         self._stub = pb_grpc.LLMServiceStub(self._channel)
 
     def __enter__(self) -> Self:
@@ -205,12 +225,18 @@ class Client:
         a context manager) to cancel the request when you stop reading early.
         """
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        return Stream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
+        return Stream(
+            self._stub.StreamGenerate(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        )
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [_convert.model_info(m) for m in response.models]
@@ -225,7 +251,9 @@ class Client:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                response: pb.GenerateResponse = self._stub.Generate(request, timeout=remaining)
+                response: pb.GenerateResponse = self._stub.Generate(
+                    request, timeout=remaining, metadata=self._metadata
+                )
                 return response
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
@@ -254,10 +282,19 @@ class AsyncClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._options = _Options(timeout, max_retries)
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.aio.insecure_channel(target)
+            )
+        self._channel = channel
         self._stub = pb_grpc.LLMServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
@@ -311,13 +348,17 @@ class AsyncClient:
     ) -> AsyncStream:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
-        return AsyncStream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)))
+        return AsyncStream(
+            self._stub.StreamGenerate(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        )
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
         try:
             response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._timeout(timeout)
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -336,7 +377,7 @@ class AsyncClient:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 response: pb.GenerateResponse = await self._stub.Generate(
-                    request, timeout=remaining
+                    request, timeout=remaining, metadata=self._metadata
                 )
                 return response
             except grpc.RpcError as rpc_error:
