@@ -26,12 +26,17 @@ from processes import ServerProcess, free_port
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError
 from switchyard.client import API_KEY_ENV
+from switchyard.configfile import load_config
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
+from switchyard_modelserver.backends.registry import backend_class
+from switchyard_modelserver.config import ModelServerConfig
+from switchyard_router.config import RouterConfig
 
+REPO = Path(__file__).resolve().parent.parent
 # A channel of its own connection (gRPC shares connections between like channels).
 _OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A prompt that must never reach a log.
@@ -85,7 +90,8 @@ def _replace(path: Path, data: bytes) -> None:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("security")
-    secretscan.watch(path)
+    # Every server log of the run (all of them live under the base folder).
+    secretscan.watch(tmp_path_factory.getbasetemp())
     return path
 
 
@@ -706,3 +712,38 @@ def test_the_sdk_sends_its_api_key_and_speaks_tls(
     credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
     with Client(tls_router.address, credentials=credentials) as client:
         assert client.generate("canned", "hello").text == "The capital of France is Paris."
+
+
+# The documented examples -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [("router-secure.yaml", RouterConfig), ("modelserver-secure.yaml", ModelServerConfig)],
+)
+def test_the_security_examples_are_in_the_readme_and_valid(
+    pki: PKI, folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, model: type[Any]
+) -> None:
+    example = REPO / "deploy/examples" / name
+    assert example.read_text().split("\n", 1)[1] in (REPO / "README.md").read_text()
+    secret = folder / "example-secret"  # what the Secrets would mount
+    secret.mkdir(exist_ok=True)
+    for target, source in [
+        ("tls.crt", pki.server.cert),
+        ("tls.key", pki.server.key),
+        ("ca.crt", pki.ca),
+        ("client.crt", pki.client.cert),
+        ("client.key", pki.client.key),
+    ]:
+        (secret / target).write_bytes(source.read_bytes())
+    (secret / "web-app.sha256").write_text(_sha256("example") + "\n")
+    monkeypatch.setenv("TLS_DIR", str(secret))
+    monkeypatch.setenv("KEYS_DIR", str(secret))
+    config = load_config(example, model)
+    assert config.tls is not None and config.tls.client_ca_file is not None
+    if isinstance(config, ModelServerConfig):
+        backend_class(config.backend.kind).options_model.model_validate(config.backend.options())
+    else:
+        assert config.auth is not None and config.auth.keys[0].digest == bytes.fromhex(
+            _sha256("example")
+        )
