@@ -27,10 +27,10 @@ def watch(root: Path) -> None:
     _ROOTS.add(root)
 
 
-def leaks(roots: set[Path] | None = None) -> list[str]:
+def leaks(roots: set[Path] | None = None, secrets: set[str] | None = None) -> list[str]:
     """``file: secret #n`` for every registered secret found in a log."""
     found = []
-    ordered = sorted(_SECRETS)
+    ordered = sorted(_SECRETS if secrets is None else secrets)
     for root in sorted(roots if roots is not None else _ROOTS):
         for path in sorted(root.rglob("*.log")):
             text = path.read_bytes()

@@ -115,17 +115,27 @@ def pki(folder: Path) -> PKI:
 
 
 def _start(
-    folder: Path, name: str, module: str, config: dict[str, Any], channel: Any = None
+    folder: Path,
+    name: str,
+    module: str,
+    config: dict[str, Any],
+    channel: Any = None,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> ServerProcess:
     path = write_config(folder / f"{name}.yaml", config)
     server = ServerProcess(
         name, module, path, free_port(), folder, extra_args=["--log-level", "DEBUG"]
     )
-    _wait_serving(server, channel(server.address) if channel else None)
+    _wait_serving(server, channel(server.address) if channel else None, metadata)
     return server
 
 
-def _wait_serving(server: ServerProcess, channel: grpc.Channel | None, timeout: float = 60) -> None:
+def _wait_serving(
+    server: ServerProcess,
+    channel: grpc.Channel | None,
+    metadata: tuple[tuple[str, str], ...] = (),
+    timeout: float = 60,
+) -> None:
     channel = channel or grpc.insecure_channel(server.address)
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
@@ -134,7 +144,7 @@ def _wait_serving(server: ServerProcess, channel: grpc.Channel | None, timeout: 
             if server.process.poll() is not None:
                 raise RuntimeError(f"{server.name} exited:\n{server.log()}")
             try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1, metadata=metadata)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -501,6 +511,31 @@ def test_health_and_reflection_stay_open_and_the_admin_service_needs_a_key(
         assert len(listed.endpoints) == 1
 
 
+def test_health_can_require_a_key_too(
+    folder: Path, keys: Keys, servers: list[ServerProcess]
+) -> None:
+    config = {
+        "clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}},
+        "routes": _routes(),
+        "auth": {
+            "keys": [{"id": "full", "sha256": _sha256(keys.full)}],
+            "open_services": ["grpc.reflection.v1alpha.ServerReflection"],
+        },
+    }
+    bearer = (("authorization", f"Bearer {keys.full}"),)
+    router = _start(folder, "closed-health-router", ROUTER, config, metadata=bearer)
+    servers.append(router)
+    with grpc.insecure_channel(router.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        assert any(a.list_services_response.service for a in answers)  # still open
+
+
 # Rate limits ----------------------------------------------------------------------
 
 
@@ -712,6 +747,15 @@ def test_the_sdk_sends_its_api_key_and_speaks_tls(
     credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
     with Client(tls_router.address, credentials=credentials) as client:
         assert client.generate("canned", "hello").text == "The capital of France is Paris."
+
+
+def test_the_log_scan_finds_a_key_in_a_log(tmp_path: Path) -> None:
+    key = f"sk-test-{secrets.token_hex(8)}"
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "server.log").write_text(f"INFO something authorization={key[::-1]}\n")
+    assert secretscan.leaks({tmp_path}, {key}) == []
+    (tmp_path / "nested" / "server.log").write_text(f"INFO something authorization={key}\n")
+    assert len(secretscan.leaks({tmp_path}, {key})) == 1
 
 
 # The documented examples -----------------------------------------------------------

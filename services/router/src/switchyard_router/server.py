@@ -24,8 +24,8 @@ from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_router import catalog, metrics
 from switchyard_router.admin import RouterAdmin
-from switchyard_router.auth import Guard
-from switchyard_router.config import RouterConfig, load_router_config
+from switchyard_router.auth import Guard, Principal
+from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
@@ -53,10 +53,13 @@ class Router:
         self.clusters: dict[str, Cluster] = {}
         self.proxy = Proxy(RouteTable(None, {}), config.retry)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # bound at import
-        # Services other than LLMService (admin, and health / reflection unless
-        # open) need a key too; the interceptor exists only when auth is on at
-        # start, so a router without auth pays nothing for it.
-        interceptors = [_KeyInterceptor(self.proxy)] if config.auth is not None else []
+        # LLMService and the admin service check keys themselves. Health and
+        # reflection are open unless taken out of auth.open_services; only then
+        # is there an interceptor (it costs every call, LLMService's too).
+        closed = config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(
+            config.auth.open_services
+        )
+        interceptors = [_KeyInterceptor(self.proxy)] if closed else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -69,7 +72,7 @@ class Router:
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters), self.server
+            RouterAdmin(lambda: self.clusters, self._authenticate), self.server
         )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
@@ -98,21 +101,27 @@ class Router:
     async def _list_models(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        guard = self.proxy.guard
-        allowed = None
-        if guard is not None:
-            try:
-                allowed = guard.authenticate(context.invocation_metadata()).models
-            except StatusError as error:
-                await context.abort(
-                    error.code, error.message, trailing_metadata=error.trailing_metadata()
-                )
+        principal = await self._authenticate(context)
+        allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         # A key limited to some models sees only those.
         return await catalog.list_models(self.proxy.table, timeout, allowed)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+        """The caller's key when auth is on (else None); aborts UNAUTHENTICATED."""
+        guard = self.proxy.guard
+        if guard is None:
+            return None
+        try:
+            return guard.authenticate(context.invocation_metadata())
+        except StatusError as error:
+            await context.abort(
+                error.code, error.message, trailing_metadata=error.trailing_metadata()
+            )
+            raise AssertionError("unreachable: context.abort raises") from None
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
@@ -290,11 +299,12 @@ if TYPE_CHECKING:
 
 
 class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Asks for an API key on services other than LLMService (which the proxy checks
-    itself, on the hot path) unless they are in ``auth.open_services``."""
+    """Asks for an API key on health and reflection when they are not in
+    ``auth.open_services`` (LLMService and the admin service check it themselves)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self._proxy = proxy
+        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME}
 
     async def intercept_service(
         self,
@@ -305,7 +315,7 @@ class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> _Handler:
         guard = self._proxy.guard
         service = handler_call_details.method.lstrip("/").split("/", 1)[0]
-        if guard is None or service == SERVICE_NAME or service in guard.open_services:
+        if guard is None or service in self._checked or service in guard.open_services:
             return await continuation(handler_call_details)
         try:
             guard.authenticate(handler_call_details.invocation_metadata)
