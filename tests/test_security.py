@@ -536,6 +536,38 @@ def test_health_can_require_a_key_too(
         assert any(a.list_services_response.service for a in answers)  # still open
 
 
+def test_a_rotated_key_file_replaces_the_key(
+    folder: Path, keys: Keys, servers: list[ServerProcess]
+) -> None:
+    hash_file = folder / "rotating-key.sha256"
+    _replace(hash_file, _sha256(keys.full).encode())
+    config = {
+        "clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}},
+        "routes": _routes(),
+        "auth": {"keys": [{"id": "rotating", "sha256_file": str(hash_file)}]},
+    }
+    router = _start(folder, "rotating-key-router", ROUTER, config)
+    servers.append(router)
+
+    def list_models(key: str) -> grpc.StatusCode:
+        with grpc.insecure_channel(router.address) as channel:
+            try:
+                pb_grpc.LLMServiceStub(channel).ListModels(
+                    pb.ListModelsRequest(), timeout=5, **_bearer(key)
+                )
+            except grpc.RpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    assert list_models(keys.full) == grpc.StatusCode.OK
+    _replace(hash_file, _sha256(keys.echo_only).encode())  # the Secret is updated
+    deadline = time.monotonic() + 20
+    while list_models(keys.echo_only) != grpc.StatusCode.OK:
+        assert time.monotonic() < deadline, router.log()
+        time.sleep(0.2)
+    assert list_models(keys.full) == grpc.StatusCode.UNAUTHENTICATED
+
+
 # Rate limits ----------------------------------------------------------------------
 
 

@@ -219,11 +219,22 @@ class Router:
                 except Exception:
                     log.exception("reloading certificates of cluster %s failed", cluster.name)
 
-    def _mtime(self) -> float | None:
+    def _mtime(self) -> tuple[float, ...] | None:
+        """When the config file, and the key-hash files it names, last changed."""
         try:
-            return self.config_path.stat().st_mtime if self.config_path else None
+            if self.config_path is None:
+                return None
+            stamps = [self.config_path.stat().st_mtime]
         except OSError:
             return None
+        # Key hashes mounted from a Secret change without the config file changing.
+        for key in self.config.auth.keys if self.config.auth else ():
+            if key.sha256_file is not None:
+                try:
+                    stamps.append(key.sha256_file.stat().st_mtime)
+                except OSError:
+                    stamps.append(0.0)
+        return tuple(stamps)
 
     async def _watch_config_file(self) -> None:
         while True:
@@ -231,7 +242,7 @@ class Router:
             mtime = self._mtime()
             if mtime is not None and mtime != self._config_mtime:
                 self._config_mtime = mtime
-                log.info("config file changed")
+                log.info("config file (or a key file) changed")
                 await self.reload()
 
     async def reload(self) -> bool:
@@ -248,6 +259,7 @@ class Router:
         if self._listen_fixed:
             config = config.model_copy(update={"listen": self.listen})
         await self.apply(config)
+        self._config_mtime = self._mtime()  # the files the new config names
         log.info("config reloaded: routes %s", ", ".join(sorted(r.model for r in config.routes)))
         return True
 
