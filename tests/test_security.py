@@ -5,6 +5,7 @@ and connection limits, and no key or prompt in any log."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -23,6 +24,7 @@ from conftest import MODELSERVER, ROUTER, SCRIPTED_MODELS, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from processes import ServerProcess, free_port
+from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receiver
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError
 from switchyard.client import API_KEY_ENV
@@ -121,10 +123,17 @@ def _start(
     config: dict[str, Any],
     channel: Any = None,
     metadata: tuple[tuple[str, str], ...] = (),
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     path = write_config(folder / f"{name}.yaml", config)
     server = ServerProcess(
-        name, module, path, free_port(), folder, extra_args=["--log-level", "DEBUG"]
+        name,
+        module,
+        path,
+        free_port(),
+        folder,
+        extra_env=env,
+        extra_args=["--log-level", "DEBUG"],
     )
     _wait_serving(server, channel(server.address) if channel else None, metadata)
     return server
@@ -742,6 +751,48 @@ def test_a_client_that_pings_too_often_is_disconnected(
         check=True,
     )
     assert result.stdout.startswith("UNAVAILABLE Too many pings"), result.stdout + result.stderr
+
+
+# Spans -----------------------------------------------------------------------------
+
+
+def test_no_key_or_prompt_reaches_a_span(
+    folder: Path,
+    keys: Keys,
+    receiver: tuple[Receiver, str],  # noqa: F811  # the fixture imported above
+    servers: list[ServerProcess],
+) -> None:
+    collector, endpoint = receiver
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    upstream = _start(folder, "traced-modelserver", MODELSERVER, _scripted(), env=env)
+    servers.append(upstream)
+    auth = {
+        "keys": [
+            {"id": "full", "sha256": _sha256(keys.full)},
+            {"id": "echo-only", "sha256": _sha256(keys.echo_only), "models": ["echo"]},
+        ]
+    }
+    config = {
+        "clusters": {"pool": {"endpoints": [upstream.address]}},
+        "routes": _routes(),
+        "auth": auth,
+    }
+    router = _start(folder, "traced-router", ROUTER, config, env=env)
+    servers.append(router)
+    with grpc.insecure_channel(router.address) as channel:
+        assert _generate(channel, model="echo", **_bearer(keys.full)).text == CANARY_PROMPT
+        for key in (keys.echo_only, keys.unknown):  # refused: PERMISSION_DENIED, UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError):
+                _generate(channel, **_bearer(key))
+    spans = collector.wait_for(3)  # router request, its attempt, the model server's
+    text = json.dumps(spans)
+    assert "gen_ai.request.model" in text
+    for secret in (keys.full, keys.echo_only, keys.unknown, CANARY_PROMPT):
+        assert secret not in text
 
 
 # Logs ------------------------------------------------------------------------------
