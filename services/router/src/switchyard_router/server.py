@@ -56,10 +56,8 @@ class Router:
         # LLMService and the admin service check keys themselves. Health and
         # reflection are open unless taken out of auth.open_services; only then
         # is there an interceptor (it costs every call, LLMService's too).
-        closed = config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(
-            config.auth.open_services
-        )
-        interceptors = [_KeyInterceptor(self.proxy)] if closed else []
+        self._intercepting = _closes_open_services(config)
+        interceptors = [_KeyInterceptor(self.proxy)] if self._intercepting else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -142,12 +140,8 @@ class Router:
             guard = None
         elif guard is None or guard.config != config.auth:
             guard = Guard(config.auth, guard)
-        if (config.auth is None) != (self.config.auth is None) and self._tasks:
-            log.warning(
-                "auth turned %s: applies to LLMService now, to admin, health and "
-                "reflection on restart",
-                "off" if config.auth is None else "on",
-            )
+        if _closes_open_services(config) and not self._intercepting:
+            log.warning("auth.open_services: keys for health and reflection take a restart")
         self.proxy.configure(table, config.retry, guard, config.limits)
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
@@ -304,6 +298,11 @@ async def serve(
     await router.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+
+
+def _closes_open_services(config: RouterConfig) -> bool:
+    """Whether health or reflection need a key (an interceptor checks them)."""
+    return config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(config.auth.open_services)
 
 
 if TYPE_CHECKING:
