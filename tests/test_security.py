@@ -28,7 +28,8 @@ from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receive
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError
 from switchyard.client import API_KEY_ENV
-from switchyard.configfile import load_config
+from switchyard.configfile import ConfigError, load_config
+from switchyard.listener import CertificateFiles
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -365,6 +366,36 @@ def test_a_rotated_cluster_ca_makes_the_router_reconnect(
                     raise AssertionError(f"router never reconnected:\n{router.log()}") from failure
                 time.sleep(0.2)
     assert "certificates changed" in router.log()
+
+
+def test_a_certificate_that_does_not_match_its_key_is_refused_at_start(
+    pki: PKI, tmp_path: Path
+) -> None:
+    path = write_config(
+        tmp_path / "router.yaml",
+        {
+            "tls": {"cert_file": str(pki.server.cert), "key_file": str(pki.client.key)},
+            "clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}},
+            "routes": _routes(),
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, RouterConfig)
+    assert "tls" in str(caught.value) and "private key" in str(caught.value)
+
+
+def test_a_broken_rotation_keeps_the_last_good_certificate(pki: PKI, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _replace(cert, pki.server.cert.read_bytes())
+    _replace(key, pki.server.key.read_bytes())
+    files = CertificateFiles(cert, key, None)
+    _replace(cert, b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    assert not files.changed()
+    assert files.cert == pki.server.cert.read_bytes()
+    _replace(cert, pki.client.cert.read_bytes())
+    _replace(key, pki.client.key.read_bytes())
+    assert files.changed()
+    assert files.cert == pki.client.cert.read_bytes()
 
 
 # API keys -----------------------------------------------------------------------

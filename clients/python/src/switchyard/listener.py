@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,11 @@ class ServerTLSConfig(_Strict):
         "(mutual TLS)",
     )
 
+    @model_validator(mode="after")
+    def _usable(self) -> ServerTLSConfig:
+        verify(self.cert_file, self.key_file, self.client_ca_file)
+        return self
+
     def files(self) -> CertificateFiles:
         return CertificateFiles(self.cert_file, self.key_file, self.client_ca_file)
 
@@ -57,6 +63,7 @@ class ChannelTLSConfig(_Strict):
     def _pair(self) -> ChannelTLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (both for mutual TLS, or neither)")
+        verify(self.cert_file, self.key_file, self.ca_file)
         return self
 
     def files(self) -> CertificateFiles:
@@ -89,6 +96,25 @@ class ConnectionLimits(_Strict):
             # Pings with no call open are fine while they respect the interval.
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+
+
+def verify(cert_file: Path | None, key_file: Path | None, ca_file: Path | None) -> None:
+    """ValueError naming the problem when the files are not a usable certificate, key
+    and CA bundle (gRPC itself only says that it failed to bind or to connect)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cert_file is not None and key_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(
+                f"cert_file {cert_file} and key_file {key_file} are not a PEM certificate "
+                f"and its private key: {error}"
+            ) from None
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(f"{ca_file} is not a PEM CA bundle: {error}") from None
 
 
 def _identity(path: Path | None) -> tuple[int, int, int] | None:
@@ -129,8 +155,13 @@ class CertificateFiles:
             if now == self._seen:
                 return False
             loaded = self._load()
+            verify(self.cert_file, self.key_file, self.ca_file)
         except OSError as error:
             log.warning("cannot read certificate files (%s); keeping the loaded ones", error)
+            return False
+        except ValueError as error:
+            self._seen = now  # said once, not at every handshake
+            log.error("new certificate files rejected; keeping the loaded ones: %s", error)
             return False
         self._seen = now
         self.cert, self.key, self.ca = loaded
