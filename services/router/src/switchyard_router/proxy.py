@@ -142,11 +142,11 @@ class _Call:
     model: str
     deadline: float | None
     metadata: Metadata
-    limiter: KeyLimiter | None = None  # charged with the answer's tokens
+    limiter: KeyLimiter | None = None  # a key with a token limit: charged with the usage
     tried: set[Endpoint] = field(default_factory=set)
 
     def charge(self, response: bytes, usage_field: int) -> None:
-        if self.limiter is not None and self.limiter.tokens is not None:
+        if self.limiter is not None:
             self.limiter.charge(wire.read_usage_tokens(response, usage_field))
 
 
@@ -211,7 +211,9 @@ class Proxy:
             metadata = _forwarded(context.invocation_metadata())
         else:
             metadata = _forwarded(context.invocation_metadata(), _HOP_HEADERS_WITH_AUTH)
-        return _Call(record, context, table, route, model, _deadline(context), metadata, limiter)
+        # Only a key with a token limit needs its answers' usage read.
+        charged = limiter if limiter is not None and limiter.tokens is not None else None
+        return _Call(record, context, table, route, model, _deadline(context), metadata, charged)
 
     async def _next_pick(self, call: _Call, failure: _Failure | None) -> Pick:
         """The endpoint for the next attempt, or the final status when none is left."""
