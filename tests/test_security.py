@@ -767,12 +767,18 @@ with grpc.insecure_channel(sys.argv[1], options=options) as channel:
 """
 
 
+@pytest.mark.parametrize("kind", ["modelserver", "router"])
 def test_a_client_that_pings_too_often_is_disconnected(
-    folder: Path, servers: list[ServerProcess]
+    folder: Path, servers: list[ServerProcess], kind: str
 ) -> None:
-    # Pings every second against a server that allows one per 5 s, 2 strikes.
-    limits = {"min_ping_interval_seconds": 5, "max_ping_strikes": 2}
-    server = _start(folder, "ping-modelserver", MODELSERVER, _scripted(limits=limits))
+    # Pings every second (gRPC clients' floor), 2 strikes allowed: against a model
+    # server that allows one per 5 s, and against the router at its defaults (10 s).
+    if kind == "modelserver":
+        limits = {"min_ping_interval_seconds": 5, "max_ping_strikes": 2}
+        server = _start(folder, "ping-modelserver", MODELSERVER, _scripted(limits=limits))
+    else:
+        config = {"clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}}, "routes": _routes()}
+        server = _start(folder, "ping-router", ROUTER, config)
     servers.append(server)
     result = subprocess.run(
         [sys.executable, "-c", _PINGER, server.address],
