@@ -16,6 +16,7 @@ import gguf
 import pytest
 import yaml
 from processes import ServerProcess, free_port
+from secretscan import pytest_sessionfinish  # noqa: F401  # scans every log for API keys
 from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
 
 MODELSERVER = "switchyard_modelserver"

@@ -49,6 +49,7 @@ class ServerProcess:
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
         python: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.name = name
         self.address = f"127.0.0.1:{port}"
@@ -63,6 +64,7 @@ class ServerProcess:
                 str(config),
                 "--listen",
                 self.address,
+                *(extra_args or []),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

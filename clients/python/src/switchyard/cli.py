@@ -114,13 +114,14 @@ def _models(client: Client) -> None:
 def _endpoints(target: str, timeout: float) -> None:
     import grpc
 
+    from switchyard.client import _auth_metadata
     from switchyard.v1 import router_admin_pb2 as admin_pb
     from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 
     with grpc.insecure_channel(target) as channel:
         try:
             response = admin_grpc.RouterAdminServiceStub(channel).ListEndpoints(
-                admin_pb.ListEndpointsRequest(), timeout=timeout
+                admin_pb.ListEndpointsRequest(), timeout=timeout, metadata=_auth_metadata(None)
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

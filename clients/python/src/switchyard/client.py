@@ -10,6 +10,7 @@ with Client("localhost:50051") as client:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
@@ -32,8 +33,16 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_BATCH_CONCURRENCY = 8
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
+API_KEY_ENV = "SWITCHYARD_API_KEY"
+
 BatchInput = str | Sequence[MessageLike]
 """One item of ``generate_batch``: a prompt, or a conversation (a list of messages)."""
+
+
+def _auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization: Bearer <key>`` for every call (``$SWITCHYARD_API_KEY`` by default)."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return (("authorization", f"Bearer {key}"),) if key else None
 
 
 def _generate_request(
@@ -204,6 +213,9 @@ class Client:
         channel: an existing channel to use instead of creating one.
         on_usage: called with a :class:`~switchyard.usage.UsageEvent` (tokens,
             latency, errors) after every generate, chat and stream call.
+        api_key: sent as ``authorization: Bearer <key>`` (default: ``$SWITCHYARD_API_KEY``).
+        credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``) for a
+            router that serves TLS; unset: plaintext.
     """
 
     def __init__(
@@ -214,10 +226,19 @@ class Client:
         max_retries: int = 2,
         channel: grpc.Channel | None = None,
         on_usage: UsageCallback | None = None,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(target)
+            )
+        self._channel = channel
         self._stub = pb_grpc.LLMServiceStub(self._channel)
 
     def __enter__(self) -> Self:
@@ -274,7 +295,10 @@ class Client:
         """
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
         usage = self._options.stream_usage(request)
-        return Stream(self._stub.StreamGenerate(request, timeout=self._timeout(timeout)), usage)
+        call = self._stub.StreamGenerate(
+            request, timeout=self._timeout(timeout), metadata=self._metadata
+        )
+        return Stream(call, usage)
 
     @overload
     def generate_batch(
@@ -329,7 +353,9 @@ class Client:
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models served, with their live status."""
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout))
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [_convert.model_info(m) for m in response.models]
@@ -357,7 +383,9 @@ class Client:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             tries.count += 1
             try:
-                response: pb.GenerateResponse = self._stub.Generate(request, timeout=remaining)
+                response: pb.GenerateResponse = self._stub.Generate(
+                    request, timeout=remaining, metadata=self._metadata
+                )
                 return response
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
@@ -387,10 +415,19 @@ class AsyncClient:
         max_retries: int = 2,
         channel: grpc.aio.Channel | None = None,
         on_usage: UsageCallback | None = None,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.aio.insecure_channel(target)
+            )
+        self._channel = channel
         self._stub = pb_grpc.LLMServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:
@@ -443,7 +480,9 @@ class AsyncClient:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         request = _stream_request(_generate_request(model, prompt, messages, sampling))
         usage = self._options.stream_usage(request)
-        call = self._stub.StreamGenerate(request, timeout=self._timeout(timeout))
+        call = self._stub.StreamGenerate(
+            request, timeout=self._timeout(timeout), metadata=self._metadata
+        )
         return AsyncStream(call, usage)
 
     @overload
@@ -500,7 +539,7 @@ class AsyncClient:
         """Lists the models served, with their live status."""
         try:
             response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._timeout(timeout)
+                pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -530,7 +569,7 @@ class AsyncClient:
             tries.count += 1
             try:
                 response: pb.GenerateResponse = await self._stub.Generate(
-                    request, timeout=remaining
+                    request, timeout=remaining, metadata=self._metadata
                 )
                 return response
             except grpc.RpcError as rpc_error:

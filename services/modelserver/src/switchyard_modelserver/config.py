@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard.configfile import load_config
+from switchyard.listener import ConnectionLimits, ServerTLSConfig
 
 
 class BackendSection(BaseModel):
@@ -29,6 +30,38 @@ class BackendSection(BaseModel):
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class InputLimits(ConnectionLimits):
+    """``limits:``: what one request may ask for, and per-connection limits.
+
+    The model server enforces the limits that need the parsed request (it parses
+    it anyway); the router relays bytes and enforces only size, keys and rates.
+    """
+
+    # A router sends all its calls to one model server over one connection,
+    # including a health watch per model: allow plenty.
+    max_concurrent_streams: int = Field(default=1000, ge=1)
+    # Routers ping every few seconds (keepalive_seconds >= 1) to find hung servers.
+    min_ping_interval_seconds: float = Field(default=0.5, ge=0)
+    max_request_bytes: int | None = Field(
+        default=None, ge=1, description="larger requests get INVALID_ARGUMENT (field `request`)"
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000, ge=1, description="prompt, or all message contents together"
+    )
+    max_messages: int = Field(default=1024, ge=1)
+    max_stop_sequences: int = Field(default=8, ge=0)
+    max_stop_sequence_chars: int = Field(default=256, ge=1)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="ceiling on sampling.max_tokens for every model; an unset max_tokens "
+        "becomes this",
+    )
+    max_tokens_per_model: dict[str, int] = Field(
+        default_factory=dict, description="per model id or alias; overrides max_tokens"
+    )
 
 
 class ModelServerConfig(BaseModel):
@@ -50,6 +83,8 @@ class ModelServerConfig(BaseModel):
         ge=0,
         description="after the first token, at most one stream message per this many ms",
     )
+    tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
+    limits: InputLimits = InputLimits()
 
 
 def load_modelserver_config(path: Path) -> ModelServerConfig:

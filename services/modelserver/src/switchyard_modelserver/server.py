@@ -40,19 +40,21 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _llm_service_handler(servicer: LLMServicer) -> grpc.GenericRpcHandler[Any, Any]:
+def _llm_service_handler(
+    servicer: LLMServicer, max_request_bytes: int | None
+) -> grpc.GenericRpcHandler[Any, Any]:
     """LLMService's handlers, with request parsing that cannot fail inside grpcio."""
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
             "Generate": grpc.unary_unary_rpc_method_handler(
                 servicer.Generate,
-                request_deserializer=lenient_parser(pb.GenerateRequest),
+                request_deserializer=lenient_parser(pb.GenerateRequest, max_request_bytes),
                 response_serializer=pb.GenerateResponse.SerializeToString,
             ),
             "StreamGenerate": grpc.unary_stream_rpc_method_handler(
                 servicer.StreamGenerate,
-                request_deserializer=lenient_parser(pb.StreamGenerateRequest),
+                request_deserializer=lenient_parser(pb.StreamGenerateRequest, max_request_bytes),
                 response_serializer=pb.StreamGenerateResponse.SerializeToString,
             ),
             "ListModels": grpc.unary_unary_rpc_method_handler(
@@ -102,11 +104,10 @@ class ModelServer:
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-                # Routers ping every few seconds to find hung servers: allow it
-                # (gRPC's default answers frequent pings with GOAWAY "too_many_pings").
-                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_ping_strikes", 0),
+                # Routers ping every few seconds to find hung servers: the default
+                # limits allow that (min_ping_interval_seconds 0.5) and close
+                # connections that ping faster (GOAWAY "too_many_pings").
+                *config.limits.server_options(),
             ]
         )
         self.in_flight = InFlight()
@@ -119,7 +120,10 @@ class ModelServer:
                         self.gates,
                         self.in_flight,
                         config.stream_coalesce_ms / 1000,
-                    )
+                        config.limits,
+                        self._max_tokens_per_model(config),
+                    ),
+                    config.limits.max_request_bytes,
                 ),
             )
         )
@@ -127,6 +131,19 @@ class ModelServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+
+    def _max_tokens_per_model(self, config: ModelServerConfig) -> dict[str, int]:
+        """``limits.max_tokens_per_model`` by model id (a name may be an alias)."""
+        ceilings: dict[str, int] = {}
+        for name, ceiling in config.limits.max_tokens_per_model.items():
+            model_id = self.catalog.lookup(name)
+            if model_id is None:
+                known = ", ".join(e.card.id for e in self.catalog.entries())
+                raise ConfigError(
+                    f"limits.max_tokens_per_model: no model {name!r} (models: {known})"
+                )
+            ceilings[model_id] = ceiling
+        return ceilings
 
     def _on_model_change(self, entry: CatalogEntry) -> None:
         if entry.card.id not in self.gates:  # a model the backend found while loading
@@ -159,7 +176,13 @@ class ModelServer:
             for name in self.catalog.health_names(entry):
                 await self.health.set(name, _NOT_SERVING)
         try:
-            port = self.server.add_insecure_port(self.config.listen)
+            if self.config.tls is None:
+                port = self.server.add_insecure_port(self.config.listen)
+            else:
+                credentials = self.config.tls.files().server_credentials()
+                port = self.server.add_secure_port(self.config.listen, credentials)
+        except OSError as error:
+            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
         except RuntimeError as error:  # grpcio raises where it used to return 0
             raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
         await self.server.start()
@@ -205,6 +228,8 @@ async def serve(config: ModelServerConfig) -> None:
         start_metrics_server(config.metrics_listen)
     try:
         model_server = ModelServer(config, backend)
+    except ConfigError:
+        raise
     except ValueError as error:  # e.g. an alias that names another model
         raise ConfigError(f"backend: {error}") from None
     port = await model_server.start()

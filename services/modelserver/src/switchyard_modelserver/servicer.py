@@ -30,6 +30,7 @@ from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
 from switchyard_modelserver.coalescing import coalesced
+from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import (
     Capability,
     Delta,
@@ -301,8 +302,12 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         gates: dict[str, ModelGate],
         in_flight: InFlight,
         coalesce_seconds: float = 0.0,
+        limits: InputLimits = validation.DEFAULT_LIMITS,
+        max_tokens: dict[str, int] | None = None,
     ) -> None:
         self._coalesce_seconds = coalesce_seconds
+        self._limits = limits
+        self._max_tokens = max_tokens or {}  # ceiling per model id
         self._backend = backend
         self._catalog = catalog
         self._gates = gates
@@ -320,7 +325,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         ):
             parts: list[str] = []
             tokens: list[pb.Token] = []
-            valid = _with_deadline(validation.generation_request(request), context)
+            valid = _with_deadline(validation.generation_request(request, self._limits), context)
             events = self._events(valid, outcome)
             async with aclosing(events):
                 async for event in events:
@@ -352,7 +357,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             self._in_flight.track(),
             _deadline(context),
         ):
-            valid = _with_deadline(validation.generation_request(request), context)
+            valid = _with_deadline(validation.generation_request(request, self._limits), context)
             with_ids = valid.include_token_ids
             events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
             async with aclosing(events):
@@ -455,7 +460,10 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
         outcome.resolved = True
-        resolved = dataclasses.replace(request, model=model_id)
+        resolved = validation.max_tokens_ceiling(
+            dataclasses.replace(request, model=model_id),
+            self._max_tokens.get(model_id, self._limits.max_tokens),
+        )
         async with self._gates[model_id].admit():
             events = self._backend.generate(resolved)
             try:

@@ -1,11 +1,14 @@
 """Request validation: protobuf in, domain request out, or INVALID_ARGUMENT naming every bad field.
 
 Checks that need the model (context length, token counts) happen in the backend,
-which alone can count tokens.
+which alone can count tokens. The limits (``limits:`` in the config: prompt
+length, number of messages, stop sequences, max_tokens ceilings) are checked
+here: the model server parses every request anyway, the router does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +18,12 @@ from google.protobuf.message import DecodeError, Message
 
 from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
 
 _Message = TypeVar("_Message", bound=Message)
 
-MAX_STOP_SEQUENCES = 8
-MAX_STOP_SEQUENCE_LENGTH = 256
+DEFAULT_LIMITS = InputLimits()
 MAX_LOGPROBS = 20
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -31,15 +34,23 @@ class UnreadableRequest:
 
     message_type: str
     error: str
+    too_large: bool = False
 
 
 def lenient_parser(
-    message_type: type[_Message],
+    message_type: type[_Message], max_bytes: int | None = None
 ) -> Callable[[bytes], _Message | UnreadableRequest]:
     """A gRPC request deserializer that hands bad bytes to the servicer instead of
-    failing inside grpcio (which would answer UNKNOWN), so they get INVALID_ARGUMENT."""
+    failing inside grpcio (which would answer UNKNOWN), so they get INVALID_ARGUMENT.
+    Requests over ``max_bytes`` are refused unparsed."""
 
     def parse(data: bytes) -> _Message | UnreadableRequest:
+        if max_bytes is not None and len(data) > max_bytes:
+            return UnreadableRequest(
+                message_type.DESCRIPTOR.full_name,
+                f"is {len(data)} bytes; at most {max_bytes}",
+                too_large=True,
+            )
         try:
             return message_type.FromString(data)
         except DecodeError as error:
@@ -50,8 +61,11 @@ def lenient_parser(
 
 def generation_request(
     request: pb.GenerateRequest | pb.StreamGenerateRequest | UnreadableRequest,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> GenerationRequest:
     """Validates a Generate or StreamGenerate request; raises StatusError on bad input."""
+    if isinstance(request, UnreadableRequest) and request.too_large:
+        raise invalid_argument(FieldViolation("request", request.error))
     if isinstance(request, UnreadableRequest):
         raise invalid_argument(
             FieldViolation(
@@ -73,15 +87,30 @@ def generation_request(
         violations.append(
             FieldViolation("prompt", "one of prompt or messages is required and must not be empty")
         )
-    for index, message in enumerate(request.messages):
+    if len(request.messages) > limits.max_messages:
+        violations.append(
+            FieldViolation(
+                "messages",
+                f"at most {limits.max_messages} messages (got {len(request.messages)})",
+            )
+        )
+    prompt_chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
+    if prompt_chars > limits.max_prompt_chars:
+        violations.append(
+            FieldViolation(
+                "messages" if has_messages else "prompt",
+                f"is {prompt_chars} characters; at most {limits.max_prompt_chars}",
+            )
+        )
+    for index, message in enumerate(request.messages[: limits.max_messages]):
         if message.role not in CHAT_ROLES:
             violations.append(
                 FieldViolation(
                     f"messages[{index}].role",
-                    f"must be one of {', '.join(CHAT_ROLES)} (got {message.role!r})",
+                    f"must be one of {', '.join(CHAT_ROLES)} (got {_clip(message.role)!r})",
                 )
             )
-    sampling = _sampling(request.sampling, violations)
+    sampling = _sampling(request.sampling, violations, limits)
     if any(t < 0 for t in request.continuation.token_ids):
         violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
     if violations:
@@ -100,7 +129,14 @@ def generation_request(
     )
 
 
-def _sampling(params: pb.SamplingParams, violations: list[FieldViolation]) -> Sampling:
+def _clip(text: str, length: int = 32) -> str:
+    """User text quoted in an error, cut short (an error is no place for a prompt)."""
+    return text if len(text) <= length else text[:length] + "..."
+
+
+def _sampling(
+    params: pb.SamplingParams, violations: list[FieldViolation], limits: InputLimits
+) -> Sampling:
     def check(name: str, ok: bool, description: str) -> None:
         if not ok:
             violations.append(FieldViolation(f"sampling.{name}", description))
@@ -123,14 +159,14 @@ def _sampling(params: pb.SamplingParams, violations: list[FieldViolation]) -> Sa
         check("max_tokens", params.max_tokens >= 1, f"must be >= 1 (got {params.max_tokens})")
     check(
         "stop",
-        len(params.stop) <= MAX_STOP_SEQUENCES,
-        f"at most {MAX_STOP_SEQUENCES} stop sequences (got {len(params.stop)})",
+        len(params.stop) <= limits.max_stop_sequences,
+        f"at most {limits.max_stop_sequences} stop sequences (got {len(params.stop)})",
     )
-    for index, stop in enumerate(params.stop):
+    for index, stop in enumerate(params.stop[: limits.max_stop_sequences]):
         if not stop:
             check(f"stop[{index}]", False, "must not be empty")
-        elif len(stop) > MAX_STOP_SEQUENCE_LENGTH:
-            check(f"stop[{index}]", False, f"at most {MAX_STOP_SEQUENCE_LENGTH} characters")
+        elif len(stop) > limits.max_stop_sequence_chars:
+            check(f"stop[{index}]", False, f"at most {limits.max_stop_sequence_chars} characters")
     if has("seed"):
         check("seed", params.seed >= 0, f"must be >= 0 (got {params.seed})")
     for name in ("presence_penalty", "frequency_penalty"):
@@ -190,3 +226,21 @@ def context_overflow(
             )
         )
     return None
+
+
+def max_tokens_ceiling(request: GenerationRequest, ceiling: int | None) -> GenerationRequest:
+    """Applies a model's max_tokens ceiling: INVALID_ARGUMENT above it; unset becomes it."""
+    if ceiling is None:
+        return request
+    asked = request.sampling.max_tokens
+    if asked is None:
+        sampling = dataclasses.replace(request.sampling, max_tokens=ceiling)
+        return dataclasses.replace(request, sampling=sampling)
+    if asked > ceiling:
+        raise invalid_argument(
+            FieldViolation(
+                "sampling.max_tokens",
+                f"at most {ceiling} for model {request.model!r} (got {asked})",
+            )
+        )
+    return request

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc.aio
@@ -32,14 +32,20 @@ _HEALTH = {
 class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
     """Reports the endpoints of the router's current clusters."""
 
-    def __init__(self, clusters: Callable[[], Mapping[str, Cluster]]) -> None:
+    def __init__(
+        self,
+        clusters: Callable[[], Mapping[str, Cluster]],
+        authorize: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[object]],
+    ) -> None:
         self._clusters = clusters
+        self._authorize = authorize  # aborts with UNAUTHENTICATED when auth is on
 
     async def ListEndpoints(  # noqa: N802 - gRPC method name
         self,
         request: admin_pb.ListEndpointsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb.ListEndpointsResponse:
+        await self._authorize(context)
         response = admin_pb.ListEndpointsResponse()
         now = time.monotonic()
         for name, cluster in sorted(self._clusters().items()):

@@ -30,11 +30,15 @@ async def _models_at(endpoint: Endpoint, timeout: float) -> dict[str, pb.Model]:
     return models
 
 
-async def list_models(table: RouteTable, timeout: float) -> pb.ListModelsResponse:
-    """Describes every route: what its endpoints say, and how many are healthy now."""
+async def list_models(
+    table: RouteTable, timeout: float, allowed: frozenset[str] | None = None
+) -> pb.ListModelsResponse:
+    """Describes every route (or only the ``allowed`` ones): what its endpoints say,
+    and how many are healthy now."""
+    names = sorted(table.routes if allowed is None else allowed & table.routes.keys())
     endpoints = {
         id(e): e
-        for route in table.routes.values()
+        for route in (table.routes[name] for name in names)
         for target in route.targets()
         for e in target.cluster.endpoints.values()
     }
@@ -42,7 +46,7 @@ async def list_models(table: RouteTable, timeout: float) -> pb.ListModelsRespons
     answers = await asyncio.gather(*(_models_at(e, timeout) for e in reachable.values()))
     described_by = dict(zip(reachable, answers, strict=True))
     models = []
-    for name in sorted(table.routes):
+    for name in names:
         described: pb.Model | None = None
         loading = False
         healthy = total = 0

@@ -17,11 +17,20 @@ are replaced from the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_validator
 
 from switchyard.configfile import load_config
+from switchyard.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+OPEN_BY_DEFAULT = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 
 class _Strict(BaseModel):
@@ -52,6 +61,9 @@ class ClusterConfig(_Strict):
         default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
     )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    tls: ChannelTLSConfig | None = Field(
+        default=None, description="TLS (or mutual TLS) to this cluster's model servers"
+    )
 
     @model_validator(mode="after")
     def _addresses(self) -> ClusterConfig:
@@ -99,6 +111,84 @@ class RouteConfig(_Strict):
     )
 
 
+class APIKeyConfig(_Strict):
+    """One API key, by the SHA-256 of its text (the key itself is never configured)."""
+
+    id: str = Field(
+        min_length=1, description="a name for logs and metrics (never the key or its hash)"
+    )
+    sha256: str | None = Field(default=None, description="hex SHA-256 of the key")
+    sha256_file: FilePath | None = Field(
+        default=None, description="a file holding the hex SHA-256 (a mounted Secret)"
+    )
+    models: list[str] | None = Field(
+        default=None, description="routes (public model names) it may use; unset: all"
+    )
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    request_burst: int | None = Field(
+        default=None, ge=1, description="requests at once (default: requests_per_minute)"
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="prompt + completion tokens, from each answer's usage"
+    )
+    token_burst: int | None = Field(
+        default=None, ge=1, description="tokens at once (default: tokens_per_minute)"
+    )
+    _digest: bytes = PrivateAttr(default=b"")
+
+    @model_validator(mode="after")
+    def _hash(self) -> APIKeyConfig:
+        if (self.sha256 is None) == (self.sha256_file is None):
+            raise ValueError("set exactly one of sha256 and sha256_file")
+        if self.sha256_file is not None:
+            text, where = self.sha256_file.read_text().strip().lower(), "sha256_file"
+            text = text.split()[0] if text else text  # `sha256sum` output works as it is
+        else:
+            text, where = (self.sha256 or "").strip().lower(), "sha256"
+        if not _SHA256_HEX.fullmatch(text):
+            # Never echo the value: it might be the key itself pasted by mistake.
+            raise ValueError(f"{where}: expected 64 hex digits (the SHA-256 of the key)")
+        self._digest = bytes.fromhex(text)
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        return self._digest
+
+
+class AuthConfig(_Strict):
+    """``auth:``: API keys (``authorization: Bearer <key>``) and what each may use."""
+
+    keys: list[APIKeyConfig] = Field(min_length=1)
+    open_services: list[str] = Field(
+        default=list(OPEN_BY_DEFAULT),
+        description="gRPC services callable without a key (health and reflection by default)",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        ids = [key.id for key in self.keys]
+        for index, key_id in enumerate(ids):
+            if key_id in ids[:index]:
+                raise ValueError(f"keys[{index}].id: {key_id!r} is used twice")
+        digests = [key.digest for key in self.keys]
+        for index, digest in enumerate(digests):
+            if digest in digests[:index]:
+                raise ValueError(f"keys[{index}]: the same key hash is configured twice")
+        return self
+
+
+class RouterLimitsConfig(ConnectionLimits):
+    """``limits:`` of the router's listener."""
+
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="larger requests get INVALID_ARGUMENT (field `request`); checked on the "
+        "raw bytes, so it costs nothing; max_message_bytes is gRPC's own hard cap",
+    )
+
+
 class RouterConfig(_Strict):
     """The whole router config."""
 
@@ -115,6 +205,9 @@ class RouterConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     drain_grace_seconds: float = Field(default=30.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
+    auth: AuthConfig | None = Field(default=None, description="API keys (unset: no auth)")
+    limits: RouterLimitsConfig = RouterLimitsConfig()
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:
@@ -128,6 +221,13 @@ class RouterConfig(_Strict):
                     raise ValueError(
                         f"routes[{index}].targets[{t_index}].cluster: unknown cluster "
                         f"{target.cluster!r} (clusters: {', '.join(sorted(self.clusters))})"
+                    )
+        for index, key in enumerate(self.auth.keys if self.auth else ()):
+            for m_index, model in enumerate(key.models or ()):
+                if model not in seen:
+                    raise ValueError(
+                        f"auth.keys[{index}].models[{m_index}]: no route {model!r} "
+                        f"(routes: {', '.join(sorted(seen))})"
                     )
         return self
 

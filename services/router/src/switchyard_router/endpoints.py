@@ -16,8 +16,10 @@ import logging
 import socket
 import time
 
+import grpc
 import grpc.aio
 
+from switchyard.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig
 from switchyard_router.health import HealthWatcher
@@ -58,31 +60,39 @@ class Endpoint:
     """One model server: its channel, raw-bytes call stubs, health and load."""
 
     def __init__(
-        self, cluster: str, address: str, config: ClusterConfig, max_message_bytes: int
+        self,
+        cluster: str,
+        address: str,
+        config: ClusterConfig,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.cluster = cluster
         self.address = address
         self.outlier = config.outlier_detection
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                # Pings find a hung peer (e.g. SIGSTOP, a dead node): its health
-                # stream breaks and it leaves rotation. Model servers accept pings
-                # this often; come back quickly when a replica restarts.
-                ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
-                ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
-                # This grpcio times keepalive pings out with this one (default 1 min).
-                ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.http2.min_time_between_pings_ms", int(config.keepalive_seconds * 1000)),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 2_000),
-            ],
-        )
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Pings find a hung peer (e.g. SIGSTOP, a dead node): its health
+            # stream breaks and it leaves rotation. Model servers accept pings
+            # this often; come back quickly when a replica restarts.
+            ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+            # This grpcio times keepalive pings out with this one (default 1 min).
+            ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", int(config.keepalive_seconds * 1000)),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if config.tls is not None and config.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+            self.channel = grpc.aio.secure_channel(address, credentials, options=options)
         # No (de)serializers: requests and responses pass through as bytes.
         self.generate = self.channel.unary_unary(GENERATE, None, None)
         self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
@@ -203,12 +213,41 @@ class Cluster:
         self.watched_models: set[str] = set()
         self._removed: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.tls_files: CertificateFiles | None = config.tls.files() if config.tls else None
 
-    def reconfigure(self, config: ClusterConfig) -> None:
-        """Takes a new config; addresses change on the next ``refresh``."""
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        return None if self.tls_files is None else self.tls_files.channel_credentials()
+
+    def reconfigure(self, config: ClusterConfig, grace: float) -> None:
+        """Takes a new config; addresses change on the next ``refresh``. New TLS
+        settings replace every endpoint's channel (the old ones drain)."""
+        tls_changed = config.tls != self.config.tls
         self.config = config
         for endpoint in self.endpoints.values():
             endpoint.outlier = config.outlier_detection
+        if tls_changed:
+            self.tls_files = config.tls.files() if config.tls else None
+            self._replace_channels(grace)
+
+    def check_certificates(self, grace: float) -> None:
+        """Rebuilds the channels when the certificate files changed (a rotated Secret)."""
+        if self.tls_files is not None and self.tls_files.changed():
+            log.info("cluster %s: certificates changed; reconnecting", self.name)
+            self._replace_channels(grace)
+
+    def _replace_channels(self, grace: float) -> None:
+        for address, old in list(self.endpoints.items()):
+            endpoint = Endpoint(
+                self.name, address, self.config, self.max_message_bytes, self._credentials()
+            )
+            endpoint.watcher.watch(self.watched_models)
+            self.endpoints[address] = endpoint
+            self._drain(old, grace)
+
+    def _drain(self, endpoint: Endpoint, grace: float) -> None:
+        task = asyncio.get_running_loop().create_task(endpoint.drain_and_close(grace))
+        self._removed.add(task)
+        task.add_done_callback(self._removed.discard)
 
     def watch(self, models: set[str]) -> None:
         """The model names routes send here; every endpoint watches their health."""
@@ -228,16 +267,16 @@ class Cluster:
             return
         for address in wanted:
             if address not in self.endpoints:
-                endpoint = Endpoint(self.name, address, self.config, self.max_message_bytes)
+                endpoint = Endpoint(
+                    self.name, address, self.config, self.max_message_bytes, self._credentials()
+                )
                 endpoint.watcher.watch(self.watched_models)
                 self.endpoints[address] = endpoint
                 log.info("cluster %s: endpoint %s joined", self.name, address)
         for address in set(self.endpoints) - set(wanted):
             endpoint = self.endpoints.pop(address)
             log.info("cluster %s: endpoint %s left; draining", self.name, address)
-            task = asyncio.get_running_loop().create_task(endpoint.drain_and_close(grace))
-            self._removed.add(task)
-            task.add_done_callback(self._removed.discard)
+            self._drain(endpoint, grace)
 
     def _known(self, entry: str) -> list[str]:
         """Addresses currently in use for a DNS entry (kept if a lookup fails)."""

@@ -70,6 +70,7 @@ class RequestRecord:
     started: float = field(default_factory=time.monotonic)
     span: Any = None  # the request's span when tracing is on
     attempts: int = 0
+    key: str | None = None  # the API key's configured id (never the key), with auth on
 
     def finish(self) -> None:
         REQUESTS.labels(self.method, self.model, self.code).inc()
@@ -94,6 +95,8 @@ class RequestRecord:
             "total_ms": total_ms,
             **logs.trace_ids(self.span),
         }
+        if self.key is not None:
+            fields["key_id"] = self.key
         log.info(
             "request " + " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields}
         )

@@ -11,6 +11,11 @@ is retried transparently until its first message; after that, a route with
 ``resume`` continues the generation elsewhere from the text and token ids
 already sent (the only path that parses responses), and one without it ends
 with a clean UNAVAILABLE.
+
+With ``auth`` configured, each call is first checked against the API keys
+(``auth``) and the key's rate limits (``quota``); model tokens are charged
+from the usage in the answer, read from its bytes (``wire.read_usage_tokens``).
+Without it, none of that code runs.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from switchyard import tracing
 from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router import wire
-from switchyard_router.config import RetryConfig
+from switchyard_router.auth import AUTHORIZATION, Guard
+from switchyard_router.config import RetryConfig, RouterLimitsConfig
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
+from switchyard_router.quota import KeyLimiter
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import Pick, Route, RouteTable, describe_unavailable
 
@@ -52,14 +59,16 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 # Headers that belong to the hop, not the request; everything else (trace
 # context, caller credentials, custom metadata) travels on to the model server.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "grpc-accept-encoding"})
+# With auth on, the caller's API key is the router's, not the model server's.
+_HOP_HEADERS_WITH_AUTH = _HOP_HEADERS | {AUTHORIZATION}
 _WANT_TOKEN_IDS = pb.StreamGenerateRequest(include_token_ids=True).SerializeToString()
 
 
-def _forwarded(metadata: Iterable[Any] | None) -> Metadata:
+def _forwarded(metadata: Iterable[Any] | None, hop: frozenset[str] = _HOP_HEADERS) -> Metadata:
     return tuple(
         (key, value)
         for key, value in metadata or ()
-        if key not in _HOP_HEADERS and not key.startswith((":", "grpc-"))
+        if key not in hop and not key.startswith((":", "grpc-"))
     )
 
 
@@ -133,7 +142,12 @@ class _Call:
     model: str
     deadline: float | None
     metadata: Metadata
+    limiter: KeyLimiter | None = None  # a key with a token limit: charged with the usage
     tried: set[Endpoint] = field(default_factory=set)
+
+    def charge(self, response: bytes, usage_field: int) -> None:
+        if self.limiter is not None:
+            self.limiter.charge(wire.read_usage_tokens(response, usage_field))
 
 
 class Proxy:
@@ -143,30 +157,63 @@ class Proxy:
         self.table = table
         self.retry = retry
         self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
+        self.guard: Guard | None = None
+        self.max_request_bytes: int | None = None
 
-    def configure(self, table: RouteTable, retry: RetryConfig) -> None:
+    def configure(
+        self,
+        table: RouteTable,
+        retry: RetryConfig,
+        guard: Guard | None = None,
+        limits: RouterLimitsConfig | None = None,
+    ) -> None:
         """Takes a reloaded config; requests in flight finish with what they started with."""
         self.table = table
         self.retry = retry
         self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
+        self.guard = guard
+        self.max_request_bytes = limits.max_request_bytes if limits else None
 
     async def _begin(self, record: RequestRecord, request: bytes, context: Context) -> _Call:
-        """Finds the request's route (or aborts with INVALID_ARGUMENT / NOT_FOUND)."""
+        """Finds the request's route, or aborts: UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED (a key's rate limit), INVALID_ARGUMENT or NOT_FOUND."""
         table = self.table  # a reload mid-request does not change this request's route
+        guard = self.guard
+        limiter: KeyLimiter | None = None
         try:
+            principal = None if guard is None else guard.authenticate(context.invocation_metadata())
+            if self.max_request_bytes is not None and len(request) > self.max_request_bytes:
+                raise invalid_argument(
+                    FieldViolation(
+                        "request",
+                        f"is {len(request)} bytes; at most {self.max_request_bytes}",
+                    )
+                )
             try:
                 model = wire.read_model(request)
             except wire.MalformedRequestError as error:
                 reason = f"unreadable request: {error}"
                 raise invalid_argument(FieldViolation("model", reason)) from None
-            route = table.route(model)
+            if principal is None:
+                route = table.route(model)
+            else:
+                record.key = principal.id
+                route = Guard.route(principal, table, model)
+                limiter = principal.limiter
+                if limiter is not None:
+                    limiter.admit()  # last: a refused request does not use the quota
         except StatusError as error:
             await _abort(record, context, error)
         record.model = route.model
         if tracing.enabled():
             record.span = _start_request_span(record, context, model)
-        metadata = _forwarded(context.invocation_metadata())
-        return _Call(record, context, table, route, model, _deadline(context), metadata)
+        if guard is None:
+            metadata = _forwarded(context.invocation_metadata())
+        else:
+            metadata = _forwarded(context.invocation_metadata(), _HOP_HEADERS_WITH_AUTH)
+        # Only a key with a token limit needs its answers' usage read.
+        charged = limiter if limiter is not None and limiter.tokens is not None else None
+        return _Call(record, context, table, route, model, _deadline(context), metadata, charged)
 
     async def _next_pick(self, call: _Call, failure: _Failure | None) -> Pick:
         """The endpoint for the next attempt, or the final status when none is left."""
@@ -228,6 +275,8 @@ class Proxy:
                     pick.endpoint.record_success()
                     self.budget.record_success()
                     outcome = "OK"
+                    if call.limiter is not None:
+                        call.charge(response, wire.GENERATE_USAGE_FIELD)
                     return response
                 except grpc.aio.AioRpcError as error:
                     failure = self._classify(error, pick, own_limit)
@@ -332,10 +381,19 @@ class Proxy:
                     received = 1
                     yield first if resumable is None else resumable.relay(first, pick)
                     delivered += 1
-                    async for message in responses:
-                        received += 1
-                        yield message if resumable is None else resumable.relay(message, pick)
-                        delivered += 1
+                    if call.limiter is None:
+                        async for message in responses:
+                            received += 1
+                            yield message if resumable is None else resumable.relay(message, pick)
+                            delivered += 1
+                    else:
+                        last = first
+                        async for message in responses:
+                            received += 1
+                            last = message
+                            yield message if resumable is None else resumable.relay(message, pick)
+                            delivered += 1
+                        call.charge(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
                     pick.endpoint.record_success()
                     self.budget.record_success()
                     outcome = "OK"

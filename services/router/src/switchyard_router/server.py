@@ -6,8 +6,9 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -17,12 +18,14 @@ from grpc_reflection.v1alpha import reflection
 from switchyard import tracing
 from switchyard.configfile import ConfigError
 from switchyard.metrics_server import start_metrics_server
+from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_router import catalog, metrics
 from switchyard_router.admin import RouterAdmin
-from switchyard_router.config import RouterConfig, load_router_config
+from switchyard_router.auth import Guard, Principal
+from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
@@ -50,17 +53,24 @@ class Router:
         self.clusters: dict[str, Cluster] = {}
         self.proxy = Proxy(RouteTable(None, {}), config.retry)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # bound at import
+        # LLMService and the admin service check keys themselves. Health and
+        # reflection are open unless taken out of auth.open_services; only then
+        # is there an interceptor (it costs every call, LLMService's too).
+        self._intercepting = _closes_open_services(config)
+        interceptors = [_KeyInterceptor(self.proxy)] if self._intercepting else []
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+                *config.limits.server_options(),
+            ],
         )
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters), self.server
+            RouterAdmin(lambda: self.clusters, self._authenticate), self.server
         )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
@@ -89,17 +99,33 @@ class Router:
     async def _list_models(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
+        principal = await self._authenticate(context)
+        allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
-        return await catalog.list_models(self.proxy.table, timeout)
+        # A key limited to some models sees only those.
+        return await catalog.list_models(self.proxy.table, timeout, allowed)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+        """The caller's key when auth is on (else None); aborts UNAUTHENTICATED."""
+        guard = self.proxy.guard
+        if guard is None:
+            return None
+        try:
+            return guard.authenticate(context.invocation_metadata())
+        except StatusError as error:
+            await context.abort(
+                error.code, error.message, trailing_metadata=error.trailing_metadata()
+            )
+            raise AssertionError("unreachable: context.abort raises") from None
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
         for name, cluster_config in config.clusters.items():
             if name in self.clusters:
-                self.clusters[name].reconfigure(cluster_config)
+                self.clusters[name].reconfigure(cluster_config, config.drain_grace_seconds)
             else:
                 self.clusters[name] = Cluster(name, cluster_config, config.max_message_bytes)
         gone = [self.clusters.pop(n) for n in set(self.clusters) - set(config.clusters)]
@@ -109,7 +135,14 @@ class Router:
         watched = table.watched_models()
         for name, cluster in self.clusters.items():
             cluster.watch(watched.get(name, set()))
-        self.proxy.configure(table, config.retry)
+        guard = self.proxy.guard
+        if config.auth is None:
+            guard = None
+        elif guard is None or guard.config != config.auth:
+            guard = Guard(config.auth, guard)
+        if _closes_open_services(config) and not self._intercepting:
+            log.warning("auth.open_services: keys for health and reflection take a restart")
+        self.proxy.configure(table, config.retry, guard, config.limits)
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
@@ -120,7 +153,13 @@ class Router:
     async def start(self) -> int:
         await self.apply(self.config)
         try:
-            port = self.server.add_insecure_port(self.config.listen)
+            if self.config.tls is None:
+                port = self.server.add_insecure_port(self.config.listen)
+            else:
+                credentials = self.config.tls.files().server_credentials()
+                port = self.server.add_secure_port(self.config.listen, credentials)
+        except OSError as error:
+            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
         except RuntimeError as error:  # grpcio raises where it used to return 0
             raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
         # Give health streams a moment so the first requests find healthy endpoints.
@@ -131,6 +170,7 @@ class Router:
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
         self._spawn(self._refresh_dns(), "dns refresh")
+        self._spawn(self._watch_certificates(), "certificate files watch")
         if self.config_path is not None:
             self._spawn(self._watch_config_file(), "config file watch")
         return port
@@ -162,11 +202,33 @@ class Router:
                     except Exception:
                         log.exception("refreshing cluster %s failed", name)
 
-    def _mtime(self) -> float | None:
+    async def _watch_certificates(self) -> None:
+        """Rebuilds a cluster's channels when its certificate files change. (The
+        listener's own certificates are re-read by gRPC at each new connection.)"""
+        while True:
+            await asyncio.sleep(_CONFIG_POLL_SECONDS)
+            for cluster in list(self.clusters.values()):
+                try:
+                    cluster.check_certificates(self.config.drain_grace_seconds)
+                except Exception:
+                    log.exception("reloading certificates of cluster %s failed", cluster.name)
+
+    def _mtime(self) -> tuple[float, ...] | None:
+        """When the config file, and the key-hash files it names, last changed."""
         try:
-            return self.config_path.stat().st_mtime if self.config_path else None
+            if self.config_path is None:
+                return None
+            stamps = [self.config_path.stat().st_mtime]
         except OSError:
             return None
+        # Key hashes mounted from a Secret change without the config file changing.
+        for key in self.config.auth.keys if self.config.auth else ():
+            if key.sha256_file is not None:
+                try:
+                    stamps.append(key.sha256_file.stat().st_mtime)
+                except OSError:
+                    stamps.append(0.0)
+        return tuple(stamps)
 
     async def _watch_config_file(self) -> None:
         while True:
@@ -174,7 +236,7 @@ class Router:
             mtime = self._mtime()
             if mtime is not None and mtime != self._config_mtime:
                 self._config_mtime = mtime
-                log.info("config file changed")
+                log.info("config file (or a key file) changed")
                 await self.reload()
 
     async def reload(self) -> bool:
@@ -191,6 +253,7 @@ class Router:
         if self._listen_fixed:
             config = config.model_copy(update={"listen": self.listen})
         await self.apply(config)
+        self._config_mtime = self._mtime()  # the files the new config names
         log.info("config reloaded: routes %s", ", ".join(sorted(r.model for r in config.routes)))
         return True
 
@@ -235,3 +298,62 @@ async def serve(
     await router.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+
+
+def _closes_open_services(config: RouterConfig) -> bool:
+    """Whether health or reflection need a key (an interceptor checks them)."""
+    return config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(config.auth.open_services)
+
+
+if TYPE_CHECKING:
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+
+
+class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Asks for an API key on health and reflection when they are not in
+    ``auth.open_services`` (LLMService and the admin service check it themselves)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        guard = self._proxy.guard
+        service = handler_call_details.method.lstrip("/").split("/", 1)[0]
+        if guard is None or service in self._checked or service in guard.open_services:
+            return await continuation(handler_call_details)
+        try:
+            guard.authenticate(handler_call_details.invocation_metadata)
+        except StatusError as error:
+            handler = await continuation(handler_call_details)
+            # An unknown method has no handler: gRPC answers UNIMPLEMENTED as usual.
+            return handler if handler is None else _refusing(handler, error)
+        return await continuation(handler_call_details)
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], error: StatusError
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape that ends the call with ``error``."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

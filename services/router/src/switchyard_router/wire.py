@@ -92,3 +92,55 @@ def _decode(raw: bytes) -> str:
         return raw.decode()
     except UnicodeDecodeError:
         raise MalformedRequestError("model is not valid UTF-8") from None
+
+
+GENERATE_USAGE_FIELD = 4  # GenerateResponse.usage
+STREAM_USAGE_FIELD = 5  # StreamGenerateResponse.usage (only the last message has it)
+
+
+def _field(data: bytes, number: int) -> bytes | None:
+    """The bytes of the last length-delimited field ``number`` at the top level (or None)."""
+    found = None
+    pos = 0
+    end = len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            if key >> 3 == number:
+                found = data[pos : pos + length]
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise MalformedRequestError(f"unsupported wire type {wire_type}")
+    return found
+
+
+def read_usage_tokens(data: bytes, usage_field: int) -> int:
+    """Prompt + completion tokens of a response's ``usage`` (0 when it has none).
+
+    Skips over every other top-level field, so the cost does not grow with the
+    text's length: what lets the router count tokens for quotas cheaply.
+    """
+    try:
+        usage = _field(data, usage_field)
+        if not usage:
+            return 0
+        total = 0
+        pos = 0
+        while pos < len(usage):
+            key, pos = _varint(usage, pos)
+            if key & 7 != 0:
+                return 0  # not the Usage the contract defines
+            value, pos = _varint(usage, pos)
+            if key >> 3 in (1, 2) and value < 2**31:  # prompt_tokens, completion_tokens
+                total += value
+        return total
+    except MalformedRequestError:
+        return 0
