@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Containers and the chart (tests/test_containers.py, tests/test_helm.py):
-# Debian's docker.io (a private dockerd the tests start) and debootstrap, and a
-# local Debian base image made once per machine, because Docker Hub is not
-# reachable here. The base is a root-filesystem tarball cached under
-# ~/.cache/switchyard/images/; the tests `docker import` it into their dockerd.
+# checkov in a separate environment, Debian's docker.io (a private dockerd the
+# tests start) and debootstrap, and a local Debian base image made once per
+# machine, because Docker Hub is not reachable here. The base is a
+# root-filesystem tarball cached under ~/.cache/switchyard/images/; the tests
+# `docker import` it into their dockerd.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/images"
 BASE_TAR="$CACHE/debian-py-bookworm.tar"
@@ -19,6 +21,17 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
     install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# checkov in its own environment: its pins (packaging, ...) clash with ours.
+CHECKOV_VENV=.venv/tools/checkov
+checkov_hash="$(sha256sum requirements/checkov.txt | cut -d' ' -f1)"
+if [[ "$(cat "$CHECKOV_VENV/.stamp" 2>/dev/null)" != "$checkov_hash" ]]; then
+  echo "setup: installing checkov into $CHECKOV_VENV"
+  "${PYTHON:-python3}" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip --disable-pip-version-check -q install \
+    -r requirements/checkov.txt
+  echo "$checkov_hash" > "$CHECKOV_VENV/.stamp"
 fi
 
 if [[ -s "$BASE_TAR" ]]; then
