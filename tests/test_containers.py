@@ -1,0 +1,287 @@
+"""The images, built from deploy/docker/ and run: Generate through a containerised router.
+
+A private dockerd starts for this module; the router and CPU model-server
+images are built from the project's Dockerfiles on a local Debian base
+(BASE_IMAGE build argument), then run with testcontainers on the host network
+with the chart's hardening (read-only root, no capabilities, non-root user)
+and the configs and arguments the Helm chart renders. The model is a tiny
+GGUF written by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dockerd import (
+    BASE_IMAGE,
+    BASE_TARBALL,
+    EngineUnavailable,
+    PrivateDockerd,
+    build_context,
+    image_wheels,
+)
+from processes import free_port, health_status
+from switchyard import Client
+from test_helm import NAMESPACE, RELEASE, ROUTER_NAME, _chart, container, find
+from tinymodel import write_tiny_model
+
+ROUTER_IMAGE = "switchyard/router:test"
+MODELSERVER_IMAGE = "switchyard/modelserver-cpu:test"
+START_TIMEOUT = 90.0
+
+# The chart, rendered for a CPU pool serving the tiny model.
+CHART_VALUES: dict[str, Any] = {
+    "router": {"routes": [{"model": "tiny", "targets": [{"cluster": "cpu"}]}]},
+    "modelServers": [
+        {
+            "name": "cpu",
+            "backend": "llamacpp",
+            "image": {"repository": "switchyard/modelserver-cpu", "tag": "test"},
+            "readinessModel": "tiny",
+            "backendOptions": {
+                "models_dir": "/models",
+                "threads": 1,
+                "context_length": 512,
+                "models": [{"file": "tiny.gguf", "id": "tiny"}],
+            },
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> Iterator[PrivateDockerd]:
+    try:
+        daemon = PrivateDockerd()
+    except EngineUnavailable as error:
+        pytest.skip(f"no container engine can start: {error}")
+    saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
+    os.environ["DOCKER_HOST"] = daemon.host
+    # Ryuk (testcontainers' reaper) is an image from Docker Hub; the fixture cleans up.
+    os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    from testcontainers.core.docker_client import DockerClient
+
+    try:
+        daemon.wait_ready(lambda: DockerClient().client.ping())
+    except EngineUnavailable as error:
+        daemon.stop()
+        pytest.skip(f"no container engine can start: {error}")
+    yield daemon
+    daemon.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def images(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Imports the base and builds the router and CPU model-server images."""
+    from testcontainers.core.docker_client import DockerClient
+    from testcontainers.core.image import DockerImage
+
+    if not BASE_TARBALL.is_file():
+        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/40-containers.sh)")
+    client = DockerClient().client
+    repository, tag = BASE_IMAGE.split(":")
+    client.api.import_image_from_file(str(BASE_TARBALL), repository=repository, tag=tag)
+    context = build_context(tmp_path_factory.mktemp("context"), image_wheels())
+    build_args = {"BASE_IMAGE": BASE_IMAGE, "PIP_NO_INDEX": "1"}
+    for tag_, dockerfile in [
+        (ROUTER_IMAGE, "deploy/docker/router.Dockerfile"),
+        (MODELSERVER_IMAGE, "deploy/docker/modelserver-cpu.Dockerfile"),
+    ]:
+        DockerImage(
+            path=context,
+            tag=tag_,
+            dockerfile_path=dockerfile,
+            clean_up=False,
+            buildargs=build_args,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+        ).build()
+
+
+@dataclass
+class Deployment:
+    """The running pair: addresses on 127.0.0.1 and the containers."""
+
+    router: Any
+    modelserver: Any
+    router_address: str
+    modelserver_address: str
+    router_metrics: str
+
+
+def rendered_config(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(find(docs, "ConfigMap", name)["data"]["config.yaml"])
+    return config
+
+
+def write_readable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o644)  # the containers run as uid 10001
+    return path
+
+
+def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) -> Any:
+    """Starts a container as the chart runs the pod: read-only root, /tmp only, no caps."""
+    from testcontainers.core.container import DockerContainer
+
+    started = (
+        DockerContainer(image)
+        .with_command(args)
+        .with_tmpfs_mount("/tmp")
+        .with_kwargs(
+            network_mode="host",
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+    )
+    for host, inside in mounts:
+        started = started.with_volume_mapping(host, inside, "ro")
+    return started.start()
+
+
+def logs(container_: Any) -> str:
+    out, err = container_.get_logs()
+    return (out + err).decode(errors="replace")[-3000:]
+
+
+def wait_health(address: str, service: str, container_: Any) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while (status := health_status(address, service)) != "SERVING":
+        if time.monotonic() > deadline or container_.status == "exited":
+            raise AssertionError(f"{service or 'server'} at {address} is {status}:\n{logs(container_)}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    workdir = tmp_path_factory.mktemp("containers")
+    workdir.chmod(0o755)
+    models = workdir / "models"
+    models.mkdir(mode=0o755)
+    write_tiny_model(models / "tiny.gguf")
+    (models / "tiny.gguf").chmod(0o644)
+
+    rendered = _chart().render(CHART_VALUES, name=RELEASE, namespace=NAMESPACE)
+    docs = [
+        d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d
+    ]
+    pool = f"{RELEASE}-cpu"
+    ms_port, router_port, router_metrics = free_port(), free_port(), free_port()
+
+    # Host network instead of pod IPs and cluster DNS: only the addresses change.
+    ms_config = rendered_config(docs, pool)
+    ms_config["listen"] = f"127.0.0.1:{ms_port}"
+    ms_config["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    router_config = rendered_config(docs, ROUTER_NAME)
+    router_config["listen"] = f"127.0.0.1:{router_port}"
+    router_config["metrics_listen"] = f"127.0.0.1:{router_metrics}"
+    (endpoint,) = router_config["clusters"]["cpu"]["endpoints"]
+    assert endpoint == f"dns:///{pool}.{NAMESPACE}.svc.cluster.local:50061"
+    router_config["clusters"]["cpu"]["endpoints"] = [f"dns:///localhost:{ms_port}"]
+
+    ms_file = write_readable(workdir / "modelserver.yaml", yaml.safe_dump(ms_config))
+    router_file = write_readable(workdir / "router.yaml", yaml.safe_dump(router_config))
+    ms_args = container(find(docs, "Deployment", pool))["args"]
+    router_args = container(find(docs, "Deployment", ROUTER_NAME))["args"]
+
+    modelserver = run_hardened(
+        MODELSERVER_IMAGE,
+        ms_args,
+        [(ms_file, "/etc/switchyard/config.yaml"), (models, "/models")],
+    )
+    router = run_hardened(ROUTER_IMAGE, router_args, [(router_file, "/etc/switchyard/config.yaml")])
+    try:
+        ms_address, router_address = f"127.0.0.1:{ms_port}", f"127.0.0.1:{router_port}"
+        wait_health(ms_address, "tiny", modelserver)
+        wait_health(router_address, "switchyard.v1.LLMService", router)
+        yield Deployment(
+            router, modelserver, router_address, ms_address, f"127.0.0.1:{router_metrics}"
+        )
+    finally:
+        router.stop()
+        modelserver.stop()
+
+
+def test_images_run_as_the_non_root_user_the_chart_expects(images: None) -> None:
+    from testcontainers.core.docker_client import DockerClient
+
+    client = DockerClient().client
+    for image in (ROUTER_IMAGE, MODELSERVER_IMAGE):
+        config = client.images.get(image).attrs["Config"]
+        assert config["User"] == "10001:10001"
+        pod_user = _chart().merge_values({})["securityContext"]["runAsUser"]
+        assert config["User"].split(":")[0] == str(pod_user)
+
+
+def test_generate_through_the_containerised_router(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        answer = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    with Client(deployment.modelserver_address, timeout=30) as client:
+        direct = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    assert answer.model == "tiny"
+    assert answer.backend == "llamacpp"
+    assert answer.usage.completion_tokens == 8
+    assert answer.text and answer.text == direct.text
+
+
+def test_stream_through_the_containerised_router(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        with client.stream("tiny", "hello world", max_tokens=8, temperature=0) as stream:
+            chunks = [chunk.text for chunk in stream]
+        whole = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    assert "".join(chunks) == whole.text
+
+
+def test_modelserver_container_reports_health_per_model(deployment: Deployment) -> None:
+    # What the readiness probe checks (readinessModel), and a name nobody serves.
+    assert health_status(deployment.modelserver_address, "tiny") == "SERVING"
+    assert health_status(deployment.modelserver_address, "nope") == "NOT_FOUND"
+
+
+def test_router_container_serves_metrics(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        client.generate("tiny", "hi", max_tokens=2)
+    with urllib.request.urlopen(f"http://{deployment.router_metrics}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("switchyard_router_requests_total{")
+        and 'model="tiny"' in line
+        and 'code="OK"' in line
+        and 'method="Generate"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, text[-2000:]
+
+
+def test_compose_healthcheck_passes_inside_the_modelserver_image(deployment: Deployment) -> None:
+    compose = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "compose.yaml").read_text())
+    command = compose["services"]["modelserver"]["healthcheck"]["test"]
+    assert command[0] == "CMD"
+    port = deployment.modelserver_address.rpartition(":")[2]
+    argv = [part.replace("127.0.0.1:50061", f"127.0.0.1:{port}") for part in command[1:]]
+    result = deployment.modelserver.exec(argv)
+    assert result.exit_code == 0, result.output
+
+
+def test_containers_drain_and_exit_zero_on_sigterm(deployment: Deployment) -> None:
+    """Runs last: `docker stop` (SIGTERM, as Kubernetes sends) ends both cleanly."""
+    for running in (deployment.router, deployment.modelserver):
+        wrapped = running.get_wrapped_container()
+        wrapped.stop(timeout=30)
+        assert wrapped.wait(timeout=30)["StatusCode"] == 0, logs(running)
