@@ -24,7 +24,7 @@ BASE_IMAGE = "local/debian-py:bookworm"
 LLAMA_WHEELHOUSE = Path(os.environ.get("SWITCHYARD_WHEELHOUSE", CACHE / "wheelhouse"))
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailableError(Exception):
     """No container engine can start on this machine (the tests skip with this reason)."""
 
 
@@ -34,9 +34,9 @@ class PrivateDockerd:
     def __init__(self) -> None:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
-            raise EngineUnavailable("dockerd is not installed (Debian docker.io)")
+            raise EngineUnavailableError("dockerd is not installed (Debian docker.io)")
         if os.geteuid() != 0:
-            raise EngineUnavailable("dockerd needs root here (no rootless set-up)")
+            raise EngineUnavailableError("dockerd needs root here (no rootless set-up)")
         # Short path: a unix socket path must fit in 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="sy-dockerd-", dir="/tmp"))
         self.socket = self.root / "docker.sock"
@@ -70,15 +70,15 @@ class PrivateDockerd:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise EngineUnavailable(f"dockerd exited: {self.log_tail()}")
+                raise EngineUnavailableError(f"dockerd exited: {self.log_tail()}")
             try:
                 if callable(ping) and ping():
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise EngineUnavailable(f"dockerd did not answer in {timeout:.0f} s")
+                raise EngineUnavailableError(f"dockerd did not answer in {timeout:.0f} s")
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -90,6 +90,13 @@ class PrivateDockerd:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        # dockerd leaves its network namespace (and, after a crash, layers) mounted.
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        inside = sorted(
+            (m.split()[1] for m in mounts if m.split()[1].startswith(f"{self.root}/")), reverse=True
+        )
+        for point in inside:
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -112,7 +119,7 @@ def image_wheels() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
     try:
-        subprocess.run(
+        result = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -131,9 +138,12 @@ def image_wheels() -> Path:
                 str(ROOT / "services" / "router"),
                 f"{ROOT / 'services' / 'modelserver'}[llamacpp]",
             ],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"pip wheel failed:\n{result.stderr[-3000:]}")
         for wheel in partial.glob("switchyard_*.whl"):
             wheel.unlink()
         partial.rename(target)

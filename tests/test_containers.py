@@ -23,15 +23,29 @@ import yaml
 from dockerd import (
     BASE_IMAGE,
     BASE_TARBALL,
-    EngineUnavailable,
+    EngineUnavailableError,
     PrivateDockerd,
     build_context,
     image_wheels,
 )
+from helmchart import (
+    NAMESPACE,
+    ROUTER_NAME,
+    chart,
+    config_of,
+    container,
+    documents,
+    find,
+    pool_name,
+    render,
+)
 from processes import free_port, health_status
-from switchyard import Client
-from test_helm import NAMESPACE, RELEASE, ROUTER_NAME, _chart, container, find
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.docker_client import DockerClient
+from testcontainers.core.image import DockerImage
 from tinymodel import write_tiny_model
+
+from switchyard import Client
 
 ROUTER_IMAGE = "switchyard/router:test"
 MODELSERVER_IMAGE = "switchyard/modelserver-cpu:test"
@@ -61,17 +75,15 @@ CHART_VALUES: dict[str, Any] = {
 def docker_engine() -> Iterator[PrivateDockerd]:
     try:
         daemon = PrivateDockerd()
-    except EngineUnavailable as error:
+    except EngineUnavailableError as error:
         pytest.skip(f"no container engine can start: {error}")
     saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
     os.environ["DOCKER_HOST"] = daemon.host
     # Ryuk (testcontainers' reaper) is an image from Docker Hub; the fixture cleans up.
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-    from testcontainers.core.docker_client import DockerClient
-
     try:
         daemon.wait_ready(lambda: DockerClient().client.ping())
-    except EngineUnavailable as error:
+    except EngineUnavailableError as error:
         daemon.stop()
         pytest.skip(f"no container engine can start: {error}")
     yield daemon
@@ -86,11 +98,10 @@ def docker_engine() -> Iterator[PrivateDockerd]:
 @pytest.fixture(scope="module")
 def images(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Imports the base and builds the router and CPU model-server images."""
-    from testcontainers.core.docker_client import DockerClient
-    from testcontainers.core.image import DockerImage
-
     if not BASE_TARBALL.is_file():
-        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/40-containers.sh)")
+        pytest.fail(
+            f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/40-containers.sh)"
+        )
     client = DockerClient().client
     repository, tag = BASE_IMAGE.split(":")
     client.api.import_image_from_file(str(BASE_TARBALL), repository=repository, tag=tag)
@@ -116,15 +127,15 @@ def images(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFacto
 class Deployment:
     """The running pair: addresses on 127.0.0.1 and the containers."""
 
-    router: Any
-    modelserver: Any
+    router: DockerContainer
+    modelserver: DockerContainer
     router_address: str
     modelserver_address: str
     router_metrics: str
 
 
 def rendered_config(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(find(docs, "ConfigMap", name)["data"]["config.yaml"])
+    config: dict[str, Any] = yaml.safe_load(config_of(docs, name))
     return config
 
 
@@ -134,10 +145,8 @@ def write_readable(path: Path, text: str) -> Path:
     return path
 
 
-def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) -> Any:
+def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) -> DockerContainer:
     """Starts a container as the chart runs the pod: read-only root, /tmp only, no caps."""
-    from testcontainers.core.container import DockerContainer
-
     started = (
         DockerContainer(image)
         .with_command(args)
@@ -154,16 +163,18 @@ def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) ->
     return started.start()
 
 
-def logs(container_: Any) -> str:
+def logs(container_: DockerContainer) -> str:
     out, err = container_.get_logs()
     return (out + err).decode(errors="replace")[-3000:]
 
 
-def wait_health(address: str, service: str, container_: Any) -> None:
+def wait_health(address: str, service: str, container_: DockerContainer) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while (status := health_status(address, service)) != "SERVING":
         if time.monotonic() > deadline or container_.status == "exited":
-            raise AssertionError(f"{service or 'server'} at {address} is {status}:\n{logs(container_)}")
+            raise AssertionError(
+                f"{service or 'server'} at {address} is {status}:\n{logs(container_)}"
+            )
         time.sleep(0.3)
 
 
@@ -176,11 +187,8 @@ def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     write_tiny_model(models / "tiny.gguf")
     (models / "tiny.gguf").chmod(0o644)
 
-    rendered = _chart().render(CHART_VALUES, name=RELEASE, namespace=NAMESPACE)
-    docs = [
-        d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d
-    ]
-    pool = f"{RELEASE}-cpu"
+    docs = documents(render(CHART_VALUES))
+    pool = pool_name("cpu")
     ms_port, router_port, router_metrics = free_port(), free_port(), free_port()
 
     # Host network instead of pod IPs and cluster DNS: only the addresses change.
@@ -218,13 +226,11 @@ def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_images_run_as_the_non_root_user_the_chart_expects(images: None) -> None:
-    from testcontainers.core.docker_client import DockerClient
-
     client = DockerClient().client
     for image in (ROUTER_IMAGE, MODELSERVER_IMAGE):
         config = client.images.get(image).attrs["Config"]
         assert config["User"] == "10001:10001"
-        pod_user = _chart().merge_values({})["securityContext"]["runAsUser"]
+        pod_user = chart().merge_values({})["securityContext"]["runAsUser"]
         assert config["User"].split(":")[0] == str(pod_user)
 
 

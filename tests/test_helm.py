@@ -16,16 +16,26 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
+from helmchart import (
+    CHART,
+    NAMESPACE,
+    ROUTER_NAME,
+    chart,
+    config_of,
+    container,
+    documents,
+    find,
+    of_kind,
+    pool_name,
+    render,
+)
 
 from switchyard.configfile import ConfigError
 from switchyard_modelserver.config import load_modelserver_config
 from switchyard_router.config import load_router_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "helm" / "switchyard"
 VALUES_DIR = CHART / "ci"
-RELEASE = "switchyard"
-NAMESPACE = "llm"
 # A current Kubernetes release (kubernetes-validate bundles schemas up to 1.37).
 KUBE_VERSION = "1.35.0"
 VENV_BIN = Path(sys.executable).parent
@@ -57,16 +67,8 @@ def load_values(name: str) -> dict[str, Any]:
 
 
 @cache
-def _chart() -> helm.Chart:
-    return helm.Chart.load(CHART)
-
-
-@cache
 def _render(name: str) -> tuple[tuple[str, str], ...]:
-    rendered = _chart().render(
-        load_values(name), name=RELEASE, namespace=NAMESPACE, is_install=True
-    )
-    return tuple(sorted(rendered.items()))
+    return tuple(sorted(render(load_values(name)).items()))
 
 
 def rendered_files(name: str) -> dict[str, str]:
@@ -74,41 +76,11 @@ def rendered_files(name: str) -> dict[str, str]:
 
 
 def manifests(name: str) -> list[dict[str, Any]]:
-    documents: list[dict[str, Any]] = []
-    for path, text in rendered_files(name).items():
-        if path.endswith(".yaml"):
-            documents.extend(d for d in yaml.safe_load_all(text) if d)
-    return documents
+    return documents(rendered_files(name))
 
 
 def merged_values(name: str) -> dict[str, Any]:
-    return _chart().merge_values(load_values(name))
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    for doc in docs:
-        if doc["kind"] == kind and doc["metadata"]["name"] == name:
-            return doc
-    raise AssertionError(
-        f"no {kind} {name} in {[(d['kind'], d['metadata']['name']) for d in docs]}"
-    )
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def pool_name(pool: str) -> str:
-    return f"{RELEASE}-{pool}"
-
-
-ROUTER_NAME = f"{RELEASE}-router"
+    return chart().merge_values(load_values(name))
 
 
 # --- lint, schema, Kubernetes schemas, checkov --------------------------------
@@ -129,7 +101,7 @@ def test_chart_lints_strictly(values: str) -> None:
 
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_values_pass_the_schema(values: str) -> None:
-    _chart().validate_schema(load_values(values))
+    chart().validate_schema(load_values(values))
 
 
 @pytest.mark.parametrize(
@@ -153,7 +125,7 @@ def test_values_pass_the_schema(values: str) -> None:
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=named):
-        _chart().validate_schema(values)
+        chart().validate_schema(values)
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -230,7 +202,7 @@ def test_checkov_finds_nothing_beyond_the_justified_skips(
 def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path) -> None:
     docs = manifests(values)
     path = tmp_path / "router.yaml"
-    path.write_text(find(docs, "ConfigMap", ROUTER_NAME)["data"]["config.yaml"])
+    path.write_text(config_of(docs, ROUTER_NAME))
     config = load_router_config(path)
 
     merged = merged_values(values)
@@ -249,9 +221,7 @@ def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path)
 
 def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
-    path.write_text(
-        find(manifests("everything-values.yaml"), "ConfigMap", ROUTER_NAME)["data"]["config.yaml"]
-    )
+    path.write_text(config_of(manifests("everything-values.yaml"), ROUTER_NAME))
     config = load_router_config(path)
     assert config.access_log is False
     assert config.retry.num_retries == 3
@@ -270,10 +240,9 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
 def test_a_route_to_a_missing_pool_fails_the_router_loader(tmp_path: Path) -> None:
     """The chart does not duplicate the router's checks: its loader catches this."""
     values = {"router": {"routes": [{"model": "m", "targets": [{"cluster": "gpu"}]}]}}
-    rendered = _chart().render(values, name=RELEASE, namespace=NAMESPACE)
-    docs = [d for d in yaml.safe_load_all(rendered["switchyard/templates/router.yaml"]) if d]
+    docs = documents(render(values))
     path = tmp_path / "router.yaml"
-    path.write_text(find(docs, "ConfigMap", ROUTER_NAME)["data"]["config.yaml"])
+    path.write_text(config_of(docs, ROUTER_NAME))
     with pytest.raises(ConfigError, match="unknown cluster 'gpu'"):
         load_router_config(path)
 
@@ -283,7 +252,7 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
     docs = manifests(values)
     for pool in merged_values(values)["modelServers"]:
         path = tmp_path / f"{pool['name']}.yaml"
-        path.write_text(find(docs, "ConfigMap", pool_name(pool["name"]))["data"]["config.yaml"])
+        path.write_text(config_of(docs, pool_name(pool["name"])))
         config = load_modelserver_config(path)
         assert config.backend.kind == pool["backend"]
         assert config.backend.options() == pool.get("backendOptions", {})
@@ -431,7 +400,7 @@ def test_network_policies_let_only_the_router_reach_the_pools() -> None:
         assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
         # ...and the selector does not also match the pool's own pods.
         assert not peer["podSelector"]["matchLabels"].items() <= pool_labels.items()
-    disabled = _chart().render({"networkPolicy": {"enabled": False}}, namespace=NAMESPACE)
+    disabled = chart().render({"networkPolicy": {"enabled": False}}, namespace=NAMESPACE)
     assert "NetworkPolicy" not in "".join(disabled.values())
 
 
