@@ -47,6 +47,9 @@ from tinymodel import write_tiny_model
 
 from switchyard import Client
 
+# The first test also waits for the images (a few minutes on a fresh machine).
+pytestmark = pytest.mark.timeout(900)
+
 ROUTER_IMAGE = "switchyard/router:test"
 MODELSERVER_IMAGE = "switchyard/modelserver-cpu:test"
 START_TIMEOUT = 90.0
