@@ -112,7 +112,17 @@ def image_wheels() -> Path:
         ROOT / "services" / "router" / "pyproject.toml",
         ROOT / "services" / "modelserver" / "pyproject.toml",
     ]
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in inputs)).hexdigest()[:16]
+    requirements = [
+        "setuptools>=68",
+        f"{ROOT / 'clients' / 'python'}[server]",
+        str(ROOT / "services" / "router"),
+        # The cloud image's extras too (absent extras are only a warning).
+        f"{ROOT / 'services' / 'modelserver'}[llamacpp,openai,anthropic,ollama]",
+    ]
+    digest = hashlib.sha256("\n".join(requirements).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()[:16]
     target = CACHE / "image-wheels" / key
     if target.is_dir():
         return target
@@ -133,10 +143,7 @@ def image_wheels() -> Path:
                 str(LLAMA_WHEELHOUSE),
                 "--constraint",
                 str(ROOT / "requirements" / "constraints.txt"),
-                "setuptools>=68",
-                f"{ROOT / 'clients' / 'python'}[server]",
-                str(ROOT / "services" / "router"),
-                f"{ROOT / 'services' / 'modelserver'}[llamacpp]",
+                *requirements,
             ],
             check=False,
             capture_output=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ pytestmark = pytest.mark.timeout(900)
 
 ROUTER_IMAGE = "switchyard/router:test"
 MODELSERVER_IMAGE = "switchyard/modelserver-cpu:test"
+CLOUD_IMAGE = "switchyard/modelserver-cloud:test"
+ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 90.0
 
 # The chart, rendered for a CPU pool serving the tiny model.
@@ -98,32 +101,36 @@ def docker_engine() -> Iterator[PrivateDockerd]:
             os.environ[key] = value
 
 
+def build_image(context: Path, tag: str, dockerfile: str) -> None:
+    DockerImage(
+        path=context,
+        tag=tag,
+        dockerfile_path=dockerfile,
+        clean_up=False,
+        buildargs={"BASE_IMAGE": BASE_IMAGE, "PIP_NO_INDEX": "1"},
+        network_mode="host",
+        rm=True,
+        forcerm=True,
+    ).build()
+
+
 @pytest.fixture(scope="module")
-def images(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Imports the base and builds the router and CPU model-server images."""
+def build_root(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base image imported, and a build context with every wheel (no index needed)."""
     if not BASE_TARBALL.is_file():
-        pytest.fail(
-            f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/40-containers.sh)"
-        )
-    client = DockerClient().client
+        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/)")
     repository, tag = BASE_IMAGE.split(":")
-    client.api.import_image_from_file(str(BASE_TARBALL), repository=repository, tag=tag)
-    context = build_context(tmp_path_factory.mktemp("context"), image_wheels())
-    build_args = {"BASE_IMAGE": BASE_IMAGE, "PIP_NO_INDEX": "1"}
-    for tag_, dockerfile in [
-        (ROUTER_IMAGE, "deploy/docker/router.Dockerfile"),
-        (MODELSERVER_IMAGE, "deploy/docker/modelserver-cpu.Dockerfile"),
-    ]:
-        DockerImage(
-            path=context,
-            tag=tag_,
-            dockerfile_path=dockerfile,
-            clean_up=False,
-            buildargs=build_args,
-            network_mode="host",
-            rm=True,
-            forcerm=True,
-        ).build()
+    DockerClient().client.api.import_image_from_file(
+        str(BASE_TARBALL), repository=repository, tag=tag
+    )
+    return build_context(tmp_path_factory.mktemp("context"), image_wheels())
+
+
+@pytest.fixture(scope="module")
+def images(build_root: Path) -> None:
+    """The router and CPU model-server images, built from their Dockerfiles."""
+    build_image(build_root, ROUTER_IMAGE, "deploy/docker/router.Dockerfile")
+    build_image(build_root, MODELSERVER_IMAGE, "deploy/docker/modelserver-cpu.Dockerfile")
 
 
 @dataclass
@@ -164,6 +171,20 @@ def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) ->
     for host, inside in mounts:
         started = started.with_volume_mapping(host, inside, "ro")
     return started.start()
+
+
+def run_to_exit(image: str, args: list[str], entrypoint: str | None = None) -> tuple[int, str]:
+    """Runs a command in a hardened container to its end: exit status and output."""
+    options: dict[str, Any] = {"network_mode": "host", "read_only": True, "cap_drop": ["ALL"]}
+    if entrypoint is not None:
+        options["entrypoint"] = [entrypoint]
+    started = DockerContainer(image).with_command(args).with_kwargs(**options)
+    started.start()
+    try:
+        code = int(started.get_wrapped_container().wait(timeout=60)["StatusCode"])
+        return code, logs(started)
+    finally:
+        started.stop()
 
 
 def logs(container_: DockerContainer) -> str:
@@ -279,7 +300,7 @@ def test_router_container_serves_metrics(deployment: Deployment) -> None:
 
 
 def test_compose_healthcheck_passes_inside_the_modelserver_image(deployment: Deployment) -> None:
-    compose = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "compose.yaml").read_text())
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     command = compose["services"]["modelserver"]["healthcheck"]["test"]
     assert command[0] == "CMD"
     port = deployment.modelserver_address.rpartition(":")[2]
@@ -294,3 +315,23 @@ def test_containers_drain_and_exit_zero_on_sigterm(deployment: Deployment) -> No
         wrapped = running.get_wrapped_container()
         wrapped.stop(timeout=30)
         assert wrapped.wait(timeout=30)["StatusCode"] == 0, logs(running)
+
+
+def test_cloud_image_carries_its_backends_and_no_engine(build_root: Path) -> None:
+    dockerfile = ROOT / "deploy" / "docker" / "modelserver-cloud.Dockerfile"
+    build_image(build_root, CLOUD_IMAGE, "deploy/docker/modelserver-cloud.Dockerfile")
+    (default,) = [
+        line.split("=", 1)[1]
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("ARG BACKENDS=")
+    ]
+    pyproject = tomllib.loads((ROOT / "services" / "modelserver" / "pyproject.toml").read_text())
+    declared = set(pyproject["project"]["optional-dependencies"])
+    # The cloud backends' extras arrive with their own branch; those declared must be listed.
+    expected = {name for name in default.split(",") if name in declared} | {"scripted"}
+
+    code, output = run_to_exit(CLOUD_IMAGE, ["--list-backends"])
+    assert code == 0, output
+    assert expected <= set(output.split()), (expected, output)
+    code, output = run_to_exit(CLOUD_IMAGE, ["-c", "import llama_cpp"], entrypoint="python3")
+    assert code != 0 and "No module named 'llama_cpp'" in output
