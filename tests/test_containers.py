@@ -59,7 +59,10 @@ START_TIMEOUT = 90.0
 
 # The chart, rendered for a CPU pool serving the tiny model.
 CHART_VALUES: dict[str, Any] = {
-    "router": {"routes": [{"model": "tiny", "targets": [{"cluster": "cpu"}]}]},
+    "router": {
+        "image": {"repository": "switchyard/router", "tag": "test"},
+        "routes": [{"model": "tiny", "targets": [{"cluster": "cpu"}]}],
+    },
     "modelServers": [
         {
             "name": "cpu",
@@ -228,15 +231,19 @@ def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     ms_file = write_readable(workdir / "modelserver.yaml", yaml.safe_dump(ms_config))
     router_file = write_readable(workdir / "router.yaml", yaml.safe_dump(router_config))
-    ms_args = container(find(docs, "Deployment", pool))["args"]
-    router_args = container(find(docs, "Deployment", ROUTER_NAME))["args"]
+    # The images and arguments the chart's pods would run.
+    ms_pod = container(find(docs, "Deployment", pool))
+    router_pod = container(find(docs, "Deployment", ROUTER_NAME))
+    assert (ms_pod["image"], router_pod["image"]) == (MODELSERVER_IMAGE, ROUTER_IMAGE)
 
     modelserver = run_hardened(
-        MODELSERVER_IMAGE,
-        ms_args,
+        ms_pod["image"],
+        ms_pod["args"],
         [(ms_file, "/etc/switchyard/config.yaml"), (models, "/models")],
     )
-    router = run_hardened(ROUTER_IMAGE, router_args, [(router_file, "/etc/switchyard/config.yaml")])
+    router = run_hardened(
+        router_pod["image"], router_pod["args"], [(router_file, "/etc/switchyard/config.yaml")]
+    )
     try:
         ms_address, router_address = f"127.0.0.1:{ms_port}", f"127.0.0.1:{router_port}"
         wait_health(ms_address, "tiny", modelserver)
