@@ -1,0 +1,344 @@
+"""The images, built from deploy/docker/ and run: Generate through a containerised router.
+
+A private dockerd starts for this module; the router and CPU model-server
+images are built from the project's Dockerfiles on a local Debian base
+(BASE_IMAGE build argument), then run with testcontainers on the host network
+with the chart's hardening (read-only root, no capabilities, non-root user)
+and the configs and arguments the Helm chart renders. The model is a tiny
+GGUF written by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dockerd import (
+    BASE_IMAGE,
+    BASE_TARBALL,
+    EngineUnavailableError,
+    PrivateDockerd,
+    build_context,
+    image_wheels,
+)
+from helmchart import (
+    NAMESPACE,
+    ROUTER_NAME,
+    chart,
+    config_of,
+    container,
+    documents,
+    find,
+    pool_name,
+    render,
+)
+from processes import free_port, health_status
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.docker_client import DockerClient
+from testcontainers.core.image import DockerImage
+from tinymodel import write_tiny_model
+
+from switchyard import Client
+
+# The first test also waits for the images (a few minutes on a fresh machine).
+pytestmark = pytest.mark.timeout(900)
+
+ROUTER_IMAGE = "switchyard/router:test"
+MODELSERVER_IMAGE = "switchyard/modelserver-cpu:test"
+CLOUD_IMAGE = "switchyard/modelserver-cloud:test"
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 90.0
+
+# The chart, rendered for a CPU pool serving the tiny model.
+CHART_VALUES: dict[str, Any] = {
+    "router": {
+        "image": {"repository": "switchyard/router", "tag": "test"},
+        "routes": [{"model": "tiny", "targets": [{"cluster": "cpu"}]}],
+    },
+    "modelServers": [
+        {
+            "name": "cpu",
+            "backend": "llamacpp",
+            "image": {"repository": "switchyard/modelserver-cpu", "tag": "test"},
+            "readinessModel": "tiny",
+            "backendOptions": {
+                "models_dir": "/models",
+                "threads": 1,
+                "context_length": 512,
+                "models": [{"file": "tiny.gguf", "id": "tiny"}],
+            },
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> Iterator[PrivateDockerd]:
+    try:
+        daemon = PrivateDockerd()
+    except EngineUnavailableError as error:
+        pytest.skip(f"no container engine can start: {error}")
+    saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
+    os.environ["DOCKER_HOST"] = daemon.host
+    # Ryuk (testcontainers' reaper) is an image from Docker Hub; the fixture cleans up.
+    os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    try:
+        daemon.wait_ready(lambda: DockerClient().client.ping())
+    except EngineUnavailableError as error:
+        daemon.stop()
+        pytest.skip(f"no container engine can start: {error}")
+    yield daemon
+    daemon.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def build_image(context: Path, tag: str, dockerfile: str) -> None:
+    DockerImage(
+        path=context,
+        tag=tag,
+        dockerfile_path=dockerfile,
+        clean_up=False,
+        buildargs={"BASE_IMAGE": BASE_IMAGE, "PIP_NO_INDEX": "1"},
+        network_mode="host",
+        rm=True,
+        forcerm=True,
+    ).build()
+
+
+@pytest.fixture(scope="module")
+def build_root(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base image imported, and a build context with every wheel (no index needed)."""
+    if not BASE_TARBALL.is_file():
+        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/)")
+    repository, tag = BASE_IMAGE.split(":")
+    DockerClient().client.api.import_image_from_file(
+        str(BASE_TARBALL), repository=repository, tag=tag
+    )
+    return build_context(tmp_path_factory.mktemp("context"), image_wheels())
+
+
+@pytest.fixture(scope="module")
+def images(build_root: Path) -> None:
+    """The router and CPU model-server images, built from their Dockerfiles."""
+    build_image(build_root, ROUTER_IMAGE, "deploy/docker/router.Dockerfile")
+    build_image(build_root, MODELSERVER_IMAGE, "deploy/docker/modelserver-cpu.Dockerfile")
+
+
+@dataclass
+class Deployment:
+    """The running pair: addresses on 127.0.0.1 and the containers."""
+
+    router: DockerContainer
+    modelserver: DockerContainer
+    router_address: str
+    modelserver_address: str
+    router_metrics: str
+
+
+def rendered_config(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(config_of(docs, name))
+    return config
+
+
+def write_readable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o644)  # the containers run as uid 10001
+    return path
+
+
+def run_hardened(image: str, args: list[str], mounts: list[tuple[Path, str]]) -> DockerContainer:
+    """Starts a container as the chart runs the pod: read-only root, /tmp only, no caps."""
+    started = (
+        DockerContainer(image)
+        .with_command(args)
+        .with_tmpfs_mount("/tmp")
+        .with_kwargs(
+            network_mode="host",
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+    )
+    for host, inside in mounts:
+        started = started.with_volume_mapping(host, inside, "ro")
+    return started.start()
+
+
+def run_to_exit(image: str, args: list[str], entrypoint: str | None = None) -> tuple[int, str]:
+    """Runs a command in a hardened container to its end: exit status and output."""
+    options: dict[str, Any] = {"network_mode": "host", "read_only": True, "cap_drop": ["ALL"]}
+    if entrypoint is not None:
+        options["entrypoint"] = [entrypoint]
+    started = DockerContainer(image).with_command(args).with_kwargs(**options)
+    started.start()
+    try:
+        code = int(started.get_wrapped_container().wait(timeout=60)["StatusCode"])
+        return code, logs(started)
+    finally:
+        started.stop()
+
+
+def logs(container_: DockerContainer) -> str:
+    out, err = container_.get_logs()
+    return (out + err).decode(errors="replace")[-3000:]
+
+
+def wait_health(address: str, service: str, container_: DockerContainer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while (status := health_status(address, service)) != "SERVING":
+        if time.monotonic() > deadline or container_.status == "exited":
+            raise AssertionError(
+                f"{service or 'server'} at {address} is {status}:\n{logs(container_)}"
+            )
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    workdir = tmp_path_factory.mktemp("containers")
+    workdir.chmod(0o755)
+    models = workdir / "models"
+    models.mkdir(mode=0o755)
+    write_tiny_model(models / "tiny.gguf")
+    (models / "tiny.gguf").chmod(0o644)
+
+    docs = documents(render(CHART_VALUES))
+    pool = pool_name("cpu")
+    ms_port, router_port, router_metrics = free_port(), free_port(), free_port()
+
+    # Host network instead of pod IPs and cluster DNS: only the addresses change.
+    ms_config = rendered_config(docs, pool)
+    ms_config["listen"] = f"127.0.0.1:{ms_port}"
+    ms_config["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    router_config = rendered_config(docs, ROUTER_NAME)
+    router_config["listen"] = f"127.0.0.1:{router_port}"
+    router_config["metrics_listen"] = f"127.0.0.1:{router_metrics}"
+    (endpoint,) = router_config["clusters"]["cpu"]["endpoints"]
+    assert endpoint == f"dns:///{pool}.{NAMESPACE}.svc.cluster.local:50061"
+    router_config["clusters"]["cpu"]["endpoints"] = [f"dns:///localhost:{ms_port}"]
+
+    ms_file = write_readable(workdir / "modelserver.yaml", yaml.safe_dump(ms_config))
+    router_file = write_readable(workdir / "router.yaml", yaml.safe_dump(router_config))
+    # The images and arguments the chart's pods would run.
+    ms_pod = container(find(docs, "Deployment", pool))
+    router_pod = container(find(docs, "Deployment", ROUTER_NAME))
+    assert (ms_pod["image"], router_pod["image"]) == (MODELSERVER_IMAGE, ROUTER_IMAGE)
+
+    modelserver = run_hardened(
+        ms_pod["image"],
+        ms_pod["args"],
+        [(ms_file, "/etc/switchyard/config.yaml"), (models, "/models")],
+    )
+    router = run_hardened(
+        router_pod["image"], router_pod["args"], [(router_file, "/etc/switchyard/config.yaml")]
+    )
+    try:
+        ms_address, router_address = f"127.0.0.1:{ms_port}", f"127.0.0.1:{router_port}"
+        wait_health(ms_address, "tiny", modelserver)
+        wait_health(router_address, "switchyard.v1.LLMService", router)
+        yield Deployment(
+            router, modelserver, router_address, ms_address, f"127.0.0.1:{router_metrics}"
+        )
+    finally:
+        router.stop()
+        modelserver.stop()
+
+
+def test_images_run_as_the_non_root_user_the_chart_expects(images: None) -> None:
+    client = DockerClient().client
+    for image in (ROUTER_IMAGE, MODELSERVER_IMAGE):
+        config = client.images.get(image).attrs["Config"]
+        assert config["User"] == "10001:10001"
+        pod_user = chart().merge_values({})["securityContext"]["runAsUser"]
+        assert config["User"].split(":")[0] == str(pod_user)
+
+
+def test_generate_through_the_containerised_router(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        answer = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    with Client(deployment.modelserver_address, timeout=30) as client:
+        direct = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    assert answer.model == "tiny"
+    assert answer.backend == "llamacpp"
+    assert answer.usage.completion_tokens == 8
+    assert answer.text and answer.text == direct.text
+
+
+def test_stream_through_the_containerised_router(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        with client.stream("tiny", "hello world", max_tokens=8, temperature=0) as stream:
+            chunks = [chunk.text for chunk in stream]
+        whole = client.generate("tiny", "hello world", max_tokens=8, temperature=0)
+    assert "".join(chunks) == whole.text
+
+
+def test_modelserver_container_reports_health_per_model(deployment: Deployment) -> None:
+    # What the readiness probe checks (readinessModel), and a name nobody serves.
+    assert health_status(deployment.modelserver_address, "tiny") == "SERVING"
+    assert health_status(deployment.modelserver_address, "nope") == "NOT_FOUND"
+
+
+def test_router_container_serves_metrics(deployment: Deployment) -> None:
+    with Client(deployment.router_address, timeout=30) as client:
+        client.generate("tiny", "hi", max_tokens=2)
+    with urllib.request.urlopen(f"http://{deployment.router_metrics}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("switchyard_router_requests_total{")
+        and 'model="tiny"' in line
+        and 'code="OK"' in line
+        and 'method="Generate"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, text[-2000:]
+
+
+def test_compose_healthcheck_passes_inside_the_modelserver_image(deployment: Deployment) -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    command = compose["services"]["modelserver"]["healthcheck"]["test"]
+    assert command[0] == "CMD"
+    port = deployment.modelserver_address.rpartition(":")[2]
+    argv = [part.replace("127.0.0.1:50061", f"127.0.0.1:{port}") for part in command[1:]]
+    result = deployment.modelserver.exec(argv)
+    assert result.exit_code == 0, result.output
+
+
+def test_containers_drain_and_exit_zero_on_sigterm(deployment: Deployment) -> None:
+    """Runs last: `docker stop` (SIGTERM, as Kubernetes sends) ends both cleanly."""
+    for running in (deployment.router, deployment.modelserver):
+        wrapped = running.get_wrapped_container()
+        wrapped.stop(timeout=30)
+        assert wrapped.wait(timeout=30)["StatusCode"] == 0, logs(running)
+
+
+def test_cloud_image_carries_its_backends_and_no_engine(build_root: Path) -> None:
+    dockerfile = ROOT / "deploy" / "docker" / "modelserver-cloud.Dockerfile"
+    build_image(build_root, CLOUD_IMAGE, "deploy/docker/modelserver-cloud.Dockerfile")
+    (default,) = [
+        line.split("=", 1)[1]
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("ARG BACKENDS=")
+    ]
+    pyproject = tomllib.loads((ROOT / "services" / "modelserver" / "pyproject.toml").read_text())
+    declared = set(pyproject["project"]["optional-dependencies"])
+    # The cloud backends' extras arrive with their own branch; those declared must be listed.
+    expected = {name for name in default.split(",") if name in declared} | {"scripted"}
+
+    code, output = run_to_exit(CLOUD_IMAGE, ["--list-backends"])
+    assert code == 0, output
+    assert expected <= set(output.split()), (expected, output)
+    code, output = run_to_exit(CLOUD_IMAGE, ["-c", "import llama_cpp"], entrypoint="python3")
+    assert code != 0 and "No module named 'llama_cpp'" in output
