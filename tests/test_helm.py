@@ -31,6 +31,7 @@ from helmchart import (
 )
 
 from switchyard.configfile import ConfigError
+from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import load_modelserver_config
 from switchyard_router.config import load_router_config
 
@@ -256,6 +257,8 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
         config = load_modelserver_config(path)
         assert config.backend.kind == pool["backend"]
         assert config.backend.options() == pool.get("backendOptions", {})
+        # The backend's own options model accepts them (what the pod does at start).
+        backend_class(config.backend.kind).options_model.model_validate(config.backend.options())
         assert config.listen == f"0.0.0.0:{pool.get('port', 50061)}"
         for key, value in pool.get("config", {}).items():
             assert getattr(config, key) == value
