@@ -402,7 +402,10 @@ def test_the_grpc_deadline_becomes_the_http_timeout(
     # The SDKs announce the read timeout they use in a header.
     headers = vendors.received("ok").headers
     sent = float(headers.get("x-stainless-read-timeout") or headers["x-stainless-timeout"])
-    assert 0 < sent <= 7.0
+    # The grpc-timeout header is coarse (gRPC rounds it up to whole units), so the
+    # server's remaining time can exceed the client's by a few milliseconds; the
+    # SDK's default (600 s) would be far above.
+    assert 0 < sent <= 7.1
 
 
 @pytest.mark.parametrize("kind", KINDS)
