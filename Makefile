@@ -50,7 +50,7 @@ bench-vllm: setup
 	$(PY) benchmarks/vllm_overhead.py
 
 clean:
-	rm -rf $(VENV) .venv-vllm .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .run .mypy_cache .ruff_cache .pytest_cache
 
 # `switchyard bench --compare`: a scripted model server direct vs through the router;
 # JSON and HTML report in .run/ (see README "Benchmarking").

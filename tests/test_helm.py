@@ -40,7 +40,7 @@ VALUES_DIR = CHART / "ci"
 # A current Kubernetes release (kubernetes-validate bundles schemas up to 1.37).
 KUBE_VERSION = "1.35.0"
 VENV_BIN = Path(sys.executable).parent
-CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 
 # Checks skipped on purpose, each for a reason:
 CHECKOV_SKIPS = {

@@ -14,17 +14,10 @@ BASE_TAR="$CACHE/debian-py-bookworm.tar"
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
-if ((${#missing[@]})); then
-  sudo=()
-  [[ "$(id -u)" == 0 ]] || sudo=(sudo)
-  echo "setup: apt-get install ${missing[*]}"
-  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
-    install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/apt-install.sh "${missing[@]}"
 
 # checkov in its own environment: its pins (packaging, ...) clash with ours.
-CHECKOV_VENV=.venv/tools/checkov
+CHECKOV_VENV=.venv-checkov
 checkov_hash="$(sha256sum requirements/checkov.txt | cut -d' ' -f1)"
 if [[ "$(cat "$CHECKOV_VENV/.stamp" 2>/dev/null)" != "$checkov_hash" ]]; then
   echo "setup: installing checkov into $CHECKOV_VENV"

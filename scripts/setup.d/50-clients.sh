@@ -19,19 +19,7 @@ done
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 
-if ((${#missing[@]})); then
-  echo "setup: apt-get install ${missing[*]}"
-  sudo=()
-  [[ $(id -u) == 0 ]] || sudo=(sudo)
-  # The package lists' lock is not covered by DPkg::Lock::Timeout: wait for it.
-  for attempt in $(seq 1 60); do
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq && break
-    ((attempt < 60)) || exit 1
-    sleep 10
-  done
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-    install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/apt-install.sh "${missing[@]}"
 
 typescript=clients/typescript
 stamp="$typescript/node_modules/.switchyard-lock"
