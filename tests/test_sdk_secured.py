@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from switchyard import (
     UnimplementedError,
     UsageEvent,
 )
+from switchyard.cli import _parser
 from switchyard.client import API_KEY_ENV, MAX_RETRY_WAIT
 from switchyard.errors import from_rpc_error
 from switchyard.v1 import router_admin_pb2 as admin_pb
@@ -242,3 +244,20 @@ def test_a_method_the_server_lacks_is_unimplemented_not_a_server_failure(
     error = from_rpc_error(raised.value)
     assert isinstance(error, UnimplementedError)
     assert not isinstance(error, UnavailableError)
+
+
+def test_every_readme_cli_line_parses() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [line.removeprefix("$ ") for line in readme.splitlines()]
+    commands = [
+        shlex.split(line, comments=True)[1:] for line in lines if line.startswith("switchyard ")
+    ]
+    assert len(commands) >= 9
+    secured_lines = 0
+    for command in commands:
+        args = _parser().parse_args(command)  # exits (fails the test) on a bad line
+        if "--tls-ca" in command:
+            secured_lines += 1
+            assert args.tls_ca == command[command.index("--tls-ca") + 1]
+            assert args.api_key_file == command[command.index("--api-key-file") + 1]
+    assert secured_lines == 1
