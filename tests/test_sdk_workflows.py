@@ -222,6 +222,23 @@ async def test_async_generate_batch_never_exceeds_its_concurrency(
             await client.generate_batch("pair", prompts, max_concurrency=6)
 
 
+def test_generate_batch_raises_the_first_error_and_starts_no_more_calls(
+    router: ServerProcess,
+) -> None:
+    meter = UsageMeter()
+    items = ["fine", "", *(f"later {n}" for n in range(30))]  # "" is no input
+    with Client(router.address, on_usage=meter) as client:
+        with pytest.raises(InvalidArgumentError):
+            client.generate_batch("echo", items, max_concurrency=2)
+        # The client is still usable afterwards, with its full concurrency.
+        again = client.generate_batch("echo", ["a", "b", "c"], max_concurrency=2)
+    assert [r.text for r in again] == ["a", "b", "c"]
+    failed_batch = meter.calls - 3
+    # The failure and what was already in flight; the calls queued behind were dropped.
+    assert meter.errors == 1
+    assert 2 <= failed_batch < len(items) // 2
+
+
 async def test_async_generate_batch_puts_errors_in_place(router: ServerProcess) -> None:
     meter = UsageMeter()
     async with AsyncClient(router.address, on_usage=meter) as client:
