@@ -5,6 +5,7 @@ switchyard generate smollm2-135m-instruct "The capital of France is" --max-token
 switchyard chat smollm2-135m-instruct "Say hello"      # one turn
 switchyard chat smollm2-135m-instruct                  # interactive, keeps history
 switchyard bench --model smollm2-135m-instruct --concurrency 4 --requests 100 --stream
+switchyard --target router:443 models --tls-ca ca.crt --api-key-file key   # a secured router
 """
 
 from __future__ import annotations
