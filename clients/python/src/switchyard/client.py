@@ -89,7 +89,39 @@ def _backoff(attempt: int, error: APIError) -> float:
     return min(0.1 * 2.0**attempt, 2.0)
 
 
-class Stream(Iterator[StreamChunk]):
+class _StreamCall:
+    """What :class:`Stream` and :class:`AsyncStream` share: the call and its usage event."""
+
+    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
+        self._call = call
+        self._usage = usage
+
+    def _received(self, response: pb.StreamGenerateResponse) -> StreamChunk:
+        chunk = _convert.stream_chunk(response)
+        if self._usage:
+            self._usage.chunk(chunk)
+        return chunk
+
+    def _ended(self) -> None:
+        if self._usage:
+            self._usage.finish()
+
+    def _failed(self, rpc_error: grpc.RpcError) -> APIError:
+        error = from_rpc_error(rpc_error)
+        if self._usage:
+            self._usage.finish(error)
+        return error
+
+    def _cancel(self) -> None:
+        self._call.cancel()
+        if self._usage:
+            self._usage.finish(closed=True)
+
+    def __del__(self) -> None:
+        self._call.cancel()
+
+
+class Stream(_StreamCall, Iterator[StreamChunk]):
     """A streamed generation: iterate it for chunks; ``close()`` cancels it.
 
     Use it as a context manager (``with client.stream(...) as stream:``) or
@@ -97,34 +129,22 @@ class Stream(Iterator[StreamChunk]):
     generating at once rather than when the stream is garbage-collected.
     """
 
-    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        self._call = call
-        self._usage = usage
-
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> StreamChunk:
         try:
-            chunk = _convert.stream_chunk(next(self._call))
+            response = next(self._call)
         except StopIteration:
-            if self._usage:
-                self._usage.finish()
+            self._ended()
             raise
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._usage:
-                self._usage.finish(error)
-            raise error from None
-        if self._usage:
-            self._usage.chunk(chunk)
-        return chunk
+            raise self._failed(rpc_error) from None
+        return self._received(response)
 
     def close(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
-        self._call.cancel()
-        if self._usage:
-            self._usage.finish(closed=True)
+        self._cancel()
 
     def __enter__(self) -> Self:
         return self
@@ -132,51 +152,36 @@ class Stream(Iterator[StreamChunk]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        self._call.cancel()
 
-
-class AsyncStream(AsyncIterator[StreamChunk]):
+class AsyncStream(_StreamCall, AsyncIterator[StreamChunk]):
     """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
 
     def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        self._call = call
+        super().__init__(call, usage)
         self._responses = call.__aiter__()
-        self._usage = usage
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
         try:
-            chunk = _convert.stream_chunk(await self._responses.__anext__())
+            response = await self._responses.__anext__()
         except StopAsyncIteration:
-            if self._usage:
-                self._usage.finish()
+            self._ended()
             raise
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._usage:
-                self._usage.finish(error)
-            raise error from None
-        if self._usage:
-            self._usage.chunk(chunk)
-        return chunk
+            raise self._failed(rpc_error) from None
+        return self._received(response)
 
     async def aclose(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
-        self._call.cancel()
-        if self._usage:
-            self._usage.finish(closed=True)
+        self._cancel()
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def __del__(self) -> None:
-        self._call.cancel()
 
 
 class _Options:
