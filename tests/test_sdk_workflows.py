@@ -73,6 +73,22 @@ async def test_async_chain_streams_its_last_step(router: ServerProcess) -> None:
     assert [event.method for event in meter.events] == ["generate", "stream"]
 
 
+def test_blocking_chain_streams_its_last_step_and_cancels_it_when_left(
+    router: ServerProcess,
+) -> None:
+    meter = UsageMeter()
+    with Client(router.address, on_usage=meter) as client:
+        chain = two_step_chain(client)
+        chunks = list(chain.stream(topic="gRPC", tone="brief"))
+        assert "".join(chunk.text for chunk in chunks) == "Be brief.\nWrite: Outline: gRPC"
+        assert chunks[-1].finish_reason is FinishReason.STOP
+        slow = SequentialChain([LLMChain(client, "drip", "{words}", output_key="out")])
+        for _ in slow.stream(words="a b c d e f g h"):
+            break  # leaving the loop drops the generator, which closes the stream
+    assert [event.method for event in meter.events] == ["generate", "stream", "stream"]
+    assert meter.events[-1].finish_reason is FinishReason.CANCELLED
+
+
 async def test_async_chain_invokes_a_real_model(router: ServerProcess) -> None:
     async with AsyncClient(router.address) as client:
         step = LLMChain(
