@@ -6,6 +6,7 @@ step received is visible in its output; llama.cpp's tiny model is the real engin
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -160,6 +161,18 @@ def test_a_stream_closed_early_reports_a_cancelled_call(router: ServerProcess) -
     [event] = events
     assert event.finish_reason is FinishReason.CANCELLED
     assert event.time_to_first_token is not None
+
+
+def test_a_stream_dropped_unread_still_reports_its_call(router: ServerProcess) -> None:
+    events: list[UsageEvent] = []
+    with Client(router.address, on_usage=events.append) as client:
+        stream = client.stream("drip", "a b c d e f g h")
+        assert next(stream).text
+        del stream  # neither read to the end nor closed
+        gc.collect()
+    assert [(event.method, event.finish_reason) for event in events] == [
+        ("stream", FinishReason.CANCELLED)
+    ]
 
 
 def test_usage_events_count_retries(scripted_server: ServerProcess) -> None:

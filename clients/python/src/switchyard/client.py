@@ -118,7 +118,8 @@ class _StreamCall:
             self._usage.finish(closed=True)
 
     def __del__(self) -> None:
-        self._call.cancel()
+        # A stream dropped unread still ends its call, and still reports its usage.
+        self._cancel()
 
 
 class Stream(_StreamCall, Iterator[StreamChunk]):
