@@ -37,7 +37,7 @@ class Connection:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The metadata every call sends (``authorization`` when there is a key)."""
-        return auth_metadata(self.api_key)
+        return auth_metadata(self.api_key) if self.api_key else None
 
     def channel(self, target: str) -> grpc.Channel:
         """A blocking channel to ``target``."""
