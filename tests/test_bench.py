@@ -180,7 +180,14 @@ def test_json_document_keeps_schema_v1(
         assert set(result["requests"]) == {"total", "ok", "errors"}
         for key in ("latency_ms", "ttft_ms", "inter_token_latency_ms", "send_lag_ms"):
             assert set(result[key]) == STAT_KEYS
+            assert isinstance(result[key]["count"], int)
+            assert all(isinstance(v, float) for k, v in result[key].items() if k != "count")
+        for key in ("wall_seconds", "requests_per_second", "output_tokens_per_second"):
+            assert isinstance(result[key], float)
+        assert isinstance(result["output_tokens"], int)
         assert all(set(sample) == SAMPLE_KEYS for sample in result["samples"])
+        assert all(isinstance(sample["latency_ms"], float) for sample in result["samples"])
+        assert all(isinstance(sample["code"], str) for sample in result["samples"])
         assert len(result["samples"]) == result["requests"]["total"] == 6
     assert set(doc["comparison"]) == {"baseline", "candidate", "ratios"}
     assert set(doc["comparison"]["ratios"]) == RATIO_KEYS
@@ -404,6 +411,10 @@ def test_percentiles_interpolate_between_ranks() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == pytest.approx(statistics.quantiles(values, n=100)[49])
     assert percentile([1.0, 2.0], 50) == 1.5
+    # Rank (n - 1) * q / 100 between the values around it: p90 of 1..100 is rank 89.1.
+    assert percentile(values, 90) == pytest.approx(90.1)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([10.0, 20.0, 30.0, 40.0], 95) == pytest.approx(38.5)
     assert percentile([3.0], 99) == 3.0
 
 

@@ -141,7 +141,12 @@ def test_typescript_example_lists_generates_and_streams(router: ServerProcess) -
 
 
 def test_typescript_example_reports_not_found(router: ServerProcess) -> None:
-    check_not_found(run_typescript("--target", router.address, "--model", "no-such-model"))
+    output = run_typescript("--target", router.address, "--model", "no-such-model")
+    check_not_found(output)
+    assert "reason: MODEL_NOT_FOUND" in output.stderr  # the ErrorInfo detail, decoded in TS
+    available = [line for line in output.stderr.splitlines() if line.startswith("available: ")]
+    assert len(available) == 1
+    assert "tiny" in available[0].removeprefix("available: ").split(",")
 
 
 def test_typescript_client_type_checks() -> None:

@@ -89,3 +89,16 @@ def test_chat_template_names_missing_variables_across_turns() -> None:
 def test_chat_template_refuses_an_unknown_role() -> None:
     with pytest.raises(TemplateError, match=r"unknown role 'robot'.*system, user, assistant"):
         ChatPromptTemplate([("robot", "beep")])
+
+
+def test_a_value_its_format_spec_cannot_take_names_the_template() -> None:
+    template = PromptTemplate("Item {count:d} of {total}")
+    assert template.format(count=3, total=5) == "Item 3 of 5"
+    with pytest.raises(TemplateError) as caught:
+        template.format(count="three", total=5)
+    message = str(caught.value)
+    assert "PromptTemplate('Item {count:d} of {total}')" in message
+    assert "Unknown format code 'd'" in message
+    chat = ChatPromptTemplate([("user", "{n:.2f}")])
+    with pytest.raises(TemplateError, match="cannot render"):
+        chat.format_messages(n="x")

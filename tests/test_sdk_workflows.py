@@ -6,6 +6,7 @@ step received is visible in its output; llama.cpp's tiny model is the real engin
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -71,6 +72,22 @@ async def test_async_chain_streams_its_last_step(router: ServerProcess) -> None:
     assert len(chunks) >= 2
     assert chunks[-1].finish_reason is FinishReason.STOP
     assert [event.method for event in meter.events] == ["generate", "stream"]
+
+
+def test_blocking_chain_streams_its_last_step_and_cancels_it_when_left(
+    router: ServerProcess,
+) -> None:
+    meter = UsageMeter()
+    with Client(router.address, on_usage=meter) as client:
+        chain = two_step_chain(client)
+        chunks = list(chain.stream(topic="gRPC", tone="brief"))
+        assert "".join(chunk.text for chunk in chunks) == "Be brief.\nWrite: Outline: gRPC"
+        assert chunks[-1].finish_reason is FinishReason.STOP
+        slow = SequentialChain([LLMChain(client, "drip", "{words}", output_key="out")])
+        for _ in slow.stream(words="a b c d e f g h"):
+            break  # leaving the loop drops the generator, which closes the stream
+    assert [event.method for event in meter.events] == ["generate", "stream", "stream"]
+    assert meter.events[-1].finish_reason is FinishReason.CANCELLED
 
 
 async def test_async_chain_invokes_a_real_model(router: ServerProcess) -> None:
@@ -144,6 +161,18 @@ def test_a_stream_closed_early_reports_a_cancelled_call(router: ServerProcess) -
     [event] = events
     assert event.finish_reason is FinishReason.CANCELLED
     assert event.time_to_first_token is not None
+
+
+def test_a_stream_dropped_unread_still_reports_its_call(router: ServerProcess) -> None:
+    events: list[UsageEvent] = []
+    with Client(router.address, on_usage=events.append) as client:
+        stream = client.stream("drip", "a b c d e f g h")
+        assert next(stream).text
+        del stream  # neither read to the end nor closed
+        gc.collect()
+    assert [(event.method, event.finish_reason) for event in events] == [
+        ("stream", FinishReason.CANCELLED)
+    ]
 
 
 def test_usage_events_count_retries(scripted_server: ServerProcess) -> None:
@@ -220,6 +249,23 @@ async def test_async_generate_batch_never_exceeds_its_concurrency(
         assert [r.text for r in bounded] == prompts
         with pytest.raises(RateLimitError):
             await client.generate_batch("pair", prompts, max_concurrency=6)
+
+
+def test_generate_batch_raises_the_first_error_and_starts_no_more_calls(
+    router: ServerProcess,
+) -> None:
+    meter = UsageMeter()
+    items = ["fine", "", *(f"later {n}" for n in range(30))]  # "" is no input
+    with Client(router.address, on_usage=meter) as client:
+        with pytest.raises(InvalidArgumentError):
+            client.generate_batch("echo", items, max_concurrency=2)
+        # The client is still usable afterwards, with its full concurrency.
+        again = client.generate_batch("echo", ["a", "b", "c"], max_concurrency=2)
+    assert [r.text for r in again] == ["a", "b", "c"]
+    failed_batch = meter.calls - 3
+    # The failure and what was already in flight; the calls queued behind were dropped.
+    assert meter.errors == 1
+    assert 2 <= failed_batch < len(items) // 2
 
 
 async def test_async_generate_batch_puts_errors_in_place(router: ServerProcess) -> None:

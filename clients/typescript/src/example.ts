@@ -5,12 +5,14 @@
 //   npx tsx src/example.ts --target localhost:50051 --model smollm2-135m-instruct --prompt "The capital of France is"
 //
 // Each result is one line; texts are JSON strings. An error prints its gRPC
-// status code and message to stderr and exits with status 1.
+// status code and message, and its google.rpc.ErrorInfo (reason, available
+// models), to stderr and exits with status 1.
 import { parseArgs } from "node:util";
 
 import type { DescEnum } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 
 import {
   FinishReasonSchema,
@@ -77,10 +79,55 @@ async function main(): Promise<void> {
   );
 }
 
+interface ErrorInfo {
+  reason: string;
+  metadata: Map<string, string>;
+}
+
+/**
+ * The status's google.rpc.ErrorInfo detail, if it has one. The generated code
+ * covers only the contract, not google.rpc, so its three fields are read off
+ * the wire: reason (1), domain (2), metadata (3, a map of string entries).
+ */
+function errorInfo(error: ConnectError): ErrorInfo | undefined {
+  for (const detail of error.details) {
+    if (!("type" in detail) || detail.type !== "google.rpc.ErrorInfo") continue;
+    const info: ErrorInfo = { reason: "", metadata: new Map() };
+    const reader = new BinaryReader(detail.value);
+    while (reader.pos < reader.len) {
+      const [field, wireType] = reader.tag();
+      if (field === 1 && wireType === WireType.LengthDelimited) {
+        info.reason = reader.string();
+      } else if (field === 3 && wireType === WireType.LengthDelimited) {
+        const entry = new BinaryReader(reader.bytes());
+        let key = "";
+        let value = "";
+        while (entry.pos < entry.len) {
+          const [entryField, entryType] = entry.tag();
+          if (entryField === 1) key = entry.string();
+          else if (entryField === 2) value = entry.string();
+          else entry.skip(entryType);
+        }
+        info.metadata.set(key, value);
+      } else {
+        reader.skip(wireType);
+      }
+    }
+    return info;
+  }
+  return undefined;
+}
+
 main().catch((error: unknown) => {
   if (error instanceof ConnectError) {
     // Code[...] is the canonical name in camel case (NotFound), as Go prints it.
     console.error(`error: ${Code[error.code]}: ${error.rawMessage}`);
+    const info = errorInfo(error);
+    if (info !== undefined) {
+      console.error(`reason: ${info.reason}`);
+      const available = info.metadata.get("available");
+      if (available !== undefined) console.error(`available: ${available}`);
+    }
   } else {
     console.error("error:", error);
   }

@@ -17,6 +17,7 @@ from switchyard.errors import (
     SwitchyardError,
     TemplateError,
     UnavailableError,
+    UnimplementedError,
 )
 from switchyard.templates import ChatPromptTemplate, PromptTemplate
 from switchyard.types import (
@@ -61,6 +62,7 @@ __all__ = [
     "TemplateError",
     "Timings",
     "UnavailableError",
+    "UnimplementedError",
     "Usage",
     "UsageCallback",
     "UsageEvent",

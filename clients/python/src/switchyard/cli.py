@@ -5,6 +5,7 @@ switchyard generate smollm2-135m-instruct "The capital of France is" --max-token
 switchyard chat smollm2-135m-instruct "Say hello"      # one turn
 switchyard chat smollm2-135m-instruct                  # interactive, keeps history
 switchyard bench --model smollm2-135m-instruct --concurrency 4 --requests 100 --stream
+switchyard --target router:443 models --tls-ca ca.crt --api-key-file key   # a secured router
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from switchyard import bench
+from switchyard import bench, connection
 from switchyard._convert import SamplingOptions
 from switchyard.client import DEFAULT_TARGET, Client
+from switchyard.connection import Connection, ConnectionOptionsError
 from switchyard.errors import APIError, from_rpc_error
 from switchyard.types import Message, StreamChunk
 
@@ -29,19 +31,29 @@ def _parser() -> argparse.ArgumentParser:
         help="router or model server address (env SWITCHYARD_TARGET; default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    connection.add_arguments(parser)
+    # Each subcommand takes the connection options too, after its name.
+    subcommand = argparse.ArgumentParser(add_help=False)
+    connection.add_arguments(subcommand, suppress_defaults=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="list models and their status")
+    commands.add_parser("models", help="list models and their status", parents=[subcommand])
     commands.add_parser(
-        "endpoints", help="the router's model servers: health, ejections, load (router only)"
+        "endpoints",
+        help="the router's model servers: health, ejections, load (router only)",
+        parents=[subcommand],
     )
 
-    generate = commands.add_parser("generate", help="complete a prompt, streaming the answer")
+    generate = commands.add_parser(
+        "generate", help="complete a prompt, streaming the answer", parents=[subcommand]
+    )
     generate.add_argument("model")
     generate.add_argument("prompt")
     _sampling_arguments(generate)
 
-    chat = commands.add_parser("chat", help="chat with a model (interactive without MESSAGE)")
+    chat = commands.add_parser(
+        "chat", help="chat with a model (interactive without MESSAGE)", parents=[subcommand]
+    )
     chat.add_argument("model")
     chat.add_argument("message", nargs="?", help="one user message; omit for an interactive chat")
     chat.add_argument("--system", help="a system prompt")
@@ -52,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="load a server and measure latency, TTFT and throughput",
         description="Closed-loop (--concurrency) or open-loop (--rate) load over gRPC; "
         "prints a table, optionally writes JSON and an HTML report.",
+        parents=[subcommand],
     )
     bench.command.add_arguments(bench_command)
     return parser
@@ -111,17 +124,16 @@ def _models(client: Client) -> None:
         )
 
 
-def _endpoints(target: str, timeout: float) -> None:
+def _endpoints(target: str, timeout: float, connect: Connection) -> None:
     import grpc
 
-    from switchyard.client import _auth_metadata
     from switchyard.v1 import router_admin_pb2 as admin_pb
     from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with connect.channel(target) as channel:
         try:
             response = admin_grpc.RouterAdminServiceStub(channel).ListEndpoints(
-                admin_pb.ListEndpointsRequest(), timeout=timeout, metadata=_auth_metadata(None)
+                admin_pb.ListEndpointsRequest(), timeout=timeout, metadata=connect.metadata
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -167,14 +179,24 @@ def _chat(client: Client, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
     args = _parser().parse_args(argv)
+    try:
+        connect = connection.from_args(args)
+    except ConnectionOptionsError as error:
+        print(f"switchyard: {error}", file=sys.stderr)
+        return 2
     if args.command == "bench":
-        return bench.command.run(args, args.target)
-    with Client(args.target, timeout=args.timeout) as client:
+        return bench.command.run(args, args.target, connect)
+    with Client(
+        args.target,
+        timeout=args.timeout,
+        api_key=connect.api_key,
+        credentials=connect.credentials,
+    ) as client:
         try:
             if args.command == "models":
                 _models(client)
             elif args.command == "endpoints":
-                _endpoints(args.target, args.timeout)
+                _endpoints(args.target, args.timeout, connect)
             elif args.command == "generate":
                 stream = client.stream(args.model, args.prompt, **_sampling(args))
                 _print_stream(stream, args.usage)

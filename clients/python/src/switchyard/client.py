@@ -31,6 +31,8 @@ from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_BATCH_CONCURRENCY = 8
+# A RetryInfo asking for a longer wait than this is not waited for: the error is raised.
+MAX_RETRY_WAIT = 10.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 API_KEY_ENV = "SWITCHYARD_API_KEY"
@@ -39,7 +41,7 @@ BatchInput = str | Sequence[MessageLike]
 """One item of ``generate_batch``: a prompt, or a conversation (a list of messages)."""
 
 
-def _auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     """``authorization: Bearer <key>`` for every call (``$SWITCHYARD_API_KEY`` by default)."""
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     return (("authorization", f"Bearer {key}"),) if key else None
@@ -79,13 +81,48 @@ def _stream_request(request: pb.GenerateRequest) -> pb.StreamGenerateRequest:
 
 
 def _backoff(attempt: int, error: APIError) -> float:
+    """The pause before the next try: what the server asked for (never less), or
+    exponential back-off when it did not say."""
     retry_after: float | None = error.retry_after
     if retry_after is not None:
-        return retry_after if retry_after < 10.0 else 10.0
+        return retry_after
     return min(0.1 * 2.0**attempt, 2.0)
 
 
-class Stream(Iterator[StreamChunk]):
+class _StreamCall:
+    """What :class:`Stream` and :class:`AsyncStream` share: the call and its usage event."""
+
+    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
+        self._call = call
+        self._usage = usage
+
+    def _received(self, response: pb.StreamGenerateResponse) -> StreamChunk:
+        chunk = _convert.stream_chunk(response)
+        if self._usage:
+            self._usage.chunk(chunk)
+        return chunk
+
+    def _ended(self) -> None:
+        if self._usage:
+            self._usage.finish()
+
+    def _failed(self, rpc_error: grpc.RpcError) -> APIError:
+        error = from_rpc_error(rpc_error)
+        if self._usage:
+            self._usage.finish(error)
+        return error
+
+    def _cancel(self) -> None:
+        self._call.cancel()
+        if self._usage:
+            self._usage.finish(closed=True)
+
+    def __del__(self) -> None:
+        # A stream dropped unread still ends its call, and still reports its usage.
+        self._cancel()
+
+
+class Stream(_StreamCall, Iterator[StreamChunk]):
     """A streamed generation: iterate it for chunks; ``close()`` cancels it.
 
     Use it as a context manager (``with client.stream(...) as stream:``) or
@@ -93,34 +130,22 @@ class Stream(Iterator[StreamChunk]):
     generating at once rather than when the stream is garbage-collected.
     """
 
-    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        self._call = call
-        self._usage = usage
-
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> StreamChunk:
         try:
-            chunk = _convert.stream_chunk(next(self._call))
+            response = next(self._call)
         except StopIteration:
-            if self._usage:
-                self._usage.finish()
+            self._ended()
             raise
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._usage:
-                self._usage.finish(error)
-            raise error from None
-        if self._usage:
-            self._usage.chunk(chunk)
-        return chunk
+            raise self._failed(rpc_error) from None
+        return self._received(response)
 
     def close(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
-        self._call.cancel()
-        if self._usage:
-            self._usage.finish(closed=True)
+        self._cancel()
 
     def __enter__(self) -> Self:
         return self
@@ -128,51 +153,36 @@ class Stream(Iterator[StreamChunk]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        self._call.cancel()
 
-
-class AsyncStream(AsyncIterator[StreamChunk]):
+class AsyncStream(_StreamCall, AsyncIterator[StreamChunk]):
     """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
 
     def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        self._call = call
+        super().__init__(call, usage)
         self._responses = call.__aiter__()
-        self._usage = usage
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
         try:
-            chunk = _convert.stream_chunk(await self._responses.__anext__())
+            response = await self._responses.__anext__()
         except StopAsyncIteration:
-            if self._usage:
-                self._usage.finish()
+            self._ended()
             raise
         except grpc.RpcError as rpc_error:
-            error = from_rpc_error(rpc_error)
-            if self._usage:
-                self._usage.finish(error)
-            raise error from None
-        if self._usage:
-            self._usage.chunk(chunk)
-        return chunk
+            raise self._failed(rpc_error) from None
+        return self._received(response)
 
     async def aclose(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
-        self._call.cancel()
-        if self._usage:
-            self._usage.finish(closed=True)
+        self._cancel()
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def __del__(self) -> None:
-        self._call.cancel()
 
 
 class _Options:
@@ -208,8 +218,10 @@ class Client:
         target: ``host:port`` of the router (or of a model server).
         timeout: default per-call deadline in seconds (None: no deadline).
         max_retries: retries of unary calls on UNAVAILABLE / RESOURCE_EXHAUSTED,
-            with exponential back-off or the server's RetryInfo. Streams are not
-            retried by the client (the router retries them before the first token).
+            with exponential back-off or after the server's RetryInfo (never sooner;
+            a wait longer than the timeout or MAX_RETRY_WAIT raises the error at
+            once, its ``retry_after`` set). Streams are not retried by the client
+            (the router retries them before the first token).
         channel: an existing channel to use instead of creating one.
         on_usage: called with a :class:`~switchyard.usage.UsageEvent` (tokens,
             latency, errors) after every generate, chat and stream call.
@@ -231,7 +243,7 @@ class Client:
     ) -> None:
         self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
-        self._metadata = _auth_metadata(api_key)
+        self._metadata = auth_metadata(api_key)
         if channel is None:
             channel = (
                 grpc.secure_channel(target, credentials)
@@ -399,7 +411,7 @@ class Client:
 def _should_retry(
     error: APIError, attempt: int, max_retries: int, deadline: float | None, pause: float
 ) -> bool:
-    if error.code not in _RETRYABLE or attempt >= max_retries:
+    if error.code not in _RETRYABLE or attempt >= max_retries or pause > MAX_RETRY_WAIT:
         return False
     return deadline is None or time.monotonic() + pause < deadline
 
@@ -420,7 +432,7 @@ class AsyncClient:
     ) -> None:
         self._options = _Options(timeout, max_retries, on_usage)
         self._owns_channel = channel is None
-        self._metadata = _auth_metadata(api_key)
+        self._metadata = auth_metadata(api_key)
         if channel is None:
             channel = (
                 grpc.aio.secure_channel(target, credentials)

@@ -13,6 +13,7 @@ SwitchyardError
     ├── UnavailableError       UNAVAILABLE (.retry_after)
     ├── DeadlineExceededError  DEADLINE_EXCEEDED
     ├── RequestCancelledError  CANCELLED
+    ├── UnimplementedError     UNIMPLEMENTED (a method this server does not serve)
     └── InternalServerError    INTERNAL, UNKNOWN, DATA_LOSS and the rest
 """
 
@@ -119,6 +120,11 @@ class RequestCancelledError(APIError):
     """The request was cancelled."""
 
 
+class UnimplementedError(APIError):
+    """The server does not serve this method (e.g. the router's admin service asked
+    of a model server): the wrong address, not a server failure."""
+
+
 class InternalServerError(APIError):
     """The server failed in a way that is not the caller's fault."""
 
@@ -134,6 +140,7 @@ _BY_CODE: dict[grpc.StatusCode, type[APIError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: RequestCancelledError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
 }
 
 

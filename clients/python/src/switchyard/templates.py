@@ -106,7 +106,12 @@ class PromptTemplate:
             raise MissingVariablesError(
                 missing, self.variables, f"PromptTemplate({_preview(self.template)})"
             )
-        return self.template.format_map(merged)
+        try:
+            return self.template.format_map(merged)
+        except (ValueError, TypeError) as error:  # a value its format spec cannot take
+            raise TemplateError(
+                f"PromptTemplate({_preview(self.template)}): cannot render a value: {error}"
+            ) from error
 
     def partial(self, **values: object) -> Self:
         """A copy with some variables fixed (e.g. a language shared by every call)."""

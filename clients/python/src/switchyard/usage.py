@@ -9,8 +9,10 @@ print(meter.total_tokens, meter.by_model())
 
 ``on_usage`` takes any callable; it runs in the calling thread (for
 ``AsyncClient``, on the event loop: keep it quick) once per call, when the
-call ends: on its result, its error, or, for a stream, its last chunk or
-``close()``. An exception it raises reaches the caller.
+call ends: on its result, its error, or, for a stream, its last chunk,
+``close()``, or its garbage collection when dropped unread. An exception it
+raises reaches the caller (except from a garbage-collected stream, where Python
+can only print it).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from switchyard.bench.load import BenchError, LoadConfig, run_load
 from switchyard.bench.progress import stderr_if_tty
 from switchyard.bench.report import document, html_report, table
 from switchyard.bench.stats import TargetResult
+from switchyard.connection import Connection
 
 _T = TypeVar("_T")
 # The client's own CPU use above which its numbers may understate the server.
@@ -179,8 +180,9 @@ async def _interruptible(
             loop.remove_signal_handler(signum)
 
 
-def run(args: argparse.Namespace, default_target: str) -> int:
-    """Runs the benchmark the arguments describe; returns the exit status."""
+def run(args: argparse.Namespace, default_target: str, connection: Connection | None = None) -> int:
+    """Runs the benchmark the arguments describe over ``connection`` (TLS and API key,
+    for every target; default: plaintext, no key); returns the exit status."""
     try:
         config = _load_config(args)
     except (prompt_sets.PromptFileError, ValueError) as error:
@@ -199,7 +201,9 @@ def run(args: argparse.Namespace, default_target: str) -> int:
     try:
         (results, interrupted), loop_name = run_event_loop(
             _interruptible(
-                lambda stop: run_load(targets, config, progress, args.connect_timeout, stop)
+                lambda stop: run_load(
+                    targets, config, progress, args.connect_timeout, stop, connection
+                )
             )
         )
     except BenchError as error:

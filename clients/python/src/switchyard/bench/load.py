@@ -34,6 +34,7 @@ from switchyard import _convert
 from switchyard.bench.progress import LiveCounters, ProgressLine
 from switchyard.bench.prompts import Prompt
 from switchyard.bench.stats import OK, RequestRecord, TargetResult
+from switchyard.connection import Connection
 from switchyard.v1 import llm_service_pb2 as pb
 
 Arrival = Literal["poisson", "uniform"]
@@ -117,8 +118,10 @@ class RequestSender:
         config: LoadConfig,
         origin: float,
         counters: LiveCounters,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self._payloads = payloads
+        self._metadata = metadata
         self._stream = config.stream
         self._timeout = config.timeout
         self._origin = origin
@@ -145,7 +148,9 @@ class RequestSender:
         code = OK
         try:
             if self._stream:
-                call = self._stream_generate(payload, timeout=self._timeout)
+                call = self._stream_generate(
+                    payload, timeout=self._timeout, metadata=self._metadata
+                )
                 async for response in call:
                     if response.text:
                         last = time.monotonic() - origin
@@ -154,7 +159,9 @@ class RequestSender:
                     if response.finish_reason:
                         tokens = response.usage.completion_tokens
             else:
-                reply = await self._generate(payload, timeout=self._timeout)
+                reply = await self._generate(
+                    payload, timeout=self._timeout, metadata=self._metadata
+                )
                 tokens = reply.usage.completion_tokens
         except grpc.aio.AioRpcError as error:
             code = error.code().name
@@ -275,8 +282,15 @@ async def _rounds(
     return records, walls
 
 
-async def preflight(channel: grpc.aio.Channel, target: str, model: str, wait: float) -> None:
-    """Fails early, with a clear message, on a target that is down or lacks the model."""
+async def preflight(
+    channel: grpc.aio.Channel,
+    target: str,
+    model: str,
+    wait: float,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> None:
+    """Fails early, with a clear message, on a target that is down, refuses the
+    credentials, or lacks the model."""
     try:
         await asyncio.wait_for(channel.channel_ready(), wait)
     except TimeoutError:
@@ -287,7 +301,7 @@ async def preflight(channel: grpc.aio.Channel, target: str, model: str, wait: fl
         response_deserializer=pb.ListModelsResponse.FromString,
     )
     try:
-        response = await list_models(pb.ListModelsRequest(), timeout=wait)
+        response = await list_models(pb.ListModelsRequest(), timeout=wait, metadata=metadata)
     except grpc.aio.AioRpcError as error:
         message = f"{target}: ListModels failed: {error.code().name} {error.details()}"
         raise BenchError(message) from None
@@ -303,21 +317,25 @@ async def run_load(
     progress: TextIO | None = None,
     connect_timeout: float = 10.0,
     stop: asyncio.Event | None = None,
+    connection: Connection | None = None,
 ) -> list[TargetResult]:
     """Runs the load against each target (alternating rounds when there are several).
 
     Setting ``stop`` ends the run early: no new requests, those in flight finish.
+    ``connection`` (TLS, API key) applies to every target; default: plaintext, no key.
     """
     stop = stop or asyncio.Event()
-    channels = [grpc.aio.insecure_channel(t) for t in targets]
+    connection = connection or Connection()
+    metadata = connection.metadata
+    channels = [connection.aio_channel(t) for t in targets]
     try:
         for channel, target in zip(channels, targets, strict=True):
-            await preflight(channel, target, config.model, connect_timeout)
+            await preflight(channel, target, config.model, connect_timeout, metadata)
         payloads = request_payloads(config)
         origin = time.monotonic()
         counters = [LiveCounters() for _ in targets]
         senders = [
-            RequestSender(channel, payloads, config, origin, c)
+            RequestSender(channel, payloads, config, origin, c, metadata)
             for channel, c in zip(channels, counters, strict=True)
         ]
         labels = [""] if len(targets) == 1 else [f"#{i + 1}" for i in range(len(targets))]
