@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import grpc
 import grpc.aio
 import uvloop
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import free_port, wait_serving
 
 from switchyard import AsyncClient
 from switchyard.bench.load import LoadConfig, RequestSender, request_payloads
@@ -37,27 +36,6 @@ from switchyard.bench.prompts import Prompt
 
 PROMPT = "Continue this text: the river city train signal station morning light"
 CONCURRENCY = 32
-
-
-def _wait_serving(address: str) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                request = health_pb2.HealthCheckRequest()
-                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    sys.exit(f"{address} never became SERVING")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _cpu_per_request(send: Callable[[], Awaitable[None]], requests: int) -> float:
@@ -115,7 +93,7 @@ def main() -> None:
                 {"backend": {"kind": "scripted", "models": [{"id": "words", "reply": reply}]}}
             )
         )
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -130,7 +108,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_serving(address)
+            wait_serving(address)
             results = {
                 "uvloop": uvloop.run(_measure(address, rounds, requests)),
                 "asyncio": asyncio.run(_measure(address, rounds, requests)),

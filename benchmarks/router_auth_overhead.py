@@ -23,10 +23,8 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +32,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import cpu_seconds, free_port, percentile, start, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -43,50 +40,6 @@ from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 TICKS = os.sysconf("SC_CLK_TCK")
 KEY = "sk-benchmark-key"
 Metadata = tuple[tuple[str, str], ...]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _wait_serving(address: str) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    sys.exit(f"{address} never became SERVING")
-
-
-def _start(
-    work: Path, name: str, module: str, config: dict[str, object]
-) -> subprocess.Popen[bytes]:
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with (work / f"{name}.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _latency(
@@ -118,9 +71,9 @@ async def _unary_cpu(
             remaining -= 1
             await stub.Generate(request, metadata=metadata)
 
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     await asyncio.gather(*(worker() for _ in range(16)))
-    return (_cpu_seconds(pid) - before) / count
+    return (cpu_seconds(pid) - before) / count
 
 
 async def _stream_cpu(
@@ -138,22 +91,22 @@ async def _stream_cpu(
             async for _ in stub.StreamGenerate(request, metadata=metadata):
                 messages += 1
 
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     await asyncio.gather(*(worker() for _ in range(8)))
-    return (_cpu_seconds(pid) - before) / messages
+    return (cpu_seconds(pid) - before) / messages
 
 
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="switchyard-auth-bench-"))
     scale = 4 if args.quick else 1
-    ports = {name: _free_port() for name in ("server", "plain", "auth")}
+    ports = {name: free_port() for name in ("server", "plain", "auth")}
     server = f"127.0.0.1:{ports['server']}"
     models = [
         {"id": "ok", "reply": "fine", "concurrency": 256},
         {"id": "paced", "reply": "word " * 200, "token_delay_ms": 1, "concurrency": 256},
     ]
     processes = [
-        _start(
+        start(
             work,
             "modelserver",
             "switchyard_modelserver",
@@ -179,15 +132,15 @@ async def run(args: argparse.Namespace) -> None:
         ]
     }
     try:
-        _wait_serving(server)
+        wait_serving(server)
         routers = {
-            "plain": _start(
+            "plain": start(
                 work,
                 "router-plain",
                 "switchyard_router",
                 {**base, "listen": f"127.0.0.1:{ports['plain']}"},
             ),
-            "auth": _start(
+            "auth": start(
                 work,
                 "router-auth",
                 "switchyard_router",
@@ -196,7 +149,7 @@ async def run(args: argparse.Namespace) -> None:
         }
         processes += routers.values()
         for name in routers:
-            _wait_serving(f"127.0.0.1:{ports[name]}")
+            wait_serving(f"127.0.0.1:{ports[name]}")
         channels = {n: grpc.aio.insecure_channel(f"127.0.0.1:{ports[n]}") for n in routers}
         stubs: dict[str, tuple[Any, Metadata]] = {
             "plain": (pb_grpc.LLMServiceStub(channels["plain"]), ()),
@@ -225,7 +178,7 @@ async def run(args: argparse.Namespace) -> None:
                 process.kill()
 
     def ms(values: list[float], q: float) -> str:
-        return f"{_percentile(values, q) * 1e3:.3f} ms"
+        return f"{percentile(values, q) * 1e3:.3f} ms"
 
     def us(values: list[float]) -> str:
         return f"{statistics.median(values) * 1e6:.1f} µs"
@@ -233,7 +186,7 @@ async def run(args: argparse.Namespace) -> None:
     print("| measure | no auth | auth + rate limits | difference |")
     print("|---|---|---|---|")
     for label, q in (("p50", 0.5), ("p99", 0.99)):
-        plain, keyed = _percentile(latency["plain"], q), _percentile(latency["auth"], q)
+        plain, keyed = percentile(latency["plain"], q), percentile(latency["auth"], q)
         print(
             f"| unary latency {label}, concurrency 1 | {ms(latency['plain'], q)} | "
             f"{ms(latency['auth'], q)} | {(keyed - plain) * 1e3:+.3f} ms |"

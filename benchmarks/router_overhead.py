@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import cpu_seconds, free_port, percentile, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -44,32 +43,6 @@ from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 _T = TypeVar("_T")
 TICKS = os.sysconf("SC_CLK_TCK")
 WORDS_1000 = "word " * 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def _wait_serving(address: str) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                request = health_pb2.HealthCheckRequest()
-                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    sys.exit(f"{address} never became SERVING")
 
 
 class _Processes:
@@ -101,11 +74,6 @@ class _Processes:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _unary_latency(
@@ -179,15 +147,15 @@ async def _first_token(
 
 async def _measured(pid: int, work: Awaitable[_T]) -> tuple[_T, float]:
     """The result of ``work`` and the CPU seconds process ``pid`` used meanwhile."""
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     result = await work
-    return result, _cpu_seconds(pid) - before
+    return result, cpu_seconds(pid) - before
 
 
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="switchyard-router-bench-"))
     processes = _Processes(work)
-    server_port, router_port, spare_port = _free_port(), _free_port(), _free_port()
+    server_port, router_port, spare_port = free_port(), free_port(), free_port()
     models = [
         {"id": "ok", "reply": "ok", "concurrency": 256},
         {"id": "fast1000", "reply": WORDS_1000, "concurrency": 256},
@@ -206,8 +174,8 @@ async def run(args: argparse.Namespace) -> None:
             "switchyard_modelserver",
             {"listen": f"127.0.0.1:{spare_port}", "backend": spare_config},
         )
-        _wait_serving(f"127.0.0.1:{server_port}")
-        _wait_serving(f"127.0.0.1:{spare_port}")
+        wait_serving(f"127.0.0.1:{server_port}")
+        wait_serving(f"127.0.0.1:{spare_port}")
         router = processes.start(
             "router",
             "switchyard_router",
@@ -224,8 +192,8 @@ async def run(args: argparse.Namespace) -> None:
                 ],
             },
         )
-        _wait_serving(f"127.0.0.1:{router_port}")
-        bare_port = _free_port()
+        wait_serving(f"127.0.0.1:{router_port}")
+        bare_port = free_port()
         bare = processes.spawn(
             "bare",
             [
@@ -285,8 +253,8 @@ async def run(args: argparse.Namespace) -> None:
     def ms(value: float) -> str:
         return f"{value * 1e3:.3f} ms"
 
-    d50, d99 = _percentile(latency["direct"], 0.5), _percentile(latency["direct"], 0.99)
-    r50, r99 = _percentile(latency["router"], 0.5), _percentile(latency["router"], 0.99)
+    d50, d99 = percentile(latency["direct"], 0.5), percentile(latency["direct"], 0.99)
+    r50, r99 = percentile(latency["router"], 0.5), percentile(latency["router"], 0.99)
     cpus = os.cpu_count()
     print(f"scripted backend, {cpus} CPUs shared by client, router and server (logs in {work})")
     print("| measure | direct | router | router adds / costs |")

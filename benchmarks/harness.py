@@ -1,0 +1,66 @@
+"""What the benchmark scripts share: ports, server processes, readiness, CPU time."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(address: str, timeout: float = 60.0) -> None:
+    """Waits until the server's overall health is SERVING; exits the script if it never is."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    sys.exit(f"{address} never became SERVING")
+
+
+def start(
+    work: Path, name: str, module: str, config: Mapping[str, object]
+) -> subprocess.Popen[bytes]:
+    """Starts ``python -m module --config work/name.yaml``, logging to work/name.log."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(dict(config)))
+    with (work / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q < 1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
