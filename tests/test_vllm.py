@@ -42,6 +42,7 @@ MODEL = "tiny-llama"
 CONTEXT = 4096
 MAX_LOGPROBS = 5
 LONG = 3000  # tokens: several seconds of work, far past the point where a test cancels
+INPUT_TOKENS = "switchyard_modelserver_input_tokens_total"
 ENGINE_START_TIMEOUT = 300.0  # importing torch and vLLM and starting the engine, on a busy machine
 
 # The first test also waits for the tiny model and the engine to start.
@@ -284,6 +285,9 @@ async def test_concurrent_streams_run_in_the_engine_together(vllm_server: VllmSe
 
 
 def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) -> None:
+    """The backend owns each engine request (``add_request``, not vLLM's
+    ``generate``, which would abort by itself when its generator is closed): the
+    engine stops only because the backend aborts it."""
     generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
     with (
         Client(vllm_server.address) as client,
@@ -306,6 +310,21 @@ def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) 
     assert settled - generated_before < LONG / 2
     assert _metric(vllm_server, "vllm:num_requests_running") == 0
     assert _metric(vllm_server, "switchyard_modelserver_in_flight_requests") == 0
+
+
+def test_a_cancelled_stream_still_counts_its_prompt_tokens(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        prompt_tokens = client.generate(
+            MODEL, "a prompt to count", max_tokens=1
+        ).usage.prompt_tokens
+        counted_before = _metric(vllm_server, INPUT_TOKENS)
+        with client.stream(MODEL, "a prompt to count", max_tokens=LONG, temperature=0) as stream:
+            next(iter(stream))  # one message, then leaving the block cancels the RPC
+    deadline = time.monotonic() + 20
+    while _metric(vllm_server, INPUT_TOKENS) == counted_before:  # counted as the RPC ends
+        assert time.monotonic() < deadline, "the cancelled request's prompt was not counted"
+        time.sleep(0.2)
+    assert _metric(vllm_server, INPUT_TOKENS) - counted_before == prompt_tokens
 
 
 def test_a_passed_deadline_aborts_the_engine_request(vllm_server: VllmServer) -> None:
