@@ -6,7 +6,9 @@ There is no cluster here; every check is on the rendered manifests.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 from functools import cache
@@ -15,6 +17,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import trustme
 import yaml
 from helmchart import (
     CHART,
@@ -58,6 +61,8 @@ CHECKOV_SKIPS = {
 
 VALUES_FILES = sorted(p.name for p in VALUES_DIR.glob("*-values.yaml"))
 ALL_VALUES = ["defaults", *VALUES_FILES]
+# Where the chart mounts Secrets; configs name files under it.
+SECRETS_DIR = "/var/run/switchyard/"
 
 
 def load_values(name: str) -> dict[str, Any]:
@@ -82,6 +87,25 @@ def manifests(name: str) -> list[dict[str, Any]]:
 
 def merged_values(name: str) -> dict[str, Any]:
     return chart().merge_values(load_values(name))
+
+
+def with_secrets(config: str, root: Path) -> str:
+    """A rendered config whose Secret mounts point at test files under ``root``:
+    certificates signed by one CA in each TLS folder and a key hash per API key file."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("switchyard.test")
+    for path in sorted(set(re.findall(rf"{re.escape(SECRETS_DIR)}\S+", config))):
+        local = root / path.removeprefix(SECRETS_DIR)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if local.name == "ca.crt":
+            ca.cert_pem.write_to_path(str(local))
+        elif local.name == "tls.crt":
+            leaf.cert_chain_pems[0].write_to_path(str(local))
+        elif local.name == "tls.key":
+            leaf.private_key_pem.write_to_path(str(local))
+        else:
+            local.write_text(hashlib.sha256(local.name.encode()).hexdigest())
+    return config.replace(SECRETS_DIR, f"{root}/")
 
 
 # --- lint, schema, Kubernetes schemas, checkov --------------------------------
@@ -122,6 +146,11 @@ def test_values_pass_the_schema(values: str) -> None:
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
+        # TLS and keys only through router.tls / router.auth, which mount their Secrets.
+        ({"router": {"config": {"tls": {"cert_file": "/x"}}}}, "config"),
+        ({"router": {"config": {"auth": {"keys": []}}}}, "config"),
+        ({"router": {"auth": {"keys": [{"id": "a", "sha256": "0" * 64}]}}}, "keys"),
+        ({"router": {"tls": {"secretName": 1}}}, "secretName"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
@@ -203,7 +232,7 @@ def test_checkov_finds_nothing_beyond_the_justified_skips(
 def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path) -> None:
     docs = manifests(values)
     path = tmp_path / "router.yaml"
-    path.write_text(config_of(docs, ROUTER_NAME))
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
     config = load_router_config(path)
 
     merged = merged_values(values)
@@ -253,7 +282,7 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
     docs = manifests(values)
     for pool in merged_values(values)["modelServers"]:
         path = tmp_path / f"{pool['name']}.yaml"
-        path.write_text(config_of(docs, pool_name(pool["name"])))
+        path.write_text(with_secrets(config_of(docs, pool_name(pool["name"])), tmp_path / "s"))
         config = load_modelserver_config(path)
         assert config.backend.kind == pool["backend"]
         assert config.backend.options() == pool.get("backendOptions", {})
@@ -261,7 +290,10 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
         backend_class(config.backend.kind).options_model.model_validate(config.backend.options())
         assert config.listen == f"0.0.0.0:{pool.get('port', 50061)}"
         for key, value in pool.get("config", {}).items():
-            assert getattr(config, key) == value
+            loaded = getattr(config, key)
+            if isinstance(value, dict):  # a section (e.g. limits): the keys the values set
+                loaded = {name: getattr(loaded, name) for name in value}
+            assert loaded == value
 
 
 # --- the objects the issue asks for --------------------------------------------
@@ -296,18 +328,25 @@ def test_each_pool_has_a_headless_service_selecting_its_pods(values: str) -> Non
 
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_probes_are_native_grpc_and_readiness_checks_the_pool_model(values: str) -> None:
+    """Kubernetes' gRPC probes cannot speak TLS: a listener with TLS gets TCP probes."""
     docs = manifests(values)
+    merged = merged_values(values)
     router = container(find(docs, "Deployment", ROUTER_NAME))
+    router_probe = "tcpSocket" if merged["router"]["tls"]["secretName"] else "grpc"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert router[probe]["grpc"]["port"] == 50051
-    assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
-    for pool in merged_values(values)["modelServers"]:
+        assert router[probe][router_probe]["port"] == 50051
+    if router_probe == "grpc":
+        assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
+    for pool in merged["modelServers"]:
         server = container(find(docs, "Deployment", pool_name(pool["name"])))
         port = pool.get("port", 50061)
+        kind = "tcpSocket" if pool.get("tls", {}).get("secretName") else "grpc"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert server[probe]["grpc"]["port"] == port, probe
-        expected = pool.get("readinessModel") or "switchyard.v1.LLMService"
-        assert server["readinessProbe"]["grpc"]["service"] == expected
+            assert set(server[probe]) & {"grpc", "tcpSocket"} == {kind}, probe
+            assert server[probe][kind]["port"] == port, probe
+        if kind == "grpc":
+            expected = pool.get("readinessModel") or "switchyard.v1.LLMService"
+            assert server["readinessProbe"]["grpc"]["service"] == expected
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -481,6 +520,62 @@ def test_chart_has_one_template_per_component() -> None:
         "serviceaccount.yaml",
         "servicemonitor.yaml",
     ]
+
+
+def test_tls_auth_and_limits_from_values_reach_the_loaded_configs(tmp_path: Path) -> None:
+    docs = manifests("secure-values.yaml")
+    secrets = tmp_path / "secrets"
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), secrets))
+    router = load_router_config(path)
+    assert router.tls is not None and router.tls.client_ca_file == secrets / "tls" / "ca.crt"
+    assert router.auth is not None
+    assert [(k.id, k.models) for k in router.auth.keys] == [
+        ("web-app", ["assistant"]),
+        ("batch-jobs", None),
+    ]
+    assert router.auth.keys[0].sha256_file == secrets / "api-keys" / "web-app.sha256"
+    assert router.limits.max_request_bytes == 1048576
+    upstream = router.clusters["cpu"].tls
+    assert upstream is not None  # the pool has TLS, so the router's channel to it does
+    assert (upstream.ca_file, upstream.cert_file) == (
+        secrets / "upstream-tls" / "ca.crt",
+        secrets / "upstream-tls" / "tls.crt",
+    )
+    path = tmp_path / "cpu.yaml"
+    path.write_text(with_secrets(config_of(docs, pool_name("cpu")), secrets))
+    server = load_modelserver_config(path)
+    assert server.tls is not None and server.tls.client_ca_file == secrets / "tls" / "ca.crt"
+    assert server.limits.max_tokens == 1024
+
+
+def test_files_the_configs_name_are_in_the_secrets_mounted_there() -> None:
+    docs = manifests("secure-values.yaml")
+    expected = {
+        ROUTER_NAME: {
+            "tls": "switchyard-router-tls",
+            "upstream-tls": "switchyard-router-client",
+            "api-keys": "switchyard-api-keys",
+        },
+        pool_name("cpu"): {"tls": "switchyard-cpu-tls"},
+    }
+    for name, folders in expected.items():
+        deployment = find(docs, "Deployment", name)
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+        named = set(re.findall(rf"{re.escape(SECRETS_DIR)}(\S+)", config_of(docs, name)))
+        assert {file.split("/")[0] for file in named} == set(folders)
+        for folder, secret in folders.items():
+            mount = mounts[SECRETS_DIR + folder]
+            assert mount["readOnly"] is True
+            assert volumes[mount["name"]]["secret"]["secretName"] == secret
+
+
+def test_a_pool_with_tls_needs_the_routers_upstream_ca() -> None:
+    values = load_values("secure-values.yaml")
+    values["router"]["upstreamTLS"] = {"secretName": ""}
+    with pytest.raises(Exception, match=r"router\.upstreamTLS\.secretName"):
+        render(values)
 
 
 # --- compose --------------------------------------------------------------------
