@@ -400,6 +400,26 @@ def test_gpu_pool_requests_gpus_and_tolerates_the_gpu_taint() -> None:
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
 
 
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_files_a_pool_serves_are_on_its_mounted_volumes(values: str) -> None:
+    """A vLLM model folder or a llama.cpp models_dir is on a volume the pod mounts."""
+    docs = manifests(values)
+    for pool in merged_values(values)["modelServers"]:
+        options = pool.get("backendOptions", {})
+        served = options.get("models_dir") or options.get("model")
+        if not served or not served.startswith("/"):
+            continue  # a hosted model, or a hub id
+        mounts = [
+            m["mountPath"]
+            for m in container(find(docs, "Deployment", pool_name(pool["name"])))["volumeMounts"]
+        ]
+        assert any(served == m or served.startswith(m.rstrip("/") + "/") for m in mounts), (
+            pool["name"],
+            served,
+            mounts,
+        )
+
+
 def test_api_keys_come_from_secrets_and_never_appear_in_manifests() -> None:
     docs = manifests("cloud-values.yaml")
     openai = container(find(docs, "Deployment", pool_name("openai")))
