@@ -349,6 +349,34 @@ def test_probes_are_native_grpc_and_readiness_checks_the_pool_model(values: str)
             assert server["readinessProbe"]["grpc"]["service"] == expected
 
 
+def served_names(kind: str, options: dict[str, Any]) -> set[str]:
+    """The health names a pool's model server registers: every model's id and aliases
+    (read from the backend's own options model; ids defaulted as the backends do)."""
+    parsed: Any = backend_class(kind).options_model.model_validate(options)
+    if hasattr(parsed, "models"):  # llama.cpp files, hosted models
+        return {
+            name
+            for m in parsed.models
+            for name in (getattr(m, "id", None) or m.file.removesuffix(".gguf"), *m.aliases)
+        }
+    return {parsed.id or parsed.model.rstrip("/").rsplit("/", 1)[-1], *parsed.aliases}
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_readiness_checks_a_name_the_pool_registers_in_health(values: str) -> None:
+    """A readinessModel the server does not serve would keep every pod unready."""
+    docs = manifests(values)
+    for pool in merged_values(values)["modelServers"]:
+        probe = container(find(docs, "Deployment", pool_name(pool["name"])))["readinessProbe"]
+        if "grpc" not in probe:
+            continue  # TLS: a TCP probe
+        service = probe["grpc"]["service"]
+        if service not in ("", "switchyard.v1.LLMService"):
+            assert service in served_names(pool["backend"], pool.get("backendOptions", {})), pool[
+                "name"
+            ]
+
+
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_every_container_runs_non_root_read_only_without_escalation(values: str) -> None:
     for deployment in of_kind(manifests(values), "Deployment"):
