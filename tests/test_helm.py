@@ -472,6 +472,7 @@ def test_api_keys_come_from_secrets_and_never_appear_in_manifests() -> None:
 
 def test_network_policies_let_only_the_router_reach_the_pools() -> None:
     docs = manifests("everything-values.yaml")
+    metrics_port = {"port": "metrics", "protocol": "TCP"}
     router_labels = find(docs, "Deployment", ROUTER_NAME)["spec"]["template"]["metadata"]["labels"]
     for pool in merged_values("everything-values.yaml")["modelServers"]:
         policy = find(docs, "NetworkPolicy", pool_name(pool["name"]))
@@ -490,6 +491,11 @@ def test_network_policies_let_only_the_router_reach_the_pools() -> None:
         assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
         # ...and the selector does not also match the pool's own pods.
         assert not peer["podSelector"]["matchLabels"].items() <= pool_labels.items()
+    # Prometheus (networkPolicy.metricsFrom) scrapes the metrics port of every pod.
+    metrics_from = merged_values("everything-values.yaml")["networkPolicy"]["metricsFrom"]
+    for policy in of_kind(docs, "NetworkPolicy"):
+        rules = [r for r in policy["spec"]["ingress"] if r["ports"] == [metrics_port]]
+        assert [r["from"] for r in rules] == [metrics_from], policy["metadata"]["name"]
     disabled = chart().render({"networkPolicy": {"enabled": False}}, namespace=NAMESPACE)
     assert "NetworkPolicy" not in "".join(disabled.values())
 
