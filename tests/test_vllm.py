@@ -173,6 +173,17 @@ def _metric(server: VllmServer, name: str) -> float:
     return sum(values)
 
 
+def _settled_generation_tokens(server: VllmServer) -> float:
+    """The engine's generated-token counter once it stops moving (it must, within 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        settled = _metric(server, "vllm:generation_tokens_total")
+        time.sleep(1.0)
+        if _metric(server, "vllm:generation_tokens_total") == settled:
+            return settled
+        assert time.monotonic() < deadline, "the engine kept generating"
+
+
 def test_health_is_not_serving_while_the_engine_starts_then_serving(
     vllm_server: VllmServer,
 ) -> None:
@@ -300,14 +311,7 @@ def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) 
                 break  # leaving the block cancels the RPC
     # The engine stops generating: its token counter settles far below LONG, and
     # the request leaves the engine and the model server.
-    deadline = time.monotonic() + 20
-    while True:
-        settled = _metric(vllm_server, "vllm:generation_tokens_total")
-        time.sleep(1.0)
-        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
-            break
-        assert time.monotonic() < deadline, "the engine kept generating after the cancel"
-    assert settled - generated_before < LONG / 2
+    assert _settled_generation_tokens(vllm_server) - generated_before < LONG / 2
     assert _metric(vllm_server, "vllm:num_requests_running") == 0
     assert _metric(vllm_server, "switchyard_modelserver_in_flight_requests") == 0
 
@@ -331,14 +335,7 @@ def test_a_passed_deadline_aborts_the_engine_request(vllm_server: VllmServer) ->
     generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
     with Client(vllm_server.address, max_retries=0) as client, pytest.raises(DeadlineExceededError):
         client.generate(MODEL, "hello", max_tokens=LONG, temperature=0, timeout=1.0)
-    deadline = time.monotonic() + 20
-    while True:
-        settled = _metric(vllm_server, "vllm:generation_tokens_total")
-        time.sleep(1.0)
-        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
-            break
-        assert time.monotonic() < deadline, "the engine kept generating after the deadline"
-    assert settled - generated_before < LONG / 2
+    assert _settled_generation_tokens(vllm_server) - generated_before < LONG / 2
 
 
 def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
