@@ -632,6 +632,16 @@ def test_a_pool_with_tls_needs_the_routers_upstream_ca() -> None:
         render(values)
 
 
+def test_keys_on_health_would_fail_the_probes_so_the_chart_refuses_them() -> None:
+    open_services = ["grpc.reflection.v1.ServerReflection"]
+    auth = {"enabled": True, "keysSecret": "keys", "keys": [{"id": "a"}]}
+    values: dict[str, Any] = {"router": {"auth": {**auth, "openServices": open_services}}}
+    with pytest.raises(Exception, match=r"openServices must include grpc\.health\.v1\.Health"):
+        render(values)
+    open_services.append("grpc.health.v1.Health")
+    assert "grpc.health.v1.Health" in config_of(documents(render(values)), ROUTER_NAME)
+
+
 # --- compose --------------------------------------------------------------------
 
 
