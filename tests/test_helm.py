@@ -564,6 +564,17 @@ def test_notes_print_a_grpcurl_line_for_the_first_route() -> None:
     assert f"port-forward service/{ROUTER_NAME} 50051:50051" in notes
 
 
+def test_notes_grpcurl_lines_use_tls_and_a_key_when_the_router_asks_for_them() -> None:
+    notes = rendered_files("secure-values.yaml")["switchyard/templates/NOTES.txt"]
+    lines = [line.strip() for line in notes.splitlines() if line.strip().startswith("grpcurl")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "-plaintext" not in line
+        assert f"-cacert ca.crt -authority {ROUTER_NAME}.{NAMESPACE}.svc" in line
+        assert "-cert client.crt -key client.key" in line  # router.tls.mutual
+        assert '-H "authorization: Bearer $SWITCHYARD_API_KEY"' in line
+
+
 def test_chart_has_one_template_per_component() -> None:
     templates = sorted(p.name for p in (CHART / "templates").iterdir())
     assert templates == [
