@@ -338,11 +338,13 @@ class VllmBackend(Backend):
         finally:
             if collector is not None:
                 collector.close()
-                if not finished and not engine.errored:
-                    # The consumer left (cancelled, deadline) or the request
-                    # failed: take it out of the engine's batch now.
-                    await engine.abort(request_id)
-                    log.debug("aborted engine request %s after %d tokens", request_id, generated)
+            if not finished and not engine.errored:
+                # The consumer left (cancelled, deadline) or the request failed:
+                # take it out of the engine's batch now. Also when add_request
+                # was interrupted (the request may be in the engine already);
+                # aborting an id the engine does not hold does nothing.
+                await engine.abort(request_id)
+                log.debug("aborted engine request %s after %d tokens", request_id, generated)
 
     async def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
         if request.prompt is not None:
