@@ -403,13 +403,24 @@ def test_zz_engine_death_turns_health_not_serving_and_the_process_exits_non_zero
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=MODEL), timeout=60
         )
+        sampling = pb.SamplingParams(max_tokens=LONG, temperature=0)
+        in_flight = pb_grpc.LLMServiceStub(channel).StreamGenerate(
+            pb.StreamGenerateRequest(model=MODEL, prompt="hello", sampling=sampling), timeout=60
+        )
+        next(iter(in_flight))  # generating when the engine dies
         for pid in engines:
             os.kill(pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in in_flight:
+                pass
         try:  # what a router watching this server hears, until the server is gone
             for update in watch:
                 seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
         except grpc.RpcError:
             pass
+    # The in-flight request ends UNAVAILABLE (a caller retries elsewhere), not INTERNAL.
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE, ended.value
+    assert "engine died" in (ended.value.details() or ""), ended.value  # ours, not a lost socket
     assert seen[0] == "SERVING" and "NOT_SERVING" in seen[1:], seen
     assert process.wait(timeout=60) not in (0, None)
     assert "vLLM engine died" in vllm_server.process.log()
