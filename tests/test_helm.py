@@ -151,6 +151,8 @@ def test_values_pass_the_schema(values: str) -> None:
         ({"router": {"config": {"auth": {"keys": []}}}}, "config"),
         ({"router": {"auth": {"keys": [{"id": "a", "sha256": "0" * 64}]}}}, "keys"),
         ({"router": {"tls": {"secretName": 1}}}, "secretName"),
+        ({"router": {"auth": {"enabled": True, "keysSecret": "k", "keys": []}}}, "keys"),
+        ({"router": {"auth": {"enabled": True, "keys": [{"id": "a"}]}}}, "keysSecret"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
