@@ -384,6 +384,7 @@ def test_every_container_runs_non_root_read_only_without_escalation(values: str)
     for deployment in of_kind(manifests(values), "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
         security = container(deployment)["securityContext"]
         assert security["runAsNonRoot"] is True
@@ -517,6 +518,8 @@ def test_mesh_switches_add_the_injection_markers() -> None:
                 "linkerd": (None, "enabled"),
                 "none": (None, None),
             }[check], (values, deployment["metadata"]["name"])
+            # gRPC is HTTP/2 both meshes detect (appProtocol: grpc): no opaque ports.
+            assert not any("opaque-ports" in key for key in meta.get("annotations", {}))
 
 
 def test_otlp_settings_reach_every_container() -> None:

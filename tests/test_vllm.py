@@ -362,6 +362,8 @@ def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
         ({"logprobs": MAX_LOGPROBS + 1}, "sampling.logprobs"),  # the engine's max_logprobs
         ({"top_p": 2.0}, "sampling.top_p"),
         ({"max_tokens": CONTEXT}, "sampling.max_tokens"),  # with the prompt, past the context
+        ({"seed": -1}, "sampling.seed"),
+        ({"presence_penalty": 2.5}, "sampling.presence_penalty"),
     ],
 )
 def test_bad_sampling_values_are_invalid_argument_naming_the_field(
