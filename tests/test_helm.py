@@ -6,7 +6,9 @@ There is no cluster here; every check is on the rendered manifests.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 from functools import cache
@@ -15,6 +17,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import trustme
 import yaml
 from helmchart import (
     CHART,
@@ -58,6 +61,8 @@ CHECKOV_SKIPS = {
 
 VALUES_FILES = sorted(p.name for p in VALUES_DIR.glob("*-values.yaml"))
 ALL_VALUES = ["defaults", *VALUES_FILES]
+# Where the chart mounts Secrets; configs name files under it.
+SECRETS_DIR = "/var/run/switchyard/"
 
 
 def load_values(name: str) -> dict[str, Any]:
@@ -82,6 +87,25 @@ def manifests(name: str) -> list[dict[str, Any]]:
 
 def merged_values(name: str) -> dict[str, Any]:
     return chart().merge_values(load_values(name))
+
+
+def with_secrets(config: str, root: Path) -> str:
+    """A rendered config whose Secret mounts point at test files under ``root``:
+    certificates signed by one CA in each TLS folder and a key hash per API key file."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("switchyard.test")
+    for path in sorted(set(re.findall(rf"{re.escape(SECRETS_DIR)}\S+", config))):
+        local = root / path.removeprefix(SECRETS_DIR)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if local.name == "ca.crt":
+            ca.cert_pem.write_to_path(str(local))
+        elif local.name == "tls.crt":
+            leaf.cert_chain_pems[0].write_to_path(str(local))
+        elif local.name == "tls.key":
+            leaf.private_key_pem.write_to_path(str(local))
+        else:
+            local.write_text(hashlib.sha256(local.name.encode()).hexdigest())
+    return config.replace(SECRETS_DIR, f"{root}/")
 
 
 # --- lint, schema, Kubernetes schemas, checkov --------------------------------
@@ -122,6 +146,13 @@ def test_values_pass_the_schema(values: str) -> None:
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
+        # TLS and keys only through router.tls / router.auth, which mount their Secrets.
+        ({"router": {"config": {"tls": {"cert_file": "/x"}}}}, "config"),
+        ({"router": {"config": {"auth": {"keys": []}}}}, "config"),
+        ({"router": {"auth": {"keys": [{"id": "a", "sha256": "0" * 64}]}}}, "keys"),
+        ({"router": {"tls": {"secretName": 1}}}, "secretName"),
+        ({"router": {"auth": {"enabled": True, "keysSecret": "k", "keys": []}}}, "keys"),
+        ({"router": {"auth": {"enabled": True, "keys": [{"id": "a"}]}}}, "keysSecret"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
@@ -203,7 +234,7 @@ def test_checkov_finds_nothing_beyond_the_justified_skips(
 def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path) -> None:
     docs = manifests(values)
     path = tmp_path / "router.yaml"
-    path.write_text(config_of(docs, ROUTER_NAME))
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
     config = load_router_config(path)
 
     merged = merged_values(values)
@@ -253,7 +284,7 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
     docs = manifests(values)
     for pool in merged_values(values)["modelServers"]:
         path = tmp_path / f"{pool['name']}.yaml"
-        path.write_text(config_of(docs, pool_name(pool["name"])))
+        path.write_text(with_secrets(config_of(docs, pool_name(pool["name"])), tmp_path / "s"))
         config = load_modelserver_config(path)
         assert config.backend.kind == pool["backend"]
         assert config.backend.options() == pool.get("backendOptions", {})
@@ -261,7 +292,10 @@ def test_modelserver_configs_load_with_the_modelserver_loader(values: str, tmp_p
         backend_class(config.backend.kind).options_model.model_validate(config.backend.options())
         assert config.listen == f"0.0.0.0:{pool.get('port', 50061)}"
         for key, value in pool.get("config", {}).items():
-            assert getattr(config, key) == value
+            loaded = getattr(config, key)
+            if isinstance(value, dict):  # a section (e.g. limits): the keys the values set
+                loaded = {name: getattr(loaded, name) for name in value}
+            assert loaded == value
 
 
 # --- the objects the issue asks for --------------------------------------------
@@ -296,18 +330,53 @@ def test_each_pool_has_a_headless_service_selecting_its_pods(values: str) -> Non
 
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_probes_are_native_grpc_and_readiness_checks_the_pool_model(values: str) -> None:
+    """Kubernetes' gRPC probes cannot speak TLS: a listener with TLS gets TCP probes."""
     docs = manifests(values)
+    merged = merged_values(values)
     router = container(find(docs, "Deployment", ROUTER_NAME))
+    router_probe = "tcpSocket" if merged["router"]["tls"]["secretName"] else "grpc"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert router[probe]["grpc"]["port"] == 50051
-    assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
-    for pool in merged_values(values)["modelServers"]:
+        assert router[probe][router_probe]["port"] == 50051
+    if router_probe == "grpc":
+        assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
+    for pool in merged["modelServers"]:
         server = container(find(docs, "Deployment", pool_name(pool["name"])))
         port = pool.get("port", 50061)
+        kind = "tcpSocket" if pool.get("tls", {}).get("secretName") else "grpc"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert server[probe]["grpc"]["port"] == port, probe
-        expected = pool.get("readinessModel") or "switchyard.v1.LLMService"
-        assert server["readinessProbe"]["grpc"]["service"] == expected
+            assert set(server[probe]) & {"grpc", "tcpSocket"} == {kind}, probe
+            assert server[probe][kind]["port"] == port, probe
+        if kind == "grpc":
+            expected = pool.get("readinessModel") or "switchyard.v1.LLMService"
+            assert server["readinessProbe"]["grpc"]["service"] == expected
+
+
+def served_names(kind: str, options: dict[str, Any]) -> set[str]:
+    """The health names a pool's model server registers: every model's id and aliases
+    (read from the backend's own options model; ids defaulted as the backends do)."""
+    parsed: Any = backend_class(kind).options_model.model_validate(options)
+    if hasattr(parsed, "models"):  # llama.cpp files, hosted models
+        return {
+            name
+            for m in parsed.models
+            for name in (getattr(m, "id", None) or m.file.removesuffix(".gguf"), *m.aliases)
+        }
+    return {parsed.id or parsed.model.rstrip("/").rsplit("/", 1)[-1], *parsed.aliases}
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_readiness_checks_a_name_the_pool_registers_in_health(values: str) -> None:
+    """A readinessModel the server does not serve would keep every pod unready."""
+    docs = manifests(values)
+    for pool in merged_values(values)["modelServers"]:
+        probe = container(find(docs, "Deployment", pool_name(pool["name"])))["readinessProbe"]
+        if "grpc" not in probe:
+            continue  # TLS: a TCP probe
+        service = probe["grpc"]["service"]
+        if service not in ("", "switchyard.v1.LLMService"):
+            assert service in served_names(pool["backend"], pool.get("backendOptions", {})), pool[
+                "name"
+            ]
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -315,6 +384,7 @@ def test_every_container_runs_non_root_read_only_without_escalation(values: str)
     for deployment in of_kind(manifests(values), "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
         security = container(deployment)["securityContext"]
         assert security["runAsNonRoot"] is True
@@ -361,6 +431,26 @@ def test_gpu_pool_requests_gpus_and_tolerates_the_gpu_taint() -> None:
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
 
 
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_files_a_pool_serves_are_on_its_mounted_volumes(values: str) -> None:
+    """A vLLM model folder or a llama.cpp models_dir is on a volume the pod mounts."""
+    docs = manifests(values)
+    for pool in merged_values(values)["modelServers"]:
+        options = pool.get("backendOptions", {})
+        served = options.get("models_dir") or options.get("model")
+        if not served or not served.startswith("/"):
+            continue  # a hosted model, or a hub id
+        mounts = [
+            m["mountPath"]
+            for m in container(find(docs, "Deployment", pool_name(pool["name"])))["volumeMounts"]
+        ]
+        assert any(served == m or served.startswith(m.rstrip("/") + "/") for m in mounts), (
+            pool["name"],
+            served,
+            mounts,
+        )
+
+
 def test_api_keys_come_from_secrets_and_never_appear_in_manifests() -> None:
     docs = manifests("cloud-values.yaml")
     openai = container(find(docs, "Deployment", pool_name("openai")))
@@ -385,6 +475,7 @@ def test_api_keys_come_from_secrets_and_never_appear_in_manifests() -> None:
 
 def test_network_policies_let_only_the_router_reach_the_pools() -> None:
     docs = manifests("everything-values.yaml")
+    metrics_port = {"port": "metrics", "protocol": "TCP"}
     router_labels = find(docs, "Deployment", ROUTER_NAME)["spec"]["template"]["metadata"]["labels"]
     for pool in merged_values("everything-values.yaml")["modelServers"]:
         policy = find(docs, "NetworkPolicy", pool_name(pool["name"]))
@@ -403,6 +494,11 @@ def test_network_policies_let_only_the_router_reach_the_pools() -> None:
         assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
         # ...and the selector does not also match the pool's own pods.
         assert not peer["podSelector"]["matchLabels"].items() <= pool_labels.items()
+    # Prometheus (networkPolicy.metricsFrom) scrapes the metrics port of every pod.
+    metrics_from = merged_values("everything-values.yaml")["networkPolicy"]["metricsFrom"]
+    for policy in of_kind(docs, "NetworkPolicy"):
+        rules = [r for r in policy["spec"]["ingress"] if r["ports"] == [metrics_port]]
+        assert [r["from"] for r in rules] == [metrics_from], policy["metadata"]["name"]
     disabled = chart().render({"networkPolicy": {"enabled": False}}, namespace=NAMESPACE)
     assert "NetworkPolicy" not in "".join(disabled.values())
 
@@ -422,6 +518,8 @@ def test_mesh_switches_add_the_injection_markers() -> None:
                 "linkerd": (None, "enabled"),
                 "none": (None, None),
             }[check], (values, deployment["metadata"]["name"])
+            # gRPC is HTTP/2 both meshes detect (appProtocol: grpc): no opaque ports.
+            assert not any("opaque-ports" in key for key in meta.get("annotations", {}))
 
 
 def test_otlp_settings_reach_every_container() -> None:
@@ -471,6 +569,17 @@ def test_notes_print_a_grpcurl_line_for_the_first_route() -> None:
     assert f"port-forward service/{ROUTER_NAME} 50051:50051" in notes
 
 
+def test_notes_grpcurl_lines_use_tls_and_a_key_when_the_router_asks_for_them() -> None:
+    notes = rendered_files("secure-values.yaml")["switchyard/templates/NOTES.txt"]
+    lines = [line.strip() for line in notes.splitlines() if line.strip().startswith("grpcurl")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "-plaintext" not in line
+        assert f"-cacert ca.crt -authority {ROUTER_NAME}.{NAMESPACE}.svc" in line
+        assert "-cert client.crt -key client.key" in line  # router.tls.mutual
+        assert '-H "authorization: Bearer $SWITCHYARD_API_KEY"' in line
+
+
 def test_chart_has_one_template_per_component() -> None:
     templates = sorted(p.name for p in (CHART / "templates").iterdir())
     assert templates == [
@@ -481,6 +590,72 @@ def test_chart_has_one_template_per_component() -> None:
         "serviceaccount.yaml",
         "servicemonitor.yaml",
     ]
+
+
+def test_tls_auth_and_limits_from_values_reach_the_loaded_configs(tmp_path: Path) -> None:
+    docs = manifests("secure-values.yaml")
+    secrets = tmp_path / "secrets"
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), secrets))
+    router = load_router_config(path)
+    assert router.tls is not None and router.tls.client_ca_file == secrets / "tls" / "ca.crt"
+    assert router.auth is not None
+    assert [(k.id, k.models) for k in router.auth.keys] == [
+        ("web-app", ["assistant"]),
+        ("batch-jobs", None),
+    ]
+    assert router.auth.keys[0].sha256_file == secrets / "api-keys" / "web-app.sha256"
+    assert router.limits.max_request_bytes == 1048576
+    upstream = router.clusters["cpu"].tls
+    assert upstream is not None  # the pool has TLS, so the router's channel to it does
+    assert (upstream.ca_file, upstream.cert_file) == (
+        secrets / "upstream-tls" / "ca.crt",
+        secrets / "upstream-tls" / "tls.crt",
+    )
+    path = tmp_path / "cpu.yaml"
+    path.write_text(with_secrets(config_of(docs, pool_name("cpu")), secrets))
+    server = load_modelserver_config(path)
+    assert server.tls is not None and server.tls.client_ca_file == secrets / "tls" / "ca.crt"
+    assert server.limits.max_tokens == 1024
+
+
+def test_files_the_configs_name_are_in_the_secrets_mounted_there() -> None:
+    docs = manifests("secure-values.yaml")
+    expected = {
+        ROUTER_NAME: {
+            "tls": "switchyard-router-tls",
+            "upstream-tls": "switchyard-router-client",
+            "api-keys": "switchyard-api-keys",
+        },
+        pool_name("cpu"): {"tls": "switchyard-cpu-tls"},
+    }
+    for name, folders in expected.items():
+        deployment = find(docs, "Deployment", name)
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in container(deployment)["volumeMounts"]}
+        named = set(re.findall(rf"{re.escape(SECRETS_DIR)}(\S+)", config_of(docs, name)))
+        assert {file.split("/")[0] for file in named} == set(folders)
+        for folder, secret in folders.items():
+            mount = mounts[SECRETS_DIR + folder]
+            assert mount["readOnly"] is True
+            assert volumes[mount["name"]]["secret"]["secretName"] == secret
+
+
+def test_a_pool_with_tls_needs_the_routers_upstream_ca() -> None:
+    values = load_values("secure-values.yaml")
+    values["router"]["upstreamTLS"] = {"secretName": ""}
+    with pytest.raises(Exception, match=r"router\.upstreamTLS\.secretName"):
+        render(values)
+
+
+def test_keys_on_health_would_fail_the_probes_so_the_chart_refuses_them() -> None:
+    open_services = ["grpc.reflection.v1.ServerReflection"]
+    auth = {"enabled": True, "keysSecret": "keys", "keys": [{"id": "a"}]}
+    values: dict[str, Any] = {"router": {"auth": {**auth, "openServices": open_services}}}
+    with pytest.raises(Exception, match=r"openServices must include grpc\.health\.v1\.Health"):
+        render(values)
+    open_services.append("grpc.health.v1.Health")
+    assert "grpc.health.v1.Health" in config_of(documents(render(values)), ROUTER_NAME)
 
 
 # --- compose --------------------------------------------------------------------

@@ -42,6 +42,7 @@ MODEL = "tiny-llama"
 CONTEXT = 4096
 MAX_LOGPROBS = 5
 LONG = 3000  # tokens: several seconds of work, far past the point where a test cancels
+INPUT_TOKENS = "switchyard_modelserver_input_tokens_total"
 ENGINE_START_TIMEOUT = 300.0  # importing torch and vLLM and starting the engine, on a busy machine
 
 # The first test also waits for the tiny model and the engine to start.
@@ -172,6 +173,17 @@ def _metric(server: VllmServer, name: str) -> float:
     return sum(values)
 
 
+def _settled_generation_tokens(server: VllmServer) -> float:
+    """The engine's generated-token counter once it stops moving (it must, within 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        settled = _metric(server, "vllm:generation_tokens_total")
+        time.sleep(1.0)
+        if _metric(server, "vllm:generation_tokens_total") == settled:
+            return settled
+        assert time.monotonic() < deadline, "the engine kept generating"
+
+
 def test_health_is_not_serving_while_the_engine_starts_then_serving(
     vllm_server: VllmServer,
 ) -> None:
@@ -284,6 +296,9 @@ async def test_concurrent_streams_run_in_the_engine_together(vllm_server: VllmSe
 
 
 def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) -> None:
+    """The backend owns each engine request (``add_request``, not vLLM's
+    ``generate``, which would abort by itself when its generator is closed): the
+    engine stops only because the backend aborts it."""
     generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
     with (
         Client(vllm_server.address) as client,
@@ -296,30 +311,31 @@ def test_cancelling_a_stream_aborts_the_engine_request(vllm_server: VllmServer) 
                 break  # leaving the block cancels the RPC
     # The engine stops generating: its token counter settles far below LONG, and
     # the request leaves the engine and the model server.
-    deadline = time.monotonic() + 20
-    while True:
-        settled = _metric(vllm_server, "vllm:generation_tokens_total")
-        time.sleep(1.0)
-        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
-            break
-        assert time.monotonic() < deadline, "the engine kept generating after the cancel"
-    assert settled - generated_before < LONG / 2
+    assert _settled_generation_tokens(vllm_server) - generated_before < LONG / 2
     assert _metric(vllm_server, "vllm:num_requests_running") == 0
     assert _metric(vllm_server, "switchyard_modelserver_in_flight_requests") == 0
+
+
+def test_a_cancelled_stream_still_counts_its_prompt_tokens(vllm_server: VllmServer) -> None:
+    with Client(vllm_server.address) as client:
+        prompt_tokens = client.generate(
+            MODEL, "a prompt to count", max_tokens=1
+        ).usage.prompt_tokens
+        counted_before = _metric(vllm_server, INPUT_TOKENS)
+        with client.stream(MODEL, "a prompt to count", max_tokens=LONG, temperature=0) as stream:
+            next(iter(stream))  # one message, then leaving the block cancels the RPC
+    deadline = time.monotonic() + 20
+    while _metric(vllm_server, INPUT_TOKENS) == counted_before:  # counted as the RPC ends
+        assert time.monotonic() < deadline, "the cancelled request's prompt was not counted"
+        time.sleep(0.2)
+    assert _metric(vllm_server, INPUT_TOKENS) - counted_before == prompt_tokens
 
 
 def test_a_passed_deadline_aborts_the_engine_request(vllm_server: VllmServer) -> None:
     generated_before = _metric(vllm_server, "vllm:generation_tokens_total")
     with Client(vllm_server.address, max_retries=0) as client, pytest.raises(DeadlineExceededError):
         client.generate(MODEL, "hello", max_tokens=LONG, temperature=0, timeout=1.0)
-    deadline = time.monotonic() + 20
-    while True:
-        settled = _metric(vllm_server, "vllm:generation_tokens_total")
-        time.sleep(1.0)
-        if _metric(vllm_server, "vllm:generation_tokens_total") == settled:
-            break
-        assert time.monotonic() < deadline, "the engine kept generating after the deadline"
-    assert settled - generated_before < LONG / 2
+    assert _settled_generation_tokens(vllm_server) - generated_before < LONG / 2
 
 
 def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
@@ -346,6 +362,8 @@ def test_logprobs_come_back_for_every_token(vllm_server: VllmServer) -> None:
         ({"logprobs": MAX_LOGPROBS + 1}, "sampling.logprobs"),  # the engine's max_logprobs
         ({"top_p": 2.0}, "sampling.top_p"),
         ({"max_tokens": CONTEXT}, "sampling.max_tokens"),  # with the prompt, past the context
+        ({"seed": -1}, "sampling.seed"),
+        ({"presence_penalty": 2.5}, "sampling.presence_penalty"),
     ],
 )
 def test_bad_sampling_values_are_invalid_argument_naming_the_field(
@@ -387,13 +405,24 @@ def test_zz_engine_death_turns_health_not_serving_and_the_process_exits_non_zero
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=MODEL), timeout=60
         )
+        sampling = pb.SamplingParams(max_tokens=LONG, temperature=0)
+        in_flight = pb_grpc.LLMServiceStub(channel).StreamGenerate(
+            pb.StreamGenerateRequest(model=MODEL, prompt="hello", sampling=sampling), timeout=60
+        )
+        next(iter(in_flight))  # generating when the engine dies
         for pid in engines:
             os.kill(pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in in_flight:
+                pass
         try:  # what a router watching this server hears, until the server is gone
             for update in watch:
                 seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
         except grpc.RpcError:
             pass
+    # The in-flight request ends UNAVAILABLE (a caller retries elsewhere), not INTERNAL.
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE, ended.value
+    assert "engine died" in (ended.value.details() or ""), ended.value  # ours, not a lost socket
     assert seen[0] == "SERVING" and "NOT_SERVING" in seen[1:], seen
     assert process.wait(timeout=60) not in (0, None)
     assert "vLLM engine died" in vllm_server.process.log()

@@ -29,8 +29,11 @@ RUN /opt/switchyard/bin/pip install -c /src/requirements/constraints.txt \
       "/src/clients/python[server]" "/src/services/modelserver[vllm]"
 
 FROM ${CUDA_IMAGE}
+# gcc, libc headers and Python.h at run time: Triton (under vLLM's and
+# torch.compile's kernels) compiles its small launcher modules on first use.
 RUN apt-get update && \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 gcc libc6-dev python3-dev && \
     rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/switchyard /opt/switchyard
 ENV PATH=/opt/switchyard/bin:$PATH \

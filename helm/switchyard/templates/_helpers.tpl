@@ -120,3 +120,36 @@ linkerd.io/inject: enabled
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Where the chart mounts Secrets in its pods (the rendered configs name these files). */}}
+{{- define "switchyard.tlsDir" -}}/var/run/switchyard/tls{{- end -}}
+{{- define "switchyard.upstreamTLSDir" -}}/var/run/switchyard/upstream-tls{{- end -}}
+{{- define "switchyard.keysDir" -}}/var/run/switchyard/api-keys{{- end -}}
+
+{{/* A listener's `tls:` config from (dict "tls" $values.tls); empty without a Secret. */}}
+{{- define "switchyard.listenerTLS" -}}
+{{- if and .tls .tls.secretName -}}
+{{- $dir := include "switchyard.tlsDir" . -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) -}}
+{{- if .tls.mutual -}}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" $dir) -}}
+{{- end -}}
+{{- toYaml $tls -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A gRPC probe's target: native gRPC against grpc.health.v1, or, when the
+listener has TLS (which Kubernetes' gRPC probes cannot speak), a TCP probe on
+the port. Call with (dict "port" PORT "service" NAME "tls" BOOL).
+*/}}
+{{- define "switchyard.probeTarget" -}}
+{{- if .tls }}
+tcpSocket:
+  port: {{ .port }}
+{{- else }}
+grpc:
+  port: {{ .port }}
+  service: {{ .service | quote }}
+{{- end }}
+{{- end -}}

@@ -7,7 +7,8 @@ at a time. Requests are tokenized here (so prompt length is checked against the
 context before the engine sees it, and chat goes through the tokenizer's chat
 template), then streamed back as deltas. A consumer that stops (the RPC was
 cancelled or its deadline passed) aborts the engine request, so the GPU stops
-working on it. If the engine dies, the model turns UNAVAILABLE and
+working on it: this module owns each engine request (``add_request``) and
+aborts it itself. If the engine dies, the model turns UNAVAILABLE and
 :meth:`VllmBackend.failure` tells the server to exit non-zero, so that
 Kubernetes restarts the pod.
 
@@ -18,6 +19,7 @@ without it (the config check, ``--list-backends``, type checking).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
@@ -30,6 +32,7 @@ from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
+    BackendEvent,
     Capability,
     Delta,
     Finish,
@@ -38,6 +41,7 @@ from switchyard_modelserver.domain import (
     GenerationRequest,
     ModelCard,
     ModelState,
+    PromptCounted,
     Sampling,
     TokenLogprob,
 )
@@ -45,6 +49,7 @@ from switchyard_modelserver.domain import (
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.engine.output_processor import RequestOutputCollector
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +236,7 @@ class VllmBackend(Backend):
             self._failed = asyncio.get_running_loop().create_future()
         return await self._failed
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         engine = self._engine
         assert engine is not None, "generate before load"
         if engine.errored:
@@ -271,40 +276,74 @@ class VllmBackend(Backend):
             yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
             return
         params = _sampling_params(sampling, max_tokens - len(continuation))
+        yield PromptCounted(len(prompt_tokens))
+        # aclosing: when our consumer leaves, _run is closed (and aborts) now, not when collected.
+        async with contextlib.aclosing(
+            self._run(engine, prompt_tokens, continuation, params, request)
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def _run(
+        self,
+        engine: AsyncLLM,
+        prompt_tokens: list[int],
+        continuation: list[int],
+        params: SamplingParams,
+        request: GenerationRequest,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """One engine request, owned here from add_request to its end or our abort.
+
+        ``add_request`` rather than ``AsyncLLM.generate``: the latter aborts by
+        itself only when its generator is closed or collected, so the engine
+        would keep a request whose consumer left until garbage collection. Here
+        the request leaves the engine because this code aborts it.
+        """
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         request_id = f"sy-{uuid.uuid4().hex}"
-        outputs = engine.generate(
-            {"prompt_token_ids": prompt_tokens + continuation}, params, request_id
-        )
         generated = len(continuation)
+        collector: RequestOutputCollector | None = None
         finished = False
         try:
-            async for output in _engine_errors(outputs):
+            collector = await engine.add_request(
+                request_id, {"prompt_token_ids": prompt_tokens + continuation}, params
+            )
+            while not finished:
+                # Drain without a task switch when the engine is ahead of us.
+                output = collector.get_nowait() or await collector.get()
                 completion = output.outputs[0]
                 new_tokens = len(completion.token_ids)
                 generated += new_tokens
+                finished = output.finished
                 if completion.text or new_tokens:
                     yield Delta(
                         completion.text,
                         new_tokens,
                         list(completion.token_ids) if request.include_token_ids else [],
-                        _logprobs(completion.token_ids, completion.logprobs, sampling.logprobs)
-                        if sampling.logprobs is not None
+                        _logprobs(completion.token_ids, completion.logprobs, params.logprobs)
+                        if params.logprobs is not None
                         else [],
                     )
-                if output.finished:
-                    finished = True
+                if finished:
                     reason, stop_sequence = _finish_reason(
                         completion.finish_reason, completion.stop_reason
                     )
                     yield Finish(reason, len(prompt_tokens), generated, stop_sequence)
-                    return
+        except EngineDeadError:
+            raise _engine_dead() from None
+        except VLLMClientError as error:
+            raise _refused_by_vllm(error) from None
         finally:
-            if not finished:
-                # The consumer left (cancelled, deadline) or the engine failed:
-                # take the request out of the engine's batch now.
-                await outputs.aclose()
-                if not engine.errored:
-                    await engine.abort(request_id)
+            if collector is not None:
+                collector.close()
+            if not finished and not engine.errored:
+                # The consumer left (cancelled, deadline) or the request failed:
+                # take it out of the engine's batch now. Also when add_request
+                # was interrupted (the request may be in the engine already);
+                # aborting an id the engine does not hold does nothing.
+                await engine.abort(request_id)
                 log.debug("aborted engine request %s after %d tokens", request_id, generated)
 
     async def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
@@ -385,20 +424,6 @@ def _refused_by_vllm(error: Exception) -> StatusError:
         name = next((f for f in _SAMPLING_FIELDS if message.startswith(f)), None)
     field = f"sampling.{name}" if name else "sampling"
     return invalid_argument(FieldViolation(field, f"refused by vLLM: {message}"))
-
-
-async def _engine_errors(outputs: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
-    """The engine's outputs, with its failures as statuses."""
-    from vllm.exceptions import VLLMClientError
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    try:
-        async for output in outputs:
-            yield output
-    except EngineDeadError:
-        raise _engine_dead() from None
-    except VLLMClientError as error:
-        raise _refused_by_vllm(error) from None
 
 
 def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[TokenLogprob]:
