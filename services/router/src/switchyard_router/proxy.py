@@ -159,6 +159,7 @@ class Proxy:
         self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
         self.guard: Guard | None = None
         self.max_request_bytes: int | None = None
+        self.active = 0  # LLMService calls in progress, which a drain waits for
 
     def configure(
         self,
@@ -256,6 +257,7 @@ class Proxy:
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate, relayed, retried on another endpoint when that can help."""
         record = RequestRecord("Generate")
+        self.active += 1
         try:
             call = await self._begin(record, request, context)
             route, model, deadline = call.route, call.model, call.deadline
@@ -303,6 +305,7 @@ class Proxy:
             record.code = _left_code(context)
             raise
         finally:
+            self.active -= 1
             record.finish()
 
     def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
@@ -335,6 +338,7 @@ class Proxy:
     async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         """StreamGenerate, relayed; retried until its first message, then maybe resumed."""
         record = RequestRecord("StreamGenerate")
+        self.active += 1
         try:
             call = await self._begin(record, request, context)
             route, model, deadline = call.route, call.model, call.deadline
@@ -466,6 +470,7 @@ class Proxy:
             record.code = _left_code(context)
             raise
         finally:
+            self.active -= 1
             record.finish()
 
     def _channel_closed(self, pick: Pick) -> _Failure:

@@ -70,7 +70,7 @@ class Router:
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters, self._authenticate), self.server
+            RouterAdmin(lambda: self.clusters, self._authorize_admin), self.server
         )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
@@ -105,8 +105,12 @@ class Router:
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
-        # A key limited to some models sees only those.
-        return await catalog.list_models(self.proxy.table, timeout, allowed)
+        self.proxy.active += 1  # a drain lets it finish too
+        try:
+            # A key limited to some models sees only those.
+            return await catalog.list_models(self.proxy.table, timeout, allowed)
+        finally:
+            self.proxy.active -= 1
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
         """The caller's key when auth is on (else None); aborts UNAUTHENTICATED."""
@@ -120,6 +124,21 @@ class Router:
                 error.code, error.message, trailing_metadata=error.trailing_metadata()
             )
             raise AssertionError("unreachable: context.abort raises") from None
+
+    async def _authorize_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The admin service shows every cluster's endpoints and models: only keys
+        without a ``models`` limit may see it (else PERMISSION_DENIED)."""
+        principal = await self._authenticate(context)
+        if principal is not None and principal.models is not None:
+            error = StatusError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this API key is limited to some models; the admin service needs a key "
+                "without a `models` limit",
+                reason="ADMIN_NOT_ALLOWED",
+            )
+            await context.abort(
+                error.code, error.message, trailing_metadata=error.trailing_metadata()
+            )
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
@@ -258,8 +277,24 @@ class Router:
         return True
 
     async def drain(self) -> None:
+        """NOT_SERVING, refuse new calls, let LLMService calls in flight finish (up
+        to ``drain_grace_seconds``), then stop.
+
+        The wait is for those calls only: ``server.stop(grace)`` alone would also
+        wait for every client's open Health.Watch stream, i.e. the whole grace period.
+        """
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.drain_grace_seconds)
+        grace = self.config.drain_grace_seconds
+        stopping = asyncio.ensure_future(self.server.stop(grace))  # no new calls from now
+        deadline = time.monotonic() + grace
+        log.info("draining: %d requests in flight, up to %.0fs to finish", self.proxy.active, grace)
+        # Polled: the hot path updates a plain counter, not an event.
+        while self.proxy.active and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.proxy.active:
+            log.warning("grace period over; cancelling %d requests", self.proxy.active)
+        await self.server.stop(0)  # ends what is left: health watches, overdue requests
+        await stopping
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
