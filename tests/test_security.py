@@ -30,14 +30,15 @@ from switchyard import AuthenticationError, Client, PermissionDeniedError
 from switchyard.client import API_KEY_ENV
 from switchyard.configfile import ConfigError, load_config
 from switchyard.listener import CertificateFiles
-from switchyard.status import parse_details
+from switchyard.status import StatusError, parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import ModelServerConfig
-from switchyard_router.config import RouterConfig
+from switchyard_router.config import APIKeyConfig, RouterConfig
+from switchyard_router.quota import KeyLimiter
 
 REPO = Path(__file__).resolve().parent.parent
 # A channel of its own connection (gRPC shares connections between like channels).
@@ -551,6 +552,21 @@ def test_health_and_reflection_stay_open_and_the_admin_service_needs_a_key(
         assert len(listed.endpoints) == 1
 
 
+def test_a_key_limited_to_some_models_may_not_see_every_endpoint(
+    auth_router: ServerProcess, keys: Keys
+) -> None:
+    # The admin view names every cluster's endpoints and models.
+    with (
+        grpc.insecure_channel(auth_router.address) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        admin_grpc.RouterAdminServiceStub(channel).ListEndpoints(
+            admin_pb.ListEndpointsRequest(), timeout=5, **_bearer(keys.echo_only)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert parse_details(caught.value.trailing_metadata()).reason == "ADMIN_NOT_ALLOWED"
+
+
 def test_health_can_require_a_key_too(
     folder: Path, keys: Keys, servers: list[ServerProcess]
 ) -> None:
@@ -658,6 +674,25 @@ def test_tokens_are_counted_from_usage_and_limited(auth_router: ServerProcess, k
         assert 0.3 < details.retry_after <= 0.5
         time.sleep(details.retry_after)
         assert _generate(channel, **_bearer(keys.tokens)).text
+
+
+def test_over_both_limits_the_stated_wait_is_the_longer_one() -> None:
+    key = APIKeyConfig(
+        id="both",
+        sha256=_sha256("both"),
+        requests_per_minute=6,  # one every 10 s
+        request_burst=1,
+        tokens_per_minute=600,  # ten a second
+        token_burst=5,
+    )
+    limiter = KeyLimiter(key)
+    limiter.admit()
+    limiter.charge(8)  # 3 tokens overdrawn: 0.4 s to refill; the next request: 10 s
+    with pytest.raises(StatusError) as caught:
+        limiter.admit()
+    details = caught.value.details
+    assert details.metadata == {"limit": "requests_per_minute"}
+    assert details.retry_after is not None and 9 < details.retry_after <= 10
 
 
 # Input and connection limits ---------------------------------------------------------
