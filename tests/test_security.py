@@ -366,6 +366,46 @@ def test_a_rotated_cluster_ca_makes_the_router_reconnect(
     assert "certificates changed" in router.log()
 
 
+def test_server_name_verifies_a_model_server_whose_certificate_does_not_carry_its_address(
+    folder: Path, pki: PKI, servers: list[ServerProcess]
+) -> None:
+    named = folder / "named"
+    named.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(named / "ca.pem"))
+    identity = _write_identity(named, "server", ca.issue_cert("llama.switchyard.test"))
+    tls = {"cert_file": str(identity.cert), "key_file": str(identity.key)}
+
+    def named_channel(address: str) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials((named / "ca.pem").read_bytes())
+        options = [("grpc.ssl_target_name_override", "llama.switchyard.test")]
+        return grpc.secure_channel(address, credentials, options=options)
+
+    upstream = _start(folder, "named-modelserver", MODELSERVER, _scripted(tls=tls), named_channel)
+    servers.append(upstream)
+    answers = {}
+    for server_name in (None, "llama.switchyard.test"):
+        cluster_tls = {"ca_file": str(named / "ca.pem")}
+        if server_name:
+            cluster_tls["server_name"] = server_name
+        config = {
+            "clusters": {"pool": {"endpoints": [upstream.address], "tls": cluster_tls}},
+            "routes": _routes(),
+        }
+        router = _start(folder, f"named-router-{bool(server_name)}", ROUTER, config)
+        servers.append(router)
+        try:
+            with grpc.insecure_channel(router.address) as channel:
+                answers[server_name] = _generate(channel).text
+        except grpc.RpcError as error:
+            answers[server_name] = error.code().name
+    # The certificate is for llama.switchyard.test, not 127.0.0.1.
+    assert answers == {
+        None: "UNAVAILABLE",
+        "llama.switchyard.test": "The capital of France is Paris.",
+    }
+
+
 def test_a_certificate_that_does_not_match_its_key_is_refused_at_start(
     pki: PKI, tmp_path: Path
 ) -> None:
@@ -394,6 +434,21 @@ def test_a_broken_rotation_keeps_the_last_good_certificate(pki: PKI, tmp_path: P
     _replace(key, pki.client.key.read_bytes())
     assert files.changed()
     assert files.cert == pki.client.cert.read_bytes()
+
+
+def test_a_rotation_in_two_steps_keeps_the_old_pair_until_the_new_one_matches(
+    pki: PKI, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _replace(cert, pki.server.cert.read_bytes())
+    _replace(key, pki.server.key.read_bytes())
+    files = CertificateFiles(cert, key, None)
+    _replace(cert, pki.client.cert.read_bytes())  # the new certificate, the old key
+    assert not files.changed()
+    assert (files.cert, files.key) == (pki.server.cert.read_bytes(), pki.server.key.read_bytes())
+    _replace(key, pki.client.key.read_bytes())  # now its key too
+    assert files.changed()
+    assert (files.cert, files.key) == (pki.client.cert.read_bytes(), pki.client.key.read_bytes())
 
 
 # API keys -----------------------------------------------------------------------
