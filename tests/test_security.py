@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from processes import ServerProcess, free_port
 from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receiver
 
-from switchyard import AuthenticationError, Client, PermissionDeniedError
+from switchyard import AuthenticationError, Client, PermissionDeniedError, RateLimitError
 from switchyard.client import API_KEY_ENV
 from switchyard.configfile import ConfigError, load_config
 from switchyard.listener import CertificateFiles
@@ -461,11 +461,12 @@ class Keys:
     limited: str
     tokens: str
     unknown: str
+    per_minute: str
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in range(5)))
+    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in range(6)))
     secretscan.register(*vars(made).values(), CANARY_PROMPT)
     return made
 
@@ -496,6 +497,11 @@ def auth_router(folder: Path, keys: Keys, servers: list[ServerProcess]) -> Serve
                 "sha256": _sha256(keys.tokens).upper(),
                 "tokens_per_minute": 600,
                 "token_burst": 5,
+            },
+            {
+                "id": "per-minute",
+                "sha256": _sha256(keys.per_minute),
+                "requests_per_minute": 1,
             },
         ]
     }
@@ -745,6 +751,23 @@ def test_over_both_limits_the_stated_wait_is_the_longer_one() -> None:
     details = caught.value.details
     assert details.metadata == {"limit": "requests_per_minute"}
     assert details.retry_after is not None and 9 < details.retry_after <= 10
+
+
+def test_the_sdk_raises_a_long_rate_limit_at_once_instead_of_retrying_early(
+    auth_router: ServerProcess, keys: Keys
+) -> None:
+    with Client(auth_router.address, api_key=keys.per_minute, max_retries=2) as client:
+        assert client.generate("canned", "hi").text
+        with pytest.raises(RateLimitError) as caught:
+            client.generate("canned", "hi")
+    assert caught.value.retry_after is not None and caught.value.retry_after > 30
+    # One refusal: no retry came before the stated wait, to be refused again.
+    refused = [
+        line
+        for line in auth_router.log().splitlines()
+        if "code=RESOURCE_EXHAUSTED" in line and "key_id=per-minute" in line
+    ]
+    assert len(refused) == 1
 
 
 # Input and connection limits ---------------------------------------------------------

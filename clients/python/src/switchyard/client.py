@@ -78,10 +78,15 @@ def _stream_request(request: pb.GenerateRequest) -> pb.StreamGenerateRequest:
     return pb.StreamGenerateRequest.FromString(request.SerializeToString())
 
 
+# A server that asks for a longer wait (a key's rate limit for the next minute)
+# gets its error raised at once, rather than a retry that blocks that long.
+_MAX_RETRY_WAIT_SECONDS = 10.0
+
+
 def _backoff(attempt: int, error: APIError) -> float:
     retry_after: float | None = error.retry_after
     if retry_after is not None:
-        return retry_after if retry_after < 10.0 else 10.0
+        return retry_after  # never earlier than the server said: it would be refused again
     return min(0.1 * 2.0**attempt, 2.0)
 
 
@@ -399,7 +404,7 @@ class Client:
 def _should_retry(
     error: APIError, attempt: int, max_retries: int, deadline: float | None, pause: float
 ) -> bool:
-    if error.code not in _RETRYABLE or attempt >= max_retries:
+    if error.code not in _RETRYABLE or attempt >= max_retries or pause > _MAX_RETRY_WAIT_SECONDS:
         return False
     return deadline is None or time.monotonic() + pause < deadline
 
