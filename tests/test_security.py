@@ -714,7 +714,7 @@ def test_a_burst_over_the_request_rate_waits_for_the_stated_time(
         for line in auth_router.log().splitlines()
         if "code=RESOURCE_EXHAUSTED" in line and "key_id=limited" in line
     ]
-    assert refused and all("attempts=0" in line for line in refused)
+    assert refused and all("attempts=0 " in line and "model=canned " in line for line in refused)
 
 
 def test_tokens_are_counted_from_usage_and_limited(auth_router: ServerProcess, keys: Keys) -> None:

@@ -200,6 +200,7 @@ class Proxy:
             else:
                 record.key = principal.id
                 route = Guard.route(principal, table, model)
+                record.model = route.model  # a rate-limited request is counted by its route
                 limiter = principal.limiter
                 if limiter is not None:
                     limiter.admit()  # last: a refused request does not use the quota
