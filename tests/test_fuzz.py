@@ -21,7 +21,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 # A call that takes longer than this counts as a hang.
 CALL_TIMEOUT = 30.0
 FIELD = re.compile(
-    r"request|model|prompt|messages(\[\d+\]\.role)?|continuation\.token_ids"
+    r"request|model|prompt|messages(\[\d+\]\.role)?|continuation(\.token_ids|\.text)?"
     r"|sampling\.(temperature|top_p|top_k|max_tokens|stop(\[\d+\])?|seed|presence_penalty"
     r"|frequency_penalty|repetition_penalty|logprobs)"
 )

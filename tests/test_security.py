@@ -805,6 +805,11 @@ def _message(role: str = "user") -> pb.ChatMessage:
         pytest.param({"prompt": "x" * 101}, "prompt", id="prompt characters"),
         pytest.param({"messages": [_message()] * 5}, "messages", id="number of messages"),
         pytest.param(
+            {"prompt": "p", "continuation": pb.Continuation(text="x" * 101)},
+            "continuation.text",
+            id="continuation characters",
+        ),
+        pytest.param(
             {"prompt": "p", "sampling": pb.SamplingParams(stop=["a", "b", "c"])},
             "sampling.stop",
             id="stop sequences",

@@ -111,6 +111,15 @@ def generation_request(
                 )
             )
     sampling = _sampling(request.sampling, violations, limits)
+    if len(request.continuation.text) > limits.max_prompt_chars:
+        # Input like the prompt (a resume sends the text already generated).
+        violations.append(
+            FieldViolation(
+                "continuation.text",
+                f"is {len(request.continuation.text)} characters; "
+                f"at most {limits.max_prompt_chars}",
+            )
+        )
     if any(t < 0 for t in request.continuation.token_ids):
         violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
     if violations:
