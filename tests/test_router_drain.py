@@ -56,7 +56,7 @@ def test_sigterm_lets_a_stream_finish_and_does_not_wait_for_health_watches(
             stream = pb_grpc.LLMServiceStub(channel).StreamGenerate(
                 pb.StreamGenerateRequest(model="drip", prompt="p"), timeout=60
             )
-            first = next(stream)
+            first = next(iter(stream))
             router.signal(signal.SIGTERM)
             rest = [chunk.text for chunk in stream]
             assert first.text + "".join(rest) == "one two three four five six seven eight"

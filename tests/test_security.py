@@ -91,6 +91,14 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def _own_ca(folder: Path, host: str) -> tuple[Path, Identity]:
+    """A new CA (its certificate file) and a server identity it signed for ``host``."""
+    folder.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    return folder / "ca.pem", _write_identity(folder, "server", ca.issue_cert(host))
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("security")  # under the folder the log scan watches
@@ -309,18 +317,14 @@ def test_health_and_reflection_answer_on_the_tls_port(pki: PKI, tls_router: Serv
 def test_a_rotated_listener_certificate_is_used_for_new_connections(
     folder: Path, pki: PKI, servers: list[ServerProcess]
 ) -> None:
-    rotated = folder / "rotated"
-    rotated.mkdir()
-    first_ca = trustme.CA()
-    first_ca.cert_pem.write_to_path(str(rotated / "first-ca.pem"))
-    identity = _write_identity(rotated, "server", first_ca.issue_cert("127.0.0.1"))
+    first_ca, identity = _own_ca(folder / "rotated", "127.0.0.1")
     tls = {"cert_file": str(identity.cert), "key_file": str(identity.key)}
     server = _start(
         folder,
         "rotating-modelserver",
         MODELSERVER,
         _scripted(tls=tls),
-        lambda a: pki.channel(a, ca=rotated / "first-ca.pem"),
+        lambda a: pki.channel(a, ca=first_ca),
     )
     servers.append(server)
     assert _refused(pki.channel(server.address)).code() == grpc.StatusCode.UNAVAILABLE
@@ -369,15 +373,11 @@ def test_a_rotated_cluster_ca_makes_the_router_reconnect(
 def test_server_name_verifies_a_model_server_whose_certificate_does_not_carry_its_address(
     folder: Path, pki: PKI, servers: list[ServerProcess]
 ) -> None:
-    named = folder / "named"
-    named.mkdir()
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(named / "ca.pem"))
-    identity = _write_identity(named, "server", ca.issue_cert("llama.switchyard.test"))
+    ca, identity = _own_ca(folder / "named", "llama.switchyard.test")
     tls = {"cert_file": str(identity.cert), "key_file": str(identity.key)}
 
     def named_channel(address: str) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials((named / "ca.pem").read_bytes())
+        credentials = grpc.ssl_channel_credentials(ca.read_bytes())
         options = [("grpc.ssl_target_name_override", "llama.switchyard.test")]
         return grpc.secure_channel(address, credentials, options=options)
 
@@ -385,7 +385,7 @@ def test_server_name_verifies_a_model_server_whose_certificate_does_not_carry_it
     servers.append(upstream)
     answers = {}
     for server_name in (None, "llama.switchyard.test"):
-        cluster_tls = {"ca_file": str(named / "ca.pem")}
+        cluster_tls = {"ca_file": str(ca)}
         if server_name:
             cluster_tls["server_name"] = server_name
         config = {
@@ -700,6 +700,26 @@ def _rate_limited(channel: grpc.Channel, key: str) -> float:
     raise AssertionError("never rate limited")
 
 
+def _refusals_logged(router: ServerProcess, key_id: str) -> list[str]:
+    """The router's access-log lines of rate-limited requests of a key. The line is
+    written just after the answer is sent: wait for the first, and a moment more."""
+
+    def lines() -> list[str]:
+        return [
+            line
+            for line in router.log().splitlines()
+            if "code=RESOURCE_EXHAUSTED" in line and f"key_id={key_id} " in f"{line} "
+        ]
+
+    deadline = time.monotonic() + 10
+    while not lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    found = lines()
+    assert found, f"no rate-limited request of {key_id} logged:\n{router.log()}"
+    return found
+
+
 def test_a_burst_over_the_request_rate_waits_for_the_stated_time(
     auth_router: ServerProcess, keys: Keys
 ) -> None:
@@ -709,12 +729,8 @@ def test_a_burst_over_the_request_rate_waits_for_the_stated_time(
         time.sleep(retry_after)
         assert _generate(channel, **_bearer(keys.limited)).text  # served again
     # Refused at the router before any model server was tried (never retried elsewhere).
-    refused = [
-        line
-        for line in auth_router.log().splitlines()
-        if "code=RESOURCE_EXHAUSTED" in line and "key_id=limited" in line
-    ]
-    assert refused and all("attempts=0 " in line and "model=canned " in line for line in refused)
+    refused = _refusals_logged(auth_router, "limited")
+    assert all("attempts=0 " in line and "model=canned " in line for line in refused)
 
 
 def test_tokens_are_counted_from_usage_and_limited(auth_router: ServerProcess, keys: Keys) -> None:
@@ -762,12 +778,7 @@ def test_the_sdk_raises_a_long_rate_limit_at_once_instead_of_retrying_early(
             client.generate("canned", "hi")
     assert caught.value.retry_after is not None and caught.value.retry_after > 30
     # One refusal: no retry came before the stated wait, to be refused again.
-    refused = [
-        line
-        for line in auth_router.log().splitlines()
-        if "code=RESOURCE_EXHAUSTED" in line and "key_id=per-minute" in line
-    ]
-    assert len(refused) == 1
+    assert len(_refusals_logged(auth_router, "per-minute")) == 1
 
 
 # Input and connection limits ---------------------------------------------------------

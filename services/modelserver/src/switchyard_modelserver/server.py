@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from switchyard import tracing
 from switchyard.configfile import ConfigError, describe_validation_error
+from switchyard.listener import bind
 from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_modelserver import metrics
@@ -175,16 +176,7 @@ class ModelServer:
         for entry in self.catalog.entries():
             for name in self.catalog.health_names(entry):
                 await self.health.set(name, _NOT_SERVING)
-        try:
-            if self.config.tls is None:
-                port = self.server.add_insecure_port(self.config.listen)
-            else:
-                credentials = self.config.tls.files().server_credentials()
-                port = self.server.add_secure_port(self.config.listen, credentials)
-        except OSError as error:
-            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
-        except RuntimeError as error:  # grpcio raises where it used to return 0
-            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
+        port = bind(self.server, self.config.listen, self.config.tls)
         await self.server.start()
         return port
 

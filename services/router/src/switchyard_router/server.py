@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from switchyard import tracing
 from switchyard.configfile import ConfigError
+from switchyard.listener import bind
 from switchyard.metrics_server import start_metrics_server
 from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
@@ -171,16 +172,7 @@ class Router:
 
     async def start(self) -> int:
         await self.apply(self.config)
-        try:
-            if self.config.tls is None:
-                port = self.server.add_insecure_port(self.config.listen)
-            else:
-                credentials = self.config.tls.files().server_credentials()
-                port = self.server.add_secure_port(self.config.listen, credentials)
-        except OSError as error:
-            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
-        except RuntimeError as error:  # grpcio raises where it used to return 0
-            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
+        port = bind(self.server, self.config.listen, self.config.tls)
         # Give health streams a moment so the first requests find healthy endpoints.
         deadline = time.monotonic() + _INITIAL_HEALTH_WAIT_SECONDS
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
