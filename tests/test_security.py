@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -462,11 +462,12 @@ class Keys:
     tokens: str
     unknown: str
     per_minute: str
+    lister: str
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in range(6)))
+    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in fields(Keys)))
     secretscan.register(*vars(made).values(), CANARY_PROMPT)
     return made
 
@@ -503,6 +504,7 @@ def auth_router(folder: Path, keys: Keys, servers: list[ServerProcess]) -> Serve
                 "sha256": _sha256(keys.per_minute),
                 "requests_per_minute": 1,
             },
+            {"id": "lister", "sha256": _sha256(keys.lister), "requests_per_minute": 1},
         ]
     }
     config = {
@@ -779,6 +781,17 @@ def test_the_sdk_raises_a_long_rate_limit_at_once_instead_of_retrying_early(
     assert caught.value.retry_after is not None and caught.value.retry_after > 30
     # One refusal: no retry came before the stated wait, to be refused again.
     assert len(_refusals_logged(auth_router, "per-minute")) == 1
+
+
+def test_list_models_counts_toward_the_request_rate(auth_router: ServerProcess, keys: Keys) -> None:
+    # ListModels asks every endpoint: a key may not spin on it past its rate.
+    with grpc.insecure_channel(auth_router.address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        stub.ListModels(pb.ListModelsRequest(), timeout=10, **_bearer(keys.lister))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListModels(pb.ListModelsRequest(), timeout=10, **_bearer(keys.lister))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert parse_details(caught.value.trailing_metadata()).retry_after is not None
 
 
 # Input and connection limits ---------------------------------------------------------

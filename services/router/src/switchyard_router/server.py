@@ -101,6 +101,14 @@ class Router:
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         principal = await self._authenticate(context)
+        if principal is not None and principal.limiter is not None:
+            # It asks every endpoint: a request like any other for the key's rate.
+            try:
+                principal.limiter.admit()
+            except StatusError as error:
+                await context.abort(
+                    error.code, error.message, trailing_metadata=error.trailing_metadata()
+                )
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
