@@ -9,6 +9,7 @@ in-flight requests get ``drain_grace_seconds`` to finish.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from typing import Any
@@ -32,7 +33,7 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.servicer import InFlight, LLMServicer
-from switchyard_modelserver.validation import lenient_parser
+from switchyard_modelserver.validation import UnreadableRequest, lenient_parser, unreadable
 
 log = logging.getLogger("switchyard.modelserver")
 
@@ -59,12 +60,23 @@ def _llm_service_handler(
                 response_serializer=pb.StreamGenerateResponse.SerializeToString,
             ),
             "ListModels": grpc.unary_unary_rpc_method_handler(
-                servicer.ListModels,
-                request_deserializer=pb.ListModelsRequest.FromString,
+                functools.partial(_list_models, servicer),
+                request_deserializer=lenient_parser(pb.ListModelsRequest),
                 response_serializer=pb.ListModelsResponse.SerializeToString,
             ),
         },
     )
+
+
+async def _list_models(
+    servicer: LLMServicer,
+    request: pb.ListModelsRequest | UnreadableRequest,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> pb.ListModelsResponse:
+    if isinstance(request, UnreadableRequest):
+        error = unreadable(request)
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    return await servicer.ListModels(request, context)
 
 
 def build_backend(config: ModelServerConfig) -> Backend:

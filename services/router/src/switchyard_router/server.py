@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,7 +20,7 @@ from switchyard import tracing
 from switchyard.configfile import ConfigError
 from switchyard.listener import bind
 from switchyard.metrics_server import start_metrics_server
-from switchyard.status import StatusError
+from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
@@ -90,17 +91,21 @@ class Router:
                 "Generate": grpc.unary_unary_rpc_method_handler(self.proxy.generate),
                 "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.proxy.stream_generate),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
-                    self._list_models,
-                    request_deserializer=pb.ListModelsRequest.FromString,
+                    self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,
                 ),
             },
         )
 
     async def _list_models(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         principal = await self._authenticate(context)
+        try:
+            pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
+        except DecodeError as error:
+            bad = invalid_argument(FieldViolation("request", f"not a ListModelsRequest: {error}"))
+            await context.abort(bad.code, bad.message, trailing_metadata=bad.trailing_metadata())
         if principal is not None and principal.limiter is not None:
             # It asks every endpoint: a request like any other for the key's rate.
             try:
