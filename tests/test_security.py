@@ -406,6 +406,31 @@ def test_server_name_verifies_a_model_server_whose_certificate_does_not_carry_it
     }
 
 
+def test_a_reload_that_changes_the_listener_says_it_takes_a_restart(
+    folder: Path, pki: PKI, servers: list[ServerProcess]
+) -> None:
+    config: dict[str, Any] = {
+        "clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}},
+        "routes": _routes(),
+    }
+    router = _start(folder, "relisten-router", ROUTER, config)
+    servers.append(router)
+    config["tls"] = {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key)}
+    config["limits"] = {"max_concurrent_streams": 7}
+    write_config(folder / "relisten-router.yaml", config)
+    deadline = time.monotonic() + 20
+    while "config reloaded" not in router.log():
+        assert time.monotonic() < deadline, router.log()
+        time.sleep(0.2)
+    assert "tls changed: takes effect on restart" in router.log()
+    assert "connection limits changed: take effect on restart" in router.log()
+    with grpc.insecure_channel(router.address) as channel:  # still plaintext until then
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_a_certificate_that_does_not_match_its_key_is_refused_at_start(
     pki: PKI, tmp_path: Path
 ) -> None:

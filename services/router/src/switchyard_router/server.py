@@ -40,6 +40,9 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
+# Listener settings a reload cannot change (the certificate files themselves are
+# re-read when they change).
+_LISTENER_KEYS = ("tls", "max_message_bytes")
 
 
 class Router:
@@ -179,6 +182,11 @@ class Router:
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
+        for key in _LISTENER_KEYS:  # the gRPC server's own settings, fixed at start
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed: takes effect on restart", key)
+        if config.limits.server_options() != self.config.limits.server_options():
+            log.warning("connection limits changed: take effect on restart")
         self.config = config
         for cluster in gone:  # in-flight requests finish on the endpoints they hold
             self._spawn(cluster.close(config.drain_grace_seconds), f"close {cluster.name}")
