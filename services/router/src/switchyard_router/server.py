@@ -40,6 +40,7 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
+_STATUS_FLUSH_SECONDS = 0.5
 # Listener settings a reload cannot change (the certificate files themselves are
 # re-read when they change).
 _LISTENER_KEYS = ("tls", "max_message_bytes")
@@ -306,6 +307,8 @@ class Router:
             await asyncio.sleep(0.05)
         if self.proxy.active:
             log.warning("grace period over; cancelling %d requests", self.proxy.active)
+        else:  # a handler that returned may still be sending its status: a moment for it
+            await asyncio.wait({stopping}, timeout=_STATUS_FLUSH_SECONDS)
         await self.server.stop(0)  # ends what is left: health watches, overdue requests
         await stopping
         for task in list(self._tasks):
