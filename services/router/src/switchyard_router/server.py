@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -107,17 +107,14 @@ class Router:
         principal = await self._authenticate(context)
         try:
             pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
-        except DecodeError as error:
-            bad = invalid_argument(FieldViolation("request", f"not a ListModelsRequest: {error}"))
-            await context.abort(bad.code, bad.message, trailing_metadata=bad.trailing_metadata())
-        if principal is not None and principal.limiter is not None:
-            # It asks every endpoint: a request like any other for the key's rate.
-            try:
+            if principal is not None and principal.limiter is not None:
+                # It asks every endpoint: a request like any other for the key's rate.
                 principal.limiter.admit()
-            except StatusError as error:
-                await context.abort(
-                    error.code, error.message, trailing_metadata=error.trailing_metadata()
-                )
+        except DecodeError as error:
+            reason = f"not a ListModelsRequest: {error}"
+            await _refuse(context, invalid_argument(FieldViolation("request", reason)))
+        except StatusError as error:
+            await _refuse(context, error)
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
@@ -138,10 +135,7 @@ class Router:
         try:
             return guard.authenticate(context.invocation_metadata())
         except StatusError as error:
-            await context.abort(
-                error.code, error.message, trailing_metadata=error.trailing_metadata()
-            )
-            raise AssertionError("unreachable: context.abort raises") from None
+            await _refuse(context, error)
 
     async def _authorize_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """The admin service shows every cluster's endpoints and models: only keys
@@ -154,9 +148,7 @@ class Router:
                 "without a `models` limit",
                 reason="ADMIN_NOT_ALLOWED",
             )
-            await context.abort(
-                error.code, error.message, trailing_metadata=error.trailing_metadata()
-            )
+            await _refuse(context, error)
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
@@ -351,6 +343,12 @@ async def serve(
     log.info("stopped")
 
 
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
+    """Ends the call with ``error`` and its details."""
+    await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    raise AssertionError("unreachable: context.abort raises")
+
+
 def _closes_open_services(config: RouterConfig) -> bool:
     """Whether health or reflection need a key (an interceptor checks them)."""
     return config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(config.auth.open_services)
@@ -394,7 +392,7 @@ def _refusing(
     """A handler of the same shape that ends the call with ``error``."""
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+        await _refuse(context, error)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
