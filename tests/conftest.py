@@ -16,7 +16,10 @@ import gguf
 import pytest
 import yaml
 from processes import ServerProcess, free_port
-from secretscan import pytest_sessionfinish  # noqa: F401  # scans every log for API keys
+from secretscan import (  # noqa: F401  # scans every server log for API keys
+    pytest_sessionfinish,
+    scan_this_runs_server_logs,
+)
 from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
 
 MODELSERVER = "switchyard_modelserver"

@@ -1,10 +1,12 @@
 """A check over the whole test run: no configured API key (nor a marked prompt)
 appears in any server's log.
 
-Tests that configure keys or send marked prompts call :func:`register` with
-them and :func:`watch` with the folder their servers log into. When the
-session ends, every ``*.log`` under the watched folders is searched; a hit
-fails the run and names the file (never the secret).
+Every server the tests start logs under the run's temporary folder, which is
+always watched; the cloud backends' key is always registered. Tests that
+configure more keys or send marked prompts call :func:`register` with them
+(and :func:`watch` for a folder elsewhere). When the session ends, every
+``*.log`` under the watched folders is searched; a hit fails the run and
+names the file (never the secret).
 """
 
 from __future__ import annotations
@@ -12,9 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from vendors import VALID_KEY
 
-_SECRETS: set[str] = set()
+_SECRETS: set[str] = {VALID_KEY}  # the key the cloud backends' model servers are given
 _ROOTS: set[Path] = set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def scan_this_runs_server_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Watches the run's temporary folder, where every server logs."""
+    watch(tmp_path_factory.getbasetemp())
 
 
 def register(*secrets: str) -> None:

@@ -21,7 +21,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 # A call that takes longer than this counts as a hang.
 CALL_TIMEOUT = 30.0
 FIELD = re.compile(
-    r"request|model|prompt|messages(\[\d+\]\.role)?|continuation\.token_ids"
+    r"request|model|prompt|messages(\[\d+\]\.role)?|continuation(\.token_ids|\.text)?"
     r"|sampling\.(temperature|top_p|top_k|max_tokens|stop(\[\d+\])?|seed|presence_penalty"
     r"|frequency_penalty|repetition_penalty|logprobs)"
 )
@@ -192,10 +192,15 @@ def test_random_requests_through_the_router_get_clear_statuses(
 @settings(FUZZ_SETTINGS, max_examples=60)
 @given(payload=st.binary(max_size=300), stream=st.booleans())
 def test_random_bytes_through_the_router_get_clear_statuses(
-    router: ServerProcess, payload: bytes, stream: bool
+    router: ServerProcess,
+    llama_server: ServerProcess,
+    scripted_server: ServerProcess,
+    payload: bytes,
+    stream: bool,
 ) -> None:
     _check(router.address, "StreamGenerate" if stream else "Generate", payload)
-    assert router.process.poll() is None
+    for server in (router, llama_server, scripted_server):
+        assert server.process.poll() is None, f"{server.name} died:\n{server.log()[-3000:]}"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -220,3 +225,17 @@ def test_the_fuzzing_reached_generation_and_validation() -> None:
     refused = sum(n for code, n in OUTCOMES.items() if code != "calls")
     assert OUTCOMES["calls"] - refused > 10  # served
     assert OUTCOMES["INVALID_ARGUMENT"] > 10
+
+
+@pytest.mark.parametrize("target", ["router", "scripted_server"])
+def test_an_unreadable_list_models_request_is_invalid_argument(
+    target: str, request: pytest.FixtureRequest
+) -> None:
+    server: ServerProcess = request.getfixturevalue(target)
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/switchyard.v1.LLMService/ListModels", None, None)(
+            b"\xff\xff", timeout=CALL_TIMEOUT
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    fields = [v.field for v in parse_details(caught.value.trailing_metadata()).field_violations]
+    assert fields == ["request"]

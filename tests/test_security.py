@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from processes import ServerProcess, free_port
 from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receiver
 
-from switchyard import AuthenticationError, Client, PermissionDeniedError
+from switchyard import AuthenticationError, Client, PermissionDeniedError, RateLimitError
 from switchyard.client import API_KEY_ENV
 from switchyard.configfile import ConfigError, load_config
 from switchyard.listener import CertificateFiles
-from switchyard.status import parse_details
+from switchyard.status import StatusError, parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import ModelServerConfig
-from switchyard_router.config import RouterConfig
+from switchyard_router.config import APIKeyConfig, RouterConfig
+from switchyard_router.quota import KeyLimiter
 
 REPO = Path(__file__).resolve().parent.parent
 # A channel of its own connection (gRPC shares connections between like channels).
@@ -90,12 +91,17 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def _own_ca(folder: Path, host: str) -> tuple[Path, Identity]:
+    """A new CA (its certificate file) and a server identity it signed for ``host``."""
+    folder.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    return folder / "ca.pem", _write_identity(folder, "server", ca.issue_cert(host))
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("security")
-    # Every server log of the run (all of them live under the base folder).
-    secretscan.watch(tmp_path_factory.getbasetemp())
-    return path
+    return tmp_path_factory.mktemp("security")  # under the folder the log scan watches
 
 
 @pytest.fixture(scope="module")
@@ -311,18 +317,14 @@ def test_health_and_reflection_answer_on_the_tls_port(pki: PKI, tls_router: Serv
 def test_a_rotated_listener_certificate_is_used_for_new_connections(
     folder: Path, pki: PKI, servers: list[ServerProcess]
 ) -> None:
-    rotated = folder / "rotated"
-    rotated.mkdir()
-    first_ca = trustme.CA()
-    first_ca.cert_pem.write_to_path(str(rotated / "first-ca.pem"))
-    identity = _write_identity(rotated, "server", first_ca.issue_cert("127.0.0.1"))
+    first_ca, identity = _own_ca(folder / "rotated", "127.0.0.1")
     tls = {"cert_file": str(identity.cert), "key_file": str(identity.key)}
     server = _start(
         folder,
         "rotating-modelserver",
         MODELSERVER,
         _scripted(tls=tls),
-        lambda a: pki.channel(a, ca=rotated / "first-ca.pem"),
+        lambda a: pki.channel(a, ca=first_ca),
     )
     servers.append(server)
     assert _refused(pki.channel(server.address)).code() == grpc.StatusCode.UNAVAILABLE
@@ -368,6 +370,67 @@ def test_a_rotated_cluster_ca_makes_the_router_reconnect(
     assert "certificates changed" in router.log()
 
 
+def test_server_name_verifies_a_model_server_whose_certificate_does_not_carry_its_address(
+    folder: Path, pki: PKI, servers: list[ServerProcess]
+) -> None:
+    ca, identity = _own_ca(folder / "named", "llama.switchyard.test")
+    tls = {"cert_file": str(identity.cert), "key_file": str(identity.key)}
+
+    def named_channel(address: str) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(ca.read_bytes())
+        options = [("grpc.ssl_target_name_override", "llama.switchyard.test")]
+        return grpc.secure_channel(address, credentials, options=options)
+
+    upstream = _start(folder, "named-modelserver", MODELSERVER, _scripted(tls=tls), named_channel)
+    servers.append(upstream)
+    answers = {}
+    for server_name in (None, "llama.switchyard.test"):
+        cluster_tls = {"ca_file": str(ca)}
+        if server_name:
+            cluster_tls["server_name"] = server_name
+        config = {
+            "clusters": {"pool": {"endpoints": [upstream.address], "tls": cluster_tls}},
+            "routes": _routes(),
+        }
+        router = _start(folder, f"named-router-{bool(server_name)}", ROUTER, config)
+        servers.append(router)
+        try:
+            with grpc.insecure_channel(router.address) as channel:
+                answers[server_name] = _generate(channel).text
+        except grpc.RpcError as error:
+            answers[server_name] = error.code().name
+    # The certificate is for llama.switchyard.test, not 127.0.0.1.
+    assert answers == {
+        None: "UNAVAILABLE",
+        "llama.switchyard.test": "The capital of France is Paris.",
+    }
+
+
+def test_a_reload_that_changes_the_listener_says_it_takes_a_restart(
+    folder: Path, pki: PKI, servers: list[ServerProcess]
+) -> None:
+    config: dict[str, Any] = {
+        "clusters": {"pool": {"endpoints": ["127.0.0.1:1"]}},
+        "routes": _routes(),
+    }
+    router = _start(folder, "relisten-router", ROUTER, config)
+    servers.append(router)
+    config["tls"] = {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key)}
+    config["limits"] = {"max_concurrent_streams": 7}
+    write_config(folder / "relisten-router.yaml", config)
+    deadline = time.monotonic() + 20
+    while "config reloaded" not in router.log():
+        assert time.monotonic() < deadline, router.log()
+        time.sleep(0.2)
+    assert "tls changed: takes effect on restart" in router.log()
+    assert "connection limits changed: take effect on restart" in router.log()
+    with grpc.insecure_channel(router.address) as channel:  # still plaintext until then
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_a_certificate_that_does_not_match_its_key_is_refused_at_start(
     pki: PKI, tmp_path: Path
 ) -> None:
@@ -398,6 +461,21 @@ def test_a_broken_rotation_keeps_the_last_good_certificate(pki: PKI, tmp_path: P
     assert files.cert == pki.client.cert.read_bytes()
 
 
+def test_a_rotation_in_two_steps_keeps_the_old_pair_until_the_new_one_matches(
+    pki: PKI, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _replace(cert, pki.server.cert.read_bytes())
+    _replace(key, pki.server.key.read_bytes())
+    files = CertificateFiles(cert, key, None)
+    _replace(cert, pki.client.cert.read_bytes())  # the new certificate, the old key
+    assert not files.changed()
+    assert (files.cert, files.key) == (pki.server.cert.read_bytes(), pki.server.key.read_bytes())
+    _replace(key, pki.client.key.read_bytes())  # now its key too
+    assert files.changed()
+    assert (files.cert, files.key) == (pki.client.cert.read_bytes(), pki.client.key.read_bytes())
+
+
 # API keys -----------------------------------------------------------------------
 
 
@@ -408,11 +486,13 @@ class Keys:
     limited: str
     tokens: str
     unknown: str
+    per_minute: str
+    lister: str
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in range(5)))
+    made = Keys(*(f"sk-test-{secrets.token_urlsafe(24)}" for _ in fields(Keys)))
     secretscan.register(*vars(made).values(), CANARY_PROMPT)
     return made
 
@@ -444,6 +524,12 @@ def auth_router(folder: Path, keys: Keys, servers: list[ServerProcess]) -> Serve
                 "tokens_per_minute": 600,
                 "token_burst": 5,
             },
+            {
+                "id": "per-minute",
+                "sha256": _sha256(keys.per_minute),
+                "requests_per_minute": 1,
+            },
+            {"id": "lister", "sha256": _sha256(keys.lister), "requests_per_minute": 1},
         ]
     }
     config = {
@@ -551,6 +637,21 @@ def test_health_and_reflection_stay_open_and_the_admin_service_needs_a_key(
         assert len(listed.endpoints) == 1
 
 
+def test_a_key_limited_to_some_models_may_not_see_every_endpoint(
+    auth_router: ServerProcess, keys: Keys
+) -> None:
+    # The admin view names every cluster's endpoints and models.
+    with (
+        grpc.insecure_channel(auth_router.address) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        admin_grpc.RouterAdminServiceStub(channel).ListEndpoints(
+            admin_pb.ListEndpointsRequest(), timeout=5, **_bearer(keys.echo_only)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert parse_details(caught.value.trailing_metadata()).reason == "ADMIN_NOT_ALLOWED"
+
+
 def test_health_can_require_a_key_too(
     folder: Path, keys: Keys, servers: list[ServerProcess]
 ) -> None:
@@ -626,6 +727,26 @@ def _rate_limited(channel: grpc.Channel, key: str) -> float:
     raise AssertionError("never rate limited")
 
 
+def _refusals_logged(router: ServerProcess, key_id: str) -> list[str]:
+    """The router's access-log lines of rate-limited requests of a key. The line is
+    written just after the answer is sent: wait for the first, and a moment more."""
+
+    def lines() -> list[str]:
+        return [
+            line
+            for line in router.log().splitlines()
+            if "code=RESOURCE_EXHAUSTED" in line and f"key_id={key_id} " in f"{line} "
+        ]
+
+    deadline = time.monotonic() + 10
+    while not lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    found = lines()
+    assert found, f"no rate-limited request of {key_id} logged:\n{router.log()}"
+    return found
+
+
 def test_a_burst_over_the_request_rate_waits_for_the_stated_time(
     auth_router: ServerProcess, keys: Keys
 ) -> None:
@@ -635,12 +756,8 @@ def test_a_burst_over_the_request_rate_waits_for_the_stated_time(
         time.sleep(retry_after)
         assert _generate(channel, **_bearer(keys.limited)).text  # served again
     # Refused at the router before any model server was tried (never retried elsewhere).
-    refused = [
-        line
-        for line in auth_router.log().splitlines()
-        if "code=RESOURCE_EXHAUSTED" in line and "key_id=limited" in line
-    ]
-    assert refused and all("attempts=0" in line for line in refused)
+    refused = _refusals_logged(auth_router, "limited")
+    assert all("attempts=0 " in line and "model=canned " in line for line in refused)
 
 
 def test_tokens_are_counted_from_usage_and_limited(auth_router: ServerProcess, keys: Keys) -> None:
@@ -658,6 +775,48 @@ def test_tokens_are_counted_from_usage_and_limited(auth_router: ServerProcess, k
         assert 0.3 < details.retry_after <= 0.5
         time.sleep(details.retry_after)
         assert _generate(channel, **_bearer(keys.tokens)).text
+
+
+def test_over_both_limits_the_stated_wait_is_the_longer_one() -> None:
+    key = APIKeyConfig(
+        id="both",
+        sha256=_sha256("both"),
+        requests_per_minute=6,  # one every 10 s
+        request_burst=1,
+        tokens_per_minute=600,  # ten a second
+        token_burst=5,
+    )
+    limiter = KeyLimiter(key)
+    limiter.admit()
+    limiter.charge(8)  # 3 tokens overdrawn: 0.4 s to refill; the next request: 10 s
+    with pytest.raises(StatusError) as caught:
+        limiter.admit()
+    details = caught.value.details
+    assert details.metadata == {"limit": "requests_per_minute"}
+    assert details.retry_after is not None and 9 < details.retry_after <= 10
+
+
+def test_the_sdk_raises_a_long_rate_limit_at_once_instead_of_retrying_early(
+    auth_router: ServerProcess, keys: Keys
+) -> None:
+    with Client(auth_router.address, api_key=keys.per_minute, max_retries=2) as client:
+        assert client.generate("canned", "hi").text
+        with pytest.raises(RateLimitError) as caught:
+            client.generate("canned", "hi")
+    assert caught.value.retry_after is not None and caught.value.retry_after > 30
+    # One refusal: no retry came before the stated wait, to be refused again.
+    assert len(_refusals_logged(auth_router, "per-minute")) == 1
+
+
+def test_list_models_counts_toward_the_request_rate(auth_router: ServerProcess, keys: Keys) -> None:
+    # ListModels asks every endpoint: a key may not spin on it past its rate.
+    with grpc.insecure_channel(auth_router.address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        stub.ListModels(pb.ListModelsRequest(), timeout=10, **_bearer(keys.lister))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListModels(pb.ListModelsRequest(), timeout=10, **_bearer(keys.lister))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert parse_details(caught.value.trailing_metadata()).retry_after is not None
 
 
 # Input and connection limits ---------------------------------------------------------
@@ -694,6 +853,11 @@ def _message(role: str = "user") -> pb.ChatMessage:
         pytest.param({"prompt": "x" * 3000}, "request", id="request bytes (router)"),
         pytest.param({"prompt": "x" * 101}, "prompt", id="prompt characters"),
         pytest.param({"messages": [_message()] * 5}, "messages", id="number of messages"),
+        pytest.param(
+            {"prompt": "p", "continuation": pb.Continuation(text="x" * 101)},
+            "continuation.text",
+            id="continuation characters",
+        ),
         pytest.param(
             {"prompt": "p", "sampling": pb.SamplingParams(stop=["a", "b", "c"])},
             "sampling.stop",

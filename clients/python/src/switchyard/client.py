@@ -85,7 +85,7 @@ def _backoff(attempt: int, error: APIError) -> float:
     exponential back-off when it did not say."""
     retry_after: float | None = error.retry_after
     if retry_after is not None:
-        return retry_after
+        return retry_after  # never earlier than the server said: it would be refused again
     return min(0.1 * 2.0**attempt, 2.0)
 
 

@@ -18,7 +18,10 @@ import ssl
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
+
+from switchyard.configfile import ConfigError
 
 log = logging.getLogger("switchyard.tls")
 
@@ -96,6 +99,19 @@ class ConnectionLimits(_Strict):
             # Pings with no call open are fine while they respect the interval.
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+
+
+def bind(server: grpc.aio.Server, listen: str, tls: ServerTLSConfig | None) -> int:
+    """Adds the listening port, with TLS when configured; ConfigError naming the
+    problem when the certificate files cannot be read or the address not bound."""
+    try:
+        if tls is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, tls.files().server_credentials())
+    except OSError as error:
+        raise ConfigError(f"tls: cannot read certificate files: {error}") from None
+    except RuntimeError as error:  # grpcio raises where it used to return 0
+        raise ConfigError(f"listen: cannot bind {listen}: {error}") from None
 
 
 def verify(cert_file: Path | None, key_file: Path | None, ca_file: Path | None) -> None:

@@ -9,6 +9,7 @@ in-flight requests get ``drain_grace_seconds`` to finish.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from typing import Any
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from switchyard import tracing
 from switchyard.configfile import ConfigError, describe_validation_error
+from switchyard.listener import bind
 from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_modelserver import metrics
@@ -31,7 +33,7 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.servicer import InFlight, LLMServicer
-from switchyard_modelserver.validation import lenient_parser
+from switchyard_modelserver.validation import UnreadableRequest, lenient_parser, unreadable
 
 log = logging.getLogger("switchyard.modelserver")
 
@@ -58,12 +60,23 @@ def _llm_service_handler(
                 response_serializer=pb.StreamGenerateResponse.SerializeToString,
             ),
             "ListModels": grpc.unary_unary_rpc_method_handler(
-                servicer.ListModels,
-                request_deserializer=pb.ListModelsRequest.FromString,
+                functools.partial(_list_models, servicer),
+                request_deserializer=lenient_parser(pb.ListModelsRequest),
                 response_serializer=pb.ListModelsResponse.SerializeToString,
             ),
         },
     )
+
+
+async def _list_models(
+    servicer: LLMServicer,
+    request: pb.ListModelsRequest | UnreadableRequest,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> pb.ListModelsResponse:
+    if isinstance(request, UnreadableRequest):
+        error = unreadable(request)
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    return await servicer.ListModels(request, context)
 
 
 def build_backend(config: ModelServerConfig) -> Backend:
@@ -175,16 +188,7 @@ class ModelServer:
         for entry in self.catalog.entries():
             for name in self.catalog.health_names(entry):
                 await self.health.set(name, _NOT_SERVING)
-        try:
-            if self.config.tls is None:
-                port = self.server.add_insecure_port(self.config.listen)
-            else:
-                credentials = self.config.tls.files().server_credentials()
-                port = self.server.add_secure_port(self.config.listen, credentials)
-        except OSError as error:
-            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
-        except RuntimeError as error:  # grpcio raises where it used to return 0
-            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
+        port = bind(self.server, self.config.listen, self.config.tls)
         await self.server.start()
         return port
 

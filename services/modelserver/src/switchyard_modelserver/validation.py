@@ -59,20 +59,25 @@ def lenient_parser(
     return parse
 
 
+def unreadable(request: UnreadableRequest) -> StatusError:
+    """INVALID_ARGUMENT (field ``request``) for bytes that did not parse or were too large."""
+    if request.too_large:
+        return invalid_argument(FieldViolation("request", request.error))
+    return invalid_argument(
+        FieldViolation(
+            "request",
+            f"not a valid {request.message_type} (strings must be UTF-8): {request.error}",
+        )
+    )
+
+
 def generation_request(
     request: pb.GenerateRequest | pb.StreamGenerateRequest | UnreadableRequest,
     limits: InputLimits = DEFAULT_LIMITS,
 ) -> GenerationRequest:
     """Validates a Generate or StreamGenerate request; raises StatusError on bad input."""
-    if isinstance(request, UnreadableRequest) and request.too_large:
-        raise invalid_argument(FieldViolation("request", request.error))
     if isinstance(request, UnreadableRequest):
-        raise invalid_argument(
-            FieldViolation(
-                "request",
-                f"not a valid {request.message_type} (strings must be UTF-8): {request.error}",
-            )
-        )
+        raise unreadable(request)
     violations: list[FieldViolation] = []
     if not request.model:
         violations.append(FieldViolation("model", "is required (see ListModels for the ids)"))
@@ -111,6 +116,15 @@ def generation_request(
                 )
             )
     sampling = _sampling(request.sampling, violations, limits)
+    if len(request.continuation.text) > limits.max_prompt_chars:
+        # Input like the prompt (a resume sends the text already generated).
+        violations.append(
+            FieldViolation(
+                "continuation.text",
+                f"is {len(request.continuation.text)} characters; "
+                f"at most {limits.max_prompt_chars}",
+            )
+        )
     if any(t < 0 for t in request.continuation.token_ids):
         violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
     if violations:

@@ -38,7 +38,7 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
         authorize: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[object]],
     ) -> None:
         self._clusters = clusters
-        self._authorize = authorize  # aborts with UNAUTHENTICATED when auth is on
+        self._authorize = authorize  # aborts UNAUTHENTICATED or PERMISSION_DENIED (auth on)
 
     async def ListEndpoints(  # noqa: N802 - gRPC method name
         self,

@@ -159,6 +159,7 @@ class Proxy:
         self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
         self.guard: Guard | None = None
         self.max_request_bytes: int | None = None
+        self.active = 0  # LLMService calls in progress, which a drain waits for
 
     def configure(
         self,
@@ -199,6 +200,7 @@ class Proxy:
             else:
                 record.key = principal.id
                 route = Guard.route(principal, table, model)
+                record.model = route.model  # a rate-limited request is counted by its route
                 limiter = principal.limiter
                 if limiter is not None:
                     limiter.admit()  # last: a refused request does not use the quota
@@ -256,6 +258,7 @@ class Proxy:
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate, relayed, retried on another endpoint when that can help."""
         record = RequestRecord("Generate")
+        self.active += 1
         try:
             call = await self._begin(record, request, context)
             route, model, deadline = call.route, call.model, call.deadline
@@ -303,6 +306,7 @@ class Proxy:
             record.code = _left_code(context)
             raise
         finally:
+            self.active -= 1
             record.finish()
 
     def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
@@ -335,6 +339,7 @@ class Proxy:
     async def stream_generate(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         """StreamGenerate, relayed; retried until its first message, then maybe resumed."""
         record = RequestRecord("StreamGenerate")
+        self.active += 1
         try:
             call = await self._begin(record, request, context)
             route, model, deadline = call.route, call.model, call.deadline
@@ -466,6 +471,7 @@ class Proxy:
             record.code = _left_code(context)
             raise
         finally:
+            self.active -= 1
             record.finish()
 
     def _channel_closed(self, pick: Pick) -> _Failure:

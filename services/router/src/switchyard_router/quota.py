@@ -77,15 +77,24 @@ class KeyLimiter:
         )
 
     def admit(self) -> None:
-        """Counts one request; RESOURCE_EXHAUSTED (with RetryInfo) if over a limit."""
-        if self.tokens is not None:
-            wait = self.tokens.wait()
-            if wait:
-                raise _exhausted("tokens_per_minute", self.tokens, wait)
+        """Counts one request; RESOURCE_EXHAUSTED (with RetryInfo) if over a limit.
+
+        When both limits are reached, the error names the one that frees up last,
+        so a caller that waits the stated time is admitted.
+        """
+        refusal: tuple[float, str, TokenBucket] | None = None
+        for limit, bucket in (
+            ("tokens_per_minute", self.tokens),
+            ("requests_per_minute", self.requests),
+        ):
+            if bucket is not None:
+                wait = bucket.wait()
+                if wait and (refusal is None or wait > refusal[0]):
+                    refusal = (wait, limit, bucket)
+        if refusal is not None:
+            wait, limit, bucket = refusal
+            raise _exhausted(limit, bucket, wait)
         if self.requests is not None:
-            wait = self.requests.wait()
-            if wait:
-                raise _exhausted("requests_per_minute", self.requests, wait)
             self.requests.take(1)
 
     def charge(self, tokens: int) -> None:

@@ -8,17 +8,19 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchyard import tracing
 from switchyard.configfile import ConfigError
+from switchyard.listener import bind
 from switchyard.metrics_server import start_metrics_server
-from switchyard.status import StatusError
+from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
@@ -38,6 +40,10 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
+_STATUS_FLUSH_SECONDS = 0.5
+# Listener settings a reload cannot change (the certificate files themselves are
+# re-read when they change).
+_LISTENER_KEYS = ("tls", "max_message_bytes")
 
 
 class Router:
@@ -70,7 +76,7 @@ class Router:
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters, self._authenticate), self.server
+            RouterAdmin(lambda: self.clusters, self._authorize_admin), self.server
         )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
@@ -89,24 +95,37 @@ class Router:
                 "Generate": grpc.unary_unary_rpc_method_handler(self.proxy.generate),
                 "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.proxy.stream_generate),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
-                    self._list_models,
-                    request_deserializer=pb.ListModelsRequest.FromString,
+                    self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,
                 ),
             },
         )
 
     async def _list_models(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         principal = await self._authenticate(context)
+        try:
+            pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
+            if principal is not None and principal.limiter is not None:
+                # It asks every endpoint: a request like any other for the key's rate.
+                principal.limiter.admit()
+        except DecodeError as error:
+            reason = f"not a ListModelsRequest: {error}"
+            await _refuse(context, invalid_argument(FieldViolation("request", reason)))
+        except StatusError as error:
+            await _refuse(context, error)
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
-        # A key limited to some models sees only those.
-        return await catalog.list_models(self.proxy.table, timeout, allowed)
+        self.proxy.active += 1  # a drain lets it finish too
+        try:
+            # A key limited to some models sees only those.
+            return await catalog.list_models(self.proxy.table, timeout, allowed)
+        finally:
+            self.proxy.active -= 1
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
         """The caller's key when auth is on (else None); aborts UNAUTHENTICATED."""
@@ -116,10 +135,20 @@ class Router:
         try:
             return guard.authenticate(context.invocation_metadata())
         except StatusError as error:
-            await context.abort(
-                error.code, error.message, trailing_metadata=error.trailing_metadata()
+            await _refuse(context, error)
+
+    async def _authorize_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The admin service shows every cluster's endpoints and models: only keys
+        without a ``models`` limit may see it (else PERMISSION_DENIED)."""
+        principal = await self._authenticate(context)
+        if principal is not None and principal.models is not None:
+            error = StatusError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this API key is limited to some models; the admin service needs a key "
+                "without a `models` limit",
+                reason="ADMIN_NOT_ALLOWED",
             )
-            raise AssertionError("unreachable: context.abort raises") from None
+            await _refuse(context, error)
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
@@ -146,22 +175,18 @@ class Router:
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
+        for key in _LISTENER_KEYS:  # the gRPC server's own settings, fixed at start
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed: takes effect on restart", key)
+        if config.limits.server_options() != self.config.limits.server_options():
+            log.warning("connection limits changed: take effect on restart")
         self.config = config
         for cluster in gone:  # in-flight requests finish on the endpoints they hold
             self._spawn(cluster.close(config.drain_grace_seconds), f"close {cluster.name}")
 
     async def start(self) -> int:
         await self.apply(self.config)
-        try:
-            if self.config.tls is None:
-                port = self.server.add_insecure_port(self.config.listen)
-            else:
-                credentials = self.config.tls.files().server_credentials()
-                port = self.server.add_secure_port(self.config.listen, credentials)
-        except OSError as error:
-            raise ConfigError(f"tls: cannot read certificate files: {error}") from None
-        except RuntimeError as error:  # grpcio raises where it used to return 0
-            raise ConfigError(f"listen: cannot bind {self.config.listen}: {error}") from None
+        port = bind(self.server, self.config.listen, self.config.tls)
         # Give health streams a moment so the first requests find healthy endpoints.
         deadline = time.monotonic() + _INITIAL_HEALTH_WAIT_SECONDS
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
@@ -258,8 +283,26 @@ class Router:
         return True
 
     async def drain(self) -> None:
+        """NOT_SERVING, refuse new calls, let LLMService calls in flight finish (up
+        to ``drain_grace_seconds``), then stop.
+
+        The wait is for those calls only: ``server.stop(grace)`` alone would also
+        wait for every client's open Health.Watch stream, i.e. the whole grace period.
+        """
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.drain_grace_seconds)
+        grace = self.config.drain_grace_seconds
+        stopping = asyncio.ensure_future(self.server.stop(grace))  # no new calls from now
+        deadline = time.monotonic() + grace
+        log.info("draining: %d requests in flight, up to %.0fs to finish", self.proxy.active, grace)
+        # Polled: the hot path updates a plain counter, not an event.
+        while self.proxy.active and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.proxy.active:
+            log.warning("grace period over; cancelling %d requests", self.proxy.active)
+        else:  # a handler that returned may still be sending its status: a moment for it
+            await asyncio.wait({stopping}, timeout=_STATUS_FLUSH_SECONDS)
+        await self.server.stop(0)  # ends what is left: health watches, overdue requests
+        await stopping
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
@@ -298,6 +341,12 @@ async def serve(
     await router.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
+    """Ends the call with ``error`` and its details."""
+    await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    raise AssertionError("unreachable: context.abort raises")
 
 
 def _closes_open_services(config: RouterConfig) -> bool:
@@ -343,7 +392,7 @@ def _refusing(
     """A handler of the same shape that ends the call with ``error``."""
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+        await _refuse(context, error)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,

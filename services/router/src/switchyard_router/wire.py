@@ -9,6 +9,8 @@ a handful), so its cost does not grow with the prompt's size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 _MODEL_TAG = (1 << 3) | 2  # field 1, length-delimited
 
 
@@ -38,31 +40,35 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _model_spans(data: bytes) -> list[tuple[int, int, int]]:
-    """(field start, value start, value end) of every `model` field occurrence."""
-    spans = []
+def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(key, field start, value start, value end) of each top-level field; the value
+    of a length-delimited field is its bytes without the length."""
     pos = 0
     end = len(data)
     while pos < end:
         start = pos
         key, pos = _varint(data, pos)
         wire_type = key & 7
+        value_start = pos
         if wire_type == 0:
             _, pos = _varint(data, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if key == _MODEL_TAG:
-                spans.append((start, pos, pos + length))
-            pos += length
+            length, value_start = _varint(data, pos)
+            pos = value_start + length
         elif wire_type == 5:
             pos += 4
         else:
             raise MalformedRequestError(f"unsupported wire type {wire_type}")
         if pos > end:
             raise MalformedRequestError("field runs past the end of the message")
-    return spans
+        yield key, start, value_start, pos
+
+
+def _model_spans(data: bytes) -> list[tuple[int, int, int]]:
+    """(field start, value start, value end) of every `model` field occurrence."""
+    return [(start, value, end) for key, start, value, end in _fields(data) if key == _MODEL_TAG]
 
 
 def read_model(data: bytes) -> str:
@@ -101,24 +107,10 @@ STREAM_USAGE_FIELD = 5  # StreamGenerateResponse.usage (only the last message ha
 def _field(data: bytes, number: int) -> bytes | None:
     """The bytes of the last length-delimited field ``number`` at the top level (or None)."""
     found = None
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        wire_type = key & 7
-        if wire_type == 0:
-            _, pos = _varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if key >> 3 == number:
-                found = data[pos : pos + length]
-            pos += length
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise MalformedRequestError(f"unsupported wire type {wire_type}")
+    tag = (number << 3) | 2
+    for key, _, value_start, value_end in _fields(data):
+        if key == tag:
+            found = data[value_start:value_end]
     return found
 
 
