@@ -17,11 +17,13 @@ One aiohttp server answers three APIs, as the real services do:
 The backends always stream, so generations are answered as streams only. The
 reply is ``Hello from <vendor>: <the last input>``, one word per token.
 The provider model name picks a fault, so one server serves every test:
-``fault-429``, ``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
-``fault-context``, ``fault-malformed``, ``fault-drop``, ``fault-slow`` (first
-byte after 5 s), ``slow-stream`` (a token every 50 ms, 200 tokens). Unknown
-models get the vendor's 404. Every request is recorded (path, headers, body,
-and whether the client went away before the end).
+``fault-429``, ``fault-429-reset`` (no retry-after: only the vendor's rate-limit
+reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
+``fault-500``, ``fault-529``, ``fault-overloaded-midstream``, ``fault-context``,
+``fault-malformed``, ``fault-drop``, ``fault-slow`` (first byte after 5 s),
+``slow-stream`` (a token every 50 ms, 200 tokens). Unknown models get the
+vendor's 404. Every request is recorded (path, headers, body, and whether the
+client went away before the end).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +42,8 @@ VALID_KEY = "sk-test-valid-key-0123456789abcdef"
 MODELS = [
     "ok",
     "fault-429",
+    "fault-429-reset",
+    "fault-429-odd-header",
     "fault-500",
     "fault-529",
     "fault-overloaded-midstream",
@@ -50,7 +55,30 @@ MODELS = [
 ]
 SLOW_FIRST_BYTE_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 7
+RATE_LIMIT_RESET_SECONDS = 90  # fault-429-reset: when the exhausted limit resets
 OLLAMA_CONTEXT_LENGTH = 2048  # what /api/show reports for every model
+
+
+def _reset_headers(vendor: str) -> dict[str, str]:
+    """Rate-limit headers without retry-after: requests exhausted, tokens left."""
+    if vendor == "anthropic":  # RFC 3339 times
+        now = datetime.now(UTC)
+        return {
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": (
+                now + timedelta(seconds=RATE_LIMIT_RESET_SECONDS)
+            ).isoformat(),
+            "anthropic-ratelimit-tokens-remaining": "900",
+            "anthropic-ratelimit-tokens-reset": (now + timedelta(seconds=2)).isoformat(),
+        }
+    minutes, seconds = divmod(RATE_LIMIT_RESET_SECONDS, 60)
+    return {  # OpenAI's durations
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": f"{minutes}m{seconds}s",
+        "x-ratelimit-remaining-tokens": "900",
+        "x-ratelimit-reset-tokens": "2s",
+    }
 
 
 @dataclass
@@ -208,6 +236,13 @@ class FakeVendors:
                 "x-ratelimit-reset-requests": f"{RETRY_AFTER_SECONDS}s",
                 "anthropic-ratelimit-requests-remaining": "0",
             }
+            return self._error(vendor, 429, "rate_limit_error", "Rate limit reached", headers)
+        if model == "fault-429-reset":  # the requests limit ran out; the tokens one did not
+            return self._error(
+                vendor, 429, "rate_limit_error", "Rate limit reached", _reset_headers(vendor)
+            )
+        if model == "fault-429-odd-header":
+            headers = {"retry-after": "soon"}
             return self._error(vendor, 429, "rate_limit_error", "Rate limit reached", headers)
         if model == "fault-500":
             return self._error(vendor, 500, "api_error", "The server had an error")
