@@ -394,8 +394,8 @@ class TracedTransport(httpx2.AsyncBaseTransport):
 
     The span is a child of whatever span is current (the model server's request
     span). It ends when the response headers arrive (a stream's body is the
-    model server's span). Only method, URL without query, host, port and
-    status are recorded: never headers (the API key) or bodies (the prompt).
+    model server's span). Only method, URL without query or credentials, host,
+    port and status are recorded: never headers (the API key) or bodies (the prompt).
     """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, provider: str) -> None:
@@ -409,9 +409,12 @@ class TracedTransport(httpx2.AsyncBaseTransport):
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         url = request.url
+        # Credentials in the URL (a gateway's user:password@) are redacted as the
+        # HTTP conventions ask; the query (where some gateways take keys) is dropped.
+        userinfo = b"REDACTED:REDACTED" if url.userinfo else b""
         attributes: dict[str, Any] = {
             "http.request.method": request.method,
-            "url.full": str(url.copy_with(query=None)),
+            "url.full": str(url.copy_with(query=None, userinfo=userinfo)),
             "server.address": url.host,
             "gen_ai.provider.name": self._provider,
         }
