@@ -419,6 +419,24 @@ def test_anthropic_overloaded_error_inside_a_stream_is_unavailable(
     assert "overloaded" in message
 
 
+@pytest.mark.parametrize(
+    ("kind", "code", "reason"),
+    [
+        ("openai", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        ("anthropic", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        # Ollama's error lines carry no type: a broken stream, which the router resumes.
+        ("ollama", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
+    ],
+)
+def test_an_error_event_inside_a_stream_goes_through_the_same_table(
+    kind: str, code: grpc.StatusCode, reason: str, cloud: dict[str, ServerProcess]
+) -> None:
+    got_code, message, details = failure(
+        lambda: stream(cloud[kind], chat("fault-ratelimit-midstream"))
+    )
+    assert (got_code, details.reason) == (code, reason), message
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_slow_first_byte_past_the_deadline_is_deadline_exceeded(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors

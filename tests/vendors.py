@@ -19,7 +19,8 @@ reply is ``Hello from <vendor>: <the last input>``, one word per token.
 The provider model name picks a fault, so one server serves every test:
 ``fault-429``, ``fault-429-reset`` (no retry-after: only the vendor's rate-limit
 reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
-``fault-500``, ``fault-529``, ``fault-overloaded-midstream``, ``fault-context``,
+``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
+``fault-ratelimit-midstream`` (a rate-limit error event inside the stream), ``fault-context``,
 ``fault-malformed``, ``fault-drop``, ``fault-slow`` (first byte after 5 s),
 ``slow-stream`` (a token every 50 ms, 200 tokens). Unknown models get the
 vendor's 404. Every request is recorded (path, headers, body, and whether the
@@ -47,6 +48,7 @@ MODELS = [
     "fault-500",
     "fault-529",
     "fault-overloaded-midstream",
+    "fault-ratelimit-midstream",
     "fault-context",
     "fault-malformed",
     "fault-drop",
@@ -79,6 +81,17 @@ def _reset_headers(vendor: str) -> dict[str, str]:
         "x-ratelimit-remaining-tokens": "900",
         "x-ratelimit-reset-tokens": "2s",
     }
+
+
+def _rate_limit_event(path: str) -> bytes:
+    """A rate-limit error inside a 200 stream, as each vendor writes one."""
+    if path.startswith("/api/"):  # Ollama's error lines have no type
+        return b'{"error": "rate limit reached"}\n'
+    if path == "/v1/messages":
+        error = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit"}}
+        return f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    error = {"error": {"message": "Rate limit", "type": "requests", "code": "rate_limit_exceeded"}}
+    return f"data: {json.dumps(error)}\n\n".encode()
 
 
 @dataclass
@@ -304,6 +317,12 @@ class FakeVendors:
                     assert request.transport is not None
                     request.transport.close()  # the connection dies mid-stream
                     record.events.append("dropped")
+                    record.finished = True
+                    return response
+                if model == "fault-ratelimit-midstream" and index == 2:
+                    await response.write(_rate_limit_event(request.path))
+                    record.events.append("rate limited")
+                    await response.write_eof()
                     record.finished = True
                     return response
                 if model == "fault-malformed" and index == 2:

@@ -251,6 +251,40 @@ def _rate_limit_reset(headers: Mapping[str, str]) -> float | None:
     return max(exhausted or [seconds for _, seconds in resets], default=None)
 
 
+# The HTTP status an error event inside a 200 stream stands for, by its type or
+# code (Anthropic's and OpenAI's names), so that it meets the same table.
+_ERROR_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_event_status(*names: object) -> int | None:
+    """The HTTP status of an error event inside a stream, from the first of its
+    type or code that names one (OpenAI-compatible servers such as vLLM put the
+    status itself in ``code``); None when none does."""
+    for name in names:
+        text = str(name) if isinstance(name, int | str) else ""
+        if text.isdigit() and 400 <= int(text) <= 599:
+            return int(text)
+        if text in _ERROR_EVENT_STATUS:
+            return _ERROR_EVENT_STATUS[text]
+    return None
+
+
 MODEL_LIST = CloudModel(id="(model list)")
 """Stands for the provider's model list in the errors of the startup check and probes."""
 

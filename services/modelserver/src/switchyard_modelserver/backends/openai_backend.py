@@ -117,7 +117,19 @@ class OpenAIBackend(CloudBackend):
                 return status
             return cloud.connection_error(self.provider, model, type(error).__name__)
         if isinstance(error, openai.APIError):  # an error event inside the stream
-            return cloud.broken_stream_error(self.provider, model, _message(error))
+            inner = error.body if isinstance(error.body, dict) else {}
+            event_status = cloud.error_event_status(inner.get("code"), inner.get("type"))
+            if event_status is None:
+                return cloud.broken_stream_error(self.provider, model, _message(error))
+            return cloud.http_status_error(
+                provider=self.provider,
+                status=event_status,
+                message=_message(error),
+                model=model,
+                headers={},
+                request=request,
+                error_type=_error_type(error.body),
+            )
         if isinstance(error, ValueError):  # a chunk that is not JSON
             return cloud.broken_stream_error(self.provider, model, "malformed chunk")
         return cloud.transport_error(self.provider, model, error)
