@@ -58,6 +58,15 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     assert model_span["parent"] == rpc_span["span_id"]
     assert model_span["kind"] == "SPAN_KIND_CLIENT"
     assert model_span["name"] == "chat ok"
+    # The vendor's usage and stop reason: three prompt words in, "Hello from KIND: the
+    # secret prompt" out.
+    attributes = model_span["attributes"]
+    assert attributes["gen_ai.provider.name"] == kind
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        3,
+        6,
+    )
+    assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert http_span["parent"] == model_span["span_id"]
     assert http_span["attributes"]["http.request.method"] == "POST"
     assert http_span["attributes"]["http.response.status_code"] == 200
