@@ -699,9 +699,25 @@ class CloudBackend(Backend):
         if self._health is not None:
             self._health.succeeded(model.id)
 
-    def _failed(self, model: CloudModel, error: StatusError) -> None:
+    async def sdk_model_ids(self, client: Any) -> set[str]:
+        """The model ids an official SDK client's ``models.list()`` pages through;
+        a failure becomes the table's StatusError, with the key scrubbed."""
+        try:
+            page = await client.models.list(timeout=self.options.connect_timeout_seconds)
+            return {model.id async for model in page}
+        except Exception as error:
+            status = self.status_of(error, MODEL_LIST, None)
+            if status is None:
+                raise
+            self._scrub(status)
+            raise status from None
+
+    def _scrub(self, error: StatusError) -> None:
         error.message = self.secret.scrub(error.message)
         error.args = (error.message,)
+
+    def _failed(self, model: CloudModel, error: StatusError) -> None:
+        self._scrub(error)
         if self._health is not None:
             self._health.failed(model.id, error)
 

@@ -86,15 +86,7 @@ class OpenAIBackend(CloudBackend):
         return self._secret
 
     async def list_provider_models(self) -> set[str] | None:
-        try:
-            page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
-            return {model.id async for model in page}
-        except Exception as error:
-            status = self.status_of(error, cloud.MODEL_LIST, None)
-            if status is None:
-                raise
-            status.message = self._secret.scrub(status.message)
-            raise status from None
+        return await self.sdk_model_ids(self._client)
 
     def status_of(
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
