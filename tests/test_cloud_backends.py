@@ -561,6 +561,31 @@ def test_a_startup_check_with_a_wrong_key_starts_not_serving(
     assert WRONG_KEY not in server.log()
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_fixed_key_file_is_picked_up_without_a_restart(
+    kind: str, workdir: Path, vendors: FakeVendors
+) -> None:
+    key_file = workdir / f"rotated-key-{kind}"
+    key_file.write_text(WRONG_KEY)
+    server = start_modelserver(
+        workdir,
+        f"cloud-rotated-key-{kind}",
+        backend_config(kind, vendors.url, key_file, probe_interval_seconds=0.5),
+        wait=False,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "rejected" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health_status(server.address, "ok") == "NOT_SERVING"
+        key_file.write_text(VALID_KEY + "\n")  # the operator fixes the mounted secret
+        server.wait_serving("ok", timeout=20)  # the next probe reads it and succeeds
+        assert generate(server, chat("ok")).text == f"Hello from {kind}: hi there"
+    finally:
+        server.stop()
+    assert WRONG_KEY not in server.log() and VALID_KEY not in server.log()
+
+
 def test_the_api_key_can_come_from_an_environment_variable(
     workdir: Path, vendors: FakeVendors
 ) -> None:

@@ -68,6 +68,10 @@ class AnthropicBackend(CloudBackend):
     def secret(self) -> Secret:
         return self._secret
 
+    def use_secret(self, secret: Secret) -> None:
+        self._secret = secret
+        self._client.api_key = secret.reveal()
+
     async def list_provider_models(self) -> set[str] | None:
         return await self.sdk_model_ids(self._client)
 

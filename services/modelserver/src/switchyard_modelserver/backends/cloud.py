@@ -549,6 +549,7 @@ class ProviderHealth:
     async def _probe_until_up(self) -> None:
         while self._down:
             await asyncio.sleep(self._backend.options.probe_interval_seconds)
+            self._backend.reload_secret()  # the operator may have fixed the key's file
             try:
                 missing = await self._backend.check()
             except StatusError as error:
@@ -725,6 +726,24 @@ class CloudBackend(Backend):
     @abc.abstractmethod
     def secret(self) -> Secret:
         """The backend's API key."""
+
+    @abc.abstractmethod
+    def use_secret(self, secret: Secret) -> None:
+        """Sends ``secret`` as the API key from the next request on."""
+
+    def reload_secret(self) -> None:
+        """Re-reads ``api_key_file`` (a rotated or fixed Kubernetes secret is seen
+        without a restart); a key from the environment cannot change."""
+        if self.options.api_key_file is None:
+            return
+        try:
+            fresh = load_secret(self.options, required=False, kind=self.kind)
+        except ValueError as error:  # mid-rotation: keep the old key for now
+            log.info("cannot reload the API key: %s", error)
+            return
+        if fresh.reveal() != self.secret.reveal():
+            log.info("API key file %s changed; using the new key", self.options.api_key_file)
+            self.use_secret(fresh)
 
     async def close(self) -> None:
         if self._health is not None:
