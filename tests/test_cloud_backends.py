@@ -13,7 +13,14 @@ import grpc
 import pytest
 from conftest import start_modelserver
 from processes import ServerProcess, free_port, health_status
-from vendors import MODELS, OLLAMA_CONTEXT_LENGTH, RETRY_AFTER_SECONDS, VALID_KEY, FakeVendors
+from vendors import (
+    MODELS,
+    OLLAMA_CONTEXT_LENGTH,
+    RATE_LIMIT_RESET_SECONDS,
+    RETRY_AFTER_SECONDS,
+    VALID_KEY,
+    FakeVendors,
+)
 
 from switchyard import Client, FailedPreconditionError
 from switchyard.status import StatusDetails, parse_details
@@ -332,6 +339,28 @@ def test_retry_after_reads_milliseconds_seconds_and_http_dates() -> None:
     assert retry_after({}) == 1.0  # a 429 without a header still says when to retry
 
 
+def test_retry_after_falls_back_to_the_reset_of_the_exhausted_rate_limit() -> None:
+    from switchyard_modelserver.backends.cloud import retry_after
+
+    openai_headers = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1m30.5s",
+        "x-ratelimit-remaining-tokens": "100",
+        "x-ratelimit-reset-tokens": "20ms",
+    }
+    assert retry_after(openai_headers) == 90.5  # the limit that ran out, not the soonest
+    # None says it ran out (the request needs more than is left): wait for the later one.
+    assert (
+        retry_after({"x-ratelimit-reset-tokens": "20ms", "x-ratelimit-reset-requests": "2s"}) == 2
+    )
+    assert retry_after({**openai_headers, "retry-after": "3"}) == 3.0  # retry-after comes first
+    # Headers no one can read count as absent: they never fail the request.
+    for odd in ("soon", "inf", "nan", "Mon, 99 Foo 2025"):
+        assert retry_after({"retry-after": odd, "x-ratelimit-reset-requests": "4s"}) == 4.0
+        assert retry_after({"retry-after": odd}) == 1.0
+    assert retry_after({"retry-after": "-5"}) == 0.0
+
+
 def test_a_key_echoed_by_a_provider_is_scrubbed_but_config_names_are_not() -> None:
     from switchyard_modelserver.backends.cloud import Secret
 
@@ -346,6 +375,8 @@ def test_a_key_echoed_by_a_provider_is_scrubbed_but_config_names_are_not() -> No
 
 ERRORS = [
     ("fault-429", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+    ("fault-429-reset", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+    ("fault-429-odd-header", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
     ("fault-500", grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
     ("fault-529", grpc.StatusCode.UNAVAILABLE, "PROVIDER_OVERLOADED"),
     ("fault-context", grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED"),
@@ -368,6 +399,10 @@ def test_vendor_failures_map_onto_the_error_table(
     assert (got_code, details.reason) == (code, reason), message
     if model == "fault-429":  # RetryInfo comes from the vendor's retry-after header
         assert details.retry_after == pytest.approx(RETRY_AFTER_SECONDS)
+    if model == "fault-429-reset":  # ... else from its rate-limit headers
+        assert details.retry_after == pytest.approx(RATE_LIMIT_RESET_SECONDS, abs=5)
+    if model == "fault-429-odd-header":  # ... and a header no one can read is not INTERNAL
+        assert details.retry_after == 1.0
     if model == "fault-context":
         assert "context length" in message
     if model == "missing":
@@ -384,14 +419,42 @@ def test_anthropic_overloaded_error_inside_a_stream_is_unavailable(
     assert "overloaded" in message
 
 
+@pytest.mark.parametrize(
+    ("kind", "code", "reason"),
+    [
+        ("openai", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        ("anthropic", grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+        # Ollama's error lines carry no type: a broken stream, which the router resumes.
+        ("ollama", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
+    ],
+)
+def test_an_error_event_inside_a_stream_goes_through_the_same_table(
+    kind: str, code: grpc.StatusCode, reason: str, cloud: dict[str, ServerProcess]
+) -> None:
+    got_code, message, details = failure(
+        lambda: stream(cloud[kind], chat("fault-ratelimit-midstream"))
+    )
+    assert (got_code, details.reason) == (code, reason), message
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_slow_first_byte_past_the_deadline_is_deadline_exceeded(
-    kind: str, cloud: dict[str, ServerProcess]
+    kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    started = time.monotonic()
     code, _, _ = failure(lambda: generate(cloud[kind], chat("fault-slow"), timeout=1.0))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 4.5  # the vendor's first byte comes after 5 s
+    # The model server hung up: the vendor's first byte (after 5 s) found no one.
+    assert vendors.received("fault-slow").client_went_away
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_trickling_past_the_deadline_is_cut_off(
+    kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
+) -> None:
+    # A token every 50 ms never trips a per-read HTTP timeout; the deadline still ends it.
+    code, _, _ = failure(lambda: stream(cloud[kind], chat("slow-stream"), timeout=1.0))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert vendors.received("slow-stream").client_went_away  # long before its 200 tokens
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
@@ -499,6 +562,31 @@ def test_a_startup_check_with_a_wrong_key_starts_not_serving(
     finally:
         server.stop()
     assert WRONG_KEY not in server.log()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_fixed_key_file_is_picked_up_without_a_restart(
+    kind: str, workdir: Path, vendors: FakeVendors
+) -> None:
+    key_file = workdir / f"rotated-key-{kind}"
+    key_file.write_text(WRONG_KEY)
+    server = start_modelserver(
+        workdir,
+        f"cloud-rotated-key-{kind}",
+        backend_config(kind, vendors.url, key_file, probe_interval_seconds=0.5),
+        wait=False,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "rejected" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health_status(server.address, "ok") == "NOT_SERVING"
+        key_file.write_text(VALID_KEY + "\n")  # the operator fixes the mounted secret
+        server.wait_serving("ok", timeout=20)  # the next probe reads it and succeeds
+        assert generate(server, chat("ok")).text == f"Hello from {kind}: hi there"
+    finally:
+        server.stop()
+    assert WRONG_KEY not in server.log() and VALID_KEY not in server.log()
 
 
 def test_the_api_key_can_come_from_an_environment_variable(

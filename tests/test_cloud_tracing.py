@@ -58,6 +58,15 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     assert model_span["parent"] == rpc_span["span_id"]
     assert model_span["kind"] == "SPAN_KIND_CLIENT"
     assert model_span["name"] == "chat ok"
+    # The vendor's usage and stop reason: three prompt words in, "Hello from KIND: the
+    # secret prompt" out.
+    attributes = model_span["attributes"]
+    assert attributes["gen_ai.provider.name"] == kind
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        3,
+        6,
+    )
+    assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert http_span["parent"] == model_span["span_id"]
     assert http_span["attributes"]["http.request.method"] == "POST"
     assert http_span["attributes"]["http.response.status_code"] == 200
@@ -68,3 +77,29 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     everything = repr(spans)
     assert VALID_KEY not in everything
     assert "secret prompt" not in everything
+
+
+def test_credentials_in_the_base_url_are_redacted_from_the_http_span(
+    receiver: tuple[Receiver, str], vendors: FakeVendors, workdir: Path
+) -> None:
+    collector, endpoint = receiver
+    key_file = workdir / "traced-key-userinfo"
+    key_file.write_text(VALID_KEY)
+    config = backend_config("ollama", vendors.url, key_file, startup_check=False)
+    # A gateway in front of Ollama that takes basic auth in the address.
+    gateway = vendors.url.replace("http://", "http://gateway-user:gateway-password-42@")
+    config["backend"]["base_url"] = gateway
+    server = _start(workdir, "traced-userinfo", "switchyard_modelserver", config, _env(endpoint))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            pb_grpc.LLMServiceStub(channel).Generate(
+                pb.GenerateRequest(model="ok-text", prompt="hi"), timeout=20
+            )
+        spans = collector.wait_for(3)
+    finally:
+        server.stop()
+    [http_span] = [s for s in spans if "http.request.method" in s["attributes"]]
+    redacted = vendors.url.replace("http://", "http://REDACTED:REDACTED@")
+    assert http_span["attributes"]["url.full"] == f"{redacted}/api/generate"
+    assert "gateway-password-42" not in repr(spans)
+    assert "gateway-password-42" not in server.log()

@@ -177,3 +177,33 @@ def test_a_request_the_caller_leaves_still_counts_its_prompt_tokens(fleet: Fleet
         assert time.monotonic() < deadline, scrape(server_metrics)
         time.sleep(0.05)
     assert value(scrape(server_metrics), name, **labels) - before == 3 * 4
+
+
+def test_a_failover_moves_the_retries_counter_by_one(fleet: Fleet) -> None:
+    router_metrics = free_port()
+    broken = fleet.scripted("broken", [{"id": "m", "fail_after_tokens": 0}])
+    server = fleet.scripted("server", [{"id": "m", "reply": "fine"}])
+    router = fleet.router(
+        {
+            "metrics_listen": f"127.0.0.1:{router_metrics}",
+            "clusters": {
+                "first": {"endpoints": [broken.address]},
+                "second": {"endpoints": [server.address]},
+            },
+            "routes": [
+                {
+                    "model": "m",
+                    "targets": [{"cluster": "first"}, {"cluster": "second", "priority": 1}],
+                }
+            ],
+        }
+    )
+    before = scrape(router_metrics)
+    with Client(router.address, max_retries=0) as client:
+        assert client.generate("m", "x").text == "fine"  # the first attempt failed
+    after = scrape(router_metrics)
+    retries = "switchyard_router_retries_total"
+    assert value(after, retries, model="m") - value(before, retries, model="m") == 1
+    requests = "switchyard_router_requests_total"
+    labels = {"method": "Generate", "model": "m", "code": "OK"}
+    assert value(after, requests, **labels) - value(before, requests, **labels) == 1

@@ -17,11 +17,14 @@ One aiohttp server answers three APIs, as the real services do:
 The backends always stream, so generations are answered as streams only. The
 reply is ``Hello from <vendor>: <the last input>``, one word per token.
 The provider model name picks a fault, so one server serves every test:
-``fault-429``, ``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
-``fault-context``, ``fault-malformed``, ``fault-drop``, ``fault-slow`` (first
-byte after 5 s), ``slow-stream`` (a token every 50 ms, 200 tokens). Unknown
-models get the vendor's 404. Every request is recorded (path, headers, body,
-and whether the client went away before the end).
+``fault-429``, ``fault-429-reset`` (no retry-after: only the vendor's rate-limit
+reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
+``fault-500``, ``fault-529``, ``fault-overloaded-midstream``,
+``fault-ratelimit-midstream`` (a rate-limit error event inside the stream), ``fault-context``,
+``fault-malformed``, ``fault-drop``, ``fault-slow`` (first byte after 5 s),
+``slow-stream`` (a token every 50 ms, 200 tokens). Unknown models get the
+vendor's 404. Every request is recorded (path, headers, body, and whether the
+client went away before the end).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -39,9 +43,12 @@ VALID_KEY = "sk-test-valid-key-0123456789abcdef"
 MODELS = [
     "ok",
     "fault-429",
+    "fault-429-reset",
+    "fault-429-odd-header",
     "fault-500",
     "fault-529",
     "fault-overloaded-midstream",
+    "fault-ratelimit-midstream",
     "fault-context",
     "fault-malformed",
     "fault-drop",
@@ -50,7 +57,41 @@ MODELS = [
 ]
 SLOW_FIRST_BYTE_SECONDS = 5.0
 RETRY_AFTER_SECONDS = 7
+RATE_LIMIT_RESET_SECONDS = 90  # fault-429-reset: when the exhausted limit resets
 OLLAMA_CONTEXT_LENGTH = 2048  # what /api/show reports for every model
+
+
+def _reset_headers(vendor: str) -> dict[str, str]:
+    """Rate-limit headers without retry-after: requests exhausted, tokens left."""
+    if vendor == "anthropic":  # RFC 3339 times
+        now = datetime.now(UTC)
+        return {
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": (
+                now + timedelta(seconds=RATE_LIMIT_RESET_SECONDS)
+            ).isoformat(),
+            "anthropic-ratelimit-tokens-remaining": "900",
+            "anthropic-ratelimit-tokens-reset": (now + timedelta(seconds=2)).isoformat(),
+        }
+    minutes, seconds = divmod(RATE_LIMIT_RESET_SECONDS, 60)
+    return {  # OpenAI's durations
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": f"{minutes}m{seconds}s",
+        "x-ratelimit-remaining-tokens": "900",
+        "x-ratelimit-reset-tokens": "2s",
+    }
+
+
+def _rate_limit_event(path: str) -> bytes:
+    """A rate-limit error inside a 200 stream, as each vendor writes one."""
+    if path.startswith("/api/"):  # Ollama's error lines have no type
+        return b'{"error": "rate limit reached"}\n'
+    if path == "/v1/messages":
+        error = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit"}}
+        return f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    error = {"error": {"message": "Rate limit", "type": "requests", "code": "rate_limit_exceeded"}}
+    return f"data: {json.dumps(error)}\n\n".encode()
 
 
 @dataclass
@@ -209,6 +250,13 @@ class FakeVendors:
                 "anthropic-ratelimit-requests-remaining": "0",
             }
             return self._error(vendor, 429, "rate_limit_error", "Rate limit reached", headers)
+        if model == "fault-429-reset":  # the requests limit ran out; the tokens one did not
+            return self._error(
+                vendor, 429, "rate_limit_error", "Rate limit reached", _reset_headers(vendor)
+            )
+        if model == "fault-429-odd-header":
+            headers = {"retry-after": "soon"}
+            return self._error(vendor, 429, "rate_limit_error", "Rate limit reached", headers)
         if model == "fault-500":
             return self._error(vendor, 500, "api_error", "The server had an error")
         if model == "fault-529":
@@ -269,6 +317,12 @@ class FakeVendors:
                     assert request.transport is not None
                     request.transport.close()  # the connection dies mid-stream
                     record.events.append("dropped")
+                    record.finished = True
+                    return response
+                if model == "fault-ratelimit-midstream" and index == 2:
+                    await response.write(_rate_limit_event(request.path))
+                    record.events.append("rate limited")
+                    await response.write_eof()
                     record.finished = True
                     return response
                 if model == "fault-malformed" and index == 2:

@@ -35,21 +35,6 @@ _FINISH = {
     "refusal": FinishReason.CONTENT_FILTER,
 }
 
-# The HTTP status each error type of the API's error bodies stands for (an
-# error event inside a 200 stream carries only the type).
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
 
 class AnthropicOptions(CloudOptions):
     """Options of the anthropic backend."""
@@ -83,16 +68,12 @@ class AnthropicBackend(CloudBackend):
     def secret(self) -> Secret:
         return self._secret
 
+    def use_secret(self, secret: Secret) -> None:
+        self._secret = secret
+        self._client.api_key = secret.reveal()
+
     async def list_provider_models(self) -> set[str] | None:
-        try:
-            page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
-            return {model.id async for model in page}
-        except Exception as error:
-            status = self.status_of(error, cloud.MODEL_LIST, None)
-            if status is None:
-                raise
-            status.message = self._secret.scrub(status.message)
-            raise status from None
+        return await self.sdk_model_ids(self._client)
 
     def status_of(
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
@@ -103,9 +84,10 @@ class AnthropicBackend(CloudBackend):
             error_type, message = _error_of(error.body)
             status = error.status_code
             if status < 400:  # an error event inside the stream
-                if error_type not in _ERROR_STATUS:
+                event_status = cloud.error_event_status(error_type)
+                if event_status is None:
                     return cloud.broken_stream_error(self.provider, model, message or error_type)
-                status = _ERROR_STATUS[error_type]
+                status = event_status
             return cloud.http_status_error(
                 provider=self.provider,
                 status=status,

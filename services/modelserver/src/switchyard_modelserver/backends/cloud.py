@@ -21,11 +21,13 @@ import abc
 import asyncio
 import email.utils
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -176,23 +178,111 @@ _CONTEXT_LENGTH = re.compile(
 )
 
 
+_MAX_RETRY_AFTER = 86400.0  # a day: longer is a broken header, not advice
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ms|us|µs|ns|h|m|s)")
+
+
 def retry_after(headers: Mapping[str, str], default: float = 1.0) -> float:
-    """Seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    if "retry-after-ms" in lowered:
-        try:
-            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
-    return default
+    """Seconds to wait: ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP
+    date), else when the exhausted rate limit resets (OpenAI's ``x-ratelimit-reset-*``
+    durations, Anthropic's ``anthropic-ratelimit-*-reset`` times). A header that
+    cannot be read counts as absent: a vendor's odd header never fails the request."""
+    lowered = {k.lower(): v.strip() for k, v in headers.items()}
+    milliseconds = _seconds(lowered.get("retry-after-ms", ""))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    value = lowered.get("retry-after", "")
+    seconds = _seconds(value)
+    if seconds is None:
+        seconds = _until(value, email.utils.parsedate_to_datetime)
+    if seconds is None:
+        seconds = _rate_limit_reset(lowered)
+    return default if seconds is None else seconds
+
+
+def _clamped(seconds: float) -> float | None:
+    return max(0.0, min(seconds, _MAX_RETRY_AFTER)) if math.isfinite(seconds) else None
+
+
+def _seconds(value: str) -> float | None:
+    try:
+        return _clamped(float(value))
+    except ValueError:
+        return None
+
+
+def _until(value: str, parse: Callable[[str], datetime]) -> float | None:
+    """Seconds from now until the time ``value`` names (None if it names none)."""
+    try:
+        moment = parse(value)
+    except (ValueError, TypeError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _clamped(moment.timestamp() - time.time())
+
+
+def _go_duration(value: str) -> float | None:
+    """``6m0s``, ``1.5s``, ``20ms`` (OpenAI's reset headers), or plain seconds."""
+    if _GO_DURATION.sub("", value) or not value:
+        return _seconds(value)
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    return _clamped(sum(float(n) * scale[unit] for n, unit in _GO_DURATION.findall(value)))
+
+
+def _rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """When the rate limit that ran out resets (the latest one if several did, or if
+    none says it ran out: the request may need more than one has left)."""
+    resets: list[tuple[bool, float]] = []
+    for name, value in headers.items():
+        if name.startswith("x-ratelimit-reset-"):
+            limit = name.removeprefix("x-ratelimit-reset-")
+            remaining = headers.get(f"x-ratelimit-remaining-{limit}")
+            seconds = _go_duration(value)
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):
+            limit = name.removeprefix("anthropic-ratelimit-").removesuffix("-reset")
+            remaining = headers.get(f"anthropic-ratelimit-{limit}-remaining")
+            seconds = _until(value, datetime.fromisoformat)
+        else:
+            continue
+        if seconds is not None:
+            resets.append((remaining == "0", seconds))
+    exhausted = [seconds for ran_out, seconds in resets if ran_out]
+    return max(exhausted or [seconds for _, seconds in resets], default=None)
+
+
+# The HTTP status an error event inside a 200 stream stands for, by its type or
+# code (Anthropic's and OpenAI's names), so that it meets the same table.
+_ERROR_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_event_status(*names: object) -> int | None:
+    """The HTTP status of an error event inside a stream, from the first of its
+    type or code that names one (OpenAI-compatible servers such as vLLM put the
+    status itself in ``code``); None when none does."""
+    for name in names:
+        text = str(name) if isinstance(name, int | str) else ""
+        if text.isdigit() and 400 <= int(text) <= 599:
+            return int(text)
+        if text in _ERROR_EVENT_STATUS:
+            return _ERROR_EVENT_STATUS[text]
+    return None
 
 
 MODEL_LIST = CloudModel(id="(model list)")
@@ -338,8 +428,8 @@ class TracedTransport(httpx2.AsyncBaseTransport):
 
     The span is a child of whatever span is current (the model server's request
     span). It ends when the response headers arrive (a stream's body is the
-    model server's span). Only method, URL without query, host, port and
-    status are recorded: never headers (the API key) or bodies (the prompt).
+    model server's span). Only method, URL without query or credentials, host,
+    port and status are recorded: never headers (the API key) or bodies (the prompt).
     """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, provider: str) -> None:
@@ -353,9 +443,12 @@ class TracedTransport(httpx2.AsyncBaseTransport):
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         url = request.url
+        # Credentials in the URL (a gateway's user:password@) are redacted as the
+        # HTTP conventions ask; the query (where some gateways take keys) is dropped.
+        userinfo = b"REDACTED:REDACTED" if url.userinfo else b""
         attributes: dict[str, Any] = {
             "http.request.method": request.method,
-            "url.full": str(url.copy_with(query=None)),
+            "url.full": str(url.copy_with(query=None, userinfo=userinfo)),
             "server.address": url.host,
             "gen_ai.provider.name": self._provider,
         }
@@ -456,6 +549,7 @@ class ProviderHealth:
     async def _probe_until_up(self) -> None:
         while self._down:
             await asyncio.sleep(self._backend.options.probe_interval_seconds)
+            self._backend.reload_secret()  # the operator may have fixed the key's file
             try:
                 missing = await self._backend.check()
             except StatusError as error:
@@ -606,9 +700,25 @@ class CloudBackend(Backend):
         if self._health is not None:
             self._health.succeeded(model.id)
 
-    def _failed(self, model: CloudModel, error: StatusError) -> None:
+    async def sdk_model_ids(self, client: Any) -> set[str]:
+        """The model ids an official SDK client's ``models.list()`` pages through;
+        a failure becomes the table's StatusError, with the key scrubbed."""
+        try:
+            page = await client.models.list(timeout=self.options.connect_timeout_seconds)
+            return {model.id async for model in page}
+        except Exception as error:
+            status = self.status_of(error, MODEL_LIST, None)
+            if status is None:
+                raise
+            self._scrub(status)
+            raise status from None
+
+    def _scrub(self, error: StatusError) -> None:
         error.message = self.secret.scrub(error.message)
         error.args = (error.message,)
+
+    def _failed(self, model: CloudModel, error: StatusError) -> None:
+        self._scrub(error)
         if self._health is not None:
             self._health.failed(model.id, error)
 
@@ -616,6 +726,24 @@ class CloudBackend(Backend):
     @abc.abstractmethod
     def secret(self) -> Secret:
         """The backend's API key."""
+
+    @abc.abstractmethod
+    def use_secret(self, secret: Secret) -> None:
+        """Sends ``secret`` as the API key from the next request on."""
+
+    def reload_secret(self) -> None:
+        """Re-reads ``api_key_file`` (a rotated or fixed Kubernetes secret is seen
+        without a restart); a key from the environment cannot change."""
+        if self.options.api_key_file is None:
+            return
+        try:
+            fresh = load_secret(self.options, required=False, kind=self.kind)
+        except ValueError as error:  # mid-rotation: keep the old key for now
+            log.info("cannot reload the API key: %s", error)
+            return
+        if fresh.reveal() != self.secret.reveal():
+            log.info("API key file %s changed; using the new key", self.options.api_key_file)
+            self.use_secret(fresh)
 
     async def close(self) -> None:
         if self._health is not None:

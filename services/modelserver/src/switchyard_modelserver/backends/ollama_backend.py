@@ -83,16 +83,20 @@ class OllamaBackend(CloudBackend):
         self._keep_alive = options.keep_alive
         self._discover = options.discover
         self._discovered_context_length = options.discovered_context_length
-        self._secret = cloud.load_secret(options, required=False, kind=self.kind)
         self._http = cloud.http_client(options, self.provider)
         self._base = (options.base_url or "").rstrip("/")
         self._headers = {"Accept": "application/x-ndjson"}
-        if key := self._secret.reveal():
-            self._headers["Authorization"] = f"Bearer {key}"
+        self.use_secret(cloud.load_secret(options, required=False, kind=self.kind))
 
     @property
     def secret(self) -> Secret:
         return self._secret
+
+    def use_secret(self, secret: Secret) -> None:
+        self._secret = secret
+        self._headers.pop("Authorization", None)
+        if key := secret.reveal():
+            self._headers["Authorization"] = f"Bearer {key}"
 
     async def _get_json(self, method: str, path: str, body: Any = None) -> Any:
         """One small JSON call to Ollama; failures become StatusError."""

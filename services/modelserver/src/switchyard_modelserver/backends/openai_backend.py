@@ -85,16 +85,12 @@ class OpenAIBackend(CloudBackend):
     def secret(self) -> Secret:
         return self._secret
 
+    def use_secret(self, secret: Secret) -> None:
+        self._secret = secret
+        self._client.api_key = secret.reveal() or "unused"
+
     async def list_provider_models(self) -> set[str] | None:
-        try:
-            page = await self._client.models.list(timeout=self.options.connect_timeout_seconds)
-            return {model.id async for model in page}
-        except Exception as error:
-            status = self.status_of(error, cloud.MODEL_LIST, None)
-            if status is None:
-                raise
-            status.message = self._secret.scrub(status.message)
-            raise status from None
+        return await self.sdk_model_ids(self._client)
 
     def status_of(
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
@@ -117,7 +113,19 @@ class OpenAIBackend(CloudBackend):
                 return status
             return cloud.connection_error(self.provider, model, type(error).__name__)
         if isinstance(error, openai.APIError):  # an error event inside the stream
-            return cloud.broken_stream_error(self.provider, model, _message(error))
+            inner = error.body if isinstance(error.body, dict) else {}
+            event_status = cloud.error_event_status(inner.get("code"), inner.get("type"))
+            if event_status is None:
+                return cloud.broken_stream_error(self.provider, model, _message(error))
+            return cloud.http_status_error(
+                provider=self.provider,
+                status=event_status,
+                message=_message(error),
+                model=model,
+                headers={},
+                request=request,
+                error_type=_error_type(error.body),
+            )
         if isinstance(error, ValueError):  # a chunk that is not JSON
             return cloud.broken_stream_error(self.provider, model, "malformed chunk")
         return cloud.transport_error(self.provider, model, error)
