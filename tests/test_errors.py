@@ -115,6 +115,17 @@ def test_max_tokens_beyond_the_context_says_how_many_fit(address: str) -> None:
         assert client.generate("tiny", "hello", max_tokens=fits, temperature=0).text is not None
 
 
+def test_a_continuation_that_fills_the_context_names_the_continuation(address: str) -> None:
+    request = pb.GenerateRequest(
+        model="tiny", prompt="hello", continuation=pb.Continuation(text="hello " * 2000)
+    )
+    error = _call(address, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = parse_details(error.trailing_metadata()).field_violations
+    assert violation.field == "continuation"
+    assert "fill the context" in violation.description
+
+
 def test_unknown_model_is_not_found_listing_the_known_ones(address: str) -> None:
     with Client(address) as client, pytest.raises(NotFoundError) as caught:
         client.generate("no-such-model", "hello")

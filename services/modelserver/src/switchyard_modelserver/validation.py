@@ -221,9 +221,15 @@ def _sampling(
 
 
 def context_overflow(
-    *, prompt_field: str, prompt_tokens: int, max_tokens: int | None, context_length: int
+    *,
+    prompt_field: str,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    context_length: int,
+    continuation_tokens: int = 0,
 ) -> StatusError | None:
-    """INVALID_ARGUMENT when the prompt, or prompt plus max_tokens, does not fit the context."""
+    """INVALID_ARGUMENT when the prompt, prompt plus max_tokens, or prompt plus the
+    continuation being resumed does not fit the context."""
     if prompt_tokens >= context_length:
         return invalid_argument(
             FieldViolation(
@@ -238,6 +244,10 @@ def context_overflow(
                 f"{max_tokens} plus the prompt's {prompt_tokens} tokens exceeds the context "
                 f"length {context_length}; at most {context_length - prompt_tokens}",
             )
+        )
+    if prompt_tokens + continuation_tokens >= context_length:
+        return invalid_argument(
+            FieldViolation("continuation", "prompt and continuation fill the context")
         )
     return None
 

@@ -223,16 +223,13 @@ class LlamaCppBackend(Backend):
             prompt_tokens=len(prompt_tokens),
             max_tokens=sampling.max_tokens,
             context_length=context_length,
+            continuation_tokens=len(continuation_tokens),
         )
         if overflow is not None:
             raise overflow
         max_tokens = sampling.max_tokens or min(
             self._options.default_max_tokens, context_length - len(prompt_tokens)
         )
-        if len(prompt_tokens) + len(continuation_tokens) >= context_length:
-            raise invalid_argument(
-                FieldViolation("continuation", "prompt and continuation fill the context")
-            )
         job = _Job(
             prompt_chunk_tokens=self._options.prompt_chunk_tokens,
             prompt_tokens=prompt_tokens,

@@ -262,13 +262,10 @@ class VllmBackend(Backend):
             prompt_tokens=len(prompt_tokens),
             max_tokens=sampling.max_tokens,
             context_length=context_length,
+            continuation_tokens=len(continuation),
         )
         if overflow is not None:
             raise overflow
-        if len(prompt_tokens) + len(continuation) >= context_length:
-            raise invalid_argument(
-                FieldViolation("continuation", "prompt and continuation fill the context")
-            )
         max_tokens = sampling.max_tokens or min(
             self._options.default_max_tokens, context_length - len(prompt_tokens)
         )
