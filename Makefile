@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 setup:
 	@scripts/setup.sh
 
-run: setup
+# `make run` needs only the main environment, not the test tools (scripts/setup.d).
+run:
+	@scripts/setup.sh --main-only
 	@scripts/run-local.sh
 
 test: setup lint
