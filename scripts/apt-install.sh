@@ -6,7 +6,13 @@
 set -euo pipefail
 (($#)) || exit 0
 sudo=()
-[[ "$(id -u)" == 0 ]] || sudo=(sudo)
+if [[ "$(id -u)" != 0 ]]; then
+  if ! sudo -n true 2>/dev/null; then
+    echo "setup: installing $* needs root or password-less sudo; install them and re-run" >&2
+    exit 1
+  fi
+  sudo=(sudo)
+fi
 echo "setup: apt-get install $*"
 for attempt in $(seq 1 60); do
   "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq && break

@@ -25,9 +25,10 @@ parts=(scripts/setup.d/*.sh)
 with_parts=1
 [[ "${1:-}" == "--main-only" ]] && with_parts=0
 PARTS_STAMP="$VENV/.switchyard-setup-parts"
-main_hash="$(cat scripts/setup.sh scripts/build-llamacpp-wheel.sh requirements/*.txt \
-  clients/python/pyproject.toml services/*/pyproject.toml | sha256sum | cut -d' ' -f1)"
-parts_hash="$(cat scripts/apt-install.sh clients/typescript/package-lock.json \
+main_hash="$(cat scripts/setup.sh scripts/build-llamacpp-wheel.sh requirements/constraints.txt \
+  requirements/dev.txt clients/python/pyproject.toml services/*/pyproject.toml \
+  | sha256sum | cut -d' ' -f1)"
+parts_hash="$(cat scripts/apt-install.sh clients/typescript/package-lock.json requirements/* \
   "${parts[@]}" | sha256sum | cut -d' ' -f1)$main_hash"
 main_done=0
 [[ -f "$STAMP" && "$(cat "$STAMP")" == "$main_hash" && -x "$VENV/bin/python" ]] && main_done=1
@@ -45,8 +46,9 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 part_logs="$(mktemp -d)"
-trap 'rm -rf "$part_logs"' EXIT
 part_pids=()
+# If the main set-up fails, the parts still running are stopped, not orphaned.
+trap 'kill "${part_pids[@]}" 2>/dev/null; rm -rf "$part_logs"' EXIT
 if ((!parts_done)); then
   for part in "${parts[@]}"; do
     PYTHON="$PYTHON" "$part" >"$part_logs/$(basename "$part").log" 2>&1 &

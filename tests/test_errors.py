@@ -170,6 +170,30 @@ def test_a_prompt_that_is_not_utf8_is_invalid_argument(address: str) -> None:
     ]
 
 
+def test_bytes_that_are_not_a_request_name_the_request(address: str) -> None:
+    # Field 1 (model) claims 100 bytes and the message ends after 4: the router
+    # cannot read the model name, the model server cannot parse the request.
+    raw = b"\x0a\x64tiny"
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/switchyard.v1.LLMService/Generate", None, None)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(raw, timeout=10)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in parse_details(error.trailing_metadata()).field_violations] == [
+        "request"
+    ]
+
+
+def test_a_made_up_model_name_cannot_forge_a_log_line(llama_server: ServerProcess) -> None:
+    forged = "x\n2026-01-01 00:00:00,000 INFO forged: request code=OK"
+    with Client(llama_server.address) as client, pytest.raises(NotFoundError):
+        client.generate(forged, "hello")
+    log = llama_server.log()
+    assert "\nforged" not in log and "\n2026-01-01 00:00:00,000 INFO forged" not in log
+    assert "model=x\\n2026-01-01" in log  # the name is there, escaped
+
+
 def test_logprobs_on_llamacpp_is_refused_clearly(address: str) -> None:
     error = _call(
         address,

@@ -125,6 +125,19 @@ def test_router_config_errors_name_the_bad_key(tmp_path: Path) -> None:
     assert "lisen" in message
 
 
+def test_a_config_broken_by_a_secret_does_not_quote_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HEADER", "sk-not-for-logs: {[")
+    path = tmp_path / "modelserver.yaml"
+    path.write_text("backend:\n  kind: scripted\n  note: ${HEADER}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ModelServerConfig)
+    message = str(caught.value)
+    assert "not valid YAML" in message and "line 3" in message
+    assert "sk-not-for-logs" not in message
+
+
 def test_sdk_tolerates_enum_values_newer_than_itself() -> None:
     from switchyard import _convert
 

@@ -68,10 +68,21 @@ def load_config(path: Path, model: type[_Model]) -> _Model:
     except MissingVariableError as error:
         raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        # Only where and what: the snippet YAML would quote is the text after
+        # ${VAR} expansion, which may hold a secret.
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
         return model.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: invalid config\n{describe_validation_error(error)}") from None
+
+
+def _yaml_problem(error: Exception) -> str:
+    """A YAML error's problem and position, without the document text it would quote."""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

@@ -150,7 +150,8 @@ class _Outcome:
         )
         fields = {
             "method": self.method,
-            "model": self.model,
+            # A name the caller made up is escaped: it must not forge log lines.
+            "model": self.model if self.resolved else _printable(self.model),
             "code": self.code,
             "finish": self.finish,
             "prompt_tokens": self.prompt_tokens,
@@ -167,6 +168,11 @@ class _Outcome:
             "request " + " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()),
             extra={"fields": fields},
         )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` with control characters escaped, cut to ``limit`` characters."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
 
 
 def _messages_json(turns: list[tuple[str, str]]) -> str:

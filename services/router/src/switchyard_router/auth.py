@@ -34,9 +34,6 @@ class Principal:
     models: frozenset[str] | None  # None: every route
     limiter: KeyLimiter | None  # None: no rate limits
 
-    def may_use(self, route: str) -> bool:
-        return self.models is None or route in self.models
-
 
 def _unauthenticated(message: str) -> StatusError:
     return StatusError(grpc.StatusCode.UNAUTHENTICATED, message, reason="UNAUTHENTICATED")

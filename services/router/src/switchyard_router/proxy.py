@@ -194,7 +194,7 @@ class Proxy:
                 model = wire.read_model(request)
             except wire.MalformedRequestError as error:
                 reason = f"unreadable request: {error}"
-                raise invalid_argument(FieldViolation("model", reason)) from None
+                raise invalid_argument(FieldViolation("request", reason)) from None
             if principal is None:
                 route = table.route(model)
             else:
