@@ -48,7 +48,7 @@ fi
 part_logs="$(mktemp -d)"
 part_pids=()
 # If the main set-up fails, the parts still running are stopped, not orphaned.
-trap 'kill "${part_pids[@]}" 2>/dev/null; rm -rf "$part_logs"' EXIT
+trap 'kill "${part_pids[@]}" 2>/dev/null || true; rm -rf "$part_logs"' EXIT
 if ((!parts_done)); then
   for part in "${parts[@]}"; do
     PYTHON="$PYTHON" "$part" >"$part_logs/$(basename "$part").log" 2>&1 &
