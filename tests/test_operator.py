@@ -61,6 +61,11 @@ def test_cli_lists_models_and_streams_a_generation(router: ServerProcess) -> Non
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.strip() == "The capital of France is Paris."
     assert "finish=stop" in generated.stderr
+    # The address and timeout may also follow the command, like the TLS options.
+    after = [sys.executable, "-m", "switchyard.cli", "models", "--target", router.address]
+    models_after = _run(*after, "--timeout", "30")
+    assert models_after.returncode == 0, models_after.stderr
+    assert models_after.stdout == models.stdout
 
 
 def test_cli_chat_one_turn_and_errors(router: ServerProcess) -> None:

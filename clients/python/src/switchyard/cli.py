@@ -35,24 +35,28 @@ def _parser() -> argparse.ArgumentParser:
     # Each subcommand takes the connection options too, after its name.
     subcommand = argparse.ArgumentParser(add_help=False)
     connection.add_arguments(subcommand, suppress_defaults=True)
+    # ... and so do the address and the timeout (bench has its own --target and --timeout).
+    calling = argparse.ArgumentParser(add_help=False, parents=[subcommand])
+    calling.add_argument("--target", default=argparse.SUPPRESS, help="as before the command")
+    calling.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="list models and their status", parents=[subcommand])
+    commands.add_parser("models", help="list models and their status", parents=[calling])
     commands.add_parser(
         "endpoints",
         help="the router's model servers: health, ejections, load (router only)",
-        parents=[subcommand],
+        parents=[calling],
     )
 
     generate = commands.add_parser(
-        "generate", help="complete a prompt, streaming the answer", parents=[subcommand]
+        "generate", help="complete a prompt, streaming the answer", parents=[calling]
     )
     generate.add_argument("model")
     generate.add_argument("prompt")
     _sampling_arguments(generate)
 
     chat = commands.add_parser(
-        "chat", help="chat with a model (interactive without MESSAGE)", parents=[subcommand]
+        "chat", help="chat with a model (interactive without MESSAGE)", parents=[calling]
     )
     chat.add_argument("model")
     chat.add_argument("message", nargs="?", help="one user message; omit for an interactive chat")
