@@ -23,16 +23,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
-    """The health status name of ``service`` at ``address`` (or UNREACHABLE)."""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as error:
-            return (
-                "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name
-            )
+def health_status(
+    address: str,
+    service: str = "",
+    timeout: float = 2.0,
+    *,
+    channel: grpc.Channel | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """The health status name of ``service`` at ``address`` (or UNREACHABLE), over
+    ``channel`` when given (TLS, say) or a new plaintext one."""
+    if channel is None:
+        with grpc.insecure_channel(address) as plain:
+            return health_status(address, service, timeout, channel=plain, metadata=metadata)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = stub.Check(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as error:
+        return "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return name
 
@@ -71,13 +80,24 @@ class ServerProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         )
 
-    def wait_serving(self, service: str = "", timeout: float = STARTUP_TIMEOUT) -> None:
-        """Waits until health reports SERVING; fails with the log if it never does."""
+    def wait_serving(
+        self,
+        service: str = "",
+        timeout: float = STARTUP_TIMEOUT,
+        *,
+        channel: grpc.Channel | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Waits until health reports SERVING (asked over ``channel`` when given, with
+        ``metadata``); fails with the log if it never does."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited {self.process.returncode}:\n{self.log()}")
-            if health_status(self.address, service, timeout=1.0) == "SERVING":
+            status = health_status(
+                self.address, service, timeout=1.0, channel=channel, metadata=metadata
+            )
+            if status == "SERVING":
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} not SERVING after {timeout}s:\n{self.log()}")

@@ -156,24 +156,17 @@ def test_a_conversation_the_chat_template_refuses_is_invalid_argument(
     assert "must start with a user message" in caught.value.message
 
 
-def test_a_prompt_that_is_not_utf8_is_invalid_argument(address: str) -> None:
-    # Hand-encoded: field 1 (model) "tiny", field 2 (prompt) two bytes that are not UTF-8.
-    raw = b"\x0a\x04tiny" + b"\x12\x02\xff\xfe"
-    with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary("/switchyard.v1.LLMService/Generate", None, None)
-        with pytest.raises(grpc.RpcError) as caught:
-            call(raw, timeout=10)
-    error = caught.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in parse_details(error.trailing_metadata()).field_violations] == [
-        "request"
-    ]
-
-
-def test_bytes_that_are_not_a_request_name_the_request(address: str) -> None:
-    # Field 1 (model) claims 100 bytes and the message ends after 4: the router
-    # cannot read the model name, the model server cannot parse the request.
-    raw = b"\x0a\x64tiny"
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # Field 1 (model) "tiny", field 2 (prompt) two bytes that are not UTF-8.
+        pytest.param(b"\x0a\x04tiny" + b"\x12\x02\xff\xfe", id="prompt not UTF-8"),
+        # Field 1 claims 100 bytes and the message ends after 4: the router cannot
+        # read the model name, the model server cannot parse the request.
+        pytest.param(b"\x0a\x64tiny", id="model field cut short"),
+    ],
+)
+def test_bytes_that_are_not_a_request_name_the_request(address: str, raw: bytes) -> None:
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary("/switchyard.v1.LLMService/Generate", None, None)
         with pytest.raises(grpc.RpcError) as caught:

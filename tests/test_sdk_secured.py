@@ -11,7 +11,6 @@ import secrets
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 import secretscan
 import trustme
 from conftest import ROUTER, SCRIPTED_MODELS, write_config
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import ServerProcess, free_port
 
 from switchyard import (
@@ -59,23 +57,6 @@ def _sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _wait_serving(server: ServerProcess, credentials: grpc.ChannelCredentials) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.secure_channel(server.address, credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{server.log()}")
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{server.name} not SERVING:\n{server.log()}")
-
-
 @pytest.fixture(scope="module")
 def secured(
     tmp_path_factory: pytest.TempPathFactory, scripted_server: ServerProcess
@@ -109,7 +90,8 @@ def secured(
     router = ServerProcess("secured-router", ROUTER, path, free_port(), folder)
     made = Secured(router, ca, key, key_file, limited)
     try:
-        _wait_serving(router, made.credentials())
+        with grpc.secure_channel(router.address, made.credentials()) as channel:
+            router.wait_serving(timeout=60, channel=channel)
         yield made
     finally:
         router.stop()

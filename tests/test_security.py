@@ -142,33 +142,12 @@ def _start(
         extra_env=env,
         extra_args=["--log-level", "DEBUG"],
     )
-    _wait_serving(server, channel(server.address) if channel else None, metadata)
+    if channel is None:
+        server.wait_serving(timeout=60, metadata=metadata)
+    else:
+        with channel(server.address) as opened:
+            server.wait_serving(timeout=60, channel=opened, metadata=metadata)
     return server
-
-
-def _wait_serving(
-    server: ServerProcess,
-    channel: grpc.Channel | None,
-    metadata: tuple[tuple[str, str], ...] = (),
-    timeout: float = 60,
-) -> None:
-    channel = channel or grpc.insecure_channel(server.address)
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{server.log()}")
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1, metadata=metadata)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    finally:
-        channel.close()
-    raise TimeoutError(f"{server.name} not SERVING:\n{server.log()}")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from switchyard._convert import SamplingOptions
 from switchyard.client import AsyncClient, AsyncStream, Client, Stream
 from switchyard.errors import MissingVariablesError, TemplateError
 from switchyard.templates import ChatPromptTemplate, PromptTemplate
-from switchyard.types import Completion, StreamChunk
+from switchyard.types import Completion, Message, StreamChunk
 
 Template = PromptTemplate | ChatPromptTemplate
 Values = dict[str, object]
@@ -186,25 +186,23 @@ class LLMChain(Chain):
 
     def astream_step(self, values: Mapping[str, object]) -> AsyncStream:
         """Streams one call with the template filled from ``values``."""
-        client = self._async_client()
-        if isinstance(self.prompt, ChatPromptTemplate):
-            messages = self.prompt.format_messages(values)
-            return client.stream(
-                self.model, messages=messages, timeout=self.timeout, **self.sampling
-            )
-        prompt = self.prompt.format(values)
-        return client.stream(self.model, prompt, timeout=self.timeout, **self.sampling)
+        prompt, messages = self._filled(values)
+        return self._async_client().stream(
+            self.model, prompt, messages=messages, timeout=self.timeout, **self.sampling
+        )
 
     def stream_step(self, values: Mapping[str, object]) -> Stream:
         """The blocking twin of :meth:`astream_step`."""
-        client = self._sync_client()
+        prompt, messages = self._filled(values)
+        return self._sync_client().stream(
+            self.model, prompt, messages=messages, timeout=self.timeout, **self.sampling
+        )
+
+    def _filled(self, values: Mapping[str, object]) -> tuple[str | None, list[Message] | None]:
+        """(prompt, None) or (None, messages): the template filled from ``values``."""
         if isinstance(self.prompt, ChatPromptTemplate):
-            messages = self.prompt.format_messages(values)
-            return client.stream(
-                self.model, messages=messages, timeout=self.timeout, **self.sampling
-            )
-        prompt = self.prompt.format(values)
-        return client.stream(self.model, prompt, timeout=self.timeout, **self.sampling)
+            return None, self.prompt.format_messages(values)
+        return self.prompt.format(values), None
 
 
 class SequentialChain(Chain):
