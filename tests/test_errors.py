@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -182,9 +183,12 @@ def test_a_made_up_model_name_cannot_forge_a_log_line(llama_server: ServerProces
     forged = "x\n2026-01-01 00:00:00,000 INFO forged: request code=OK"
     with Client(llama_server.address) as client, pytest.raises(NotFoundError):
         client.generate(forged, "hello")
-    log = llama_server.log()
+    # The server logs a request just after answering it: wait for the line.
+    deadline = time.monotonic() + 10
+    while "model=x\\n2026-01-01" not in (log := llama_server.log()):  # there, escaped
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
     assert "\nforged" not in log and "\n2026-01-01 00:00:00,000 INFO forged" not in log
-    assert "model=x\\n2026-01-01" in log  # the name is there, escaped
 
 
 def test_logprobs_on_llamacpp_is_refused_clearly(address: str) -> None:
