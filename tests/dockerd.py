@@ -109,12 +109,14 @@ def image_wheels() -> Path:
     inputs = [
         ROOT / "requirements" / "constraints.txt",
         ROOT / "clients" / "python" / "pyproject.toml",
+        ROOT / "services" / "common" / "pyproject.toml",
         ROOT / "services" / "router" / "pyproject.toml",
         ROOT / "services" / "modelserver" / "pyproject.toml",
     ]
     requirements = [
         "setuptools>=68",
-        f"{ROOT / 'clients' / 'python'}[server]",
+        str(ROOT / "clients" / "python"),
+        str(ROOT / "services" / "common"),
         str(ROOT / "services" / "router"),
         # The cloud image's extras too (absent extras are only a warning).
         f"{ROOT / 'services' / 'modelserver'}[llamacpp,openai,anthropic,ollama]",

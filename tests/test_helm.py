@@ -33,7 +33,7 @@ from helmchart import (
     render,
 )
 
-from switchyard.configfile import ConfigError
+from switchyard_common.configfile import ConfigError
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import load_modelserver_config
 from switchyard_router.config import load_router_config

@@ -28,13 +28,14 @@ from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receive
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError, RateLimitError
 from switchyard.client import API_KEY_ENV
-from switchyard.configfile import ConfigError, load_config
-from switchyard.listener import CertificateFiles
-from switchyard.status import StatusError, parse_details
+from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
+from switchyard_common.configfile import ConfigError, load_config
+from switchyard_common.listener import CertificateFiles
+from switchyard_common.status import StatusError
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_router.config import APIKeyConfig, RouterConfig

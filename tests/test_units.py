@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from switchyard.configfile import ConfigError, MissingVariableError, expand_env, load_config
 from switchyard.types import FinishReason as FinishReasonSDK
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common.configfile import ConfigError, MissingVariableError, expand_env, load_config
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.coalescing import coalesced
@@ -184,3 +184,30 @@ def test_resume_sends_token_ids_only_to_the_model_that_made_them() -> None:
     to_other = pb.StreamGenerateRequest.FromString(resumable.continuation(other)).continuation
     assert (to_same.text, list(to_same.token_ids)) == ("Hello", [7, 9])
     assert (to_other.text, list(to_other.token_ids)) == ("Hello", [])
+
+
+_SERVER_ONLY = ("switchyard_common", "pydantic", "yaml", "prometheus_client", "opentelemetry")
+
+
+def test_the_sdk_and_cli_import_nothing_that_only_the_services_need() -> None:
+    """`pip install switchyard-client` brings grpcio and protobuf only: importing the
+    SDK, its CLI and `switchyard bench` must not reach for a server-side package."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {_SERVER_ONLY!r}:
+            raise ImportError("server-only package imported: " + name)
+        return None
+sys.meta_path.insert(0, Refuse())
+import switchyard, switchyard.cli, switchyard.bench.command, switchyard.errors
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

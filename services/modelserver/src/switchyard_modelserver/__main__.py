@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from switchyard import logs
-from switchyard.configfile import ConfigError
+from switchyard_common import logs
+from switchyard_common.configfile import ConfigError
 from switchyard_modelserver.backends.registry import UnknownBackendError, available_backends
 from switchyard_modelserver.config import load_modelserver_config
 from switchyard_modelserver.server import BackendFailedError, serve

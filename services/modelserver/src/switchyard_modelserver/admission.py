@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from switchyard.status import StatusError
+from switchyard_common.status import StatusError
 from switchyard_modelserver import metrics
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from switchyard.status import StatusError, model_not_found
+from switchyard_common.status import StatusError, model_not_found
 from switchyard_modelserver.domain import ModelCard, ModelState
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from switchyard.configfile import load_config
-from switchyard.listener import ConnectionLimits, ServerTLSConfig
+from switchyard_common.configfile import load_config
+from switchyard_common.listener import ConnectionLimits, ServerTLSConfig
 
 
 class BackendSection(BaseModel):

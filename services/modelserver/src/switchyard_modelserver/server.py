@@ -20,11 +20,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
-from switchyard import tracing
-from switchyard.configfile import ConfigError, describe_validation_error
-from switchyard.listener import bind
-from switchyard.metrics_server import start_metrics_server
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common import tracing
+from switchyard_common.configfile import ConfigError, describe_validation_error
+from switchyard_common.listener import bind
+from switchyard_common.metrics_server import start_metrics_server
+from switchyard_common.status import abort
 from switchyard_modelserver import metrics
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
@@ -74,8 +75,7 @@ async def _list_models(
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> pb.ListModelsResponse:
     if isinstance(request, UnreadableRequest):
-        error = unreadable(request)
-        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+        await abort(context, unreadable(request))
     return await servicer.ListModels(request, context)
 
 

@@ -21,10 +21,10 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
-from switchyard import logs, tracing
-from switchyard.status import StatusError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+from switchyard_common import logs, tracing
+from switchyard_common.status import StatusError, abort
 from switchyard_modelserver import metrics, validation
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
@@ -189,12 +189,15 @@ async def status_boundary(context: Context, outcome: _Outcome) -> AsyncIterator[
         yield
     except StatusError as error:
         outcome.code = error.code.name
-        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+        await abort(context, error)
     except TimeoutError:
         outcome.code = "DEADLINE_EXCEEDED"
-        await context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"deadline exceeded after {outcome.completion_tokens} generated tokens",
+        await abort(
+            context,
+            StatusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"deadline exceeded after {outcome.completion_tokens} generated tokens",
+            ),
         )
     except asyncio.CancelledError:
         outcome.code = "CANCELLED"
@@ -205,8 +208,11 @@ async def status_boundary(context: Context, outcome: _Outcome) -> AsyncIterator[
             raise
         outcome.code = "INTERNAL"
         log.exception("unexpected error in %s for model %s", outcome.method, outcome.model)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, "internal error in the model server; see its log"
+        await abort(
+            context,
+            StatusError(
+                grpc.StatusCode.INTERNAL, "internal error in the model server; see its log"
+            ),
         )
     finally:
         outcome.log()

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
 

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from switchyard import logs
-from switchyard.configfile import ConfigError
+from switchyard_common import logs
+from switchyard_common.configfile import ConfigError
 from switchyard_router.config import load_router_config
 from switchyard_router.server import serve
 

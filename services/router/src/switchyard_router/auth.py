@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from switchyard.status import StatusError, model_not_found
+from switchyard_common.status import StatusError, model_not_found
 from switchyard_router.config import APIKeyConfig, AuthConfig
 from switchyard_router.quota import KeyLimiter
 from switchyard_router.routing import Route, RouteTable

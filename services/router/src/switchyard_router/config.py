@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_validator
 
-from switchyard.configfile import load_config
-from switchyard.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
+from switchyard_common.configfile import load_config
+from switchyard_common.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (

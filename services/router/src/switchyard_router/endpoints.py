@@ -19,7 +19,7 @@ import time
 import grpc
 import grpc.aio
 
-from switchyard.listener import CertificateFiles
+from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig
 from switchyard_router.health import HealthWatcher

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from switchyard import logs
+from switchyard_common import logs
 
 log = logging.getLogger("switchyard.router.requests")
 

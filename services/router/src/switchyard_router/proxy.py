@@ -33,9 +33,14 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from switchyard import tracing
-from switchyard.status import DETAILS_METADATA_KEY, FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common import status, tracing
+from switchyard_common.status import (
+    DETAILS_METADATA_KEY,
+    FieldViolation,
+    StatusError,
+    invalid_argument,
+)
 from switchyard_router import wire
 from switchyard_router.auth import AUTHORIZATION, Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
@@ -571,8 +576,7 @@ def _deadline(context: Context) -> float | None:
 async def _abort(
     record: RequestRecord, context: Context, error: StatusError, trailers: Metadata | None = None
 ) -> NoReturn:
-    """Ends the RPC with ``error`` (and the upstream's trailers, when relaying them)."""
+    """Counts the request as ``error`` and ends it (with the upstream's trailers
+    when relaying an upstream status)."""
     record.code = error.code.name
-    metadata = trailers if trailers else error.trailing_metadata()
-    await context.abort(error.code, error.message, trailing_metadata=metadata)
-    raise AssertionError("unreachable: context.abort raises")
+    await status.abort(context, error, trailers)

@@ -16,7 +16,7 @@ import time
 
 import grpc
 
-from switchyard.status import StatusError
+from switchyard_common.status import StatusError
 from switchyard_router.config import APIKeyConfig
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from itertools import groupby
 
-from switchyard.status import FieldViolation, invalid_argument, model_not_found
+from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
 from switchyard_router.config import RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
 

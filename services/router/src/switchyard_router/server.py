@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -16,15 +16,15 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchyard import tracing
-from switchyard.configfile import ConfigError
-from switchyard.listener import bind
-from switchyard.metrics_server import start_metrics_server
-from switchyard.status import FieldViolation, StatusError, invalid_argument
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
-from switchyard_router import catalog, metrics
+from switchyard_common import tracing
+from switchyard_common.configfile import ConfigError
+from switchyard_common.listener import bind
+from switchyard_common.metrics_server import start_metrics_server
+from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
+from switchyard_router import metrics, model_listing
 from switchyard_router.admin import RouterAdmin
 from switchyard_router.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
@@ -112,9 +112,9 @@ class Router:
                 principal.limiter.admit()
         except DecodeError as error:
             reason = f"not a ListModelsRequest: {error}"
-            await _refuse(context, invalid_argument(FieldViolation("request", reason)))
+            await abort(context, invalid_argument(FieldViolation("request", reason)))
         except StatusError as error:
-            await _refuse(context, error)
+            await abort(context, error)
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
         remaining = context.time_remaining()
@@ -123,7 +123,7 @@ class Router:
         self.proxy.active += 1  # a drain lets it finish too
         try:
             # A key limited to some models sees only those.
-            return await catalog.list_models(self.proxy.table, timeout, allowed)
+            return await model_listing.list_models(self.proxy.table, timeout, allowed)
         finally:
             self.proxy.active -= 1
 
@@ -135,7 +135,7 @@ class Router:
         try:
             return guard.authenticate(context.invocation_metadata())
         except StatusError as error:
-            await _refuse(context, error)
+            await abort(context, error)
 
     async def _authorize_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """The admin service shows every cluster's endpoints and models: only keys
@@ -148,7 +148,7 @@ class Router:
                 "without a `models` limit",
                 reason="ADMIN_NOT_ALLOWED",
             )
-            await _refuse(context, error)
+            await abort(context, error)
 
     async def apply(self, config: RouterConfig) -> None:
         """Makes ``config`` current; requests in flight keep the endpoints they use."""
@@ -343,12 +343,6 @@ async def serve(
     log.info("stopped")
 
 
-async def _refuse(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
-    """Ends the call with ``error`` and its details."""
-    await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
-    raise AssertionError("unreachable: context.abort raises")
-
-
 def _closes_open_services(config: RouterConfig) -> bool:
     """Whether health or reflection need a key (an interceptor checks them)."""
     return config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(config.auth.open_services)
@@ -392,7 +386,7 @@ def _refusing(
     """A handler of the same shape that ends the call with ``error``."""
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _refuse(context, error)
+        await abort(context, error)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,

@@ -14,7 +14,7 @@ from typing import Any
 import anthropic
 from pydantic import Field
 
-from switchyard.status import StatusError
+from switchyard_common.status import StatusError
 from switchyard_modelserver.backends import cloud
 from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
 from switchyard_modelserver.domain import (

@@ -35,8 +35,8 @@ import grpc
 import httpx2
 from pydantic import Field, model_validator
 
-from switchyard import tracing
-from switchyard.status import FieldViolation, StatusError, invalid_argument
+from switchyard_common import tracing
+from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
     Capability,
@@ -689,14 +689,15 @@ class CloudBackend(Backend):
                 async for event in events:
                     yield event
         except StatusError as error:
-            self._failed(model, error)
-            raise
+            scrubbed = self._failed(model, error)
+            if scrubbed is error:
+                raise
+            raise scrubbed from None
         except Exception as error:
             status = self.status_of(error, model, request)
             if status is None:
                 raise
-            self._failed(model, status)
-            raise status from None
+            raise self._failed(model, status) from None
         if self._health is not None:
             self._health.succeeded(model.id)
 
@@ -710,17 +711,18 @@ class CloudBackend(Backend):
             status = self.status_of(error, MODEL_LIST, None)
             if status is None:
                 raise
-            self._scrub(status)
-            raise status from None
+            raise self._scrubbed(status) from None
 
-    def _scrub(self, error: StatusError) -> None:
-        error.message = self.secret.scrub(error.message)
-        error.args = (error.message,)
+    def _scrubbed(self, error: StatusError) -> StatusError:
+        """``error`` with the API key, should a provider echo it, replaced."""
+        return error.with_message(self.secret.scrub(error.message))
 
-    def _failed(self, model: CloudModel, error: StatusError) -> None:
-        self._scrub(error)
+    def _failed(self, model: CloudModel, error: StatusError) -> StatusError:
+        """Records the failure for health; returns the error to raise, scrubbed."""
+        error = self._scrubbed(error)
         if self._health is not None:
             self._health.failed(model.id, error)
+        return error
 
     @property
     @abc.abstractmethod

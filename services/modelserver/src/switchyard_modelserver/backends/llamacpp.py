@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
-from switchyard.status import FieldViolation, invalid_argument
+from switchyard_common.status import FieldViolation, invalid_argument
 from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.bridge import EngineThreadBridge

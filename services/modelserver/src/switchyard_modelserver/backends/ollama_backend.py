@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 from pydantic import Field, model_validator
 
-from switchyard.status import StatusError
+from switchyard_common.status import StatusError
 from switchyard_modelserver.backends import cloud
 from switchyard_modelserver.backends.base import StateReporter
 from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret

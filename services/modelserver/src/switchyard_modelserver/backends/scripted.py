@@ -15,7 +15,7 @@ from typing import Literal
 import grpc
 from pydantic import Field, model_validator
 
-from switchyard.status import StatusError
+from switchyard_common.status import StatusError
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
     BackendEvent,

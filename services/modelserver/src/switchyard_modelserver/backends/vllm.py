@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from pydantic import Field
 
-from switchyard.status import FieldViolation, StatusError, invalid_argument
+from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (

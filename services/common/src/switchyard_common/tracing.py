@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from switchyard.configfile import ConfigError
+from switchyard_common.configfile import ConfigError
 
 _provider: Any = None
 

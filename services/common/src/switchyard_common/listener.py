@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
-from switchyard.configfile import ConfigError
+from switchyard_common.configfile import ConfigError
 
 log = logging.getLogger("switchyard.tls")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switchyard.configfile import ConfigError
+from switchyard_common.configfile import ConfigError
 
 
 def start_metrics_server(listen: str) -> int:

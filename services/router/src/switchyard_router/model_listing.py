@@ -1,4 +1,5 @@
-"""ListModels on the router: every route, with the live state of its targets."""
+"""ListModels on the router: every route, with the live state of its targets, gathered
+from each endpoint's own ListModels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.routing import RouteTable
 
-log = logging.getLogger("switchyard.router.catalog")
+log = logging.getLogger("switchyard.router.model_listing")
 
 _LIST_MODELS_REQUEST = pb.ListModelsRequest().SerializeToString()
 
