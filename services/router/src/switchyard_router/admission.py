@@ -22,6 +22,7 @@ from switchyard_router.auth import AUTHORIZATION, Guard
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.front import Inbound, Metadata
 from switchyard_router.metrics import RequestRecord
+from switchyard_router.picker import RequestView
 from switchyard_router.quota import KeyLimiter
 from switchyard_router.resume import WANT_TOKEN_IDS, ResumeState
 from switchyard_router.routing import Route, RouteTable
@@ -48,8 +49,9 @@ class Call:
 
     inbound: Inbound
     record: RequestRecord
-    table: RouteTable
     route: Route
+    view: RequestView
+    """What the route's picker knows of the request."""
     payload: bytes
     """What each attempt sends (before a target's own model name is written in): the
     request, asking for token ids on a resume route."""
@@ -121,6 +123,5 @@ class Admission:
         deadline = None if remaining is None else time.monotonic() + remaining
         # Only a key with a token limit needs its answers' usage read.
         charged = limiter if limiter is not None and limiter.tokens is not None else None
-        return Call(
-            inbound, record, self.table, route, payload, metadata, deadline, charged, resume
-        )
+        view = RequestView(route.model, None, len(request))
+        return Call(inbound, record, route, view, payload, metadata, deadline, charged, resume)

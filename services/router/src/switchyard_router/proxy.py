@@ -44,7 +44,7 @@ from switchyard_router.config import RetryConfig, RouterLimitsConfig
 from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
 from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
 from switchyard_router.retry import RETRYABLE, RetryBudget
-from switchyard_router.routing import Pick, RouteTable, describe_unavailable
+from switchyard_router.routing import EndpointPick, RouteTable, describe_unavailable
 from switchyard_router.spans import end_attempt_span, start_attempt_span, start_request_span
 
 log = logging.getLogger("switchyard.router.proxy")
@@ -133,9 +133,9 @@ class Proxy:
             RETRIES.labels(call.route.model).inc()
             await self._pause(attempt, call.deadline)
 
-    def _next_pick(self, call: Call, failure: _Failure | None) -> Pick:
+    def _next_pick(self, call: Call, failure: _Failure | None) -> EndpointPick:
         """The endpoint for the next attempt, or the final status when none is left."""
-        pick = call.table.pick(call.route, call.tried)
+        pick = call.route.picker.pick(call.view, call.tried)
         if pick is None:
             if failure is not None:  # every endpoint tried: the last answer stands
                 raise failure.relayed()
@@ -151,7 +151,7 @@ class Proxy:
         return pick
 
     async def _attempt(
-        self, call: Call, pick: Pick, attempt: int, sink: ResponseSink
+        self, call: Call, pick: EndpointPick, attempt: int, sink: ResponseSink
     ) -> _Failure | None:
         """One attempt on ``pick``: None once the request is answered, else its failure."""
         streaming = call.inbound.streaming
@@ -186,7 +186,12 @@ class Proxy:
         return failure
 
     async def _unary(
-        self, call: Call, pick: Pick, timeout: float | None, metadata: Metadata, sink: ResponseSink
+        self,
+        call: Call,
+        pick: EndpointPick,
+        timeout: float | None,
+        metadata: Metadata,
+        sink: ResponseSink,
     ) -> None:
         response: bytes = await pick.endpoint.generate(
             _payload(call, pick), timeout=timeout, metadata=metadata
@@ -199,7 +204,7 @@ class Proxy:
     async def _stream(
         self,
         call: Call,
-        pick: Pick,
+        pick: EndpointPick,
         first_timeout: float | None,
         metadata: Metadata,
         sink: ResponseSink,
@@ -285,11 +290,13 @@ class Proxy:
             pause = min(pause, max(0.0, deadline - time.monotonic()))
         await asyncio.sleep(pause)
 
-    def _succeeded(self, pick: Pick) -> None:
+    def _succeeded(self, pick: EndpointPick) -> None:
         pick.endpoint.record_success()
         self.budget.record_success()
 
-    def _classify(self, error: grpc.aio.AioRpcError, pick: Pick, own_limit: bool) -> _Failure:
+    def _classify(
+        self, error: grpc.aio.AioRpcError, pick: EndpointPick, own_limit: bool
+    ) -> _Failure:
         code = error.code()
         details = error.details() or ""
         trailers = _upstream_trailers(error)
@@ -316,7 +323,7 @@ class Proxy:
             self.budget.record_failure()
         return _Failure(code, details, trailers)
 
-    def _channel_closed(self, pick: Pick) -> _Failure:
+    def _channel_closed(self, pick: EndpointPick) -> _Failure:
         self.budget.record_failure()
         return _Failure(
             grpc.StatusCode.UNAVAILABLE,
@@ -324,7 +331,7 @@ class Proxy:
             "from the configuration while the request ran",
         )
 
-    def _classify_timeout(self, pick: Pick) -> _Failure:
+    def _classify_timeout(self, pick: EndpointPick) -> _Failure:
         pick.endpoint.record_failure("per-try timeout")
         self.budget.record_failure()
         return _Failure(
@@ -334,7 +341,7 @@ class Proxy:
         )
 
 
-def _payload(call: Call, pick: Pick) -> bytes:
+def _payload(call: Call, pick: EndpointPick) -> bytes:
     """The request as ``pick``'s target names the model."""
     if pick.model == call.route.model:
         return call.payload

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, invalid_argument
-from switchyard_router.routing import Pick
+from switchyard_router.picker import EndpointView, Pick
 
 WANT_TOKEN_IDS = pb.StreamGenerateRequest(include_token_ids=True).SerializeToString()
 """Appended to a request's bytes: protobuf merges it, so the model server sends token ids."""
@@ -45,7 +45,7 @@ class ResumeState:
             ) from None
         return cls(client_wants_token_ids=wants_ids)
 
-    def continuation(self, pick: Pick) -> bytes:
+    def continuation(self, pick: Pick[EndpointView]) -> bytes:
         """Bytes to append to the request for ``pick``'s attempt (empty before any text)."""
         if not self.text and not self.token_ids:
             return b""
@@ -55,7 +55,7 @@ class ResumeState:
         )
         return pb.StreamGenerateRequest(continuation=continuation).SerializeToString()
 
-    def relay(self, message: bytes, pick: Pick) -> bytes:
+    def relay(self, message: bytes, pick: Pick[EndpointView]) -> bytes:
         """Records a message's text and token ids; returns what the client gets."""
         parsed = pb.StreamGenerateResponse.FromString(message)
         if self.source != (pick.cluster, pick.model):

@@ -12,7 +12,7 @@ from typing import Any
 from switchyard_common import tracing
 from switchyard_router.front import Inbound, Metadata
 from switchyard_router.metrics import RequestRecord
-from switchyard_router.routing import Pick
+from switchyard_router.picker import EndpointView, Pick
 
 
 @functools.cache
@@ -38,7 +38,7 @@ def start_request_span(record: RequestRecord, inbound: Inbound, model: str) -> A
 
 
 def start_attempt_span(
-    record: RequestRecord, pick: Pick, attempt: int, metadata: Metadata
+    record: RequestRecord, pick: Pick[EndpointView], attempt: int, metadata: Metadata
 ) -> tuple[Any, Metadata]:
     """A child span for one attempt, and metadata carrying it to the model server."""
     if record.span is None:
