@@ -99,6 +99,17 @@ async def test_least_outstanding_of_two_always_takes_the_less_busy(endpoint: Mak
     assert set(picks(Picker([target(a, b)], "least_outstanding"), 100)) == {b.address}
 
 
+async def test_least_outstanding_finds_the_few_healthy_endpoints_of_a_large_cluster(
+    endpoint: Make,
+) -> None:
+    down = [endpoint(f"10.0.1.{i}:1", serving=False) for i in range(62)]
+    busy, idle = endpoint("10.0.0.1:1", outstanding=2), endpoint("10.0.0.2:1")
+    picker = Picker([target(*down[:31], busy, *down[31:], idle)], "least_outstanding")
+    assert set(picks(picker, 200)) == {idle.address}
+    pick = picker.pick(REQUEST, {idle})
+    assert pick is not None and pick.endpoint is busy
+
+
 async def test_round_robin_takes_each_endpoint_in_turn_whatever_its_load(
     endpoint: Make,
 ) -> None:
