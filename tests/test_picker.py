@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import get_args
@@ -58,6 +60,25 @@ def picks(picker: Picker[Endpoint], count: int) -> list[str]:
         assert pick is not None
         chosen.append(pick.endpoint.address)
     return chosen
+
+
+def test_the_picker_imports_nothing_of_grpc() -> None:
+    """A native data plane, a benchmark or a test can call it without a gRPC stack."""
+    probe = """
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"grpc", "google"}:
+            raise ImportError("the picker imported " + name)
+        return None
+sys.meta_path.insert(0, Refuse())
+import switchyard_router.picker
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
 
 
 def test_every_configurable_policy_has_a_picker() -> None:
