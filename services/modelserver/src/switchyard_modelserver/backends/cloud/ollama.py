@@ -19,9 +19,18 @@ import httpx2
 from pydantic import Field, model_validator
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver.backends import cloud
 from switchyard_modelserver.backends.base import StateReporter
-from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.backends.cloud.api_key import Secret, load_secret
+from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
+from switchyard_modelserver.backends.cloud.errors import (
+    MODEL_LIST,
+    broken_stream_error,
+    http_status_error,
+    transport_error,
+    unsupported,
+)
+from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
+from switchyard_modelserver.backends.cloud.transport import http_client, request_timeout
 from switchyard_modelserver.domain import (
     Delta,
     Finish,
@@ -83,10 +92,10 @@ class OllamaBackend(CloudBackend):
         self._keep_alive = options.keep_alive
         self._discover = options.discover
         self._discovered_context_length = options.discovered_context_length
-        self._http = cloud.http_client(options, self.provider)
+        self._http = http_client(options, self.provider)
         self._base = (options.base_url or "").rstrip("/")
         self._headers = {"Accept": "application/x-ndjson"}
-        self.use_secret(cloud.load_secret(options, required=False, kind=self.kind))
+        self.use_secret(load_secret(options, required=False, kind=self.kind))
 
     @property
     def secret(self) -> Secret:
@@ -114,7 +123,7 @@ class OllamaBackend(CloudBackend):
                 )
             return response.json()
         except Exception as error:
-            status = self.status_of(error, cloud.MODEL_LIST, None)
+            status = self.status_of(error, MODEL_LIST, None)
             if status is None:
                 raise
             raise status from None
@@ -164,8 +173,8 @@ class OllamaBackend(CloudBackend):
     ) -> StatusError | None:
         if isinstance(error, OllamaError):
             if error.status == 200:  # an error line inside the stream
-                return cloud.broken_stream_error(self.provider, model, error.message)
-            return cloud.http_status_error(
+                return broken_stream_error(self.provider, model, error.message)
+            return http_status_error(
                 provider=self.provider,
                 status=error.status,
                 message=self._secret.scrub(error.message),
@@ -174,13 +183,13 @@ class OllamaBackend(CloudBackend):
                 request=request,
             )
         if isinstance(error, ValueError):  # a line that is not JSON
-            return cloud.broken_stream_error(self.provider, model, "malformed NDJSON line")
-        return cloud.transport_error(self.provider, model, error)
+            return broken_stream_error(self.provider, model, "malformed NDJSON line")
+        return transport_error(self.provider, model, error)
 
     def _body(self, model: CloudModel, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         sampling = request.sampling
         if sampling.logprobs is not None:
-            raise cloud.unsupported("sampling.logprobs", self.kind)
+            raise unsupported("sampling.logprobs", self.kind)
         options: dict[str, Any] = {}
         for ours, theirs in (
             ("temperature", "temperature"),
@@ -194,7 +203,7 @@ class OllamaBackend(CloudBackend):
             value = getattr(sampling, ours)
             if value is not None:
                 options[theirs] = value
-        max_tokens = cloud.max_tokens_for(model, request)
+        max_tokens = max_tokens_for(model, request)
         if max_tokens is not None:
             options["num_predict"] = max_tokens
         if sampling.stop:
@@ -223,7 +232,7 @@ class OllamaBackend(CloudBackend):
             self._base + path,
             json=body,
             headers=self._headers,
-            timeout=cloud.request_timeout(self.options, request),
+            timeout=request_timeout(self.options, request),
         )
         response = await self._http.send(http_request, stream=True)
         try:
@@ -253,7 +262,7 @@ class OllamaBackend(CloudBackend):
                     return
         finally:
             await response.aclose()  # also when the caller went away: the HTTP stream ends
-        raise cloud.broken_stream_error(self.provider, model, "ended before done")
+        raise broken_stream_error(self.provider, model, "ended before done")
 
     async def close(self) -> None:
         await super().close()

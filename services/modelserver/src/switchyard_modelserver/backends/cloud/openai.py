@@ -15,8 +15,19 @@ import openai
 from pydantic import Field
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver.backends import cloud
-from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.backends.cloud.api_key import Secret, load_secret
+from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
+from switchyard_modelserver.backends.cloud.errors import (
+    broken_stream_error,
+    connection_error,
+    error_event_status,
+    http_status_error,
+    timeout_error,
+    transport_error,
+    unsupported,
+)
+from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
+from switchyard_modelserver.backends.cloud.transport import http_client, request_timeout
 from switchyard_modelserver.domain import (
     Delta,
     Finish,
@@ -69,7 +80,7 @@ class OpenAIBackend(CloudBackend):
         super().__init__(options)
         self._openai_options = options
         # A local OpenAI-compatible server (vLLM, Ollama) may need no key.
-        self._secret = cloud.load_secret(options, required=False, kind=self.kind)
+        self._secret = load_secret(options, required=False, kind=self.kind)
         self._client = openai.AsyncOpenAI(
             api_key=self._secret.reveal() or "unused",
             organization=options.organization,
@@ -78,7 +89,7 @@ class OpenAIBackend(CloudBackend):
             max_retries=options.max_retries,
             default_headers=options.default_headers or None,
             default_query=options.default_query or None,
-            http_client=cloud.http_client(options, self.provider),
+            http_client=http_client(options, self.provider),
         )
 
     @property
@@ -96,9 +107,9 @@ class OpenAIBackend(CloudBackend):
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
     ) -> StatusError | None:
         if isinstance(error, openai.APITimeoutError):
-            return cloud.timeout_error(self.provider, model)
+            return timeout_error(self.provider, model)
         if isinstance(error, openai.APIStatusError):
-            return cloud.http_status_error(
+            return http_status_error(
                 provider=self.provider,
                 status=error.status_code,
                 message=_message(error),
@@ -109,15 +120,15 @@ class OpenAIBackend(CloudBackend):
             )
         if isinstance(error, openai.APIConnectionError):
             cause = error.__cause__
-            if cause is not None and (status := cloud.transport_error(self.provider, model, cause)):
+            if cause is not None and (status := transport_error(self.provider, model, cause)):
                 return status
-            return cloud.connection_error(self.provider, model, type(error).__name__)
+            return connection_error(self.provider, model, type(error).__name__)
         if isinstance(error, openai.APIError):  # an error event inside the stream
             inner = error.body if isinstance(error.body, dict) else {}
-            event_status = cloud.error_event_status(inner.get("code"), inner.get("type"))
+            event_status = error_event_status(inner.get("code"), inner.get("type"))
             if event_status is None:
-                return cloud.broken_stream_error(self.provider, model, _message(error))
-            return cloud.http_status_error(
+                return broken_stream_error(self.provider, model, _message(error))
+            return http_status_error(
                 provider=self.provider,
                 status=event_status,
                 message=_message(error),
@@ -127,15 +138,15 @@ class OpenAIBackend(CloudBackend):
                 error_type=_error_type(error.body),
             )
         if isinstance(error, ValueError):  # a chunk that is not JSON
-            return cloud.broken_stream_error(self.provider, model, "malformed chunk")
-        return cloud.transport_error(self.provider, model, error)
+            return broken_stream_error(self.provider, model, "malformed chunk")
+        return transport_error(self.provider, model, error)
 
     def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
         arguments: dict[str, Any] = {
             "model": model.upstream,
             "stream": True,
-            "timeout": cloud.request_timeout(self.options, request),
+            "timeout": request_timeout(self.options, request),
         }
         if self._openai_options.stream_usage:
             arguments["stream_options"] = {"include_usage": True}
@@ -159,7 +170,7 @@ class OpenAIBackend(CloudBackend):
                 arguments["top_logprobs"] = sampling.logprobs
             else:  # the completions API takes the number of alternatives
                 arguments["logprobs"] = sampling.logprobs
-        max_tokens = cloud.max_tokens_for(model, request)
+        max_tokens = max_tokens_for(model, request)
         if max_tokens is not None:
             chat = request.messages is not None
             arguments[self._openai_options.max_tokens_parameter if chat else "max_tokens"] = (
@@ -174,7 +185,7 @@ class OpenAIBackend(CloudBackend):
         continuation = request.continuation.text
         if request.messages is not None:
             if continuation:
-                raise cloud.unsupported("continuation", "openai chat")
+                raise unsupported("continuation", "openai chat")
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             stream: Any = await self._client.chat.completions.create(
                 messages=messages,  # type: ignore[arg-type]
@@ -208,7 +219,7 @@ class OpenAIBackend(CloudBackend):
         finally:
             await stream.close()  # also when the caller went away: the HTTP stream ends
         if finish is None:
-            raise cloud.broken_stream_error(self.provider, model, "no finish reason before the end")
+            raise broken_stream_error(self.provider, model, "no finish reason before the end")
         yield Finish(finish, prompt_tokens, completion_tokens or chunks, stop_sequence)
 
     async def close(self) -> None:
