@@ -1,6 +1,6 @@
 """The LLMService servicer: protobuf in, backend calls, protobuf out. Nothing else.
 
-Validation lives in ``validation``, queueing in ``admission``, model lookup in
+Parsing lives in ``request_parsing``, queueing in ``admission``, model lookup in
 ``catalog``; every failure becomes a status in :func:`status_boundary`.
 """
 
@@ -25,7 +25,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard_common import logs, tracing
 from switchyard_common.status import StatusError, abort
-from switchyard_modelserver import metrics, validation
+from switchyard_modelserver import metrics, request_parsing
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
@@ -41,7 +41,8 @@ from switchyard_modelserver.domain import (
     ModelState,
     PromptCounted,
 )
-from switchyard_modelserver.validation import UnreadableRequest
+from switchyard_modelserver.limits import max_tokens_ceiling
+from switchyard_modelserver.request_parsing import UnreadableRequest, generation_request
 
 log = logging.getLogger("switchyard.modelserver.requests")
 
@@ -314,7 +315,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         gates: dict[str, ModelGate],
         in_flight: InFlight,
         coalesce_seconds: float = 0.0,
-        limits: InputLimits = validation.DEFAULT_LIMITS,
+        limits: InputLimits = request_parsing.DEFAULT_LIMITS,
         max_tokens: dict[str, int] | None = None,
     ) -> None:
         self._coalesce_seconds = coalesce_seconds
@@ -337,7 +338,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         ):
             parts: list[str] = []
             tokens: list[pb.Token] = []
-            valid = _with_deadline(validation.generation_request(request, self._limits), context)
+            valid = _with_deadline(generation_request(request, self._limits), context)
             events = self._events(valid, outcome)
             async with aclosing(events):
                 async for event in events:
@@ -369,7 +370,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             self._in_flight.track(),
             _deadline(context),
         ):
-            valid = _with_deadline(validation.generation_request(request, self._limits), context)
+            valid = _with_deadline(generation_request(request, self._limits), context)
             with_ids = valid.include_token_ids
             events = coalesced(self._events(valid, outcome), self._coalesce_seconds)
             async with aclosing(events):
@@ -472,7 +473,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
         outcome.resolved = True
-        resolved = validation.max_tokens_ceiling(
+        resolved = max_tokens_ceiling(
             dataclasses.replace(request, model=model_id),
             self._max_tokens.get(model_id, self._limits.max_tokens),
         )
