@@ -286,3 +286,21 @@ def test_backends_never_import_protobuf() -> None:
     assert "switchyard_modelserver.backends.cloud.openai" in modules
     reached = [chain for module in modules for chain in _protobuf_reached_from(module)]
     assert reached == []
+
+
+def test_no_model_server_code_calls_context_abort() -> None:
+    """Calls end through switchyard_common.status.abort (which sends the status's
+    details) from the status boundary, never by a handler's own context.abort."""
+    import ast
+
+    calls = [
+        f"{path.relative_to(_MODELSERVER_SRC)}:{node.lineno}"
+        for path in sorted((_MODELSERVER_SRC / "switchyard_modelserver").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "abort"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "context"
+    ]
+    assert calls == []
