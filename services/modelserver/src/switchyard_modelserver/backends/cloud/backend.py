@@ -45,12 +45,15 @@ class CloudBackend(Backend):
     remote = True
     authoritative_model_list: ClassVar[bool] = False
     """Whether a model the provider does not list is unavailable (else only a warning)."""
+    requires_api_key: ClassVar[bool] = False
+    """Whether a missing API key is a config error (else requests go without one)."""
     options: CloudOptions
 
     def __init__(self, options: CloudOptions) -> None:
         self.options = options
         self._models = {m.id: m for m in options.models}
         self._health: ProviderHealth | None = None
+        self._secret = load_secret(options, required=self.requires_api_key, kind=self.kind)
 
     # -- what a provider implements --------------------------------------
 
@@ -185,14 +188,20 @@ class CloudBackend(Backend):
             self._health.failed(model.id, error)
         return error
 
-    @property
     @abc.abstractmethod
+    def send_key(self, key: str | None) -> None:
+        """Makes the provider's client send ``key`` (None: no key) from the next
+        request on."""
+
+    @property
     def secret(self) -> Secret:
         """The backend's API key."""
+        return self._secret
 
-    @abc.abstractmethod
     def use_secret(self, secret: Secret) -> None:
         """Sends ``secret`` as the API key from the next request on."""
+        self._secret = secret
+        self.send_key(secret.reveal())
 
     def reload_secret(self) -> None:
         """Re-reads ``api_key_file`` (a rotated or fixed Kubernetes secret is seen

@@ -155,30 +155,35 @@ def _for(model: CloudModel) -> str:
 
 
 def timeout_error(provider: str, model: CloudModel) -> StatusError:
-    return StatusError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"{provider} did not answer {_for(model)} within the deadline",
-        reason="PROVIDER_TIMEOUT",
-        metadata={"provider": provider, "model": model.id},
-    )
+    message = f"{provider} did not answer {_for(model)} within the deadline"
+    return _failure(grpc.StatusCode.DEADLINE_EXCEEDED, "PROVIDER_TIMEOUT", provider, model, message)
 
 
 def connection_error(provider: str, model: CloudModel, what: str) -> StatusError:
-    return StatusError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"{provider} connection failed {_for(model)}: {what}",
-        reason="PROVIDER_UNREACHABLE",
-        metadata={"provider": provider, "model": model.id},
-    )
+    message = f"{provider} connection failed {_for(model)}: {what}"
+    return _failure(grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNREACHABLE", provider, model, message)
 
 
 def broken_stream_error(provider: str, model: CloudModel, what: str) -> StatusError:
+    message = f"{provider} stream {_for(model)} broke off: {what}"
+    return _failure(grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN", provider, model, message)
+
+
+def _failure(
+    code: grpc.StatusCode, reason: str, provider: str, model: CloudModel, message: str
+) -> StatusError:
+    """A failure with no HTTP answer behind it (so no ``http_status`` in its ErrorInfo)."""
     return StatusError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"{provider} stream {_for(model)} broke off: {what}",
-        reason="PROVIDER_STREAM_BROKEN",
-        metadata={"provider": provider, "model": model.id},
+        code, message, reason=reason, metadata={"provider": provider, "model": model.id}
     )
+
+
+def sdk_connection_error(provider: str, model: CloudModel, error: Exception) -> StatusError:
+    """The status for an official SDK's connection error: that of the httpx2
+    failure behind it, else PROVIDER_UNREACHABLE."""
+    cause = error.__cause__
+    status = transport_error(provider, model, cause) if cause is not None else None
+    return status or connection_error(provider, model, type(error).__name__)
 
 
 def transport_error(provider: str, model: CloudModel, error: BaseException) -> StatusError | None:
