@@ -10,8 +10,8 @@ come back as the model server's bytes and leave as the vendor's JSON or events.
 
 - Keys: ``Authorization: Bearer <key>`` or Anthropic's ``x-api-key: <key>`` are the
   router's API keys; W3C ``traceparent`` / ``tracestate`` continue the caller's trace.
-- Deadline: the official SDKs send their timeout as ``x-stainless-timeout`` (seconds);
-  the router stops the generation when it passes (504).
+- Deadline: HTTP has no standard one; ``x-switchyard-timeout: <seconds>`` sets it,
+  and the router stops the generation when it passes (504), as with a gRPC deadline.
 - A stream's status is sent with its first message: a request that fails before
   any is an HTTP error answer; after, an error event in the vendor's shape.
 - A caller that disconnects cancels the request, which stops the generation on the
@@ -285,16 +285,16 @@ def _no_deadline() -> None:
 
 
 def _time_remaining(headers: Any) -> Callable[[], float | None]:
-    """Time left to the caller's timeout (the SDKs' ``x-stainless-timeout``), if any."""
-    timeout = headers.get("x-stainless-timeout")
+    """Time left before the caller's ``x-switchyard-timeout`` passes (None: no deadline)."""
+    timeout = headers.get("x-switchyard-timeout")
     if timeout is None:
         return _no_deadline
     try:
         seconds = float(timeout)
     except ValueError:
-        raise bad_field("x-stainless-timeout", "must be a number of seconds") from None
+        raise bad_field("x-switchyard-timeout", "must be a number of seconds") from None
     if not seconds > 0:
-        raise bad_field("x-stainless-timeout", "must be more than 0 seconds")
+        raise bad_field("x-switchyard-timeout", "must be more than 0 seconds")
     deadline = time.monotonic() + seconds
     return lambda: deadline - time.monotonic()
 
