@@ -313,7 +313,6 @@ class Router:
         self._ready = False
         grace = self.config.drain_grace_seconds
         stopping = asyncio.ensure_future(self.server.stop(grace))  # no new calls from now
-        http_stopping = asyncio.ensure_future(self.http.stop(grace)) if self.http else None
         deadline = time.monotonic() + grace
         log.info("draining: %d requests in flight, up to %.0fs to finish", self.proxy.active, grace)
         # Polled: the hot path updates a plain counter, not an event.
@@ -325,8 +324,8 @@ class Router:
             await asyncio.wait({stopping}, timeout=_STATUS_FLUSH_SECONDS)
         await self.server.stop(0)  # ends what is left: health watches, overdue requests
         await stopping
-        if http_stopping is not None:
-            await http_stopping
+        if self.http is not None:  # it answered /readyz 503 and refused new requests meanwhile
+            await self.http.stop(max(0.0, deadline - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))

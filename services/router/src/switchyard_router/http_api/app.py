@@ -16,6 +16,8 @@ come back as the model server's bytes and leave as the vendor's JSON or events.
   any is an HTTP error answer; after, an error event in the vendor's shape.
 - A caller that disconnects cancels the request, which stops the generation on the
   model server.
+- While the router drains, ``/readyz`` answers 503 and new requests get 503
+  (SHUTTING_DOWN, ``retry-after``); requests in flight finish, then the listener closes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ _SPAN_ATTRIBUTES = {
     path: {"http.request.method": "POST", "http.route": path, "url.path": path} for path in _APIS
 }
 _FORWARDED_HEADERS = ("traceparent", "tracestate")
+# While the router drains, the listener stays open (load balancers read /readyz) and
+# new requests are told to go elsewhere.
+_SHUTTING_DOWN = StatusError(
+    grpc.StatusCode.UNAVAILABLE,
+    "the router is shutting down; retry on another replica",
+    reason="SHUTTING_DOWN",
+    retry_after=1.0,
+)
 
 
 class _Answer:
@@ -159,6 +169,8 @@ class HttpApp:
             _respond(protocol, _api_of(path, scope).error(error))
 
     async def _generate(self, api: Api, path: str, scope: Any, protocol: Any) -> None:
+        if not self.ready():
+            raise _SHUTTING_DOWN
         headers = scope.headers
         body = await self._body(headers, protocol)
         call = api.call(body)
