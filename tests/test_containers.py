@@ -5,7 +5,8 @@ images are built from the project's Dockerfiles on a local Debian base
 (BASE_IMAGE build argument), then run with testcontainers on the host network
 with the chart's hardening (read-only root, no capabilities, non-root user)
 and the configs and arguments the Helm chart renders. The model is a tiny
-GGUF written by the tests.
+GGUF written by the tests. What cannot run here skips with the reason, and
+fails on CI (tests/dockerd.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dockerd import (
     PrivateDockerd,
     build_context,
     image_wheels,
+    unavailable,
 )
 from helmchart import (
     NAMESPACE,
@@ -84,17 +86,13 @@ CHART_VALUES: dict[str, Any] = {
 def docker_engine() -> Iterator[PrivateDockerd]:
     try:
         daemon = PrivateDockerd()
+        daemon.wait_ready()
     except EngineUnavailableError as error:
-        pytest.skip(f"no container engine can start: {error}")
+        unavailable(str(error))
     saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
     os.environ["DOCKER_HOST"] = daemon.host
     # Ryuk (testcontainers' reaper) is an image from Docker Hub; the fixture cleans up.
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-    try:
-        daemon.wait_ready(lambda: DockerClient().client.ping())
-    except EngineUnavailableError as error:
-        daemon.stop()
-        pytest.skip(f"no container engine can start: {error}")
     yield daemon
     daemon.stop()
     for key, value in saved.items():
@@ -121,12 +119,16 @@ def build_image(context: Path, tag: str, dockerfile: str) -> None:
 def build_root(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The base image imported, and a build context with every wheel (no index needed)."""
     if not BASE_TARBALL.is_file():
-        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/)")
+        unavailable(f"{BASE_TARBALL} is missing: run `make setup` as root (scripts/setup.d/)")
+    try:
+        wheels = image_wheels()
+    except EngineUnavailableError as error:
+        unavailable(str(error))
     repository, tag = BASE_IMAGE.split(":")
     DockerClient().client.api.import_image_from_file(
         str(BASE_TARBALL), repository=repository, tag=tag
     )
-    return build_context(tmp_path_factory.mktemp("context"), image_wheels())
+    return build_context(tmp_path_factory.mktemp("context"), wheels)
 
 
 @pytest.fixture(scope="module")
