@@ -22,9 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "switchyard"
@@ -33,19 +30,7 @@ BASE_IMAGE = "local/debian-py:bookworm"
 
 
 class EngineUnavailableError(Exception):
-    """No container engine can start on this machine (see ``unavailable``)."""
-
-
-def on_ci() -> bool:
-    """CI (``CI=true``, as root): every container tool is installed, so nothing may skip."""
-    return os.environ.get("CI") == "true" and os.geteuid() == 0
-
-
-def unavailable(reason: str) -> NoReturn:
-    """A container test that cannot run: a failure on CI, a skip elsewhere."""
-    if on_ci():
-        pytest.fail(f"container tests cannot run on CI: {reason}", pytrace=False)
-    pytest.skip(f"no container engine can run here: {reason}")
+    """No container engine can start on this machine (``processes.unavailable``)."""
 
 
 class PrivateDockerd:

@@ -29,7 +29,6 @@ from dockerd import (
     PrivateDockerd,
     build_context,
     image_wheels,
-    unavailable,
 )
 from helmchart import (
     NAMESPACE,
@@ -42,7 +41,7 @@ from helmchart import (
     pool_name,
     render,
 )
-from processes import free_port, health_status
+from processes import free_port, health_status, unavailable
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.docker_client import DockerClient
 from testcontainers.core.image import DockerImage
