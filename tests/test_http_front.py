@@ -4,6 +4,7 @@ curl against a live router over llama.cpp (tiny model) and scripted model server
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from conftest import SCRIPTED_MODELS, start_router
 from processes import ServerProcess, free_port
 
 from switchyard import Client
+
+TYPESCRIPT = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +381,46 @@ def test_health_endpoints_answer_for_load_balancers(
     status, headers, _ = curl(f"{http_router[1]}/v1/chat/completions")
     assert status == 405 and "allow: post" in headers
     assert curl(f"{http_router[1]}/v2/nothing")[0] == 404
+
+
+# -- TypeScript ----------------------------------------------------------------
+
+
+def _openai_typescript(base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """clients/typescript/src/openai-example.ts: the official `openai` npm package."""
+    return subprocess.run(
+        [str(TYPESCRIPT / "node_modules" / ".bin" / "tsx"), "src/openai-example.ts",
+         "--base-url", f"{base_url}/v1", *args],
+        cwd=TYPESCRIPT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+
+
+def test_the_openai_npm_package_lists_chats_and_streams(
+    http_router: tuple[ServerProcess, str],
+) -> None:
+    ran = _openai_typescript(http_router[1], "--model", "tiny", "--max-tokens", "8")
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert {f"model {m['id']}" for m in SCRIPTED_MODELS} | {"model tiny"} <= set(lines)
+    with Client(http_router[0].address) as client:
+        expected = client.chat(
+            "tiny",
+            [{"role": "user", "content": "Which city is the capital of France?"}],
+            max_tokens=8,
+            temperature=0,
+        ).text
+    [chat] = [line for line in lines if line.startswith("chat ")]
+    [stream] = [line for line in lines if line.startswith("stream ")]
+    assert chat == f"chat {json.dumps(expected, ensure_ascii=False)} finish=length tokens=8"
+    assert stream.startswith(f"stream {json.dumps(expected, ensure_ascii=False)} chunks=")
+    assert stream.endswith(" finish=length tokens=8")
+
+
+def test_the_openai_npm_package_sees_the_vendor_error(
+    http_router: tuple[ServerProcess, str],
+) -> None:
+    ran = _openai_typescript(http_router[1], "--model", "no-such-model")
+    assert ran.returncode == 1
+    assert ran.stderr.startswith("error: 404 not_found_error: ")
+    assert "available models: canned" in ran.stderr
