@@ -28,7 +28,7 @@ def _events(data: bytes) -> list[Any]:
     return [p if p == "[DONE]" else json.loads(p) for p in payloads]
 
 
-def _last(text: str, finish: pb.FinishReason.ValueType) -> bytes:
+def _last(text: str, finish: pb.FinishReason) -> bytes:
     usage = pb.Usage(prompt_tokens=2, completion_tokens=3)
     last = pb.StreamGenerateResponse(text=text, finish_reason=finish, usage=usage)
     return last.SerializeToString()
@@ -183,7 +183,7 @@ def test_openai_completions_logprobs_have_offsets() -> None:
         (pb.FINISH_REASON_CONTENT_FILTER, "refusal"),
     ],
 )
-def test_anthropic_stop_reasons(finish: pb.FinishReason.ValueType, stop_reason: str) -> None:
+def test_anthropic_stop_reasons(finish: pb.FinishReason, stop_reason: str) -> None:
     call = anthropic.Messages().call(_body({"model": "m", "max_tokens": 5, "messages": []}))
     response = pb.GenerateResponse(text="t", finish_reason=finish)
     assert json.loads(call.answer(response.SerializeToString()))["stop_reason"] == stop_reason
