@@ -58,6 +58,9 @@ _SPAN_ATTRIBUTES = {
     path: {"http.request.method": "POST", "http.route": path, "url.path": path} for path in _APIS
 }
 _FORWARDED_HEADERS = ("traceparent", "tracestate")
+_INTERNAL = StatusError(
+    grpc.StatusCode.INTERNAL, "internal error in the router; its log has the traceback"
+)
 # While the router drains, the listener stays open (load balancers read /readyz) and
 # new requests are told to go elsewhere.
 _SHUTTING_DOWN = StatusError(
@@ -167,6 +170,9 @@ class HttpApp:
             _respond(protocol, _OPENAI.error(refusal.error), refusal.status, refusal.allow)
         except StatusError as error:
             _respond(protocol, _api_of(path, scope).error(error))
+        except Exception:
+            log.exception("HTTP %s %s failed", method, path)
+            _respond(protocol, _api_of(path, scope).error(_INTERNAL))
 
     async def _generate(self, api: Api, path: str, scope: Any, protocol: Any) -> None:
         if not self.ready():
@@ -192,6 +198,12 @@ class HttpApp:
             return
         except asyncio.CancelledError:
             return  # the caller left: there is no one to answer
+        except Exception:
+            if isinstance(sink, _Answer) or sink.transport is None:
+                raise
+            log.exception("HTTP stream on %s failed", path)
+            await sink.finish(call.failure(_INTERNAL))
+            return
         finally:
             watch()
         if isinstance(sink, _Answer):
