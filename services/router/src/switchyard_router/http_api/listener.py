@@ -25,6 +25,8 @@ from switchyard_router.http_api.app import HttpApp
 log = logging.getLogger("switchyard.router.http")
 
 _START_TIMEOUT_SECONDS = 10.0
+_CONNECT_TIMEOUT_SECONDS = 0.5
+_ACCEPTED_TO_START = 3
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -67,23 +69,29 @@ class HttpListener:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Starts serving; ConfigError when the address cannot be bound."""
+        """Starts serving; ConfigError when the address cannot be bound. Returns once
+        a few connections in a row were accepted: just after it binds, granian's
+        embedded server may still drop one."""
         self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="http")
         connect_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-        while True:
+        accepted = 0
+        while accepted < _ACCEPTED_TO_START:
             if self._task.done():
                 error = self._task.exception()
                 raise ConfigError(f"http_listen: cannot serve on {self.listen}: {error}")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"http_listen: {self.listen} did not start")
             try:
-                _, writer = await asyncio.open_connection(connect_host, self.port)
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"http_listen: {self.listen} did not start") from None
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(connect_host, self.port), _CONNECT_TIMEOUT_SECONDS
+                )
+            except (OSError, TimeoutError):
+                accepted = 0
                 await asyncio.sleep(0.01)
                 continue
             writer.close()
-            return
+            accepted += 1
 
     async def stop(self, grace: float) -> None:
         """Stops taking connections; lets requests in flight finish within ``grace``."""
