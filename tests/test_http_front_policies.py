@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import re
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -308,7 +309,7 @@ def test_the_http_front_speaks_tls_with_the_listeners_certificate(
     path = fleet.rewrite_router_config("router", router_config)
     router = ServerProcess("tls-http-router", "switchyard_router", path, free_port(), fleet.workdir)
     fleet.servers.append(router)
-    with httpx2.Client(verify=str(ca_file)) as https:
+    with httpx2.Client(verify=ssl.create_default_context(cafile=ca_file)) as https:
         deadline = time.monotonic() + 30
         while True:  # the gRPC health check needs TLS too: wait on the HTTP port instead
             try:
