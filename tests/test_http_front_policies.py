@@ -288,8 +288,9 @@ def test_traceparent_continues_the_callers_trace(
         modelserver.stop()
 
 
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
 def test_the_http_front_speaks_tls_with_the_listeners_certificate(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, tmp_path: Path, mutual: bool
 ) -> None:
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
@@ -298,18 +299,28 @@ def test_the_http_front_speaks_tls_with_the_listeners_certificate(
     cert_file, key_file = tmp_path / "server.crt", tmp_path / "server.key"
     cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     key_file.write_bytes(leaf.private_key_pem.bytes())
+    tls: dict[str, str] = {"cert_file": str(cert_file), "key_file": str(key_file)}
+    trusting = ssl.create_default_context(cafile=ca_file)
+    context = ssl.create_default_context(cafile=ca_file)
+    if mutual:
+        tls["client_ca_file"] = str(ca_file)
+        client_pem = tmp_path / "client.pem"
+        ca.issue_cert("app@switchyard.test").private_key_and_cert_chain_pem.write_to_path(
+            str(client_pem)
+        )
+        context.load_cert_chain(client_pem)
     server = fleet.scripted("s", [{"id": "m", "reply": "secret ok"}])
     port = free_port()
     router_config = {
         "http_listen": f"127.0.0.1:{port}",
-        "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
+        "tls": tls,
         "clusters": {"pool": {"endpoints": [server.address]}},
         "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
     }
     path = fleet.rewrite_router_config("router", router_config)
     router = ServerProcess("tls-http-router", "switchyard_router", path, free_port(), fleet.workdir)
     fleet.servers.append(router)
-    with httpx2.Client(verify=ssl.create_default_context(cafile=ca_file)) as https:
+    with httpx2.Client(verify=context) as https:
         deadline = time.monotonic() + 30
         while True:  # the gRPC health check needs TLS too: wait on the HTTP port instead
             try:
@@ -326,6 +337,9 @@ def test_the_http_front_speaks_tls_with_the_listeners_certificate(
     assert answer.choices[0].message.content == "secret ok"
     status, _, _ = _plain_get(f"http://127.0.0.1:{port}/healthz")
     assert status != 200  # plaintext is not served on a TLS port
+    if mutual:  # a client without a certificate gets no answer
+        with httpx2.Client(verify=trusting) as anonymous, pytest.raises(httpx2.HTTPError):
+            anonymous.get(f"https://127.0.0.1:{port}/healthz").raise_for_status()
 
 
 def _plain_get(url: str) -> tuple[int, str, str]:
