@@ -55,8 +55,13 @@ class MessagesRequest(Strict):
     top_p: float | None = None
     top_k: int | None = None
     stream: bool = False
+    # Accepted, with no effect here.
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
+    cache_control: Any = None
+    inference_geo: Any = None
+    speed: Any = None
+    user_profile_id: Any = None
     # Fields of the API that Switchyard does not serve (refused when set).
     tools: Any = None
     tool_choice: Any = None
