@@ -1,0 +1,424 @@
+"""Fleet state in Redis: the limits, budgets and (optionally) cached answers that every
+router replica shares, so a key limited to N requests per minute gets N, not N per
+replica.
+
+Admission is one round trip: a Lua script (``lua/admit.lua``) checks the key's
+rates, looks up the cached answer and reserves its budget atomically, on Redis's
+clock. Settlements and cache writes are queued and sent in the background, many
+per round trip (a pipeline), never on a request's path.
+
+When Redis cannot be reached (an operation fails or takes longer than
+``timeout_seconds``), the router says so once (a WARNING log line, the
+``switchyard_router_redis_up`` gauge, the ``switchyard.router.redis`` health
+status) and from then on does not wait for Redis: it serves on this process's own
+limits (``when_unreachable: local``, failing open; the request that saw the
+failure included, so none fails) or refuses keys with limits
+(``when_unreachable: refuse``), while a probe tries Redis again every
+``probe_seconds``; the first answer switches back, with no restart. Cache lookups
+miss and writes are dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from switchyard_common.status import StatusError
+from switchyard_router import metrics
+from switchyard_router.fleet.budget import Period, current_periods
+from switchyard_router.fleet.config import RedisConfig
+from switchyard_router.fleet.local import LocalFleetState
+from switchyard_router.fleet.state import (
+    Ask,
+    FleetState,
+    KeyLimits,
+    Ticket,
+    budget_exhausted,
+    rate_limited,
+)
+
+log = logging.getLogger("switchyard.router.fleet")
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+_MAX_BATCH = 512  # queued writes per pipeline
+
+
+def _script(name: str) -> str:
+    return resources.files("switchyard_router.fleet").joinpath(f"lua/{name}.lua").read_text()
+
+
+def describe_redis(url: str) -> str:
+    """Where Redis is, for logs: host:port or the socket path (never a password)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def connect(config: RedisConfig) -> aioredis.Redis:
+    """A client whose operations fail fast: no retries, ``timeout_seconds`` each."""
+    options: dict[str, Any] = {
+        "max_connections": config.max_connections,
+        "timeout": config.timeout_seconds,  # waiting for a free connection
+        "socket_timeout": config.timeout_seconds,
+        "socket_connect_timeout": config.timeout_seconds,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": "switchyard-router",
+    }
+    if config.username is not None:
+        options["username"] = config.username
+    password = config.password()
+    if password is not None:
+        options["password"] = password
+    if config.tls is not None:
+        if config.tls.ca_file is not None:
+            options["ssl_ca_certs"] = str(config.tls.ca_file)
+        if config.tls.cert_file is not None and config.tls.key_file is not None:
+            options["ssl_certfile"] = str(config.tls.cert_file)
+            options["ssl_keyfile"] = str(config.tls.key_file)
+    pool = aioredis.BlockingConnectionPool.from_url(config.url, **options)
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisFleetState(FleetState):
+    """Limits and budgets (``shares_limits``) and cached answers (``shares_cache``) in
+    Redis; what is not shared, and everything while Redis is unreachable, in ``local``."""
+
+    shared = True
+
+    def __init__(
+        self,
+        config: RedisConfig,
+        local: LocalFleetState,
+        *,
+        shares_limits: bool,
+        shares_cache: bool,
+        on_reachability: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self.config = config
+        self.local = local
+        self.shares_limits = shares_limits
+        self.shares_cache = shares_cache
+        self.where = describe_redis(config.url)
+        self.up = False
+        self._on_reachability = on_reachability
+        self._client = connect(config)
+        self._admit = self._client.register_script(_script("admit"))
+        self._extend = self._client.register_script(_script("extend"))
+        self._settle = self._client.register_script(_script("settle"))
+        self._prefix = config.key_prefix
+        self._writes: list[tuple[str, list[Any], list[Any]]] = []
+        self._written = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Checks Redis once (so health is right from the start), then keeps writing."""
+        await self._probe_once()
+        if not self.up:
+            self._went_down("not reachable at start")
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._write_forever(), name="redis writes"))
+
+    # --- admission ---------------------------------------------------------------------
+
+    async def admit(self, ask: Ask) -> Ticket:
+        limits = ask.limits if self.shares_limits else None
+        remote_lookup = self.shares_cache and ask.cache_key is not None
+        if limits is None and not remote_lookup:
+            return self.local.admit_now(ask)
+        if not self.up:
+            if limits is not None and self.config.when_unreachable == "refuse":
+                raise self._limits_unavailable()
+            return self.local.admit_now(ask)
+        local_limits = ask.limits if not self.shares_limits else None
+        if local_limits is not None:  # limits here, cache in Redis: refuse before asking
+            self.local.limiter(local_limits).check()
+        cached = None
+        if not remote_lookup and ask.cache_key is not None and self.local.cache is not None:
+            cached = self.local.cache.get(ask.cache_key)
+        periods: tuple[Period, ...] = ()
+        reserve = 0
+        if limits is not None and limits.budget is not None and cached is None and ask.reserve:
+            periods = current_periods(limits.budget)
+            reserve = ask.reserve
+        keys, args = self._admit_call(limits, periods, reserve, ask, remote_lookup)
+        try:
+            answer = await self._admit(keys=keys, args=args)
+        except _UNREACHABLE as error:
+            self._went_down(error)
+            return await self.admit(ask)  # now on local limits (or refused)
+        except RedisError as error:
+            log.error("Redis at %s refused admission (%s): using local limits", self.where, error)
+            metrics.REDIS_ERRORS.inc()
+            return self.local.admit_now(ask)
+        outcome = int(answer[0])
+        if outcome:
+            raise self._refusal(outcome, answer[1], limits, periods, reserve)
+        if cached is None and len(answer) > 2 and answer[2] is not None:
+            cached = bytes(answer[2])
+        if local_limits is not None:  # counted here: take the request, reserve here
+            local = Ask(local_limits, ask.reserve if cached is None else 0, ask.partial)
+            ticket = self.local.admit_now(local, look_up=False)
+            ticket.cached = cached
+            return ticket
+        return Ticket(ask.limits, int(answer[1]), periods, cached, shared=limits is not None)
+
+    def _admit_call(
+        self,
+        limits: KeyLimits | None,
+        periods: tuple[Period, ...],
+        reserve: int,
+        ask: Ask,
+        look_up: bool,
+    ) -> tuple[list[Any], list[Any]]:
+        request_rate = token_rate = 0.0
+        request_burst = token_burst = 0.0
+        key_id = ""
+        if limits is not None:
+            key_id = limits.key_id
+            if limits.requests_per_minute:
+                request_rate, request_burst = limits.requests_per_minute / 60, limits.request_burst
+            if limits.tokens_per_minute:
+                token_rate, token_burst = limits.tokens_per_minute / 60, limits.token_burst
+        day, month = self._budget_args(key_id, periods)
+        cache = self._cache_key(ask.cache_key) if look_up and ask.cache_key else ""
+        keys = [
+            self._key("requests", key_id),
+            self._key("tokens", key_id),
+            day[0],
+            month[0],
+            cache,
+        ]
+        args = [
+            repr(request_rate),
+            repr(request_burst),
+            repr(token_rate),
+            repr(token_burst),
+            day[1],
+            day[2],
+            month[1],
+            month[2],
+            reserve,
+            1 if ask.partial else 0,
+            1 if look_up else 0,
+        ]
+        return keys, args
+
+    def _budget_args(
+        self, key_id: str, periods: tuple[Period, ...]
+    ) -> tuple[tuple[str, int, int], tuple[str, int, int]]:
+        """(counter key, budget, ttl) of the day and month periods (budget 0: none)."""
+        found = {p.name: (self._key("budget", key_id, p.name, p.id), p.budget, p.ttl_seconds)
+                 for p in periods}  # fmt: skip
+        none = (self._key("budget", key_id, "none"), 0, 0)
+        return found.get("day", none), found.get("month", none)
+
+    def _refusal(
+        self,
+        outcome: int,
+        value: Any,
+        limits: KeyLimits | None,
+        periods: tuple[Period, ...],
+        reserve: int,
+    ) -> StatusError:
+        assert limits is not None  # only limits refuse
+        if outcome == 1:
+            assert limits.requests_per_minute is not None
+            return rate_limited(
+                "requests_per_minute",
+                limits.requests_per_minute,
+                limits.request_burst,
+                float(value),
+            )
+        if outcome == 2:
+            assert limits.tokens_per_minute is not None
+            return rate_limited(
+                "tokens_per_minute", limits.tokens_per_minute, limits.token_burst, float(value)
+            )
+        name = "day" if outcome == 3 else "month"
+        period = next(p for p in periods if p.name == name)
+        return budget_exhausted(period, int(value), reserve)
+
+    def _limits_unavailable(self) -> StatusError:
+        return StatusError(
+            grpc.StatusCode.UNAVAILABLE,
+            "this API key's limits cannot be checked: the fleet's Redis is unreachable "
+            "(when_unreachable: refuse)",
+            reason="LIMITS_UNAVAILABLE",
+            retry_after=self.config.probe_seconds,
+        )
+
+    # --- during and after a request ----------------------------------------------------
+
+    async def extend(self, ticket: Ticket, tokens: int) -> int:
+        if not ticket.shared:
+            return await self.local.extend(ticket, tokens)
+        assert ticket.limits is not None
+        if self.up:
+            day, month = self._budget_args(ticket.limits.key_id, ticket.periods)
+            try:
+                more = int(
+                    await self._extend(
+                        keys=[day[0], month[0]],
+                        args=[day[1], day[2], month[1], month[2], tokens],
+                    )
+                )
+            except _UNREACHABLE as error:
+                self._went_down(error)
+            except RedisError as error:
+                log.error("Redis at %s refused a budget extension: %s", self.where, error)
+                metrics.REDIS_ERRORS.inc()
+            else:
+                if more < 0:  # -1: the day's budget is spent, -2: the month's
+                    name = "day" if more == -1 else "month"
+                    ticket.spent = next(p for p in ticket.periods if p.name == name)
+                    return 0
+                ticket.granted += more
+                return more
+        if self.config.when_unreachable == "refuse":
+            return 0
+        # Fail open: this process's own ledger pays for the rest of the stream.
+        return await self.local.extend(ticket, tokens)
+
+    def settle(self, ticket: Ticket, used: int) -> None:
+        limits = ticket.limits
+        if limits is None:
+            return
+        if not ticket.shared:
+            self.local.settle(ticket, used)
+            return
+        if not limits.tokens_per_minute and used == ticket.granted:
+            return  # nothing changes
+        day, month = self._budget_args(limits.key_id, ticket.periods)
+        token_rate = limits.tokens_per_minute / 60 if limits.tokens_per_minute else 0.0
+        self._queue(
+            "settle",
+            [self._key("tokens", limits.key_id), day[0], month[0]],
+            [
+                repr(token_rate),
+                repr(limits.token_burst),
+                used,
+                ticket.granted,
+                1 if day[1] else 0,
+                1 if month[1] else 0,
+            ],
+        )
+
+    def store(self, key: bytes, entry: bytes, ttl_seconds: float, model: str) -> None:
+        if not self.shares_cache:
+            self.local.store(key, entry, ttl_seconds, model)
+        elif self.up:
+            self._queue(
+                "set", [self._cache_key(key)], [entry, max(1, int(ttl_seconds * 1000)), model]
+            )
+
+    def forget_keys_except(self, key_ids: set[str]) -> None:
+        self.local.forget_keys_except(key_ids)
+
+    def _queue(self, kind: str, keys: list[Any], args: list[Any]) -> None:
+        if len(self._writes) >= 100 * _MAX_BATCH:
+            return  # Redis is slower than the requests: settlements are best effort
+        self._writes.append((kind, keys, args))
+        self._written.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            while self._writes:
+                batch, self._writes = self._writes[:_MAX_BATCH], self._writes[_MAX_BATCH:]
+                if self.up:
+                    await self._write(batch)
+
+    async def _write(self, batch: list[tuple[str, list[Any], list[Any]]]) -> None:
+        stored: list[str] = []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for kind, keys, args in batch:
+                    if kind == "settle":
+                        await self._settle(keys=keys, args=args, client=pipe)
+                    else:
+                        entry, ttl_ms, model = args
+                        pipe.set(keys[0], entry, px=ttl_ms)
+                        stored.append(model)
+                await pipe.execute(raise_on_error=False)
+        except _UNREACHABLE as error:
+            self._went_down(error)
+            return
+        except RedisError as error:
+            log.error("Redis at %s refused %d writes: %s", self.where, len(batch), error)
+            metrics.REDIS_ERRORS.inc()
+            return
+        for model in stored:
+            metrics.CACHE_STORES.labels(model).inc()
+
+    # --- reachability ------------------------------------------------------------------
+
+    def _went_down(self, error: object) -> None:
+        metrics.REDIS_ERRORS.inc()
+        if not self.up and any(t.get_name() == "redis probe" for t in self._tasks):
+            return  # already known, and being probed
+        self.up = False
+        metrics.REDIS_UP.set(0)
+        what = (
+            "serving on this router's own limits until it is back"
+            if self.config.when_unreachable == "local"
+            else "refusing requests of keys with limits until it is back"
+        )
+        if not self.shares_limits:
+            what = "the response cache misses until it is back"
+        log.warning("Redis at %s is unreachable (%s): %s", self.where, _describe(error), what)
+        self._on_reachability(False)
+        loop = asyncio.get_running_loop()
+        probe = loop.create_task(self._probe_until_up(), name="redis probe")
+        self._tasks.append(probe)
+        probe.add_done_callback(self._tasks.remove)
+
+    async def _probe_until_up(self) -> None:
+        # Connections from before the failure are broken: start afresh.
+        await self._client.connection_pool.disconnect(inuse_connections=True)
+        while not self.up:
+            await asyncio.sleep(self.config.probe_seconds)
+            await self._probe_once()
+        log.info("Redis at %s is reachable again: limits are shared by the fleet", self.where)
+
+    async def _probe_once(self) -> None:
+        try:
+            await self._client.ping()
+        except (*_UNREACHABLE, RedisError):
+            return
+        self.up = True
+        metrics.REDIS_UP.set(1)
+        self._on_reachability(True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.up and self._writes:
+            await self._write(self._writes[:_MAX_BATCH])
+        await self._client.aclose()
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    def _cache_key(self, key: bytes) -> str:
+        return f"{self._prefix}:cache:{key.hex()}"
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return str(error)
