@@ -209,6 +209,7 @@ class Admission:
             return None
         if not (sampling.deterministic or config.nondeterministic):
             metrics.CACHE_LOOKUPS.labels(route.model, "nondeterministic").inc()
+            call.record.cache = "nondeterministic"
             return None
         directives = cache_directives(call.inbound.metadata)
         scope = principal.cache_scope if principal is not None and config.scope == "key" else ""

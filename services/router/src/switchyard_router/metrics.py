@@ -100,7 +100,7 @@ class RequestRecord:
     span: Any = None  # the request's span when tracing is on
     attempts: int = 0
     key: str | None = None  # the API key's configured id (never the key), with auth on
-    cache: str | None = None  # the response cache's answer: hit or miss (cached routes only)
+    cache: str | None = None  # on a cached route: hit, miss, bypass or nondeterministic
 
     def finish(self) -> None:
         REQUESTS.labels(self.method, self.model, self.code).inc()

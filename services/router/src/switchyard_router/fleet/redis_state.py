@@ -113,6 +113,7 @@ class RedisFleetState(FleetState):
         self.shares_cache = shares_cache
         self.where = describe_redis(config.url)
         self.up = False
+        """Whether Redis answered the last time it was asked."""
         self._on_reachability = on_reachability
         self._client = connect(config)
         self._admit = self._client.register_script(_script("admit"))
@@ -124,12 +125,19 @@ class RedisFleetState(FleetState):
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Checks Redis once (so health is right from the start), then keeps writing."""
-        await self._probe_once()
-        if not self.up:
-            self._went_down("not reachable at start")
+        """Checks Redis once (so health is right from the start), then keeps writing
+        and watching it."""
+        try:
+            await self._client.ping()
+        except (*_UNREACHABLE, RedisError) as error:
+            self._announce_down(error)
+        else:
+            self.up = True
+            metrics.REDIS_UP.set(1)
+            self._on_reachability(True)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._write_forever(), name="redis writes"))
+        self._tasks.append(loop.create_task(self._watch_forever(), name="redis watch"))
 
     # --- admission ---------------------------------------------------------------------
 
@@ -366,41 +374,54 @@ class RedisFleetState(FleetState):
 
     # --- reachability ------------------------------------------------------------------
 
-    def _went_down(self, error: object) -> None:
-        metrics.REDIS_ERRORS.inc()
-        if not self.up and any(t.get_name() == "redis probe" for t in self._tasks):
-            return  # already known, and being probed
-        self.up = False
-        metrics.REDIS_UP.set(0)
-        what = (
-            "serving on this router's own limits until it is back"
-            if self.config.when_unreachable == "local"
-            else "refusing requests of keys with limits until it is back"
-        )
-        if not self.shares_limits:
-            what = "the response cache misses until it is back"
-        log.warning("Redis at %s is unreachable (%s): %s", self.where, _describe(error), what)
-        self._on_reachability(False)
-        loop = asyncio.get_running_loop()
-        probe = loop.create_task(self._probe_until_up(), name="redis probe")
-        self._tasks.append(probe)
-        probe.add_done_callback(self._tasks.remove)
-
-    async def _probe_until_up(self) -> None:
-        # Connections from before the failure are broken: start afresh.
-        await self._client.connection_pool.disconnect(inuse_connections=True)
-        while not self.up:
+    async def _watch_forever(self) -> None:
+        """Pings Redis every ``probe_seconds``, so that health follows it even without
+        requests, and a Redis that is back is used again."""
+        while True:
             await asyncio.sleep(self.config.probe_seconds)
-            await self._probe_once()
-        log.info("Redis at %s is reachable again: limits are shared by the fleet", self.where)
+            await self._check()
 
-    async def _probe_once(self) -> None:
+    async def _check(self) -> None:
         try:
             await self._client.ping()
-        except (*_UNREACHABLE, RedisError):
+        except (*_UNREACHABLE, RedisError) as error:
+            if self.up:
+                self._went_down(error)
             return
+        if not self.up:
+            self._came_back()
+
+    def _went_down(self, error: object) -> None:
+        """Stops waiting for Redis after a failed operation (once: later failures of
+        operations already under way change nothing)."""
+        metrics.REDIS_ERRORS.inc()
+        if self.up:
+            self._announce_down(error)
+
+    def _announce_down(self, error: object) -> None:
+        self.up = False
+        metrics.REDIS_UP.set(0)
+        if not self.shares_limits:
+            what = "the response cache misses until it is back"
+        elif self.config.when_unreachable == "local":
+            what = "serving on this router's own limits until it is back"
+        else:
+            what = "refusing requests of keys with limits until it is back"
+        log.warning("Redis at %s is unreachable (%s): %s", self.where, _describe(error), what)
+        self._on_reachability(False)
+        # Connections from before the failure are broken: the next ones start afresh.
+        loop = asyncio.get_running_loop()
+        reset = loop.create_task(
+            self._client.connection_pool.disconnect(inuse_connections=True), name="redis reset"
+        )
+        self._tasks.append(reset)
+        reset.add_done_callback(self._tasks.remove)
+
+    def _came_back(self) -> None:
         self.up = True
         metrics.REDIS_UP.set(1)
+        shared = "limits are shared by the fleet" if self.shares_limits else "cache in use"
+        log.info("Redis at %s is reachable again: %s", self.where, shared)
         self._on_reachability(True)
 
     async def close(self) -> None:
