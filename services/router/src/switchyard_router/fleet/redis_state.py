@@ -21,8 +21,10 @@ miss and writes are dropped meanwhile.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from switchyard_common.status import StatusError
@@ -55,8 +57,20 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeou
 _MAX_BATCH = 512  # queued writes per pipeline
 
 
-def _script(name: str) -> str:
-    return resources.files("switchyard_router.fleet").joinpath(f"lua/{name}.lua").read_text()
+_WRITE_DELAY_SECONDS = 0.002  # queued writes wait this long for others to share a round trip
+
+
+@dataclass(frozen=True)
+class _Script:
+    """A Lua script of ``lua/``, run by its SHA-1 (loaded again when Redis forgot it)."""
+
+    text: str
+    sha: str
+
+    @classmethod
+    def named(cls, name: str) -> _Script:
+        text = resources.files("switchyard_router.fleet").joinpath(f"lua/{name}.lua").read_text()
+        return cls(text, hashlib.sha1(text.encode()).hexdigest())
 
 
 def describe_redis(url: str) -> str:
@@ -116,9 +130,9 @@ class RedisFleetState(FleetState):
         """Whether Redis answered the last time it was asked."""
         self._on_reachability = on_reachability
         self._client = connect(config)
-        self._admit = self._client.register_script(_script("admit"))
-        self._extend = self._client.register_script(_script("extend"))
-        self._settle = self._client.register_script(_script("settle"))
+        self._admit = _Script.named("admit")
+        self._extend = _Script.named("extend")
+        self._settle = _Script.named("settle")
         self._prefix = config.key_prefix
         self._writes: list[tuple[str, list[Any], list[Any]]] = []
         self._written = asyncio.Event()
@@ -163,7 +177,7 @@ class RedisFleetState(FleetState):
             reserve = ask.reserve
         keys, args = self._admit_call(limits, periods, reserve, ask, remote_lookup)
         try:
-            answer = await self._admit(keys=keys, args=args)
+            answer = await self._run(self._admit, keys, args)
         except _UNREACHABLE as error:
             self._went_down(error)
             return await self.admit(ask)  # now on local limits (or refused)
@@ -278,9 +292,10 @@ class RedisFleetState(FleetState):
             day, month = self._budget_args(ticket.limits.key_id, ticket.periods)
             try:
                 more = int(
-                    await self._extend(
-                        keys=[day[0], month[0]],
-                        args=[day[1], day[2], month[1], month[2], tokens],
+                    await self._run(
+                        self._extend,
+                        [day[0], month[0]],
+                        [day[1], day[2], month[1], month[2], tokens],
                     )
                 )
             except _UNREACHABLE as error:
@@ -341,9 +356,18 @@ class RedisFleetState(FleetState):
         self._writes.append((kind, keys, args))
         self._written.set()
 
+    async def _run(self, script: _Script, keys: list[Any], args: list[Any]) -> Any:
+        """Runs a script: one round trip (two more once after Redis restarted)."""
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(script.text)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
     async def _write_forever(self) -> None:
         while True:
             await self._written.wait()
+            await asyncio.sleep(_WRITE_DELAY_SECONDS)
             self._written.clear()
             while self._writes:
                 batch, self._writes = self._writes[:_MAX_BATCH], self._writes[_MAX_BATCH:]
@@ -351,17 +375,29 @@ class RedisFleetState(FleetState):
                     await self._write(batch)
 
     async def _write(self, batch: list[tuple[str, list[Any], list[Any]]]) -> None:
+        """Sends queued writes in one pipeline (settlements again, once, if Redis had
+        forgotten the script)."""
         stored: list[str] = []
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for kind, keys, args in batch:
                     if kind == "settle":
-                        await self._settle(keys=keys, args=args, client=pipe)
+                        pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
                     else:
                         entry, ttl_ms, model = args
                         pipe.set(keys[0], entry, px=ttl_ms)
                         stored.append(model)
-                await pipe.execute(raise_on_error=False)
+                results = await pipe.execute(raise_on_error=False)
+            forgotten = [
+                op for op, result in zip(batch, results, strict=True)
+                if isinstance(result, NoScriptError)
+            ]  # fmt: skip
+            if forgotten:
+                await self._client.script_load(self._settle.text)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for _, keys, args in forgotten:
+                        pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+                    await pipe.execute(raise_on_error=False)
         except _UNREACHABLE as error:
             self._went_down(error)
             return
