@@ -6,6 +6,7 @@ Redis is in test_fleet.py.)"""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.configfile import describe_validation_error
 from switchyard_common.status import StatusError
 from switchyard_router import wire
-from switchyard_router.config import RouterConfig
+from switchyard_router.config import RouterConfig, load_router_config
 from switchyard_router.fleet import Ask, KeyLimits
 from switchyard_router.fleet.budget import BudgetExhaustedError, LocalBudgets, current_periods
 from switchyard_router.fleet.cache import (
@@ -28,6 +29,8 @@ from switchyard_router.fleet.cache import (
 )
 from switchyard_router.fleet.config import TokenBudgetConfig
 from switchyard_router.fleet.local import LocalFleetState
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --- reading the wire -----------------------------------------------------------------
 
@@ -238,3 +241,18 @@ def test_fleet_settings_are_validated_at_start(settings: dict[str, Any], message
     described = describe_validation_error(caught.value)  # what the router logs
     assert message in described
     assert "hunter2" not in described  # a URL's password is never echoed
+
+
+def test_the_fleet_example_is_in_the_readme_and_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = REPO / "deploy/examples/router-fleet.yaml"
+    assert example.read_text().split("\n", 1)[1] in (REPO / "README.md").read_text()
+    (tmp_path / "password").write_text("from-a-secret\n")  # what the Secret would mount
+    monkeypatch.setenv("REDIS_DIR", str(tmp_path))
+    config = load_router_config(example)
+    assert config.limits_backend == "redis" and config.redis is not None
+    assert config.redis.password() == "from-a-secret"
+    assert config.response_cache.backend == "redis"
+    assert config.auth is not None and config.auth.keys[0].token_budget is not None
+    assert config.routes[0].cache is not None and config.routes[0].cache.scope == "key"

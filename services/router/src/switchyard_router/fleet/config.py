@@ -55,7 +55,7 @@ class RedisConfig(_Strict):
     )
     tls: RedisTLSConfig | None = Field(default=None, description="with a rediss:// URL")
     timeout_seconds: float = Field(
-        default=0.25,
+        default=0.5,
         gt=0,
         description="per operation; a slower or failed one switches to local limits",
     )
