@@ -8,9 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import redis
-from processes import free_port
+from processes import free_port, unavailable
 
 _START_TIMEOUT = 10.0
 
@@ -21,7 +20,7 @@ class RedisServer:
     def __init__(self, workdir: Path, name: str = "redis") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: run scripts/setup.sh (setup.d/30-redis.sh)")
+            unavailable("redis-server is not installed (Debian redis-server; scripts/setup.d/)")
         self.binary = binary
         self.workdir = workdir
         self.name = name

@@ -462,28 +462,3 @@ def test_the_picker_cost_benchmark_prints_every_policy_and_route_size() -> None:
         [size, attempt] for size in ("2", "8", "64") for attempt in ("first", "retry")
     ]
     assert all(float(cell) > 0 for row in rows for cell in row[2:4])
-
-
-def test_the_fleet_overhead_benchmark_compares_local_and_redis_limits_and_the_cache() -> None:
-    """Its smoke mode, once (a real redis-server and three routers): it runs and
-    reports every row; the numbers are for people."""
-    script = Path(__file__).parent.parent / "benchmarks" / "fleet_overhead.py"
-    command = [sys.executable, str(script), "--smoke"]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert finished.returncode == 0, finished.stderr
-    rows = {
-        line.split("|")[1].strip(): line
-        for line in finished.stdout.splitlines()
-        if line.startswith("| ") and not line.startswith("| measure")
-    }
-    for row in (
-        "unary latency p50, concurrency 1",
-        "router CPU per request, concurrency 16",
-        "Redis CPU per request",
-        "memory hit",
-        "memory miss",
-        "Redis hit",
-        "Redis miss",
-    ):
-        assert row in rows, finished.stdout
-    assert " ms |" in rows["Redis hit"] and " µs |" in rows["Redis miss"]

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import secrets
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import grpc
 import pytest
 import secretscan
 from conftest import MODELSERVER, ROUTER, write_config
-from processes import ServerProcess, free_port, health_status
+from processes import ServerProcess, free_port, health_status, wait_until
 from redisserver import RedisServer
 
 from switchyard.status import parse_details
@@ -227,14 +226,6 @@ def _refusal(action: Callable[[], object]) -> grpc.RpcError:
     return caught.value
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _budget_used(redis: RedisServer, key_id: str, period: str = "day") -> int:
     """What Redis holds for the key's current budget period (reserved or spent)."""
     now = dt.datetime.now(dt.UTC)
@@ -258,7 +249,7 @@ def _access_lines(router: ServerProcess, *needles: str) -> list[str]:
 
 
 def _wait_for_log(router: ServerProcess, *needles: str, count: int = 1) -> list[str]:
-    _wait_for(lambda: len(_access_lines(router, *needles)) >= count, f"log lines {needles}")
+    wait_until(lambda: len(_access_lines(router, *needles)) >= count, f"log lines {needles}")
     return _access_lines(router, *needles)
 
 
@@ -333,7 +324,7 @@ def test_a_budget_is_reserved_at_admission_and_settled_to_the_usage(
     assert (usage.prompt_tokens, usage.completion_tokens) == (1, 6)
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (1, 6)
     # Both settled from their usage (prompt + completion), replacing the 10 + 30 reserved.
-    _wait_for(lambda: _budget_used(redis_server, "reserving") == 14, "settlements")
+    wait_until(lambda: _budget_used(redis_server, "reserving") == 14, "settlements")
 
 
 def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(
@@ -357,7 +348,7 @@ def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(
     assert "ended after the tokens already paid for" in (caught.value.details() or "")
     # Exactly the 12 tokens the budget pays for (one token a message here), charged.
     assert "".join(received) == " ".join(COUNTING.split()[:12])
-    _wait_for(lambda: _budget_used(redis_server, "streaming") == 12, "the cut stream's charge")
+    wait_until(lambda: _budget_used(redis_server, "streaming") == 12, "the cut stream's charge")
     # Spent: the next request of the key, on either router, is refused at admission.
     refused = _refusal(lambda: _generate(pair[1], _request("canned"), metadata))
     assert parse_details(refused.trailing_metadata()).reason == "BUDGET_EXHAUSTED"
@@ -374,7 +365,7 @@ def test_a_repeated_greedy_request_is_replayed_from_the_cache_by_another_router(
     before = _cached_entries(redis_server)
     first, first_headers = _generate(pair[0], request, keys("alice"))
     assert "x-switchyard-cache" not in first_headers
-    _wait_for(lambda: _cached_entries(redis_server) > before, "the answer in Redis")
+    wait_until(lambda: _cached_entries(redis_server) > before, "the answer in Redis")
     again, headers = _generate(pair[1], request, keys("bob"))  # shared scope: any key
     assert headers["x-switchyard-cache"] == "hit"
     assert again == first
@@ -399,7 +390,7 @@ def test_a_repeated_stream_is_replayed_message_by_message(
 
     # Written in the background: a request may come before the write lands (a miss,
     # whose answer is stored again).
-    _wait_for(replayed, "two replayed streams")
+    wait_until(replayed, "two replayed streams")
     # The stored messages, as they were: the same text, in the same messages, with
     # the final one's usage.
     assert replays[0] == replays[1]
@@ -414,7 +405,7 @@ def test_cache_control_no_cache_bypasses_the_cache(
 ) -> None:
     request = _request("cached-shared", prompt="bypass me", temperature=0)
     _generate(pair[0], request, keys("alice"))
-    _wait_for(lambda: _generate(pair[0], request, keys("alice"))[1] != {}, "a cached answer")
+    wait_until(lambda: _generate(pair[0], request, keys("alice"))[1] != {}, "a cached answer")
     no_cache = (*keys("alice"), ("cache-control", "no-cache"))
     answer, headers = _generate(pair[0], request, no_cache)
     assert "x-switchyard-cache" not in headers
@@ -433,9 +424,9 @@ def test_a_cached_answer_expires_after_its_ttl(
         def stored() -> list[bytes]:
             return [k for k in client.keys("switchyard:cache:*") if 0 < client.pttl(k) <= 1000]
 
-        _wait_for(lambda: bool(stored()), "the short-lived answer in Redis")
+        wait_until(lambda: bool(stored()), "the short-lived answer in Redis")
         entry = stored()[0]
-        _wait_for(lambda: not client.exists(entry), "the answer to expire")
+        wait_until(lambda: not client.exists(entry), "the answer to expire")
     _, headers = _generate(pair[1], request, keys("alice"))
     assert "x-switchyard-cache" not in headers
 
@@ -455,12 +446,12 @@ def test_answers_cached_per_key_are_not_replayed_to_another_key(
 ) -> None:
     request = _request("cached", prompt="mine", temperature=0)
     _generate(pair[0], request, keys("alice"))
-    _wait_for(lambda: bool(_generate(pair[0], request, keys("alice"))[1]), "alice's hit")
+    wait_until(lambda: bool(_generate(pair[0], request, keys("alice"))[1]), "alice's hit")
     _, headers = _generate(pair[0], request, keys("bob"))
     assert "x-switchyard-cache" not in headers  # bob never sees alice's answer
     # Keys with the same cache_scope share theirs.
     _generate(pair[0], request, keys("carol"))
-    _wait_for(lambda: bool(_generate(pair[1], request, keys("dave"))[1]), "a hit for dave")
+    wait_until(lambda: bool(_generate(pair[1], request, keys("dave"))[1]), "a hit for dave")
 
 
 def test_a_hit_costs_no_model_tokens(
@@ -469,12 +460,12 @@ def test_a_hit_costs_no_model_tokens(
     metadata = keys("cache-budget")
     request = _request("cached", prompt="free replay", temperature=0)
     _generate(pair[0], request, metadata)  # 2 + 6 tokens
-    _wait_for(lambda: _budget_used(redis_server, "cache-budget", "month") == 8, "the charge")
-    _wait_for(lambda: bool(_generate(pair[1], request, metadata)[1]), "a hit")
+    wait_until(lambda: _budget_used(redis_server, "cache-budget", "month") == 8, "the charge")
+    wait_until(lambda: bool(_generate(pair[1], request, metadata)[1]), "a hit")
     _generate(pair[1], _request("canned", prompt="paid"), metadata)  # 1 + 6 more
     # Settlements are written in order: once the last one landed, a charge for the
     # hit would have too.
-    _wait_for(lambda: _budget_used(redis_server, "cache-budget", "month") >= 15, "the charge")
+    wait_until(lambda: _budget_used(redis_server, "cache-budget", "month") >= 15, "the charge")
     assert _budget_used(redis_server, "cache-budget", "month") == 15
 
 
@@ -502,7 +493,7 @@ def test_a_memory_cache_replays_and_counts_in_metrics(
 
 def _wait_for_health(routers: tuple[ServerProcess, ...], status: str) -> None:
     for router in routers:
-        _wait_for(
+        wait_until(
             lambda router=router: health_status(router.address, REDIS_HEALTH) == status,  # type: ignore[misc]
             f"{router.name}: {REDIS_HEALTH} {status}",
         )
@@ -538,7 +529,7 @@ class _Load:
 
     def wait_for_more(self, count: int) -> None:
         start = self.served
-        _wait_for(lambda: self.served >= start + count, f"{count} more answers")
+        wait_until(lambda: self.served >= start + count, f"{count} more answers")
 
     def stop(self) -> None:
         self._stop.set()
