@@ -614,3 +614,24 @@ def test_when_unreachable_refuse_fails_closed_for_keys_with_limits(
         assert _generate(router, _request("canned"), keys("guarded"))[0].text == CANNED
     finally:
         redis.stop()
+
+
+def test_a_reload_moves_the_limits_to_redis_without_a_restart(
+    folder: Path,
+    servers: list[ServerProcess],
+    upstream: ServerProcess,
+    redis_server: RedisServer,
+    keys: Keys,
+) -> None:
+    key_configs = [keys.config("reloaded", requests_per_minute=1000)]
+    config = _router_config(upstream, None, key_configs)
+    path = write_config(folder / "reloading-router.yaml", config)
+    router = ServerProcess("reloading-router", ROUTER, path, free_port(), folder)
+    servers.append(router)
+    router.wait_serving()
+    assert health_status(router.address, REDIS_HEALTH) == "NOT_FOUND"  # no Redis yet
+    write_config(path, _router_config(upstream, redis_server, key_configs, limits_backend="redis"))
+    wait_until(lambda: health_status(router.address, REDIS_HEALTH) == "SERVING", "the reload")
+    _generate(router, _request("canned"), keys("reloaded"))
+    with redis_server.client() as client:
+        assert client.exists("switchyard:requests:reloaded")  # counted in Redis now

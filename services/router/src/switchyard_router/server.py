@@ -93,6 +93,7 @@ class Router:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._fleet_settings: tuple[Any, ...] | None = None
+        self._fleet_generation = 0  # only the current fleet state reports to health
         self._config_mtime = self._mtime()
 
     def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -206,8 +207,13 @@ class Router:
             return self.proxy.fleet
         previous = self.proxy.fleet if self._fleet_settings is not None else None
         self._fleet_settings = settings
+        self._fleet_generation += 1
+        generation = self._fleet_generation
         fleet = build_fleet_state(
-            config.limits_backend, config.redis, config.response_cache, self._redis_reachable
+            config.limits_backend,
+            config.redis,
+            config.response_cache,
+            lambda up: self._redis_reachable(up, generation),
         )
         if previous is not None and previous.shared:
             # Until the new one says otherwise (a Redis one does at start).
@@ -217,8 +223,11 @@ class Router:
             self._spawn(_close_later(previous, config.drain_grace_seconds), "close fleet state")
         return fleet
 
-    def _redis_reachable(self, up: bool) -> None:
-        """Health and logs follow the fleet's Redis (see fleet.redis_state)."""
+    def _redis_reachable(self, up: bool, generation: int) -> None:
+        """Health follows the fleet's Redis (see fleet.redis_state); a replaced fleet
+        state, closing after its grace period, no longer speaks for it."""
+        if generation != self._fleet_generation:
+            return
         status = _SERVING if up else _NOT_SERVING
         self._spawn(self.health.set(REDIS_HEALTH_NAME, status), "redis health")
 
