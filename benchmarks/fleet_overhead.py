@@ -39,7 +39,9 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 KEY = "sk-fleet-benchmark"
+RATE_ONLY_KEY = "sk-fleet-benchmark-rate-only"
 METADATA = (("authorization", f"Bearer {KEY}"),)
+RATE_ONLY = (("authorization", f"Bearer {RATE_ONLY_KEY}"),)
 Stub = Any
 _prompts = itertools.count()
 
@@ -63,7 +65,12 @@ async def _latency(stubs: dict[str, tuple[Stub, str, bool]], n: int) -> dict[str
 
 
 async def _cpu_per_request(
-    pids: list[int], stub: Stub, model: str, fresh: bool, count: int
+    pids: list[int],
+    stub: Stub,
+    model: str,
+    fresh: bool,
+    count: int,
+    metadata: tuple[tuple[str, str], ...] = METADATA,
 ) -> list[float]:
     """CPU seconds per request of each of ``pids`` for ``count`` requests, 16 at once."""
     remaining = count
@@ -72,7 +79,7 @@ async def _cpu_per_request(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await stub.Generate(_request(model, fresh), metadata=METADATA)
+            await stub.Generate(_request(model, fresh), metadata=metadata)
 
     before = [cpu_seconds(pid) for pid in pids]
     await asyncio.gather(*(worker() for _ in range(16)))
@@ -117,6 +124,11 @@ async def run(smoke: bool) -> None:
         "tokens_per_minute": 10_000_000_000,
         "token_budget": {"per_day": 10**15},
     }
+    rate_only = {
+        "id": "bench-rate-only",
+        "sha256": hashlib.sha256(RATE_ONLY_KEY.encode()).hexdigest(),
+        "requests_per_minute": 10_000_000,
+    }
     base: dict[str, Any] = {
         "clusters": {"pool": {"endpoints": [upstream]}},
         "routes": [
@@ -130,12 +142,12 @@ async def run(smoke: bool) -> None:
         "local": {
             **base,
             "listen": f"127.0.0.1:{ports['local']}",
-            "auth": {"keys": [key]},
+            "auth": {"keys": [key, rate_only]},
         },
         "redis": {
             **base,
             "listen": f"127.0.0.1:{ports['redis-router']}",
-            "auth": {"keys": [key]},
+            "auth": {"keys": [key, rate_only]},
             "limits_backend": "redis",
             "redis": {"url": redis_url},
             "response_cache": {"backend": "redis"},
@@ -161,6 +173,9 @@ async def run(smoke: bool) -> None:
         processes += routers.values()
         for config in configs.values():
             wait_serving(str(config["listen"]))
+        for name, process in routers.items():  # not another server that took its port
+            if process.poll() is not None:
+                sys.exit(f"router {name} exited (see {work}/router-{name}.log)")
         channels = {n: grpc.aio.insecure_channel(str(c["listen"])) for n, c in configs.items()}
         stubs = {name: pb_grpc.LLMServiceStub(channel) for name, channel in channels.items()}
         n, count, rounds = (20, 100, 1) if smoke else (2000, 3000, 3)
@@ -168,6 +183,7 @@ async def run(smoke: bool) -> None:
             await _latency({"w": (stub, "ok", False)}, 20)
         latency = await _latency({name: (stub, "ok", False) for name, stub in stubs.items()}, n)
         cpu: dict[str, list[float]] = {name: [] for name in stubs}
+        rate_cpu: dict[str, list[float]] = {name: [] for name in ("local", "redis")}
         redis_cpu: list[float] = []
         for _ in range(rounds):
             for name, stub in stubs.items():
@@ -176,6 +192,10 @@ async def run(smoke: bool) -> None:
                 cpu[name].append(router_cpu)
                 if name == "redis":
                     redis_cpu.append(redis_part)
+                if name in rate_cpu:  # admission alone: nothing to settle afterwards
+                    rate_cpu[name].append(
+                        (await _cpu_per_request(pids, stub, "ok", False, count, RATE_ONLY))[0]
+                    )
         cache_cases = {
             f"{store} {outcome}": (stubs[name], "cached", outcome == "miss")
             for name, store in (("local", "memory"), ("redis", "Redis"))
@@ -217,6 +237,8 @@ async def run(smoke: bool) -> None:
         print(f"| unary latency {label}, concurrency 1 | {row} |")
     row = " | ".join(us(cpu[name]) for name in ("plain", "local", "redis"))
     print(f"| router CPU per request, concurrency 16 | {row} |")
+    rate_row = f"{us(rate_cpu['local'])} | {us(rate_cpu['redis'])}"
+    print(f"| the same, a key with only a request rate (nothing to settle) | | {rate_row} |")
     print(f"| Redis CPU per request | | | {us(redis_cpu)} |")
     print()
     print("| response cache | latency p50 | latency p99 | router CPU per request |")

@@ -57,7 +57,7 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeou
 _MAX_BATCH = 512  # queued writes per pipeline
 
 
-_WRITE_DELAY_SECONDS = 0.002  # queued writes wait this long for others to share a round trip
+_WRITE_DELAY_SECONDS = 0.01  # queued writes wait this long for others to share a round trip
 
 
 @dataclass(frozen=True)
