@@ -13,7 +13,6 @@ too: one place that decides whether a request gets an endpoint at all.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ from switchyard_router.metrics import RequestRecord
 from switchyard_router.picker import RequestView
 from switchyard_router.resume import WANT_TOKEN_IDS, ResumeState
 from switchyard_router.routing import Route, RouteTable
-
-log = logging.getLogger("switchyard.router.admission")
 
 # Headers that belong to the hop, not the request; everything else (trace
 # context, caller credentials, custom metadata) travels on to the model server.

@@ -116,9 +116,10 @@ class Router:
         principal = await self._authenticate(context)
         try:
             pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
-            if principal is not None and principal.limits is not None:
+            limits = principal.limits if principal is not None else None
+            if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
                 # It asks every endpoint: a request like any other for the key's rate.
-                await self.proxy.fleet.admit(Ask(principal.limits))
+                await self.proxy.fleet.admit(Ask(limits))
         except DecodeError as error:
             reason = f"not a ListModelsRequest: {error}"
             await abort(context, invalid_argument(FieldViolation("request", reason)))
@@ -201,7 +202,12 @@ class Router:
         """The fleet state for ``config``: the current one while its settings (and the
         Redis password) are unchanged, else a new one; the old one closes once the
         requests that hold it had their grace period."""
-        password = config.redis.password() if config.redis is not None else None
+        password = None
+        if config.redis is not None:
+            try:
+                password = config.redis.password()
+            except OSError as error:  # connecting says so too, and falls back to local limits
+                log.error("redis.password_file cannot be read: %s", error.strerror)
         settings = (config.limits_backend, config.redis, config.response_cache, password)
         if settings == self._fleet_settings:
             return self.proxy.fleet

@@ -158,7 +158,10 @@ def connect(config: RedisConfig) -> aioredis.Redis:
     }
     if config.username is not None:
         options["username"] = config.username
-    password = config.password()
+    try:
+        password = config.password()
+    except OSError:
+        password = None  # Redis refuses the connection: local limits, and a log line
     if password is not None:
         options["password"] = password
     if config.tls is not None:
