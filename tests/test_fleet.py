@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 import secretscan
+import trustme
 from conftest import MODELSERVER, ROUTER, write_config
 from processes import ServerProcess, free_port, health_status, wait_until
 from redisserver import RedisServer
@@ -634,3 +635,40 @@ def test_a_reload_moves_the_limits_to_redis_without_a_restart(
     _generate(router, _request("canned"), keys("reloaded"))
     with redis_server.client() as client:
         assert client.exists("switchyard:requests:reloaded")  # counted in Redis now
+
+
+def test_limits_are_shared_over_tls_with_a_password_from_a_file(
+    folder: Path, servers: list[ServerProcess], upstream: ServerProcess, keys: Keys
+) -> None:
+    tls = folder / "redis-tls"
+    tls.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tls / "ca.crt"))
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(tls / "tls.crt"))
+    leaf.private_key_pem.write_to_path(str(tls / "tls.key"))
+    password = secrets.token_urlsafe(16)
+    secretscan.register(password)  # never in a log
+    (folder / "redis-password").write_text(f"{password}\n")  # as a Secret mounts it
+    redis = RedisServer(folder, "redis-tls", tls=tls, password=password)
+    try:
+        config = _router_config(
+            upstream,
+            redis,
+            [keys.config("three-a-minute", requests_per_minute=3)],
+            redis_settings={
+                "password_file": str(folder / "redis-password"),
+                "tls": {"ca_file": str(tls / "ca.crt")},
+            },
+            limits_backend="redis",
+        )
+        assert config["redis"]["url"].startswith("rediss://")
+        routers = (
+            _start(folder, "tls-router-a", ROUTER, config),
+            _start(folder, "tls-router-b", ROUTER, config),
+        )
+        servers.extend(routers)
+        _wait_for_health(routers, "SERVING")
+        assert _outcomes(routers, keys("three-a-minute"), 6).count("OK") == 3
+    finally:
+        redis.stop()
