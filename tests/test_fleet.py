@@ -356,6 +356,28 @@ def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(
     assert "it is spent" in (refused.details() or "")
 
 
+def test_a_router_on_local_limits_cuts_a_stream_at_its_budget_too(
+    folder: Path, servers: list[ServerProcess], upstream: ServerProcess, keys: Keys
+) -> None:
+    budget = {"per_month": 7, "reserve_tokens": 2}
+    config = _router_config(upstream, None, [keys.config("local-budget", token_budget=budget)])
+    router = _start(folder, "local-budget-router", ROUTER, config)
+    servers.append(router)
+    received: list[str] = []
+    request = pb.StreamGenerateRequest(model="counting", prompt="hi")
+    with grpc.insecure_channel(router.address) as channel:
+        stream = pb_grpc.LLMServiceStub(channel).StreamGenerate(
+            request, timeout=10, metadata=keys("local-budget")
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            for message in stream:
+                received.append(message.text)
+    assert parse_details(caught.value.trailing_metadata()).metadata == {
+        "limit": "token_budget.per_month"
+    }
+    assert "".join(received) == " ".join(COUNTING.split()[:7])
+
+
 # --- the response cache ------------------------------------------------------------------
 
 
