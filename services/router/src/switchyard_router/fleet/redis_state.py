@@ -4,7 +4,7 @@ replica.
 
 Admission is one round trip: a Lua script (``lua/admit.lua``) checks the key's
 rates, looks up the cached answer and reserves its budget atomically, on Redis's
-clock. Settlements and cache writes are queued and sent in the background, many
+clock (the admissions of one event-loop turn share a pipeline). Settlements and cache writes are queued and sent in the background, many
 per round trip (a pipeline), never on a request's path.
 
 When Redis cannot be reached (an operation fails or takes longer than
@@ -55,9 +55,9 @@ log = logging.getLogger("switchyard.router.fleet")
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _MAX_BATCH = 512  # queued writes per pipeline
-
-
-_WRITE_DELAY_SECONDS = 0.01  # queued writes wait this long for others to share a round trip
+# Queued writes (settlements, cached answers) wait this long for others to share their
+# round trip: they are off every request's path, and a few ms late changes nothing.
+_WRITE_DELAY_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
