@@ -4,8 +4,9 @@ replica.
 
 Admission is one round trip: a Lua script (``lua/admit.lua``) checks the key's
 rates, looks up the cached answer and reserves its budget atomically, on Redis's
-clock (the admissions of one event-loop turn share a pipeline). Settlements and cache writes are queued and sent in the background, many
-per round trip (a pipeline), never on a request's path.
+clock (the admissions of one event-loop turn share a pipeline). Settlements and
+cache writes are queued and sent in the background, many per round trip (a
+pipeline), never on a request's path.
 
 When Redis cannot be reached (an operation fails or takes longer than
 ``timeout_seconds``), the router says so once (a WARNING log line, the
