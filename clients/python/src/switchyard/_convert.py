@@ -72,9 +72,19 @@ def _usage(message: pb.Usage) -> Usage:
     return Usage(prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens)
 
 
-def completion(response: pb.GenerateResponse) -> Completion:
-    return Completion(
-        text=response.text,
+class _Ending(TypedDict):
+    """What a finished generation carries, unary or at the end of a stream."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    backend: str
+    timings: Timings
+    stop_sequence: str
+
+
+def _ending(response: pb.GenerateResponse | pb.StreamGenerateResponse) -> _Ending:
+    return _Ending(
         finish_reason=FinishReason.from_proto(response.finish_reason),
         usage=_usage(response.usage),
         model=response.model,
@@ -82,21 +92,16 @@ def completion(response: pb.GenerateResponse) -> Completion:
         timings=_timings(response.timings),
         stop_sequence=response.stop_sequence,
     )
+
+
+def completion(response: pb.GenerateResponse) -> Completion:
+    return Completion(text=response.text, **_ending(response))
 
 
 def stream_chunk(response: pb.StreamGenerateResponse) -> StreamChunk:
     if response.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
         return StreamChunk(text=response.text)
-    return StreamChunk(
-        text=response.text,
-        finish_reason=FinishReason.from_proto(response.finish_reason),
-        usage=_usage(response.usage),
-        model=response.model,
-        backend=response.backend,
-        timings=_timings(response.timings),
-        stop_sequence=response.stop_sequence,
-        resumes=response.resumes,
-    )
+    return StreamChunk(text=response.text, resumes=response.resumes, **_ending(response))
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str:

@@ -1,7 +1,7 @@
 """Coalescing of streamed deltas: fewer gRPC messages, same text, same first token.
 
 Each gRPC message costs a relaying router tens of microseconds of CPU, whatever
-it carries (DESIGN.md, performance facts), so one message per token would make
+it carries (docs/architecture.md, performance facts), so one message per token would make
 the router cost as much CPU as the engine. The backend's generator runs in its
 own task and fills a buffer; the writer sends the first token at once, then at
 most one message per ``window`` carrying every delta produced meanwhile. The

@@ -2,7 +2,7 @@
 
 Requests are never parsed: the router reads the model name from the wire
 (`wire.read_model`) and relays request and response bytes untouched, which is
-what keeps a Python hop cheap (see DESIGN.md, performance facts). Deadlines
+what keeps a Python hop cheap (see docs/architecture.md, performance facts). Deadlines
 propagate as each attempt's timeout; a client that cancels cancels the
 upstream call, which stops generation on the model server.
 
