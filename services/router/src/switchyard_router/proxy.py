@@ -262,7 +262,16 @@ class Proxy:
 
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate, relayed, retried on another endpoint when that can help."""
-        record = RequestRecord("Generate")
+        return await self._unary(RequestRecord("Generate"), request, context)
+
+    async def count_tokens(self, request: bytes, context: Context) -> bytes:
+        """CountTokens, relayed exactly like Generate (its request has the model in
+        field 1 too): same routing, retries and failover."""
+        return await self._unary(RequestRecord("CountTokens"), request, context)
+
+    async def _unary(self, record: RequestRecord, request: bytes, context: Context) -> bytes:
+        """A unary call, relayed, retried on another endpoint when that can help."""
+        counts_tokens = record.method == "CountTokens"
         self.active += 1
         try:
             call = await self._begin(record, request, context)
@@ -277,13 +286,16 @@ class Proxy:
                 outcome = "CANCELLED"
                 pick.endpoint.outstanding += 1
                 try:
-                    response: bytes = await pick.endpoint.generate(
+                    upstream = (
+                        pick.endpoint.count_tokens if counts_tokens else pick.endpoint.generate
+                    )
+                    response: bytes = await upstream(
                         payload, timeout=timeout, metadata=attempt_metadata
                     )
                     pick.endpoint.record_success()
                     self.budget.record_success()
                     outcome = "OK"
-                    if call.limiter is not None:
+                    if call.limiter is not None and not counts_tokens:
                         call.charge(response, wire.GENERATE_USAGE_FIELD)
                     return response
                 except grpc.aio.AioRpcError as error:
