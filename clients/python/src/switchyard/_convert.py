@@ -48,10 +48,11 @@ class GenerationOptions(SamplingOptions, total=False):
 
     tools: Sequence[ToolLike]
     tool_choice: str | Tool
+    parallel_tool_calls: bool
     response_format: ResponseFormatLike
 
 
-_NOT_SAMPLING = frozenset({"tools", "tool_choice", "response_format"})
+_NOT_SAMPLING = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format"})
 
 
 def apply_options(request: pb.GenerateRequest, options: GenerationOptions) -> None:
@@ -63,6 +64,9 @@ def apply_options(request: pb.GenerateRequest, options: GenerationOptions) -> No
     choice = options.get("tool_choice")
     if choice is not None:
         request.tool_choice.CopyFrom(tool_choice_message(choice))
+    parallel = options.get("parallel_tool_calls")
+    if parallel is not None:
+        request.parallel_tool_calls = parallel
     response_format = options.get("response_format")
     if response_format is not None:
         request.response_format.CopyFrom(response_format_message(response_format))

@@ -163,6 +163,8 @@ class GenerationRequest:
     """When the caller stops waiting, on ``time.monotonic()``'s clock (None: no deadline)."""
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+    """False: at most one tool call."""
     response_format: ResponseFormat | None = None
     chat_template: str | None = None
     """The model's configured chat-template override (Jinja), if any: backends that

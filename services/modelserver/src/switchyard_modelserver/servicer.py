@@ -25,7 +25,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard_common import logs, tracing
 from switchyard_common.status import StatusError, abort
-from switchyard_modelserver import metrics, validation
+from switchyard_modelserver import capability_check, metrics, validation
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
@@ -514,7 +514,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             counted = self._with_defaults(dataclasses.replace(valid, model=model_id))
             tokens = await self._backend.count_tokens(counted)
             outcome.prompt_tokens = tokens
-            card = next(e.card for e in self._catalog.entries() if e.card.id == model_id)
+            card = self._catalog.card(model_id)
             return pb.CountTokensResponse(
                 prompt_tokens=tokens,
                 model=model_id,
@@ -551,6 +551,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         model_id = self._catalog.resolve(request.model)
         outcome.model = model_id
         outcome.resolved = True
+        capability_check.check(self._catalog.card(model_id), request, self._backend.kind)
         resolved = validation.max_tokens_ceiling(
             self._with_defaults(dataclasses.replace(request, model=model_id)),
             self._max_tokens.get(model_id, self._limits.max_tokens),

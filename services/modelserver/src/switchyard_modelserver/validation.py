@@ -110,6 +110,9 @@ def generation_request(
         include_token_ids=request.include_token_ids,
         tools=tools,
         tool_choice=tool_choice,
+        parallel_tool_calls=(
+            request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
+        ),
         response_format=response_format,
     )
 

@@ -102,7 +102,7 @@ def constraint_for(request: GenerationRequest) -> Constraint | None:
     block = converter._add_rule("call-block", f'"{START}" "\\n"? {call} "\\n"? "{END}"')
     calls = (
         block
-        if choice.mode is ToolChoiceMode.NAMED
+        if choice.mode is ToolChoiceMode.NAMED or not request.parallel_tool_calls
         else converter._add_rule("calls", f"{block} ([ \\t\\n]* {block})*")
     )
     if choice.mode is ToolChoiceMode.AUTO and not rules:
