@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import start_modelserver
 from processes import ServerProcess
 from toolcases import (
     CITY_SCHEMA,
@@ -166,3 +168,56 @@ def test_tools_need_a_chat(client: Client) -> None:
 
 def test_time_tool_schema_round_trips() -> None:
     assert json.loads(json.dumps(TIME.parameters)) == TIME.parameters
+
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+# Reaches for Python internals; the sandbox must stop it.
+ESCAPING_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ messages }}"
+
+
+@pytest.fixture(scope="module")
+def templated(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
+    """A llamacpp model server whose tiny models have configured templates and defaults."""
+    server = start_modelserver(
+        workdir,
+        "templated-modelserver",
+        {
+            "backend": {
+                "kind": "llamacpp",
+                "models_dir": str(models_dir),
+                "threads": 1,
+                "context_length": 1024,
+                "models": [{"file": "tiny.gguf"}, {"file": "tiny-slow.gguf"}],
+            },
+            "model_defaults": {
+                "tiny": {"chat_template": PLAIN_TEMPLATE, "system_prompt": "Be brief."},
+                "tiny-slow": {"chat_template": ESCAPING_TEMPLATE},
+            },
+        },
+    )
+    yield server
+    server.stop()
+
+
+def test_a_configured_chat_template_formats_the_chat(templated: ServerProcess) -> None:
+    with Client(templated.address, timeout=30) as client:
+        counted = client.count_tokens(MODEL, messages=QUESTION)
+        rendered = "[system] Be brief.\n[user] What is the weather in Paris?\n[assistant] "
+        assert counted.prompt_tokens == client.count_tokens(MODEL, rendered).prompt_tokens
+        [model] = [m for m in client.list_models() if m.id == MODEL]
+        assert model.defaults is not None
+        assert model.defaults.chat_template_override
+        assert model.defaults.system_prompt == "Be brief."
+
+
+def test_a_chat_template_runs_in_a_sandbox(templated: ServerProcess) -> None:
+    with (
+        Client(templated.address, timeout=30) as client,
+        pytest.raises(InvalidArgumentError) as error,
+    ):
+        client.chat("tiny-slow", QUESTION, max_tokens=4)
+    assert "chat template refused" in _violation(error)["messages"]
+    assert "unsafe" in _violation(error)["messages"]
