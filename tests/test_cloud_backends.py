@@ -331,7 +331,7 @@ def test_list_models_shows_the_configured_cards(cloud: dict[str, ServerProcess])
 def test_retry_after_reads_milliseconds_seconds_and_http_dates() -> None:
     from email.utils import formatdate
 
-    from switchyard_modelserver.backends.cloud import retry_after
+    from switchyard_modelserver.backends.cloud.retry_after import retry_after
 
     assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert retry_after({"Retry-After": "3"}) == 3.0
@@ -340,7 +340,7 @@ def test_retry_after_reads_milliseconds_seconds_and_http_dates() -> None:
 
 
 def test_retry_after_falls_back_to_the_reset_of_the_exhausted_rate_limit() -> None:
-    from switchyard_modelserver.backends.cloud import retry_after
+    from switchyard_modelserver.backends.cloud.retry_after import retry_after
 
     openai_headers = {
         "x-ratelimit-remaining-requests": "0",
@@ -362,7 +362,7 @@ def test_retry_after_falls_back_to_the_reset_of_the_exhausted_rate_limit() -> No
 
 
 def test_a_key_echoed_by_a_provider_is_scrubbed_but_config_names_are_not() -> None:
-    from switchyard_modelserver.backends.cloud import Secret
+    from switchyard_modelserver.backends.cloud.api_key import Secret
 
     secret = Secret("plain-secret-value")
     text = secret.scrub(

@@ -211,3 +211,96 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+_MODELSERVER_SRC = REPO / "services" / "modelserver" / "src"
+
+
+def _is_protobuf(module: str) -> bool:
+    """Protobuf's runtime, the generated contract, or any generated message module."""
+    parts = module.split(".")
+    return (
+        module.startswith(("google.protobuf", "switchyard.v1"))
+        or parts[:2] == ["switchyard", "v1"]
+        or any(part.endswith(("_pb2", "_pb2_grpc")) for part in parts)
+    )
+
+
+def _module_file(module: str) -> Path | None:
+    base = _MODELSERVER_SRC.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """Every module name an import statement in ``path`` names (relative ones made
+    absolute; ``from package import name`` counts ``package.name`` too)."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _protobuf_reached_from(module: str) -> list[str]:
+    """Import chains from ``module`` to protobuf, following the model server's own
+    modules (switchyard_common's status errors carry protobuf details by design)."""
+    chains: list[str] = []
+    seen = {module}
+    queue = [(module, module)]
+    while queue:
+        current, chain = queue.pop()
+        path = _module_file(current)
+        assert path is not None, current
+        for name in sorted(_imported_modules(path, current)):
+            if _is_protobuf(name):
+                chains.append(f"{chain} -> {name}")
+            elif name.startswith("switchyard_modelserver") and name not in seen:
+                seen.add(name)
+                if _module_file(name) is not None:
+                    queue.append((name, f"{chain} -> {name}"))
+    return chains
+
+
+def test_backends_never_import_protobuf() -> None:
+    """Backends see only the domain's types: no module under backends/ imports protobuf
+    or the generated contract, directly or through another model-server module."""
+    assert _protobuf_reached_from("switchyard_modelserver.servicer"), "the check sees nothing"
+    backends = _MODELSERVER_SRC / "switchyard_modelserver" / "backends"
+    modules = [
+        ".".join(path.relative_to(_MODELSERVER_SRC).with_suffix("").parts).removesuffix(".__init__")
+        for path in sorted(backends.rglob("*.py"))
+    ]
+    assert "switchyard_modelserver.backends.cloud.openai" in modules
+    reached = [chain for module in modules for chain in _protobuf_reached_from(module)]
+    assert reached == []
+
+
+def test_no_model_server_code_calls_context_abort() -> None:
+    """Calls end through switchyard_common.status.abort (which sends the status's
+    details) from the status boundary, never by a handler's own context.abort."""
+    import ast
+
+    calls = [
+        f"{path.relative_to(_MODELSERVER_SRC)}:{node.lineno}"
+        for path in sorted((_MODELSERVER_SRC / "switchyard_modelserver").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "abort"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "context"
+    ]
+    assert calls == []

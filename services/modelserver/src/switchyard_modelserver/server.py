@@ -33,9 +33,10 @@ from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
+from switchyard_modelserver.in_flight import InFlight
 from switchyard_modelserver.model_defaults import ModelDefaults
-from switchyard_modelserver.servicer import InFlight, LLMServicer
-from switchyard_modelserver.validation import UnreadableRequest, lenient_parser, unreadable
+from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
+from switchyard_modelserver.servicer import LLMServicer
 
 log = logging.getLogger("switchyard.modelserver")
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, invalid_argument
-from switchyard_modelserver import validation
 from switchyard_modelserver.backends import llamacpp_grammar
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.backends.llamacpp_grammar import Constraint
@@ -42,6 +41,7 @@ from switchyard_modelserver.domain import (
     ModelState,
     PromptCounted,
 )
+from switchyard_modelserver.limits import tokenize_within_context
 from switchyard_modelserver.stops import StopMatcher
 from switchyard_modelserver.tools import chat_template, prompting
 from switchyard_modelserver.tools.hermes import tool_call_events
@@ -221,33 +221,26 @@ class LlamaCppBackend(Backend):
             raise invalid_argument(
                 FieldViolation("sampling.logprobs", "not supported by the llamacpp backend")
             )
-        prompt_tokens = await asyncio.to_thread(self._prompt_tokens, model, request)
+        tokens = await tokenize_within_context(
+            request,
+            tokenize_prompt=lambda: asyncio.to_thread(self._prompt_tokens, model, request),
+            tokenize_text=lambda text: asyncio.to_thread(_text_tokens, model.llama, text),
+            vocabulary_size=model.llama.n_vocab(),
+            context_length=model.card.context_length,
+            default_max_tokens=self._options.default_max_tokens,
+        )
         constraint = llamacpp_grammar.constraint_for(request)
         if constraint is not None:
             await asyncio.to_thread(
                 llamacpp_grammar.check_parses, model.llama._model.vocab, constraint, request
             )
-        continuation_tokens = await asyncio.to_thread(self._continuation_tokens, model, request)
-        context_length = model.card.context_length
-        overflow = validation.context_overflow(
-            prompt_field="prompt" if request.prompt is not None else "messages",
-            prompt_tokens=len(prompt_tokens),
-            max_tokens=sampling.max_tokens,
-            context_length=context_length,
-            continuation_tokens=len(continuation_tokens),
-        )
-        if overflow is not None:
-            raise overflow
-        max_tokens = sampling.max_tokens or min(
-            self._options.default_max_tokens, context_length - len(prompt_tokens)
-        )
         job = _Job(
             prompt_chunk_tokens=self._options.prompt_chunk_tokens,
-            prompt_tokens=prompt_tokens,
-            continuation_tokens=continuation_tokens,
+            prompt_tokens=tokens.prompt_tokens,
+            continuation_tokens=tokens.continuation_tokens,
             delivered_text=request.continuation.text,
             include_token_ids=request.include_token_ids,
-            max_tokens=max_tokens,
+            max_tokens=tokens.max_tokens,
             temperature=_or(sampling.temperature, DEFAULT_TEMPERATURE),
             top_p=_or(sampling.top_p, DEFAULT_TOP_P),
             top_k=_or(sampling.top_k, DEFAULT_TOP_K),
@@ -260,7 +253,7 @@ class LlamaCppBackend(Backend):
             stop=sampling.stop,
             constraint=constraint,
         )
-        yield PromptCounted(len(prompt_tokens))
+        yield PromptCounted(len(tokens.prompt_tokens))
         bridge = EngineThreadBridge()
         self._live.add(bridge)
         asyncio.get_running_loop().run_in_executor(
@@ -317,23 +310,6 @@ class LlamaCppBackend(Backend):
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
-    @staticmethod
-    def _continuation_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
-        continuation = request.continuation
-        if continuation.token_ids:
-            vocabulary = model.llama.n_vocab()
-            if any(t >= vocabulary for t in continuation.token_ids):
-                raise invalid_argument(
-                    FieldViolation(
-                        "continuation.token_ids", f"not ids of {request.model}'s vocabulary"
-                    )
-                )
-            return list(continuation.token_ids)
-        if continuation.text:
-            text = continuation.text.encode()
-            return list(model.llama.tokenize(text, add_bos=False, special=False))
-        return []
-
     async def close(self) -> None:
         # Stop generations still running (the drain's grace period is over),
         # then wait for the workers off the event loop.
@@ -343,6 +319,11 @@ class LlamaCppBackend(Backend):
             await asyncio.to_thread(model.executor.shutdown, wait=True, cancel_futures=True)
             model.llama.close()
         self._loaded.clear()
+
+
+def _text_tokens(llama: Llama, text: str) -> list[int]:
+    """Tokens of text the model produced (a continuation): no BOS, no special tokens."""
+    return list(llama.tokenize(text.encode(), add_bos=False, special=False))
 
 
 _T = TypeVar("_T")

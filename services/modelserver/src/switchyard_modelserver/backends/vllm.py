@@ -29,7 +29,6 @@ import grpc
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
-from switchyard_modelserver import validation
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
     BackendEvent,
@@ -45,6 +44,7 @@ from switchyard_modelserver.domain import (
     Sampling,
     TokenLogprob,
 )
+from switchyard_modelserver.limits import MAX_LOGPROBS, tokenize_within_context
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -97,7 +97,7 @@ class VllmOptions(BackendOptions):
     enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation")
     trust_remote_code: bool = False
     seed: int | None = Field(default=None, description="engine seed")
-    max_logprobs: int = Field(default=validation.MAX_LOGPROBS, ge=0)
+    max_logprobs: int = Field(default=MAX_LOGPROBS, ge=0)
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="any other AsyncEngineArgs field, passed as is (vLLM checks it)",
@@ -254,25 +254,19 @@ class VllmBackend(Backend):
                     f"{sampling.logprobs})",
                 )
             )
-        prompt_tokens = await self._prompt_tokens(request)
-        continuation = self._continuation_tokens(request)
-        context_length = self._card.context_length
-        overflow = validation.context_overflow(
-            prompt_field="prompt" if request.prompt is not None else "messages",
-            prompt_tokens=len(prompt_tokens),
-            max_tokens=sampling.max_tokens,
-            context_length=context_length,
-            continuation_tokens=len(continuation),
+        tokens = await tokenize_within_context(
+            request,
+            tokenize_prompt=lambda: self._prompt_tokens(request),
+            tokenize_text=lambda text: self._tokens(text, add_special_tokens=False),
+            vocabulary_size=len(self._tokenizer),
+            context_length=self._card.context_length,
+            default_max_tokens=self._options.default_max_tokens,
         )
-        if overflow is not None:
-            raise overflow
-        max_tokens = sampling.max_tokens or min(
-            self._options.default_max_tokens, context_length - len(prompt_tokens)
-        )
-        if len(continuation) >= max_tokens:
+        prompt_tokens, continuation = tokens.prompt_tokens, tokens.continuation_tokens
+        if len(continuation) >= tokens.max_tokens:
             yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
             return
-        params = _sampling_params(sampling, max_tokens - len(continuation))
+        params = _sampling_params(sampling, tokens.max_tokens - len(continuation))
         yield PromptCounted(len(prompt_tokens))
         # aclosing: when our consumer leaves, _run is closed (and aborts) now, not when collected.
         async with contextlib.aclosing(
@@ -358,25 +352,16 @@ class VllmBackend(Backend):
                     FieldViolation("messages", f"{self._id}'s chat template refused them: {error}")
                 ) from None
             add_special = False  # the template places BOS itself where the model wants it
+        return await self._tokens(text, add_special_tokens=add_special)
+
+    async def _tokens(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        """``text``'s token ids; long text is tokenized off the event loop."""
         if len(text) <= _INLINE_TOKENIZE_CHARS:
-            return self._encode(text, add_special)
-        return await asyncio.to_thread(self._encode, text, add_special)
+            return self._encode(text, add_special_tokens)
+        return await asyncio.to_thread(self._encode, text, add_special_tokens)
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def _continuation_tokens(self, request: GenerationRequest) -> list[int]:
-        continuation = request.continuation
-        if continuation.token_ids:
-            vocabulary = len(self._tokenizer)
-            if any(t >= vocabulary for t in continuation.token_ids):
-                raise invalid_argument(
-                    FieldViolation("continuation.token_ids", f"not ids of {self._id}'s vocabulary")
-                )
-            return list(continuation.token_ids)
-        if continuation.text:
-            return self._encode(continuation.text, False)
-        return []
 
     async def close(self) -> None:
         if self._watchdog is not None:

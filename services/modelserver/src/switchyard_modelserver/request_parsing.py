@@ -1,14 +1,14 @@
-"""Request validation: protobuf in, domain request out, or INVALID_ARGUMENT naming every bad field.
+"""Request parsing: protobuf in, domain request out, or INVALID_ARGUMENT naming every bad field.
 
-Checks that need the model (context length, token counts) happen in the backend,
-which alone can count tokens. The limits (``limits:`` in the config: prompt
-length, number of messages, stop sequences, max_tokens ceilings) are checked
-here: the model server parses every request anyway, the router does not.
+The request's shape and the input limits (``limits:`` in the config: prompt
+length, number of messages, stop sequences) are checked here: the model server
+parses every request anyway, the router does not. Checks that need the model
+(max_tokens ceilings, context length, token counts) are in ``limits``, on
+domain types, for the servicer and the backends that count tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +21,11 @@ from switchyard_common.status import FieldViolation, StatusError, invalid_argume
 from switchyard_modelserver import tool_request
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import Continuation, GenerationRequest, Sampling
+from switchyard_modelserver.limits import MAX_LOGPROBS
 
 _Message = TypeVar("_Message", bound=Message)
 
 DEFAULT_LIMITS = InputLimits()
-MAX_LOGPROBS = 20
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -267,53 +267,3 @@ def _sampling(
         repetition_penalty=real("repetition_penalty"),
         logprobs=whole("logprobs"),
     )
-
-
-def context_overflow(
-    *,
-    prompt_field: str,
-    prompt_tokens: int,
-    max_tokens: int | None,
-    context_length: int,
-    continuation_tokens: int = 0,
-) -> StatusError | None:
-    """INVALID_ARGUMENT when the prompt, prompt plus max_tokens, or prompt plus the
-    continuation being resumed does not fit the context."""
-    if prompt_tokens >= context_length:
-        return invalid_argument(
-            FieldViolation(
-                prompt_field,
-                f"is {prompt_tokens} tokens; the model's context length is {context_length}",
-            )
-        )
-    if max_tokens is not None and prompt_tokens + max_tokens > context_length:
-        return invalid_argument(
-            FieldViolation(
-                "sampling.max_tokens",
-                f"{max_tokens} plus the prompt's {prompt_tokens} tokens exceeds the context "
-                f"length {context_length}; at most {context_length - prompt_tokens}",
-            )
-        )
-    if prompt_tokens + continuation_tokens >= context_length:
-        return invalid_argument(
-            FieldViolation("continuation", "prompt and continuation fill the context")
-        )
-    return None
-
-
-def max_tokens_ceiling(request: GenerationRequest, ceiling: int | None) -> GenerationRequest:
-    """Applies a model's max_tokens ceiling: INVALID_ARGUMENT above it; unset becomes it."""
-    if ceiling is None:
-        return request
-    asked = request.sampling.max_tokens
-    if asked is None:
-        sampling = dataclasses.replace(request.sampling, max_tokens=ceiling)
-        return dataclasses.replace(request, sampling=sampling)
-    if asked > ceiling:
-        raise invalid_argument(
-            FieldViolation(
-                "sampling.max_tokens",
-                f"at most {ceiling} for model {request.model!r} (got {asked})",
-            )
-        )
-    return request

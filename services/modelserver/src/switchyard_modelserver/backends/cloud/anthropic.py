@@ -15,8 +15,9 @@ import anthropic
 from pydantic import Field
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver.backends import cloud
-from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.backends.cloud import errors, transport
+from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
+from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
     Delta,
     Finish,
@@ -50,27 +51,22 @@ class AnthropicBackend(CloudBackend):
     kind = "anthropic"
     provider = "anthropic"
     options_model = AnthropicOptions
+    requires_api_key = True
 
     def __init__(self, options: AnthropicOptions) -> None:
         super().__init__(options)
         self._default_max_tokens = options.default_max_tokens
-        self._secret = cloud.load_secret(options, required=True, kind=self.kind)
         self._client = anthropic.AsyncAnthropic(
-            api_key=self._secret.reveal(),
+            api_key=self.secret.reveal(),
             base_url=options.base_url,
             max_retries=options.max_retries,
-            http_client=cloud.http_client(options, self.provider),
+            http_client=transport.http_client(options, self.provider),
             # Our transport makes the HTTP span; the SDK's own would repeat it.
             open_telemetry=False,
         )
 
-    @property
-    def secret(self) -> Secret:
-        return self._secret
-
-    def use_secret(self, secret: Secret) -> None:
-        self._secret = secret
-        self._client.api_key = secret.reveal()
+    def send_key(self, key: str | None) -> None:
+        self._client.api_key = key
 
     async def list_provider_models(self) -> set[str] | None:
         return await self.sdk_model_ids(self._client)
@@ -79,16 +75,16 @@ class AnthropicBackend(CloudBackend):
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
     ) -> StatusError | None:
         if isinstance(error, anthropic.APITimeoutError):
-            return cloud.timeout_error(self.provider, model)
+            return errors.timeout_error(self.provider, model)
         if isinstance(error, anthropic.APIStatusError):
             error_type, message = _error_of(error.body)
             status = error.status_code
             if status < 400:  # an error event inside the stream
-                event_status = cloud.error_event_status(error_type)
+                event_status = errors.error_event_status(error_type)
                 if event_status is None:
-                    return cloud.broken_stream_error(self.provider, model, message or error_type)
+                    return errors.broken_stream_error(self.provider, model, message or error_type)
                 status = event_status
-            return cloud.http_status_error(
+            return errors.http_status_error(
                 provider=self.provider,
                 status=status,
                 message=message or str(error.message),
@@ -98,23 +94,18 @@ class AnthropicBackend(CloudBackend):
                 error_type=error_type,
             )
         if isinstance(error, anthropic.APIConnectionError):
-            cause = error.__cause__
-            if cause is not None and (
-                status_error := cloud.transport_error(self.provider, model, cause)
-            ):
-                return status_error
-            return cloud.connection_error(self.provider, model, type(error).__name__)
+            return errors.sdk_connection_error(self.provider, model, error)
         if isinstance(error, ValueError):  # an event that is not JSON
-            return cloud.broken_stream_error(self.provider, model, "malformed event")
-        return cloud.transport_error(self.provider, model, error)
+            return errors.broken_stream_error(self.provider, model, "malformed event")
+        return errors.transport_error(self.provider, model, error)
 
     def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
         for name in ("seed", "presence_penalty", "frequency_penalty", "repetition_penalty"):
             if getattr(sampling, name) is not None:
-                raise cloud.unsupported(f"sampling.{name}", self.kind)
+                raise errors.unsupported(f"sampling.{name}", self.kind)
         if sampling.logprobs is not None:
-            raise cloud.unsupported("sampling.logprobs", self.kind)
+            raise errors.unsupported("sampling.logprobs", self.kind)
         system = []
         messages: list[dict[str, str]] = []
         if request.messages is None:
@@ -134,9 +125,9 @@ class AnthropicBackend(CloudBackend):
         arguments: dict[str, Any] = {
             "model": model.upstream,
             "messages": messages,
-            "max_tokens": cloud.max_tokens_for(model, request) or self._default_max_tokens,
+            "max_tokens": max_tokens_for(model, request) or self._default_max_tokens,
             "stream": True,
-            "timeout": cloud.request_timeout(self.options, request),
+            "timeout": transport.request_timeout(self.options, request),
         }
         if system:
             arguments["system"] = "\n\n".join(system)
@@ -189,7 +180,7 @@ class AnthropicBackend(CloudBackend):
         finally:
             await stream.close()  # also when the caller went away: the HTTP stream ends
         if not ended or finish is None:
-            raise cloud.broken_stream_error(self.provider, model, "ended before message_stop")
+            raise errors.broken_stream_error(self.provider, model, "ended before message_stop")
         yield Finish(finish, prompt_tokens, completion_tokens, stop_sequence)
 
     async def close(self) -> None:

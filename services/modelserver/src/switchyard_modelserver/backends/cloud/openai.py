@@ -15,8 +15,9 @@ import openai
 from pydantic import Field
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver.backends import cloud
-from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.backends.cloud import errors, transport
+from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
+from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
     Delta,
     Finish,
@@ -64,30 +65,24 @@ class OpenAIBackend(CloudBackend):
     kind = "openai"
     provider = "openai"
     options_model = OpenAIOptions
+    requires_api_key = False  # a local OpenAI-compatible server (vLLM, Ollama) may need none
 
     def __init__(self, options: OpenAIOptions) -> None:
         super().__init__(options)
         self._openai_options = options
-        # A local OpenAI-compatible server (vLLM, Ollama) may need no key.
-        self._secret = cloud.load_secret(options, required=False, kind=self.kind)
         self._client = openai.AsyncOpenAI(
-            api_key=self._secret.reveal() or "unused",
+            api_key=self.secret.reveal() or "unused",
             organization=options.organization,
             project=options.project,
             base_url=options.base_url,
             max_retries=options.max_retries,
             default_headers=options.default_headers or None,
             default_query=options.default_query or None,
-            http_client=cloud.http_client(options, self.provider),
+            http_client=transport.http_client(options, self.provider),
         )
 
-    @property
-    def secret(self) -> Secret:
-        return self._secret
-
-    def use_secret(self, secret: Secret) -> None:
-        self._secret = secret
-        self._client.api_key = secret.reveal() or "unused"
+    def send_key(self, key: str | None) -> None:
+        self._client.api_key = key or "unused"
 
     async def list_provider_models(self) -> set[str] | None:
         return await self.sdk_model_ids(self._client)
@@ -96,9 +91,9 @@ class OpenAIBackend(CloudBackend):
         self, error: Exception, model: CloudModel, request: GenerationRequest | None
     ) -> StatusError | None:
         if isinstance(error, openai.APITimeoutError):
-            return cloud.timeout_error(self.provider, model)
+            return errors.timeout_error(self.provider, model)
         if isinstance(error, openai.APIStatusError):
-            return cloud.http_status_error(
+            return errors.http_status_error(
                 provider=self.provider,
                 status=error.status_code,
                 message=_message(error),
@@ -108,16 +103,13 @@ class OpenAIBackend(CloudBackend):
                 error_type=_error_type(error.body),
             )
         if isinstance(error, openai.APIConnectionError):
-            cause = error.__cause__
-            if cause is not None and (status := cloud.transport_error(self.provider, model, cause)):
-                return status
-            return cloud.connection_error(self.provider, model, type(error).__name__)
+            return errors.sdk_connection_error(self.provider, model, error)
         if isinstance(error, openai.APIError):  # an error event inside the stream
             inner = error.body if isinstance(error.body, dict) else {}
-            event_status = cloud.error_event_status(inner.get("code"), inner.get("type"))
+            event_status = errors.error_event_status(inner.get("code"), inner.get("type"))
             if event_status is None:
-                return cloud.broken_stream_error(self.provider, model, _message(error))
-            return cloud.http_status_error(
+                return errors.broken_stream_error(self.provider, model, _message(error))
+            return errors.http_status_error(
                 provider=self.provider,
                 status=event_status,
                 message=_message(error),
@@ -127,15 +119,15 @@ class OpenAIBackend(CloudBackend):
                 error_type=_error_type(error.body),
             )
         if isinstance(error, ValueError):  # a chunk that is not JSON
-            return cloud.broken_stream_error(self.provider, model, "malformed chunk")
-        return cloud.transport_error(self.provider, model, error)
+            return errors.broken_stream_error(self.provider, model, "malformed chunk")
+        return errors.transport_error(self.provider, model, error)
 
     def _arguments(self, model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
         arguments: dict[str, Any] = {
             "model": model.upstream,
             "stream": True,
-            "timeout": cloud.request_timeout(self.options, request),
+            "timeout": transport.request_timeout(self.options, request),
         }
         if self._openai_options.stream_usage:
             arguments["stream_options"] = {"include_usage": True}
@@ -159,7 +151,7 @@ class OpenAIBackend(CloudBackend):
                 arguments["top_logprobs"] = sampling.logprobs
             else:  # the completions API takes the number of alternatives
                 arguments["logprobs"] = sampling.logprobs
-        max_tokens = cloud.max_tokens_for(model, request)
+        max_tokens = max_tokens_for(model, request)
         if max_tokens is not None:
             chat = request.messages is not None
             arguments[self._openai_options.max_tokens_parameter if chat else "max_tokens"] = (
@@ -174,7 +166,7 @@ class OpenAIBackend(CloudBackend):
         continuation = request.continuation.text
         if request.messages is not None:
             if continuation:
-                raise cloud.unsupported("continuation", "openai chat")
+                raise errors.unsupported("continuation", "openai chat")
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             stream: Any = await self._client.chat.completions.create(
                 messages=messages,  # type: ignore[arg-type]
@@ -208,7 +200,9 @@ class OpenAIBackend(CloudBackend):
         finally:
             await stream.close()  # also when the caller went away: the HTTP stream ends
         if finish is None:
-            raise cloud.broken_stream_error(self.provider, model, "no finish reason before the end")
+            raise errors.broken_stream_error(
+                self.provider, model, "no finish reason before the end"
+            )
         yield Finish(finish, prompt_tokens, completion_tokens or chunks, stop_sequence)
 
     async def close(self) -> None:

@@ -19,9 +19,10 @@ import httpx2
 from pydantic import Field, model_validator
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver.backends import cloud
 from switchyard_modelserver.backends.base import StateReporter
-from switchyard_modelserver.backends.cloud import CloudBackend, CloudModel, CloudOptions, Secret
+from switchyard_modelserver.backends.cloud import errors, transport
+from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
+from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
     Delta,
     Finish,
@@ -77,25 +78,21 @@ class OllamaBackend(CloudBackend):
     provider = "ollama"
     authoritative_model_list = True  # /api/tags: what has been pulled
     options_model = OllamaOptions
+    requires_api_key = False  # a local Ollama needs none; a hosted one takes a bearer token
 
     def __init__(self, options: OllamaOptions) -> None:
         super().__init__(options)
         self._keep_alive = options.keep_alive
         self._discover = options.discover
         self._discovered_context_length = options.discovered_context_length
-        self._http = cloud.http_client(options, self.provider)
+        self._http = transport.http_client(options, self.provider)
         self._base = (options.base_url or "").rstrip("/")
         self._headers = {"Accept": "application/x-ndjson"}
-        self.use_secret(cloud.load_secret(options, required=False, kind=self.kind))
+        self.send_key(self.secret.reveal())
 
-    @property
-    def secret(self) -> Secret:
-        return self._secret
-
-    def use_secret(self, secret: Secret) -> None:
-        self._secret = secret
+    def send_key(self, key: str | None) -> None:
         self._headers.pop("Authorization", None)
-        if key := secret.reveal():
+        if key:
             self._headers["Authorization"] = f"Bearer {key}"
 
     async def _get_json(self, method: str, path: str, body: Any = None) -> Any:
@@ -114,7 +111,7 @@ class OllamaBackend(CloudBackend):
                 )
             return response.json()
         except Exception as error:
-            status = self.status_of(error, cloud.MODEL_LIST, None)
+            status = self.status_of(error, errors.MODEL_LIST, None)
             if status is None:
                 raise
             raise status from None
@@ -164,23 +161,23 @@ class OllamaBackend(CloudBackend):
     ) -> StatusError | None:
         if isinstance(error, OllamaError):
             if error.status == 200:  # an error line inside the stream
-                return cloud.broken_stream_error(self.provider, model, error.message)
-            return cloud.http_status_error(
+                return errors.broken_stream_error(self.provider, model, error.message)
+            return errors.http_status_error(
                 provider=self.provider,
                 status=error.status,
-                message=self._secret.scrub(error.message),
+                message=self.secret.scrub(error.message),
                 model=model,
                 headers=error.headers,
                 request=request,
             )
         if isinstance(error, ValueError):  # a line that is not JSON
-            return cloud.broken_stream_error(self.provider, model, "malformed NDJSON line")
-        return cloud.transport_error(self.provider, model, error)
+            return errors.broken_stream_error(self.provider, model, "malformed NDJSON line")
+        return errors.transport_error(self.provider, model, error)
 
     def _body(self, model: CloudModel, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         sampling = request.sampling
         if sampling.logprobs is not None:
-            raise cloud.unsupported("sampling.logprobs", self.kind)
+            raise errors.unsupported("sampling.logprobs", self.kind)
         options: dict[str, Any] = {}
         for ours, theirs in (
             ("temperature", "temperature"),
@@ -194,7 +191,7 @@ class OllamaBackend(CloudBackend):
             value = getattr(sampling, ours)
             if value is not None:
                 options[theirs] = value
-        max_tokens = cloud.max_tokens_for(model, request)
+        max_tokens = max_tokens_for(model, request)
         if max_tokens is not None:
             options["num_predict"] = max_tokens
         if sampling.stop:
@@ -223,7 +220,7 @@ class OllamaBackend(CloudBackend):
             self._base + path,
             json=body,
             headers=self._headers,
-            timeout=cloud.request_timeout(self.options, request),
+            timeout=transport.request_timeout(self.options, request),
         )
         response = await self._http.send(http_request, stream=True)
         try:
@@ -253,7 +250,7 @@ class OllamaBackend(CloudBackend):
                     return
         finally:
             await response.aclose()  # also when the caller went away: the HTTP stream ends
-        raise cloud.broken_stream_error(self.provider, model, "ended before done")
+        raise errors.broken_stream_error(self.provider, model, "ended before done")
 
     async def close(self) -> None:
         await super().close()
