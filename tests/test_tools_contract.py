@@ -24,6 +24,7 @@ from switchyard import (
     Message,
     NotFoundError,
     ToolCall,
+    UnavailableError,
 )
 from switchyard._convert import MessageLike
 from switchyard.v1 import llm_service_pb2 as pb
@@ -247,3 +248,28 @@ def _raw_generate(server: ServerProcess, request: pb.GenerateRequest) -> str:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
             return str(error.details())
     raise AssertionError("no error")
+
+
+def test_a_stream_that_broke_after_a_tool_call_began_is_not_resumed(workdir: Path) -> None:
+    """A continuation carries text and token ids, not tool calls: resuming would make
+    the call twice or garble it, so the stream ends with a clean error instead."""
+    fleet = Fleet(workdir, "tools-no-resume")
+    flaky = {**SCRIPTED[0], "id": "flaky-caller", "fail_after_tokens": 2}
+    try:
+        servers = [fleet.scripted(f"s{n}", [flaky]) for n in (1, 2)]
+        router = fleet.router(
+            {
+                "clusters": {"scripted": {"endpoints": [s.address for s in servers]}},
+                "routes": [
+                    {"model": "flaky-caller", "resume": True, "targets": [{"cluster": "scripted"}]}
+                ],
+            }
+        )
+        chunks = []
+        with Client(router.address, timeout=30) as client, pytest.raises(UnavailableError):
+            for chunk in client.stream("flaky-caller", messages=QUESTION, tools=TOOLS):
+                chunks.append(chunk)
+        assert [p.name for c in chunks for p in c.tool_calls if p.name] == ["get_weather"]
+        assert all(c.resumes == 0 for c in chunks)
+    finally:
+        fleet.stop()
