@@ -291,22 +291,22 @@ class LlamaCppBackend(Backend):
                 )
             )
         template = chat_template.compiled(source)
-        messages, tools = prompting.template_messages(
-            request.messages, request.tools, template_knows_tools=template.knows_tools
-        )
+        eos_text = _token_text(llama, llama.token_eos())
+        bos_text = _token_text(llama, llama.token_bos())
         try:
-            text = template.render(
-                messages,
-                tools=tools,
-                eos_token=_token_text(llama, llama.token_eos()),
-                bos_token=_token_text(llama, llama.token_bos()),
+            text = prompting.rendered(
+                lambda messages, tools: template.render(
+                    messages, tools=tools, eos_token=eos_text, bos_token=bos_text
+                ),
+                request.messages,
+                request.tools,
+                template_knows_tools=template.knows_tools,
             )
         except chat_template.TemplateRefusedError as error:
             # Templates reject what they cannot format (e.g. roles that do not alternate).
             raise invalid_argument(
                 FieldViolation("messages", f"{request.model}'s chat template refused them: {error}")
             ) from None
-        bos_text = _token_text(llama, llama.token_bos())
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 

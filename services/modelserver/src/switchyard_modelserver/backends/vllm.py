@@ -419,10 +419,8 @@ class VllmBackend(Backend):
                 FieldViolation("messages", f"model {self._id} has no chat template; send a prompt")
             )
         template = chat_template.compiled(source or own)
-        messages, tools = prompting.template_messages(
-            request.messages, request.tools, template_knows_tools=template.knows_tools
-        )
-        try:
+
+        def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
             if source is not None:
                 return template.render(
                     messages,
@@ -434,6 +432,11 @@ class VllmBackend(Backend):
                 self._tokenizer.apply_chat_template(
                     messages, tools=tools, tokenize=False, add_generation_prompt=True
                 )
+            )
+
+        try:
+            return prompting.rendered(
+                render, request.messages, request.tools, template_knows_tools=template.knows_tools
             )
         except Exception as error:  # templates refuse what they cannot format
             raise invalid_argument(

@@ -7,14 +7,16 @@ Hermes templates do) gets them in Hugging Face's shape: ``tools`` as
 A template that does not (SmolLM2's, most small models') gets plain text it
 can format: the tools and the Hermes calling convention in the system
 message, calls as ``<tool_call>`` text in the assistant turns, and results as
-``<tool_response>`` user turns. Either way the model is asked to answer in the
-Hermes format that :mod:`.hermes` reads back.
+``tool`` turns of plain text (SmolLM2-135M then answers from them, where
+``<tool_response>`` tags made it repeat the tags), or, for a template that
+refuses a ``tool`` role, as user turns saying what the tool returned. Either way
+the model is asked to answer in the Hermes format that :mod:`.hermes` reads back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from switchyard_modelserver.domain import ChatTurn, ToolCall, ToolSpec
@@ -62,11 +64,36 @@ def template_messages(
     tools: Sequence[ToolSpec],
     *,
     template_knows_tools: bool,
+    tool_role: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The messages (and ``tools``) to render with a chat template."""
+    """The messages (and ``tools``) to render with a chat template; ``tool_role``
+    False: tool results as user turns, for templates that refuse a ``tool`` role."""
     if template_knows_tools:
         return [_native(turn) for turn in turns], (function_definitions(tools) or None)
-    return _as_text(list(turns), tools), None
+    return _as_text(list(turns), tools, tool_role), None
+
+
+def rendered(
+    render: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], str],
+    turns: Sequence[ChatTurn],
+    tools: Sequence[ToolSpec],
+    *,
+    template_knows_tools: bool,
+) -> str:
+    """The prompt text ``render`` (a chat template) makes of the conversation: tool
+    results as ``tool`` turns, or, if the template refuses those, as user turns."""
+    messages, definitions = template_messages(
+        turns, tools, template_knows_tools=template_knows_tools
+    )
+    try:
+        return render(messages, definitions)
+    except Exception:
+        if template_knows_tools or not any(turn.role == "tool" for turn in turns):
+            raise
+    messages, definitions = template_messages(
+        turns, tools, template_knows_tools=False, tool_role=False
+    )
+    return render(messages, definitions)
 
 
 def _native(turn: ChatTurn) -> dict[str, Any]:
@@ -85,7 +112,9 @@ def _native(turn: ChatTurn) -> dict[str, Any]:
     return message
 
 
-def _as_text(turns: list[ChatTurn], tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+def _as_text(
+    turns: list[ChatTurn], tools: Sequence[ToolSpec], tool_role: bool
+) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if tools:
         convention = _CALLING_CONVENTION.format(
@@ -98,14 +127,18 @@ def _as_text(turns: list[ChatTurn], tools: Sequence[ToolSpec]) -> list[dict[str,
             messages.append({"role": "system", "content": f"{first.content}\n\n{convention}"})
         else:
             messages.append({"role": "system", "content": convention})
+    names = {call.id: call.name for turn in turns for call in turn.tool_calls}
     for turn in turns:
+        if turn.role == "tool" and tool_role:
+            messages.append({"role": "tool", "content": turn.content})
+            continue
         if turn.role == "tool":
-            response = f"<tool_response>\n{turn.content}\n</tool_response>"
+            result = f"{names.get(turn.tool_call_id, 'the tool')} returned: {turn.content}"
             previous = messages[-1] if messages else None
             if previous is not None and previous.get("_tool_responses"):
-                previous["content"] += "\n" + response  # consecutive results: one user turn
+                previous["content"] += "\n" + result  # consecutive results: one user turn
             else:
-                messages.append({"role": "user", "content": response, "_tool_responses": True})
+                messages.append({"role": "user", "content": result, "_tool_responses": True})
             continue
         content = turn.content
         if turn.tool_calls:
