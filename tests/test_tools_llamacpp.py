@@ -174,6 +174,13 @@ PLAIN_TEMPLATE = (
     "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}[assistant] {% endif %}"
 )
+# Formats only system, user and assistant turns, as many real templates do.
+THREE_ROLES_TEMPLATE = (
+    "{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m.role) }}{% endif %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # Reaches for Python internals; the sandbox must stop it.
 ESCAPING_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ messages }}"
 
@@ -190,11 +197,16 @@ def templated(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
                 "models_dir": str(models_dir),
                 "threads": 1,
                 "context_length": 1024,
-                "models": [{"file": "tiny.gguf"}, {"file": "tiny-slow.gguf"}],
+                "models": [
+                    {"file": "tiny.gguf"},
+                    {"file": "tiny-slow.gguf"},
+                    {"file": "tiny-q4.gguf"},
+                ],
             },
             "model_defaults": {
                 "tiny": {"chat_template": PLAIN_TEMPLATE, "system_prompt": "Be brief."},
                 "tiny-slow": {"chat_template": ESCAPING_TEMPLATE},
+                "tiny-q4": {"chat_template": THREE_ROLES_TEMPLATE},
             },
         },
     )
@@ -221,3 +233,17 @@ def test_a_chat_template_runs_in_a_sandbox(templated: ServerProcess) -> None:
         client.chat("tiny-slow", QUESTION, max_tokens=4)
     assert "chat template refused" in _violation(error)["messages"]
     assert "unsafe" in _violation(error)["messages"]
+
+
+def test_tool_results_reach_a_template_that_knows_only_three_roles(
+    templated: ServerProcess,
+) -> None:
+    tools = [WEATHER]
+    with Client(templated.address, timeout=60) as client:
+        answer = client.chat(
+            "tiny-q4", QUESTION, tools=tools, tool_choice="get_weather", max_tokens=120, seed=1
+        )
+        conversation = [*QUESTION, *tool_round(answer, {"temperature": 21})]
+        final = client.chat("tiny-q4", conversation, tools=tools, tool_choice="none", max_tokens=4)
+    assert final.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert final.usage.prompt_tokens > answer.usage.prompt_tokens
