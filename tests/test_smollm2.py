@@ -178,8 +178,15 @@ def test_readme_grpcurl_lines_work_as_written(
     for outputs_of in by_kind(r" describe ").values():
         assert "switchyard.v1." in outputs_of[0]
     for outputs_of in by_kind(r"LLMService/Generate$").values():
-        for output in outputs_of:  # prompts and the chat request
-            assert "Paris" in json.loads(output)["text"]
+        for output in outputs_of:  # prompts, the chat request, the tool call, the JSON answer
+            answer = json.loads(output)
+            if "toolCalls" in answer:
+                assert answer["finishReason"] == "FINISH_REASON_TOOL_CALLS"
+                assert json.loads(answer["toolCalls"][0]["arguments"]) == {"city": "Paris"}
+            else:
+                assert "Paris" in answer["text"]
+    for outputs_of in by_kind(r"/CountTokens$").values():
+        assert json.loads(outputs_of[0])["promptTokens"] > 0
     for outputs_of in by_kind(r"/StreamGenerate$").values():
         messages = _json_objects(outputs_of[0])
         assert len(messages) > 2
