@@ -210,3 +210,24 @@ def test_readme_grpcurl_error_example_is_what_grpcurl_prints(
     result = _run_readme_line(block.group(1), router, server)
     assert result.returncode != 0
     assert result.stderr.strip() == block.group(2).strip()
+
+
+def test_readme_tools_example_runs_on_smollm2(
+    smollm2_stack: tuple[ServerProcess, ServerProcess],
+) -> None:
+    _, router = smollm2_stack
+    text = README.read_text()
+    section = text[text.index("#### Tools, structured output and token counts") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None, "README lost its tools example"
+    # A busy test machine may take longer than the SDK's default 60 s per call.
+    code = block.group(1).replace('"localhost:50051"', f'"{router.address}", timeout=300')
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    count, answer, city, code_line = result.stdout.splitlines()
+    assert int(count) > 0
+    assert "Paris" in answer  # answered from the tool's result
+    assert city == "name='Paris' country='France'"
+    assert re.fullmatch("[a-z]{3}-[0-9]{2}", code_line)

@@ -301,6 +301,7 @@ class LlamaCppBackend(Backend):
                 request.messages,
                 request.tools,
                 template_knows_tools=template.knows_tools,
+                offer_tools=request.calls_tools,
             )
         except chat_template.TemplateRefusedError as error:
             # Templates reject what they cannot format (e.g. roles that do not alternate).

@@ -436,7 +436,11 @@ class VllmBackend(Backend):
 
         try:
             return prompting.rendered(
-                render, request.messages, request.tools, template_knows_tools=template.knows_tools
+                render,
+                request.messages,
+                request.tools,
+                template_knows_tools=template.knows_tools,
+                offer_tools=request.calls_tools,
             )
         except Exception as error:  # templates refuse what they cannot format
             raise invalid_argument(

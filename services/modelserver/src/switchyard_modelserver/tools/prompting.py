@@ -65,12 +65,16 @@ def template_messages(
     *,
     template_knows_tools: bool,
     tool_role: bool = True,
+    offer_tools: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages (and ``tools``) to render with a chat template; ``tool_role``
-    False: tool results as user turns, for templates that refuse a ``tool`` role."""
+    False: tool results as user turns, for templates that refuse a ``tool`` role.
+    ``offer_tools`` False (tool_choice none): a template that knows tools still gets
+    them, as its model was trained; otherwise the calling convention is left out, so
+    that the model answers in words instead of writing calls it may not make."""
     if template_knows_tools:
         return [_native(turn) for turn in turns], (function_definitions(tools) or None)
-    return _as_text(list(turns), tools, tool_role), None
+    return _as_text(list(turns), tools if offer_tools else (), tool_role), None
 
 
 def rendered(
@@ -79,11 +83,12 @@ def rendered(
     tools: Sequence[ToolSpec],
     *,
     template_knows_tools: bool,
+    offer_tools: bool = True,
 ) -> str:
     """The prompt text ``render`` (a chat template) makes of the conversation: tool
     results as ``tool`` turns, or, if the template refuses those, as user turns."""
     messages, definitions = template_messages(
-        turns, tools, template_knows_tools=template_knows_tools
+        turns, tools, template_knows_tools=template_knows_tools, offer_tools=offer_tools
     )
     try:
         return render(messages, definitions)
@@ -91,7 +96,7 @@ def rendered(
         if template_knows_tools or not any(turn.role == "tool" for turn in turns):
             raise
     messages, definitions = template_messages(
-        turns, tools, template_knows_tools=False, tool_role=False
+        turns, tools, template_knows_tools=False, tool_role=False, offer_tools=offer_tools
     )
     return render(messages, definitions)
 
