@@ -302,7 +302,7 @@ class VllmBackend(Backend):
         params = _sampling_params(
             sampling,
             tokens.max_tokens - len(continuation),
-            vllm_structured.structured_outputs(request, hermes),
+            vllm_structured.structured_outputs(request, hermes, self._options.compact_json),
             keep_special_tokens=request.calls_tools,
         )
         yield PromptCounted(len(prompt_tokens))

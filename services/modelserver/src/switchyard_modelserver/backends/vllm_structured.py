@@ -69,12 +69,18 @@ _ARGUMENTS = '", "arguments": '
 _CALL_END = "}\n" + END
 
 
-def structured_outputs(request: GenerationRequest, hermes_tools: bool) -> dict[str, Any] | None:
+def structured_outputs(
+    request: GenerationRequest, hermes_tools: bool, compact: bool = True
+) -> dict[str, Any] | None:
     """The keyword arguments of ``StructuredOutputsParams`` for ``request`` (None: none).
 
     ``hermes_tools``: the backend reads tool calls in the Hermes format (else tools are
-    left to the model and the tool parser, unconstrained).
+    left to the model and the tool parser, unconstrained). ``compact``: JSON inside a
+    structural tag may have one whitespace character in a row at most (the engine's
+    ``disable_any_whitespace`` does not reach structural tags), so that a model cannot
+    loop on whitespace inside a call.
     """
+    bounded = {"max_whitespace_cnt": 1} if compact else {}
     response = _response(request.response_format) if request.response_format else None
     if not request.calls_tools or not hermes_tools:
         return response
@@ -88,7 +94,7 @@ def structured_outputs(request: GenerationRequest, hermes_tools: bool) -> dict[s
         {
             "type": "tag",
             "begin": _CALL_BEGIN + tool.name + _ARGUMENTS,
-            "content": {"type": "json_schema", "json_schema": tool.parameters},
+            "content": {"type": "json_schema", "json_schema": tool.parameters, **bounded},
             "end": _CALL_END,
         }
         for tool in allowed
@@ -111,7 +117,7 @@ def structured_outputs(request: GenerationRequest, hermes_tools: bool) -> dict[s
             "stop_after_first": single,
         }
         if choice.mode is ToolChoiceMode.AUTO and response is not None:
-            calls = {"type": "or", "elements": [calls, _as_format(response)]}
+            calls = {"type": "or", "elements": [calls, _as_format(response, bounded)]}
     return {"structural_tag": json.dumps({"type": "structural_tag", "format": calls})}
 
 
@@ -127,12 +133,12 @@ def _response(response: ResponseFormat) -> dict[str, Any]:
     return {"grammar": response.gbnf}
 
 
-def _as_format(response: dict[str, Any]) -> dict[str, Any]:
+def _as_format(response: dict[str, Any], bounded: dict[str, Any]) -> dict[str, Any]:
     """A response format as a structural-tag element (for "calls or the format")."""
     if "json" in response:
-        return {"type": "json_schema", "json_schema": response["json"]}
+        return {"type": "json_schema", "json_schema": response["json"], **bounded}
     if "json_object" in response:
-        return {"type": "json_schema", "json_schema": {"type": "object"}}
+        return {"type": "json_schema", "json_schema": {"type": "object"}, **bounded}
     if "regex" in response:
         return {"type": "regex", "pattern": response["regex"]}
     return {"type": "grammar", "grammar": response["grammar"]}
