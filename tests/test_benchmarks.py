@@ -29,6 +29,14 @@ TABLES: dict[str, list[str]] = {
         "| router CPU per relayed stream message |",
         "in-process auth work per request (10 keys configured):",
     ],
+    "fleet_overhead.py": [
+        "| measure | plain (no auth) | local limits | Redis limits |",
+        "| router CPU per request, concurrency 16 |",
+        "| Redis CPU per request |",
+        "| response cache | latency p50 | latency p99 | router CPU per request |",
+        "| memory hit |",
+        "| Redis miss |",
+    ],
     "http_front.py": [
         "| measure | gRPC path | HTTP front | HTTP / gRPC |",
         "| unary latency p50, concurrency 1 (added over direct) |",

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import Any
 
 import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
-from switchyard_router.auth import Guard
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.routing import RouteTable
 
@@ -67,6 +64,8 @@ async def list_models(
             model.backend = described.backend
             model.context_length = described.context_length
             model.capabilities.extend(described.capabilities)
+            if described.HasField("defaults"):
+                model.defaults.CopyFrom(described.defaults)
         if healthy:
             model.status = pb.MODEL_STATUS_READY
         elif loading:
@@ -75,17 +74,3 @@ async def list_models(
             model.status = pb.MODEL_STATUS_UNAVAILABLE
         models.append(model)
     return pb.ListModelsResponse(models=models)
-
-
-async def list_models_for_caller(
-    guard: Guard | None, table: RouteTable, metadata: Iterable[Any] | None, timeout: float
-) -> pb.ListModelsResponse:
-    """ListModels as a caller with ``metadata`` may see it, whichever front asked: with
-    auth on, its key is checked (UNAUTHENTICATED), the listing counts toward its request
-    rate (it asks every endpoint; RESOURCE_EXHAUSTED), and a key limited to some models
-    sees only those."""
-    principal = None if guard is None else guard.authenticate(metadata)
-    if principal is not None and principal.limiter is not None:
-        principal.limiter.admit()
-    allowed = principal.models if principal is not None else None
-    return await list_models(table, timeout, allowed)
