@@ -33,7 +33,7 @@ import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError, model_not_found
-from switchyard_router.front import Inbound
+from switchyard_router.front import Inbound, Metadata
 from switchyard_router.http_api import anthropic, openai
 from switchyard_router.http_api.api import Api, ApiCall
 from switchyard_router.http_api.errors import HttpError, bad_field
@@ -72,33 +72,45 @@ _SHUTTING_DOWN = StatusError(
 )
 
 
-class _Answer:
-    """Keeps a unary request's one response."""
+def _as_http(headers: Metadata) -> list[tuple[str, str]]:
+    return [(k, v if isinstance(v, str) else v.decode("latin-1")) for k, v in headers]
 
-    __slots__ = ("response",)
+
+class _Answer:
+    """Keeps a unary request's one response (and the headers the router adds to it)."""
+
+    __slots__ = ("headers", "response")
 
     def __init__(self) -> None:
         self.response = b""
+        self.headers = _JSON
 
     async def send(self, message: bytes) -> None:
         self.response = message
+
+    async def send_headers(self, headers: Metadata) -> None:
+        self.headers = _JSON + _as_http(headers)
 
 
 class _EventStream:
     """Sends a stream's messages as server-sent events; the response starts (200)
     with the first message, so that a failure before it is a plain HTTP error."""
 
-    __slots__ = ("_call", "_protocol", "transport")
+    __slots__ = ("_call", "_headers", "_protocol", "transport")
 
     def __init__(self, protocol: Any, call: ApiCall) -> None:
         self._protocol = protocol
         self._call = call
+        self._headers = _EVENTS
         self.transport: Any = None
+
+    async def send_headers(self, headers: Metadata) -> None:
+        self._headers = _EVENTS + _as_http(headers)
 
     async def send(self, message: bytes) -> None:
         events = self._call.message(message)
         if self.transport is None:
-            self.transport = self._protocol.response_stream(200, _EVENTS)
+            self.transport = self._protocol.response_stream(200, self._headers)
             events = self._call.opening() + events
         if events:
             await self.write(events)
@@ -112,7 +124,7 @@ class _EventStream:
     async def finish(self, events: bytes) -> None:
         """Sends a stream's last events (the response starts here if it has not)."""
         if self.transport is None:
-            self.transport = self._protocol.response_stream(200, _EVENTS)
+            self.transport = self._protocol.response_stream(200, self._headers)
             events = self._call.opening() + events
         if events:
             with contextlib.suppress(RuntimeError):  # the caller left: it misses only the end
@@ -215,7 +227,7 @@ class HttpApp:
         finally:
             watch()
         if isinstance(sink, _Answer):
-            protocol.response_bytes(200, _JSON, call.answer(sink.response))
+            protocol.response_bytes(200, sink.headers, call.answer(sink.response))
             return
         await sink.finish(call.closing())  # an empty stream gets its response too
 
