@@ -193,11 +193,11 @@ class Proxy:
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
-        response: bytes = await pick.endpoint.generate(
-            _payload(call, pick), timeout=timeout, metadata=metadata
-        )
+        counts_tokens = call.inbound.counts_tokens
+        upstream = pick.endpoint.count_tokens if counts_tokens else pick.endpoint.generate
+        response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
         self._succeeded(pick)
-        if call.limiter is not None:
+        if call.limiter is not None and not counts_tokens:
             call.charge(response, wire.GENERATE_USAGE_FIELD)
         await sink.send(response)
 
@@ -252,7 +252,7 @@ class Proxy:
                 raise failure.relayed()
             return
         resume = call.resume
-        if resume is not None and failure.code in RETRYABLE:
+        if resume is not None and failure.code in RETRYABLE and not resume.calls_tools:
             if not self._may_retry(attempt, call.deadline):
                 raise StatusError(failure.code, failure.details)
             resume.resumes += 1
