@@ -279,6 +279,8 @@ def test_bad_json_and_unknown_fields_are_400_naming_them(
     error = json.loads(body)["error"]
     assert status == 400 and error["param"] == "body"
     assert error["message"].startswith("invalid request: body: is not valid JSON")
+    # Refused at the edge, before the router's own path, it is still counted and logged.
+    assert "request method=Generate model=unknown code=INVALID_ARGUMENT" in http_router[0].log()
     unknown = {"model": "canned", "messages": CHAT, "temprature": 0.5}
     status, _, body = curl(f"{url}/v1/chat/completions", unknown)
     error = json.loads(body)["error"]

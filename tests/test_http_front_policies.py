@@ -21,7 +21,7 @@ import openai
 import pytest
 import trustme
 from conftest import start_modelserver
-from fleet import Fleet
+from fleet import Fleet, endpoints
 from processes import ServerProcess, free_port
 from test_http_front import curl
 from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver  # noqa: F401
@@ -152,6 +152,45 @@ def test_kill_9_of_one_replica_fails_no_http_request(fleet: Fleet) -> None:
 
     asyncio.run(run())
     assert answers == [WORDS] * 60
+
+
+def test_a_resume_route_continues_an_http_stream_after_kill_9(
+    fleet: Fleet, models_dir: Path
+) -> None:
+    """The HTTP front's stream is the router's: a resume route continues it on another
+    replica, and the caller sees one unbroken stream with the uninterrupted greedy text."""
+    servers = []
+    for label in ("a", "b"):
+        directory = fleet.workdir / f"models-{label}"
+        directory.mkdir()
+        (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+        servers.append(
+            fleet.modelserver(
+                label,
+                {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
+            )
+        )
+    config, url = _with_http(
+        {
+            "clusters": {"cpu": {"endpoints": [s.address for s in servers]}},
+            "routes": [{"model": "tiny-slow", "resume": True, "targets": [{"cluster": "cpu"}]}],
+        }
+    )
+    router = fleet.router(config)
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+        expected = client.completions.create(
+            model="tiny-slow", prompt="hello world", max_tokens=400, temperature=0
+        )
+        stream = client.completions.create(
+            model="tiny-slow", prompt="hello world", max_tokens=400, temperature=0, stream=True
+        )
+        chunks = [next(stream) for _ in range(5)]
+        serving = [e.address for e in endpoints(router) if e.outstanding_requests == 1]
+        assert len(serving) == 1
+        next(s for s in servers if s.address == serving[0]).process.kill()
+        chunks += list(stream)
+    assert "".join(c.choices[0].text for c in chunks) == expected.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_no_healthy_endpoint_is_503_with_retry_after(fleet: Fleet) -> None:

@@ -38,6 +38,7 @@ from switchyard_router.http_api import anthropic, openai
 from switchyard_router.http_api.api import Api, ApiCall
 from switchyard_router.http_api.errors import HttpError, bad_field
 from switchyard_router.http_api.json_body import encode
+from switchyard_router.metrics import RequestRecord
 from switchyard_router.proxy import Proxy
 
 log = logging.getLogger("switchyard.router.http")
@@ -177,16 +178,23 @@ class HttpApp:
             _respond(protocol, _api_of(path, scope).error(_INTERNAL))
 
     async def _generate(self, api: Api, path: str, scope: Any, protocol: Any) -> None:
-        if not self.ready():
-            raise _SHUTTING_DOWN
         headers = scope.headers
-        body = await self._body(headers, protocol)
-        call = api.call(body)
+        try:
+            if not self.ready():
+                raise _SHUTTING_DOWN
+            body = await self._body(headers, protocol)
+            call = api.call(body)
+            time_remaining = _time_remaining(headers)
+        except StatusError as error:  # refused before the router's own path: count it here
+            record = RequestRecord("Generate")
+            record.code = error.code.name
+            record.finish()
+            raise
         inbound = Inbound(
             call.streaming,
             call.request,
             _metadata(headers),
-            _time_remaining(headers),
+            time_remaining,
             _SPAN_ATTRIBUTES[path],
             call.counts_tokens,
         )
