@@ -5,6 +5,7 @@ its own shape, and what came back, in ours."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from conftest import start_modelserver, start_router
 from processes import ServerProcess
 from test_cloud_backends import backend_config, key_file, vendors  # noqa: F401 - fixtures
 from toolcases import CITY_SCHEMA, QUESTION, TOOLS, WEATHER, check_calls, same_answer, tool_round
-from vendors import FakeVendors
+from vendors import FakeVendors, new_request_id
 
 from switchyard import (
     Client,
@@ -24,8 +25,15 @@ from switchyard import (
     JsonSchema,
     UnimplementedError,
 )
+from switchyard._convert import MessageLike
 
 KINDS = ("openai", "anthropic", "ollama")
+
+
+def asking(request_id: str) -> list[MessageLike]:
+    """The weather question, carrying ``request_id`` so that the vendor's record of
+    this very request can be found (``FakeVendors.received``)."""
+    return [{"role": "user", "content": f"What is the weather in Paris? ({request_id})"}]
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +79,28 @@ def test_a_tool_call_round_trip_on_each_vendor(
     client: Client,
     vendors: FakeVendors,  # noqa: F811
 ) -> None:
-    answer = client.chat(kind, QUESTION, tools=TOOLS)
+    question = asking(first := new_request_id())
+    answer = client.chat(kind, question, tools=TOOLS)
     assert answer.finish_reason is FinishReason.TOOL_CALLS
     (call,) = check_calls(answer.tool_calls)
     assert (call.name, call.parsed_arguments()) == (
         "get_weather",
         {"city": "Paris", "unit": "celsius"},
     )
-    sent = vendors.received("ok").body
+    sent = vendors.received(first).body
     if kind == "anthropic":
         assert sent["tools"][0]["input_schema"] == WEATHER.parameters
         assert sent["tool_choice"] == {"type": "auto"}
     else:
         assert sent["tools"][0]["function"]["parameters"] == WEATHER.parameters
-    final = client.chat(kind, [*QUESTION, *tool_round(answer, {"sky": "sunny"})], tools=TOOLS)
+    result = {"sky": "sunny", "request": (second := new_request_id())}
+    final = client.chat(kind, [*question, *tool_round(answer, result)], tools=TOOLS)
     assert final.finish_reason is FinishReason.STOP
-    assert final.text == f'Hello from {kind}: {{"sky": "sunny"}}'
-    back = vendors.received("ok").body["messages"]
+    assert final.text == f"Hello from {kind}: {json.dumps(result)}"
+    back = vendors.received(second).body["messages"]
     if kind == "openai":
         assert back[-2]["tool_calls"][0]["id"] == call.id
-        assert back[-1] == {"role": "tool", "content": '{"sky": "sunny"}', "tool_call_id": call.id}
+        assert back[-1] == {"role": "tool", "content": json.dumps(result), "tool_call_id": call.id}
     elif kind == "anthropic":
         assert back[-2]["content"][0] == {
             "type": "tool_use",
@@ -99,7 +109,7 @@ def test_a_tool_call_round_trip_on_each_vendor(
             "input": {"city": "Paris", "unit": "celsius"},
         }
         assert back[-1]["content"] == [
-            {"type": "tool_result", "tool_use_id": call.id, "content": '{"sky": "sunny"}'}
+            {"type": "tool_result", "tool_use_id": call.id, "content": json.dumps(result)}
         ]
     else:
         assert back[-2]["tool_calls"][0]["function"]["arguments"] == {
@@ -124,11 +134,12 @@ def test_required_parallel_calls_keep_their_indexes(
     answer = client.chat(kind, QUESTION, tools=TOOLS, tool_choice="required")
     assert [c.name for c in check_calls(answer.tool_calls)] == ["get_weather", "get_time"]
     same_answer(answer, client.stream(kind, messages=QUESTION, tools=TOOLS, tool_choice="required"))
+    request_id = new_request_id()
     one = client.chat(
-        kind, QUESTION, tools=TOOLS, tool_choice="get_time", parallel_tool_calls=False
+        kind, asking(request_id), tools=TOOLS, tool_choice="get_time", parallel_tool_calls=False
     )
     assert [c.name for c in one.tool_calls] == ["get_time"]
-    sent = vendors.received("ok").body
+    sent = vendors.received(request_id).body
     if kind == "openai":
         assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
         assert sent["parallel_tool_calls"] is False
@@ -148,9 +159,10 @@ def test_ollama_refuses_what_its_api_cannot_do_and_tool_choice_none_sends_no_too
         with pytest.raises(InvalidArgumentError) as error:
             client.chat("ollama", QUESTION, tools=TOOLS, **options)
         assert [v.field for v in error.value.field_violations] == [next(iter(options))]
-    answer = client.chat("ollama", QUESTION, tools=TOOLS, tool_choice="none")
+    request_id = new_request_id()
+    answer = client.chat("ollama", asking(request_id), tools=TOOLS, tool_choice="none")
     assert answer.finish_reason is FinishReason.STOP and not answer.tool_calls
-    assert "tools" not in vendors.received("ok").body
+    assert "tools" not in vendors.received(request_id).body
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -159,9 +171,10 @@ def test_a_json_schema_reaches_each_vendor_natively_and_the_answer_matches(
     client: Client,
     vendors: FakeVendors,  # noqa: F811
 ) -> None:
-    answer = client.chat(kind, QUESTION, response_format=JsonSchema(CITY_SCHEMA, "city"))
+    request_id = new_request_id()
+    answer = client.chat(kind, asking(request_id), response_format=JsonSchema(CITY_SCHEMA, "city"))
     jsonschema.validate(answer.json(), CITY_SCHEMA)
-    sent = vendors.received("ok").body
+    sent = vendors.received(request_id).body
     if kind == "openai":
         assert sent["response_format"] == {
             "type": "json_schema",
@@ -185,10 +198,11 @@ def test_anthropic_counts_tokens_with_its_api_as_a_generation_would(
     client: Client,
     vendors: FakeVendors,  # noqa: F811
 ) -> None:
-    counted = client.count_tokens("anthropic", messages=QUESTION, tools=TOOLS)
-    sent = vendors.received("ok").body
+    request_id = new_request_id()
+    counted = client.count_tokens("anthropic", messages=asking(request_id), tools=TOOLS)
+    sent = vendors.received(request_id).body
     assert [t["name"] for t in sent["tools"]] == ["get_weather", "get_time"]
-    answer = client.chat("anthropic", QUESTION, tools=TOOLS, tool_choice="none")
+    answer = client.chat("anthropic", asking(new_request_id()), tools=TOOLS, tool_choice="none")
     assert counted.prompt_tokens == answer.usage.prompt_tokens > 0
     assert counted.backend == "anthropic"
 

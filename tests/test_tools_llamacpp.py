@@ -23,7 +23,7 @@ from toolcases import (
     tool_round,
 )
 
-from switchyard import Client, FinishReason, Grammar, InvalidArgumentError, JsonSchema, Regex
+from switchyard import Client, FinishReason, Grammar, InvalidArgumentError, JsonSchema, Regex, Tool
 
 MODEL = "tiny"
 
@@ -249,3 +249,28 @@ def test_tool_results_reach_a_template_that_knows_only_three_roles(
         question_alone = client.count_tokens("tiny-q4", messages=QUESTION).prompt_tokens
     assert final.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
     assert final.usage.prompt_tokens > question_alone + 30
+
+
+def test_a_tool_whose_schema_has_definitions_is_held_to_them(client: Client) -> None:
+    # Pydantic writes nested models as $defs with $ref: the call's schema must keep
+    # resolving them once the parameters sit inside {"name", "arguments"}.
+    unit = {"type": "string", "enum": ["celsius", "fahrenheit"]}
+    place = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    parameters = {
+        "$defs": {"Place": place, "Unit": unit},
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}, "unit": {"$ref": "#/$defs/Unit"}},
+        "required": ["place", "unit"],
+        "additionalProperties": False,
+    }
+    tool = Tool("forecast", "Weather forecast", parameters)
+    answer = client.chat(
+        MODEL, QUESTION, tools=[tool], tool_choice="forecast", max_tokens=150, seed=2
+    )
+    [call] = check_calls(answer.tool_calls, [tool])
+    assert call.parsed_arguments()["place"]["city"] in ("Paris", "Rome")

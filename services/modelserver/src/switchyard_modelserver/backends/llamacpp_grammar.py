@@ -22,6 +22,7 @@ INVALID_ARGUMENT naming the field, never an unconstrained generation.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +148,6 @@ def _response_rule(converter: Any, response: Any) -> str:
 
 def _user_grammar(converter: Any, gbnf: str) -> str:
     """The caller's GBNF, its rules prefixed so they cannot clash with ours."""
-    import re
-
     rules: dict[str, str] = {}
     current: str | None = None
     for line in gbnf.splitlines():
@@ -169,8 +168,6 @@ def _user_grammar(converter: Any, gbnf: str) -> str:
 
 def _renamed(body: str, names: dict[str, str], prefix: str) -> str:
     """``body`` with every reference to a rule in ``names`` prefixed (outside literals)."""
-    import re
-
     out: list[str] = []
     for piece in re.split(r'("(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\])', body):
         if piece.startswith(('"', "[")):

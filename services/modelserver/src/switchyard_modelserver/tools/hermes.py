@@ -19,6 +19,7 @@ name is held back until the name is known.
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -213,8 +214,6 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 
 def _unescape(value: str) -> str:
-    import json
-
     try:
         return str(json.loads(f'"{value}"'))
     except ValueError:
