@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import jsonschema
 import openai
 import pytest
 from conftest import SCRIPTED_MODELS, start_router
 from processes import ServerProcess, free_port
+from toolcases import CITY_SCHEMA, WEATHER
 
 from switchyard import Client
+
+QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 TYPESCRIPT = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 
@@ -427,3 +431,139 @@ def test_the_openai_npm_package_sees_the_vendor_error(
     assert ran.returncode == 1
     assert ran.stderr.startswith("error: 404 not_found_error: ")
     assert re.search(r"available models: .*\bcanned\b", ran.stderr)
+
+
+# -- Tools and structured output -----------------------------------------------
+
+# One call, as a random model under constrained decoding would otherwise go on calling.
+ONE_CALL: Any = {"type": "any", "disable_parallel_tool_use": True}
+GREEDY = {"temperature": 0}  # the Anthropic SDK has no parameter for it; the API has
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": WEATHER.name,
+        "description": WEATHER.description,
+        "parameters": WEATHER.parameters,
+    },
+}
+
+
+def test_openai_tools_over_llamacpp_call_with_arguments_that_match_the_schema(
+    oai: openai.OpenAI,
+) -> None:
+    answer = oai.chat.completions.create(
+        model="tiny", messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+        parallel_tool_calls=False, max_tokens=150, temperature=0,
+    )  # fmt: skip
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert calls and all(c.type == "function" and c.id for c in calls)
+    for call in calls:
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER.parameters)  # type: ignore[union-attr]
+    # The streamed call, joined by index, is the same call.
+    chunks = list(
+        oai.chat.completions.create(
+            model="tiny", messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+            parallel_tool_calls=False, max_tokens=150, temperature=0, stream=True,
+        )
+    )  # fmt: skip
+    joined: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for piece in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = joined.setdefault(piece.index, {"name": "", "arguments": ""})
+            if piece.function and piece.function.name:
+                entry["name"] = piece.function.name
+            if piece.function and piece.function.arguments:
+                entry["arguments"] += piece.function.arguments
+    assert [(e["name"], e["arguments"]) for _, e in sorted(joined.items())] == [
+        (c.function.name, c.function.arguments)  # type: ignore[union-attr]
+        for c in calls
+    ]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_openai_tool_results_go_back_and_the_model_answers(oai: openai.OpenAI) -> None:
+    """The scripted `caller` calls get_weather, then answers once it has the result."""
+    first = oai.chat.completions.create(model="caller", messages=QUESTION, tools=[WEATHER_TOOL])
+    [call] = first.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}  # type: ignore[union-attr]
+    conversation: Any = [
+        *QUESTION,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'},
+    ]
+    final = oai.chat.completions.create(model="caller", messages=conversation, tools=[WEATHER_TOOL])
+    assert final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.content == "It is sunny in Paris."
+
+
+def test_openai_json_schema_output_matches_the_schema(oai: openai.OpenAI) -> None:
+    answer = oai.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=150, temperature=0,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "city", "schema": CITY_SCHEMA}},
+    )  # fmt: skip
+    jsonschema.validate(json.loads(answer.choices[0].message.content or ""), CITY_SCHEMA)
+
+
+def test_anthropic_tools_are_tool_use_blocks_unary_and_streamed(
+    claude: anthropic.Anthropic,
+) -> None:
+    tool: Any = {
+        "name": WEATHER.name,
+        "description": WEATHER.description,
+        "input_schema": WEATHER.parameters,
+    }
+    message = claude.messages.create(
+        model="tiny", max_tokens=150, messages=QUESTION, tools=[tool],
+        tool_choice=ONE_CALL, extra_body=GREEDY,
+    )  # fmt: skip
+    assert message.stop_reason == "tool_use"
+    uses = [block for block in message.content if block.type == "tool_use"]
+    assert uses
+    for use in uses:
+        assert use.name == "get_weather" and use.id
+        jsonschema.validate(use.input, WEATHER.parameters)
+    with claude.messages.stream(
+        model="tiny", max_tokens=150, messages=QUESTION, tools=[tool],
+        tool_choice=ONE_CALL, extra_body=GREEDY,
+    ) as stream:  # fmt: skip
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        (u.name, u.input) for u in uses
+    ]
+    # The tool's result goes back as a tool_result block; the scripted caller answers.
+    called = claude.messages.create(model="caller", max_tokens=50, messages=QUESTION, tools=[tool])
+    [use] = [block for block in called.content if block.type == "tool_use"]
+    assert use.input == {"city": "Paris", "unit": "celsius"}
+    answered = claude.messages.create(
+        model="caller", max_tokens=50, tools=[tool],
+        messages=[*QUESTION, {"role": "assistant", "content": called.content},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                "content": "sunny"}]}],
+    )  # fmt: skip
+    assert answered.stop_reason == "end_turn"
+    assert answered.content[0].type == "text"
+    assert answered.content[0].text == "It is sunny in Paris."
+
+
+def test_anthropic_count_tokens_is_the_prompt_tokens_of_the_same_request(
+    claude: anthropic.Anthropic,
+) -> None:
+    tool: Any = {"name": WEATHER.name, "input_schema": WEATHER.parameters}
+    counted = claude.messages.count_tokens(model="tiny", messages=QUESTION, tools=[tool])
+    answer = claude.messages.create(model="tiny", max_tokens=1, messages=QUESTION, tools=[tool])
+    assert counted.input_tokens == answer.usage.input_tokens > 0
+
+
+def test_anthropic_structured_output_matches_the_schema(claude: anthropic.Anthropic) -> None:
+    message = claude.messages.create(
+        model="tiny", max_tokens=150, messages=QUESTION, extra_body=GREEDY,
+        output_config={"format": {"type": "json_schema", "schema": CITY_SCHEMA}},
+    )  # fmt: skip
+    block = message.content[0]
+    assert block.type == "text"
+    jsonschema.validate(json.loads(block.text), CITY_SCHEMA)

@@ -112,8 +112,17 @@ def test_openai_chat_becomes_the_contracts_request() -> None:
         ({"model": "m", "messages": [{"role": "user", "content": "x", "x": 1}]}, "messages[0].x"),
         ({"model": "m", "messages": [], "max_tokens": "ten"}, "max_tokens"),
         ({"messages": []}, "model"),
-        ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
-        ({"model": "m", "messages": [], "tools": []}, "tools"),
+        ({"model": "m", "messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": "m", "messages": [], "tools": [{"type": "custom", "custom": {}}]},
+            "tools[0].type",
+        ),
+        ({"model": "m", "messages": [], "tool_choice": "sometimes"}, "tool_choice"),
+        (
+            {"model": "m", "messages": [], "response_format": {"type": "yaml"}},
+            "response_format.type",
+        ),
+        ({"model": "m", "messages": [], "functions": []}, "functions"),
         ({"model": "m", "messages": [], "top_logprobs": 2}, "top_logprobs"),
     ],
 )
@@ -155,7 +164,10 @@ def test_a_stream_that_ends_without_its_last_message_still_closes() -> None:
         _body({"model": "m", "max_tokens": 5, "messages": [], "stream": True})
     )
     names = [line for line in messages.closing().decode().splitlines() if line.startswith("event")]
-    assert names == ["event: content_block_stop", "event: message_delta", "event: message_stop"]
+    assert names == [  # no content came: one empty text block, as Anthropic sends
+        "event: content_block_start", "event: ping", "event: content_block_stop",
+        "event: message_delta", "event: message_stop",
+    ]  # fmt: skip
 
 
 def test_openai_completions_logprobs_have_offsets() -> None:
@@ -214,3 +226,146 @@ def test_anthropic_system_blocks_and_content_blocks_are_joined() -> None:
     ]
     assert request.sampling.max_tokens == 9 and request.sampling.top_k == 3
     assert list(request.sampling.stop) == ["\n\n"]
+
+
+# -- tools and structured output --------------------------------------------------
+
+WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}}
+
+
+def test_openai_tools_become_the_contracts_tools() -> None:
+    call = openai.ChatCompletions().call(
+        _body(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                ],
+                "tools": [{"type": "function", "function": {
+                    "name": "get_weather", "description": "d", "parameters": WEATHER_PARAMETERS}}],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "parallel_tool_calls": False,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "out", "schema": {"type": "object"}}},
+            }
+        )
+    )  # fmt: skip
+    request = pb.GenerateRequest.FromString(call.request)
+    assert [m.role for m in request.messages] == ["user", "assistant", "tool"]
+    assert request.messages[1].content == ""
+    assert [(c.id, c.name, c.arguments) for c in request.messages[1].tool_calls] == [
+        ("call_1", "get_weather", '{"city":"Oslo"}')
+    ]
+    assert request.messages[2].tool_call_id == "call_1"
+    [tool] = request.tools
+    assert (tool.name, tool.description) == ("get_weather", "d")
+    assert json.loads(tool.parameters) == WEATHER_PARAMETERS
+    assert request.tool_choice.name == "get_weather"
+    assert request.HasField("parallel_tool_calls") and not request.parallel_tool_calls
+    assert request.response_format.json_schema.name == "out"
+    assert json.loads(request.response_format.json_schema.schema) == {"type": "object"}
+
+
+def test_openai_tool_calls_in_answers_and_stream_deltas() -> None:
+    call = openai.ChatCompletions().call(_body({"model": "m", "messages": []}))
+    answer = pb.GenerateResponse(
+        finish_reason=pb.FINISH_REASON_TOOL_CALLS,
+        tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments='{"city":"Oslo"}')],
+    )
+    choice = json.loads(call.answer(answer.SerializeToString()))["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    ]  # fmt: skip
+    stream = openai.ChatCompletions().call(_body({"model": "m", "messages": [], "stream": True}))
+    first = pb.StreamGenerateResponse(
+        tool_calls=[pb.ToolCallDelta(index=0, id="call_1", name="get_weather")]
+    )
+    more = pb.StreamGenerateResponse(tool_calls=[pb.ToolCallDelta(index=0, arguments='{"c')])
+    wire = stream.message(first.SerializeToString()) + stream.message(more.SerializeToString())
+    deltas = [e["choices"][0]["delta"] for e in _events(wire)]
+    assert deltas == [
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"c'}}]},
+    ]  # fmt: skip
+
+
+def test_anthropic_tool_blocks_become_the_contracts_turns() -> None:
+    call = anthropic.Messages().call(
+        _body(
+            {
+                "model": "m",
+                "max_tokens": 9,
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": [
+                        {"type": "text", "text": "Let me look."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                         "input": {"city": "Oslo"}}]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                        {"type": "text", "text": "And tomorrow?"}]},
+                ],
+                "tools": [{"name": "get_weather", "input_schema": WEATHER_PARAMETERS}],
+                "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+            }
+        )
+    )  # fmt: skip
+    request = pb.GenerateRequest.FromString(call.request)
+    assert [(m.role, m.content, m.tool_call_id) for m in request.messages] == [
+        ("user", "Weather?", ""),
+        ("assistant", "Let me look.", ""),
+        ("tool", "sunny", "toolu_1"),
+        ("user", "And tomorrow?", ""),
+    ]
+    [called] = request.messages[1].tool_calls
+    assert (called.id, called.name, json.loads(called.arguments)) == (
+        "toolu_1", "get_weather", {"city": "Oslo"}
+    )  # fmt: skip
+    assert request.tool_choice.mode == pb.TOOL_CHOICE_MODE_REQUIRED
+    assert not request.parallel_tool_calls
+    assert json.loads(request.tools[0].parameters) == WEATHER_PARAMETERS
+
+
+def test_anthropic_stream_opens_a_block_per_content() -> None:
+    call = anthropic.Messages().call(
+        _body({"model": "m", "max_tokens": 9, "messages": [], "stream": True})
+    )
+    text = pb.StreamGenerateResponse(text="Let me look.")
+    named = pb.StreamGenerateResponse(
+        tool_calls=[pb.ToolCallDelta(index=0, id="toolu_1", name="get_weather")]
+    )
+    argued = pb.StreamGenerateResponse(tool_calls=[pb.ToolCallDelta(index=0, arguments="{}")])
+    wire = call.opening() + b"".join(
+        call.message(m.SerializeToString()) for m in (text, named, argued)
+    ) + call.message(_last("", pb.FINISH_REASON_TOOL_CALLS))  # fmt: skip
+    events = [e for e in _events(wire) if e["type"] != "ping"]
+    assert [(e["type"], e.get("index")) for e in events] == [
+        ("message_start", None),
+        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+        ("message_delta", None), ("message_stop", None),
+    ]  # fmt: skip
+    assert events[4]["content_block"] == {
+        "type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}
+    }  # fmt: skip
+    assert events[5]["delta"] == {"type": "input_json_delta", "partial_json": "{}"}
+    assert events[7]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_anthropic_count_tokens_is_the_contracts_count_tokens() -> None:
+    call = anthropic.TokenCount().call(
+        _body({"model": "m", "system": "Be brief.", "messages": [{"role": "user", "content": "x"}]})
+    )
+    assert call.counts_tokens and not call.streaming
+    request = pb.CountTokensRequest.FromString(call.request)
+    assert [m.role for m in request.messages] == ["system", "user"]
+    counted = pb.CountTokensResponse(prompt_tokens=7).SerializeToString()
+    assert json.loads(call.answer(counted)) == {"input_tokens": 7}

@@ -18,7 +18,9 @@ class ApiCall(Protocol):
     streaming: bool
     """StreamGenerate (server-sent events) or Generate (one JSON answer)."""
     request: bytes
-    """The serialized GenerateRequest or StreamGenerateRequest."""
+    """The serialized GenerateRequest, StreamGenerateRequest or CountTokensRequest."""
+    counts_tokens: bool
+    """CountTokens rather than a generation."""
 
     def answer(self, response: bytes) -> bytes:
         """The JSON body for a GenerateResponse's bytes."""

@@ -52,6 +52,7 @@ _APIS: dict[str, Api] = {
     "/v1/chat/completions": openai.ChatCompletions(),
     "/v1/completions": openai.Completions(),
     "/v1/messages": anthropic.Messages(),
+    "/v1/messages/count_tokens": anthropic.TokenCount(),
 }
 _OPENAI = _APIS["/v1/chat/completions"]
 _ANTHROPIC = _APIS["/v1/messages"]
@@ -176,7 +177,8 @@ class HttpApp:
                 raise StatusError(
                     grpc.StatusCode.NOT_FOUND,
                     f"no such endpoint: {method} {path} (the API: POST /v1/chat/completions, "
-                    "POST /v1/completions, POST /v1/messages, GET /v1/models)",
+                    "POST /v1/completions, POST /v1/messages, POST /v1/messages/count_tokens, "
+                    "GET /v1/models)",
                     reason="NO_SUCH_ENDPOINT",
                 )
         except _MethodNotAllowedError as refusal:
@@ -206,6 +208,7 @@ class HttpApp:
             _metadata(headers),
             time_remaining,
             _SPAN_ATTRIBUTES[path],
+            call.counts_tokens,
         )
         sink: _EventStream | _Answer = _EventStream(protocol, call) if call.streaming else _Answer()
         watch = _watch_disconnect(protocol)
@@ -274,7 +277,7 @@ class HttpApp:
 
 def _api_of(path: str, scope: Any) -> Api:
     """The API whose error shape a caller expects."""
-    if path == "/v1/messages" or (
+    if path.startswith("/v1/messages") or (
         path.startswith("/v1/models") and "anthropic-version" in scope.headers
     ):
         return _ANTHROPIC

@@ -1,16 +1,20 @@
 """The OpenAI API: ``POST /v1/chat/completions`` and ``POST /v1/completions``.
 
 Requests become the contract's GenerateRequest / StreamGenerateRequest: messages
-(``developer`` is ``system``; text content parts are joined), ``max_tokens`` or
+(``developer`` is ``system``; text content parts are joined; an assistant's
+``tool_calls`` and ``tool`` results carry over), ``max_tokens`` or
 ``max_completion_tokens``, temperature, top_p, stop, seed, the penalties and
-logprobs, and vLLM's extensions ``top_k`` and ``repetition_penalty``. Fields of the
-API that Switchyard cannot honour (``n`` > 1, ``logit_bias``, audio, tools until the
-contract has them, ...) are refused by name rather than ignored; a field the API
-does not have is refused too.
+logprobs, function ``tools``, ``tool_choice``, ``parallel_tool_calls``,
+``response_format`` (text, json_object, json_schema), and vLLM's extensions
+``top_k`` and ``repetition_penalty``. Fields of the API that Switchyard cannot
+honour (``n`` > 1, ``logit_bias``, audio, the legacy ``functions``, ...) are
+refused by name rather than ignored; a field the API does not have is refused too.
 
-Answers are OpenAI's ``chat.completion`` / ``text_completion`` objects; streams are
-its server-sent events: a first chunk with the assistant role, one chunk per
-message's text, a last chunk with the finish reason, the usage chunk when
+Answers are OpenAI's ``chat.completion`` / ``text_completion`` objects (tool calls
+in ``message.tool_calls``, finish reason ``tool_calls``); streams are its
+server-sent events: a first chunk with the assistant role, one chunk per message's
+text and tool-call pieces (a call's first piece with its index, id and name, later
+ones with argument fragments), a last chunk with the finish reason, the usage chunk when
 ``stream_options.include_usage`` is set (then every chunk carries ``"usage":null``),
 and ``data: [DONE]``. An error after the stream started is an ``error`` event.
 """
@@ -30,6 +34,7 @@ FINISH_REASONS = {
     pb.FINISH_REASON_STOP_SEQUENCE: "stop",
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
     pb.FINISH_REASON_CANCELLED: "cancelled",
     pb.FINISH_REASON_ERROR: "error",
 }
@@ -38,7 +43,18 @@ FINISH_REASONS = {
 # Contract field paths as this API names them (in errors).
 RENAMED = {"sampling.logprobs": "top_logprobs"}
 _COMPLETIONS_RENAMED = {"sampling.logprobs": "logprobs"}
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+_TOOL_CHOICE_MODES = {
+    "auto": pb.TOOL_CHOICE_MODE_AUTO,
+    "none": pb.TOOL_CHOICE_MODE_NONE,
+    "required": pb.TOOL_CHOICE_MODE_REQUIRED,
+}
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -68,10 +84,37 @@ class _Sampling(Strict, kw_only=True):
     repetition_penalty: float | None = None
 
 
+class FunctionCall(Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(Strict, kw_only=True):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Strict):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+
+class FunctionDefinition(Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(Strict):
+    type: str
+    function: FunctionDefinition | None = None
+    custom: Any = None
 
 
 class ChatCompletionRequest(_Sampling, kw_only=True):
@@ -89,12 +132,12 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     safety_identifier: str | None = None
     verbosity: str | None = None
     parallel_tool_calls: bool | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     # Fields of the API that Switchyard does not serve (refused when set).
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
     modalities: Any = None
     audio: Any = None
     prediction: Any = None
@@ -169,8 +212,6 @@ def _content(index: int, message: ChatMessage) -> str:
 
 
 _CHAT_UNSUPPORTED = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "modalities",
@@ -188,10 +229,102 @@ def _chat_messages(body: ChatCompletionRequest) -> list[pb.ChatMessage]:
         if role is None:
             raise bad_field(
                 f"messages[{index}].role",
-                f"{message.role!r} is not supported (system, developer, user or assistant)",
+                f"{message.role!r} is not supported (system, developer, user, assistant or tool)",
             )
-        messages.append(pb.ChatMessage(role=role, content=_content(index, message)))
+        turn = pb.ChatMessage(
+            role=role, content=_content(index, message), tool_call_id=message.tool_call_id or ""
+        )
+        for call_index, call in enumerate(message.tool_calls or ()):
+            if call.type != "function":
+                raise unsupported(
+                    f"messages[{index}].tool_calls[{call_index}].type",
+                    f"{call.type!r} calls are not supported (only function)",
+                )
+            turn.tool_calls.add(
+                id=call.id, name=call.function.name, arguments=call.function.arguments
+            )
+        messages.append(turn)
     return messages
+
+
+def _tools(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The contract's tools, tool_choice, parallel_tool_calls and response_format."""
+    fields: dict[str, Any] = {}
+    tools = []
+    for index, tool in enumerate(body.tools or ()):
+        if tool.type != "function" or tool.function is None:
+            raise unsupported(
+                f"tools[{index}].type", f"{tool.type!r} tools are not supported (only function)"
+            )
+        function = tool.function
+        parameters = "" if function.parameters is None else encode(function.parameters).decode()
+        tools.append(
+            pb.Tool(
+                name=function.name, description=function.description or "", parameters=parameters
+            )
+        )
+    if tools:
+        fields["tools"] = tools
+    choice = body.tool_choice
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise bad_field("tool_choice", f"{choice!r} is not none, auto or required")
+        fields["tool_choice"] = pb.ToolChoice(mode=_TOOL_CHOICE_MODES[choice])
+    elif choice is not None:
+        name = (
+            (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        )
+        if not isinstance(name, str):
+            raise bad_field(
+                "tool_choice",
+                'expected none, auto, required or {"type": "function", "function": {"name": ...}}',
+            )
+        fields["tool_choice"] = pb.ToolChoice(name=name)
+    if body.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = body.parallel_tool_calls
+    response_format = _response_format(body.response_format)
+    if response_format is not None:
+        fields["response_format"] = response_format
+    return fields
+
+
+def _response_format(value: dict[str, Any] | None) -> pb.ResponseFormat | None:
+    if value is None or value.get("type") == "text":
+        return None
+    kind = value.get("type")
+    if kind == "json_object":
+        return pb.ResponseFormat(json_object=pb.JsonObjectFormat())
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise bad_field("response_format.json_schema.schema", "is required (a JSON Schema)")
+        return pb.ResponseFormat(
+            json_schema=pb.JsonSchemaFormat(
+                name=str(spec.get("name") or ""), schema=encode(spec["schema"]).decode()
+            )
+        )
+    raise bad_field("response_format.type", f"{kind!r} is not text, json_object or json_schema")
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+def _tool_call_deltas(deltas: Any) -> bytes:
+    pieces = []
+    for delta in deltas:
+        piece: dict[str, Any] = {"index": delta.index}
+        if delta.id:
+            piece["id"] = delta.id
+            piece["type"] = "function"
+            piece["function"] = {"name": delta.name, "arguments": delta.arguments}
+        else:
+            piece["function"] = {"arguments": delta.arguments}
+        pieces.append(piece)
+    return encode(pieces)
 
 
 def _usage(usage: pb.Usage) -> dict[str, int]:
@@ -276,12 +409,12 @@ class ChatCall:
 
     __slots__ = ("_stream", "model", "request", "streaming")
 
+    counts_tokens = False
+
     def __init__(self, body: ChatCompletionRequest) -> None:
         for name in _CHAT_UNSUPPORTED:
             if getattr(body, name) is not None:
                 raise unsupported(name)
-        if body.response_format is not None and body.response_format != {"type": "text"}:
-            raise unsupported("response_format")
         if not body.model:
             raise bad_field("model", "is required")
         max_tokens = body.max_completion_tokens
@@ -294,7 +427,9 @@ class ChatCall:
             sampling.logprobs = body.top_logprobs or 0
         self.streaming = body.stream
         self.model = body.model
-        self.request = _request(body, messages=_chat_messages(body), sampling=sampling)
+        self.request = _request(
+            body, messages=_chat_messages(body), sampling=sampling, **_tools(body)
+        )
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         self._stream = (
             _Stream("chatcmpl-", "chat.completion.chunk", body.model, include_usage)
@@ -304,6 +439,10 @@ class ChatCall:
 
     def answer(self, response: bytes) -> bytes:
         answer = pb.GenerateResponse.FromString(response)
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+        if answer.tool_calls:
+            message["content"] = answer.text or None
+            message["tool_calls"] = _tool_calls(answer.tool_calls)
         return encode(
             {
                 "id": response_id("chatcmpl-"),
@@ -313,7 +452,7 @@ class ChatCall:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                        "message": message,
                         "logprobs": _chat_logprobs(answer.tokens),
                         "finish_reason": FINISH_REASONS.get(answer.finish_reason, "stop"),
                     }
@@ -339,6 +478,11 @@ class ChatCall:
                 b'"delta":{"content":%s},"logprobs":%s,"finish_reason":null'
                 % (encode(parsed.text), b"null" if logprobs is None else encode(logprobs))
             )
+        if parsed.tool_calls:
+            out += stream.chunk(
+                b'"delta":{"tool_calls":%s},"logprobs":null,"finish_reason":null'
+                % _tool_call_deltas(parsed.tool_calls)
+            )
         if parsed.finish_reason:
             finish = encode(FINISH_REASONS.get(parsed.finish_reason, "stop"))
             out += stream.chunk(b'"delta":{},"logprobs":null,"finish_reason":%s' % finish)
@@ -357,6 +501,8 @@ class CompletionCall:
     """One ``/v1/completions`` request."""
 
     __slots__ = ("_offset", "_stream", "model", "request", "streaming")
+
+    counts_tokens = False
 
     def __init__(self, body: CompletionRequest) -> None:
         if not body.model:
