@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import signal
 import ssl
@@ -193,6 +194,33 @@ def test_a_resume_route_continues_an_http_stream_after_kill_9(
         chunks += list(stream)
     assert "".join(c.choices[0].text for c in chunks) == expected.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_the_response_cache_answers_http_requests_and_says_so(fleet: Fleet) -> None:
+    server = fleet.scripted("s", [{"id": "m", "reply": "cached words"}])
+    config, url = _with_http(
+        {
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}], "cache": {}}],
+        }
+    )
+    fleet.router(config)
+    request = {"model": "m", "messages": CHAT, "temperature": 0}
+    first = curl(f"{url}/v1/chat/completions", request)
+    again = curl(f"{url}/v1/chat/completions", request)
+    fresh = curl(f"{url}/v1/chat/completions", request, "cache-control: no-cache")
+    streamed = curl(f"{url}/v1/chat/completions", {**request, "stream": True})
+    streamed_again = curl(f"{url}/v1/chat/completions", {**request, "stream": True})
+    assert "x-switchyard-cache" not in first[1]
+    assert "x-switchyard-cache: hit" in again[1]
+    assert json.loads(again[2])["choices"][0]["message"]["content"] == "cached words"
+    assert "x-switchyard-cache" not in fresh[1]
+    assert "x-switchyard-cache" not in streamed[1]  # a stream is its own request
+    assert "x-switchyard-cache: hit" in streamed_again[1]
+    assert "cached words" in "".join(
+        json.loads(d)["choices"][0]["delta"].get("content", "")
+        for d in (line[6:] for line in streamed_again[2].splitlines() if line.startswith("data: {"))
+    )
 
 
 def test_no_healthy_endpoint_is_503_with_retry_after(fleet: Fleet) -> None:

@@ -59,7 +59,8 @@ _ANTHROPIC = _APIS["/v1/messages"]
 _SPAN_ATTRIBUTES = {
     path: {"http.request.method": "POST", "http.route": path, "url.path": path} for path in _APIS
 }
-_FORWARDED_HEADERS = ("traceparent", "tracestate")
+# Trace context, and cache-control for the response cache (no-cache, no-store).
+_FORWARDED_HEADERS = ("traceparent", "tracestate", "cache-control")
 _INTERNAL = StatusError(
     grpc.StatusCode.INTERNAL, "internal error in the router; its log has the traceback"
 )
@@ -311,7 +312,8 @@ def _method_not_allowed(method: str, path: str, allow: str) -> _MethodNotAllowed
 
 def _metadata(headers: Any) -> list[tuple[str, str]]:
     """The request's metadata as the router's core reads it: the API key as
-    ``authorization: Bearer <key>`` (from ``x-api-key`` too) and the trace context."""
+    ``authorization: Bearer <key>`` (from ``x-api-key`` too), the trace context and
+    ``cache-control``."""
     metadata = []
     authorization = headers.get("authorization")
     if authorization is None:
