@@ -37,6 +37,20 @@ TABLES: dict[str, list[str]] = {
         "| memory hit |",
         "| Redis miss |",
     ],
+    "http_front.py": [
+        "| measure | gRPC path | HTTP front | HTTP / gRPC |",
+        "| unary latency p50, concurrency 1 (added over direct) |",
+        "| router CPU per request |",
+        "| requests/s per router core |",
+        "| router CPU per streamed message (1,000 tokens at 1 ms) |",
+        "goal: HTTP front CPU per request <= 1.5 ms:",
+    ],
+    "http_servers.py": [
+        "| server (embedded in a uvloop loop) | requests/s | CPU µs/request | CPU µs/event |",
+        "| granian |",
+        "| uvicorn |",
+        "| aiohttp |",
+    ],
     "bench_client_overhead.py": ["client CPU per request (µs)", "path", "uvloop"],
     "bench_router_compare.py": ["ratio #2/#1", "requests/s", "TTFT p50 ms"],
     "llamacpp_overhead.py": [

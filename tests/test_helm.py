@@ -272,6 +272,8 @@ def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path)
     assert [r.model for r in config.routes] == [r["model"] for r in merged["router"]["routes"]]
     assert config.listen == f"0.0.0.0:{merged['router']['port']}"
     assert config.metrics_listen == f"0.0.0.0:{merged['metrics']['port']}"
+    http = merged["router"]["http"]
+    assert config.http_listen == (f"0.0.0.0:{http['port']}" if http["enabled"] else None)
 
 
 def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
@@ -334,6 +336,39 @@ def test_router_service_port_is_named_grpc_with_app_protocol(values: str) -> Non
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
+def test_the_http_front_has_a_container_and_service_port_only_when_enabled(values: str) -> None:
+    docs = manifests(values)
+    http = merged_values(values)["router"]["http"]
+    service_ports = {p["name"]: p for p in find(docs, "Service", ROUTER_NAME)["spec"]["ports"]}
+    router = container(find(docs, "Deployment", ROUTER_NAME))
+    container_ports = {p["name"]: p["containerPort"] for p in router["ports"]}
+    if not http["enabled"]:
+        assert "http" not in service_ports and "http" not in container_ports
+        return
+    assert container_ports["http"] == http["port"]
+    assert service_ports["http"] == {
+        "name": "http", "port": http["servicePort"], "targetPort": "http",
+        "protocol": "TCP", "appProtocol": "http",
+    }  # fmt: skip
+    if merged_values(values)["networkPolicy"]["enabled"]:
+        policy = find(docs, "NetworkPolicy", ROUTER_NAME)
+        open_ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert "http" in open_ports
+
+
+def test_http_probes_check_healthz_and_readyz_over_https_with_tls() -> None:
+    values = {"router": {"http": {"enabled": True, "probes": True}, "tls": {"secretName": "t"}}}
+    router = container(find(documents(render(values)), "Deployment", ROUTER_NAME))
+    assert router["readinessProbe"]["httpGet"] == {
+        "path": "/readyz", "port": "http", "scheme": "HTTPS"
+    }  # fmt: skip
+    assert router["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    mutual = {"router": {**values["router"], "tls": {"secretName": "t", "mutual": True}}}
+    with pytest.raises(Exception, match="kubelet has no client certificate"):
+        render(mutual)
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
 def test_each_pool_has_a_headless_service_selecting_its_pods(values: str) -> None:
     docs = manifests(values)
     for pool in merged_values(values)["modelServers"]:
@@ -359,8 +394,14 @@ def test_probes_are_native_grpc_and_readiness_checks_the_pool_model(values: str)
     merged = merged_values(values)
     router = container(find(docs, "Deployment", ROUTER_NAME))
     router_probe = "tcpSocket" if merged["router"]["tls"]["secretName"] else "grpc"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert router[probe][router_probe]["port"] == 50051
+    http = merged["router"]["http"]
+    if http["enabled"] and http["probes"]:  # the HTTP front's /healthz and /readyz
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert router[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTP"}
+        router_probe = "httpGet"
+    else:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert router[probe][router_probe]["port"] == 50051
     if router_probe == "grpc":
         assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
     for pool in merged["modelServers"]:

@@ -218,6 +218,11 @@ class RouterConfig(_Strict):
     """The whole router config."""
 
     listen: str = "127.0.0.1:50051"
+    http_listen: str | None = Field(
+        default=None,
+        description="host:port of the OpenAI- and Anthropic-compatible HTTP front (unset: "
+        "none); it uses the same `tls`, keys, limits and routes as the gRPC listener",
+    )
     clusters: dict[str, ClusterConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
     list_models_timeout_seconds: float = Field(default=2.0, gt=0)

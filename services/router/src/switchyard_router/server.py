@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -31,6 +31,8 @@ from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_
 from switchyard_router.endpoints import Cluster
 from switchyard_router.fleet import Ask, FleetState, build_fleet_state
 from switchyard_router.grpc_front import GrpcFront
+from switchyard_router.http_api.app import HttpApp
+from switchyard_router.http_api.listener import HttpListener
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
 
@@ -95,6 +97,14 @@ class Router:
         self._fleet_settings: tuple[Any, ...] | None = None
         self._fleet_generation = 0  # only the current fleet state reports to health
         self._config_mtime = self._mtime()
+        self._ready = False  # /readyz: serving, and not draining
+        self.http: HttpListener | None = None
+        if config.http_listen is not None:
+            app = HttpApp(self.proxy, self.list_models, self._is_ready, config.max_message_bytes)
+            self.http = HttpListener(app, config.http_listen, config.tls)
+
+    def _is_ready(self) -> bool:
+        return self._ready
 
     def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
@@ -114,26 +124,33 @@ class Router:
     async def _list_models(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        principal = await self._authenticate(context)
         try:
             pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
-            limits = principal.limits if principal is not None else None
-            if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
-                # It asks every endpoint: a request like any other for the key's rate.
-                await self.proxy.fleet.admit(Ask(limits))
         except DecodeError as error:
             reason = f"not a ListModelsRequest: {error}"
             await abort(context, invalid_argument(FieldViolation("request", reason)))
+        try:
+            return await self.list_models(context.invocation_metadata(), context.time_remaining())
         except StatusError as error:
             await abort(context, error)
+
+    async def list_models(
+        self, metadata: Iterable[Any] | None, time_remaining: float | None
+    ) -> pb.ListModelsResponse:
+        """ListModels for a caller of any front (``StatusError`` when refused): with auth
+        on, its key is checked (UNAUTHENTICATED), the listing counts toward its request
+        rate (it asks every endpoint), and a key limited to some models sees only those."""
+        guard = self.proxy.guard
+        principal = None if guard is None else guard.authenticate(metadata)
+        limits = principal.limits if principal is not None else None
+        if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
+            await self.proxy.fleet.admit(Ask(limits))
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if time_remaining is not None:
+            timeout = min(timeout, time_remaining)
         self.proxy.active += 1  # a drain lets it finish too
         try:
-            # A key limited to some models sees only those.
             return await model_listing.list_models(self.proxy.table, timeout, allowed)
         finally:
             self.proxy.active -= 1
@@ -190,6 +207,8 @@ class Router:
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
+        if config.http_listen != self.config.http_listen:
+            log.warning("http_listen changed to %s: takes effect on restart", config.http_listen)
         for key in _LISTENER_KEYS:  # the gRPC server's own settings, fixed at start
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect on restart", key)
@@ -246,8 +265,12 @@ class Router:
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
+            log.info("HTTP front listening on %s://%s", self.http.scheme, self.http.listen)
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
+        self._ready = True
         self._spawn(self._refresh_dns(), "dns refresh")
         self._spawn(self._watch_certificates(), "certificate files watch")
         if self.config_path is not None:
@@ -347,6 +370,7 @@ class Router:
         wait for every client's open Health.Watch stream, i.e. the whole grace period.
         """
         await self.health.enter_graceful_shutdown()
+        self._ready = False
         grace = self.config.drain_grace_seconds
         stopping = asyncio.ensure_future(self.server.stop(grace))  # no new calls from now
         deadline = time.monotonic() + grace
@@ -360,6 +384,8 @@ class Router:
             await asyncio.wait({stopping}, timeout=_STATUS_FLUSH_SECONDS)
         await self.server.stop(0)  # ends what is left: health watches, overdue requests
         await stopping
+        if self.http is not None:  # it answered /readyz 503 and refused new requests meanwhile
+            await self.http.stop(max(0.0, deadline - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
