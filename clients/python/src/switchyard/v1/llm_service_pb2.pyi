@@ -27,6 +27,7 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_CHAT: _ClassVar[Capability]
     CAPABILITY_STREAMING: _ClassVar[Capability]
     CAPABILITY_LOGPROBS: _ClassVar[Capability]
+    CAPABILITY_ADAPTERS: _ClassVar[Capability]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,8 @@ class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATUS_READY: _ClassVar[ModelStatus]
     MODEL_STATUS_LOADING: _ClassVar[ModelStatus]
     MODEL_STATUS_UNAVAILABLE: _ClassVar[ModelStatus]
+    MODEL_STATUS_UNLOADED: _ClassVar[ModelStatus]
+    MODEL_STATUS_DRAINING: _ClassVar[ModelStatus]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -46,26 +49,31 @@ CAPABILITY_COMPLETION: Capability
 CAPABILITY_CHAT: Capability
 CAPABILITY_STREAMING: Capability
 CAPABILITY_LOGPROBS: Capability
+CAPABILITY_ADAPTERS: Capability
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_LOADING: ModelStatus
 MODEL_STATUS_UNAVAILABLE: ModelStatus
+MODEL_STATUS_UNLOADED: ModelStatus
+MODEL_STATUS_DRAINING: ModelStatus
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids")
+    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     sampling: SamplingParams
     continuation: Continuation
     include_token_ids: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "finish_reason", "stop_sequence", "usage", "model", "backend", "timings", "tokens")
@@ -88,20 +96,22 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stop_sequence: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ...) -> None: ...
 
 class StreamGenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids")
+    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     sampling: SamplingParams
     continuation: Continuation
     include_token_ids: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
     __slots__ = ("text", "tokens", "finish_reason", "stop_sequence", "usage", "model", "backend", "timings", "resumes")
@@ -214,7 +224,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "aliases", "backend", "context_length", "capabilities", "status", "healthy_replicas", "total_replicas")
+    __slots__ = ("id", "aliases", "backend", "context_length", "capabilities", "status", "healthy_replicas", "total_replicas", "memory_bytes", "adapters")
     ID_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +233,8 @@ class Model(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     backend: str
@@ -231,4 +243,14 @@ class Model(_message.Message):
     status: ModelStatus
     healthy_replicas: int
     total_replicas: int
-    def __init__(self, id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., healthy_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    adapters: _containers.RepeatedCompositeFieldContainer[Adapter]
+    def __init__(self, id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., healthy_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
+
+class Adapter(_message.Message):
+    __slots__ = ("name", "loaded")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    loaded: bool
+    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...

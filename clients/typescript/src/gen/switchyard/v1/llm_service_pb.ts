@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchyard/v1/llm_service.proto.
  */
 export const file_switchyard_v1_llm_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIt0BCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgi/wEKEEdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIyCg1maW5pc2hfcmVhc29uGAIgASgOMhsuc3dpdGNoeWFyZC52MS5GaW5pc2hSZWFzb24SFQoNc3RvcF9zZXF1ZW5jZRgDIAEoCRIjCgV1c2FnZRgEIAEoCzIULnN3aXRjaHlhcmQudjEuVXNhZ2USDQoFbW9kZWwYBSABKAkSDwoHYmFja2VuZBgGIAEoCRInCgd0aW1pbmdzGAcgASgLMhYuc3dpdGNoeWFyZC52MS5UaW1pbmdzEiQKBnRva2VucxgIIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4i4wEKFVN0cmVhbUdlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIOCgZwcm9tcHQYAiABKAkSLAoIbWVzc2FnZXMYAyADKAsyGi5zd2l0Y2h5YXJkLnYxLkNoYXRNZXNzYWdlEi8KCHNhbXBsaW5nGAQgASgLMh0uc3dpdGNoeWFyZC52MS5TYW1wbGluZ1BhcmFtcxIxCgxjb250aW51YXRpb24YBSABKAsyGy5zd2l0Y2h5YXJkLnYxLkNvbnRpbnVhdGlvbhIZChFpbmNsdWRlX3Rva2VuX2lkcxgGIAEoCCKWAgoWU3RyZWFtR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEiQKBnRva2VucxgCIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4SMgoNZmluaXNoX3JlYXNvbhgDIAEoDjIbLnN3aXRjaHlhcmQudjEuRmluaXNoUmVhc29uEhUKDXN0b3Bfc2VxdWVuY2UYBCABKAkSIwoFdXNhZ2UYBSABKAsyFC5zd2l0Y2h5YXJkLnYxLlVzYWdlEg0KBW1vZGVsGAYgASgJEg8KB2JhY2tlbmQYByABKAkSJwoHdGltaW5ncxgIIAEoCzIWLnN3aXRjaHlhcmQudjEuVGltaW5ncxIPCgdyZXN1bWVzGAkgASgFIi8KDENvbnRpbnVhdGlvbhIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoBSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkijgMKDlNhbXBsaW5nUGFyYW1zEhgKC3RlbXBlcmF0dXJlGAEgASgCSACIAQESEgoFdG9wX3AYAiABKAJIAYgBARISCgV0b3BfaxgDIAEoBUgCiAEBEhcKCm1heF90b2tlbnMYBCABKAVIA4gBARIMCgRzdG9wGAUgAygJEhEKBHNlZWQYBiABKANIBIgBARIdChBwcmVzZW5jZV9wZW5hbHR5GAcgASgCSAWIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCCABKAJIBogBARIfChJyZXBldGl0aW9uX3BlbmFsdHkYCSABKAJIB4gBARIVCghsb2dwcm9icxgKIAEoBUgIiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUIVChNfcmVwZXRpdGlvbl9wZW5hbHR5QgsKCV9sb2dwcm9icyI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFImsKB1RpbWluZ3MSNgoTdGltZV90b19maXJzdF90b2tlbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgV0b3RhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJjCgVUb2tlbhIKCgJpZBgBIAEoBRIMCgR0ZXh0GAIgASgJEg8KB2xvZ3Byb2IYAyABKAISLwoMdG9wX2xvZ3Byb2JzGAQgAygLMhkuc3dpdGNoeWFyZC52MS5Ub3BMb2dwcm9iIjcKClRvcExvZ3Byb2ISCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjoKEkxpc3RNb2RlbHNSZXNwb25zZRIkCgZtb2RlbHMYASADKAsyFC5zd2l0Y2h5YXJkLnYxLk1vZGVsItwBCgVNb2RlbBIKCgJpZBgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg8KB2JhY2tlbmQYAyABKAkSFgoOY29udGV4dF9sZW5ndGgYBCABKAUSLwoMY2FwYWJpbGl0aWVzGAUgAygOMhkuc3dpdGNoeWFyZC52MS5DYXBhYmlsaXR5EioKBnN0YXR1cxgGIAEoDjIaLnN3aXRjaHlhcmQudjEuTW9kZWxTdGF0dXMSGAoQaGVhbHRoeV9yZXBsaWNhcxgHIAEoBRIWCg50b3RhbF9yZXBsaWNhcxgIIAEoBSrYAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAFEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBiqLAQoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASGQoVQ0FQQUJJTElUWV9DT01QTEVUSU9OEAESEwoPQ0FQQUJJTElUWV9DSEFUEAISGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAxIXChNDQVBBQklMSVRZX0xPR1BST0JTEAQqewoLTW9kZWxTdGF0dXMSHAoYTU9ERUxfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSTU9ERUxfU1RBVFVTX1JFQURZEAESGAoUTU9ERUxfU1RBVFVTX0xPQURJTkcQAhIcChhNT0RFTF9TVEFUVVNfVU5BVkFJTEFCTEUQAzKNAgoKTExNU2VydmljZRJLCghHZW5lcmF0ZRIeLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXF1ZXN0Gh8uc3dpdGNoeWFyZC52MS5HZW5lcmF0ZVJlc3BvbnNlEl8KDlN0cmVhbUdlbmVyYXRlEiQuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlcXVlc3QaJS5zd2l0Y2h5YXJkLnYxLlN0cmVhbUdlbmVyYXRlUmVzcG9uc2UwARJRCgpMaXN0TW9kZWxzEiAuc3dpdGNoeWFyZC52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIu4BCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgSDwoHYWRhcHRlchgNIAEoCSL/AQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEjIKDWZpbmlzaF9yZWFzb24YAiABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAMgASgJEiMKBXVzYWdlGAQgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgFIAEoCRIPCgdiYWNrZW5kGAYgASgJEicKB3RpbWluZ3MYByABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSJAoGdG9rZW5zGAggAygLMhQuc3dpdGNoeWFyZC52MS5Ub2tlbiL0AQoVU3RyZWFtR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIsCghtZXNzYWdlcxgDIAMoCzIaLnN3aXRjaHlhcmQudjEuQ2hhdE1lc3NhZ2USLwoIc2FtcGxpbmcYBCABKAsyHS5zd2l0Y2h5YXJkLnYxLlNhbXBsaW5nUGFyYW1zEjEKDGNvbnRpbnVhdGlvbhgFIAEoCzIbLnN3aXRjaHlhcmQudjEuQ29udGludWF0aW9uEhkKEWluY2x1ZGVfdG9rZW5faWRzGAYgASgIEg8KB2FkYXB0ZXIYDSABKAkilgIKFlN0cmVhbUdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIkCgZ0b2tlbnMYAiADKAsyFC5zd2l0Y2h5YXJkLnYxLlRva2VuEjIKDWZpbmlzaF9yZWFzb24YAyABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAQgASgJEiMKBXVzYWdlGAUgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgGIAEoCRIPCgdiYWNrZW5kGAcgASgJEicKB3RpbWluZ3MYCCABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSDwoHcmVzdW1lcxgJIAEoBSIvCgxDb250aW51YXRpb24SDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKAUiLAoLQ2hhdE1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJIo4DCg5TYW1wbGluZ1BhcmFtcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAkgAiAEBEhIKBXRvcF9wGAIgASgCSAGIAQESEgoFdG9wX2sYAyABKAVIAogBARIXCgptYXhfdG9rZW5zGAQgASgFSAOIAQESDAoEc3RvcBgFIAMoCRIRCgRzZWVkGAYgASgDSASIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAkgFiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAggASgCSAaIAQESHwoScmVwZXRpdGlvbl9wZW5hbHR5GAkgASgCSAeIAQESFQoIbG9ncHJvYnMYCiABKAVICIgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0INCgtfbWF4X3Rva2Vuc0IHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUILCglfbG9ncHJvYnMiOQoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBSJrCgdUaW1pbmdzEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKAoFdG90YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iYwoFVG9rZW4SCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCEi8KDHRvcF9sb2dwcm9icxgEIAMoCzIZLnN3aXRjaHlhcmQudjEuVG9wTG9ncHJvYiI3CgpUb3BMb2dwcm9iEgoKAmlkGAEgASgFEgwKBHRleHQYAiABKAkSDwoHbG9ncHJvYhgDIAEoAiITChFMaXN0TW9kZWxzUmVxdWVzdCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQuc3dpdGNoeWFyZC52MS5Nb2RlbCKcAgoFTW9kZWwSCgoCaWQYASABKAkSDwoHYWxpYXNlcxgCIAMoCRIPCgdiYWNrZW5kGAMgASgJEhYKDmNvbnRleHRfbGVuZ3RoGAQgASgFEi8KDGNhcGFiaWxpdGllcxgFIAMoDjIZLnN3aXRjaHlhcmQudjEuQ2FwYWJpbGl0eRIqCgZzdGF0dXMYBiABKA4yGi5zd2l0Y2h5YXJkLnYxLk1vZGVsU3RhdHVzEhgKEGhlYWx0aHlfcmVwbGljYXMYByABKAUSFgoOdG90YWxfcmVwbGljYXMYCCABKAUSFAoMbWVtb3J5X2J5dGVzGA0gASgDEigKCGFkYXB0ZXJzGA4gAygLMhYuc3dpdGNoeWFyZC52MS5BZGFwdGVyIicKB0FkYXB0ZXISDAoEbmFtZRgBIAEoCRIOCgZsb2FkZWQYAiABKAgq2AEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIfChtGSU5JU0hfUkVBU09OX1NUT1BfU0VRVUVOQ0UQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBRIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAYqpAEKCkNhcGFiaWxpdHkSGgoWQ0FQQUJJTElUWV9VTlNQRUNJRklFRBAAEhkKFUNBUEFCSUxJVFlfQ09NUExFVElPThABEhMKD0NBUEFCSUxJVFlfQ0hBVBACEhgKFENBUEFCSUxJVFlfU1RSRUFNSU5HEAMSFwoTQ0FQQUJJTElUWV9MT0dQUk9CUxAEEhcKE0NBUEFCSUxJVFlfQURBUFRFUlMQCSqxAQoLTW9kZWxTdGF0dXMSHAoYTU9ERUxfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSTU9ERUxfU1RBVFVTX1JFQURZEAESGAoUTU9ERUxfU1RBVFVTX0xPQURJTkcQAhIcChhNT0RFTF9TVEFUVVNfVU5BVkFJTEFCTEUQAxIZChVNT0RFTF9TVEFUVVNfVU5MT0FERUQQBBIZChVNT0RFTF9TVEFUVVNfRFJBSU5JTkcQBTKNAgoKTExNU2VydmljZRJLCghHZW5lcmF0ZRIeLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXF1ZXN0Gh8uc3dpdGNoeWFyZC52MS5HZW5lcmF0ZVJlc3BvbnNlEl8KDlN0cmVhbUdlbmVyYXRlEiQuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlcXVlc3QaJS5zd2l0Y2h5YXJkLnYxLlN0cmVhbUdlbmVyYXRlUmVzcG9uc2UwARJRCgpMaXN0TW9kZWxzEiAuc3dpdGNoeWFyZC52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * GenerateRequest asks for one generation. Exactly one of `prompt` and
@@ -66,6 +66,16 @@ export type GenerateRequest = Message<"switchyard.v1.GenerateRequest"> & {
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * A LoRA adapter of the model to apply to this request (see Model.adapters);
+   * empty: the base model alone. An adapter the model does not have is
+   * NOT_FOUND (ErrorInfo reason ADAPTER_NOT_FOUND, metadata "adapter",
+   * "model" and "available").
+   *
+   * @generated from field: string adapter = 13;
+   */
+  adapter: string;
 };
 
 /**
@@ -197,6 +207,16 @@ export type StreamGenerateRequest = Message<"switchyard.v1.StreamGenerateRequest
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * A LoRA adapter of the model to apply to this request (see Model.adapters);
+   * empty: the base model alone. An adapter the model does not have is
+   * NOT_FOUND (ErrorInfo reason ADAPTER_NOT_FOUND, metadata "adapter",
+   * "model" and "available").
+   *
+   * @generated from field: string adapter = 13;
+   */
+  adapter: string;
 };
 
 /**
@@ -663,6 +683,21 @@ export type Model = Message<"switchyard.v1.Model"> & {
    * @generated from field: int32 total_replicas = 8;
    */
   totalReplicas: number;
+
+  /**
+   * Memory the model takes when loaded, in bytes (on llamacpp an estimate: the
+   * GGUF file plus its KV cache); 0 when unknown.
+   *
+   * @generated from field: int64 memory_bytes = 13;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * LoRA adapters a request may name in `adapter`.
+   *
+   * @generated from field: repeated switchyard.v1.Adapter adapters = 14;
+   */
+  adapters: Adapter[];
 };
 
 /**
@@ -671,6 +706,35 @@ export type Model = Message<"switchyard.v1.Model"> & {
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
   messageDesc(file_switchyard_v1_llm_service, 13);
+
+/**
+ * Adapter is a LoRA adapter of a model.
+ *
+ * @generated from message switchyard.v1.Adapter
+ */
+export type Adapter = Message<"switchyard.v1.Adapter"> & {
+  /**
+   * The name a request puts in `adapter`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * In memory now (on a router: on at least one replica). An adapter not
+   * loaded yet loads on the first request that names it.
+   *
+   * @generated from field: bool loaded = 2;
+   */
+  loaded: boolean;
+};
+
+/**
+ * Describes the message switchyard.v1.Adapter.
+ * Use `create(AdapterSchema)` to create a new message.
+ */
+export const AdapterSchema: GenMessage<Adapter> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 14);
 
 /**
  * FinishReason tells why generation ended.
@@ -774,6 +838,13 @@ export enum Capability {
    * @generated from enum value: CAPABILITY_LOGPROBS = 4;
    */
   LOGPROBS = 4,
+
+  /**
+   * Requests may name a LoRA adapter (see Model.adapters).
+   *
+   * @generated from enum value: CAPABILITY_ADAPTERS = 9;
+   */
+  ADAPTERS = 9,
 }
 
 /**
@@ -796,7 +867,7 @@ export enum ModelStatus {
   UNSPECIFIED = 0,
 
   /**
-   * Loaded and accepting requests.
+   * Loaded (in memory) and accepting requests.
    *
    * @generated from enum value: MODEL_STATUS_READY = 1;
    */
@@ -815,6 +886,22 @@ export enum ModelStatus {
    * @generated from enum value: MODEL_STATUS_UNAVAILABLE = 3;
    */
   UNAVAILABLE = 3,
+
+  /**
+   * Not in memory; the first request for it loads it (and waits for the
+   * load). The model server's health still says SERVING for it.
+   *
+   * @generated from enum value: MODEL_STATUS_UNLOADED = 4;
+   */
+  UNLOADED = 4,
+
+  /**
+   * Its file was removed: requests in flight finish, new ones are refused
+   * (UNAVAILABLE, MODEL_REMOVED), then it is gone from the list.
+   *
+   * @generated from enum value: MODEL_STATUS_DRAINING = 5;
+   */
+  DRAINING = 5,
 }
 
 /**
@@ -832,8 +919,11 @@ export const ModelStatusSchema: GenEnum<ModelStatus> = /*@__PURE__*/
  *   INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
  *                      named by its path, e.g. "sampling.temperature")
  *   NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
- *                      "model" and "available" (comma-separated model ids)
+ *                      "model" and "available" (comma-separated model ids),
+ *                      or ADAPTER_NOT_FOUND (also "adapter")
  *   RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+ *   FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+ *                      cannot hold the model; the message says how much it needs)
  *   UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
  * Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
  *
