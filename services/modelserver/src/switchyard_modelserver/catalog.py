@@ -18,6 +18,22 @@ class CatalogEntry:
     card: ModelCard
     state: ModelState
     detail: str = ""
+    servable_before: bool = False
+    """It was loaded or loadable once: a later LOADING is a load on demand, not start-up."""
+
+    @property
+    def serving(self) -> bool:
+        """What its health names say: SERVING while a request for it will be served
+        here (loaded, or loadable on demand), NOT_SERVING while it loads at start,
+        cannot load, or drains away."""
+        if self.state in (ModelState.READY, ModelState.UNLOADED):
+            return True
+        return self.state is ModelState.LOADING and self.servable_before
+
+    @property
+    def starting(self) -> bool:
+        """Loading for the first time (the server is not ready for it yet)."""
+        return self.state is ModelState.LOADING and not self.servable_before
 
 
 StateListener = Callable[[CatalogEntry], None]
@@ -47,9 +63,18 @@ class ModelCatalog:
         return [self._entries[k] for k in sorted(self._entries)]
 
     def update(self, card: ModelCard, state: ModelState, detail: str) -> None:
-        """Records a backend's report about one model."""
-        entry = self._entries.setdefault(card.id, CatalogEntry(card, state))
-        entry.card, entry.state, entry.detail = card, state, detail
+        """Records a backend's report about one model (REMOVED: forget it)."""
+        if state is ModelState.REMOVED:
+            removed = self._entries.pop(card.id, None)
+            if removed is None:
+                return
+            removed.state, removed.detail = state, detail
+            entry = removed
+        else:
+            entry = self._entries.setdefault(card.id, CatalogEntry(card, state))
+            entry.card, entry.state, entry.detail = card, state, detail
+            if state in (ModelState.READY, ModelState.UNLOADED):
+                entry.servable_before = True
         self._names = self._index()
         if self._on_change is not None:
             self._on_change(entry)
@@ -58,12 +83,26 @@ class ModelCatalog:
         """The model id for a name, or None; never raises."""
         return self._names.get(name)
 
-    def resolve(self, name: str) -> str:
-        """The model id for a name; NOT_FOUND or UNAVAILABLE if it cannot serve now."""
+    def resolve(self, name: str, loads_on_demand: bool = False) -> str:
+        """The model id for a name; NOT_FOUND or UNAVAILABLE if it cannot serve now.
+
+        With ``loads_on_demand`` (a backend with a residency) only a model being
+        removed is refused here: loading, and why a model cannot load, is the
+        residency's to say when the request holds it.
+        """
         model_id = self._names.get(name)
         if model_id is None:
             raise model_not_found(name, sorted(self._entries))
         entry = self._entries[model_id]
+        if entry.state is ModelState.DRAINING:
+            raise StatusError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"model {model_id} was removed from this server; retry elsewhere",
+                reason="MODEL_REMOVED",
+                metadata={"model": model_id},
+            )
+        if loads_on_demand:
+            return model_id
         if entry.state is ModelState.LOADING:
             raise StatusError(
                 grpc.StatusCode.UNAVAILABLE,

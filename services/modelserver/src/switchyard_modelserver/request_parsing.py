@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
+from switchyard_modelserver.adapters import ADAPTER_NAME
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
 from switchyard_modelserver.limits import MAX_LOGPROBS
@@ -127,6 +128,14 @@ def generation_request(
         )
     if any(t < 0 for t in request.continuation.token_ids):
         violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
+    if request.adapter and not ADAPTER_NAME.fullmatch(request.adapter):
+        violations.append(
+            FieldViolation(
+                "adapter",
+                "must be an adapter name (1 to 128 letters, digits, '.', '_' or '-'; "
+                f"got {_clip(request.adapter)!r})",
+            )
+        )
     if violations:
         raise invalid_argument(*violations)
     return GenerationRequest(
@@ -140,6 +149,7 @@ def generation_request(
             text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
         ),
         include_token_ids=request.include_token_ids,
+        adapter=request.adapter or None,
     )
 
 

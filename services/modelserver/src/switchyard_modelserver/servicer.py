@@ -12,6 +12,7 @@ deltas in ``coalescing``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator
@@ -61,12 +62,16 @@ _CAPABILITY = {
     Capability.CHAT: pb.CAPABILITY_CHAT,
     Capability.STREAMING: pb.CAPABILITY_STREAMING,
     Capability.LOGPROBS: pb.CAPABILITY_LOGPROBS,
+    Capability.ADAPTERS: pb.CAPABILITY_ADAPTERS,
 }
-_STATUS = {
+STATUS = {
     ModelState.LOADING: pb.MODEL_STATUS_LOADING,
     ModelState.READY: pb.MODEL_STATUS_READY,
     ModelState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
+    ModelState.UNLOADED: pb.MODEL_STATUS_UNLOADED,
+    ModelState.DRAINING: pb.MODEL_STATUS_DRAINING,
 }
+"""A model's state as the contract's ModelStatus (REMOVED models are never listed)."""
 
 
 def _deadline(context: Context) -> asyncio.Timeout:
@@ -208,17 +213,20 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     ) -> pb.ListModelsResponse:
         models = []
         for entry in self._catalog.entries():
-            ready = entry.state is ModelState.READY
+            card = entry.card
+            adapters = await self._backend.adapters(card.id)
             models.append(
                 pb.Model(
-                    id=entry.card.id,
-                    aliases=entry.card.aliases,
+                    id=card.id,
+                    aliases=card.aliases,
                     backend=self._backend.kind,
-                    context_length=entry.card.context_length,
-                    capabilities=sorted(_CAPABILITY[c] for c in entry.card.capabilities),
-                    status=_STATUS[entry.state],
-                    healthy_replicas=1 if ready else 0,
+                    context_length=card.context_length,
+                    capabilities=sorted(_CAPABILITY[c] for c in card.capabilities),
+                    status=STATUS[entry.state],
+                    healthy_replicas=1 if entry.serving else 0,
                     total_replicas=1,
+                    memory_bytes=card.memory_bytes,
+                    adapters=[pb.Adapter(name=a.name, loaded=a.loaded) for a in adapters],
                 )
             )
         return pb.ListModelsResponse(models=models)
@@ -226,15 +234,25 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def _events(
         self, request: GenerationRequest, telemetry: RequestTelemetry
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """The backend's events for ``request``, once its model is resolved, its
-        max_tokens ceiling applied and a place in the model's queue granted."""
-        model_id = self._catalog.resolve(request.model)
+        """The backend's events for ``request``, once its model (and adapter) is
+        resolved, its max_tokens ceiling applied, the model held in memory (a
+        backend whose models load on demand loads it now) and a place in its
+        queue granted."""
+        residency = self._backend.residency
+        model_id = self._catalog.resolve(request.model, loads_on_demand=residency is not None)
         telemetry.resolved_to(model_id)
+        if request.adapter is not None:
+            self._backend.check_adapter(model_id, request.adapter)
         resolved = max_tokens_ceiling(
             dataclasses.replace(request, model=model_id),
             self._max_tokens.get(model_id, self._limits.max_tokens),
         )
-        async with self._gates[model_id].admit():
+        gate = self._gates[model_id]
+        gate.refuse_if_full()  # at once, rather than after waiting for a load
+        # The hold comes first, so that a request queued for its model keeps it in
+        # memory too: the budget unloads only models nobody waits for.
+        hold = residency.hold(model_id) if residency is not None else contextlib.nullcontext()
+        async with hold, gate.admit():
             events = self._backend.generate(resolved)
             try:
                 async for event in events:
