@@ -21,6 +21,7 @@ from switchyard.errors import (
 )
 from switchyard.templates import ChatPromptTemplate, PromptTemplate
 from switchyard.types import (
+    AdapterInfo,
     Completion,
     FinishReason,
     Message,
@@ -33,6 +34,7 @@ from switchyard.usage import UsageCallback, UsageEvent, UsageMeter
 
 __all__ = [
     "APIError",
+    "AdapterInfo",
     "AsyncClient",
     "AsyncStream",
     "AuthenticationError",

@@ -55,6 +55,7 @@ def generate_request(
         prompt=prompt or "",
         messages=_convert.chat_messages(messages or ()),
         sampling=_convert.sampling_params(options),
+        adapter=options.get("adapter") or "",
     )
 
 

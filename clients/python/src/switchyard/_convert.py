@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 from google.protobuf import duration_pb2
 
 from switchyard.types import (
+    AdapterInfo,
     Completion,
     FinishReason,
     Message,
@@ -33,12 +34,14 @@ class SamplingOptions(TypedDict, total=False):
     presence_penalty: float
     frequency_penalty: float
     repetition_penalty: float
+    adapter: str
+    """Not a sampling option: the model's LoRA adapter to apply (see ``ModelInfo.adapters``)."""
 
 
 def sampling_params(options: SamplingOptions) -> pb.SamplingParams:
     params = pb.SamplingParams()
     for name, value in options.items():
-        if value is None:
+        if value is None or name == "adapter":
             continue
         if name == "stop":
             stops: str | Sequence[str] = value  # type: ignore[assignment]
@@ -122,4 +125,6 @@ def model_info(model: pb.Model) -> ModelInfo:
         capabilities=[_enum_name(pb.Capability, c, "CAPABILITY_") for c in model.capabilities],
         healthy_replicas=model.healthy_replicas,
         total_replicas=model.total_replicas,
+        memory_bytes=model.memory_bytes,
+        adapters=[AdapterInfo(a.name, a.loaded) for a in model.adapters],
     )

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError, describe_validation_error
 from switchyard_common.listener import bind
@@ -34,6 +35,8 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.in_flight import InFlight
+from switchyard_modelserver.model_admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from switchyard_modelserver.model_admin import ModelAdmin
 from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
 from switchyard_modelserver.servicer import LLMServicer
 
@@ -142,8 +145,12 @@ class ModelServer:
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        admin_grpc.add_ModelAdminServiceServicer_to_server(
+            ModelAdmin(backend, self.catalog, self.gates), self.server
+        )
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
 
     def _max_tokens_per_model(self, config: ModelServerConfig) -> dict[str, int]:
