@@ -426,3 +426,19 @@ def test_readme_bench_commands_are_valid_command_lines() -> None:
     for line in commands:
         args = _parser().parse_args(line.split("#")[0].split()[1:])
         assert args.command == "bench" and args.model
+
+
+def test_the_picker_cost_benchmark_prints_every_policy_and_route_size() -> None:
+    """Its smoke mode, once: it runs and reports; the numbers are for people."""
+    script = Path(__file__).parent.parent / "benchmarks" / "picker_cost.py"
+    command = [sys.executable, str(script), "--smoke"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert "| least_outstanding µs | round_robin µs |" in next(x for x in lines if "endpoints" in x)
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    rows = [row for row in cells if row[0].isdigit()]  # one per route size and attempt
+    assert [row[:2] for row in rows] == [
+        [size, attempt] for size in ("2", "8", "64") for attempt in ("first", "retry")
+    ]
+    assert all(float(cell) > 0 for row in rows for cell in row[2:4])

@@ -143,6 +143,14 @@ def test_values_pass_the_schema(values: str) -> None:
         ),
         ({"modelServers": [{"name": "cpu", "image": {"repository": "x"}}]}, "backend"),
         ({"router": {"routes": [{"model": "m", "targets": [{"model": "m"}]}]}}, "cluster"),
+        (
+            {
+                "router": {
+                    "routes": [{"model": "m", "policy": "random", "targets": [{"cluster": "c"}]}]
+                }
+            },
+            "policy",
+        ),
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
@@ -262,6 +270,7 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["gpu"].outlier_detection.consecutive_failures == 5
     assert config.clusters["cpu"].outlier_detection.consecutive_failures == 2
     assert config.clusters["cpu"].dns_refresh_seconds == 5
+    assert config.routes[0].policy == "round_robin"
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),

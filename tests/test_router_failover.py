@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import signal
 import time
 from collections.abc import Iterator
@@ -233,6 +234,21 @@ def test_weights_split_traffic(fleet: Fleet) -> None:
     # Expected 300/100; with 400 draws the standard deviation is about 8.7.
     assert 250 <= counts["stable"] <= 350
     assert counts["stable"] + counts["canary"] == 400
+
+
+def test_a_round_robin_route_takes_two_replicas_in_turn(fleet: Fleet) -> None:
+    a = fleet.scripted("a", [{"id": "m", "reply": "from-a"}])
+    b = fleet.scripted("b", [{"id": "m", "reply": "from-b"}])
+    route = {**_route("m", {"cluster": "pool"}), "policy": "round_robin"}
+    router = fleet.router({"clusters": {"pool": _cluster(a, b)}, "routes": [route]})
+    for server in (a, b):
+        wait_for_state(router, server.address, admin_pb.ENDPOINT_STATE_HEALTHY)
+    with Client(router.address, max_retries=0) as client:
+        replies = [client.generate("m", "x").text for _ in range(30)]
+        # Streams ask the same picker: the turns go on.
+        replies += ["".join(c.text for c in client.stream("m", "x")) for _ in range(10)]
+    assert collections.Counter(replies) == {"from-a": 20, "from-b": 20}
+    assert all(x != y for x, y in itertools.pairwise(replies))  # each in turn, always
 
 
 def test_invalid_argument_is_never_retried(fleet: Fleet) -> None:

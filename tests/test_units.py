@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -170,11 +170,12 @@ def test_the_documented_example_configs_are_valid(name: str, model: type[Any]) -
 
 
 def test_resume_sends_token_ids_only_to_the_model_that_made_them() -> None:
-    from switchyard_router.proxy import _Resumable
-    from switchyard_router.routing import Pick
+    from switchyard_router.picker import EndpointView, Pick
+    from switchyard_router.resume import ResumeState
 
-    same, other = Pick(None, "m", "cpu"), Pick(None, "cloud-m", "cloud")  # type: ignore[arg-type]
-    resumable = _Resumable(client_wants_token_ids=False)
+    nowhere = cast(EndpointView, None)  # resume reads only the pick's cluster and model
+    same, other = Pick(nowhere, "m", "cpu"), Pick(nowhere, "cloud-m", "cloud")
+    resumable = ResumeState(client_wants_token_ids=False)
     message = pb.StreamGenerateResponse(text="Hello", tokens=[pb.Token(id=7), pb.Token(id=9)])
     relayed = pb.StreamGenerateResponse.FromString(
         resumable.relay(message.SerializeToString(), same)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
+from switchyard_router.picker import DEFAULT_POLICY, PolicyName
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (
@@ -108,6 +109,11 @@ class RouteConfig(_Strict):
         default=False,
         description="continue a stream on another endpoint when its model server fails "
         "after tokens were sent",
+    )
+    policy: PolicyName = Field(
+        default=DEFAULT_POLICY,
+        description="how a target's endpoint is chosen: least_outstanding (the less busy of "
+        "two at random) or round_robin (each in turn)",
     )
 
 

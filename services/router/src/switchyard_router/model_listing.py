@@ -40,8 +40,8 @@ async def list_models(
     endpoints = {
         id(e): e
         for route in (table.routes[name] for name in names)
-        for target in route.targets()
-        for e in target.cluster.endpoints.values()
+        for target in route.targets
+        for e in target.endpoints.values()
     }
     reachable = {k: e for k, e in endpoints.items() if e.state().value != "unreachable"}
     answers = await asyncio.gather(*(_models_at(e, timeout) for e in reachable.values()))
@@ -51,8 +51,8 @@ async def list_models(
         described: pb.Model | None = None
         loading = False
         healthy = total = 0
-        for target in table.routes[name].targets():
-            for endpoint in target.cluster.endpoints.values():
+        for target in table.routes[name].targets:
+            for endpoint in target.endpoints.values():
                 total += 1
                 healthy += endpoint.serves(target.model)
                 found = described_by.get(id(endpoint), {}).get(target.model)

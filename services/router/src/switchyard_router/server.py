@@ -29,6 +29,7 @@ from switchyard_router.admin import RouterAdmin
 from switchyard_router.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
+from switchyard_router.grpc_front import GrpcFront
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
 
@@ -58,6 +59,7 @@ class Router:
         self.config_path = config_path
         self.clusters: dict[str, Cluster] = {}
         self.proxy = Proxy(RouteTable(None, {}), config.retry)
+        self.front = GrpcFront(self.proxy)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # bound at import
         # LLMService and the admin service check keys themselves. Health and
         # reflection are open unless taken out of auth.open_services; only then
@@ -92,8 +94,8 @@ class Router:
             SERVICE_NAME,
             {
                 # No (de)serializers on the hot path: bytes in, bytes out.
-                "Generate": grpc.unary_unary_rpc_method_handler(self.proxy.generate),
-                "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.proxy.stream_generate),
+                "Generate": grpc.unary_unary_rpc_method_handler(self.front.generate),
+                "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.front.stream_generate),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,

@@ -1,0 +1,86 @@
+"""What does a pick cost? The router's picker, per policy, per route size.
+
+Each attempt of every request asks the route's picker for an endpoint
+(``switchyard_router.picker``); a native data plane will call the same logic,
+so its cost per call is measured alone here, in-process, on the router's own
+Endpoint objects (health set to SERVING, loads spread so that least_outstanding
+has something to compare; no connection is made). Rounds of each policy are
+interleaved so that a busy machine slows them alike.
+
+Prints µs per pick for each policy with 2, 8 and 64 endpoints, for a first
+attempt and for a retry (one endpoint already tried), and the ratio of the
+policies side by side.
+
+    .venv/bin/python benchmarks/picker_cost.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import get_args
+
+from switchyard_router.config import ClusterConfig
+from switchyard_router.endpoints import Endpoint
+from switchyard_router.picker import Picker, PolicyName, RequestView, Target
+
+SIZES = (2, 8, 64)
+POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
+MODEL = "m"
+
+
+def _endpoints(count: int) -> list[Endpoint]:
+    config = ClusterConfig(endpoints=["127.0.0.1:1"])
+    endpoints = []
+    for index in range(count):
+        endpoint = Endpoint("bench", f"10.0.{index // 250}.{index % 250}:50061", config, 1 << 20)
+        endpoint.set_model_health(MODEL, serving=True)
+        endpoint.outstanding = index % 5  # varied loads: least_outstanding compares them
+        endpoints.append(endpoint)
+    return endpoints
+
+
+def _round_us(picker: Picker[Endpoint], view: RequestView, tried: set[Endpoint], n: int) -> float:
+    """µs per pick over ``n`` picks."""
+    pick = picker.pick
+    started = time.perf_counter_ns()
+    for _ in range(n):
+        pick(view, tried)
+    return (time.perf_counter_ns() - started) / n / 1000
+
+
+async def run(smoke: bool) -> None:
+    rounds, per_round = (2, 200) if smoke else (15, 20_000)
+    view = RequestView(MODEL, None, 512)
+    made: list[Endpoint] = []
+    print(f"picker cost, µs per pick (median of {rounds} rounds of {per_round:,} picks)")
+    header = " | ".join(f"{policy} µs" for policy in POLICIES)
+    print(f"| endpoints | attempt | {header} | {POLICIES[1]} / {POLICIES[0]} |")
+    print("|---|---|" + "---|" * (len(POLICIES) + 1))
+    for size in SIZES:
+        endpoints = _endpoints(size)
+        made += endpoints
+        target = Target("bench", MODEL, 0, 1, {e.address: e for e in endpoints})
+        pickers = {policy: Picker([target], policy) for policy in POLICIES}
+        for attempt, tried in (("first", set()), ("retry", {endpoints[0]})):
+            samples: dict[PolicyName, list[float]] = {policy: [] for policy in POLICIES}
+            for _ in range(rounds):
+                for policy in POLICIES:
+                    samples[policy].append(_round_us(pickers[policy], view, tried, per_round))
+            medians = [statistics.median(samples[policy]) for policy in POLICIES]
+            cells = " | ".join(f"{m:.2f}" for m in medians)
+            print(f"| {size} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")
+    for endpoint in made:
+        await endpoint.channel.close(grace=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few picks: checks it runs")
+    asyncio.run(run(parser.parse_args().smoke))
+
+
+if __name__ == "__main__":
+    main()

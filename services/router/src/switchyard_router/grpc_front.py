@@ -1,0 +1,89 @@
+"""The gRPC front: LLMService's Generate and StreamGenerate, bytes in and bytes out,
+handed to the router's request path (``Proxy.handle``).
+
+Everything gRPC-specific about the caller's side stays here: reading the
+invocation metadata and deadline, writing stream messages with
+``context.write`` (the relayed bytes go out as they are: the method handlers
+have no serializers), and ending a failed call with ``status.abort``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc.aio
+
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common.status import StatusError, abort
+from switchyard_router.front import Inbound, UpstreamStatusError
+from switchyard_router.proxy import Proxy
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
+_SPAN_ATTRIBUTES = {
+    streaming: {
+        "rpc.system": "grpc",
+        "rpc.service": _SERVICE,
+        "rpc.method": "StreamGenerate" if streaming else "Generate",
+    }
+    for streaming in (False, True)
+}
+
+
+class _UnaryAnswer:
+    """Keeps a Generate call's one response for the handler to return."""
+
+    __slots__ = ("response",)
+
+    def __init__(self) -> None:
+        self.response = b""
+
+    async def send(self, message: bytes) -> None:
+        self.response = message
+
+
+class _StreamToCaller:
+    """Writes each StreamGenerate message straight to the caller."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, context: Context) -> None:
+        self.send = context.write  # no wrapper: this runs once per relayed message
+
+
+class GrpcFront:
+    """The LLMService method handlers for Generate and StreamGenerate."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def generate(self, request: bytes, context: Context) -> bytes:
+        """Generate (unary)."""
+        answer = _UnaryAnswer()
+        await self._handle(_inbound(False, request, context), answer, context)
+        return answer.response
+
+    async def stream_generate(self, request: bytes, context: Context) -> None:
+        """StreamGenerate: messages are written as they arrive from the model server."""
+        await self._handle(_inbound(True, request, context), _StreamToCaller(context), context)
+
+    async def _handle(
+        self, inbound: Inbound, sink: _UnaryAnswer | _StreamToCaller, context: Context
+    ) -> None:
+        try:
+            await self.proxy.handle(inbound, sink)
+        except UpstreamStatusError as error:
+            await abort(context, error, error.trailers)
+        except StatusError as error:
+            await abort(context, error)
+
+
+def _inbound(streaming: bool, request: bytes, context: Context) -> Inbound:
+    return Inbound(
+        streaming,
+        request,
+        context.invocation_metadata() or (),
+        context.time_remaining,
+        _SPAN_ATTRIBUTES[streaming],
+    )

@@ -1,0 +1,246 @@
+"""Pickers: which endpoint each attempt of a request goes to.
+
+A picker is a pure, synchronous function of a route's targets, a small view of
+the request (:class:`RequestView`) and the endpoints' states and loads, to one
+endpoint. It does no I/O and imports nothing of gRPC: the attempt loop calls it
+once per attempt, a benchmark calls it in a tight loop, and a native data plane
+can call the same logic.
+
+The decisions, in Envoy's order:
+
+1. **Priority**: the lowest priority number with an eligible endpoint in any of
+   its targets; higher numbers are fallbacks.
+2. **Weight**: among that priority's targets with an eligible endpoint, one at
+   random in proportion to its weight (canaries, A/B splits).
+3. **Policy**: among that target's eligible endpoints, the route's ``policy``
+   chooses (:data:`POLICIES`).
+
+Eligible: serving the target's model (health says SERVING), not ejected, not
+draining, and not already tried by this request. Only when no endpoint of any
+priority is known healthy are endpoints whose health is not known yet (just
+added, or serving no health service) tried, rather than fail.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+PolicyName = Literal["least_outstanding", "round_robin"]
+DEFAULT_POLICY: PolicyName = "least_outstanding"
+
+
+class EndpointView(Protocol):
+    """What a picker reads of an endpoint (``endpoints.Endpoint`` is one)."""
+
+    address: str
+    outstanding: int
+    """Requests in flight to it from this router."""
+
+    def serves(self, model: str) -> bool:
+        """Healthy for ``model``: takes new requests now."""
+        ...
+
+    def may_serve(self, model: str) -> bool:
+        """Health for ``model`` not known yet, and not ejected or draining."""
+        ...
+
+
+E = TypeVar("E", bound=EndpointView)
+E_co = TypeVar("E_co", bound=EndpointView, covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What a picker knows of a request: built once per request, cheaply (the
+    request's bytes are not parsed for it)."""
+
+    model: str
+    """The route's public model name."""
+    affinity_key: bytes | None = None
+    """A key whose requests should share an endpoint (a session, a prompt prefix);
+    None: no affinity."""
+    prompt_bytes: int = 0
+    """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target(Generic[E]):
+    """A route's target: a cluster's endpoints, and the model's name there."""
+
+    cluster: str
+    model: str
+    priority: int
+    weight: int
+    endpoints: Mapping[str, E]
+    """The cluster's endpoints by address, kept current as they join and leave."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pick(Generic[E_co]):
+    """Where one attempt goes."""
+
+    endpoint: E_co
+    model: str
+    cluster: str
+
+
+class Policy(Protocol):
+    """Chooses one of a target's endpoints. A policy object serves one target of one
+    route and may keep state between picks (a round-robin position).
+
+    ``eligible`` says whether an endpoint may take this attempt (health, ejection,
+    draining, tried already): a policy asks it of the endpoints it considers, so
+    that a pick costs about the same with 2 endpoints as with 64.
+    """
+
+    def choose(
+        self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
+    ) -> E | None:
+        """One of ``endpoints`` that is ``eligible`` for ``request`` (None: none is)."""
+        ...
+
+
+class LeastOutstanding:
+    """The less loaded of two eligible endpoints drawn at random (power of two choices
+    on requests in flight): a slow replica gets less, and no herd follows one number."""
+
+    def choose(
+        self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
+    ) -> E | None:
+        pair = _draw_two(endpoints, eligible) if len(endpoints) > _FEW else None
+        if pair is None:  # few endpoints, or few eligible: draw among the eligible
+            candidates = [e for e in endpoints if eligible(e)]
+            if len(candidates) <= 1:
+                return candidates[0] if candidates else None
+            pair = _two_of(candidates)
+        a, b = pair
+        return b if b.outstanding < a.outstanding else a
+
+
+_FEW = 4  # endpoints that least_outstanding lists at once (cheaper than drawing)
+_DRAWS = 8  # random draws before least_outstanding lists the eligible endpoints
+
+
+def _draw_two(endpoints: Sequence[E], eligible: Callable[[E], bool]) -> tuple[E, E] | None:
+    """Two different eligible endpoints drawn at random from all of them (skipping the
+    ineligible is drawing from the eligible), or None after ``_DRAWS`` draws."""
+    count = len(endpoints)
+    first: E | None = None
+    for _ in range(_DRAWS):
+        drawn = endpoints[int(random.random() * count)]
+        if drawn is first or not eligible(drawn):
+            continue
+        if first is not None:
+            return first, drawn
+        first = drawn
+    return None
+
+
+def _two_of(candidates: Sequence[E]) -> tuple[E, E]:
+    """Two different ones at random (``random.sample`` costs several times more)."""
+    count = len(candidates)
+    first = int(random.random() * count)
+    second = int(random.random() * (count - 1))
+    if second >= first:
+        second += 1
+    return candidates[first], candidates[second]
+
+
+class RoundRobin:
+    """Each eligible endpoint in turn, whatever its load."""
+
+    def __init__(self) -> None:
+        # Router replicas start at different places, so they do not all send
+        # their first requests to the same endpoint.
+        self._next = random.randrange(1 << 16)
+
+    def choose(
+        self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
+    ) -> E | None:
+        count = len(endpoints)
+        start = self._next
+        for step in range(count):
+            index = (start + step) % count
+            if eligible(endpoints[index]):
+                self._next = index + 1
+                return endpoints[index]
+        return None
+
+
+POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
+    "least_outstanding": LeastOutstanding,
+    "round_robin": RoundRobin,
+}
+"""Every policy a route may name, by its ``policy:`` name."""
+
+
+class Picker(Generic[E]):
+    """One route's picker: priorities, weights, health, then the route's policy."""
+
+    def __init__(self, targets: Sequence[Target[E]], policy: PolicyName = DEFAULT_POLICY) -> None:
+        make = POLICIES[policy]
+        priorities = sorted({t.priority for t in targets})
+        self.groups: tuple[tuple[tuple[Target[E], Policy], ...], ...] = tuple(
+            tuple((t, make()) for t in targets if t.priority == priority) for priority in priorities
+        )
+
+    def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
+        """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
+        or None when no endpoint can take it."""
+        for group in self.groups:
+            chosen = _pick_in(group, request, exclude, known_healthy=True)
+            if chosen is not None:
+                return chosen
+        # Nothing known healthy: try endpoints whose health is not known yet
+        # (just added, or serving no health service) rather than fail.
+        for group in self.groups:
+            chosen = _pick_in(group, request, exclude, known_healthy=False)
+            if chosen is not None:
+                return chosen
+        return None
+
+
+_Option = tuple[Target[E], Policy, list[E], Callable[[E], bool]]
+"""A target with an eligible endpoint: its policy, its endpoints, who is eligible."""
+
+
+def _pick_in(
+    group: tuple[tuple[Target[E], Policy], ...],
+    request: RequestView,
+    exclude: Collection[E],
+    known_healthy: bool,
+) -> Pick[E] | None:
+    options: list[_Option[E]] = []
+    for target, policy in group:
+        endpoints = list(target.endpoints.values())
+        eligible = _eligibility(target.model, exclude, known_healthy)
+        if any(map(eligible, endpoints)):
+            options.append((target, policy, endpoints, eligible))
+    if not options:
+        return None
+    target, policy, endpoints, eligible = options[0] if len(options) == 1 else _by_weight(options)
+    endpoint = policy.choose(endpoints, eligible, request)
+    return None if endpoint is None else Pick(endpoint, target.model, target.cluster)
+
+
+def _eligibility(model: str, exclude: Collection[E], known_healthy: bool) -> Callable[[E], bool]:
+    """Whether an endpoint may take the attempt: healthy for ``model`` (or, when
+    nothing is known healthy, health not known yet) and not tried already."""
+    if known_healthy:
+        if exclude:
+            return lambda e: e.serves(model) and e not in exclude
+        return lambda e: e.serves(model)
+    return lambda e: e.may_serve(model) and e not in exclude
+
+
+def _by_weight(options: list[_Option[E]]) -> _Option[E]:
+    """One option at random, in proportion to its target's weight."""
+    point = random.random() * sum(option[0].weight for option in options)
+    for option in options:
+        point -= option[0].weight
+        if point < 0:
+            return option
+    return options[-1]  # rounding at the very top
