@@ -96,7 +96,7 @@ class Admission:
                 )
             )
         try:
-            model = wire.read_model(request)
+            model, adapter = wire.read_model_and_adapter(request)
         except wire.MalformedRequestError as error:
             reason = f"unreadable request: {error}"
             raise invalid_argument(FieldViolation("request", reason)) from None
@@ -123,5 +123,5 @@ class Admission:
         deadline = None if remaining is None else time.monotonic() + remaining
         # Only a key with a token limit needs its answers' usage read.
         charged = limiter if limiter is not None and limiter.tokens is not None else None
-        view = RequestView(route.model, None, len(request))
+        view = RequestView(route.model, None, len(request), adapter or None)
         return Call(inbound, record, route, view, payload, metadata, deadline, charged, resume)
