@@ -74,7 +74,8 @@ class _Slot(Generic[T]):
     model_id: str
     memory_bytes: int
     """What the next copy will take (the file on disk now)."""
-    state: ModelState = ModelState.UNLOADED
+    state: ModelState | None = None
+    """None until first reported."""
     detail: str = ""
     error: StatusError | None = None
     """Why it cannot load, while state is UNAVAILABLE."""
@@ -160,7 +161,7 @@ class ModelResidency(Generic[T]):
         return [
             ResidentModel(
                 model_id=s.model_id,
-                state=s.state,
+                state=s.state or ModelState.UNLOADED,
                 memory_bytes=(s.current_bytes + s.retiring_bytes) or s.memory_bytes,
                 holds=s.holds,
                 idle_seconds=0.0 if s.holds or not s.last_used else now - s.last_used,
