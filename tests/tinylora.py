@@ -1,12 +1,13 @@
 """Writes a tiny GGUF LoRA adapter for the tiny models of ``tinymodel`` that llama.cpp loads.
 
-The adapter changes one thing, so that a test can tell its output from the
-base model's: its low-rank update of the output layer (``output.weight``)
-adds a huge logit to one word and takes it from another, in proportion to
-one direction of the final hidden state. Whatever that state is, one of the
-two words wins: with the adapter a greedy generation is made of those two
-words only (" paris" and " france" by default); without it, the random model
-produces its usual gibberish.
+The adapter's low-rank update of the output layer (``output.weight``) adds a
+huge logit to one word and takes it from another, in proportion to one
+direction of the final hidden state. Whatever that state is, one of the two
+words wins: with the adapter a greedy generation is made of those two words
+only (" paris" and " france" by default); without it, the random model
+produces its usual gibberish. It also changes every layer's attention values
+(``attn_v``), so the KV cache computed under it differs from the base model's:
+a server that reused one for the other would answer differently.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def write_tiny_lora(
     writer.add_float32("adapter.lora.alpha", 1.0)  # rank 1: scale alpha / rank = 1
     writer.add_tensor("output.weight.lora_a", direction)
     writer.add_tensor("output.weight.lora_b", up)
+    for block in range(spec.layers if spec else TinyModelSpec().layers):
+        rank = 2
+        down = (rng.standard_normal((rank, width)) / np.sqrt(width)).astype(np.float32)
+        back = rng.standard_normal((width, rank)).astype(np.float32)
+        writer.add_tensor(f"blk.{block}.attn_v.weight.lora_a", down)
+        writer.add_tensor(f"blk.{block}.attn_v.weight.lora_b", back)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
