@@ -25,6 +25,7 @@ from switchyard import (
     FinishReason,
     UnavailableError,
 )
+from switchyard.cli import main
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
@@ -358,6 +359,35 @@ def test_the_router_forwards_model_admin_calls_to_the_endpoint_named(
                 )
             assert relayed.value.code() == grpc.StatusCode.NOT_FOUND
             assert "delta" in (relayed.value.details() or "")
+    finally:
+        router.stop()
+
+
+def test_the_cli_loads_unloads_and_lists_through_a_router(
+    workdir: Path, two_of_three: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    router = start_router(
+        workdir,
+        "cli-admin-router",
+        {
+            "clusters": {"cpu": {"endpoints": [two_of_three.address]}},
+            "routes": [{"model": m, "targets": [{"cluster": "cpu"}]} for m in MODELS],
+        },
+    )
+    endpoint = two_of_three.address
+    try:
+        target = ["--target", router.address]
+        assert main([*target, "models", "unload", "beta", "--endpoint", endpoint]) == 0
+        unloaded = capsys.readouterr().out
+        assert " beta " in unloaded and "unloaded" in unloaded
+        assert main([*target, "models", "load", "beta", "--endpoint", endpoint]) == 0
+        assert "ready" in capsys.readouterr().out
+        assert main([*target, "models", "loaded"]) == 0
+        listed = capsys.readouterr().out
+        assert f"{endpoint}" in listed and "beta" in listed
+        assert f"budget {endpoint}: " in listed and "/2 models" in listed
+        assert main([*target, "models", "unload", "beta"]) == 1  # no endpoint: refused
+        assert "endpoint" in capsys.readouterr().err
     finally:
         router.stop()
 
