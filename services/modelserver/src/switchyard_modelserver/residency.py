@@ -127,6 +127,7 @@ class ModelResidency(Generic[T]):
         self._load_lock = asyncio.Lock()  # one load at a time: each makes room first
         self._room_changed = asyncio.Event()
         """Set (then replaced) when memory was freed or a hold released."""
+        self._background: set[asyncio.Task[None]] = set()  # swaps: referenced until done
 
     # -- what is known --------------------------------------------------------
 
@@ -273,7 +274,7 @@ class ModelResidency(Generic[T]):
         """The model's file changed: a loaded model loads again beside the old copy
         and takes over once ready; an unloaded one loads the new file next time."""
         slot = self._slots.get(model_id)
-        if slot is None:
+        if slot is None or slot.removed:  # new, or back while it drained away
             self.add(model_id, memory_bytes)
             return
         slot.memory_bytes = memory_bytes
@@ -283,7 +284,14 @@ class ModelResidency(Generic[T]):
                 self._check_size(slot)
             return
         if self._too_large(slot) is None:
-            asyncio.get_running_loop().create_task(self._swap(slot), name=f"swap {model_id}")
+            task = asyncio.get_running_loop().create_task(self._swap(slot), name=f"swap {model_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            log.error(
+                "model %s: its new file is larger than the memory budget; the old copy serves on",
+                model_id,
+            )
 
     async def _swap(self, slot: _Slot[T]) -> None:
         async with self._load_lock:

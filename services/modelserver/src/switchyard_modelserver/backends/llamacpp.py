@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -192,6 +192,7 @@ class LlamaCppBackend(Backend):
         self._copies: set[_LoadedModel] = set()
         self._live: set[EngineThreadBridge] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # referenced until done
 
     # -- the models folder ------------------------------------------------------
 
@@ -257,16 +258,27 @@ class LlamaCppBackend(Backend):
         replaced ones load beside the old copy and take over."""
         while True:
             await asyncio.sleep(self._options.watch_interval_seconds)
-            changes = await asyncio.to_thread(self._folder.changes)
-            for path in changes.removed:
-                gone = next((m for m in self._files.values() if m.path == path), None)
-                if gone is not None:
-                    log.info("model %s: %s was removed; draining", gone.card.id, path.name)
-                    asyncio.get_running_loop().create_task(self._residency.remove(gone.card.id))
-            for path in changes.added + changes.replaced:
-                found = await asyncio.to_thread(self._model_file, path)
-                if found is not None:
-                    self._serve_file(found, replaced=path in changes.replaced)
+            try:
+                await self._follow_changes()
+            except Exception:  # the folder is scanned again next time
+                log.exception("scanning %s failed", self._options.models_dir)
+
+    async def _follow_changes(self) -> None:
+        changes = await asyncio.to_thread(self._folder.changes)
+        for path in changes.removed:
+            gone = next((m for m in self._files.values() if m.path == path), None)
+            if gone is not None:
+                log.info("model %s: %s was removed; draining", gone.card.id, path.name)
+                self._spawn(self._residency.remove(gone.card.id))
+        for path in changes.added + changes.replaced:
+            found = await asyncio.to_thread(self._model_file, path)
+            if found is not None:
+                self._serve_file(found, replaced=path in changes.replaced)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _serve_file(self, found: _ModelFile, replaced: bool) -> None:
         model_id = found.card.id
@@ -296,7 +308,7 @@ class LlamaCppBackend(Backend):
             log.info("model %s: %s added", model_id, found.path.name)
             self._residency.add(model_id, found.card.memory_bytes)
             if not self._limits.bounded:  # without a budget every model is loaded
-                asyncio.get_running_loop().create_task(self._preload(model_id))
+                self._spawn(self._preload(model_id))
 
     # -- states -----------------------------------------------------------------
 
@@ -516,6 +528,8 @@ class LlamaCppBackend(Backend):
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        for task in self._background:
+            task.cancel()
         # Stop generations still running (the drain's grace period is over),
         # then wait for the workers off the event loop.
         for bridge in self._live:
