@@ -9,6 +9,7 @@ import grpc
 
 from switchyard_common.status import StatusError, model_not_found
 from switchyard_modelserver.domain import ModelCard, ModelState
+from switchyard_modelserver.residency import model_removed
 
 
 @dataclass
@@ -95,12 +96,7 @@ class ModelCatalog:
             raise model_not_found(name, sorted(self._entries))
         entry = self._entries[model_id]
         if entry.state is ModelState.DRAINING:
-            raise StatusError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"model {model_id} was removed from this server; retry elsewhere",
-                reason="MODEL_REMOVED",
-                metadata={"model": model_id},
-            )
+            raise model_removed(model_id)
         if loads_on_demand:
             return model_id
         if entry.state is ModelState.LOADING:

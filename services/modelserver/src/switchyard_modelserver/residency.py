@@ -210,7 +210,7 @@ class ModelResidency(Generic[T]):
     async def _ensure_loaded(self, slot: _Slot[T], deadline: float) -> None:
         while slot.current is None:
             if slot.removed:
-                raise _removed(slot.model_id)
+                raise model_removed(slot.model_id)
             if slot.error is not None:  # kept until the file changes or an operator loads it
                 raise slot.error
             task = slot.loading or self._start_load(slot)
@@ -235,7 +235,7 @@ class ModelResidency(Generic[T]):
     def _slot(self, model_id: str) -> _Slot[T]:
         slot = self._slots.get(model_id)
         if slot is None or slot.removed:
-            raise _removed(model_id)
+            raise model_removed(model_id)
         return slot
 
     # -- operator calls -------------------------------------------------------
@@ -503,7 +503,8 @@ class ModelResidency(Generic[T]):
         self._report(slot.model_id, state, detail)
 
 
-def _removed(model_id: str) -> StatusError:
+def model_removed(model_id: str) -> StatusError:
+    """UNAVAILABLE MODEL_REMOVED: its file is gone from this server (retry elsewhere)."""
     return StatusError(
         grpc.StatusCode.UNAVAILABLE,
         f"model {model_id} was removed from this server; retry elsewhere",
