@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import start_modelserver, start_router
-from processes import ServerProcess, health_status
+from processes import ServerProcess, free_port, health_status
+from scrape import scrape, value
 from tinymodel import TinyModelSpec, write_tiny_model
 
 from switchyard import (
@@ -90,6 +91,36 @@ def test_models_load_on_their_first_request_and_the_least_recently_used_idle_one
     log = two_of_three.log()
     assert "model beta unloaded: least recently used, to make room for gamma" in log
     assert "model alpha unloaded: least recently used, to make room for beta" in log
+
+
+def test_loads_and_unloads_show_in_the_metrics(workdir: Path, three_models: Path) -> None:
+    port = free_port()
+    backend = {
+        "kind": "llamacpp",
+        "models_dir": str(three_models),
+        "threads": 1,
+        "context_length": 512,
+        "watch_models_dir": False,
+        "max_loaded_models": 2,
+    }
+    server = start_modelserver(
+        workdir, "budget-metrics", {"metrics_listen": f"127.0.0.1:{port}", "backend": backend}
+    )
+    try:
+        with Client(server.address, max_retries=0) as client:
+            for model in ("alpha", "beta", "gamma"):  # gamma makes alpha go
+                client.generate(model, "hello", max_tokens=2)
+        samples = scrape(port)
+        loads = "switchyard_modelserver_model_loads_total"
+        unloads = "switchyard_modelserver_model_unloads_total"
+        assert [value(samples, loads, model=m) for m in MODELS] == [1, 1, 1]
+        assert value(samples, unloads, model="alpha", reason="lru") == 1
+        loaded = "switchyard_modelserver_model_loaded"
+        assert [value(samples, loaded, model=m) for m in MODELS] == [0, 1, 1]
+        ready = "switchyard_modelserver_model_ready"  # loaded or not, all of them serve
+        assert [value(samples, ready, model=m) for m in MODELS] == [1, 1, 1]
+    finally:
+        server.stop()
 
 
 def test_an_unloaded_model_stays_serving_in_health(two_of_three: ServerProcess) -> None:

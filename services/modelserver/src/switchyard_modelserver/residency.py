@@ -33,6 +33,7 @@ from typing import Generic, Protocol, TypeVar
 import grpc
 
 from switchyard_common.status import StatusError
+from switchyard_modelserver import metrics
 from switchyard_modelserver.domain import ModelState
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class ModelResidency(Generic[T]):
         try:
             while slot.holds:
                 await slot.changed.wait()
-            await self._unload(slot, "an operator asked")
+            await self._unload(slot, "an operator asked", "operator")
         finally:
             slot.unloading.set()
             slot.unloading = None
@@ -313,6 +314,8 @@ class ModelResidency(Generic[T]):
             old, old_bytes = slot.current, slot.current_bytes
             slot.current, slot.current_bytes = fresh, slot.memory_bytes
             slot.retiring_bytes += old_bytes
+            metrics.MODEL_LOADS.labels(slot.model_id).inc()
+            metrics.MODEL_UNLOADS.labels(slot.model_id, "replaced").inc()
         log.info(
             "model %s: the new file took over; the old copy finishes its requests", slot.model_id
         )
@@ -337,7 +340,7 @@ class ModelResidency(Generic[T]):
         if not slot.removed:  # the file came back meanwhile
             return
         if slot.current is not None:
-            await self._unload(slot, "its file was removed")
+            await self._unload(slot, "its file was removed", "removed")
         if slot.removed and not slot.holds:
             del self._slots[model_id]
             self._report(model_id, ModelState.REMOVED, "")
@@ -384,6 +387,7 @@ class ModelResidency(Generic[T]):
                 self._fail(slot, failed)
                 raise failed from None
             slot.current, slot.current_bytes = copy, slot.memory_bytes
+            metrics.MODEL_LOADS.labels(slot.model_id).inc()
             log.info("model %s loaded in %.2fs", slot.model_id, time.monotonic() - started)
             self._set(slot, ModelState.READY)
 
@@ -396,7 +400,8 @@ class ModelResidency(Generic[T]):
                 return
             victim = self._least_recently_used_idle(exclude=slot)
             if victim is not None:
-                await self._unload(victim, f"least recently used, to make room for {slot.model_id}")
+                why = f"least recently used, to make room for {slot.model_id}"
+                await self._unload(victim, why, "lru")
                 continue
             remaining = deadline - time.monotonic()
             try:
@@ -414,10 +419,12 @@ class ModelResidency(Generic[T]):
         ]
         return min(idle, key=lambda s: s.last_used, default=None)
 
-    async def _unload(self, slot: _Slot[T], why: str) -> None:
+    async def _unload(self, slot: _Slot[T], why: str, reason: str) -> None:
+        """Frees the current copy; ``reason`` (lru, operator, removed) labels the metric."""
         copy, copy_bytes = slot.current, slot.current_bytes
         if copy is None:
             return
+        metrics.MODEL_UNLOADS.labels(slot.model_id, reason).inc()
         slot.current, slot.current_bytes = None, 0
         slot.retiring_bytes += copy_bytes
         log.info("model %s unloaded: %s", slot.model_id, why)

@@ -177,7 +177,8 @@ class ModelServer:
                 self.config.max_queue_per_model,
                 self.config.queue_retry_after_seconds,
             )
-        metrics.MODEL_READY.labels(model_id).set(1 if entry.state is ModelState.READY else 0)
+        metrics.MODEL_READY.labels(model_id).set(1 if entry.serving else 0)
+        metrics.MODEL_LOADED.labels(model_id).set(1 if entry.state is ModelState.READY else 0)
         status = _SERVING if entry.serving else _NOT_SERVING
         for name in self.catalog.health_names(entry):
             self._set_health(name, status)
