@@ -7,9 +7,10 @@ adapter of its attention (random weights, written here with ``gguf``). Each roun
   TTFT loaded       a stream on a model in memory
   TTFT cold         the same model just unloaded: the request loads it first
   unload + load     UnloadModel then LoadModel (ModelAdminService), end to end
-  tokens/s          decode rate without an adapter, with one, and the first
-                    token after switching adapter (the prompt is evaluated again:
-                    a context's cached prompt is only valid for one adapter)
+  tokens/s          decode rate without an adapter and with one (each measured on
+                    the second request in a row with the same adapter), and the
+                    first token after switching adapter either way (the prompt is
+                    evaluated again: a cached prompt is only valid for one adapter)
 
 vLLM (the CPU build in .venv-vllm, ``--engines vllm``): the tiny Llama of
 tests/vllm_tinymodel.py with ``enable_lora`` and a PEFT adapter of it; decode
@@ -173,11 +174,11 @@ def bench_llamacpp(work: Path, rounds: int, max_tokens: int) -> None:
         for _ in range(rounds):
             admin.UnloadModel(admin_pb.UnloadModelRequest(model=model), timeout=120)
             cold.append(_stream(client, model, max_tokens)[0])
-            ttft, rate = _stream(client, model, max_tokens)
-            loaded.append(ttft)
-            plain.append(rate)
+            loaded.append(_stream(client, model, max_tokens)[0])
             switched.append(_stream(client, model, max_tokens, adapter="tuned")[0])
             tuned.append(_stream(client, model, max_tokens, adapter="tuned")[1])
+            switched.append(_stream(client, model, max_tokens)[0])  # and back
+            plain.append(_stream(client, model, max_tokens)[1])
             started = time.perf_counter()
             admin.UnloadModel(admin_pb.UnloadModelRequest(model=model), timeout=120)
             admin.LoadModel(admin_pb.LoadModelRequest(model=model), timeout=120)
