@@ -135,8 +135,11 @@ def test_a_removed_file_drains_its_requests_then_the_model_is_gone(
             assert chunks[-1].finish_reason == FinishReason.LENGTH
             assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 300
             _wait(lambda: "going" not in _ids(client), "going gone")
-            with pytest.raises(NotFoundError):
+            with pytest.raises(UnavailableError) as gone:  # not NOT_FOUND: another may have it
                 client.generate("going", "hello", max_tokens=2)
+            assert gone.value.reason == "MODEL_REMOVED"
+            with pytest.raises(NotFoundError):
+                client.generate("never-there", "hello", max_tokens=2)
             assert client.generate("staying", "hi", max_tokens=2).usage.completion_tokens == 2
     finally:
         server.stop()

@@ -46,6 +46,9 @@ class ModelCatalog:
     def __init__(self, cards: list[ModelCard], on_change: StateListener | None = None) -> None:
         self._entries = {card.id: CatalogEntry(card, ModelState.LOADING) for card in cards}
         self._names = self._index()
+        self._removed: dict[str, str] = {}
+        """Names (ids and aliases) of models removed from this server, by model id: their
+        requests get UNAVAILABLE MODEL_REMOVED (retry elsewhere), not NOT_FOUND."""
         self._on_change = on_change
 
     def _index(self) -> dict[str, str]:
@@ -71,7 +74,10 @@ class ModelCatalog:
                 return
             removed.state, removed.detail = state, detail
             entry = removed
+            self._removed.update(dict.fromkeys(self.health_names(removed), card.id))
         else:
+            for name in (card.id, *card.aliases):
+                self._removed.pop(name, None)
             entry = self._entries.setdefault(card.id, CatalogEntry(card, state))
             entry.card, entry.state, entry.detail = card, state, detail
             if state in (ModelState.READY, ModelState.UNLOADED):
@@ -93,6 +99,8 @@ class ModelCatalog:
         """
         model_id = self._names.get(name)
         if model_id is None:
+            if name in self._removed:  # a router retries it on a replica that has it
+                raise model_removed(self._removed[name])
             raise model_not_found(name, sorted(self._entries))
         entry = self._entries[model_id]
         if entry.state is ModelState.DRAINING:
