@@ -34,10 +34,11 @@ _SPAN_ATTRIBUTES = {
 class _UnaryAnswer:
     """Keeps a Generate call's one response for the handler to return."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "send_headers")
 
-    def __init__(self) -> None:
+    def __init__(self, context: Context) -> None:
         self.response = b""
+        self.send_headers = context.send_initial_metadata
 
     async def send(self, message: bytes) -> None:
         self.response = message
@@ -46,10 +47,11 @@ class _UnaryAnswer:
 class _StreamToCaller:
     """Writes each StreamGenerate message straight to the caller."""
 
-    __slots__ = ("send",)
+    __slots__ = ("send", "send_headers")
 
     def __init__(self, context: Context) -> None:
         self.send = context.write  # no wrapper: this runs once per relayed message
+        self.send_headers = context.send_initial_metadata
 
 
 class GrpcFront:
@@ -60,7 +62,7 @@ class GrpcFront:
 
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate (unary)."""
-        answer = _UnaryAnswer()
+        answer = _UnaryAnswer(context)
         await self._handle(_inbound(False, request, context), answer, context)
         return answer.response
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
 from switchyard_router.config import RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
+from switchyard_router.fleet.config import RouteCacheConfig
 from switchyard_router.picker import Pick, Picker, PolicyName, Target
 
 EndpointPick = Pick[Endpoint]
@@ -31,6 +32,11 @@ class Route:
     resume: bool
     policy: PolicyName
     picker: Picker[Endpoint]
+    cache: RouteCacheConfig | None = None
+    """Replay answers to identical requests (None: never)."""
+    identity: str = ""
+    """The route and the models its targets call, for cache keys: an answer cached
+    before a reload that changed them is not replayed after it."""
 
 
 class RouteTable:
@@ -58,7 +64,12 @@ class RouteTable:
             )
         )
         picker = Picker(targets, config.policy)
-        return Route(config.model, targets, config.resume, config.policy, picker)
+        identity = "\n".join(
+            [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
+        )
+        return Route(
+            config.model, targets, config.resume, config.policy, picker, config.cache, identity
+        )
 
     def watched_models(self) -> dict[str, set[str]]:
         """Per cluster name, the model names whose health its endpoints must report."""
