@@ -146,6 +146,12 @@ class ModelResidency(Generic[T]):
         self._slots[model_id] = slot
         self._check_size(slot)
 
+    def report_all(self) -> None:
+        """Reports every model's state again (to a listener that just arrived)."""
+        for slot in self._slots.values():
+            if slot.state is not None:
+                self._report(slot.model_id, slot.state, slot.detail)
+
     def current(self, model_id: str) -> T:
         """The copy new generations of a held model run on."""
         slot = self._slots[model_id]

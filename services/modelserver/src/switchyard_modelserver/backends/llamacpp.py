@@ -193,6 +193,8 @@ class LlamaCppBackend(Backend):
         self._live: set[EngineThreadBridge] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
+        for model_id in sorted(self._files):  # known from the start; reported from load()
+            self._residency.add(model_id, self._files[model_id].card.memory_bytes)
 
     # -- the models folder ------------------------------------------------------
 
@@ -333,8 +335,7 @@ class LlamaCppBackend(Backend):
 
     async def load(self, report: StateReporter) -> None:
         self._report = report
-        for model_id in sorted(self._files):
-            self._residency.add(model_id, self._files[model_id].card.memory_bytes)
+        self._residency.report_all()
         if self._starting:
             for model_id in sorted(self._files):
                 await self._preload(model_id)
