@@ -118,6 +118,11 @@ def _routes() -> list[dict[str, Any]]:
             "cache": {"ttl_seconds": 600, "scope": "shared"},
         },
         {
+            "model": "cached-any",  # sampled answers are cached too
+            "targets": [{"cluster": "pool", "model": "canned"}],
+            "cache": {"ttl_seconds": 600, "scope": "shared", "nondeterministic": True},
+        },
+        {
             "model": "cached-briefly",
             "targets": [{"cluster": "pool", "model": "canned"}],
             "cache": {"ttl_seconds": 1, "scope": "shared"},
@@ -395,6 +400,25 @@ def test_a_repeated_greedy_request_is_replayed_from_the_cache_by_another_router(
     # Answered without an attempt: no model server was asked.
     hit = _wait_for_log(pair[1], "model=cached-shared ", "cache=hit ")
     assert "attempts=0 " in hit[-1]
+
+
+def test_count_tokens_never_meets_the_cache_of_a_generate_with_the_same_bytes(
+    pair: tuple[ServerProcess, ServerProcess], redis_server: RedisServer, keys: Keys
+) -> None:
+    # CountTokensRequest{model, prompt} serializes exactly like GenerateRequest{model,
+    # prompt}: a cache keyed on bytes alone would answer the count with a generation.
+    request = pb.GenerateRequest(model="cached-any", prompt="count these four words")
+    before = _cached_entries(redis_server)
+    _generate(pair[0], request, keys("alice"))
+    wait_until(lambda: _cached_entries(redis_server) > before, "the answer in Redis")
+    count = pb.CountTokensRequest(model="cached-any", prompt="count these four words")
+    assert count.SerializeToString() == request.SerializeToString()
+    with grpc.insecure_channel(pair[1].address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        counted, call = stub.CountTokens.with_call(count, timeout=10, metadata=keys("alice"))
+    assert "x-switchyard-cache" not in _headers(call.initial_metadata())
+    assert counted.prompt_tokens == 4  # the scripted backend counts words
+    assert counted.model == "canned"
 
 
 def test_a_repeated_stream_is_replayed_message_by_message(

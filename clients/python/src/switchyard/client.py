@@ -21,6 +21,7 @@ from typing import Any, Literal, Self, Unpack, overload
 import grpc
 import grpc.aio
 
+from switchyard import _convert
 from switchyard._base_client import (
     API_KEY_ENV,
     DEFAULT_BATCH_CONCURRENCY,
@@ -32,14 +33,16 @@ from switchyard._base_client import (
     StreamCall,
     auth_metadata,
     batch_requests,
+    count_request,
     generate_request,
     model_list,
     raising_api_errors,
 )
-from switchyard._convert import MessageLike, SamplingOptions
+from switchyard._convert import GenerationOptions, MessageLike
 from switchyard.batch import run_concurrently, run_threaded
 from switchyard.errors import APIError
-from switchyard.types import Completion, ModelInfo, StreamChunk
+from switchyard.tools import Tool, ToolLike
+from switchyard.types import Completion, ModelInfo, StreamChunk, TokenCount
 from switchyard.usage import StreamUsageRecorder
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -172,7 +175,7 @@ class Client(BaseClient[grpc.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -183,7 +186,7 @@ class Client(BaseClient[grpc.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -195,7 +198,7 @@ class Client(BaseClient[grpc.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Stream:
         """Streams a completion of ``prompt`` (or a chat answer to ``messages``).
 
@@ -213,7 +216,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -225,7 +228,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     def generate_batch(
@@ -236,7 +239,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -259,6 +262,26 @@ class Client(BaseClient[grpc.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts the tokens ``prompt`` (or ``messages``, with ``tools``) takes with the
+        model's own tokenizer and chat template: what ``usage.prompt_tokens`` of the same
+        call would be. Backends that cannot count exactly raise ``UnimplementedError``."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)
@@ -308,7 +331,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return await self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -319,7 +342,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return await self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -331,7 +354,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> AsyncStream:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         return AsyncStream(*self._start_stream(model, prompt, messages, timeout, sampling))
@@ -345,7 +368,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -357,7 +380,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     async def generate_batch(
@@ -368,7 +391,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -391,6 +414,24 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    async def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts tokens as :meth:`Client.count_tokens` does."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = await self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)

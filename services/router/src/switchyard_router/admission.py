@@ -166,6 +166,13 @@ class Admission:
     ) -> None:
         """Rate limits, budget and cache in one question to the fleet state."""
         inbound, route = call.inbound, call.route
+        if inbound.counts_tokens:
+            # A count generates nothing: the key's request rate applies, its token
+            # budget and the response cache do not (a CountTokensRequest's bytes
+            # can equal a GenerateRequest's, so it must never meet the cache).
+            call.fleet = self.fleet
+            call.ticket = await self.fleet.admit(Ask(limits, 0, False, None))
+            return
         try:
             sampling = wire.read_sampling(inbound.request)
         except wire.MalformedRequestError as error:

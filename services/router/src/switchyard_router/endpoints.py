@@ -29,6 +29,7 @@ log = logging.getLogger("switchyard.router.endpoints")
 GENERATE = "/switchyard.v1.LLMService/Generate"
 STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
 LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
+COUNT_TOKENS = "/switchyard.v1.LLMService/CountTokens"
 DNS_SCHEME = "dns:///"
 
 
@@ -97,6 +98,7 @@ class Endpoint:
         self.generate = self.channel.unary_unary(GENERATE, None, None)
         self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
+        self.count_tokens = self.channel.unary_unary(COUNT_TOKENS, None, None)
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
         self.consecutive_failures = 0

@@ -49,10 +49,14 @@ class Inbound:
     """Seconds the caller still gives the request (None: no deadline)."""
     span_attributes: Mapping[str, str]
     """Attributes of the request's span that describe the front (``rpc.system``, ...)."""
+    counts_tokens: bool = False
+    """CountTokens (unary, relayed like Generate: its request has the model in field 1 too)."""
 
     @property
     def method(self) -> str:
         """The LLMService method, for metrics and logs."""
+        if self.counts_tokens:
+            return "CountTokens"
         return "StreamGenerate" if self.streaming else "Generate"
 
 

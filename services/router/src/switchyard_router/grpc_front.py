@@ -22,12 +22,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 _SPAN_ATTRIBUTES = {
-    streaming: {
-        "rpc.system": "grpc",
-        "rpc.service": _SERVICE,
-        "rpc.method": "StreamGenerate" if streaming else "Generate",
-    }
-    for streaming in (False, True)
+    method: {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method}
+    for method in ("Generate", "StreamGenerate", "CountTokens")
 }
 
 
@@ -55,7 +51,7 @@ class _StreamToCaller:
 
 
 class GrpcFront:
-    """The LLMService method handlers for Generate and StreamGenerate."""
+    """The LLMService method handlers for Generate, StreamGenerate and CountTokens."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -70,6 +66,13 @@ class GrpcFront:
         """StreamGenerate: messages are written as they arrive from the model server."""
         await self._handle(_inbound(True, request, context), _StreamToCaller(context), context)
 
+    async def count_tokens(self, request: bytes, context: Context) -> bytes:
+        """CountTokens (unary), relayed like Generate."""
+        answer = _UnaryAnswer(context)
+        inbound = _inbound(False, request, context, counts_tokens=True)
+        await self._handle(inbound, answer, context)
+        return answer.response
+
     async def _handle(
         self, inbound: Inbound, sink: _UnaryAnswer | _StreamToCaller, context: Context
     ) -> None:
@@ -81,11 +84,15 @@ class GrpcFront:
             await abort(context, error)
 
 
-def _inbound(streaming: bool, request: bytes, context: Context) -> Inbound:
+def _inbound(
+    streaming: bool, request: bytes, context: Context, *, counts_tokens: bool = False
+) -> Inbound:
+    method = "CountTokens" if counts_tokens else "StreamGenerate" if streaming else "Generate"
     return Inbound(
         streaming,
         request,
         context.invocation_metadata() or (),
         context.time_remaining,
-        _SPAN_ATTRIBUTES[streaming],
+        _SPAN_ATTRIBUTES[method],
+        counts_tokens,
     )

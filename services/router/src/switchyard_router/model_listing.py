@@ -67,6 +67,8 @@ async def list_models(
             model.backend = described.backend
             model.context_length = described.context_length
             model.capabilities.extend(described.capabilities)
+            if described.HasField("defaults"):
+                model.defaults.CopyFrom(described.defaults)
             model.memory_bytes = described.memory_bytes
         model.adapters.extend(pb.Adapter(name=a, loaded=adapters[a]) for a in sorted(adapters))
         if healthy:

@@ -222,13 +222,14 @@ class Proxy:
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
-        response: bytes = await pick.endpoint.generate(
-            _payload(call, pick), timeout=timeout, metadata=metadata
-        )
+        counts_tokens = call.inbound.counts_tokens
+        upstream = pick.endpoint.count_tokens if counts_tokens else pick.endpoint.generate
+        response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
         self._succeeded(pick, call.view.adapter)
-        call.note_usage(response, wire.GENERATE_USAGE_FIELD)
-        if call.recorder is not None:
-            call.recorder.add(response)
+        if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
+            call.note_usage(response, wire.GENERATE_USAGE_FIELD)
+            if call.recorder is not None:
+                call.recorder.add(response)
         await sink.send(response)
 
     async def _stream(
@@ -280,7 +281,7 @@ class Proxy:
                 raise failure.relayed()
             return
         resume = call.resume
-        if resume is not None and failure.code in RETRYABLE:
+        if resume is not None and failure.code in RETRYABLE and not resume.calls_tools:
             if not self._may_retry(attempt, call.deadline):
                 raise StatusError(failure.code, failure.details)
             resume.resumes += 1

@@ -118,6 +118,7 @@ class Router:
                 # No (de)serializers on the hot path: bytes in, bytes out.
                 "Generate": grpc.unary_unary_rpc_method_handler(self.front.generate),
                 "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.front.stream_generate),
+                "CountTokens": grpc.unary_unary_rpc_method_handler(self.front.count_tokens),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,

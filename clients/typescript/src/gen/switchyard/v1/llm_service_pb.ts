@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchyard/v1/llm_service.proto.
  */
 export const file_switchyard_v1_llm_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIu4BCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgSDwoHYWRhcHRlchgNIAEoCSL/AQoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEjIKDWZpbmlzaF9yZWFzb24YAiABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAMgASgJEiMKBXVzYWdlGAQgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgFIAEoCRIPCgdiYWNrZW5kGAYgASgJEicKB3RpbWluZ3MYByABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSJAoGdG9rZW5zGAggAygLMhQuc3dpdGNoeWFyZC52MS5Ub2tlbiL0AQoVU3RyZWFtR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIsCghtZXNzYWdlcxgDIAMoCzIaLnN3aXRjaHlhcmQudjEuQ2hhdE1lc3NhZ2USLwoIc2FtcGxpbmcYBCABKAsyHS5zd2l0Y2h5YXJkLnYxLlNhbXBsaW5nUGFyYW1zEjEKDGNvbnRpbnVhdGlvbhgFIAEoCzIbLnN3aXRjaHlhcmQudjEuQ29udGludWF0aW9uEhkKEWluY2x1ZGVfdG9rZW5faWRzGAYgASgIEg8KB2FkYXB0ZXIYDSABKAkilgIKFlN0cmVhbUdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIkCgZ0b2tlbnMYAiADKAsyFC5zd2l0Y2h5YXJkLnYxLlRva2VuEjIKDWZpbmlzaF9yZWFzb24YAyABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAQgASgJEiMKBXVzYWdlGAUgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgGIAEoCRIPCgdiYWNrZW5kGAcgASgJEicKB3RpbWluZ3MYCCABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSDwoHcmVzdW1lcxgJIAEoBSIvCgxDb250aW51YXRpb24SDAoEdGV4dBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKAUiLAoLQ2hhdE1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJIo4DCg5TYW1wbGluZ1BhcmFtcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAkgAiAEBEhIKBXRvcF9wGAIgASgCSAGIAQESEgoFdG9wX2sYAyABKAVIAogBARIXCgptYXhfdG9rZW5zGAQgASgFSAOIAQESDAoEc3RvcBgFIAMoCRIRCgRzZWVkGAYgASgDSASIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAkgFiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAggASgCSAaIAQESHwoScmVwZXRpdGlvbl9wZW5hbHR5GAkgASgCSAeIAQESFQoIbG9ncHJvYnMYCiABKAVICIgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0INCgtfbWF4X3Rva2Vuc0IHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUILCglfbG9ncHJvYnMiOQoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBSJrCgdUaW1pbmdzEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKAoFdG90YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iYwoFVG9rZW4SCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCEi8KDHRvcF9sb2dwcm9icxgEIAMoCzIZLnN3aXRjaHlhcmQudjEuVG9wTG9ncHJvYiI3CgpUb3BMb2dwcm9iEgoKAmlkGAEgASgFEgwKBHRleHQYAiABKAkSDwoHbG9ncHJvYhgDIAEoAiITChFMaXN0TW9kZWxzUmVxdWVzdCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQuc3dpdGNoeWFyZC52MS5Nb2RlbCKcAgoFTW9kZWwSCgoCaWQYASABKAkSDwoHYWxpYXNlcxgCIAMoCRIPCgdiYWNrZW5kGAMgASgJEhYKDmNvbnRleHRfbGVuZ3RoGAQgASgFEi8KDGNhcGFiaWxpdGllcxgFIAMoDjIZLnN3aXRjaHlhcmQudjEuQ2FwYWJpbGl0eRIqCgZzdGF0dXMYBiABKA4yGi5zd2l0Y2h5YXJkLnYxLk1vZGVsU3RhdHVzEhgKEGhlYWx0aHlfcmVwbGljYXMYByABKAUSFgoOdG90YWxfcmVwbGljYXMYCCABKAUSFAoMbWVtb3J5X2J5dGVzGA0gASgDEigKCGFkYXB0ZXJzGA4gAygLMhYuc3dpdGNoeWFyZC52MS5BZGFwdGVyIicKB0FkYXB0ZXISDAoEbmFtZRgBIAEoCRIOCgZsb2FkZWQYAiABKAgq2AEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIfChtGSU5JU0hfUkVBU09OX1NUT1BfU0VRVUVOQ0UQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBRIgChxGSU5JU0hfUkVBU09OX0NPTlRFTlRfRklMVEVSEAYqpAEKCkNhcGFiaWxpdHkSGgoWQ0FQQUJJTElUWV9VTlNQRUNJRklFRBAAEhkKFUNBUEFCSUxJVFlfQ09NUExFVElPThABEhMKD0NBUEFCSUxJVFlfQ0hBVBACEhgKFENBUEFCSUxJVFlfU1RSRUFNSU5HEAMSFwoTQ0FQQUJJTElUWV9MT0dQUk9CUxAEEhcKE0NBUEFCSUxJVFlfQURBUFRFUlMQCSqxAQoLTW9kZWxTdGF0dXMSHAoYTU9ERUxfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSTU9ERUxfU1RBVFVTX1JFQURZEAESGAoUTU9ERUxfU1RBVFVTX0xPQURJTkcQAhIcChhNT0RFTF9TVEFUVVNfVU5BVkFJTEFCTEUQAxIZChVNT0RFTF9TVEFUVVNfVU5MT0FERUQQBBIZChVNT0RFTF9TVEFUVVNfRFJBSU5JTkcQBTKNAgoKTExNU2VydmljZRJLCghHZW5lcmF0ZRIeLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXF1ZXN0Gh8uc3dpdGNoeWFyZC52MS5HZW5lcmF0ZVJlc3BvbnNlEl8KDlN0cmVhbUdlbmVyYXRlEiQuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlcXVlc3QaJS5zd2l0Y2h5YXJkLnYxLlN0cmVhbUdlbmVyYXRlUmVzcG9uc2UwARJRCgpMaXN0TW9kZWxzEiAuc3dpdGNoeWFyZC52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIrQDCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgSIgoFdG9vbHMYByADKAsyEy5zd2l0Y2h5YXJkLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCCABKAsyGS5zd2l0Y2h5YXJkLnYxLlRvb2xDaG9pY2USNgoPcmVzcG9uc2VfZm9ybWF0GAkgASgLMh0uc3dpdGNoeWFyZC52MS5SZXNwb25zZUZvcm1hdBIgChNwYXJhbGxlbF90b29sX2NhbGxzGAogASgISACIAQESDwoHYWRhcHRlchgNIAEoCUIWChRfcGFyYWxsZWxfdG9vbF9jYWxscyKsAgoQR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEjIKDWZpbmlzaF9yZWFzb24YAiABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAMgASgJEiMKBXVzYWdlGAQgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgFIAEoCRIPCgdiYWNrZW5kGAYgASgJEicKB3RpbWluZ3MYByABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSJAoGdG9rZW5zGAggAygLMhQuc3dpdGNoeWFyZC52MS5Ub2tlbhIrCgp0b29sX2NhbGxzGAkgAygLMhcuc3dpdGNoeWFyZC52MS5Ub29sQ2FsbCK6AwoVU3RyZWFtR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIsCghtZXNzYWdlcxgDIAMoCzIaLnN3aXRjaHlhcmQudjEuQ2hhdE1lc3NhZ2USLwoIc2FtcGxpbmcYBCABKAsyHS5zd2l0Y2h5YXJkLnYxLlNhbXBsaW5nUGFyYW1zEjEKDGNvbnRpbnVhdGlvbhgFIAEoCzIbLnN3aXRjaHlhcmQudjEuQ29udGludWF0aW9uEhkKEWluY2x1ZGVfdG9rZW5faWRzGAYgASgIEiIKBXRvb2xzGAcgAygLMhMuc3dpdGNoeWFyZC52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAggASgLMhkuc3dpdGNoeWFyZC52MS5Ub29sQ2hvaWNlEjYKD3Jlc3BvbnNlX2Zvcm1hdBgJIAEoCzIdLnN3aXRjaHlhcmQudjEuUmVzcG9uc2VGb3JtYXQSIAoTcGFyYWxsZWxfdG9vbF9jYWxscxgKIAEoCEgAiAEBEg8KB2FkYXB0ZXIYDSABKAlCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHMiyAIKFlN0cmVhbUdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIkCgZ0b2tlbnMYAiADKAsyFC5zd2l0Y2h5YXJkLnYxLlRva2VuEjIKDWZpbmlzaF9yZWFzb24YAyABKA4yGy5zd2l0Y2h5YXJkLnYxLkZpbmlzaFJlYXNvbhIVCg1zdG9wX3NlcXVlbmNlGAQgASgJEiMKBXVzYWdlGAUgASgLMhQuc3dpdGNoeWFyZC52MS5Vc2FnZRINCgVtb2RlbBgGIAEoCRIPCgdiYWNrZW5kGAcgASgJEicKB3RpbWluZ3MYCCABKAsyFi5zd2l0Y2h5YXJkLnYxLlRpbWluZ3MSDwoHcmVzdW1lcxgJIAEoBRIwCgp0b29sX2NhbGxzGAogAygLMhwuc3dpdGNoeWFyZC52MS5Ub29sQ2FsbERlbHRhIi8KDENvbnRpbnVhdGlvbhIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoBSJvCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSKwoKdG9vbF9jYWxscxgDIAMoCzIXLnN3aXRjaHlhcmQudjEuVG9vbENhbGwSFAoMdG9vbF9jYWxsX2lkGAQgASgJIj0KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRISCgpwYXJhbWV0ZXJzGAMgASgJIlUKClRvb2xDaG9pY2USLQoEbW9kZRgBIAEoDjIdLnN3aXRjaHlhcmQudjEuVG9vbENob2ljZU1vZGVIABIOCgRuYW1lGAIgASgJSABCCAoGY2hvaWNlIjcKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJYXJndW1lbnRzGAMgASgJIksKDVRvb2xDYWxsRGVsdGESDQoFaW5kZXgYASABKAUSCgoCaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIRCglhcmd1bWVudHMYBCABKAkirgEKDlJlc3BvbnNlRm9ybWF0EjYKC2pzb25fb2JqZWN0GAEgASgLMh8uc3dpdGNoeWFyZC52MS5Kc29uT2JqZWN0Rm9ybWF0SAASNgoLanNvbl9zY2hlbWEYAiABKAsyHy5zd2l0Y2h5YXJkLnYxLkpzb25TY2hlbWFGb3JtYXRIABIPCgVyZWdleBgDIAEoCUgAEhEKB2dyYW1tYXIYBCABKAlIAEIICgZmb3JtYXQiEgoQSnNvbk9iamVjdEZvcm1hdCIwChBKc29uU2NoZW1hRm9ybWF0EgwKBG5hbWUYASABKAkSDgoGc2NoZW1hGAIgASgJIo4DCg5TYW1wbGluZ1BhcmFtcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAkgAiAEBEhIKBXRvcF9wGAIgASgCSAGIAQESEgoFdG9wX2sYAyABKAVIAogBARIXCgptYXhfdG9rZW5zGAQgASgFSAOIAQESDAoEc3RvcBgFIAMoCRIRCgRzZWVkGAYgASgDSASIAQESHQoQcHJlc2VuY2VfcGVuYWx0eRgHIAEoAkgFiAEBEh4KEWZyZXF1ZW5jeV9wZW5hbHR5GAggASgCSAaIAQESHwoScmVwZXRpdGlvbl9wZW5hbHR5GAkgASgCSAeIAQESFQoIbG9ncHJvYnMYCiABKAVICIgBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0INCgtfbWF4X3Rva2Vuc0IHCgVfc2VlZEITChFfcHJlc2VuY2VfcGVuYWx0eUIUChJfZnJlcXVlbmN5X3BlbmFsdHlCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUILCglfbG9ncHJvYnMiOQoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBSJrCgdUaW1pbmdzEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKAoFdG90YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iYwoFVG9rZW4SCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCEi8KDHRvcF9sb2dwcm9icxgEIAMoCzIZLnN3aXRjaHlhcmQudjEuVG9wTG9ncHJvYiI3CgpUb3BMb2dwcm9iEgoKAmlkGAEgASgFEgwKBHRleHQYAiABKAkSDwoHbG9ncHJvYhgDIAEoAiK1AQoSQ291bnRUb2tlbnNSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIsCghtZXNzYWdlcxgDIAMoCzIaLnN3aXRjaHlhcmQudjEuQ2hhdE1lc3NhZ2USIgoFdG9vbHMYByADKAsyEy5zd2l0Y2h5YXJkLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCCABKAsyGS5zd2l0Y2h5YXJkLnYxLlRvb2xDaG9pY2UiZAoTQ291bnRUb2tlbnNSZXNwb25zZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSFgoOY29udGV4dF9sZW5ndGgYBCABKAUiEwoRTGlzdE1vZGVsc1JlcXVlc3QiOgoSTGlzdE1vZGVsc1Jlc3BvbnNlEiQKBm1vZGVscxgBIAMoCzIULnN3aXRjaHlhcmQudjEuTW9kZWwizAIKBU1vZGVsEgoKAmlkGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSDwoHYmFja2VuZBgDIAEoCRIWCg5jb250ZXh0X2xlbmd0aBgEIAEoBRIvCgxjYXBhYmlsaXRpZXMYBSADKA4yGS5zd2l0Y2h5YXJkLnYxLkNhcGFiaWxpdHkSKgoGc3RhdHVzGAYgASgOMhouc3dpdGNoeWFyZC52MS5Nb2RlbFN0YXR1cxIYChBoZWFsdGh5X3JlcGxpY2FzGAcgASgFEhYKDnRvdGFsX3JlcGxpY2FzGAggASgFEi4KCGRlZmF1bHRzGAkgASgLMhwuc3dpdGNoeWFyZC52MS5Nb2RlbERlZmF1bHRzEhQKDG1lbW9yeV9ieXRlcxgNIAEoAxIoCghhZGFwdGVycxgOIAMoCzIWLnN3aXRjaHlhcmQudjEuQWRhcHRlciJ3Cg1Nb2RlbERlZmF1bHRzEi8KCHNhbXBsaW5nGAEgASgLMh0uc3dpdGNoeWFyZC52MS5TYW1wbGluZ1BhcmFtcxIVCg1zeXN0ZW1fcHJvbXB0GAIgASgJEh4KFmNoYXRfdGVtcGxhdGVfb3ZlcnJpZGUYAyABKAgiJwoHQWRhcHRlchIMCgRuYW1lGAEgASgJEg4KBmxvYWRlZBgCIAEoCCqHAQoOVG9vbENob2ljZU1vZGUSIAocVE9PTF9DSE9JQ0VfTU9ERV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfQ0hPSUNFX01PREVfQVVUTxABEhkKFVRPT0xfQ0hPSUNFX01PREVfTk9ORRACEh0KGVRPT0xfQ0hPSUNFX01PREVfUkVRVUlSRUQQAyr2AQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAFEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBhIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQByqSAgoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASGQoVQ0FQQUJJTElUWV9DT01QTEVUSU9OEAESEwoPQ0FQQUJJTElUWV9DSEFUEAISGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAxIXChNDQVBBQklMSVRZX0xPR1BST0JTEAQSFAoQQ0FQQUJJTElUWV9UT09MUxAFEhoKFkNBUEFCSUxJVFlfSlNPTl9PVVRQVVQQBhIdChlDQVBBQklMSVRZX0dSQU1NQVJfT1VUUFVUEAcSGwoXQ0FQQUJJTElUWV9DT1VOVF9UT0tFTlMQCBIXChNDQVBBQklMSVRZX0FEQVBURVJTEAkqsQEKC01vZGVsU3RhdHVzEhwKGE1PREVMX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEk1PREVMX1NUQVRVU19SRUFEWRABEhgKFE1PREVMX1NUQVRVU19MT0FESU5HEAISHAoYTU9ERUxfU1RBVFVTX1VOQVZBSUxBQkxFEAMSGQoVTU9ERUxfU1RBVFVTX1VOTE9BREVEEAQSGQoVTU9ERUxfU1RBVFVTX0RSQUlOSU5HEAUy4wIKCkxMTVNlcnZpY2USSwoIR2VuZXJhdGUSHi5zd2l0Y2h5YXJkLnYxLkdlbmVyYXRlUmVxdWVzdBofLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXNwb25zZRJfCg5TdHJlYW1HZW5lcmF0ZRIkLnN3aXRjaHlhcmQudjEuU3RyZWFtR2VuZXJhdGVSZXF1ZXN0GiUuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlc3BvbnNlMAESUQoKTGlzdE1vZGVscxIgLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1JlcXVlc3QaIS5zd2l0Y2h5YXJkLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJUCgtDb3VudFRva2VucxIhLnN3aXRjaHlhcmQudjEuQ291bnRUb2tlbnNSZXF1ZXN0GiIuc3dpdGNoeWFyZC52MS5Db3VudFRva2Vuc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * GenerateRequest asks for one generation. Exactly one of `prompt` and
@@ -66,6 +66,39 @@ export type GenerateRequest = Message<"switchyard.v1.GenerateRequest"> & {
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * Functions the model may call (chat requests only). A call comes back in
+   * `tool_calls` with finish_reason FINISH_REASON_TOOL_CALLS.
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether the model must, may or must not call a tool, or which one. Unset
+   * means auto when `tools` is set.
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * Constrains the output's shape (JSON, a JSON Schema, a regex or a GBNF
+   * grammar). A backend that cannot honour it answers INVALID_ARGUMENT
+   * naming the field; it is never silently ignored.
+   *
+   * @generated from field: switchyard.v1.ResponseFormat response_format = 9;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Whether the model may call several tools in one answer. Unset means true;
+   * false: at most one call.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 10;
+   */
+  parallelToolCalls?: boolean | undefined;
 
   /**
    * A LoRA adapter of the model to apply to this request (see Model.adapters);
@@ -147,6 +180,14 @@ export type GenerateResponse = Message<"switchyard.v1.GenerateResponse"> & {
    * @generated from field: repeated switchyard.v1.Token tokens = 8;
    */
   tokens: Token[];
+
+  /**
+   * The tools the model called (finish_reason FINISH_REASON_TOOL_CALLS), in
+   * order. `text` holds whatever the model said besides.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCall tool_calls = 9;
+   */
+  toolCalls: ToolCall[];
 };
 
 /**
@@ -207,6 +248,39 @@ export type StreamGenerateRequest = Message<"switchyard.v1.StreamGenerateRequest
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * Functions the model may call (chat requests only). A call comes back in
+   * `tool_calls` with finish_reason FINISH_REASON_TOOL_CALLS.
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether the model must, may or must not call a tool, or which one. Unset
+   * means auto when `tools` is set.
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * Constrains the output's shape (JSON, a JSON Schema, a regex or a GBNF
+   * grammar). A backend that cannot honour it answers INVALID_ARGUMENT
+   * naming the field; it is never silently ignored.
+   *
+   * @generated from field: switchyard.v1.ResponseFormat response_format = 9;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Whether the model may call several tools in one answer. Unset means true;
+   * false: at most one call.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 10;
+   */
+  parallelToolCalls?: boolean | undefined;
 
   /**
    * A LoRA adapter of the model to apply to this request (see Model.adapters);
@@ -299,6 +373,15 @@ export type StreamGenerateResponse = Message<"switchyard.v1.StreamGenerateRespon
    * @generated from field: int32 resumes = 9;
    */
   resumes: number;
+
+  /**
+   * Pieces of tool calls, as OpenAI streams them: a call's first delta has
+   * its index, id and name; later ones with the same index carry fragments
+   * of its arguments. Concatenating a call's fragments gives its arguments.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCallDelta tool_calls = 10;
+   */
+  toolCalls: ToolCallDelta[];
 };
 
 /**
@@ -345,18 +428,34 @@ export const ContinuationSchema: GenMessage<Continuation> = /*@__PURE__*/
  */
 export type ChatMessage = Message<"switchyard.v1.ChatMessage"> & {
   /**
-   * "system", "user" or "assistant".
+   * "system", "user", "assistant" or "tool".
    *
    * @generated from field: string role = 1;
    */
   role: string;
 
   /**
-   * The text of the turn.
+   * The text of the turn (for a "tool" message: the tool's result).
    *
    * @generated from field: string content = 2;
    */
   content: string;
+
+  /**
+   * An "assistant" message only: the tools it called, as a response's
+   * `tool_calls` returned them.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCall tool_calls = 3;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * A "tool" message only: the id of the call (in an earlier assistant
+   * message's `tool_calls`) whose result this is.
+   *
+   * @generated from field: string tool_call_id = 4;
+   */
+  toolCallId: string;
 };
 
 /**
@@ -365,6 +464,257 @@ export type ChatMessage = Message<"switchyard.v1.ChatMessage"> & {
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
   messageDesc(file_switchyard_v1_llm_service, 5);
+
+/**
+ * Tool is a function the model may call.
+ *
+ * @generated from message switchyard.v1.Tool
+ */
+export type Tool = Message<"switchyard.v1.Tool"> & {
+  /**
+   * The function's name: 1 to 64 letters, digits, '_' or '-'; unique in the
+   * request.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it does and when to call it; the model reads this.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The JSON Schema of its arguments, as JSON text: an object schema. Empty
+   * means the function takes no arguments.
+   *
+   * @generated from field: string parameters = 3;
+   */
+  parameters: string;
+};
+
+/**
+ * Describes the message switchyard.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 6);
+
+/**
+ * ToolChoice says whether the model may, must or must not call a tool.
+ *
+ * @generated from message switchyard.v1.ToolChoice
+ */
+export type ToolChoice = Message<"switchyard.v1.ToolChoice"> & {
+  /**
+   * One of these; neither set means auto.
+   *
+   * @generated from oneof switchyard.v1.ToolChoice.choice
+   */
+  choice: {
+    /**
+     * auto, none or required.
+     *
+     * @generated from field: switchyard.v1.ToolChoiceMode mode = 1;
+     */
+    value: ToolChoiceMode;
+    case: "mode";
+  } | {
+    /**
+     * The name of the one tool the model must call (one of `tools`).
+     *
+     * @generated from field: string name = 2;
+     */
+    value: string;
+    case: "name";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message switchyard.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 7);
+
+/**
+ * ToolCall is one call of a tool by the model.
+ *
+ * @generated from message switchyard.v1.ToolCall
+ */
+export type ToolCall = Message<"switchyard.v1.ToolCall"> & {
+  /**
+   * Unique within the conversation; a "tool" message answers it by this id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The tool's name, one of the request's `tools`.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON object text. On backends with constrained
+   * decoding (README "Tools and structured output") it always parses and
+   * matches the tool's `parameters` schema.
+   *
+   * @generated from field: string arguments = 3;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message switchyard.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 8);
+
+/**
+ * ToolCallDelta is a piece of a tool call in a stream.
+ *
+ * @generated from message switchyard.v1.ToolCallDelta
+ */
+export type ToolCallDelta = Message<"switchyard.v1.ToolCallDelta"> & {
+  /**
+   * Which call of this response (0, 1, ...) the piece belongs to.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The call's id: on the call's first delta only.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The tool's name: on the call's first delta only.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * The next fragment of the arguments' JSON text (may be empty).
+   *
+   * @generated from field: string arguments = 4;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message switchyard.v1.ToolCallDelta.
+ * Use `create(ToolCallDeltaSchema)` to create a new message.
+ */
+export const ToolCallDeltaSchema: GenMessage<ToolCallDelta> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 9);
+
+/**
+ * ResponseFormat constrains what the model outputs. Unset: plain text.
+ *
+ * @generated from message switchyard.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"switchyard.v1.ResponseFormat"> & {
+  /**
+   * Exactly one.
+   *
+   * @generated from oneof switchyard.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * Any JSON object.
+     *
+     * @generated from field: switchyard.v1.JsonObjectFormat json_object = 1;
+     */
+    value: JsonObjectFormat;
+    case: "jsonObject";
+  } | {
+    /**
+     * JSON that matches a JSON Schema.
+     *
+     * @generated from field: switchyard.v1.JsonSchemaFormat json_schema = 2;
+     */
+    value: JsonSchemaFormat;
+    case: "jsonSchema";
+  } | {
+    /**
+     * Text that matches this regular expression (the whole output).
+     *
+     * @generated from field: string regex = 3;
+     */
+    value: string;
+    case: "regex";
+  } | {
+    /**
+     * Text that a GBNF grammar (llama.cpp's grammar format, start rule
+     * `root`) accepts.
+     *
+     * @generated from field: string grammar = 4;
+     */
+    value: string;
+    case: "grammar";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message switchyard.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 10);
+
+/**
+ * JsonObjectFormat asks for one JSON object, of any shape.
+ *
+ * @generated from message switchyard.v1.JsonObjectFormat
+ */
+export type JsonObjectFormat = Message<"switchyard.v1.JsonObjectFormat"> & {
+};
+
+/**
+ * Describes the message switchyard.v1.JsonObjectFormat.
+ * Use `create(JsonObjectFormatSchema)` to create a new message.
+ */
+export const JsonObjectFormatSchema: GenMessage<JsonObjectFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 11);
+
+/**
+ * JsonSchemaFormat asks for JSON matching a schema.
+ *
+ * @generated from message switchyard.v1.JsonSchemaFormat
+ */
+export type JsonSchemaFormat = Message<"switchyard.v1.JsonSchemaFormat"> & {
+  /**
+   * A name for the schema (letters, digits, '_' or '-'); some providers
+   * require one. Default "response".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The JSON Schema, as JSON text.
+   *
+   * @generated from field: string schema = 2;
+   */
+  schema: string;
+};
+
+/**
+ * Describes the message switchyard.v1.JsonSchemaFormat.
+ * Use `create(JsonSchemaFormatSchema)` to create a new message.
+ */
+export const JsonSchemaFormatSchema: GenMessage<JsonSchemaFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 12);
 
 /**
  * SamplingParams control decoding. Unset fields take the model's default;
@@ -451,7 +801,7 @@ export type SamplingParams = Message<"switchyard.v1.SamplingParams"> & {
  * Use `create(SamplingParamsSchema)` to create a new message.
  */
 export const SamplingParamsSchema: GenMessage<SamplingParams> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 6);
+  messageDesc(file_switchyard_v1_llm_service, 13);
 
 /**
  * Usage counts tokens.
@@ -479,7 +829,7 @@ export type Usage = Message<"switchyard.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 7);
+  messageDesc(file_switchyard_v1_llm_service, 14);
 
 /**
  * Timings are measured on the server that generated the text.
@@ -507,7 +857,7 @@ export type Timings = Message<"switchyard.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 8);
+  messageDesc(file_switchyard_v1_llm_service, 15);
 
 /**
  * Token describes one generated token.
@@ -549,7 +899,7 @@ export type Token = Message<"switchyard.v1.Token"> & {
  * Use `create(TokenSchema)` to create a new message.
  */
 export const TokenSchema: GenMessage<Token> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 9);
+  messageDesc(file_switchyard_v1_llm_service, 16);
 
 /**
  * TopLogprob is one alternative token at a position.
@@ -584,7 +934,101 @@ export type TopLogprob = Message<"switchyard.v1.TopLogprob"> & {
  * Use `create(TopLogprobSchema)` to create a new message.
  */
 export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 10);
+  messageDesc(file_switchyard_v1_llm_service, 17);
+
+/**
+ * CountTokensRequest is the input part of a GenerateRequest, with the same
+ * field numbers, so a GenerateRequest's bytes count as they would generate.
+ * Exactly one of `prompt` and `messages` must be set.
+ *
+ * @generated from message switchyard.v1.CountTokensRequest
+ */
+export type CountTokensRequest = Message<"switchyard.v1.CountTokensRequest"> & {
+  /**
+   * The model id or alias, as ListModels reports it. Field 1, as in
+   * GenerateRequest (the router reads only this field).
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * A plain text prompt.
+   *
+   * @generated from field: string prompt = 2;
+   */
+  prompt: string;
+
+  /**
+   * A chat conversation, formatted by the model's chat template.
+   *
+   * @generated from field: repeated switchyard.v1.ChatMessage messages = 3;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * The tools the request would offer (their definitions take tokens).
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * The tool choice the request would make (some providers count it).
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+};
+
+/**
+ * Describes the message switchyard.v1.CountTokensRequest.
+ * Use `create(CountTokensRequestSchema)` to create a new message.
+ */
+export const CountTokensRequestSchema: GenMessage<CountTokensRequest> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 18);
+
+/**
+ * CountTokensResponse is a token count.
+ *
+ * @generated from message switchyard.v1.CountTokensResponse
+ */
+export type CountTokensResponse = Message<"switchyard.v1.CountTokensResponse"> & {
+  /**
+   * Tokens the input takes (after the chat template was applied).
+   *
+   * @generated from field: int32 prompt_tokens = 1;
+   */
+  promptTokens: number;
+
+  /**
+   * The model id that counted them.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * The backend kind that counted them.
+   *
+   * @generated from field: string backend = 3;
+   */
+  backend: string;
+
+  /**
+   * The model's context length: prompt plus generated tokens must fit it.
+   *
+   * @generated from field: int32 context_length = 4;
+   */
+  contextLength: number;
+};
+
+/**
+ * Describes the message switchyard.v1.CountTokensResponse.
+ * Use `create(CountTokensResponseSchema)` to create a new message.
+ */
+export const CountTokensResponseSchema: GenMessage<CountTokensResponse> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 19);
 
 /**
  * ListModelsRequest has no fields yet.
@@ -599,7 +1043,7 @@ export type ListModelsRequest = Message<"switchyard.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 11);
+  messageDesc(file_switchyard_v1_llm_service, 20);
 
 /**
  * ListModelsResponse lists the models served.
@@ -620,7 +1064,7 @@ export type ListModelsResponse = Message<"switchyard.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 12);
+  messageDesc(file_switchyard_v1_llm_service, 21);
 
 /**
  * Model describes one servable model.
@@ -685,6 +1129,13 @@ export type Model = Message<"switchyard.v1.Model"> & {
   totalReplicas: number;
 
   /**
+   * What the server uses where a request leaves something unset.
+   *
+   * @generated from field: switchyard.v1.ModelDefaults defaults = 9;
+   */
+  defaults?: ModelDefaults | undefined;
+
+  /**
    * Memory the model takes when loaded, in bytes (on llamacpp an estimate: the
    * GGUF file plus its KV cache); 0 when unknown.
    *
@@ -705,7 +1156,45 @@ export type Model = Message<"switchyard.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 13);
+  messageDesc(file_switchyard_v1_llm_service, 22);
+
+/**
+ * ModelDefaults are a model's per-model defaults from the model server's
+ * config. A request's own values always win.
+ *
+ * @generated from message switchyard.v1.ModelDefaults
+ */
+export type ModelDefaults = Message<"switchyard.v1.ModelDefaults"> & {
+  /**
+   * Sampling for the fields a request leaves unset (temperature, top_p,
+   * max_tokens and stop are the ones a config sets).
+   *
+   * @generated from field: switchyard.v1.SamplingParams sampling = 1;
+   */
+  sampling?: SamplingParams | undefined;
+
+  /**
+   * The system message put first in a chat that has none.
+   *
+   * @generated from field: string system_prompt = 2;
+   */
+  systemPrompt: string;
+
+  /**
+   * True when the server formats chats with its own chat template instead of
+   * the one that came with the model.
+   *
+   * @generated from field: bool chat_template_override = 3;
+   */
+  chatTemplateOverride: boolean;
+};
+
+/**
+ * Describes the message switchyard.v1.ModelDefaults.
+ * Use `create(ModelDefaultsSchema)` to create a new message.
+ */
+export const ModelDefaultsSchema: GenMessage<ModelDefaults> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 23);
 
 /**
  * Adapter is a LoRA adapter of a model.
@@ -734,7 +1223,48 @@ export type Adapter = Message<"switchyard.v1.Adapter"> & {
  * Use `create(AdapterSchema)` to create a new message.
  */
 export const AdapterSchema: GenMessage<Adapter> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 14);
+  messageDesc(file_switchyard_v1_llm_service, 24);
+
+/**
+ * ToolChoiceMode is a ToolChoice without a named tool.
+ *
+ * @generated from enum switchyard.v1.ToolChoiceMode
+ */
+export enum ToolChoiceMode {
+  /**
+   * Auto.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides between answering and calling tools.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The model answers in text and calls no tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * The model calls at least one tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_REQUIRED = 3;
+   */
+  REQUIRED = 3,
+}
+
+/**
+ * Describes the enum switchyard.v1.ToolChoiceMode.
+ */
+export const ToolChoiceModeSchema: GenEnum<ToolChoiceMode> = /*@__PURE__*/
+  enumDesc(file_switchyard_v1_llm_service, 0);
 
 /**
  * FinishReason tells why generation ended.
@@ -790,13 +1320,21 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_CONTENT_FILTER = 6;
    */
   CONTENT_FILTER = 6,
+
+  /**
+   * The model called tools (see `tool_calls`); the caller runs them and sends
+   * their results back in "tool" messages.
+   *
+   * @generated from enum value: FINISH_REASON_TOOL_CALLS = 7;
+   */
+  TOOL_CALLS = 7,
 }
 
 /**
  * Describes the enum switchyard.v1.FinishReason.
  */
 export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 0);
+  enumDesc(file_switchyard_v1_llm_service, 1);
 
 /**
  * Capability is something a model supports.
@@ -840,6 +1378,34 @@ export enum Capability {
   LOGPROBS = 4,
 
   /**
+   * Tool calling (`tools`, `tool_choice`).
+   *
+   * @generated from enum value: CAPABILITY_TOOLS = 5;
+   */
+  TOOLS = 5,
+
+  /**
+   * response_format json_object and json_schema.
+   *
+   * @generated from enum value: CAPABILITY_JSON_OUTPUT = 6;
+   */
+  JSON_OUTPUT = 6,
+
+  /**
+   * response_format regex and grammar.
+   *
+   * @generated from enum value: CAPABILITY_GRAMMAR_OUTPUT = 7;
+   */
+  GRAMMAR_OUTPUT = 7,
+
+  /**
+   * CountTokens.
+   *
+   * @generated from enum value: CAPABILITY_COUNT_TOKENS = 8;
+   */
+  COUNT_TOKENS = 8,
+
+  /**
    * Requests may name a LoRA adapter (see Model.adapters).
    *
    * @generated from enum value: CAPABILITY_ADAPTERS = 9;
@@ -851,7 +1417,7 @@ export enum Capability {
  * Describes the enum switchyard.v1.Capability.
  */
 export const CapabilitySchema: GenEnum<Capability> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 1);
+  enumDesc(file_switchyard_v1_llm_service, 2);
 
 /**
  * ModelStatus is a model's live state.
@@ -908,7 +1474,7 @@ export enum ModelStatus {
  * Describes the enum switchyard.v1.ModelStatus.
  */
 export const ModelStatusSchema: GenEnum<ModelStatus> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 2);
+  enumDesc(file_switchyard_v1_llm_service, 3);
 
 /**
  * LLMService is the one contract of Switchyard. The router and every model
@@ -961,6 +1527,20 @@ export const LLMService: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * CountTokens counts the tokens a request's input takes, with the model's
+   * own tokenizer and chat template (tools and the model's default system
+   * prompt included): what usage.prompt_tokens of the same Generate would be.
+   * A backend whose provider offers no exact count answers UNIMPLEMENTED
+   * (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+   *
+   * @generated from rpc switchyard.v1.LLMService.CountTokens
+   */
+  countTokens: {
+    methodKind: "unary";
+    input: typeof CountTokensRequestSchema;
+    output: typeof CountTokensResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchyard_v1_llm_service, 0);
