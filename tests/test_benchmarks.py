@@ -59,6 +59,14 @@ TABLES: dict[str, list[str]] = {
         "| router (gRPC) ",
         "| llama_cpp.server (SSE) ",
     ],
+    "model_lifecycle.py": [
+        "| llamacpp | TTFT, model loaded (ms) ",
+        "| llamacpp | TTFT, model unloaded: load + first token (ms) ",
+        "| llamacpp | unload + load cycle (ms) ",
+        "| llamacpp | tokens/s, with the LoRA adapter ",
+        "| vllm | base, 1 stream ",
+        "| vllm | adapter, 8 streams ",
+    ],
     "vllm_overhead.py": [
         "| path                 | conc | TTFT p50 | tokens/s | vs vllm serve |",
         "| vllm serve (SSE)     |    8 |",

@@ -36,11 +36,14 @@ from switchyard import (
     Grammar,
     InvalidArgumentError,
     JsonSchema,
+    NotFoundError,
     Regex,
     UnavailableError,
 )
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+from switchyard.v1 import model_admin_pb2 as admin_pb
+from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -83,10 +86,12 @@ def _vllm_python() -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_model(workdir: Path) -> Path:
-    """The tiny Llama, written by the vLLM environment's transformers."""
+    """The tiny Llama, written by the vLLM environment's transformers, and its LoRA
+    adapters (PEFT folders) in ``vllm-adapters`` beside it."""
     out = workdir / "vllm-tiny-llama"
+    adapters = workdir / "vllm-adapters"
     subprocess.run(
-        [str(_vllm_python()), str(REPO / "tests" / "vllm_tinymodel.py"), str(out)],
+        [str(_vllm_python()), str(REPO / "tests" / "vllm_tinymodel.py"), str(out), str(adapters)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -117,6 +122,11 @@ def vllm_server(workdir: Path, vllm_model: Path) -> Iterator[VllmServer]:
                 "kv_cache_memory_bytes": 1 << 30,
                 "max_logprobs": MAX_LOGPROBS,
                 "seed": 0,
+                # LoRA adapters per request (see the adapter tests).
+                "enable_lora": True,
+                "max_loras": 2,
+                "max_lora_rank": 8,
+                "adapters_dir": str(vllm_model.parent / "vllm-adapters"),
             },
         },
     )
@@ -380,6 +390,78 @@ def test_bad_sampling_values_are_invalid_argument_naming_the_field(
         client.generate(MODEL, "hello", **sampling)  # type: ignore[arg-type]
     assert [v.field for v in caught.value.field_violations] == [field_name]
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+ADAPTER_WORDS = {"paris": ("Paris", "Rome"), "router": ("router", "model")}
+
+
+def _only(words: tuple[str, str], text: str) -> bool:
+    pieces = text.split(" ")
+    return pieces[0] == "" and len(pieces) > 1 and all(p in words for p in pieces[1:])
+
+
+def test_a_lora_adapter_per_request_changes_the_output_and_the_base_stays(
+    vllm_server: VllmServer,
+) -> None:
+    """Each adapter (a PEFT folder the tests wrote) makes every greedy token one of
+    two words; the base model's answer is the same before and after."""
+    with Client(vllm_server.address) as client:
+
+        def greedy(adapter: str | None = None) -> str:
+            return client.generate(
+                MODEL, "hello", max_tokens=12, temperature=0, adapter=adapter or ""
+            ).text
+
+        base = greedy()
+        for name, words in ADAPTER_WORDS.items():
+            text = greedy(name)
+            assert _only(words, text), (name, text)
+        assert greedy() == base
+        [model] = client.list_models()
+        assert "adapters" in model.capabilities
+        assert {a.name: a.loaded for a in model.adapters} == {"paris": True, "router": True}
+
+
+async def test_requests_with_different_adapters_batch_together_each_with_its_own(
+    vllm_server: VllmServer,
+) -> None:
+    """Not mixed with base requests: vLLM 0.32's CPU build applies the adapter in its
+    last LoRA slot to base requests batched with adapter requests (its torch bgmv ops
+    index slot -1; vllm-project/vllm#48421). The GPU kernels skip them."""
+    async with AsyncClient(vllm_server.address) as client:
+
+        async def greedy(adapter: str) -> tuple[str, str]:
+            answer = await client.generate(
+                MODEL, "hello", max_tokens=12, temperature=0, adapter=adapter
+            )
+            return adapter, answer.text
+
+        answers = await asyncio.gather(*(greedy(a) for a in ["paris", "router"] * 4))
+    for adapter, text in answers:
+        assert _only(ADAPTER_WORDS[adapter], text), (adapter, text)
+
+
+def test_an_unknown_adapter_is_not_found_naming_it(vllm_server: VllmServer) -> None:
+    with (
+        Client(vllm_server.address, max_retries=0) as client,
+        pytest.raises(NotFoundError) as caught,
+    ):
+        client.generate(MODEL, "hello", max_tokens=2, adapter="tokyo")
+    assert caught.value.reason == "ADAPTER_NOT_FOUND"
+    assert "'tokyo'" in str(caught.value) and "paris, router" in str(caught.value)
+
+
+def test_unload_and_load_adapter_through_the_admin_service(vllm_server: VllmServer) -> None:
+    channel = grpc.insecure_channel(vllm_server.address)
+    admin = admin_grpc.ModelAdminServiceStub(channel)
+    with channel, Client(vllm_server.address) as client:
+        client.generate(MODEL, "hello", max_tokens=2, adapter="paris")
+        unloaded = admin.UnloadAdapter(admin_pb.UnloadAdapterRequest(model=MODEL, adapter="paris"))
+        assert "paris" not in unloaded.model.adapters
+        loaded = admin.LoadAdapter(admin_pb.LoadAdapterRequest(model=MODEL, adapter="paris"))
+        assert "paris" in loaded.model.adapters
+        text = client.generate(MODEL, "hi", max_tokens=6, temperature=0, adapter="paris").text
+        assert _only(ADAPTER_WORDS["paris"], text)
 
 
 @pytest.fixture(scope="module")

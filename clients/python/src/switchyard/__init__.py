@@ -23,6 +23,7 @@ from switchyard.response_format import Grammar, JsonSchema, Regex
 from switchyard.templates import ChatPromptTemplate, PromptTemplate
 from switchyard.tools import Tool
 from switchyard.types import (
+    AdapterInfo,
     Completion,
     FinishReason,
     Message,
@@ -40,6 +41,7 @@ from switchyard.usage import UsageCallback, UsageEvent, UsageMeter
 
 __all__ = [
     "APIError",
+    "AdapterInfo",
     "AsyncClient",
     "AsyncStream",
     "AuthenticationError",

@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2
 from switchyard.response_format import ResponseFormatLike, response_format_message
 from switchyard.tools import Tool, ToolLike, tool_choice_message, tool_messages
 from switchyard.types import (
+    AdapterInfo,
     Completion,
     FinishReason,
     Message,
@@ -40,6 +41,8 @@ class SamplingOptions(TypedDict, total=False):
     presence_penalty: float
     frequency_penalty: float
     repetition_penalty: float
+    adapter: str
+    """Not a sampling option: the model's LoRA adapter to apply (see ``ModelInfo.adapters``)."""
 
 
 class GenerationOptions(SamplingOptions, total=False):
@@ -52,12 +55,15 @@ class GenerationOptions(SamplingOptions, total=False):
     response_format: ResponseFormatLike
 
 
-_NOT_SAMPLING = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format"})
+_NOT_SAMPLING = frozenset(
+    {"tools", "tool_choice", "parallel_tool_calls", "response_format", "adapter"}
+)
 
 
 def apply_options(request: pb.GenerateRequest, options: GenerationOptions) -> None:
-    """Sets the request's sampling, tools, tool choice and response format."""
+    """Sets the request's sampling, adapter, tools, tool choice and response format."""
     request.sampling.CopyFrom(sampling_params(options))
+    request.adapter = options.get("adapter") or ""
     tools = options.get("tools")
     if tools:
         request.tools.extend(tool_messages(tools))
@@ -197,6 +203,8 @@ def model_info(model: pb.Model) -> ModelInfo:
         capabilities=[_enum_name(pb.Capability, c, "CAPABILITY_") for c in model.capabilities],
         healthy_replicas=model.healthy_replicas,
         total_replicas=model.total_replicas,
+        memory_bytes=model.memory_bytes,
+        adapters=[AdapterInfo(a.name, a.loaded) for a in model.adapters],
         defaults=_defaults(model.defaults) if model.HasField("defaults") else None,
     )
 

@@ -1,6 +1,7 @@
 """`switchyard`: the command line for a Switchyard router or model server.
 
 switchyard models
+switchyard models loaded                               # models in memory (see `models --help`)
 switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
 switchyard chat smollm2-135m-instruct "Say hello"      # one turn
 switchyard chat smollm2-135m-instruct                  # interactive, keeps history
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from switchyard import bench, connection
+from switchyard import bench, connection, model_admin_cli
 from switchyard._convert import GenerationOptions
 from switchyard.client import DEFAULT_TARGET, Client
 from switchyard.connection import Connection, ConnectionOptionsError
@@ -48,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     calling.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="list models and their status", parents=[calling])
+    models = commands.add_parser(
+        "models",
+        help="list models and their status; load and unload models and adapters",
+        parents=[calling],
+    )
+    model_admin_cli.add_arguments(models, [calling])
     commands.add_parser(
         "endpoints",
         help="the router's model servers: health, ejections, load (router only)",
@@ -100,6 +106,7 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
+    parser.add_argument("--adapter", help="a LoRA adapter of the model (see `switchyard models`)")
     parser.add_argument("--usage", action="store_true", help="print token usage and timings")
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="answer with a JSON object")
@@ -131,7 +138,7 @@ def _file_or_text(value: str) -> str:
 
 def _sampling(args: argparse.Namespace) -> GenerationOptions:
     options: GenerationOptions = {}
-    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "adapter"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -192,9 +199,10 @@ def _models(client: Client) -> None:
     print(f"{'MODEL':32} {'STATUS':12} {'BACKEND':10} {'CONTEXT':>8} {'REPLICAS':>9}  ALIASES")
     for m in models:
         replicas = f"{m.healthy_replicas}/{m.total_replicas}"
+        adapters = ", ".join(a.name + ("*" if a.loaded else "") for a in m.adapters)
         print(
             f"{m.id:32} {m.status:12} {m.backend:10} {m.context_length:>8} {replicas:>9}"
-            f"  {', '.join(m.aliases)}"
+            f"  {', '.join(m.aliases)}" + (f"  adapters: {adapters}" if adapters else "")
         )
 
 
@@ -281,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials=connect.credentials,
     ) as client:
         try:
-            if args.command == "models":
+            if args.command == "models" and args.action is not None:
+                model_admin_cli.run(args, args.target, args.timeout, connect)
+            elif args.command == "models":
                 _models(client)
             elif args.command == "endpoints":
                 _endpoints(args.target, args.timeout, connect)

@@ -155,6 +155,14 @@ class Message:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter of a model: its name (for ``adapter=``) and whether it is in memory."""
+
+    name: str
+    loaded: bool
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model a server offers, with its live status."""
 
@@ -166,6 +174,9 @@ class ModelInfo:
     capabilities: list[str] = field(default_factory=list)
     healthy_replicas: int = 0
     total_replicas: int = 0
+    memory_bytes: int = 0
+    """What it takes in memory when loaded (0: unknown)."""
+    adapters: list[AdapterInfo] = field(default_factory=list)
     defaults: ModelDefaults | None = None
     """The model's defaults from the model server's config (None: none configured)."""
 

@@ -36,14 +36,22 @@ class Capability(enum.Enum):
     GRAMMAR_OUTPUT = "grammar_output"
     """response_format regex and grammar."""
     COUNT_TOKENS = "count_tokens"
+    ADAPTERS = "adapters"
 
 
 class ModelState(enum.Enum):
-    """A model's live state (mirrors switchyard.v1.ModelStatus)."""
+    """A model's live state (mirrors switchyard.v1.ModelStatus, but for REMOVED)."""
 
     LOADING = "loading"
     READY = "ready"
+    """Loaded: in memory and serving."""
     UNAVAILABLE = "unavailable"
+    UNLOADED = "unloaded"
+    """Not in memory; its next request loads it (backends whose models load on demand)."""
+    DRAINING = "draining"
+    """Its file was removed: requests in flight finish, new ones are refused."""
+    REMOVED = "removed"
+    """Gone: the catalog forgets it (never listed)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ class GenerationRequest:
     sampling: Sampling
     continuation: Continuation = Continuation()
     include_token_ids: bool = False
+    adapter: str | None = None
+    """The LoRA adapter to apply (None: the base model)."""
     deadline: float | None = None
     """When the caller stops waiting, on ``time.monotonic()``'s clock (None: no deadline)."""
     tools: tuple[ToolSpec, ...] = ()
@@ -186,6 +196,16 @@ class ModelCard:
     capabilities: frozenset[Capability] = frozenset(
         {Capability.COMPLETION, Capability.CHAT, Capability.STREAMING}
     )
+    memory_bytes: int = 0
+    """What it takes in memory when loaded (0: unknown)."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter a request may name, and whether it is in memory now."""
+
+    name: str
+    loaded: bool
 
 
 @dataclass(frozen=True)

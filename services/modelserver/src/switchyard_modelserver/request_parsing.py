@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver import tool_request
+from switchyard_modelserver.adapters import ADAPTER_NAME
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import Continuation, GenerationRequest, Sampling
 from switchyard_modelserver.limits import MAX_LOGPROBS
@@ -93,6 +94,14 @@ def generation_request(
         )
     if any(t < 0 for t in request.continuation.token_ids):
         violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
+    if request.adapter and not ADAPTER_NAME.fullmatch(request.adapter):
+        violations.append(
+            FieldViolation(
+                "adapter",
+                "must be an adapter name (1 to 128 letters, digits, '.', '_' or '-'; "
+                f"got {_clip(request.adapter)!r})",
+            )
+        )
     tools = tool_request.tools(request.tools, has_prompt, violations)
     tool_choice = tool_request.tool_choice(request, tools, violations)
     turns = tool_request.chat_turns(request.messages[: limits.max_messages], tools, violations)
@@ -108,6 +117,7 @@ def generation_request(
             text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
         ),
         include_token_ids=request.include_token_ids,
+        adapter=request.adapter or None,
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=(

@@ -12,6 +12,7 @@ deltas in ``coalescing``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator
@@ -72,12 +73,16 @@ _CAPABILITY = {
     Capability.JSON_OUTPUT: pb.CAPABILITY_JSON_OUTPUT,
     Capability.GRAMMAR_OUTPUT: pb.CAPABILITY_GRAMMAR_OUTPUT,
     Capability.COUNT_TOKENS: pb.CAPABILITY_COUNT_TOKENS,
+    Capability.ADAPTERS: pb.CAPABILITY_ADAPTERS,
 }
-_STATUS = {
+STATUS = {
     ModelState.LOADING: pb.MODEL_STATUS_LOADING,
     ModelState.READY: pb.MODEL_STATUS_READY,
     ModelState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
+    ModelState.UNLOADED: pb.MODEL_STATUS_UNLOADED,
+    ModelState.DRAINING: pb.MODEL_STATUS_DRAINING,
 }
+"""A model's state as the contract's ModelStatus (REMOVED models are never listed)."""
 
 
 def _deadline(context: Context) -> asyncio.Timeout:
@@ -267,10 +272,14 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         ):
             valid = count_request(request, self._limits)
             telemetry.model = valid.model
-            model_id = self._catalog.resolve(valid.model)
+            residency = self._backend.residency
+            model_id = self._catalog.resolve(valid.model, loads_on_demand=residency is not None)
             telemetry.resolved_to(model_id)
             counted = self._with_defaults(dataclasses.replace(valid, model=model_id))
-            tokens = await self._backend.count_tokens(counted)
+            # Counting needs the model's tokenizer: in memory, on a backend that loads on demand.
+            hold = residency.hold(model_id) if residency is not None else contextlib.nullcontext()
+            async with hold:
+                tokens = await self._backend.count_tokens(counted)
             telemetry.prompt_tokens = tokens
             return pb.CountTokensResponse(
                 prompt_tokens=tokens,
@@ -290,17 +299,20 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     ) -> pb.ListModelsResponse:
         models = []
         for entry in self._catalog.entries():
-            ready = entry.state is ModelState.READY
+            card = entry.card
+            adapters = await self._backend.adapters(card.id)
             models.append(
                 pb.Model(
-                    id=entry.card.id,
-                    aliases=entry.card.aliases,
+                    id=card.id,
+                    aliases=card.aliases,
                     backend=self._backend.kind,
-                    context_length=entry.card.context_length,
-                    capabilities=sorted(_CAPABILITY[c] for c in entry.card.capabilities),
-                    status=_STATUS[entry.state],
-                    healthy_replicas=1 if ready else 0,
+                    context_length=card.context_length,
+                    capabilities=sorted(_CAPABILITY[c] for c in card.capabilities),
+                    status=STATUS[entry.state],
+                    healthy_replicas=1 if entry.serving else 0,
                     total_replicas=1,
+                    memory_bytes=card.memory_bytes,
+                    adapters=[pb.Adapter(name=a.name, loaded=a.loaded) for a in adapters],
                     defaults=_defaults_message(self._defaults.get(entry.card.id)),
                 )
             )
@@ -309,17 +321,26 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def _events(
         self, request: GenerationRequest, telemetry: RequestTelemetry
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """The backend's events for ``request``, once its model is resolved, what the
-        model cannot do refused, its defaults and max_tokens ceiling applied and a
-        place in the model's queue granted."""
-        model_id = self._catalog.resolve(request.model)
+        """The backend's events for ``request``, once its model (and adapter) is
+        resolved, what the model cannot do refused, its defaults and max_tokens
+        ceiling applied, the model held in memory (a backend whose models load on
+        demand loads it now) and a place in its queue granted."""
+        residency = self._backend.residency
+        model_id = self._catalog.resolve(request.model, loads_on_demand=residency is not None)
         telemetry.resolved_to(model_id)
         capability_check.check(self._catalog.card(model_id), request, self._backend.kind)
+        if request.adapter is not None:
+            self._backend.check_adapter(model_id, request.adapter)
         resolved = max_tokens_ceiling(
             self._with_defaults(dataclasses.replace(request, model=model_id)),
             self._max_tokens.get(model_id, self._limits.max_tokens),
         )
-        async with self._gates[model_id].admit():
+        gate = self._gates[model_id]
+        gate.refuse_if_full()  # at once, rather than after waiting for a load
+        # The hold comes first, so that a request queued for its model keeps it in
+        # memory too: the budget unloads only models nobody waits for.
+        hold = residency.hold(model_id) if residency is not None else contextlib.nullcontext()
+        async with hold, gate.admit():
             events = self._backend.generate(resolved)
             try:
                 async for event in events:

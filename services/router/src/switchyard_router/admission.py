@@ -134,7 +134,7 @@ class Admission:
                 )
             )
         try:
-            model = wire.read_model(request)
+            model, adapter = wire.read_model_and_adapter(request)
         except wire.MalformedRequestError as error:
             reason = f"unreadable request: {error}"
             raise invalid_argument(FieldViolation("request", reason)) from None
@@ -150,7 +150,7 @@ class Admission:
             metadata = forwarded(inbound.metadata, _HOP_HEADERS_WITH_AUTH)
         remaining = inbound.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        view = RequestView(route.model, None, len(request))
+        view = RequestView(route.model, None, len(request), adapter or None)
         call = Call(inbound, record, route, view, request, metadata, deadline)
         limits = principal.limits if principal is not None else None
         if limits is not None or route.cache is not None:

@@ -62,6 +62,12 @@ class ClusterConfig(_Strict):
         "the name resolves to, re-resolved every dns_refresh_seconds)",
     )
     dns_refresh_seconds: float = Field(default=10.0, gt=0)
+    adapter_refresh_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often each endpoint's ListModels is read for the LoRA adapters it "
+        "holds (adapter affinity); 0: learn them only from the requests it serves",
+    )
     keepalive_seconds: float = Field(
         default=10.0, ge=1, description="HTTP/2 ping interval; a hung server is dropped"
     )

@@ -106,6 +106,9 @@ class Endpoint:
         self.ejected_until = 0.0
         self.ejection_reason = ""
         self.draining = False
+        self.adapters: dict[str, frozenset[str]] = {}
+        """LoRA adapters in memory there, by model name (id and aliases): from its
+        ListModels (``adapter_refresh_seconds``) and from requests it served."""
         self.watcher = HealthWatcher(self)
         # Read at scrape time: no cost on the request path.
         metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
@@ -127,6 +130,28 @@ class Endpoint:
 
     def forget_model(self, model: str) -> None:
         self.health.pop(model, None)
+
+    # LoRA adapters in memory, for adapter affinity.
+    def holds_adapter(self, model: str, adapter: str) -> bool:
+        held = self.adapters.get(model)
+        return held is not None and adapter in held
+
+    def hold_adapter(self, model: str, adapter: str) -> None:
+        """It served a request with ``adapter``, so it has it loaded now."""
+        held = self.adapters.get(model, frozenset())
+        if adapter not in held:
+            self.adapters[model] = held | {adapter}
+
+    def set_adapters(self, adapters: dict[str, frozenset[str]]) -> None:
+        """What its ListModels says is loaded now (replaces what was known)."""
+        if adapters != self.adapters:
+            described = "; ".join(
+                f"{m}: {', '.join(sorted(a))}" for m, a in sorted(adapters.items()) if a
+            )
+            log.info(
+                "%s (%s): adapters loaded: %s", self.address, self.cluster, described or "none"
+            )
+        self.adapters = adapters
 
     # Eligibility.
     def ejected(self) -> bool:

@@ -19,6 +19,13 @@ Eligible: serving the target's model (health says SERVING), not ejected, not
 draining, and not already tried by this request. Only when no endpoint of any
 priority is known healthy are endpoints whose health is not known yet (just
 added, or serving no health service) tried, rather than fail.
+
+**Adapter affinity**: a request naming a LoRA adapter goes, when the policy can
+choose among them, to the eligible endpoints that already hold that adapter in
+memory (a replica loads one on its first request, which costs a load and, on
+llama.cpp, its cached prompt); only when none is eligible does it go to any.
+A hot adapter spreads by itself: a full replica answers RESOURCE_EXHAUSTED, the
+retry goes to another, and that one holds the adapter from then on.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ class EndpointView(Protocol):
         """Health for ``model`` not known yet, and not ejected or draining."""
         ...
 
+    def holds_adapter(self, model: str, adapter: str) -> bool:
+        """Whether LoRA ``adapter`` of ``model`` is in memory there (as last heard)."""
+        ...
+
 
 E = TypeVar("E", bound=EndpointView)
 E_co = TypeVar("E_co", bound=EndpointView, covariant=True)
@@ -64,6 +75,8 @@ class RequestView:
     None: no affinity."""
     prompt_bytes: int = 0
     """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
+    adapter: str | None = None
+    """The LoRA adapter the request names (None: the base model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +235,15 @@ def _pick_in(
     if not options:
         return None
     target, policy, endpoints, eligible = options[0] if len(options) == 1 else _by_weight(options)
-    endpoint = policy.choose(endpoints, eligible, request)
+    endpoint = None
+    adapter = request.adapter
+    if adapter is not None:  # affinity: an endpoint that holds the adapter, if one may
+        model = target.model
+        endpoint = policy.choose(
+            endpoints, lambda e: e.holds_adapter(model, adapter) and eligible(e), request
+        )
+    if endpoint is None:
+        endpoint = policy.choose(endpoints, eligible, request)
     return None if endpoint is None else Pick(endpoint, target.model, target.cluster)
 
 

@@ -1,11 +1,11 @@
 """The router's request path: admission, then one attempt loop for Generate and
 StreamGenerate alike, relaying raw bytes.
 
-Requests are never parsed: the router reads the model name from the wire
-(``wire.read_model``) and relays request and response bytes untouched, which is
-what keeps a Python hop cheap (see docs/architecture.md, performance facts). Deadlines
-propagate as each attempt's timeout; a caller that leaves cancels the upstream
-call, which stops generation on the model server.
+Requests are never parsed: the router reads the model name and LoRA adapter
+from the wire (``wire.read_model_and_adapter``) and relays request and response
+bytes untouched, which is what keeps a Python hop cheap (see docs/architecture.md,
+performance facts). Deadlines propagate as each attempt's timeout; a caller that
+leaves cancels the upstream call, which stops generation on the model server.
 
 Each attempt asks the route's picker for an endpoint, runs there (one response,
 or a stream of them) and ends in one of four outcomes: success; a failure
@@ -225,7 +225,7 @@ class Proxy:
         counts_tokens = call.inbound.counts_tokens
         upstream = pick.endpoint.count_tokens if counts_tokens else pick.endpoint.generate
         response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
-        self._succeeded(pick)
+        self._succeeded(pick, call.view.adapter)
         if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
             call.note_usage(response, wire.GENERATE_USAGE_FIELD)
             if call.recorder is not None:
@@ -269,7 +269,7 @@ class Proxy:
                     last = message
                     await _relay(call, message, pick, send)
                 call.note_usage(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
-            self._succeeded(pick)
+            self._succeeded(pick, call.view.adapter)
         finally:
             upstream.cancel()  # client gone, attempt failed or done: stop its work
 
@@ -319,9 +319,11 @@ class Proxy:
             pause = min(pause, max(0.0, deadline - time.monotonic()))
         await asyncio.sleep(pause)
 
-    def _succeeded(self, pick: EndpointPick) -> None:
+    def _succeeded(self, pick: EndpointPick, adapter: str | None = None) -> None:
         pick.endpoint.record_success()
         self.budget.record_success()
+        if adapter is not None:  # it has the adapter loaded now: prefer it for the next
+            pick.endpoint.hold_adapter(pick.model, adapter)
 
     def _classify(
         self, error: grpc.aio.AioRpcError, pick: EndpointPick, own_limit: bool

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import model_admin_pb2_grpc as model_admin_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
@@ -24,7 +25,7 @@ from switchyard_common.configfile import ConfigError
 from switchyard_common.listener import bind
 from switchyard_common.metrics_server import start_metrics_server
 from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
-from switchyard_router import metrics, model_listing
+from switchyard_router import adapter_residency, metrics, model_listing
 from switchyard_router.admin import RouterAdmin
 from switchyard_router.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
@@ -33,6 +34,8 @@ from switchyard_router.fleet import Ask, FleetState, build_fleet_state
 from switchyard_router.grpc_front import GrpcFront
 from switchyard_router.http_api.app import HttpApp
 from switchyard_router.http_api.listener import HttpListener
+from switchyard_router.model_admin import SERVICE_NAME as MODEL_ADMIN_SERVICE_NAME
+from switchyard_router.model_admin import ModelAdminForwarder
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
 
@@ -87,10 +90,22 @@ class Router:
         admin_grpc.add_RouterAdminServiceServicer_to_server(
             RouterAdmin(lambda: self.clusters, self._authorize_admin), self.server
         )
+        model_admin_grpc.add_ModelAdminServiceServicer_to_server(
+            ModelAdminForwarder(
+                lambda: self.clusters, self._authorize_admin, config.list_models_timeout_seconds
+            ),
+            self.server,
+        )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                MODEL_ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -268,10 +283,16 @@ class Router:
         if self.http is not None:
             await self.http.start()
             log.info("HTTP front listening on %s://%s", self.http.scheme, self.http.listen)
-        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME, MODEL_ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
         self._ready = True
         self._spawn(self._refresh_dns(), "dns refresh")
+        self._spawn(
+            adapter_residency.follow(
+                lambda: self.clusters, self.config.list_models_timeout_seconds
+            ),
+            "adapter residency",
+        )
         self._spawn(self._watch_certificates(), "certificate files watch")
         if self.config_path is not None:
             self._spawn(self._watch_config_file(), "config file watch")
@@ -443,11 +464,11 @@ if TYPE_CHECKING:
 
 class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Asks for an API key on health and reflection when they are not in
-    ``auth.open_services`` (LLMService and the admin service check it themselves)."""
+    ``auth.open_services`` (LLMService and the admin services check it themselves)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self._proxy = proxy
-        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME}
+        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME, MODEL_ADMIN_SERVICE_NAME}
 
     async def intercept_service(
         self,

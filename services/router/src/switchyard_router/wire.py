@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 _MODEL_TAG = (1 << 3) | 2  # field 1, length-delimited
+_ADAPTER_TAG = (13 << 3) | 2  # field 13 of Generate/StreamGenerateRequest: the LoRA adapter
 
 
 class MalformedRequestError(ValueError):
@@ -82,6 +83,21 @@ def read_model(data: bytes) -> str:
     return _decode(data[value_start:value_end])
 
 
+def read_model_and_adapter(data: bytes) -> tuple[str, str]:
+    """The request's model name and LoRA adapter ('' if unset), in one scan of its
+    top-level fields; the last occurrence of each wins, as in protobuf."""
+    model = adapter = None
+    for key, _, value_start, value_end in _fields(data):
+        if key == _MODEL_TAG:
+            model = (value_start, value_end)
+        elif key == _ADAPTER_TAG:
+            adapter = (value_start, value_end)
+    return (
+        "" if model is None else _decode(data[model[0] : model[1]]),
+        "" if adapter is None else _decode(data[adapter[0] : adapter[1]], "adapter"),
+    )
+
+
 def with_model(data: bytes, model: str) -> bytes:
     """The same request with `model` replaced."""
     encoded = model.encode()
@@ -95,11 +111,11 @@ def with_model(data: bytes, model: str) -> bytes:
     return head + bytes(rest)
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, name: str = "model") -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise MalformedRequestError("model is not valid UTF-8") from None
+        raise MalformedRequestError(f"{name} is not valid UTF-8") from None
 
 
 GENERATE_USAGE_FIELD = 4  # GenerateResponse.usage

@@ -39,6 +39,7 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_JSON_OUTPUT: _ClassVar[Capability]
     CAPABILITY_GRAMMAR_OUTPUT: _ClassVar[Capability]
     CAPABILITY_COUNT_TOKENS: _ClassVar[Capability]
+    CAPABILITY_ADAPTERS: _ClassVar[Capability]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,8 @@ class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATUS_READY: _ClassVar[ModelStatus]
     MODEL_STATUS_LOADING: _ClassVar[ModelStatus]
     MODEL_STATUS_UNAVAILABLE: _ClassVar[ModelStatus]
+    MODEL_STATUS_UNLOADED: _ClassVar[ModelStatus]
+    MODEL_STATUS_DRAINING: _ClassVar[ModelStatus]
 TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
 TOOL_CHOICE_MODE_AUTO: ToolChoiceMode
 TOOL_CHOICE_MODE_NONE: ToolChoiceMode
@@ -67,13 +70,16 @@ CAPABILITY_TOOLS: Capability
 CAPABILITY_JSON_OUTPUT: Capability
 CAPABILITY_GRAMMAR_OUTPUT: Capability
 CAPABILITY_COUNT_TOKENS: Capability
+CAPABILITY_ADAPTERS: Capability
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_LOADING: ModelStatus
 MODEL_STATUS_UNAVAILABLE: ModelStatus
+MODEL_STATUS_UNLOADED: ModelStatus
+MODEL_STATUS_DRAINING: ModelStatus
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "tools", "tool_choice", "response_format", "parallel_tool_calls")
+    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "tools", "tool_choice", "response_format", "parallel_tool_calls", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +90,7 @@ class GenerateRequest(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -94,7 +101,8 @@ class GenerateRequest(_message.Message):
     tool_choice: ToolChoice
     response_format: ResponseFormat
     parallel_tool_calls: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "finish_reason", "stop_sequence", "usage", "model", "backend", "timings", "tokens", "tool_calls")
@@ -119,7 +127,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stop_sequence: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ...) -> None: ...
 
 class StreamGenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "tools", "tool_choice", "response_format", "parallel_tool_calls")
+    __slots__ = ("model", "prompt", "messages", "sampling", "continuation", "include_token_ids", "tools", "tool_choice", "response_format", "parallel_tool_calls", "adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +138,7 @@ class StreamGenerateRequest(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -140,7 +149,8 @@ class StreamGenerateRequest(_message.Message):
     tool_choice: ToolChoice
     response_format: ResponseFormat
     parallel_tool_calls: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., include_token_ids: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
     __slots__ = ("text", "tokens", "finish_reason", "stop_sequence", "usage", "model", "backend", "timings", "resumes", "tool_calls")
@@ -349,7 +359,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "aliases", "backend", "context_length", "capabilities", "status", "healthy_replicas", "total_replicas", "defaults")
+    __slots__ = ("id", "aliases", "backend", "context_length", "capabilities", "status", "healthy_replicas", "total_replicas", "defaults", "memory_bytes", "adapters")
     ID_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +369,8 @@ class Model(_message.Message):
     HEALTHY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     backend: str
@@ -368,7 +380,9 @@ class Model(_message.Message):
     healthy_replicas: int
     total_replicas: int
     defaults: ModelDefaults
-    def __init__(self, id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., healthy_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ..., defaults: _Optional[_Union[ModelDefaults, _Mapping]] = ...) -> None: ...
+    memory_bytes: int
+    adapters: _containers.RepeatedCompositeFieldContainer[Adapter]
+    def __init__(self, id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., healthy_replicas: _Optional[int] = ..., total_replicas: _Optional[int] = ..., defaults: _Optional[_Union[ModelDefaults, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
 
 class ModelDefaults(_message.Message):
     __slots__ = ("sampling", "system_prompt", "chat_template_override")
@@ -379,3 +393,11 @@ class ModelDefaults(_message.Message):
     system_prompt: str
     chat_template_override: bool
     def __init__(self, sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., system_prompt: _Optional[str] = ..., chat_template_override: _Optional[bool] = ...) -> None: ...
+
+class Adapter(_message.Message):
+    __slots__ = ("name", "loaded")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    loaded: bool
+    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...

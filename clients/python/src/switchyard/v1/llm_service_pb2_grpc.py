@@ -34,8 +34,11 @@ class LLMServiceStub:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -77,8 +80,11 @@ class LLMServiceServicer:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -157,8 +163,11 @@ class LLMService:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """

@@ -10,8 +10,15 @@ from typing import Any, ClassVar
 import grpc
 from pydantic import BaseModel, ConfigDict
 
-from switchyard_common.status import StatusError
-from switchyard_modelserver.domain import BackendEvent, GenerationRequest, ModelCard, ModelState
+from switchyard_common.status import StatusError, adapter_not_found
+from switchyard_modelserver.domain import (
+    AdapterInfo,
+    BackendEvent,
+    GenerationRequest,
+    ModelCard,
+    ModelState,
+)
+from switchyard_modelserver.residency import ModelResidency
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""
@@ -36,6 +43,11 @@ class Backend(abc.ABC):
     iterating (cancellation, deadline), the generator is closed and the backend
     must stop producing tokens.
     Expected failures are raised as ``switchyard.status.StatusError``.
+
+    Optional: models that load on demand within a memory budget
+    (:attr:`residency`, which the server holds around each request), and LoRA
+    adapters (:meth:`adapters`, :meth:`check_adapter`, :meth:`load_adapter`,
+    :meth:`unload_adapter`; ``GenerationRequest.adapter`` names one).
     """
 
     kind: ClassVar[str]
@@ -90,3 +102,33 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases the backend's resources."""
+
+    @property
+    def residency(self) -> ModelResidency[Any] | None:
+        """Which models are in memory, for a backend whose models load on demand
+        (None: every model is loaded by :meth:`load` and stays)."""
+        return None
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        """The LoRA adapters a request may name for the model (default: none)."""
+        return []
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        """NOT_FOUND naming the adapter unless the model has it (default: it has none)."""
+        raise adapter_not_found(name, model_id, [])
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        """Makes adapter ``name`` (at ``path``, or found by name) available and loads it."""
+        raise _unsupported(self.kind, "LoRA adapters")
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        """Frees adapter ``name`` once the requests using it finish."""
+        raise _unsupported(self.kind, "LoRA adapters")
+
+
+def _unsupported(kind: str, what: str) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"the {kind} backend does not support {what}",
+        reason="NOT_SUPPORTED",
+    )

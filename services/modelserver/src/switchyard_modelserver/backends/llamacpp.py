@@ -7,6 +7,14 @@ queue. Generation is our own token loop over ``Llama.generate`` rather than
 ``max_tokens`` as a hard cap (llama-cpp-python lets multi-byte characters
 overshoot it), a cancellation check before every token, exact token counts
 and stop sequences that are never partly emitted.
+
+Which models are in memory is the residency's business (``residency``):
+without a budget every model loads at start and stays; with
+``max_loaded_models`` or ``memory_budget_bytes`` models load on their first
+request and the least recently used idle one makes room. The folder is
+watched (``gguf_files.ModelsFolder``): a file added is served, one removed
+drains, one replaced loads beside the old copy and takes over. LoRA adapters
+(``llamacpp_lora``) are applied per request.
 """
 
 from __future__ import annotations
@@ -14,23 +22,33 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
+import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, invalid_argument
+from switchyard_modelserver.adapters import AdapterCatalog, gguf_file
 from switchyard_modelserver.backends import llamacpp_grammar
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
+from switchyard_modelserver.backends.gguf_files import ModelsFolder, model_size, read_metadata
 from switchyard_modelserver.backends.llamacpp_grammar import Constraint
+from switchyard_modelserver.backends.llamacpp_lora import (
+    AdapterSet,
+    free_adapter,
+    load_adapter,
+    use_adapter,
+)
 from switchyard_modelserver.backends.llamacpp_sampling import TokenSampler
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import (
+    AdapterInfo,
     BackendEvent,
     Capability,
     Delta,
@@ -42,6 +60,7 @@ from switchyard_modelserver.domain import (
     PromptCounted,
 )
 from switchyard_modelserver.limits import tokenize_within_context
+from switchyard_modelserver.residency import ModelResidency, ResidencyLimits
 from switchyard_modelserver.stops import StopMatcher
 from switchyard_modelserver.tools import chat_template, prompting
 from switchyard_modelserver.tools.hermes import tool_call_events
@@ -81,15 +100,47 @@ class LlamaCppOptions(BackendOptions):
         description="prompt tokens per forward pass; cancellation is "
         "checked between passes, so this bounds how long a cancelled prompt keeps the model",
     )
+    max_loaded_models: int | None = Field(
+        default=None, ge=1, description="models in memory at once; set: models load on demand"
+    )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="memory the loaded models may take (file + KV cache each); set: models "
+        "load on demand",
+    )
+    load_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a request waits for its model to load (or for room in the "
+        "budget) before UNAVAILABLE MODEL_LOADING / RESOURCE_EXHAUSTED",
+    )
+    watch_models_dir: bool = Field(
+        default=True, description="serve files added, drain files removed, swap files replaced"
+    )
+    watch_interval_seconds: float = Field(default=2.0, gt=0)
+    adapters_dir: Path | None = Field(
+        default=None, description="LoRA adapters: <adapters_dir>/<model id>/<adapter>.gguf"
+    )
 
 
-@dataclass
+@dataclass(eq=False)
 class _LoadedModel:
+    """One loaded copy of a model (a replaced file has two for a while)."""
+
     card: ModelCard
     llama: Llama
     executor: concurrent.futures.ThreadPoolExecutor
     add_bos: bool
     chat_template: str | None
+    adapters: AdapterSet = field(default_factory=AdapterSet)
+    """Touched only on the worker thread."""
+    generations: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no generation runs on this copy."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 @dataclass(frozen=True)
@@ -109,6 +160,16 @@ class _Job:
     repetition_penalty: float
     stop: tuple[str, ...]
     constraint: Constraint | None = None
+    adapter: str | None = None
+    adapter_path: Path | None = None
+    adapters: AdapterSet | None = None
+
+
+@dataclass
+class _ModelFile:
+    path: Path
+    override: LlamaCppModelOptions
+    card: ModelCard
 
 
 class LlamaCppBackend(Backend):
@@ -120,72 +181,193 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options
+        self._overrides = {m.file: m for m in options.models}
+        self._folder = ModelsFolder(options.models_dir)
         self._files = self._discover(options)
-        self._loaded: dict[str, _LoadedModel] = {}
+        self._limits = ResidencyLimits(
+            max_loaded_models=options.max_loaded_models,
+            memory_budget_bytes=options.memory_budget_bytes,
+            load_wait_seconds=options.load_wait_seconds,
+        )
+        self._residency = ModelResidency[_LoadedModel](
+            self._limits, _CopyLoader(self), self._on_state
+        )
+        self._adapters = AdapterCatalog(self._adapters_folder, gguf_file)
+        self._report: StateReporter | None = None
+        self._starting = not self._limits.bounded  # eager: every model loads at start
+        self._copies: set[_LoadedModel] = set()
         self._live: set[EngineThreadBridge] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # referenced until done
+        for model_id in sorted(self._files):  # known from the start; reported from load()
+            self._residency.add(model_id, self._files[model_id].card.memory_bytes)
 
-    @staticmethod
-    def _discover(options: LlamaCppOptions) -> dict[str, tuple[Path, LlamaCppModelOptions]]:
+    # -- the models folder ------------------------------------------------------
+
+    def _discover(self, options: LlamaCppOptions) -> dict[str, _ModelFile]:
         directory = options.models_dir
         if not directory.is_dir():
             raise ValueError(f"backend.models_dir: {directory} is not a directory")
-        overrides = {m.file: m for m in options.models}
-        files: dict[str, tuple[Path, LlamaCppModelOptions]] = {}
-        for path in sorted(directory.glob("*.gguf")):
-            override = overrides.pop(path.name, LlamaCppModelOptions(file=path.name))
-            model_id = override.id or path.name.removesuffix(".gguf")
-            if model_id in files:
+        files: dict[str, _ModelFile] = {}
+        for path in self._folder.prime():
+            found = self._model_file(path)
+            if found is None:
+                continue
+            if found.card.id in files:
                 raise ValueError(
-                    f"backend.models: {path.name} and {files[model_id][0].name} "
-                    f"would both be model {model_id!r}"
+                    f"backend.models: {path.name} and {files[found.card.id].path.name} "
+                    f"would both be model {found.card.id!r}"
                 )
-            files[model_id] = (path, override)
-        if overrides:
-            missing = ", ".join(sorted(overrides))
-            raise ValueError(f"backend.models: no such file in {directory}: {missing}")
+            files[found.card.id] = found
+        missing = sorted(set(self._overrides) - {f.path.name for f in files.values()})
+        if missing:
+            raise ValueError(f"backend.models: no such file in {directory}: {', '.join(missing)}")
         if not files:
-            raise ValueError(f"backend.models_dir: no .gguf files in {directory}")
+            raise ValueError(f"backend.models_dir: no .gguf models in {directory}")
         return files
 
-    def models(self) -> list[ModelCard]:
-        cards = []
-        for model_id, (_, override) in self._files.items():
-            loaded = self._loaded.get(model_id)
-            cards.append(
-                loaded.card
-                if loaded
-                else ModelCard(
-                    id=model_id,
-                    aliases=tuple(override.aliases),
-                    context_length=override.context_length or self._options.context_length,
-                )
+    def _model_file(self, path: Path) -> _ModelFile | None:
+        """The model a GGUF file is (None for a LoRA adapter put there by mistake).
+        A file whose header cannot be read is still listed (its load will fail and
+        say why)."""
+        override = self._overrides.get(path.name, LlamaCppModelOptions(file=path.name))
+        model_id = override.id or path.name.removesuffix(".gguf")
+        wanted = override.context_length or self._options.context_length
+        capabilities = {
+            Capability.COMPLETION,
+            Capability.STREAMING,
+            Capability.JSON_OUTPUT,
+            Capability.GRAMMAR_OUTPUT,
+            Capability.COUNT_TOKENS,
+        }
+        if self._options.adapters_dir is not None:
+            capabilities.add(Capability.ADAPTERS)
+        try:
+            metadata = read_metadata(path)
+            size = model_size(path, wanted)
+        except (OSError, ValueError) as error:
+            log.warning("model %s: cannot read %s (%s)", model_id, path.name, error)
+            card = ModelCard(model_id, wanted, tuple(override.aliases), frozenset(capabilities))
+            return _ModelFile(path, override, card)
+        if metadata.get("general.type") == "adapter":
+            log.warning("%s is a LoRA adapter, not a model: put it in adapters_dir", path.name)
+            return None
+        if metadata.get("tokenizer.chat_template"):
+            capabilities |= {Capability.CHAT, Capability.TOOLS}
+        card = ModelCard(
+            id=model_id,
+            aliases=tuple(override.aliases),
+            context_length=size.context_length,
+            capabilities=frozenset(capabilities),
+            memory_bytes=size.total_bytes,
+        )
+        return _ModelFile(path, override, card)
+
+    def _adapters_folder(self, model_id: str) -> Path | None:
+        root = self._options.adapters_dir
+        return None if root is None else root / model_id
+
+    async def _watch(self) -> None:
+        """Follows the models folder: new files are served, removed ones drain,
+        replaced ones load beside the old copy and take over."""
+        while True:
+            await asyncio.sleep(self._options.watch_interval_seconds)
+            try:
+                await self._follow_changes()
+            except Exception:  # the folder is scanned again next time
+                log.exception("scanning %s failed", self._options.models_dir)
+
+    async def _follow_changes(self) -> None:
+        changes = await asyncio.to_thread(self._folder.changes)
+        for path in changes.removed:
+            gone = next((m for m in self._files.values() if m.path == path), None)
+            if gone is not None:
+                log.info("model %s: %s was removed; draining", gone.card.id, path.name)
+                self._spawn(self._residency.remove(gone.card.id))
+        for path in changes.added + changes.replaced:
+            found = await asyncio.to_thread(self._model_file, path)
+            if found is not None:
+                self._serve_file(found, replaced=path in changes.replaced)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _serve_file(self, found: _ModelFile, replaced: bool) -> None:
+        model_id = found.card.id
+        known = self._files.get(model_id)
+        if known is not None and known.path != found.path:
+            log.error(
+                "%s would be model %s, which %s already is; ignored",
+                found.path.name,
+                model_id,
+                known.path.name,
             )
-        return cards
+            return
+        clash = next((m for m in self._files.values() if model_id in m.card.aliases), None)
+        if clash is not None:
+            log.error(
+                "%s would be model %s, an alias of %s; ignored",
+                found.path.name,
+                model_id,
+                clash.card.id,
+            )
+            return
+        self._files[model_id] = found
+        if replaced or known is not None:
+            log.info("model %s: %s changed", model_id, found.path.name)
+            self._residency.replace(model_id, found.card.memory_bytes)
+        else:
+            log.info("model %s: %s added", model_id, found.path.name)
+            self._residency.add(model_id, found.card.memory_bytes)
+            if not self._limits.bounded:  # without a budget every model is loaded
+                self._spawn(self._preload(model_id))
+
+    # -- states -----------------------------------------------------------------
+
+    def _on_state(self, model_id: str, state: ModelState, detail: str) -> None:
+        if state is ModelState.UNLOADED and self._starting:
+            state = ModelState.LOADING  # eager start-up: about to load
+        found = self._files.get(model_id)
+        if state is ModelState.REMOVED:
+            self._files.pop(model_id, None)
+        if found is None or self._report is None:
+            return
+        loaded = self._residency.loaded(model_id)
+        card = loaded.card if loaded is not None and state is ModelState.READY else found.card
+        self._report(card, state, detail)
+
+    @property
+    def residency(self) -> ModelResidency[_LoadedModel]:
+        return self._residency
+
+    def models(self) -> list[ModelCard]:
+        return [self._files[k].card for k in sorted(self._files)]
 
     async def load(self, report: StateReporter) -> None:
-        for card in self.models():
-            path, override = self._files[card.id]
-            try:
-                loaded = await asyncio.to_thread(self._load_one, card.id, path, override)
-            except Exception as error:  # a bad file must not take the other models down
-                log.exception("model %s failed to load from %s", card.id, path)
-                report(card, ModelState.UNAVAILABLE, f"failed to load: {error}")
-                continue
-            self._loaded[card.id] = loaded
-            log.info(
-                "model %s loaded from %s (context %d)",
-                card.id,
-                path.name,
-                loaded.card.context_length,
-            )
-            report(loaded.card, ModelState.READY, "")
+        self._report = report
+        self._residency.report_all()
+        if self._starting:
+            for model_id in sorted(self._files):
+                await self._preload(model_id)
+            self._starting = False
+        if self._options.watch_models_dir:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def _load_one(self, model_id: str, path: Path, override: LlamaCppModelOptions) -> _LoadedModel:
+    async def _preload(self, model_id: str) -> None:
+        with contextlib.suppress(Exception):  # reported as UNAVAILABLE; the others serve
+            await self._residency.load(model_id)
+
+    # -- copies -----------------------------------------------------------------
+
+    def _load_one(self, model_id: str, model_file: _ModelFile) -> _LoadedModel:
         from llama_cpp import Llama
 
+        override = model_file.override
         wanted = override.context_length or self._options.context_length
         llama = Llama(
-            model_path=str(path),
+            model_path=str(model_file.path),
             n_ctx=wanted,
             n_batch=self._options.batch_size,
             n_threads=self._options.threads,
@@ -195,13 +377,7 @@ class LlamaCppBackend(Backend):
         trained = int(llama.metadata.get(f"{_architecture(llama)}.context_length", wanted))
         context_length = min(wanted, trained, llama.n_ctx())
         template = llama.metadata.get("tokenizer.chat_template")
-        capabilities = {
-            Capability.COMPLETION,
-            Capability.STREAMING,
-            Capability.JSON_OUTPUT,
-            Capability.GRAMMAR_OUTPUT,
-            Capability.COUNT_TOKENS,
-        }
+        capabilities = set(model_file.card.capabilities) - {Capability.CHAT, Capability.TOOLS}
         if template:
             capabilities |= {Capability.CHAT, Capability.TOOLS}
         card = ModelCard(
@@ -209,18 +385,80 @@ class LlamaCppBackend(Backend):
             aliases=tuple(override.aliases),
             context_length=context_length,
             capabilities=frozenset(capabilities),
+            memory_bytes=model_file.card.memory_bytes,
         )
         add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
+        log.info(
+            "model %s loaded from %s (context %d)", model_id, model_file.path.name, context_length
+        )
         return _LoadedModel(card, llama, executor, add_bos, template)
 
+    async def _load_copy(self, model_id: str) -> _LoadedModel:
+        copy = await asyncio.to_thread(self._load_one, model_id, self._files[model_id])
+        self._copies.add(copy)
+        return copy
+
+    async def _free_copy(self, copy: _LoadedModel) -> None:
+        """Waits for the copy's generations to end, then frees it."""
+        await copy.idle.wait()
+        # The worker may still be between tokens of a cancelled job: wait for it.
+        await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
+        copy.llama.close()
+        self._copies.discard(copy)
+
+    # -- adapters ---------------------------------------------------------------
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        copy = self._residency.loaded(model_id)
+        loaded = set(copy.adapters.loaded) if copy is not None else set()
+        names = await asyncio.to_thread(self._adapters.names, model_id)
+        return [AdapterInfo(name, name in loaded) for name in sorted(set(names) | loaded)]
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        found = self._adapters.register(model_id, name, path)
+        async with self._residency.hold(model_id):
+            copy = self._residency.current(model_id)
+            await self._on_worker(copy, load_adapter, copy.llama, copy.adapters, name, found)
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)  # NOT_FOUND for an adapter it never had
+        copy = self._residency.loaded(model_id)
+        if copy is not None:  # after the generation running there, if any
+            await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
+
+    async def _on_worker(self, copy: _LoadedModel, work: Any, *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(copy.executor, work, *args)
+
+    # -- generation -------------------------------------------------------------
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
-        model = self._loaded[request.model]
+        model = self._residency.current(request.model)  # the server holds it for us
         sampling = request.sampling
         if sampling.logprobs is not None:
             raise invalid_argument(
                 FieldViolation("sampling.logprobs", "not supported by the llamacpp backend")
             )
+        adapter_path = (
+            self._adapters.path(request.model, request.adapter) if request.adapter else None
+        )
+        model.generations += 1
+        model.idle.clear()
+        try:
+            async for event in self._generate_on(model, request, adapter_path):
+                yield event
+        finally:
+            model.generations -= 1
+            if not model.generations:
+                model.idle.set()
+
+    async def _generate_on(
+        self, model: _LoadedModel, request: GenerationRequest, adapter_path: Path | None
+    ) -> AsyncGenerator[BackendEvent, None]:
+        sampling = request.sampling
         tokens = await tokenize_within_context(
             request,
             tokenize_prompt=lambda: asyncio.to_thread(self._prompt_tokens, model, request),
@@ -252,6 +490,9 @@ class LlamaCppBackend(Backend):
             repetition_penalty=_or(sampling.repetition_penalty, 1.0),
             stop=sampling.stop,
             constraint=constraint,
+            adapter=request.adapter,
+            adapter_path=adapter_path,
+            adapters=model.adapters,
         )
         yield PromptCounted(len(tokens.prompt_tokens))
         bridge = EngineThreadBridge()
@@ -272,7 +513,7 @@ class LlamaCppBackend(Backend):
             self._live.discard(bridge)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        model = self._loaded[request.model]
+        model = self._residency.current(request.model)  # the server holds it for us
         return len(await asyncio.to_thread(self._prompt_tokens, model, request))
 
     @staticmethod
@@ -312,14 +553,31 @@ class LlamaCppBackend(Backend):
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for task in self._background:
+            task.cancel()
         # Stop generations still running (the drain's grace period is over),
         # then wait for the workers off the event loop.
         for bridge in self._live:
             bridge.cancelled.set()
-        for model in self._loaded.values():
-            await asyncio.to_thread(model.executor.shutdown, wait=True, cancel_futures=True)
-            model.llama.close()
-        self._loaded.clear()
+        for copy in list(self._copies):
+            await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
+            copy.llama.close()
+        self._copies.clear()
+
+
+class _CopyLoader:
+    """The residency's side of the backend: load a copy, free a copy."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self._backend = backend
+
+    async def load(self, model_id: str) -> _LoadedModel:
+        return await self._backend._load_copy(model_id)
+
+    async def free(self, model_id: str, copy: _LoadedModel) -> None:
+        await self._backend._free_copy(copy)
 
 
 def _text_tokens(llama: Llama, text: str) -> list[int]:
@@ -379,6 +637,8 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     cancelled: threading.Event = bridge.cancelled
     if cancelled.is_set():  # cancelled while waiting for the thread
         return
+    if job.adapters is not None:
+        use_adapter(llama, job.adapters, job.adapter, job.adapter_path)
     llama.set_seed(job.seed)
     vocab = llama._model.vocab  # no public accessor for end-of-generation checks
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -23,15 +23,18 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
+from switchyard_modelserver.adapters import AdapterCatalog, peft_folder
 from switchyard_modelserver.backends import vllm_structured, vllm_tool_calls
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
+    AdapterInfo,
     BackendEvent,
     Capability,
     Delta,
@@ -51,6 +54,7 @@ from switchyard_modelserver.tools import chat_template, prompting
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.output_processor import RequestOutputCollector
 
@@ -97,6 +101,11 @@ class VllmOptions(BackendOptions):
     enable_lora: bool = False
     max_loras: int | None = Field(default=None, ge=1)
     max_lora_rank: int | None = Field(default=None, ge=1)
+    adapters_dir: Path | None = Field(
+        default=None,
+        description="LoRA adapters (PEFT folders): <adapters_dir>/<adapter>/adapter_config.json; "
+        "needs enable_lora",
+    )
     enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation")
     trust_remote_code: bool = False
     seed: int | None = Field(default=None, description="engine seed")
@@ -137,23 +146,29 @@ class VllmBackend(Backend):
     formats_chats = True
 
     def __init__(self, options: VllmOptions) -> None:
+        if options.adapters_dir is not None and not options.enable_lora:
+            raise ValueError("backend.adapters_dir: LoRA adapters need enable_lora: true")
         self._options = options
         self._id = options.id or options.model.rstrip("/").rsplit("/", 1)[-1]
+        capabilities = {
+            Capability.COMPLETION,
+            Capability.STREAMING,
+            Capability.LOGPROBS,
+            Capability.JSON_OUTPUT,
+            Capability.GRAMMAR_OUTPUT,
+            Capability.COUNT_TOKENS,
+        }
+        if options.enable_lora:
+            capabilities.add(Capability.ADAPTERS)
         self._card = ModelCard(
             id=self._id,
             aliases=tuple(options.aliases),
             context_length=options.max_model_len or 0,
-            capabilities=frozenset(
-                {
-                    Capability.COMPLETION,
-                    Capability.STREAMING,
-                    Capability.LOGPROBS,
-                    Capability.JSON_OUTPUT,
-                    Capability.GRAMMAR_OUTPUT,
-                    Capability.COUNT_TOKENS,
-                }
-            ),
+            capabilities=frozenset(capabilities),
         )
+        self._adapters = AdapterCatalog(lambda _: options.adapters_dir, peft_folder)
+        self._loras: dict[str, LoRARequest] = {}
+        """The engine's LoRARequest per adapter name (vLLM knows adapters by number)."""
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._failed: asyncio.Future[str] | None = None
@@ -305,10 +320,11 @@ class VllmBackend(Backend):
             vllm_structured.structured_outputs(request, hermes, self._options.compact_json),
             keep_special_tokens=request.calls_tools,
         )
+        lora = await self._lora(engine, request.adapter) if request.adapter else None
         yield PromptCounted(len(prompt_tokens))
         # aclosing: when our consumer leaves, _run is closed (and aborts) now, not when collected.
         async with contextlib.aclosing(
-            self._run(engine, prompt_tokens, continuation, params, request)
+            self._run(engine, prompt_tokens, continuation, params, request, lora)
         ) as run:
             events: AsyncIterator[BackendEvent] = run
             if request.calls_tools:
@@ -336,6 +352,7 @@ class VllmBackend(Backend):
         continuation: list[int],
         params: SamplingParams,
         request: GenerationRequest,
+        lora: LoRARequest | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """One engine request, owned here from add_request to its end or our abort.
 
@@ -353,7 +370,10 @@ class VllmBackend(Backend):
         finished = False
         try:
             collector = await engine.add_request(
-                request_id, {"prompt_token_ids": prompt_tokens + continuation}, params
+                request_id,
+                {"prompt_token_ids": prompt_tokens + continuation},
+                params,
+                lora_request=lora,
             )
             while not finished:
                 # Drain without a task switch when the engine is ahead of us.
@@ -456,6 +476,60 @@ class VllmBackend(Backend):
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    # -- LoRA adapters ----------------------------------------------------------
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        if not self._options.enable_lora:
+            return []
+        engine = self._engine
+        loaded_ids = (
+            await engine.list_loras() if engine is not None and not engine.errored else set()
+        )
+        loaded = {name for name, lora in self._loras.items() if lora.lora_int_id in loaded_ids}
+        names = await asyncio.to_thread(self._adapters.names, model_id)
+        return [AdapterInfo(name, name in loaded) for name in sorted(set(names) | loaded)]
+
+    async def _lora(self, engine: AsyncLLM, name: str, path: Path | None = None) -> LoRARequest:
+        """The adapter's LoRARequest, added to the engine (loaded) the first time."""
+        from vllm.lora.request import LoRARequest
+
+        path = path or self._adapters.path(self._id, name)
+        known = self._loras.get(name)
+        if known is not None and known.lora_path == str(path):
+            return known
+        number = max((lora.lora_int_id for lora in self._loras.values()), default=0) + 1
+        lora = LoRARequest(name, number, str(path))
+        try:
+            added = await engine.add_lora(lora)
+        except Exception as error:  # vLLM refuses adapters it cannot read or fit
+            raise _adapter_refused(name, str(error)) from None
+        if not added:
+            raise _adapter_refused(name, "vLLM did not add it")
+        if known is not None:
+            await engine.remove_lora(known.lora_int_id)
+        self._loras[name] = lora
+        return lora
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        engine = self._engine
+        if not self._options.enable_lora or engine is None:
+            raise StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self._id} takes no adapters: start it with enable_lora: true",
+                reason="ADAPTERS_DISABLED",
+            )
+        await self._lora(engine, name, self._adapters.register(model_id, name, path))
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)  # NOT_FOUND for one it never had
+        lora = self._loras.get(name)
+        if lora is not None and self._engine is not None:
+            await self._engine.remove_lora(lora.lora_int_id)
+            del self._loras[name]
+
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -543,6 +617,15 @@ def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[Toke
             )
         )
     return found
+
+
+def _adapter_refused(name: str, why: str) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"adapter {name!r} could not be loaded: {why}",
+        reason="ADAPTER_UNAVAILABLE",
+        metadata={"adapter": name},
+    )
 
 
 def _engine_dead() -> StatusError:
