@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import grpc
 from conftest import start_modelserver, start_router, write_config
 from processes import ServerProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
@@ -69,3 +71,20 @@ def wait_for_state(router: ServerProcess, address: str, state: int, timeout: flo
         f"{address} is {admin_pb.EndpointState.Name(seen or 0)}, "
         f"not {admin_pb.EndpointState.Name(state)}"
     )
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample at http://127.0.0.1:PORT/metrics, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -442,3 +442,20 @@ def test_the_picker_cost_benchmark_prints_every_policy_and_route_size() -> None:
         [size, attempt] for size in ("2", "8", "64") for attempt in ("first", "retry")
     ]
     assert all(float(cell) > 0 for row in rows for cell in row[2:4])
+
+
+def test_the_restarts_benchmark_reports_every_scenario() -> None:
+    """Its smoke mode, once: it runs and reports; the numbers are for people."""
+    script = Path(__file__).parent.parent / "benchmarks" / "restarts.py"
+    command = [sys.executable, str(script), "--smoke"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in finished.stdout.splitlines()
+        if line.startswith("| ")
+    ]
+    rows = {row[0]: row[1:] for row in cells[1:]}
+    assert set(rows) == {"2 replicas, kill -9", "2 replicas, SIGTERM", "3 replicas, kill -9"}
+    for requests, failed, per_thousand, _ in rows.values():
+        assert int(requests) > 0 and int(failed) >= 0 and float(per_thousand) >= 0

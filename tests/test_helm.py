@@ -151,6 +151,25 @@ def test_values_pass_the_schema(values: str) -> None:
             },
             "policy",
         ),
+        (
+            {
+                "router": {
+                    "routes": [
+                        {
+                            "model": "m",
+                            "healthy_panic_threshold": 150,
+                            "targets": [{"cluster": "c"}],
+                        }
+                    ]
+                }
+            },
+            "healthy_panic_threshold",
+        ),
+        ({"router": {"clusterDefaults": {"reconnect_backoff": {"max": 1}}}}, "reconnect_backoff"),
+        (
+            {"router": {"clusterDefaults": {"outlier_detection": {"max_ejection_percent": -1}}}},
+            "max_ejection_percent",
+        ),
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
@@ -270,7 +289,10 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["gpu"].outlier_detection.consecutive_failures == 5
     assert config.clusters["cpu"].outlier_detection.consecutive_failures == 2
     assert config.clusters["cpu"].dns_refresh_seconds == 5
+    assert config.clusters["cpu"].outlier_detection.max_ejection_percent == 34  # merged by key
+    assert config.clusters["gpu"].reconnect_backoff.max_seconds == 0.5
     assert config.routes[0].policy == "round_robin"
+    assert config.routes[0].healthy_panic_threshold == 25
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet import Fleet
+from fleet import Fleet, scrape, value
 from processes import free_port
-from prometheus_client.parser import text_string_to_metric_families
 
 from switchyard import Client, InvalidArgumentError, NotFoundError
 
@@ -20,23 +18,6 @@ def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     group = Fleet(workdir, request.node.name)
     yield group
     group.stop()
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample at http://127.0.0.1:PORT/metrics, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_counters_move_by_exactly_the_requests_sent(fleet: Fleet) -> None:

@@ -155,6 +155,20 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             left = e.ejected_for.seconds + e.ejected_for.nanos / 1e9
             line += f"  [ejected {e.ejections}x, {left:.1f}s left: {e.ejection_reason}]"
         print(line)
+    for c in response.clusters:
+        if c.ejected_endpoints or c.ejections_overflow:
+            print(
+                f"cluster {c.cluster}: {c.ejected_endpoints} of {c.endpoints} ejected, at most "
+                f"{c.max_ejected_endpoints} (max_ejection_percent {c.max_ejection_percent:g}); "
+                f"{c.ejections_overflow} ejections refused by the cap"
+            )
+    for p in response.priorities:
+        if p.panic:
+            print(
+                f"route {p.route} priority {p.priority}: PANIC, {p.healthy_endpoints} of "
+                f"{p.endpoints} healthy (< {p.healthy_panic_threshold:g}%): requests spread "
+                "over its connected endpoints, ejected ones included"
+            )
 
 
 def _chat(client: Client, args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
-from switchyard_router.picker import DEFAULT_POLICY, PolicyName
+from switchyard_router.picker import DEFAULT_HEALTHY_PANIC_THRESHOLD, DEFAULT_POLICY, PolicyName
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (
@@ -39,11 +39,40 @@ class _Strict(BaseModel):
 
 
 class OutlierDetectionConfig(_Strict):
-    """Passive health: eject an endpoint after consecutive failures."""
+    """Passive health, as Envoy's outlier detection: eject an endpoint after
+    consecutive failures, for a back-off that doubles with each ejection."""
 
     consecutive_failures: int = Field(default=3, ge=1)
     base_ejection_seconds: float = Field(default=1.0, gt=0)
     max_ejection_seconds: float = Field(default=30.0, gt=0)
+    max_ejection_percent: float = Field(
+        default=50.0,
+        ge=0,
+        le=100,
+        description="never more of the cluster's endpoints ejected at once (rounded down, "
+        "but at least one unless 0)",
+    )
+    successful_active_health_check_uneject_host: bool = Field(
+        default=True,
+        description="a fresh SERVING from the endpoint's health stream (after a reconnect, or "
+        "after NOT_SERVING) ends its ejection; the doubled back-off is kept",
+    )
+
+
+class ReconnectBackoffConfig(_Strict):
+    """How soon the router tries a lost model server again (connection attempts and
+    health watches): from ``initial_seconds``, times 1.6 per failed try, up to
+    ``max_seconds``, each pause spread by +-``jitter``."""
+
+    initial_seconds: float = Field(default=0.1, ge=0.1)
+    max_seconds: float = Field(default=0.3, ge=0.1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectBackoffConfig:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds: must be at least initial_seconds")
+        return self
 
 
 class ClusterConfig(_Strict):
@@ -62,6 +91,7 @@ class ClusterConfig(_Strict):
         default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
     )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    reconnect_backoff: ReconnectBackoffConfig = ReconnectBackoffConfig()
     tls: ChannelTLSConfig | None = Field(
         default=None, description="TLS (or mutual TLS) to this cluster's model servers"
     )
@@ -114,6 +144,13 @@ class RouteConfig(_Strict):
         default=DEFAULT_POLICY,
         description="how a target's endpoint is chosen: least_outstanding (the less busy of "
         "two at random) or round_robin (each in turn)",
+    )
+    healthy_panic_threshold: float = Field(
+        default=DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        ge=0,
+        le=100,
+        description="percent: below this share of healthy endpoints, a priority is in panic "
+        "and spreads requests over its connected endpoints, ejected ones included (0: never)",
     )
 
 

@@ -50,6 +50,22 @@ EJECTIONS = Counter(
     "Outlier-detection ejections, by endpoint.",
     ["cluster", "endpoint"],
 )
+EJECTIONS_ACTIVE = Gauge(
+    "switchyard_router_ejections_active",
+    "Endpoints ejected now, by cluster.",
+    ["cluster"],
+)
+EJECTIONS_OVERFLOW = Counter(
+    "switchyard_router_ejections_overflow",
+    "Ejections not made because max_ejection_percent of the cluster was ejected already.",
+    ["cluster"],
+)
+HEALTHY_PANIC = Counter(
+    "switchyard_router_lb_healthy_panic",
+    "Attempts routed in panic (the priority's healthy share was below "
+    "healthy_panic_threshold), by route.",
+    ["model"],
+)
 
 
 class _Switch:

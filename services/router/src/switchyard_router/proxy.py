@@ -42,7 +42,7 @@ from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
 from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
-from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
+from switchyard_router.metrics import HEALTHY_PANIC, RESUMES, RETRIES, RequestRecord
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import EndpointPick, RouteTable, describe_unavailable
 from switchyard_router.spans import end_attempt_span, start_attempt_span, start_request_span
@@ -148,6 +148,8 @@ class Proxy:
             )
         call.tried.add(pick.endpoint)
         call.record.attempts += 1
+        if pick.panic:
+            HEALTHY_PANIC.labels(call.route.model).inc()
         return pick
 
     async def _attempt(
@@ -308,6 +310,11 @@ class Proxy:
                 f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
                 f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
             )
+        if code == grpc.StatusCode.CANCELLED:
+            # Not the caller's doing (that cancels this task instead): the model server
+            # cancelled the call, as one that stops does. Another endpoint can serve it.
+            code = grpc.StatusCode.UNAVAILABLE
+            details = f"the model server cancelled the call ({details or 'no details'})"
         if code == grpc.StatusCode.UNAVAILABLE:
             # Counts toward ejection whether the connection failed or the model
             # server said so itself (overload is RESOURCE_EXHAUSTED, and does not).
