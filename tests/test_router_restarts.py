@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import write_config
-from fleet import Fleet, endpoints, scrape, value, wait_for_state
+from fleet import Fleet, endpoints, wait_for_state
 from processes import ServerProcess, free_port
+from scrape import scrape, value
 
 from switchyard import APIError, AsyncClient, Client, UnavailableError
 from switchyard.v1 import router_admin_pb2 as admin_pb
