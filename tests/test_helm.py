@@ -167,6 +167,10 @@ def test_values_pass_the_schema(values: str) -> None:
         ),
         ({"router": {"clusterDefaults": {"reconnect_backoff": {"max": 1}}}}, "reconnect_backoff"),
         (
+            {"router": {"clusterDefaults": {"connection_pool": {"max_connections": 0}}}},
+            "max_connections",
+        ),
+        (
             {"router": {"clusterDefaults": {"outlier_detection": {"max_ejection_percent": -1}}}},
             "max_ejection_percent",
         ),
@@ -293,6 +297,9 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["gpu"].reconnect_backoff.max_seconds == 0.5
     assert config.routes[0].policy == "round_robin"
     assert config.routes[0].healthy_panic_threshold == 25
+    assert config.routes[0].max_in_flight == 500
+    assert config.clusters["cpu"].connection_pool.max_connections == 4
+    assert config.limits.max_in_flight == 2048  # the chart's default
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),

@@ -141,8 +141,8 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'FAILS':>5}"
-    print(f"{header}  MODELS / EJECTION")
+    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'CONNS':>5}"
+    print(f"{header} {'FAILS':>5}  MODELS / EJECTION")
     for e in response.endpoints:
         state = admin_pb.EndpointState.Name(e.state).removeprefix("ENDPOINT_STATE_").lower()
         models = ", ".join(
@@ -150,7 +150,7 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             for m in e.models
         )
         line = f"{e.cluster:14} {e.address:22} {state:12} {e.outstanding_requests:>8} "
-        line += f"{e.consecutive_failures:>5}  {models}"
+        line += f"{e.connections:>5} {e.consecutive_failures:>5}  {models}"
         if e.ejection_reason:
             left = e.ejected_for.seconds + e.ejected_for.nanos / 1e9
             line += f"  [ejected {e.ejections}x, {left:.1f}s left: {e.ejection_reason}]"

@@ -72,6 +72,7 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
                         ejection_reason=endpoint.ejection.reason,
                         ejected_for=ejected_for,
                         ejections=endpoint.ejection.ejections,
+                        connections=len(endpoint.pool.connections),
                     )
                 )
             outlier = cluster.outlier

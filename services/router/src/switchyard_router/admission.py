@@ -2,11 +2,12 @@
 it came in by, and the :class:`Call` it becomes.
 
 In order: the API key (``auth``), the request's size, its model name and route, the
-key's rate limit (last, so that a refused request does not use the quota). Each
-refusal is a ``StatusError``: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
-NOT_FOUND or RESOURCE_EXHAUSTED with RetryInfo. Checks still to come (fleet-wide
-limits, token budgets, a response cache, overload) belong here too: one place that
-decides whether a request gets an endpoint at all.
+router's and the route's calls in progress (``overload``), the key's rate limit
+(last, so that a refused request does not use the quota). Each refusal is a
+``StatusError``: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND or
+RESOURCE_EXHAUSTED with RetryInfo. Checks still to come (fleet-wide limits, token
+budgets, a response cache) belong here too: one place that decides whether a
+request gets an endpoint at all.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchyard_common.status import FieldViolation, invalid_argument
+from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_router import wire
 from switchyard_router.auth import AUTHORIZATION, Guard
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.front import Inbound, Metadata
 from switchyard_router.metrics import RequestRecord
+from switchyard_router.overload import InFlight
 from switchyard_router.picker import RequestView
 from switchyard_router.quota import KeyLimiter
 from switchyard_router.resume import WANT_TOKEN_IDS, ResumeState
@@ -66,6 +68,14 @@ class Call:
     tried: set[Endpoint] = field(default_factory=set)
     delivered: int = 0
     """Response messages sent to the caller so far, over every attempt."""
+    in_flight: InFlight | None = None
+    """Where the call is counted in progress, until :meth:`release`."""
+
+    def release(self) -> None:
+        """The call ended: it no longer counts toward ``max_in_flight``."""
+        if self.in_flight is not None:
+            self.in_flight.leave(self.route.model)
+            self.in_flight = None
 
     def charge(self, response: bytes, usage_field: int) -> None:
         """Charges the key's token limit with a response's usage."""
@@ -81,6 +91,8 @@ class Admission:
     table: RouteTable
     guard: Guard | None = None
     max_request_bytes: int | None = None
+    in_flight: InFlight | None = None
+    """The router's count of calls in progress (it outlives reloads); None: no limits."""
 
     async def admit(self, inbound: Inbound, record: RequestRecord) -> Call:
         """The request's :class:`Call`, or a ``StatusError`` saying why not. Fills in
@@ -105,11 +117,8 @@ class Admission:
         else:
             record.key = principal.id
             route = Guard.route(principal, self.table, model)
-            record.model = route.model  # a rate-limited request is counted by its route
             limiter = principal.limiter
-            if limiter is not None:
-                limiter.admit()  # last: a refused request does not use the quota
-        record.model = route.model
+        record.model = route.model  # a refused request is counted by its route
         resume: ResumeState | None = None
         payload = request
         if inbound.streaming and route.resume:
@@ -124,4 +133,25 @@ class Admission:
         # Only a key with a token limit needs its answers' usage read.
         charged = limiter if limiter is not None and limiter.tokens is not None else None
         view = RequestView(route.model, None, len(request))
-        return Call(inbound, record, route, view, payload, metadata, deadline, charged, resume)
+        in_flight = self.in_flight
+        if in_flight is not None:
+            in_flight.enter(route.model, route.max_in_flight)
+        if limiter is not None:
+            try:
+                limiter.admit()  # last: a refused request does not use the quota
+            except StatusError:
+                if in_flight is not None:
+                    in_flight.leave(route.model)
+                raise
+        return Call(
+            inbound,
+            record,
+            route,
+            view,
+            payload,
+            metadata,
+            deadline,
+            charged,
+            resume,
+            in_flight=in_flight,
+        )

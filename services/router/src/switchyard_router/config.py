@@ -75,6 +75,24 @@ class ReconnectBackoffConfig(_Strict):
         return self
 
 
+class ConnectionPoolConfig(_Strict):
+    """The router's connections to each model server of a cluster."""
+
+    max_concurrent_streams: int = Field(
+        default=500,
+        ge=1,
+        description="calls the router opens at once on one connection to a model server; "
+        "past it, another connection (keep it at or below the model servers' "
+        "limits.max_concurrent_streams; a refused stream teaches the router their real limit)",
+    )
+    max_connections: int = Field(
+        default=8,
+        ge=1,
+        description="connections to one model server at most; past them, calls share the "
+        "least busy one",
+    )
+
+
 class ClusterConfig(_Strict):
     """A pool of model servers that serve the same models."""
 
@@ -92,6 +110,7 @@ class ClusterConfig(_Strict):
     )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
     reconnect_backoff: ReconnectBackoffConfig = ReconnectBackoffConfig()
+    connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: ChannelTLSConfig | None = Field(
         default=None, description="TLS (or mutual TLS) to this cluster's model servers"
     )
@@ -144,6 +163,12 @@ class RouteConfig(_Strict):
         default=DEFAULT_POLICY,
         description="how a target's endpoint is chosen: least_outstanding (the less busy of "
         "two at random) or round_robin (each in turn)",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="calls of this route in progress at once; more get RESOURCE_EXHAUSTED "
+        "OVERLOADED with RetryInfo (unset: only the router's limits.max_in_flight)",
     )
     healthy_panic_threshold: float = Field(
         default=DEFAULT_HEALTHY_PANIC_THRESHOLD,
@@ -222,7 +247,14 @@ class AuthConfig(_Strict):
 
 
 class RouterLimitsConfig(ConnectionLimits):
-    """``limits:`` of the router's listener."""
+    """``limits:`` of the router's listener, and its admission of calls."""
+
+    max_in_flight: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Generate and StreamGenerate calls in progress at once, every route "
+        "together; more get RESOURCE_EXHAUSTED OVERLOADED with RetryInfo (null: no limit)",
+    )
 
     max_request_bytes: int | None = Field(
         default=None,

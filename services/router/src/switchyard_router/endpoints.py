@@ -18,6 +18,7 @@ import enum
 import logging
 import socket
 import time
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,15 +26,13 @@ import grpc.aio
 from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
+from switchyard_router.connection_pool import LIST_MODELS, ConnectionPool
 from switchyard_router.health import HealthWatcher
 from switchyard_router.outlier import EjectionState, OutlierDetector
 from switchyard_router.picker import Epoch
 
 log = logging.getLogger("switchyard.router.endpoints")
 
-GENERATE = "/switchyard.v1.LLMService/Generate"
-STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
-LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
 DNS_SCHEME = "dns:///"
 
 
@@ -62,7 +61,7 @@ class EndpointState(enum.Enum):
 
 
 class Endpoint:
-    """One model server: its channel, raw-bytes call stubs, health and load.
+    """One model server: its connections (``connection_pool``), health and load.
 
     ``detector`` is its cluster's outlier detection (which also holds the cluster's
     epoch); an endpoint made without one is a cluster of its own.
@@ -85,7 +84,7 @@ class Endpoint:
         self.epoch = detector.epoch
         self.reconnect_backoff: ReconnectBackoffConfig = config.reconnect_backoff
         backoff = config.reconnect_backoff
-        options: list[tuple[str, str | int]] = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Pings find a hung peer (e.g. SIGSTOP, a dead node): its health
@@ -104,15 +103,17 @@ class Endpoint:
             ("grpc.min_reconnect_backoff_ms", int(backoff.initial_seconds * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(backoff.max_seconds * 1000)),
         ]
-        if credentials is None:
-            self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            if config.tls is not None and config.tls.server_name:
-                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
-            self.channel = grpc.aio.secure_channel(address, credentials, options=options)
-        # No (de)serializers: requests and responses pass through as bytes.
-        self.generate = self.channel.unary_unary(GENERATE, None, None)
-        self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
+        if credentials is not None and config.tls is not None and config.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+
+        def open_channel(extra: list[tuple[str, Any]]) -> grpc.aio.Channel:
+            if credentials is None:
+                return grpc.aio.insecure_channel(address, options=options + extra)
+            return grpc.aio.secure_channel(address, credentials, options=options + extra)
+
+        self.pool = ConnectionPool(address, config.connection_pool, open_channel)
+        self.channel: grpc.aio.Channel = self.pool.primary
+        """The first connection: health watch and ListModels."""
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
@@ -135,6 +136,8 @@ class Endpoint:
             log.info("%s (%s): %s is %s", self.address, self.cluster, model, new.value)
             self.health[model] = new
             self.epoch.bump()
+        if fresh:
+            self.pool.forget_learned_limits()
         if serving and (fresh or old is not new):
             self.detector.health_check_passed(self)
 
@@ -203,7 +206,7 @@ class Endpoint:
             await asyncio.sleep(0.05)
         await self.watcher.close()
         self.detector.forget(self)
-        await self.channel.close(grace=None)
+        await self.pool.close()
         # The address may have rejoined (a new Endpoint) while this one drained.
         if _gauge_owner.get((self.cluster, self.address)) is self:
             del _gauge_owner[(self.cluster, self.address)]
@@ -231,15 +234,19 @@ class Cluster:
         return None if self.tls_files is None else self.tls_files.channel_credentials()
 
     def reconfigure(self, config: ClusterConfig, grace: float) -> None:
-        """Takes a new config; addresses change on the next ``refresh``. New TLS or
-        reconnect settings replace every endpoint's channel (the old ones drain)."""
+        """Takes a new config; addresses change on the next ``refresh``. New TLS,
+        reconnect or connection-pool settings replace every endpoint's connections
+        (the old ones drain)."""
         tls_changed = config.tls != self.config.tls
-        backoff_changed = config.reconnect_backoff != self.config.reconnect_backoff
+        connections_changed = (
+            config.reconnect_backoff != self.config.reconnect_backoff
+            or config.connection_pool != self.config.connection_pool
+        )
         self.config = config
         self.outlier.config = config.outlier_detection
         if tls_changed:
             self.tls_files = config.tls.files() if config.tls else None
-        if tls_changed or backoff_changed:
+        if tls_changed or connections_changed:
             self._replace_channels(grace)
 
     def check_certificates(self, grace: float) -> None:

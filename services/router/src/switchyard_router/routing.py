@@ -33,6 +33,8 @@ class Route:
     resume: bool
     policy: PolicyName
     picker: Picker[Endpoint]
+    max_in_flight: int | None = None
+    """Calls of this route in progress at once (None: only the router's limit)."""
 
 
 class RouteTable:
@@ -61,7 +63,9 @@ class RouteTable:
             )
         )
         picker = Picker(targets, config.policy, config.healthy_panic_threshold)
-        return Route(config.model, targets, config.resume, config.policy, picker)
+        return Route(
+            config.model, targets, config.resume, config.policy, picker, config.max_in_flight
+        )
 
     def watched_models(self) -> dict[str, set[str]]:
         """Per cluster name, the model names whose health its endpoints must report."""

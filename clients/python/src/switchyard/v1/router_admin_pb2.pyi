@@ -85,7 +85,7 @@ class PriorityStatus(_message.Message):
     def __init__(self, route: _Optional[str] = ..., priority: _Optional[int] = ..., endpoints: _Optional[int] = ..., healthy_endpoints: _Optional[int] = ..., healthy_panic_threshold: _Optional[float] = ..., panic: _Optional[bool] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
-    __slots__ = ("cluster", "address", "state", "models", "outstanding_requests", "consecutive_failures", "ejection_reason", "ejected_for", "ejections")
+    __slots__ = ("cluster", "address", "state", "models", "outstanding_requests", "consecutive_failures", "ejection_reason", "ejected_for", "ejections", "connections")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class EndpointStatus(_message.Message):
     EJECTION_REASON_FIELD_NUMBER: _ClassVar[int]
     EJECTED_FOR_FIELD_NUMBER: _ClassVar[int]
     EJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     address: str
     state: EndpointState
@@ -104,7 +105,8 @@ class EndpointStatus(_message.Message):
     ejection_reason: str
     ejected_for: _duration_pb2.Duration
     ejections: int
-    def __init__(self, cluster: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[EndpointState, str]] = ..., models: _Optional[_Iterable[_Union[ModelHealth, _Mapping]]] = ..., outstanding_requests: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., ejection_reason: _Optional[str] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ejections: _Optional[int] = ...) -> None: ...
+    connections: int
+    def __init__(self, cluster: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[EndpointState, str]] = ..., models: _Optional[_Iterable[_Union[ModelHealth, _Mapping]]] = ..., outstanding_requests: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., ejection_reason: _Optional[str] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ejections: _Optional[int] = ..., connections: _Optional[int] = ...) -> None: ...
 
 class ModelHealth(_message.Message):
     __slots__ = ("model", "state")
