@@ -39,6 +39,14 @@ TABLES: dict[str, list[str]] = {
         "| 2 replicas, SIGTERM |",
         "| 3 replicas, kill -9 |",
     ],
+    "fleet_overhead.py": [
+        "| measure | plain (no auth) | local limits | Redis limits |",
+        "| router CPU per request, concurrency 16 |",
+        "| Redis CPU per request |",
+        "| response cache | latency p50 | latency p99 | router CPU per request |",
+        "| memory hit |",
+        "| Redis miss |",
+    ],
     "bench_client_overhead.py": ["client CPU per request (µs)", "path", "uvloop"],
     "bench_router_compare.py": ["ratio #2/#1", "requests/s", "TTFT p50 ms"],
     "llamacpp_overhead.py": [

@@ -184,6 +184,21 @@ def test_values_pass_the_schema(values: str) -> None:
         ({"router": {"tls": {"secretName": 1}}}, "secretName"),
         ({"router": {"auth": {"enabled": True, "keysSecret": "k", "keys": []}}}, "keys"),
         ({"router": {"auth": {"enabled": True, "keys": [{"id": "a"}]}}}, "keysSecret"),
+        # Redis only through the redis values, which mount its password and CA.
+        ({"router": {"config": {"redis": {"url": "redis://r:6379"}}}}, "config"),
+        ({"redis": {"enabled": True}}, "url"),  # an existing Redis's URL, or deploy one
+        ({"redis": {"enabled": True, "url": "http://redis:6379"}}, "url"),
+        ({"redis": {"limitsBackend": "memcached"}}, "limitsBackend"),
+        (
+            {
+                "router": {
+                    "routes": [
+                        {"model": "m", "targets": [{"cluster": "c"}], "cache": {"scope": "all"}}
+                    ]
+                }
+            },
+            "scope",
+        ),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
@@ -624,6 +639,7 @@ def test_chart_has_one_template_per_component() -> None:
         "NOTES.txt",
         "_helpers.tpl",
         "modelservers.yaml",
+        "redis.yaml",
         "router.yaml",
         "serviceaccount.yaml",
         "servicemonitor.yaml",
@@ -730,3 +746,83 @@ def test_compose_file_configs_load_and_point_at_each_other() -> None:
     (sd,) = jobs["switchyard-modelserver"]["dns_sd_configs"]
     assert sd["names"] == ["modelserver"]
     assert str(sd["port"]) == modelserver.metrics_listen.rpartition(":")[2]
+
+
+# --- router fleets: Redis --------------------------------------------------------------
+
+REDIS_NAME = f"{ROUTER_NAME.removesuffix('-router')}-redis"
+
+
+def test_a_fleet_shares_the_redis_the_chart_deploys(tmp_path: Path) -> None:
+    docs = manifests("fleet-values.yaml")
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
+    router = load_router_config(path)
+    assert router.limits_backend == "redis"
+    assert router.redis is not None
+    assert router.redis.url == f"redis://{REDIS_NAME}.{NAMESPACE}.svc.cluster.local:6379/0"
+    assert router.redis.password_file == tmp_path / "secrets" / "redis" / "password"
+    assert router.response_cache.backend == "redis"
+    assert router.response_cache.max_entry_bytes == 262144  # router.config's keys stay
+    assert router.auth is not None and router.auth.keys[0].token_budget is not None
+    assert router.routes[0].cache is not None and router.routes[0].cache.ttl_seconds == 600
+    redis = find(docs, "Deployment", REDIS_NAME)
+    assert redis["spec"]["replicas"] == 1
+    args = container(redis)["args"]
+    assert args[args.index("--maxmemory") + 1] == "64mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert args[args.index("--save") + 1] == ""  # nothing on disk
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    (password,) = container(redis)["env"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "switchyard-redis", "key": "password"}
+    service = find(docs, "Service", REDIS_NAME)
+    assert (
+        service["spec"]["selector"].items()
+        <= redis["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # The router reads the same Secret as a file.
+    deployment = find(docs, "Deployment", ROUTER_NAME)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container(deployment)["volumeMounts"]}
+    assert volumes[mounts[f"{SECRETS_DIR}redis"]]["secret"]["secretName"] == "switchyard-redis"
+
+
+def test_only_the_router_reaches_the_deployed_redis() -> None:
+    docs = manifests("fleet-values.yaml")
+    router_labels = find(docs, "Deployment", ROUTER_NAME)["spec"]["template"]["metadata"]["labels"]
+    policy = find(docs, "NetworkPolicy", REDIS_NAME)
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+
+
+def test_an_existing_redis_is_used_by_its_url_and_none_is_deployed(tmp_path: Path) -> None:
+    values = {
+        **load_values("fleet-values.yaml"),
+        "redis": {
+            "enabled": True,
+            "url": "rediss://redis.example.internal:6380/2",
+            "passwordSecret": "managed-redis",
+            "tls": {"caSecret": "managed-redis-ca"},
+            "cacheBackend": "memory",
+            "whenUnreachable": "refuse",
+        },
+    }
+    docs = documents(render(values))
+    assert not [d for d in docs if d["metadata"]["name"] == REDIS_NAME]
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
+    router = load_router_config(path)
+    assert router.redis is not None
+    assert router.redis.url == "rediss://redis.example.internal:6380/2"
+    assert router.redis.when_unreachable == "refuse"
+    assert router.redis.tls is not None
+    assert router.redis.tls.ca_file == tmp_path / "secrets" / "redis-tls" / "ca.crt"
+    assert (router.limits_backend, router.response_cache.backend) == ("redis", "memory")
+
+
+def test_without_redis_the_router_counts_alone() -> None:
+    config = yaml.safe_load(config_of(manifests("defaults"), ROUTER_NAME))
+    assert "redis" not in config and "limits_backend" not in config
+    assert not [d for d in manifests("defaults") if d["metadata"]["name"] == REDIS_NAME]

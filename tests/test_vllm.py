@@ -18,19 +18,25 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import jsonschema
 import pytest
-from conftest import MODELSERVER, write_config
+from conftest import MODELSERVER, start_router, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import ServerProcess, free_port, health_status, wait_until
+from toolcases import CITY_SCHEMA, QUESTION, TOOLS, check_calls, same_answer, tool_round
 
 from switchyard import (
     AsyncClient,
     Client,
     DeadlineExceededError,
     FinishReason,
+    Grammar,
     InvalidArgumentError,
+    JsonSchema,
+    Regex,
     UnavailableError,
 )
 from switchyard.v1 import llm_service_pb2 as pb
@@ -374,6 +380,110 @@ def test_bad_sampling_values_are_invalid_argument_naming_the_field(
         client.generate(MODEL, "hello", **sampling)  # type: ignore[arg-type]
     assert [v.field for v in caught.value.field_violations] == [field_name]
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def vllm_router(workdir: Path, vllm_server: VllmServer) -> Iterator[ServerProcess]:
+    """A router in front of the vLLM model server."""
+    router = start_router(
+        workdir,
+        "vllm-router",
+        {
+            "clusters": {"vllm": {"endpoints": [vllm_server.address]}},
+            "routes": [{"model": MODEL, "targets": [{"cluster": "vllm"}]}],
+        },
+    )
+    yield router
+    router.stop()
+
+
+def test_forced_tool_calls_match_their_schemas_even_from_a_random_model(
+    vllm_router: ServerProcess,
+) -> None:
+    with Client(vllm_router.address, timeout=120) as client:
+        for choice in ("required", "get_time"):
+            answer = client.chat(
+                MODEL,
+                QUESTION,
+                tools=TOOLS,
+                tool_choice=choice,
+                parallel_tool_calls=False,
+                max_tokens=200,
+                seed=7,
+            )
+            assert answer.finish_reason is FinishReason.TOOL_CALLS, answer
+            calls = check_calls(answer.tool_calls)
+            assert len(calls) == 1
+            if choice != "required":
+                assert calls[0].name == choice
+
+
+def test_a_vllm_tool_call_stream_equals_the_unary_call_and_a_result_goes_back(
+    vllm_router: ServerProcess,
+) -> None:
+    options: dict[str, Any] = dict(
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=0,
+    )
+    with Client(vllm_router.address, timeout=120) as client:
+        unary = client.chat(MODEL, QUESTION, **options)
+        same_answer(unary, client.stream(MODEL, messages=QUESTION, **options))
+        conversation = [*QUESTION, *tool_round(unary, {"temperature": 21})]
+        final = client.chat(
+            MODEL, conversation, tools=TOOLS, tool_choice="none", max_tokens=8, temperature=0
+        )
+        question_alone = client.count_tokens(MODEL, messages=QUESTION).prompt_tokens
+    assert final.finish_reason is FinishReason.LENGTH
+    assert final.text and not final.tool_calls
+    # The call and its result are in the prompt (tool_choice none: the tools are not).
+    assert final.usage.prompt_tokens > question_alone + 30
+
+
+def test_vllm_structured_outputs_hold_for_a_random_model(vllm_router: ServerProcess) -> None:
+    with Client(vllm_router.address, timeout=120) as client:
+        city = client.chat(MODEL, QUESTION, response_format=CITY_SCHEMA, max_tokens=100, seed=3)
+        code = client.generate(MODEL, "code:", response_format=Regex("[a-z]{3}-[0-9]{2}"), seed=3)
+        word = client.generate(
+            MODEL, "yes or no?", response_format=Grammar('root ::= "yes" | "no"'), seed=3
+        )
+        anything = client.generate(MODEL, "{", response_format="json_object", max_tokens=200)
+    assert city.finish_reason is FinishReason.STOP
+    jsonschema.validate(city.json(), CITY_SCHEMA)
+    assert re.fullmatch("[a-z]{3}-[0-9]{2}", code.text), code.text
+    assert word.text in ("yes", "no")
+    if anything.finish_reason is FinishReason.STOP:
+        assert isinstance(anything.json(), dict)
+
+
+def test_what_xgrammar_cannot_enforce_or_parse_is_invalid_argument(
+    vllm_router: ServerProcess,
+) -> None:
+    negated = JsonSchema({"type": "object", "properties": {"a": {"not": {"type": "string"}}}})
+    with Client(vllm_router.address, timeout=60) as client:
+        with pytest.raises(InvalidArgumentError) as error:
+            client.chat(MODEL, QUESTION, response_format=negated, max_tokens=8)
+        fields = {v.field: v.description for v in error.value.field_violations}
+        assert "/properties/a/not" in fields["response_format.json_schema.schema"]
+        with pytest.raises(InvalidArgumentError) as error:
+            client.generate(MODEL, "x", response_format=Grammar("root ::= nowhere"), max_tokens=8)
+        assert [v.field for v in error.value.field_violations] == ["response_format.grammar"]
+
+
+def test_vllm_counts_tokens_with_the_chat_template_and_tools(vllm_router: ServerProcess) -> None:
+    rendered = "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    with Client(vllm_router.address, timeout=60) as client:
+        counted = client.count_tokens(MODEL, messages=QUESTION, tools=TOOLS)
+        answer = client.chat(MODEL, QUESTION, tools=TOOLS, max_tokens=1, temperature=0)
+        plain = client.count_tokens(MODEL, messages=QUESTION)
+        by_hand = client.count_tokens(MODEL, rendered)
+    assert counted.prompt_tokens == answer.usage.prompt_tokens
+    assert (counted.backend, counted.context_length) == ("vllm", CONTEXT)
+    assert plain.prompt_tokens < counted.prompt_tokens  # the tools take tokens
+    # The chat template applied by hand counts the same (this tokenizer adds no BOS).
+    assert plain.prompt_tokens == by_hand.prompt_tokens
 
 
 def _engine_processes(pid: int) -> list[int]:

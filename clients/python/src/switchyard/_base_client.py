@@ -21,9 +21,10 @@ import grpc
 import grpc.aio
 
 from switchyard import _convert
-from switchyard._convert import MessageLike, SamplingOptions
+from switchyard._convert import GenerationOptions, MessageLike
 from switchyard.errors import APIError, from_rpc_error
 from switchyard.status import refused_stream
+from switchyard.tools import Tool, ToolLike, tool_choice_message, tool_messages
 from switchyard.types import Completion, ModelInfo, StreamChunk
 from switchyard.usage import StreamUsageRecorder, UsageCallback, completion_event
 from switchyard.v1 import llm_service_pb2 as pb
@@ -56,19 +57,40 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def generate_request(
-    model: str, prompt: str | None, messages: Sequence[MessageLike] | None, options: SamplingOptions
+    model: str,
+    prompt: str | None,
+    messages: Sequence[MessageLike] | None,
+    options: GenerationOptions,
 ) -> pb.GenerateRequest:
     """The request of a generate (``prompt``) or chat (``messages``) call."""
-    return pb.GenerateRequest(
+    request = pb.GenerateRequest(
+        model=model, prompt=prompt or "", messages=_convert.chat_messages(messages or ())
+    )
+    _convert.apply_options(request, options)
+    return request
+
+
+def count_request(
+    model: str,
+    prompt: str | None,
+    messages: Sequence[MessageLike] | None,
+    tools: Sequence[ToolLike] | None,
+    tool_choice: str | Tool | None,
+) -> pb.CountTokensRequest:
+    """The request of a ``count_tokens`` call."""
+    request = pb.CountTokensRequest(
         model=model,
         prompt=prompt or "",
         messages=_convert.chat_messages(messages or ()),
-        sampling=_convert.sampling_params(options),
+        tools=tool_messages(tools or ()),
     )
+    if tool_choice is not None:
+        request.tool_choice.CopyFrom(tool_choice_message(tool_choice))
+    return request
 
 
 def batch_requests(
-    model: str, inputs: Sequence[BatchInput], options: SamplingOptions
+    model: str, inputs: Sequence[BatchInput], options: GenerationOptions
 ) -> list[pb.GenerateRequest]:
     """One request per ``generate_batch`` item: a prompt, or a conversation."""
     return [
@@ -311,7 +333,7 @@ class BaseClient(Generic[ChannelT]):
         prompt: str | None,
         messages: Sequence[MessageLike] | None,
         timeout: float | None,
-        sampling: SamplingOptions,
+        sampling: GenerationOptions,
     ) -> tuple[Any, StreamUsageRecorder | None, StreamStarter]:
         """Starts a StreamGenerate call (neither stub blocks here): the call, its usage
         recorder and its starter, for :class:`~switchyard.Stream` or

@@ -21,6 +21,7 @@ from typing import Any, Literal, Self, Unpack, overload
 import grpc
 import grpc.aio
 
+from switchyard import _convert
 from switchyard._base_client import (
     API_KEY_ENV,
     DEFAULT_BATCH_CONCURRENCY,
@@ -33,14 +34,16 @@ from switchyard._base_client import (
     StreamStarter,
     auth_metadata,
     batch_requests,
+    count_request,
     generate_request,
     model_list,
     raising_api_errors,
 )
-from switchyard._convert import MessageLike, SamplingOptions
+from switchyard._convert import GenerationOptions, MessageLike
 from switchyard.batch import run_concurrently, run_threaded
 from switchyard.errors import APIError
-from switchyard.types import Completion, ModelInfo, StreamChunk
+from switchyard.tools import Tool, ToolLike
+from switchyard.types import Completion, ModelInfo, StreamChunk, TokenCount
 from switchyard.usage import StreamUsageRecorder
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -191,7 +194,7 @@ class Client(BaseClient[grpc.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -202,7 +205,7 @@ class Client(BaseClient[grpc.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -214,7 +217,7 @@ class Client(BaseClient[grpc.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Stream:
         """Streams a completion of ``prompt`` (or a chat answer to ``messages``).
 
@@ -232,7 +235,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -244,7 +247,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     def generate_batch(
@@ -255,7 +258,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -278,6 +281,26 @@ class Client(BaseClient[grpc.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts the tokens ``prompt`` (or ``messages``, with ``tools``) takes with the
+        model's own tokenizer and chat template: what ``usage.prompt_tokens`` of the same
+        call would be. Backends that cannot count exactly raise ``UnimplementedError``."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)
@@ -327,7 +350,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return await self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -338,7 +361,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return await self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -350,7 +373,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> AsyncStream:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         return AsyncStream(*self._start_stream(model, prompt, messages, timeout, sampling))
@@ -364,7 +387,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -376,7 +399,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     async def generate_batch(
@@ -387,7 +410,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -410,6 +433,24 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    async def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts tokens as :meth:`Client.count_tokens` does."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = await self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)

@@ -54,6 +54,10 @@ class ModelCatalog:
         if self._on_change is not None:
             self._on_change(entry)
 
+    def card(self, model_id: str) -> ModelCard:
+        """A served model's card (what it can do)."""
+        return self._entries[model_id].card
+
     def lookup(self, name: str) -> str | None:
         """The model id for a name, or None; never raises."""
         return self._names.get(name)

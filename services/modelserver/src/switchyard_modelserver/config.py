@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ConnectionLimits, ServerTLSConfig
+from switchyard_modelserver.model_defaults import ModelDefaultsConfig
 
 
 class BackendSection(BaseModel):
@@ -85,6 +86,10 @@ class ModelServerConfig(BaseModel):
     )
     tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
     limits: InputLimits = InputLimits()
+    model_defaults: dict[str, ModelDefaultsConfig] = Field(
+        default_factory=dict,
+        description="per model id or alias: default sampling, system prompt, chat template",
+    )
 
 
 def load_modelserver_config(path: Path) -> ModelServerConfig:

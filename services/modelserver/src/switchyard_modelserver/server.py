@@ -34,6 +34,7 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.in_flight import InFlight
+from switchyard_modelserver.model_defaults import ModelDefaults
 from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
 from switchyard_modelserver.servicer import LLMServicer
 
@@ -65,6 +66,11 @@ def _llm_service_handler(
                 functools.partial(_list_models, servicer),
                 request_deserializer=lenient_parser(pb.ListModelsRequest),
                 response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
+            "CountTokens": grpc.unary_unary_rpc_method_handler(
+                servicer.CountTokens,
+                request_deserializer=lenient_parser(pb.CountTokensRequest, max_request_bytes),
+                response_serializer=pb.CountTokensResponse.SerializeToString,
             ),
         },
     )
@@ -136,6 +142,7 @@ class ModelServer:
                         config.stream_coalesce_ms / 1000,
                         config.limits,
                         self._max_tokens_per_model(config),
+                        self._model_defaults(config),
                     ),
                     config.limits.max_request_bytes,
                 ),
@@ -158,6 +165,28 @@ class ModelServer:
                 )
             ceilings[model_id] = ceiling
         return ceilings
+
+    def _model_defaults(self, config: ModelServerConfig) -> dict[str, ModelDefaults]:
+        """``model_defaults`` by model id, templates read and compiled (ConfigError
+        naming the key when a name, a template or the backend does not fit)."""
+        resolved: dict[str, ModelDefaults] = {}
+        for name, entry in config.model_defaults.items():
+            key = f"model_defaults.{name}"
+            model_id = self.catalog.lookup(name)
+            if model_id is None:
+                known = ", ".join(e.card.id for e in self.catalog.entries())
+                raise ConfigError(f"{key}: no model {name!r} (models: {known})")
+            try:
+                defaults = ModelDefaults.from_config(entry)
+            except ValueError as error:
+                raise ConfigError(f"{key}: {error}") from None
+            if defaults.chat_template is not None and not self.backend.formats_chats:
+                raise ConfigError(
+                    f"{key}.chat_template: the {self.backend.kind} backend does not format "
+                    "chats itself (its provider does), so it cannot use a chat template"
+                )
+            resolved[model_id] = defaults
+        return resolved
 
     def _on_model_change(self, entry: CatalogEntry) -> None:
         if entry.card.id not in self.gates:  # a model the backend found while loading

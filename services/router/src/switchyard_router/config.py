@@ -24,6 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
+from switchyard_router.fleet.config import (
+    LimitsBackend,
+    RedisConfig,
+    ResponseCacheConfig,
+    RouteCacheConfig,
+    TokenBudgetConfig,
+)
 from switchyard_router.picker import DEFAULT_HEALTHY_PANIC_THRESHOLD, DEFAULT_POLICY, PolicyName
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -177,6 +184,10 @@ class RouteConfig(_Strict):
         description="percent: below this share of healthy endpoints, a priority is in panic "
         "and spreads requests over its connected endpoints, ejected ones included (0: never)",
     )
+    cache: RouteCacheConfig | None = Field(
+        default=None,
+        description="replay answers to identical requests (see response_cache; unset: never)",
+    )
 
 
 class APIKeyConfig(_Strict):
@@ -201,6 +212,14 @@ class APIKeyConfig(_Strict):
     )
     token_burst: int | None = Field(
         default=None, ge=1, description="tokens at once (default: tokens_per_minute)"
+    )
+    token_budget: TokenBudgetConfig | None = Field(
+        default=None, description="prompt + completion tokens per UTC day and/or month"
+    )
+    cache_scope: str | None = Field(
+        default=None,
+        min_length=1,
+        description="keys with the same cache_scope share cached answers (default: the id)",
     )
     _digest: bytes = PrivateAttr(default=b"")
 
@@ -283,6 +302,24 @@ class RouterConfig(_Strict):
     tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
     auth: AuthConfig | None = Field(default=None, description="API keys (unset: no auth)")
     limits: RouterLimitsConfig = RouterLimitsConfig()
+    limits_backend: LimitsBackend = Field(
+        default="local",
+        description="where per-key rate limits and token budgets are counted: local (each "
+        "router process alone) or redis (the fleet shares them; needs redis)",
+    )
+    redis: RedisConfig | None = Field(
+        default=None, description="the Redis a fleet of routers shares (limits, budgets, cache)"
+    )
+    response_cache: ResponseCacheConfig = ResponseCacheConfig()
+
+    @model_validator(mode="after")
+    def _redis_when_used(self) -> RouterConfig:
+        if self.redis is None:
+            if self.limits_backend == "redis":
+                raise ValueError("limits_backend: redis needs a redis: section (its url)")
+            if self.response_cache.backend == "redis":
+                raise ValueError("response_cache.backend: redis needs a redis: section (its url)")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

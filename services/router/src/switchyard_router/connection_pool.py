@@ -31,6 +31,7 @@ log = logging.getLogger("switchyard.router.connections")
 GENERATE = "/switchyard.v1.LLMService/Generate"
 STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
 LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
+COUNT_TOKENS = "/switchyard.v1.LLMService/CountTokens"
 
 ChannelFactory = Callable[[list[tuple[str, Any]]], grpc.aio.Channel]
 """Opens a channel to the model server with these extra options (TLS or not)."""
@@ -39,7 +40,15 @@ ChannelFactory = Callable[[list[tuple[str, Any]]], grpc.aio.Channel]
 class Connection:
     """One channel (one HTTP/2 connection) and the calls open on it."""
 
-    __slots__ = ("capacity", "channel", "generate", "index", "stream_generate", "streams")
+    __slots__ = (
+        "capacity",
+        "channel",
+        "count_tokens",
+        "generate",
+        "index",
+        "stream_generate",
+        "streams",
+    )
 
     def __init__(self, index: int, channel: grpc.aio.Channel, capacity: int) -> None:
         self.index = index
@@ -47,6 +56,7 @@ class Connection:
         # No (de)serializers: requests and responses pass through as bytes.
         self.generate = channel.unary_unary(GENERATE, None, None)
         self.stream_generate = channel.unary_stream(STREAM_GENERATE, None, None)
+        self.count_tokens = channel.unary_unary(COUNT_TOKENS, None, None)
         self.streams = 0
         """Calls open on it now (the health watch not counted)."""
         self.capacity = capacity

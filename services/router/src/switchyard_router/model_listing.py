@@ -64,6 +64,8 @@ async def list_models(
             model.backend = described.backend
             model.context_length = described.context_length
             model.capabilities.extend(described.capabilities)
+            if described.HasField("defaults"):
+                model.defaults.CopyFrom(described.defaults)
         if healthy:
             model.status = pb.MODEL_STATUS_READY
         elif loading:

@@ -17,9 +17,14 @@ request's final error. Fronts (``front``) supply the request and a sink for its
 response messages, and turn a raised ``StatusError`` into their own error.
 
 With ``auth`` configured, admission checks each call against the API keys
-(``auth``) and the key's rate limits (``quota``); model tokens are charged from
-the usage in the answer, read from its bytes (``wire.read_usage_tokens``).
-Without it, none of that code runs.
+(``auth``) and asks the fleet state (``fleet``) for the key's rate limits and token
+budget; a route with a ``cache`` is looked up there too, and a hit is answered
+from it without an attempt (marked ``x-switchyard-cache: hit``). Model tokens
+are charged from the usage in the answer, read from its bytes
+(``wire.read_usage_tokens``), or for a stream cut off early from the tokens it
+relayed (``metering``), which also ends a stream whose budget runs out; a miss's
+answer is recorded and stored. Without keys with limits or cached routes, none
+of that code runs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +48,8 @@ from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
 from switchyard_router.connection_pool import Connection
+from switchyard_router.fleet import FleetState
+from switchyard_router.fleet.config import ResponseCacheConfig
 from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
 from switchyard_router.metrics import (
     HEALTHY_PANIC,
@@ -58,6 +65,8 @@ from switchyard_router.spans import end_attempt_span, start_attempt_span, start_
 
 log = logging.getLogger("switchyard.router.proxy")
 
+CACHE_HEADER = "x-switchyard-cache"
+_CACHE_HIT: Metadata = ((CACHE_HEADER, "hit"),)
 # A refused stream is sent again at once this many times at most per request.
 _MAX_REFUSALS = 16
 
@@ -98,17 +107,31 @@ class Proxy:
         """The current API keys (None: auth is off)."""
         return self.admission.guard
 
+    @property
+    def fleet(self) -> FleetState:
+        """Where limits, budgets and cached answers are kept."""
+        return self.admission.fleet
+
     def configure(
         self,
         table: RouteTable,
         retry: RetryConfig,
         guard: Guard | None = None,
         limits: RouterLimitsConfig | None = None,
+        fleet: FleetState | None = None,
+        cache: ResponseCacheConfig | None = None,
     ) -> None:
         """Takes a reloaded config; requests in flight finish with what they started with."""
         max_request_bytes = limits.max_request_bytes if limits else None
         self.in_flight.max_total = limits.max_in_flight if limits else None
-        self.admission = Admission(table, guard, max_request_bytes, self.in_flight)
+        self.admission = Admission(
+            table,
+            guard,
+            max_request_bytes,
+            fleet or self.admission.fleet,
+            cache or self.admission.cache,
+            self.in_flight,
+        )
         self.retry = retry
         self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
 
@@ -122,7 +145,10 @@ class Proxy:
             call = await self.admission.admit(inbound, record)
             if tracing.enabled():
                 record.span = start_request_span(record, inbound, call.route.model)
-            await self._attempts(call, sink)
+            if call.cached is not None:
+                await _replay(call.cached, sink)
+            else:
+                await self._attempts(call, sink)
         except StatusError as error:
             record.code = error.code.name
             raise
@@ -133,6 +159,8 @@ class Proxy:
             self.active -= 1
             if call is not None:
                 call.release()
+                if call.fleet is not None:
+                    _settle(call, record.code == "OK")
             record.finish()
 
     async def _attempts(self, call: Call, sink: ResponseSink) -> None:
@@ -228,12 +256,14 @@ class Proxy:
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
-        response: bytes = await connection.generate(
-            _payload(call, pick), timeout=timeout, metadata=metadata
-        )
+        counts_tokens = call.inbound.counts_tokens
+        upstream = connection.count_tokens if counts_tokens else connection.generate
+        response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
         self._succeeded(pick)
-        if call.limiter is not None:
-            call.charge(response, wire.GENERATE_USAGE_FIELD)
+        if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
+            call.note_usage(response, wire.GENERATE_USAGE_FIELD)
+            if call.recorder is not None:
+                call.recorder.add(response)
         await sink.send(response)
 
     async def _stream(
@@ -261,7 +291,7 @@ class Proxy:
             except StopAsyncIteration:
                 return  # an empty stream: nothing to relay
             send = sink.send
-            if resume is None and call.limiter is None:  # the hot path: bytes in, bytes out
+            if call.relays_plainly:  # the hot path: bytes in, bytes out
                 await send(first)
                 call.delivered += 1
                 async for message in responses:
@@ -269,13 +299,11 @@ class Proxy:
                     call.delivered += 1
             else:
                 last = first
-                await send(first if resume is None else resume.relay(first, pick))
-                call.delivered += 1
+                await _relay(call, first, pick, send)
                 async for message in responses:
                     last = message
-                    await send(message if resume is None else resume.relay(message, pick))
-                    call.delivered += 1
-                call.charge(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
+                    await _relay(call, message, pick, send)
+                call.note_usage(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
             self._succeeded(pick)
         finally:
             upstream.cancel()  # client gone, attempt failed or done: stop its work
@@ -288,7 +316,7 @@ class Proxy:
                 raise failure.relayed()
             return
         resume = call.resume
-        if resume is not None and failure.code in RETRYABLE:
+        if resume is not None and failure.code in RETRYABLE and not resume.calls_tools:
             if not self._may_retry(attempt, call.deadline):
                 raise StatusError(failure.code, failure.details)
             resume.resumes += 1
@@ -396,6 +424,43 @@ def _payload(call: Call, pick: EndpointPick) -> bytes:
     if pick.model == call.route.model:
         return call.payload
     return wire.with_model(call.payload, pick.model)
+
+
+async def _relay(
+    call: Call, message: bytes, pick: EndpointPick, send: Callable[[bytes], Awaitable[None]]
+) -> None:
+    """Relays one stream message that the router reads: metered (and cut when the
+    budget runs out), recorded for resume and the cache."""
+    out = message
+    if call.meter is not None:
+        out = await call.meter.pass_message(message)
+    if call.resume is not None:
+        out = call.resume.relay(message, pick)
+    if call.recorder is not None:
+        call.recorder.add(out)
+    await send(out)
+    call.delivered += 1
+
+
+async def _replay(messages: list[bytes], sink: ResponseSink) -> None:
+    """Answers from the cache: the stored messages, marked as a hit."""
+    await sink.send_headers(_CACHE_HIT)
+    for message in messages:
+        await sink.send(message)
+
+
+def _settle(call: Call, answered: bool) -> None:
+    """Charges the request's usage and stores a cacheable answer, when it ends."""
+    fleet = call.fleet
+    assert fleet is not None
+    ticket = call.ticket
+    if ticket is not None and ticket.limits is not None and ticket.cached is None:
+        fleet.settle(ticket, call.tokens_used())
+    recorder = call.recorder
+    if recorder is not None and answered:
+        entry = recorder.entry()
+        if entry is not None:
+            fleet.store(recorder.key, entry, recorder.ttl_seconds, recorder.model)
 
 
 def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:

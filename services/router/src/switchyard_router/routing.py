@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
 from switchyard_router.config import RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
+from switchyard_router.fleet.config import RouteCacheConfig
 from switchyard_router.picker import Pick, Picker, PolicyName, Target
 
 EndpointPick = Pick[Endpoint]
@@ -35,6 +36,11 @@ class Route:
     picker: Picker[Endpoint]
     max_in_flight: int | None = None
     """Calls of this route in progress at once (None: only the router's limit)."""
+    cache: RouteCacheConfig | None = None
+    """Replay answers to identical requests (None: never)."""
+    identity: str = ""
+    """The route and the models its targets call, for cache keys: an answer cached
+    before a reload that changed them is not replayed after it."""
 
 
 class RouteTable:
@@ -63,8 +69,18 @@ class RouteTable:
             )
         )
         picker = Picker(targets, config.policy, config.healthy_panic_threshold)
+        identity = "\n".join(
+            [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
+        )
         return Route(
-            config.model, targets, config.resume, config.policy, picker, config.max_in_flight
+            config.model,
+            targets,
+            config.resume,
+            config.policy,
+            picker,
+            config.max_in_flight,
+            config.cache,
+            identity,
         )
 
     def watched_models(self) -> dict[str, set[str]]:

@@ -29,6 +29,7 @@ from switchyard_router.admin import RouterAdmin
 from switchyard_router.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
+from switchyard_router.fleet import Ask, FleetState, build_fleet_state
 from switchyard_router.grpc_front import GrpcFront
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
@@ -38,6 +39,10 @@ log = logging.getLogger("switchyard.router")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["RouterAdminService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+REDIS_HEALTH_NAME = "switchyard.router.redis"
+"""Health status name that says whether the fleet's Redis answers (set only with one)."""
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
@@ -88,6 +93,8 @@ class Router:
             self.server,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._fleet_settings: tuple[Any, ...] | None = None
+        self._fleet_generation = 0  # only the current fleet state reports to health
         self._config_mtime = self._mtime()
 
     def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -97,6 +104,7 @@ class Router:
                 # No (de)serializers on the hot path: bytes in, bytes out.
                 "Generate": grpc.unary_unary_rpc_method_handler(self.front.generate),
                 "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.front.stream_generate),
+                "CountTokens": grpc.unary_unary_rpc_method_handler(self.front.count_tokens),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,
@@ -110,9 +118,10 @@ class Router:
         principal = await self._authenticate(context)
         try:
             pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
-            if principal is not None and principal.limiter is not None:
+            limits = principal.limits if principal is not None else None
+            if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
                 # It asks every endpoint: a request like any other for the key's rate.
-                principal.limiter.admit()
+                await self.proxy.fleet.admit(Ask(limits))
         except DecodeError as error:
             reason = f"not a ListModelsRequest: {error}"
             await abort(context, invalid_argument(FieldViolation("request", reason)))
@@ -171,10 +180,14 @@ class Router:
         if config.auth is None:
             guard = None
         elif guard is None or guard.config != config.auth:
-            guard = Guard(config.auth, guard)
+            guard = Guard(config.auth)
         if _closes_open_services(config) and not self._intercepting:
             log.warning("auth.open_services: keys for health and reflection take a restart")
-        self.proxy.configure(table, config.retry, guard, config.limits)
+        fleet = await self._fleet_state(config)
+        fleet.forget_keys_except(guard.key_ids if guard is not None else set())
+        self.proxy.configure(
+            table, config.retry, guard, config.limits, fleet, config.response_cache
+        )
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
@@ -186,6 +199,45 @@ class Router:
         self.config = config
         for cluster in gone:  # in-flight requests finish on the endpoints they hold
             self._spawn(cluster.close(config.drain_grace_seconds), f"close {cluster.name}")
+
+    async def _fleet_state(self, config: RouterConfig) -> FleetState:
+        """The fleet state for ``config``: the current one while its settings (and the
+        Redis password) are unchanged, else a new one; the old one closes once the
+        requests that hold it had their grace period."""
+        password = None
+        if config.redis is not None:
+            try:
+                password = config.redis.password()
+            except OSError as error:  # connecting says so too, and falls back to local limits
+                log.error("redis.password_file cannot be read: %s", error.strerror)
+        settings = (config.limits_backend, config.redis, config.response_cache, password)
+        if settings == self._fleet_settings:
+            return self.proxy.fleet
+        previous = self.proxy.fleet if self._fleet_settings is not None else None
+        self._fleet_settings = settings
+        self._fleet_generation += 1
+        generation = self._fleet_generation
+        fleet = build_fleet_state(
+            config.limits_backend,
+            config.redis,
+            config.response_cache,
+            lambda up: self._redis_reachable(up, generation),
+        )
+        if previous is not None and previous.shared:
+            # Until the new one says otherwise (a Redis one does at start).
+            await self.health.set(REDIS_HEALTH_NAME, _UNKNOWN)
+        await fleet.start()
+        if previous is not None:
+            self._spawn(_close_later(previous, config.drain_grace_seconds), "close fleet state")
+        return fleet
+
+    def _redis_reachable(self, up: bool, generation: int) -> None:
+        """Health follows the fleet's Redis (see fleet.redis_state); a replaced fleet
+        state, closing after its grace period, no longer speaks for it."""
+        if generation != self._fleet_generation:
+            return
+        status = _SERVING if up else _NOT_SERVING
+        self._spawn(self.health.set(REDIS_HEALTH_NAME, status), "redis health")
 
     async def start(self) -> int:
         await self.apply(self.config)
@@ -242,18 +294,21 @@ class Router:
                     log.exception("reloading certificates of cluster %s failed", cluster.name)
 
     def _mtime(self) -> tuple[float, ...] | None:
-        """When the config file, and the key-hash files it names, last changed."""
+        """When the config file, and the secret files it names, last changed."""
         try:
             if self.config_path is None:
                 return None
             stamps = [self.config_path.stat().st_mtime]
         except OSError:
             return None
-        # Key hashes mounted from a Secret change without the config file changing.
-        for key in self.config.auth.keys if self.config.auth else ():
-            if key.sha256_file is not None:
+        # Key hashes and the Redis password, mounted from Secrets, change without the
+        # config file changing.
+        files = [key.sha256_file for key in (self.config.auth.keys if self.config.auth else ())]
+        files.append(self.config.redis.password_file if self.config.redis else None)
+        for path in files:
+            if path is not None:
                 try:
-                    stamps.append(key.sha256_file.stat().st_mtime)
+                    stamps.append(path.stat().st_mtime)
                 except OSError:
                     stamps.append(0.0)
         return tuple(stamps)
@@ -309,6 +364,7 @@ class Router:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
+        await self.proxy.fleet.close()  # flushes the last settlements and cache writes
 
 
 async def serve(
@@ -344,6 +400,11 @@ async def serve(
     await router.drain()
     tracing.shutdown()  # flush spans still batched
     log.info("stopped")
+
+
+async def _close_later(fleet: FleetState, grace: float) -> None:
+    await asyncio.sleep(grace)
+    await fleet.close()
 
 
 def _closes_open_services(config: RouterConfig) -> bool:

@@ -25,47 +25,69 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fswitchyard/v1/llm_service.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"\x9f\x02\n\x0fGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x36\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.switchyard.v1.ChatMessageR\x08messages\x12\x39\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParamsR\x08sampling\x12?\n\x0c\x63ontinuation\x18\x05 \x01(\x0b\x32\x1b.switchyard.v1.ContinuationR\x0c\x63ontinuation\x12*\n\x11include_token_ids\x18\x06 \x01(\x08R\x0fincludeTokenIds\"\xc9\x02\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12@\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.FinishReasonR\x0c\x66inishReason\x12#\n\rstop_sequence\x18\x03 \x01(\tR\x0cstopSequence\x12*\n\x05usage\x18\x04 \x01(\x0b\x32\x14.switchyard.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x18\n\x07\x62\x61\x63kend\x18\x06 \x01(\tR\x07\x62\x61\x63kend\x12\x30\n\x07timings\x18\x07 \x01(\x0b\x32\x16.switchyard.v1.TimingsR\x07timings\x12,\n\x06tokens\x18\x08 \x03(\x0b\x32\x14.switchyard.v1.TokenR\x06tokens\"\xa5\x02\n\x15StreamGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x36\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.switchyard.v1.ChatMessageR\x08messages\x12\x39\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParamsR\x08sampling\x12?\n\x0c\x63ontinuation\x18\x05 \x01(\x0b\x32\x1b.switchyard.v1.ContinuationR\x0c\x63ontinuation\x12*\n\x11include_token_ids\x18\x06 \x01(\x08R\x0fincludeTokenIds\"\xe9\x02\n\x16StreamGenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12,\n\x06tokens\x18\x02 \x03(\x0b\x32\x14.switchyard.v1.TokenR\x06tokens\x12@\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.switchyard.v1.FinishReasonR\x0c\x66inishReason\x12#\n\rstop_sequence\x18\x04 \x01(\tR\x0cstopSequence\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x14.switchyard.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x06 \x01(\tR\x05model\x12\x18\n\x07\x62\x61\x63kend\x18\x07 \x01(\tR\x07\x62\x61\x63kend\x12\x30\n\x07timings\x18\x08 \x01(\x0b\x32\x16.switchyard.v1.TimingsR\x07timings\x12\x18\n\x07resumes\x18\t \x01(\x05R\x07resumes\"?\n\x0c\x43ontinuation\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"\xfe\x03\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\"\n\nmax_tokens\x18\x04 \x01(\x05H\x03R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x06 \x01(\x03H\x04R\x04seed\x88\x01\x01\x12.\n\x10presence_penalty\x18\x07 \x01(\x02H\x05R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06R\x10\x66requencyPenalty\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\t \x01(\x02H\x07R\x11repetitionPenalty\x88\x01\x01\x12\x1f\n\x08logprobs\x18\n \x01(\x05H\x08R\x08logprobs\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"Y\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05R\x10\x63ompletionTokens\"\x84\x01\n\x07Timings\x12H\n\x13time_to_first_token\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10timeToFirstToken\x12/\n\x05total\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05total\"\x83\x01\n\x05Token\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x18\n\x07logprob\x18\x03 \x01(\x02R\x07logprob\x12<\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.switchyard.v1.TopLogprobR\x0btopLogprobs\"J\n\nTopLogprob\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x18\n\x07logprob\x18\x03 \x01(\x02R\x07logprob\"\x13\n\x11ListModelsRequest\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x14.switchyard.v1.ModelR\x06models\"\xb7\x02\n\x05Model\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07\x61liases\x18\x02 \x03(\tR\x07\x61liases\x12\x18\n\x07\x62\x61\x63kend\x18\x03 \x01(\tR\x07\x62\x61\x63kend\x12%\n\x0e\x63ontext_length\x18\x04 \x01(\x05R\rcontextLength\x12=\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x19.switchyard.v1.CapabilityR\x0c\x63\x61pabilities\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\x1a.switchyard.v1.ModelStatusR\x06status\x12)\n\x10healthy_replicas\x18\x07 \x01(\x05R\x0fhealthyReplicas\x12%\n\x0etotal_replicas\x18\x08 \x01(\x05R\rtotalReplicas*\xd8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x06*\x8b\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41PABILITY_COMPLETION\x10\x01\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x02\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x03\x12\x17\n\x13\x43\x41PABILITY_LOGPROBS\x10\x04*{\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATUS_READY\x10\x01\x12\x18\n\x14MODEL_STATUS_LOADING\x10\x02\x12\x1c\n\x18MODEL_STATUS_UNAVAILABLE\x10\x03\x32\x8d\x02\n\nLLMService\x12K\n\x08Generate\x12\x1e.switchyard.v1.GenerateRequest\x1a\x1f.switchyard.v1.GenerateResponse\x12_\n\x0eStreamGenerate\x12$.switchyard.v1.StreamGenerateRequest\x1a%.switchyard.v1.StreamGenerateResponse0\x01\x12Q\n\nListModels\x12 .switchyard.v1.ListModelsRequest\x1a!.switchyard.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fswitchyard/v1/llm_service.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x04\n\x0fGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x36\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.switchyard.v1.ChatMessageR\x08messages\x12\x39\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParamsR\x08sampling\x12?\n\x0c\x63ontinuation\x18\x05 \x01(\x0b\x32\x1b.switchyard.v1.ContinuationR\x0c\x63ontinuation\x12*\n\x11include_token_ids\x18\x06 \x01(\x08R\x0fincludeTokenIds\x12)\n\x05tools\x18\x07 \x03(\x0b\x32\x13.switchyard.v1.ToolR\x05tools\x12:\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x19.switchyard.v1.ToolChoiceR\ntoolChoice\x12\x46\n\x0fresponse_format\x18\t \x01(\x0b\x32\x1d.switchyard.v1.ResponseFormatR\x0eresponseFormat\x12\x33\n\x13parallel_tool_calls\x18\n \x01(\x08H\x00R\x11parallelToolCalls\x88\x01\x01\x42\x16\n\x14_parallel_tool_calls\"\x81\x03\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12@\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.FinishReasonR\x0c\x66inishReason\x12#\n\rstop_sequence\x18\x03 \x01(\tR\x0cstopSequence\x12*\n\x05usage\x18\x04 \x01(\x0b\x32\x14.switchyard.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12\x18\n\x07\x62\x61\x63kend\x18\x06 \x01(\tR\x07\x62\x61\x63kend\x12\x30\n\x07timings\x18\x07 \x01(\x0b\x32\x16.switchyard.v1.TimingsR\x07timings\x12,\n\x06tokens\x18\x08 \x03(\x0b\x32\x14.switchyard.v1.TokenR\x06tokens\x12\x36\n\ntool_calls\x18\t \x03(\x0b\x32\x17.switchyard.v1.ToolCallR\ttoolCalls\"\xa1\x04\n\x15StreamGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x36\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.switchyard.v1.ChatMessageR\x08messages\x12\x39\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParamsR\x08sampling\x12?\n\x0c\x63ontinuation\x18\x05 \x01(\x0b\x32\x1b.switchyard.v1.ContinuationR\x0c\x63ontinuation\x12*\n\x11include_token_ids\x18\x06 \x01(\x08R\x0fincludeTokenIds\x12)\n\x05tools\x18\x07 \x03(\x0b\x32\x13.switchyard.v1.ToolR\x05tools\x12:\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x19.switchyard.v1.ToolChoiceR\ntoolChoice\x12\x46\n\x0fresponse_format\x18\t \x01(\x0b\x32\x1d.switchyard.v1.ResponseFormatR\x0eresponseFormat\x12\x33\n\x13parallel_tool_calls\x18\n \x01(\x08H\x00R\x11parallelToolCalls\x88\x01\x01\x42\x16\n\x14_parallel_tool_calls\"\xa6\x03\n\x16StreamGenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12,\n\x06tokens\x18\x02 \x03(\x0b\x32\x14.switchyard.v1.TokenR\x06tokens\x12@\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.switchyard.v1.FinishReasonR\x0c\x66inishReason\x12#\n\rstop_sequence\x18\x04 \x01(\tR\x0cstopSequence\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x14.switchyard.v1.UsageR\x05usage\x12\x14\n\x05model\x18\x06 \x01(\tR\x05model\x12\x18\n\x07\x62\x61\x63kend\x18\x07 \x01(\tR\x07\x62\x61\x63kend\x12\x30\n\x07timings\x18\x08 \x01(\x0b\x32\x16.switchyard.v1.TimingsR\x07timings\x12\x18\n\x07resumes\x18\t \x01(\x05R\x07resumes\x12;\n\ntool_calls\x18\n \x03(\x0b\x32\x1c.switchyard.v1.ToolCallDeltaR\ttoolCalls\"?\n\x0c\x43ontinuation\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\"\x95\x01\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12\x36\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.switchyard.v1.ToolCallR\ttoolCalls\x12 \n\x0ctool_call_id\x18\x04 \x01(\tR\ntoolCallId\"\\\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\nparameters\x18\x03 \x01(\tR\nparameters\"a\n\nToolChoice\x12\x33\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.switchyard.v1.ToolChoiceModeH\x00R\x04mode\x12\x14\n\x04name\x18\x02 \x01(\tH\x00R\x04nameB\x08\n\x06\x63hoice\"L\n\x08ToolCall\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n\targuments\x18\x03 \x01(\tR\targuments\"g\n\rToolCallDelta\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n\targuments\x18\x04 \x01(\tR\targuments\"\xd6\x01\n\x0eResponseFormat\x12\x42\n\x0bjson_object\x18\x01 \x01(\x0b\x32\x1f.switchyard.v1.JsonObjectFormatH\x00R\njsonObject\x12\x42\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x1f.switchyard.v1.JsonSchemaFormatH\x00R\njsonSchema\x12\x16\n\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12\x1a\n\x07grammar\x18\x04 \x01(\tH\x00R\x07grammarB\x08\n\x06\x66ormat\"\x12\n\x10JsonObjectFormat\">\n\x10JsonSchemaFormat\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06schema\x18\x02 \x01(\tR\x06schema\"\xfe\x03\n\x0eSamplingParams\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\"\n\nmax_tokens\x18\x04 \x01(\x05H\x03R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x06 \x01(\x03H\x04R\x04seed\x88\x01\x01\x12.\n\x10presence_penalty\x18\x07 \x01(\x02H\x05R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06R\x10\x66requencyPenalty\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\t \x01(\x02H\x07R\x11repetitionPenalty\x88\x01\x01\x12\x1f\n\x08logprobs\x18\n \x01(\x05H\x08R\x08logprobs\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"Y\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05R\x10\x63ompletionTokens\"\x84\x01\n\x07Timings\x12H\n\x13time_to_first_token\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10timeToFirstToken\x12/\n\x05total\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05total\"\x83\x01\n\x05Token\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x18\n\x07logprob\x18\x03 \x01(\x02R\x07logprob\x12<\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.switchyard.v1.TopLogprobR\x0btopLogprobs\"J\n\nTopLogprob\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x18\n\x07logprob\x18\x03 \x01(\x02R\x07logprob\"\xe1\x01\n\x12\x43ountTokensRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x36\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.switchyard.v1.ChatMessageR\x08messages\x12)\n\x05tools\x18\x07 \x03(\x0b\x32\x13.switchyard.v1.ToolR\x05tools\x12:\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x19.switchyard.v1.ToolChoiceR\ntoolChoice\"\x91\x01\n\x13\x43ountTokensResponse\x12#\n\rprompt_tokens\x18\x01 \x01(\x05R\x0cpromptTokens\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n\x07\x62\x61\x63kend\x18\x03 \x01(\tR\x07\x62\x61\x63kend\x12%\n\x0e\x63ontext_length\x18\x04 \x01(\x05R\rcontextLength\"\x13\n\x11ListModelsRequest\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x14.switchyard.v1.ModelR\x06models\"\xf1\x02\n\x05Model\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n\x07\x61liases\x18\x02 \x03(\tR\x07\x61liases\x12\x18\n\x07\x62\x61\x63kend\x18\x03 \x01(\tR\x07\x62\x61\x63kend\x12%\n\x0e\x63ontext_length\x18\x04 \x01(\x05R\rcontextLength\x12=\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x19.switchyard.v1.CapabilityR\x0c\x63\x61pabilities\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\x1a.switchyard.v1.ModelStatusR\x06status\x12)\n\x10healthy_replicas\x18\x07 \x01(\x05R\x0fhealthyReplicas\x12%\n\x0etotal_replicas\x18\x08 \x01(\x05R\rtotalReplicas\x12\x38\n\x08\x64\x65\x66\x61ults\x18\t \x01(\x0b\x32\x1c.switchyard.v1.ModelDefaultsR\x08\x64\x65\x66\x61ults\"\xa5\x01\n\rModelDefaults\x12\x39\n\x08sampling\x18\x01 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParamsR\x08sampling\x12#\n\rsystem_prompt\x18\x02 \x01(\tR\x0csystemPrompt\x12\x34\n\x16\x63hat_template_override\x18\x03 \x01(\x08R\x14\x63hatTemplateOverride*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xf6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x06\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x07*\xf9\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41PABILITY_COMPLETION\x10\x01\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x02\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x03\x12\x17\n\x13\x43\x41PABILITY_LOGPROBS\x10\x04\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x05\x12\x1a\n\x16\x43\x41PABILITY_JSON_OUTPUT\x10\x06\x12\x1d\n\x19\x43\x41PABILITY_GRAMMAR_OUTPUT\x10\x07\x12\x1b\n\x17\x43\x41PABILITY_COUNT_TOKENS\x10\x08*{\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATUS_READY\x10\x01\x12\x18\n\x14MODEL_STATUS_LOADING\x10\x02\x12\x1c\n\x18MODEL_STATUS_UNAVAILABLE\x10\x03\x32\xe3\x02\n\nLLMService\x12K\n\x08Generate\x12\x1e.switchyard.v1.GenerateRequest\x1a\x1f.switchyard.v1.GenerateResponse\x12_\n\x0eStreamGenerate\x12$.switchyard.v1.StreamGenerateRequest\x1a%.switchyard.v1.StreamGenerateResponse0\x01\x12Q\n\nListModels\x12 .switchyard.v1.ListModelsRequest\x1a!.switchyard.v1.ListModelsResponse\x12T\n\x0b\x43ountTokens\x12!.switchyard.v1.CountTokensRequest\x1a\".switchyard.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.llm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2843
-  _globals['_FINISHREASON']._serialized_end=3059
-  _globals['_CAPABILITY']._serialized_start=3062
-  _globals['_CAPABILITY']._serialized_end=3201
-  _globals['_MODELSTATUS']._serialized_start=3203
-  _globals['_MODELSTATUS']._serialized_end=3326
+  _globals['_TOOLCHOICEMODE']._serialized_start=4834
+  _globals['_TOOLCHOICEMODE']._serialized_end=4969
+  _globals['_FINISHREASON']._serialized_start=4972
+  _globals['_FINISHREASON']._serialized_end=5218
+  _globals['_CAPABILITY']._serialized_start=5221
+  _globals['_CAPABILITY']._serialized_end=5470
+  _globals['_MODELSTATUS']._serialized_start=5472
+  _globals['_MODELSTATUS']._serialized_end=5595
   _globals['_GENERATEREQUEST']._serialized_start=83
-  _globals['_GENERATEREQUEST']._serialized_end=370
-  _globals['_GENERATERESPONSE']._serialized_start=373
-  _globals['_GENERATERESPONSE']._serialized_end=702
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=705
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=998
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=1001
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=1362
-  _globals['_CONTINUATION']._serialized_start=1364
-  _globals['_CONTINUATION']._serialized_end=1427
-  _globals['_CHATMESSAGE']._serialized_start=1429
-  _globals['_CHATMESSAGE']._serialized_end=1488
-  _globals['_SAMPLINGPARAMS']._serialized_start=1491
-  _globals['_SAMPLINGPARAMS']._serialized_end=2001
-  _globals['_USAGE']._serialized_start=2003
-  _globals['_USAGE']._serialized_end=2092
-  _globals['_TIMINGS']._serialized_start=2095
-  _globals['_TIMINGS']._serialized_end=2227
-  _globals['_TOKEN']._serialized_start=2230
-  _globals['_TOKEN']._serialized_end=2361
-  _globals['_TOPLOGPROB']._serialized_start=2363
-  _globals['_TOPLOGPROB']._serialized_end=2437
-  _globals['_LISTMODELSREQUEST']._serialized_start=2439
-  _globals['_LISTMODELSREQUEST']._serialized_end=2458
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2460
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2526
-  _globals['_MODEL']._serialized_start=2529
-  _globals['_MODEL']._serialized_end=2840
-  _globals['_LLMSERVICE']._serialized_start=3329
-  _globals['_LLMSERVICE']._serialized_end=3598
+  _globals['_GENERATEREQUEST']._serialized_end=622
+  _globals['_GENERATERESPONSE']._serialized_start=625
+  _globals['_GENERATERESPONSE']._serialized_end=1010
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=1013
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=1558
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=1561
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=1983
+  _globals['_CONTINUATION']._serialized_start=1985
+  _globals['_CONTINUATION']._serialized_end=2048
+  _globals['_CHATMESSAGE']._serialized_start=2051
+  _globals['_CHATMESSAGE']._serialized_end=2200
+  _globals['_TOOL']._serialized_start=2202
+  _globals['_TOOL']._serialized_end=2294
+  _globals['_TOOLCHOICE']._serialized_start=2296
+  _globals['_TOOLCHOICE']._serialized_end=2393
+  _globals['_TOOLCALL']._serialized_start=2395
+  _globals['_TOOLCALL']._serialized_end=2471
+  _globals['_TOOLCALLDELTA']._serialized_start=2473
+  _globals['_TOOLCALLDELTA']._serialized_end=2576
+  _globals['_RESPONSEFORMAT']._serialized_start=2579
+  _globals['_RESPONSEFORMAT']._serialized_end=2793
+  _globals['_JSONOBJECTFORMAT']._serialized_start=2795
+  _globals['_JSONOBJECTFORMAT']._serialized_end=2813
+  _globals['_JSONSCHEMAFORMAT']._serialized_start=2815
+  _globals['_JSONSCHEMAFORMAT']._serialized_end=2877
+  _globals['_SAMPLINGPARAMS']._serialized_start=2880
+  _globals['_SAMPLINGPARAMS']._serialized_end=3390
+  _globals['_USAGE']._serialized_start=3392
+  _globals['_USAGE']._serialized_end=3481
+  _globals['_TIMINGS']._serialized_start=3484
+  _globals['_TIMINGS']._serialized_end=3616
+  _globals['_TOKEN']._serialized_start=3619
+  _globals['_TOKEN']._serialized_end=3750
+  _globals['_TOPLOGPROB']._serialized_start=3752
+  _globals['_TOPLOGPROB']._serialized_end=3826
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=3829
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=4054
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=4057
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=4202
+  _globals['_LISTMODELSREQUEST']._serialized_start=4204
+  _globals['_LISTMODELSREQUEST']._serialized_end=4223
+  _globals['_LISTMODELSRESPONSE']._serialized_start=4225
+  _globals['_LISTMODELSRESPONSE']._serialized_end=4291
+  _globals['_MODEL']._serialized_start=4294
+  _globals['_MODEL']._serialized_end=4663
+  _globals['_MODELDEFAULTS']._serialized_start=4666
+  _globals['_MODELDEFAULTS']._serialized_end=4831
+  _globals['_LLMSERVICE']._serialized_start=5598
+  _globals['_LLMSERVICE']._serialized_end=5953
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,11 @@ class LLMServiceStub:
                 request_serializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/switchyard.v1.LLMService/CountTokens',
+                request_serializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class LLMServiceServicer:
@@ -101,6 +106,17 @@ class LLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """CountTokens counts the tokens a request's input takes, with the model's
+        own tokenizer and chat template (tools and the model's default system
+        prompt included): what usage.prompt_tokens of the same Generate would be.
+        A backend whose provider offers no exact count answers UNIMPLEMENTED
+        (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +134,11 @@ def add_LLMServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -213,6 +234,33 @@ class LLMService:
             '/switchyard.v1.LLMService/ListModels',
             switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
             switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.LLMService/CountTokens',
+            switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.SerializeToString,
+            switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,13 @@ class LLMServiceStub:
     """ListModels lists every model this server (or, on the router, every route)
     serves, with its live status.
     """
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.CountTokensRequest, _llm_service_pb2.CountTokensResponse]
+    """CountTokens counts the tokens a request's input takes, with the model's
+    own tokenizer and chat template (tools and the model's default system
+    prompt included): what usage.prompt_tokens of the same Generate would be.
+    A backend whose provider offers no exact count answers UNIMPLEMENTED
+    (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+    """
 
 @_typing.type_check_only
 class LLMServiceAsyncStub(LLMServiceStub):
@@ -82,6 +89,13 @@ class LLMServiceAsyncStub(LLMServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.ListModelsRequest, _llm_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists every model this server (or, on the router, every route)
     serves, with its live status.
+    """
+    CountTokens: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.CountTokensRequest, _llm_service_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """CountTokens counts the tokens a request's input takes, with the model's
+    own tokenizer and chat template (tools and the model's default system
+    prompt included): what usage.prompt_tokens of the same Generate would be.
+    A backend whose provider offers no exact count answers UNIMPLEMENTED
+    (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
     """
 
 class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +139,19 @@ class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_llm_service_pb2.ListModelsResponse, _abc.Awaitable[_llm_service_pb2.ListModelsResponse]]:
         """ListModels lists every model this server (or, on the router, every route)
         serves, with its live status.
+        """
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _llm_service_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.CountTokensResponse, _abc.Awaitable[_llm_service_pb2.CountTokensResponse]]:
+        """CountTokens counts the tokens a request's input takes, with the model's
+        own tokenizer and chat template (tools and the model's default system
+        prompt included): what usage.prompt_tokens of the same Generate would be.
+        A backend whose provider offers no exact count answers UNIMPLEMENTED
+        (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
         """
 
 def add_LLMServiceServicer_to_server(servicer: LLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

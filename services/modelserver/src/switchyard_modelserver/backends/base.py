@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar
 
+import grpc
 from pydantic import BaseModel, ConfigDict
 
+from switchyard_common.status import StatusError
 from switchyard_modelserver.domain import BackendEvent, GenerationRequest, ModelCard, ModelState
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
@@ -40,6 +42,9 @@ class Backend(abc.ABC):
     options_model: ClassVar[type[BackendOptions]]
     remote: ClassVar[bool] = False
     """True when generation calls a remote provider (its spans are then CLIENT spans)."""
+    formats_chats: ClassVar[bool] = False
+    """True when the backend renders chat templates itself, so that a per-model
+    chat-template override (``GenerationRequest.chat_template``) applies."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Backend:
@@ -60,6 +65,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         """Generates for a validated request whose ``model`` is a served model id."""
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The tokens the request's input takes (prompt, or messages through the chat
+        template, with its tools), as ``generate`` would count them. The default:
+        UNIMPLEMENTED, for backends that cannot count exactly."""
+        raise StatusError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"the {self.kind} backend cannot count tokens",
+            reason="TOKEN_COUNT_UNSUPPORTED",
+            metadata={"backend": self.kind},
+        )
 
     def concurrency(self, model_id: str) -> int:
         """How many generations of one model may run at once (the rest queue)."""

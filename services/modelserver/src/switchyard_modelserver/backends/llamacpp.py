@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import random
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, invalid_argument
+from switchyard_modelserver.backends import llamacpp_grammar
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
+from switchyard_modelserver.backends.llamacpp_grammar import Constraint
+from switchyard_modelserver.backends.llamacpp_sampling import TokenSampler
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import (
     BackendEvent,
@@ -40,6 +43,8 @@ from switchyard_modelserver.domain import (
 )
 from switchyard_modelserver.limits import tokenize_within_context
 from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.tools import chat_template, prompting
+from switchyard_modelserver.tools.hermes import tool_call_events
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -50,7 +55,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
 
 
 class LlamaCppModelOptions(BackendOptions):
@@ -104,6 +108,7 @@ class _Job:
     frequency_penalty: float
     repetition_penalty: float
     stop: tuple[str, ...]
+    constraint: Constraint | None = None
 
 
 class LlamaCppBackend(Backend):
@@ -111,6 +116,7 @@ class LlamaCppBackend(Backend):
 
     kind = "llamacpp"
     options_model = LlamaCppOptions
+    formats_chats = True
 
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options
@@ -189,9 +195,15 @@ class LlamaCppBackend(Backend):
         trained = int(llama.metadata.get(f"{_architecture(llama)}.context_length", wanted))
         context_length = min(wanted, trained, llama.n_ctx())
         template = llama.metadata.get("tokenizer.chat_template")
-        capabilities = {Capability.COMPLETION, Capability.STREAMING}
+        capabilities = {
+            Capability.COMPLETION,
+            Capability.STREAMING,
+            Capability.JSON_OUTPUT,
+            Capability.GRAMMAR_OUTPUT,
+            Capability.COUNT_TOKENS,
+        }
         if template:
-            capabilities.add(Capability.CHAT)
+            capabilities |= {Capability.CHAT, Capability.TOOLS}
         card = ModelCard(
             id=model_id,
             aliases=tuple(override.aliases),
@@ -209,12 +221,6 @@ class LlamaCppBackend(Backend):
             raise invalid_argument(
                 FieldViolation("sampling.logprobs", "not supported by the llamacpp backend")
             )
-        if request.messages is not None and model.chat_template is None:
-            raise invalid_argument(
-                FieldViolation(
-                    "messages", f"model {request.model} has no chat template; send a prompt"
-                )
-            )
         tokens = await tokenize_within_context(
             request,
             tokenize_prompt=lambda: asyncio.to_thread(self._prompt_tokens, model, request),
@@ -223,6 +229,11 @@ class LlamaCppBackend(Backend):
             context_length=model.card.context_length,
             default_max_tokens=self._options.default_max_tokens,
         )
+        constraint = llamacpp_grammar.constraint_for(request)
+        if constraint is not None:
+            await asyncio.to_thread(
+                llamacpp_grammar.check_parses, model.llama._model.vocab, constraint, request
+            )
         job = _Job(
             prompt_chunk_tokens=self._options.prompt_chunk_tokens,
             prompt_tokens=tokens.prompt_tokens,
@@ -240,6 +251,7 @@ class LlamaCppBackend(Backend):
             frequency_penalty=_or(sampling.frequency_penalty, 0.0),
             repetition_penalty=_or(sampling.repetition_penalty, 1.0),
             stop=sampling.stop,
+            constraint=constraint,
         )
         yield PromptCounted(len(tokens.prompt_tokens))
         bridge = EngineThreadBridge()
@@ -247,14 +259,21 @@ class LlamaCppBackend(Backend):
         asyncio.get_running_loop().run_in_executor(
             model.executor, _decode, model.llama, job, bridge
         )
+        events: AsyncIterator[BackendEvent] = bridge.events()
+        if request.calls_tools:
+            events = tool_call_events(events)
         try:
-            async for event in bridge.events():
+            async for event in events:
                 yield event
         finally:
             # Consumer gone (finished, cancelled or timed out): the worker stops
             # before its next token and the model is free for the next request.
             bridge.cancelled.set()
             self._live.discard(bridge)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        model = self._loaded[request.model]
+        return len(await asyncio.to_thread(self._prompt_tokens, model, request))
 
     @staticmethod
     def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
@@ -264,24 +283,31 @@ class LlamaCppBackend(Backend):
             return list(
                 llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False)
             )
-        import jinja2
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        assert model.chat_template is not None
-        formatter = Jinja2ChatFormatter(
-            template=model.chat_template,
-            eos_token=_token_text(llama, llama.token_eos()),
-            bos_token=_token_text(llama, llama.token_bos()),
-        )
-        messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
+        source = request.chat_template or model.chat_template
+        if source is None:
+            raise invalid_argument(
+                FieldViolation(
+                    "messages", f"model {request.model} has no chat template; send a prompt"
+                )
+            )
+        template = chat_template.compiled(source)
+        eos_text = _token_text(llama, llama.token_eos())
+        bos_text = _token_text(llama, llama.token_bos())
         try:
-            text = formatter(messages=messages).prompt
-        except (ValueError, TypeError, jinja2.TemplateError) as error:
+            text = prompting.rendered(
+                lambda messages, tools: template.render(
+                    messages, tools=tools, eos_token=eos_text, bos_token=bos_text
+                ),
+                request.messages,
+                request.tools,
+                template_knows_tools=template.knows_tools,
+                offer_tools=request.calls_tools,
+            )
+        except chat_template.TemplateRefusedError as error:
             # Templates reject what they cannot format (e.g. roles that do not alternate).
             raise invalid_argument(
                 FieldViolation("messages", f"{request.model}'s chat template refused them: {error}")
             ) from None
-        bos_text = _token_text(llama, llama.token_bos())
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
@@ -400,34 +426,31 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
         bridge.push(Delta(stops.flush(), 0))
         finish(FinishReason.LENGTH)
         return
-    tokens = llama.generate(
-        history,
-        top_k=job.top_k,
-        top_p=job.top_p,
-        min_p=DEFAULT_MIN_P,
-        temp=job.temperature,
-        repeat_penalty=job.repetition_penalty,
-        frequency_penalty=job.frequency_penalty,
-        presence_penalty=job.presence_penalty,
-        reset=True,
-    )
-    for token in tokens:
-        if cancelled.is_set():
-            return
-        if is_eog(vocab, token):
-            bridge.push(Delta(stops.flush(), 0))
-            finish(FinishReason.STOP)
-            return
-        piece = llama.detokenize([token], prev_tokens=history)
-        history.append(token)
-        generated += 1
-        text, matched = stops.feed(utf8.decode(piece))
-        bridge.push(Delta(text, 1, [token] if job.include_token_ids else []))
-        if matched is not None:
-            finish(FinishReason.STOP_SEQUENCE, matched)
-            return
-        if generated >= job.max_tokens:
-            # An incomplete UTF-8 character at the cap is dropped, not sent half.
-            bridge.push(Delta(stops.flush(), 0))
-            finish(FinishReason.LENGTH)
-            return
+    sampler = TokenSampler(llama, job)
+    try:
+        for token in job.continuation_tokens:
+            sampler.accept(token)
+        while True:
+            if cancelled.is_set():
+                return
+            token = sampler.sample()
+            if is_eog(vocab, token):
+                bridge.push(Delta(stops.flush(), 0))
+                finish(FinishReason.STOP)
+                return
+            piece = llama.detokenize([token], prev_tokens=history)
+            history.append(token)
+            generated += 1
+            text, matched = stops.feed(utf8.decode(piece))
+            bridge.push(Delta(text, 1, [token] if job.include_token_ids else []))
+            if matched is not None:
+                finish(FinishReason.STOP_SEQUENCE, matched)
+                return
+            if generated >= job.max_tokens:
+                # An incomplete UTF-8 character at the cap is dropped, not sent half.
+                bridge.push(Delta(stops.flush(), 0))
+                finish(FinishReason.LENGTH)
+                return
+            llama.eval([token])
+    finally:
+        sampler.close()

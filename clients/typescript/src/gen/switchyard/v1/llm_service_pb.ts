@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchyard/v1/llm_service.proto.
  */
 export const file_switchyard_v1_llm_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIt0BCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgi/wEKEEdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIyCg1maW5pc2hfcmVhc29uGAIgASgOMhsuc3dpdGNoeWFyZC52MS5GaW5pc2hSZWFzb24SFQoNc3RvcF9zZXF1ZW5jZRgDIAEoCRIjCgV1c2FnZRgEIAEoCzIULnN3aXRjaHlhcmQudjEuVXNhZ2USDQoFbW9kZWwYBSABKAkSDwoHYmFja2VuZBgGIAEoCRInCgd0aW1pbmdzGAcgASgLMhYuc3dpdGNoeWFyZC52MS5UaW1pbmdzEiQKBnRva2VucxgIIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4i4wEKFVN0cmVhbUdlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIOCgZwcm9tcHQYAiABKAkSLAoIbWVzc2FnZXMYAyADKAsyGi5zd2l0Y2h5YXJkLnYxLkNoYXRNZXNzYWdlEi8KCHNhbXBsaW5nGAQgASgLMh0uc3dpdGNoeWFyZC52MS5TYW1wbGluZ1BhcmFtcxIxCgxjb250aW51YXRpb24YBSABKAsyGy5zd2l0Y2h5YXJkLnYxLkNvbnRpbnVhdGlvbhIZChFpbmNsdWRlX3Rva2VuX2lkcxgGIAEoCCKWAgoWU3RyZWFtR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEiQKBnRva2VucxgCIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4SMgoNZmluaXNoX3JlYXNvbhgDIAEoDjIbLnN3aXRjaHlhcmQudjEuRmluaXNoUmVhc29uEhUKDXN0b3Bfc2VxdWVuY2UYBCABKAkSIwoFdXNhZ2UYBSABKAsyFC5zd2l0Y2h5YXJkLnYxLlVzYWdlEg0KBW1vZGVsGAYgASgJEg8KB2JhY2tlbmQYByABKAkSJwoHdGltaW5ncxgIIAEoCzIWLnN3aXRjaHlhcmQudjEuVGltaW5ncxIPCgdyZXN1bWVzGAkgASgFIi8KDENvbnRpbnVhdGlvbhIMCgR0ZXh0GAEgASgJEhEKCXRva2VuX2lkcxgCIAMoBSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkijgMKDlNhbXBsaW5nUGFyYW1zEhgKC3RlbXBlcmF0dXJlGAEgASgCSACIAQESEgoFdG9wX3AYAiABKAJIAYgBARISCgV0b3BfaxgDIAEoBUgCiAEBEhcKCm1heF90b2tlbnMYBCABKAVIA4gBARIMCgRzdG9wGAUgAygJEhEKBHNlZWQYBiABKANIBIgBARIdChBwcmVzZW5jZV9wZW5hbHR5GAcgASgCSAWIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCCABKAJIBogBARIfChJyZXBldGl0aW9uX3BlbmFsdHkYCSABKAJIB4gBARIVCghsb2dwcm9icxgKIAEoBUgIiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUIVChNfcmVwZXRpdGlvbl9wZW5hbHR5QgsKCV9sb2dwcm9icyI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFImsKB1RpbWluZ3MSNgoTdGltZV90b19maXJzdF90b2tlbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgV0b3RhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJjCgVUb2tlbhIKCgJpZBgBIAEoBRIMCgR0ZXh0GAIgASgJEg8KB2xvZ3Byb2IYAyABKAISLwoMdG9wX2xvZ3Byb2JzGAQgAygLMhkuc3dpdGNoeWFyZC52MS5Ub3BMb2dwcm9iIjcKClRvcExvZ3Byb2ISCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjoKEkxpc3RNb2RlbHNSZXNwb25zZRIkCgZtb2RlbHMYASADKAsyFC5zd2l0Y2h5YXJkLnYxLk1vZGVsItwBCgVNb2RlbBIKCgJpZBgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg8KB2JhY2tlbmQYAyABKAkSFgoOY29udGV4dF9sZW5ndGgYBCABKAUSLwoMY2FwYWJpbGl0aWVzGAUgAygOMhkuc3dpdGNoeWFyZC52MS5DYXBhYmlsaXR5EioKBnN0YXR1cxgGIAEoDjIaLnN3aXRjaHlhcmQudjEuTW9kZWxTdGF0dXMSGAoQaGVhbHRoeV9yZXBsaWNhcxgHIAEoBRIWCg50b3RhbF9yZXBsaWNhcxgIIAEoBSrYAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSFwoTRklOSVNIX1JFQVNPTl9FUlJPUhAFEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBiqLAQoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASGQoVQ0FQQUJJTElUWV9DT01QTEVUSU9OEAESEwoPQ0FQQUJJTElUWV9DSEFUEAISGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAxIXChNDQVBBQklMSVRZX0xPR1BST0JTEAQqewoLTW9kZWxTdGF0dXMSHAoYTU9ERUxfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSTU9ERUxfU1RBVFVTX1JFQURZEAESGAoUTU9ERUxfU1RBVFVTX0xPQURJTkcQAhIcChhNT0RFTF9TVEFUVVNfVU5BVkFJTEFCTEUQAzKNAgoKTExNU2VydmljZRJLCghHZW5lcmF0ZRIeLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXF1ZXN0Gh8uc3dpdGNoeWFyZC52MS5HZW5lcmF0ZVJlc3BvbnNlEl8KDlN0cmVhbUdlbmVyYXRlEiQuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlcXVlc3QaJS5zd2l0Y2h5YXJkLnYxLlN0cmVhbUdlbmVyYXRlUmVzcG9uc2UwARJRCgpMaXN0TW9kZWxzEiAuc3dpdGNoeWFyZC52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("Ch9zd2l0Y2h5YXJkL3YxL2xsbV9zZXJ2aWNlLnByb3RvEg1zd2l0Y2h5YXJkLnYxIqMDCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIvCghzYW1wbGluZxgEIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSMQoMY29udGludWF0aW9uGAUgASgLMhsuc3dpdGNoeWFyZC52MS5Db250aW51YXRpb24SGQoRaW5jbHVkZV90b2tlbl9pZHMYBiABKAgSIgoFdG9vbHMYByADKAsyEy5zd2l0Y2h5YXJkLnYxLlRvb2wSLgoLdG9vbF9jaG9pY2UYCCABKAsyGS5zd2l0Y2h5YXJkLnYxLlRvb2xDaG9pY2USNgoPcmVzcG9uc2VfZm9ybWF0GAkgASgLMh0uc3dpdGNoeWFyZC52MS5SZXNwb25zZUZvcm1hdBIgChNwYXJhbGxlbF90b29sX2NhbGxzGAogASgISACIAQFCFgoUX3BhcmFsbGVsX3Rvb2xfY2FsbHMirAIKEEdlbmVyYXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIyCg1maW5pc2hfcmVhc29uGAIgASgOMhsuc3dpdGNoeWFyZC52MS5GaW5pc2hSZWFzb24SFQoNc3RvcF9zZXF1ZW5jZRgDIAEoCRIjCgV1c2FnZRgEIAEoCzIULnN3aXRjaHlhcmQudjEuVXNhZ2USDQoFbW9kZWwYBSABKAkSDwoHYmFja2VuZBgGIAEoCRInCgd0aW1pbmdzGAcgASgLMhYuc3dpdGNoeWFyZC52MS5UaW1pbmdzEiQKBnRva2VucxgIIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4SKwoKdG9vbF9jYWxscxgJIAMoCzIXLnN3aXRjaHlhcmQudjEuVG9vbENhbGwiqQMKFVN0cmVhbUdlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIOCgZwcm9tcHQYAiABKAkSLAoIbWVzc2FnZXMYAyADKAsyGi5zd2l0Y2h5YXJkLnYxLkNoYXRNZXNzYWdlEi8KCHNhbXBsaW5nGAQgASgLMh0uc3dpdGNoeWFyZC52MS5TYW1wbGluZ1BhcmFtcxIxCgxjb250aW51YXRpb24YBSABKAsyGy5zd2l0Y2h5YXJkLnYxLkNvbnRpbnVhdGlvbhIZChFpbmNsdWRlX3Rva2VuX2lkcxgGIAEoCBIiCgV0b29scxgHIAMoCzITLnN3aXRjaHlhcmQudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgIIAEoCzIZLnN3aXRjaHlhcmQudjEuVG9vbENob2ljZRI2Cg9yZXNwb25zZV9mb3JtYXQYCSABKAsyHS5zd2l0Y2h5YXJkLnYxLlJlc3BvbnNlRm9ybWF0EiAKE3BhcmFsbGVsX3Rvb2xfY2FsbHMYCiABKAhIAIgBAUIWChRfcGFyYWxsZWxfdG9vbF9jYWxscyLIAgoWU3RyZWFtR2VuZXJhdGVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEiQKBnRva2VucxgCIAMoCzIULnN3aXRjaHlhcmQudjEuVG9rZW4SMgoNZmluaXNoX3JlYXNvbhgDIAEoDjIbLnN3aXRjaHlhcmQudjEuRmluaXNoUmVhc29uEhUKDXN0b3Bfc2VxdWVuY2UYBCABKAkSIwoFdXNhZ2UYBSABKAsyFC5zd2l0Y2h5YXJkLnYxLlVzYWdlEg0KBW1vZGVsGAYgASgJEg8KB2JhY2tlbmQYByABKAkSJwoHdGltaW5ncxgIIAEoCzIWLnN3aXRjaHlhcmQudjEuVGltaW5ncxIPCgdyZXN1bWVzGAkgASgFEjAKCnRvb2xfY2FsbHMYCiADKAsyHC5zd2l0Y2h5YXJkLnYxLlRvb2xDYWxsRGVsdGEiLwoMQ29udGludWF0aW9uEgwKBHRleHQYASABKAkSEQoJdG9rZW5faWRzGAIgAygFIm8KC0NoYXRNZXNzYWdlEgwKBHJvbGUYASABKAkSDwoHY29udGVudBgCIAEoCRIrCgp0b29sX2NhbGxzGAMgAygLMhcuc3dpdGNoeWFyZC52MS5Ub29sQ2FsbBIUCgx0b29sX2NhbGxfaWQYBCABKAkiPQoEVG9vbBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhIKCnBhcmFtZXRlcnMYAyABKAkiVQoKVG9vbENob2ljZRItCgRtb2RlGAEgASgOMh0uc3dpdGNoeWFyZC52MS5Ub29sQ2hvaWNlTW9kZUgAEg4KBG5hbWUYAiABKAlIAEIICgZjaG9pY2UiNwoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIRCglhcmd1bWVudHMYAyABKAkiSwoNVG9vbENhbGxEZWx0YRINCgVpbmRleBgBIAEoBRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhEKCWFyZ3VtZW50cxgEIAEoCSKuAQoOUmVzcG9uc2VGb3JtYXQSNgoLanNvbl9vYmplY3QYASABKAsyHy5zd2l0Y2h5YXJkLnYxLkpzb25PYmplY3RGb3JtYXRIABI2Cgtqc29uX3NjaGVtYRgCIAEoCzIfLnN3aXRjaHlhcmQudjEuSnNvblNjaGVtYUZvcm1hdEgAEg8KBXJlZ2V4GAMgASgJSAASEQoHZ3JhbW1hchgEIAEoCUgAQggKBmZvcm1hdCISChBKc29uT2JqZWN0Rm9ybWF0IjAKEEpzb25TY2hlbWFGb3JtYXQSDAoEbmFtZRgBIAEoCRIOCgZzY2hlbWEYAiABKAkijgMKDlNhbXBsaW5nUGFyYW1zEhgKC3RlbXBlcmF0dXJlGAEgASgCSACIAQESEgoFdG9wX3AYAiABKAJIAYgBARISCgV0b3BfaxgDIAEoBUgCiAEBEhcKCm1heF90b2tlbnMYBCABKAVIA4gBARIMCgRzdG9wGAUgAygJEhEKBHNlZWQYBiABKANIBIgBARIdChBwcmVzZW5jZV9wZW5hbHR5GAcgASgCSAWIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYCCABKAJIBogBARIfChJyZXBldGl0aW9uX3BlbmFsdHkYCSABKAJIB4gBARIVCghsb2dwcm9icxgKIAEoBUgIiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUIVChNfcmVwZXRpdGlvbl9wZW5hbHR5QgsKCV9sb2dwcm9icyI5CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFImsKB1RpbWluZ3MSNgoTdGltZV90b19maXJzdF90b2tlbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgV0b3RhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJjCgVUb2tlbhIKCgJpZBgBIAEoBRIMCgR0ZXh0GAIgASgJEg8KB2xvZ3Byb2IYAyABKAISLwoMdG9wX2xvZ3Byb2JzGAQgAygLMhkuc3dpdGNoeWFyZC52MS5Ub3BMb2dwcm9iIjcKClRvcExvZ3Byb2ISCgoCaWQYASABKAUSDAoEdGV4dBgCIAEoCRIPCgdsb2dwcm9iGAMgASgCIrUBChJDb3VudFRva2Vuc1JlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEiwKCG1lc3NhZ2VzGAMgAygLMhouc3dpdGNoeWFyZC52MS5DaGF0TWVzc2FnZRIiCgV0b29scxgHIAMoCzITLnN3aXRjaHlhcmQudjEuVG9vbBIuCgt0b29sX2Nob2ljZRgIIAEoCzIZLnN3aXRjaHlhcmQudjEuVG9vbENob2ljZSJkChNDb3VudFRva2Vuc1Jlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKAUSDQoFbW9kZWwYAiABKAkSDwoHYmFja2VuZBgDIAEoCRIWCg5jb250ZXh0X2xlbmd0aBgEIAEoBSITChFMaXN0TW9kZWxzUmVxdWVzdCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQuc3dpdGNoeWFyZC52MS5Nb2RlbCKMAgoFTW9kZWwSCgoCaWQYASABKAkSDwoHYWxpYXNlcxgCIAMoCRIPCgdiYWNrZW5kGAMgASgJEhYKDmNvbnRleHRfbGVuZ3RoGAQgASgFEi8KDGNhcGFiaWxpdGllcxgFIAMoDjIZLnN3aXRjaHlhcmQudjEuQ2FwYWJpbGl0eRIqCgZzdGF0dXMYBiABKA4yGi5zd2l0Y2h5YXJkLnYxLk1vZGVsU3RhdHVzEhgKEGhlYWx0aHlfcmVwbGljYXMYByABKAUSFgoOdG90YWxfcmVwbGljYXMYCCABKAUSLgoIZGVmYXVsdHMYCSABKAsyHC5zd2l0Y2h5YXJkLnYxLk1vZGVsRGVmYXVsdHMidwoNTW9kZWxEZWZhdWx0cxIvCghzYW1wbGluZxgBIAEoCzIdLnN3aXRjaHlhcmQudjEuU2FtcGxpbmdQYXJhbXMSFQoNc3lzdGVtX3Byb21wdBgCIAEoCRIeChZjaGF0X3RlbXBsYXRlX292ZXJyaWRlGAMgASgIKocBCg5Ub29sQ2hvaWNlTW9kZRIgChxUT09MX0NIT0lDRV9NT0RFX1VOU1BFQ0lGSUVEEAASGQoVVE9PTF9DSE9JQ0VfTU9ERV9BVVRPEAESGQoVVE9PTF9DSE9JQ0VfTU9ERV9OT05FEAISHQoZVE9PTF9DSE9JQ0VfTU9ERV9SRVFVSVJFRBADKvYBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHwobRklOSVNIX1JFQVNPTl9TVE9QX1NFUVVFTkNFEAMSGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQBBIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAUSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAGEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxAHKvkBCgpDYXBhYmlsaXR5EhoKFkNBUEFCSUxJVFlfVU5TUEVDSUZJRUQQABIZChVDQVBBQklMSVRZX0NPTVBMRVRJT04QARITCg9DQVBBQklMSVRZX0NIQVQQAhIYChRDQVBBQklMSVRZX1NUUkVBTUlORxADEhcKE0NBUEFCSUxJVFlfTE9HUFJPQlMQBBIUChBDQVBBQklMSVRZX1RPT0xTEAUSGgoWQ0FQQUJJTElUWV9KU09OX09VVFBVVBAGEh0KGUNBUEFCSUxJVFlfR1JBTU1BUl9PVVRQVVQQBxIbChdDQVBBQklMSVRZX0NPVU5UX1RPS0VOUxAIKnsKC01vZGVsU3RhdHVzEhwKGE1PREVMX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEk1PREVMX1NUQVRVU19SRUFEWRABEhgKFE1PREVMX1NUQVRVU19MT0FESU5HEAISHAoYTU9ERUxfU1RBVFVTX1VOQVZBSUxBQkxFEAMy4wIKCkxMTVNlcnZpY2USSwoIR2VuZXJhdGUSHi5zd2l0Y2h5YXJkLnYxLkdlbmVyYXRlUmVxdWVzdBofLnN3aXRjaHlhcmQudjEuR2VuZXJhdGVSZXNwb25zZRJfCg5TdHJlYW1HZW5lcmF0ZRIkLnN3aXRjaHlhcmQudjEuU3RyZWFtR2VuZXJhdGVSZXF1ZXN0GiUuc3dpdGNoeWFyZC52MS5TdHJlYW1HZW5lcmF0ZVJlc3BvbnNlMAESUQoKTGlzdE1vZGVscxIgLnN3aXRjaHlhcmQudjEuTGlzdE1vZGVsc1JlcXVlc3QaIS5zd2l0Y2h5YXJkLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJUCgtDb3VudFRva2VucxIhLnN3aXRjaHlhcmQudjEuQ291bnRUb2tlbnNSZXF1ZXN0GiIuc3dpdGNoeWFyZC52MS5Db3VudFRva2Vuc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * GenerateRequest asks for one generation. Exactly one of `prompt` and
@@ -66,6 +66,39 @@ export type GenerateRequest = Message<"switchyard.v1.GenerateRequest"> & {
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * Functions the model may call (chat requests only). A call comes back in
+   * `tool_calls` with finish_reason FINISH_REASON_TOOL_CALLS.
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether the model must, may or must not call a tool, or which one. Unset
+   * means auto when `tools` is set.
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * Constrains the output's shape (JSON, a JSON Schema, a regex or a GBNF
+   * grammar). A backend that cannot honour it answers INVALID_ARGUMENT
+   * naming the field; it is never silently ignored.
+   *
+   * @generated from field: switchyard.v1.ResponseFormat response_format = 9;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Whether the model may call several tools in one answer. Unset means true;
+   * false: at most one call.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 10;
+   */
+  parallelToolCalls?: boolean | undefined;
 };
 
 /**
@@ -137,6 +170,14 @@ export type GenerateResponse = Message<"switchyard.v1.GenerateResponse"> & {
    * @generated from field: repeated switchyard.v1.Token tokens = 8;
    */
   tokens: Token[];
+
+  /**
+   * The tools the model called (finish_reason FINISH_REASON_TOOL_CALLS), in
+   * order. `text` holds whatever the model said besides.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCall tool_calls = 9;
+   */
+  toolCalls: ToolCall[];
 };
 
 /**
@@ -197,6 +238,39 @@ export type StreamGenerateRequest = Message<"switchyard.v1.StreamGenerateRequest
    * @generated from field: bool include_token_ids = 6;
    */
   includeTokenIds: boolean;
+
+  /**
+   * Functions the model may call (chat requests only). A call comes back in
+   * `tool_calls` with finish_reason FINISH_REASON_TOOL_CALLS.
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether the model must, may or must not call a tool, or which one. Unset
+   * means auto when `tools` is set.
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * Constrains the output's shape (JSON, a JSON Schema, a regex or a GBNF
+   * grammar). A backend that cannot honour it answers INVALID_ARGUMENT
+   * naming the field; it is never silently ignored.
+   *
+   * @generated from field: switchyard.v1.ResponseFormat response_format = 9;
+   */
+  responseFormat?: ResponseFormat | undefined;
+
+  /**
+   * Whether the model may call several tools in one answer. Unset means true;
+   * false: at most one call.
+   *
+   * @generated from field: optional bool parallel_tool_calls = 10;
+   */
+  parallelToolCalls?: boolean | undefined;
 };
 
 /**
@@ -279,6 +353,15 @@ export type StreamGenerateResponse = Message<"switchyard.v1.StreamGenerateRespon
    * @generated from field: int32 resumes = 9;
    */
   resumes: number;
+
+  /**
+   * Pieces of tool calls, as OpenAI streams them: a call's first delta has
+   * its index, id and name; later ones with the same index carry fragments
+   * of its arguments. Concatenating a call's fragments gives its arguments.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCallDelta tool_calls = 10;
+   */
+  toolCalls: ToolCallDelta[];
 };
 
 /**
@@ -325,18 +408,34 @@ export const ContinuationSchema: GenMessage<Continuation> = /*@__PURE__*/
  */
 export type ChatMessage = Message<"switchyard.v1.ChatMessage"> & {
   /**
-   * "system", "user" or "assistant".
+   * "system", "user", "assistant" or "tool".
    *
    * @generated from field: string role = 1;
    */
   role: string;
 
   /**
-   * The text of the turn.
+   * The text of the turn (for a "tool" message: the tool's result).
    *
    * @generated from field: string content = 2;
    */
   content: string;
+
+  /**
+   * An "assistant" message only: the tools it called, as a response's
+   * `tool_calls` returned them.
+   *
+   * @generated from field: repeated switchyard.v1.ToolCall tool_calls = 3;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * A "tool" message only: the id of the call (in an earlier assistant
+   * message's `tool_calls`) whose result this is.
+   *
+   * @generated from field: string tool_call_id = 4;
+   */
+  toolCallId: string;
 };
 
 /**
@@ -345,6 +444,257 @@ export type ChatMessage = Message<"switchyard.v1.ChatMessage"> & {
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
   messageDesc(file_switchyard_v1_llm_service, 5);
+
+/**
+ * Tool is a function the model may call.
+ *
+ * @generated from message switchyard.v1.Tool
+ */
+export type Tool = Message<"switchyard.v1.Tool"> & {
+  /**
+   * The function's name: 1 to 64 letters, digits, '_' or '-'; unique in the
+   * request.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it does and when to call it; the model reads this.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The JSON Schema of its arguments, as JSON text: an object schema. Empty
+   * means the function takes no arguments.
+   *
+   * @generated from field: string parameters = 3;
+   */
+  parameters: string;
+};
+
+/**
+ * Describes the message switchyard.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 6);
+
+/**
+ * ToolChoice says whether the model may, must or must not call a tool.
+ *
+ * @generated from message switchyard.v1.ToolChoice
+ */
+export type ToolChoice = Message<"switchyard.v1.ToolChoice"> & {
+  /**
+   * One of these; neither set means auto.
+   *
+   * @generated from oneof switchyard.v1.ToolChoice.choice
+   */
+  choice: {
+    /**
+     * auto, none or required.
+     *
+     * @generated from field: switchyard.v1.ToolChoiceMode mode = 1;
+     */
+    value: ToolChoiceMode;
+    case: "mode";
+  } | {
+    /**
+     * The name of the one tool the model must call (one of `tools`).
+     *
+     * @generated from field: string name = 2;
+     */
+    value: string;
+    case: "name";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message switchyard.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 7);
+
+/**
+ * ToolCall is one call of a tool by the model.
+ *
+ * @generated from message switchyard.v1.ToolCall
+ */
+export type ToolCall = Message<"switchyard.v1.ToolCall"> & {
+  /**
+   * Unique within the conversation; a "tool" message answers it by this id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The tool's name, one of the request's `tools`.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON object text. On backends with constrained
+   * decoding (README "Tools and structured output") it always parses and
+   * matches the tool's `parameters` schema.
+   *
+   * @generated from field: string arguments = 3;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message switchyard.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 8);
+
+/**
+ * ToolCallDelta is a piece of a tool call in a stream.
+ *
+ * @generated from message switchyard.v1.ToolCallDelta
+ */
+export type ToolCallDelta = Message<"switchyard.v1.ToolCallDelta"> & {
+  /**
+   * Which call of this response (0, 1, ...) the piece belongs to.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The call's id: on the call's first delta only.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The tool's name: on the call's first delta only.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * The next fragment of the arguments' JSON text (may be empty).
+   *
+   * @generated from field: string arguments = 4;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message switchyard.v1.ToolCallDelta.
+ * Use `create(ToolCallDeltaSchema)` to create a new message.
+ */
+export const ToolCallDeltaSchema: GenMessage<ToolCallDelta> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 9);
+
+/**
+ * ResponseFormat constrains what the model outputs. Unset: plain text.
+ *
+ * @generated from message switchyard.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"switchyard.v1.ResponseFormat"> & {
+  /**
+   * Exactly one.
+   *
+   * @generated from oneof switchyard.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * Any JSON object.
+     *
+     * @generated from field: switchyard.v1.JsonObjectFormat json_object = 1;
+     */
+    value: JsonObjectFormat;
+    case: "jsonObject";
+  } | {
+    /**
+     * JSON that matches a JSON Schema.
+     *
+     * @generated from field: switchyard.v1.JsonSchemaFormat json_schema = 2;
+     */
+    value: JsonSchemaFormat;
+    case: "jsonSchema";
+  } | {
+    /**
+     * Text that matches this regular expression (the whole output).
+     *
+     * @generated from field: string regex = 3;
+     */
+    value: string;
+    case: "regex";
+  } | {
+    /**
+     * Text that a GBNF grammar (llama.cpp's grammar format, start rule
+     * `root`) accepts.
+     *
+     * @generated from field: string grammar = 4;
+     */
+    value: string;
+    case: "grammar";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message switchyard.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 10);
+
+/**
+ * JsonObjectFormat asks for one JSON object, of any shape.
+ *
+ * @generated from message switchyard.v1.JsonObjectFormat
+ */
+export type JsonObjectFormat = Message<"switchyard.v1.JsonObjectFormat"> & {
+};
+
+/**
+ * Describes the message switchyard.v1.JsonObjectFormat.
+ * Use `create(JsonObjectFormatSchema)` to create a new message.
+ */
+export const JsonObjectFormatSchema: GenMessage<JsonObjectFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 11);
+
+/**
+ * JsonSchemaFormat asks for JSON matching a schema.
+ *
+ * @generated from message switchyard.v1.JsonSchemaFormat
+ */
+export type JsonSchemaFormat = Message<"switchyard.v1.JsonSchemaFormat"> & {
+  /**
+   * A name for the schema (letters, digits, '_' or '-'); some providers
+   * require one. Default "response".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The JSON Schema, as JSON text.
+   *
+   * @generated from field: string schema = 2;
+   */
+  schema: string;
+};
+
+/**
+ * Describes the message switchyard.v1.JsonSchemaFormat.
+ * Use `create(JsonSchemaFormatSchema)` to create a new message.
+ */
+export const JsonSchemaFormatSchema: GenMessage<JsonSchemaFormat> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 12);
 
 /**
  * SamplingParams control decoding. Unset fields take the model's default;
@@ -431,7 +781,7 @@ export type SamplingParams = Message<"switchyard.v1.SamplingParams"> & {
  * Use `create(SamplingParamsSchema)` to create a new message.
  */
 export const SamplingParamsSchema: GenMessage<SamplingParams> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 6);
+  messageDesc(file_switchyard_v1_llm_service, 13);
 
 /**
  * Usage counts tokens.
@@ -459,7 +809,7 @@ export type Usage = Message<"switchyard.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 7);
+  messageDesc(file_switchyard_v1_llm_service, 14);
 
 /**
  * Timings are measured on the server that generated the text.
@@ -487,7 +837,7 @@ export type Timings = Message<"switchyard.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 8);
+  messageDesc(file_switchyard_v1_llm_service, 15);
 
 /**
  * Token describes one generated token.
@@ -529,7 +879,7 @@ export type Token = Message<"switchyard.v1.Token"> & {
  * Use `create(TokenSchema)` to create a new message.
  */
 export const TokenSchema: GenMessage<Token> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 9);
+  messageDesc(file_switchyard_v1_llm_service, 16);
 
 /**
  * TopLogprob is one alternative token at a position.
@@ -564,7 +914,101 @@ export type TopLogprob = Message<"switchyard.v1.TopLogprob"> & {
  * Use `create(TopLogprobSchema)` to create a new message.
  */
 export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 10);
+  messageDesc(file_switchyard_v1_llm_service, 17);
+
+/**
+ * CountTokensRequest is the input part of a GenerateRequest, with the same
+ * field numbers, so a GenerateRequest's bytes count as they would generate.
+ * Exactly one of `prompt` and `messages` must be set.
+ *
+ * @generated from message switchyard.v1.CountTokensRequest
+ */
+export type CountTokensRequest = Message<"switchyard.v1.CountTokensRequest"> & {
+  /**
+   * The model id or alias, as ListModels reports it. Field 1, as in
+   * GenerateRequest (the router reads only this field).
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * A plain text prompt.
+   *
+   * @generated from field: string prompt = 2;
+   */
+  prompt: string;
+
+  /**
+   * A chat conversation, formatted by the model's chat template.
+   *
+   * @generated from field: repeated switchyard.v1.ChatMessage messages = 3;
+   */
+  messages: ChatMessage[];
+
+  /**
+   * The tools the request would offer (their definitions take tokens).
+   *
+   * @generated from field: repeated switchyard.v1.Tool tools = 7;
+   */
+  tools: Tool[];
+
+  /**
+   * The tool choice the request would make (some providers count it).
+   *
+   * @generated from field: switchyard.v1.ToolChoice tool_choice = 8;
+   */
+  toolChoice?: ToolChoice | undefined;
+};
+
+/**
+ * Describes the message switchyard.v1.CountTokensRequest.
+ * Use `create(CountTokensRequestSchema)` to create a new message.
+ */
+export const CountTokensRequestSchema: GenMessage<CountTokensRequest> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 18);
+
+/**
+ * CountTokensResponse is a token count.
+ *
+ * @generated from message switchyard.v1.CountTokensResponse
+ */
+export type CountTokensResponse = Message<"switchyard.v1.CountTokensResponse"> & {
+  /**
+   * Tokens the input takes (after the chat template was applied).
+   *
+   * @generated from field: int32 prompt_tokens = 1;
+   */
+  promptTokens: number;
+
+  /**
+   * The model id that counted them.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * The backend kind that counted them.
+   *
+   * @generated from field: string backend = 3;
+   */
+  backend: string;
+
+  /**
+   * The model's context length: prompt plus generated tokens must fit it.
+   *
+   * @generated from field: int32 context_length = 4;
+   */
+  contextLength: number;
+};
+
+/**
+ * Describes the message switchyard.v1.CountTokensResponse.
+ * Use `create(CountTokensResponseSchema)` to create a new message.
+ */
+export const CountTokensResponseSchema: GenMessage<CountTokensResponse> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 19);
 
 /**
  * ListModelsRequest has no fields yet.
@@ -579,7 +1023,7 @@ export type ListModelsRequest = Message<"switchyard.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 11);
+  messageDesc(file_switchyard_v1_llm_service, 20);
 
 /**
  * ListModelsResponse lists the models served.
@@ -600,7 +1044,7 @@ export type ListModelsResponse = Message<"switchyard.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 12);
+  messageDesc(file_switchyard_v1_llm_service, 21);
 
 /**
  * Model describes one servable model.
@@ -663,6 +1107,13 @@ export type Model = Message<"switchyard.v1.Model"> & {
    * @generated from field: int32 total_replicas = 8;
    */
   totalReplicas: number;
+
+  /**
+   * What the server uses where a request leaves something unset.
+   *
+   * @generated from field: switchyard.v1.ModelDefaults defaults = 9;
+   */
+  defaults?: ModelDefaults | undefined;
 };
 
 /**
@@ -670,7 +1121,86 @@ export type Model = Message<"switchyard.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_llm_service, 13);
+  messageDesc(file_switchyard_v1_llm_service, 22);
+
+/**
+ * ModelDefaults are a model's per-model defaults from the model server's
+ * config. A request's own values always win.
+ *
+ * @generated from message switchyard.v1.ModelDefaults
+ */
+export type ModelDefaults = Message<"switchyard.v1.ModelDefaults"> & {
+  /**
+   * Sampling for the fields a request leaves unset (temperature, top_p,
+   * max_tokens and stop are the ones a config sets).
+   *
+   * @generated from field: switchyard.v1.SamplingParams sampling = 1;
+   */
+  sampling?: SamplingParams | undefined;
+
+  /**
+   * The system message put first in a chat that has none.
+   *
+   * @generated from field: string system_prompt = 2;
+   */
+  systemPrompt: string;
+
+  /**
+   * True when the server formats chats with its own chat template instead of
+   * the one that came with the model.
+   *
+   * @generated from field: bool chat_template_override = 3;
+   */
+  chatTemplateOverride: boolean;
+};
+
+/**
+ * Describes the message switchyard.v1.ModelDefaults.
+ * Use `create(ModelDefaultsSchema)` to create a new message.
+ */
+export const ModelDefaultsSchema: GenMessage<ModelDefaults> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_llm_service, 23);
+
+/**
+ * ToolChoiceMode is a ToolChoice without a named tool.
+ *
+ * @generated from enum switchyard.v1.ToolChoiceMode
+ */
+export enum ToolChoiceMode {
+  /**
+   * Auto.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides between answering and calling tools.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The model answers in text and calls no tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * The model calls at least one tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_REQUIRED = 3;
+   */
+  REQUIRED = 3,
+}
+
+/**
+ * Describes the enum switchyard.v1.ToolChoiceMode.
+ */
+export const ToolChoiceModeSchema: GenEnum<ToolChoiceMode> = /*@__PURE__*/
+  enumDesc(file_switchyard_v1_llm_service, 0);
 
 /**
  * FinishReason tells why generation ended.
@@ -726,13 +1256,21 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_CONTENT_FILTER = 6;
    */
   CONTENT_FILTER = 6,
+
+  /**
+   * The model called tools (see `tool_calls`); the caller runs them and sends
+   * their results back in "tool" messages.
+   *
+   * @generated from enum value: FINISH_REASON_TOOL_CALLS = 7;
+   */
+  TOOL_CALLS = 7,
 }
 
 /**
  * Describes the enum switchyard.v1.FinishReason.
  */
 export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 0);
+  enumDesc(file_switchyard_v1_llm_service, 1);
 
 /**
  * Capability is something a model supports.
@@ -774,13 +1312,41 @@ export enum Capability {
    * @generated from enum value: CAPABILITY_LOGPROBS = 4;
    */
   LOGPROBS = 4,
+
+  /**
+   * Tool calling (`tools`, `tool_choice`).
+   *
+   * @generated from enum value: CAPABILITY_TOOLS = 5;
+   */
+  TOOLS = 5,
+
+  /**
+   * response_format json_object and json_schema.
+   *
+   * @generated from enum value: CAPABILITY_JSON_OUTPUT = 6;
+   */
+  JSON_OUTPUT = 6,
+
+  /**
+   * response_format regex and grammar.
+   *
+   * @generated from enum value: CAPABILITY_GRAMMAR_OUTPUT = 7;
+   */
+  GRAMMAR_OUTPUT = 7,
+
+  /**
+   * CountTokens.
+   *
+   * @generated from enum value: CAPABILITY_COUNT_TOKENS = 8;
+   */
+  COUNT_TOKENS = 8,
 }
 
 /**
  * Describes the enum switchyard.v1.Capability.
  */
 export const CapabilitySchema: GenEnum<Capability> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 1);
+  enumDesc(file_switchyard_v1_llm_service, 2);
 
 /**
  * ModelStatus is a model's live state.
@@ -821,7 +1387,7 @@ export enum ModelStatus {
  * Describes the enum switchyard.v1.ModelStatus.
  */
 export const ModelStatusSchema: GenEnum<ModelStatus> = /*@__PURE__*/
-  enumDesc(file_switchyard_v1_llm_service, 2);
+  enumDesc(file_switchyard_v1_llm_service, 3);
 
 /**
  * LLMService is the one contract of Switchyard. The router and every model
@@ -871,6 +1437,20 @@ export const LLMService: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * CountTokens counts the tokens a request's input takes, with the model's
+   * own tokenizer and chat template (tools and the model's default system
+   * prompt included): what usage.prompt_tokens of the same Generate would be.
+   * A backend whose provider offers no exact count answers UNIMPLEMENTED
+   * (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+   *
+   * @generated from rpc switchyard.v1.LLMService.CountTokens
+   */
+  countTokens: {
+    methodKind: "unary";
+    input: typeof CountTokensRequestSchema;
+    output: typeof CountTokensResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchyard_v1_llm_service, 0);
