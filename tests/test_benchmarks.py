@@ -29,6 +29,16 @@ TABLES: dict[str, list[str]] = {
         "| router CPU per relayed stream message |",
         "in-process auth work per request (10 keys configured):",
     ],
+    "concurrent_streams.py": [
+        "| round | errors | TTFT p50 | TTFT p99 | router CPU per stream |",
+        "| 1 |",
+    ],
+    "restarts.py": [
+        "| scenario | requests | failed | failed per 1,000 |",
+        "| 2 replicas, kill -9 |",
+        "| 2 replicas, SIGTERM |",
+        "| 3 replicas, kill -9 |",
+    ],
     "fleet_overhead.py": [
         "| measure | plain (no auth) | local limits | Redis limits |",
         "| router CPU per request, concurrency 16 |",

@@ -151,6 +151,29 @@ def test_values_pass_the_schema(values: str) -> None:
             },
             "policy",
         ),
+        (
+            {
+                "router": {
+                    "routes": [
+                        {
+                            "model": "m",
+                            "healthy_panic_threshold": 150,
+                            "targets": [{"cluster": "c"}],
+                        }
+                    ]
+                }
+            },
+            "healthy_panic_threshold",
+        ),
+        ({"router": {"clusterDefaults": {"reconnect_backoff": {"max": 1}}}}, "reconnect_backoff"),
+        (
+            {"router": {"clusterDefaults": {"connection_pool": {"max_connections": 0}}}},
+            "max_connections",
+        ),
+        (
+            {"router": {"clusterDefaults": {"outlier_detection": {"max_ejection_percent": -1}}}},
+            "max_ejection_percent",
+        ),
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
@@ -287,7 +310,13 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["gpu"].outlier_detection.consecutive_failures == 5
     assert config.clusters["cpu"].outlier_detection.consecutive_failures == 2
     assert config.clusters["cpu"].dns_refresh_seconds == 5
+    assert config.clusters["cpu"].outlier_detection.max_ejection_percent == 34  # merged by key
+    assert config.clusters["gpu"].reconnect_backoff.max_seconds == 0.5
     assert config.routes[0].policy == "round_robin"
+    assert config.routes[0].healthy_panic_threshold == 25
+    assert config.routes[0].max_in_flight == 500
+    assert config.clusters["cpu"].connection_pool.max_connections == 4
+    assert config.limits.max_in_flight == 2048  # the chart's default
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),

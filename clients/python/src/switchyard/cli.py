@@ -219,8 +219,8 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'FAILS':>5}"
-    print(f"{header}  MODELS / EJECTION")
+    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'CONNS':>5}"
+    print(f"{header} {'FAILS':>5}  MODELS / EJECTION")
     for e in response.endpoints:
         state = admin_pb.EndpointState.Name(e.state).removeprefix("ENDPOINT_STATE_").lower()
         models = ", ".join(
@@ -228,11 +228,25 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             for m in e.models
         )
         line = f"{e.cluster:14} {e.address:22} {state:12} {e.outstanding_requests:>8} "
-        line += f"{e.consecutive_failures:>5}  {models}"
+        line += f"{e.connections:>5} {e.consecutive_failures:>5}  {models}"
         if e.ejection_reason:
             left = e.ejected_for.seconds + e.ejected_for.nanos / 1e9
             line += f"  [ejected {e.ejections}x, {left:.1f}s left: {e.ejection_reason}]"
         print(line)
+    for c in response.clusters:
+        if c.ejected_endpoints or c.ejections_overflow:
+            print(
+                f"cluster {c.cluster}: {c.ejected_endpoints} of {c.endpoints} ejected, at most "
+                f"{c.max_ejected_endpoints} (max_ejection_percent {c.max_ejection_percent:g}); "
+                f"{c.ejections_overflow} ejections refused by the cap"
+            )
+    for p in response.priorities:
+        if p.panic:
+            print(
+                f"route {p.route} priority {p.priority}: PANIC, {p.healthy_endpoints} of "
+                f"{p.endpoints} healthy (< {p.healthy_panic_threshold:g}%): requests spread "
+                "over its connected endpoints, ejected ones included"
+            )
 
 
 def _count(client: Client, args: argparse.Namespace) -> None:

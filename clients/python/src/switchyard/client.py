@@ -31,6 +31,7 @@ from switchyard._base_client import (
     BaseClient,
     BatchInput,
     StreamCall,
+    StreamStarter,
     auth_metadata,
     batch_requests,
     count_request,
@@ -74,14 +75,20 @@ class Stream(StreamCall, Iterator[StreamChunk]):
         return self
 
     def __next__(self) -> StreamChunk:
-        try:
-            response = next(self._call)
-        except StopIteration:
-            self._ended()
-            raise
-        except grpc.RpcError as rpc_error:
-            raise self._failed(rpc_error) from None
-        return self._received(response)
+        while True:
+            try:
+                response = next(self._call)
+            except StopIteration:
+                self._ended()
+                raise
+            except grpc.RpcError as rpc_error:
+                pause = self._refused_pause(rpc_error)
+                if pause is None:
+                    raise self._failed(rpc_error) from None
+                time.sleep(pause)  # refused before its first chunk: sent again
+                self._restart()
+                continue
+            return self._received(response)
 
     def close(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
@@ -97,22 +104,34 @@ class Stream(StreamCall, Iterator[StreamChunk]):
 class AsyncStream(StreamCall, AsyncIterator[StreamChunk]):
     """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
 
-    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        super().__init__(call, usage)
+    def __init__(
+        self,
+        call: Any,
+        usage: StreamUsageRecorder | None = None,
+        starter: StreamStarter | None = None,
+    ) -> None:
+        super().__init__(call, usage, starter)
         self._responses = call.__aiter__()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        try:
-            response = await self._responses.__anext__()
-        except StopAsyncIteration:
-            self._ended()
-            raise
-        except grpc.RpcError as rpc_error:
-            raise self._failed(rpc_error) from None
-        return self._received(response)
+        while True:
+            try:
+                response = await self._responses.__anext__()
+            except StopAsyncIteration:
+                self._ended()
+                raise
+            except grpc.RpcError as rpc_error:
+                pause = self._refused_pause(rpc_error)
+                if pause is None:
+                    raise self._failed(rpc_error) from None
+                await asyncio.sleep(pause)  # refused before its first chunk: sent again
+                self._restart()
+                self._responses = self._call.__aiter__()
+                continue
+            return self._received(response)
 
     async def aclose(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""

@@ -1,14 +1,15 @@
 """Admission: the checks a request passes before its first attempt, whichever front
 it came in by, and the :class:`Call` it becomes.
 
-In order: the API key (``auth``), the request's size, its model name and route, then
-one question to the fleet state (``fleet``) for what needs shared counters: the
-key's rate limits, its token budget reservation and the route's cached answer (at
-most one round trip to Redis, and none at all for a request whose key has no
-limits on a route without a cache). Each refusal is a ``StatusError``:
-UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND or
-RESOURCE_EXHAUSTED with RetryInfo. Checks still to come (overload) belong here
-too: one place that decides whether a request gets an endpoint at all.
+In order: the API key (``auth``), the request's size, its model name and route, the
+router's and the route's calls in progress (``overload``: this router's own
+counts), then one question to the fleet state (``fleet``) for what needs shared
+counters: the key's rate limits, its token budget reservation and the route's
+cached answer (at most one round trip to Redis, and none at all for a request
+whose key has no limits on a route without a cache; last, so that a refused
+request uses no quota). Each refusal is a ``StatusError``: UNAUTHENTICATED,
+PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED with
+RetryInfo: one place that decides whether a request gets an endpoint at all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from switchyard_router.fleet.local import LocalFleetState
 from switchyard_router.front import Inbound, Metadata
 from switchyard_router.metering import TokenMeter
 from switchyard_router.metrics import RequestRecord
+from switchyard_router.overload import InFlight
 from switchyard_router.picker import RequestView
 from switchyard_router.resume import WANT_TOKEN_IDS, ResumeState
 from switchyard_router.routing import Route, RouteTable
@@ -87,6 +89,14 @@ class Call:
     tried: set[Endpoint] = field(default_factory=set)
     delivered: int = 0
     """Response messages sent to the caller so far, over every attempt."""
+    in_flight: InFlight | None = None
+    """Where the call is counted in progress, until :meth:`release`."""
+
+    def release(self) -> None:
+        """The call ended: it no longer counts toward ``max_in_flight``."""
+        if self.in_flight is not None:
+            self.in_flight.leave(self.route.model)
+            self.in_flight = None
 
     @property
     def relays_plainly(self) -> bool:
@@ -120,6 +130,8 @@ class Admission:
     max_request_bytes: int | None = None
     fleet: FleetState = field(default_factory=LocalFleetState)
     cache: ResponseCacheConfig = field(default_factory=ResponseCacheConfig)
+    in_flight: InFlight | None = None
+    """The router's count of calls in progress (it outlives reloads); None: no limits."""
 
     async def admit(self, inbound: Inbound, record: RequestRecord) -> Call:
         """The request's :class:`Call`, or a ``StatusError`` saying why not. Fills in
@@ -152,13 +164,20 @@ class Admission:
         deadline = None if remaining is None else time.monotonic() + remaining
         view = RequestView(route.model, None, len(request), adapter or None)
         call = Call(inbound, record, route, view, request, metadata, deadline)
-        limits = principal.limits if principal is not None else None
-        if limits is not None or route.cache is not None:
-            await self._ask_fleet(call, principal, limits)  # last: a refusal uses no quota
-        if inbound.streaming and route.resume and call.cached is None:
-            call.resume = ResumeState.for_request(request)
-        if call.resume is not None or call.meter is not None:
-            call.payload = request + WANT_TOKEN_IDS
+        if self.in_flight is not None:
+            self.in_flight.enter(route.model, route.max_in_flight)
+            call.in_flight = self.in_flight
+        try:
+            limits = principal.limits if principal is not None else None
+            if limits is not None or route.cache is not None:
+                await self._ask_fleet(call, principal, limits)  # last: a refusal uses no quota
+            if inbound.streaming and route.resume and call.cached is None:
+                call.resume = ResumeState.for_request(request)
+            if call.resume is not None or call.meter is not None:
+                call.payload = request + WANT_TOKEN_IDS
+        except BaseException:  # refused, or the caller left: it never ran
+            call.release()
+            raise
         return call
 
     async def _ask_fleet(

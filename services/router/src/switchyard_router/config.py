@@ -31,7 +31,7 @@ from switchyard_router.fleet.config import (
     RouteCacheConfig,
     TokenBudgetConfig,
 )
-from switchyard_router.picker import DEFAULT_POLICY, PolicyName
+from switchyard_router.picker import DEFAULT_HEALTHY_PANIC_THRESHOLD, DEFAULT_POLICY, PolicyName
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (
@@ -46,11 +46,58 @@ class _Strict(BaseModel):
 
 
 class OutlierDetectionConfig(_Strict):
-    """Passive health: eject an endpoint after consecutive failures."""
+    """Passive health, as Envoy's outlier detection: eject an endpoint after
+    consecutive failures, for a back-off that doubles with each ejection."""
 
     consecutive_failures: int = Field(default=3, ge=1)
     base_ejection_seconds: float = Field(default=1.0, gt=0)
     max_ejection_seconds: float = Field(default=30.0, gt=0)
+    max_ejection_percent: float = Field(
+        default=50.0,
+        ge=0,
+        le=100,
+        description="never more of the cluster's endpoints ejected at once (rounded down, "
+        "but at least one unless 0)",
+    )
+    successful_active_health_check_uneject_host: bool = Field(
+        default=True,
+        description="a fresh SERVING from the endpoint's health stream (after a reconnect, or "
+        "after NOT_SERVING) ends its ejection; the doubled back-off is kept",
+    )
+
+
+class ReconnectBackoffConfig(_Strict):
+    """How soon the router tries a lost model server again (connection attempts and
+    health watches): from ``initial_seconds``, times 1.6 per failed try, up to
+    ``max_seconds``, each pause spread by +-``jitter``."""
+
+    initial_seconds: float = Field(default=0.1, ge=0.1)
+    max_seconds: float = Field(default=0.3, ge=0.1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectBackoffConfig:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds: must be at least initial_seconds")
+        return self
+
+
+class ConnectionPoolConfig(_Strict):
+    """The router's connections to each model server of a cluster."""
+
+    max_concurrent_streams: int = Field(
+        default=500,
+        ge=1,
+        description="calls the router opens at once on one connection to a model server; "
+        "past it, another connection (keep it at or below the model servers' "
+        "limits.max_concurrent_streams; a refused stream teaches the router their real limit)",
+    )
+    max_connections: int = Field(
+        default=8,
+        ge=1,
+        description="connections to one model server at most; past them, calls share the "
+        "least busy one",
+    )
 
 
 class ClusterConfig(_Strict):
@@ -75,6 +122,8 @@ class ClusterConfig(_Strict):
         default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
     )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    reconnect_backoff: ReconnectBackoffConfig = ReconnectBackoffConfig()
+    connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: ChannelTLSConfig | None = Field(
         default=None, description="TLS (or mutual TLS) to this cluster's model servers"
     )
@@ -127,6 +176,19 @@ class RouteConfig(_Strict):
         default=DEFAULT_POLICY,
         description="how a target's endpoint is chosen: least_outstanding (the less busy of "
         "two at random) or round_robin (each in turn)",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="calls of this route in progress at once; more get RESOURCE_EXHAUSTED "
+        "OVERLOADED with RetryInfo (unset: only the router's limits.max_in_flight)",
+    )
+    healthy_panic_threshold: float = Field(
+        default=DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        ge=0,
+        le=100,
+        description="percent: below this share of healthy endpoints, a priority is in panic "
+        "and spreads requests over its connected endpoints, ejected ones included (0: never)",
     )
     cache: RouteCacheConfig | None = Field(
         default=None,
@@ -210,7 +272,14 @@ class AuthConfig(_Strict):
 
 
 class RouterLimitsConfig(ConnectionLimits):
-    """``limits:`` of the router's listener."""
+    """``limits:`` of the router's listener, and its admission of calls."""
+
+    max_in_flight: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Generate and StreamGenerate calls in progress at once, every route "
+        "together; more get RESOURCE_EXHAUSTED OVERLOADED with RetryInfo (null: no limit)",
+    )
 
     max_request_bytes: int | None = Field(
         default=None,

@@ -50,6 +50,38 @@ EJECTIONS = Counter(
     "Outlier-detection ejections, by endpoint.",
     ["cluster", "endpoint"],
 )
+EJECTIONS_ACTIVE = Gauge(
+    "switchyard_router_ejections_active",
+    "Endpoints ejected now, by cluster.",
+    ["cluster"],
+)
+EJECTIONS_OVERFLOW = Counter(
+    "switchyard_router_ejections_overflow",
+    "Ejections not made because max_ejection_percent of the cluster was ejected already.",
+    ["cluster"],
+)
+IN_FLIGHT = Gauge(
+    "switchyard_router_in_flight_requests",
+    "Generate and StreamGenerate calls in progress (what limits.max_in_flight counts).",
+)
+OVERLOADED = Counter(
+    "switchyard_router_overloaded",
+    "Calls refused with RESOURCE_EXHAUSTED OVERLOADED, by route and by the limit that "
+    "refused them (scope: router or route).",
+    ["model", "scope"],
+)
+REFUSED_STREAMS = Counter(
+    "switchyard_router_upstream_refused_streams",
+    "Calls a model server refused (HTTP/2 REFUSED_STREAM, never processed) and the "
+    "router sent again at once, by cluster.",
+    ["cluster"],
+)
+HEALTHY_PANIC = Counter(
+    "switchyard_router_lb_healthy_panic",
+    "Attempts routed in panic (the priority's healthy share was below "
+    "healthy_panic_threshold), by route.",
+    ["model"],
+)
 CACHE_LOOKUPS = Counter(
     "switchyard_router_cache_lookups",
     "Requests on routes with a response cache, by route and result: hit (answered from "

@@ -16,9 +16,17 @@ The decisions, in Envoy's order:
    chooses (:data:`POLICIES`).
 
 Eligible: serving the target's model (health says SERVING), not ejected, not
-draining, and not already tried by this request. Only when no endpoint of any
-priority is known healthy are endpoints whose health is not known yet (just
-added, or serving no health service) tried, rather than fail.
+draining, and not already tried by this request.
+
+**Panic** (Envoy's ``healthy_panic_threshold``): when the healthy share of the
+priority in use falls below the route's threshold, its requests spread over that
+priority's *connected* endpoints (health SERVING, ejected ones included) rather
+than pile onto the few healthy ones. When no priority has a healthy endpoint, the
+first priority with a connected one is used, in panic. Only when none is
+connected either are endpoints whose health is not known yet (just added, or
+serving no health service) tried, rather than fail. The healthy share is counted
+again only when a cluster's :class:`Epoch` moved, so a pick costs the same with
+64 endpoints as with 2.
 
 **Adapter affinity**: a request naming a LoRA adapter goes, when the policy can
 choose among them, to the eligible endpoints that already hold that adapter in
@@ -37,6 +45,8 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 PolicyName = Literal["least_outstanding", "round_robin"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
+DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
+"""Percent, as Envoy's default."""
 
 
 class EndpointView(Protocol):
@@ -57,6 +67,26 @@ class EndpointView(Protocol):
     def holds_adapter(self, model: str, adapter: str) -> bool:
         """Whether LoRA ``adapter`` of ``model`` is in memory there (as last heard)."""
         ...
+
+    def connected(self, model: str) -> bool:
+        """Health says SERVING for ``model`` and not draining, ejected or not: what a
+        priority in panic spreads over."""
+        ...
+
+
+class Epoch:
+    """Counts the changes to which of a cluster's endpoints are healthy (health
+    reports, ejections and their end, endpoints joining, leaving or draining).
+    The endpoints bump it; a picker counts healthy endpoints again only when it moved."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        """Something that decides who is healthy changed."""
+        self.value += 1
 
 
 E = TypeVar("E", bound=EndpointView)
@@ -89,6 +119,8 @@ class Target(Generic[E]):
     weight: int
     endpoints: Mapping[str, E]
     """The cluster's endpoints by address, kept current as they join and leave."""
+    epoch: Epoch | None = None
+    """The cluster's :class:`Epoch`; None: count healthy endpoints at every pick."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +130,19 @@ class Pick(Generic[E_co]):
     endpoint: E_co
     model: str
     cluster: str
+    panic: bool = False
+    """Chosen in panic: the priority's healthy share was below the threshold."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityHealth:
+    """One priority of a route: how many of its endpoints are healthy, and whether
+    that share puts it in panic."""
+
+    priority: int
+    healthy: int
+    endpoints: int
+    panic: bool
 
 
 class Policy(Protocol):
@@ -191,29 +236,90 @@ POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
 
 
 class Picker(Generic[E]):
-    """One route's picker: priorities, weights, health, then the route's policy."""
+    """One route's picker: priorities, weights, health and panic, then the route's policy."""
 
-    def __init__(self, targets: Sequence[Target[E]], policy: PolicyName = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Target[E]],
+        policy: PolicyName = DEFAULT_POLICY,
+        healthy_panic_threshold: float = DEFAULT_HEALTHY_PANIC_THRESHOLD,
+    ) -> None:
         make = POLICIES[policy]
         priorities = sorted({t.priority for t in targets})
         self.groups: tuple[tuple[tuple[Target[E], Policy], ...], ...] = tuple(
             tuple((t, make()) for t in targets if t.priority == priority) for priority in priorities
         )
+        self.priorities = tuple(priorities)
+        self.healthy_panic_threshold = healthy_panic_threshold
+        # Per priority: its clusters' epochs (None: a target has none, count every
+        # time), and the sum of their values when its health was last counted with
+        # what was counted. Epochs only grow, so the sum moves whenever one does.
+        self._epochs: tuple[tuple[Epoch, ...] | None, ...] = tuple(
+            None
+            if any(t.epoch is None for t, _ in group)
+            else tuple(t.epoch for t, _ in group if t.epoch is not None)
+            for group in self.groups
+        )
+        self._counted: list[tuple[int, PriorityHealth] | None] = [None] * len(self.groups)
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
         or None when no endpoint can take it."""
-        for group in self.groups:
-            chosen = _pick_in(group, request, exclude, known_healthy=True)
+        # The lowest priority with a healthy endpoint; in panic, over its connected ones.
+        for index, group in enumerate(self.groups):
+            health = self.health_of(index)
+            if health.healthy == 0:
+                continue
+            mode = _CONNECTED if health.panic else _HEALTHY
+            chosen = _pick_in(group, request, exclude, mode)
             if chosen is not None:
                 return chosen
-        # Nothing known healthy: try endpoints whose health is not known yet
-        # (just added, or serving no health service) rather than fail.
+        # No healthy endpoint anywhere: the first priority in panic with a connected one.
+        for index, group in enumerate(self.groups):
+            if self.health_of(index).panic:
+                chosen = _pick_in(group, request, exclude, _CONNECTED)
+                if chosen is not None:
+                    return chosen
+        # Nothing connected: try endpoints whose health is not known yet (just
+        # added, or serving no health service) rather than fail.
         for group in self.groups:
-            chosen = _pick_in(group, request, exclude, known_healthy=False)
+            chosen = _pick_in(group, request, exclude, _UNKNOWN)
             if chosen is not None:
                 return chosen
         return None
+
+    def health_of(self, index: int) -> PriorityHealth:
+        """The healthy share of the ``index``-th priority, counted again only when one
+        of its clusters' epochs moved (or at every call when a target has none)."""
+        epochs = self._epochs[index]
+        stamp = -1
+        if epochs is not None:
+            stamp = 0
+            for epoch in epochs:
+                stamp += epoch.value
+            counted = self._counted[index]
+            if counted is not None and counted[0] == stamp:
+                return counted[1]
+        group = self.groups[index]
+        healthy = total = 0
+        for target, _ in group:
+            model = target.model
+            for endpoint in target.endpoints.values():
+                total += 1
+                healthy += endpoint.serves(model)
+        panic = healthy * 100 < self.healthy_panic_threshold * total
+        health = PriorityHealth(self.priorities[index], healthy, total, panic)
+        self._counted[index] = (stamp, health)
+        return health
+
+    def health(self) -> list[PriorityHealth]:
+        """Every priority's healthy share and panic state, for operators."""
+        return [self.health_of(index) for index in range(len(self.groups))]
+
+
+_HEALTHY, _CONNECTED, _UNKNOWN = range(3)
+"""Which endpoints a pass of the picker considers: healthy ones; connected ones, ejected
+included (panic); or those whose health is not known yet."""
 
 
 _Option = tuple[Target[E], Policy, list[E], Callable[[E], bool]]
@@ -224,12 +330,12 @@ def _pick_in(
     group: tuple[tuple[Target[E], Policy], ...],
     request: RequestView,
     exclude: Collection[E],
-    known_healthy: bool,
+    mode: int,
 ) -> Pick[E] | None:
     options: list[_Option[E]] = []
     for target, policy in group:
         endpoints = list(target.endpoints.values())
-        eligible = _eligibility(target.model, exclude, known_healthy)
+        eligible = _eligibility(target.model, exclude, mode)
         if any(map(eligible, endpoints)):
             options.append((target, policy, endpoints, eligible))
     if not options:
@@ -244,16 +350,20 @@ def _pick_in(
         )
     if endpoint is None:
         endpoint = policy.choose(endpoints, eligible, request)
-    return None if endpoint is None else Pick(endpoint, target.model, target.cluster)
+    if endpoint is None:
+        return None
+    return Pick(endpoint, target.model, target.cluster, mode == _CONNECTED)
 
 
-def _eligibility(model: str, exclude: Collection[E], known_healthy: bool) -> Callable[[E], bool]:
-    """Whether an endpoint may take the attempt: healthy for ``model`` (or, when
-    nothing is known healthy, health not known yet) and not tried already."""
-    if known_healthy:
+def _eligibility(model: str, exclude: Collection[E], mode: int) -> Callable[[E], bool]:
+    """Whether an endpoint may take the attempt in this pass (``mode``) and was not
+    tried already."""
+    if mode == _HEALTHY:
         if exclude:
             return lambda e: e.serves(model) and e not in exclude
         return lambda e: e.serves(model)
+    if mode == _CONNECTED:
+        return lambda e: e.connected(model) and e not in exclude
     return lambda e: e.may_serve(model) and e not in exclude
 
 

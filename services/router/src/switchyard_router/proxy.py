@@ -40,16 +40,25 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from switchyard.status import refused_stream
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
 from switchyard_router import wire
 from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
+from switchyard_router.connection_pool import Connection
 from switchyard_router.fleet import FleetState
 from switchyard_router.fleet.config import ResponseCacheConfig
 from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
-from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
+from switchyard_router.metrics import (
+    HEALTHY_PANIC,
+    REFUSED_STREAMS,
+    RESUMES,
+    RETRIES,
+    RequestRecord,
+)
+from switchyard_router.overload import InFlight
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import EndpointPick, RouteTable, describe_unavailable
 from switchyard_router.spans import end_attempt_span, start_attempt_span, start_request_span
@@ -58,6 +67,8 @@ log = logging.getLogger("switchyard.router.proxy")
 
 CACHE_HEADER = "x-switchyard-cache"
 _CACHE_HIT: Metadata = ((CACHE_HEADER, "hit"),)
+# A refused stream is sent again at once this many times at most per request.
+_MAX_REFUSALS = 16
 
 
 @dataclass
@@ -67,6 +78,8 @@ class _Failure:
     code: grpc.StatusCode
     details: str
     trailers: Metadata = ()
+    refused: bool = False
+    """HTTP/2 refused the stream (REFUSED_STREAM): the model server never processed it."""
 
     def relayed(self, details: str | None = None) -> UpstreamStatusError:
         """The failure as the request's final status, with the model server's trailers."""
@@ -78,7 +91,8 @@ class Proxy:
     """The request path every front shares: admission, picks, retries, resume."""
 
     def __init__(self, table: RouteTable, retry: RetryConfig) -> None:
-        self.admission = Admission(table)
+        self.in_flight = InFlight()
+        self.admission = Admission(table, in_flight=self.in_flight)
         self.retry = retry
         self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
         self.active = 0  # calls in progress, which a drain waits for
@@ -109,12 +123,14 @@ class Proxy:
     ) -> None:
         """Takes a reloaded config; requests in flight finish with what they started with."""
         max_request_bytes = limits.max_request_bytes if limits else None
+        self.in_flight.max_total = limits.max_in_flight if limits else None
         self.admission = Admission(
             table,
             guard,
             max_request_bytes,
             fleet or self.admission.fleet,
             cache or self.admission.cache,
+            self.in_flight,
         )
         self.retry = retry
         self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
@@ -141,14 +157,17 @@ class Proxy:
             raise
         finally:
             self.active -= 1
-            if call is not None and call.fleet is not None:
-                _settle(call, record.code == "OK")
+            if call is not None:
+                call.release()
+                if call.fleet is not None:
+                    _settle(call, record.code == "OK")
             record.finish()
 
     async def _attempts(self, call: Call, sink: ResponseSink) -> None:
         """Attempts until one answers, or raises the request's final status."""
         failure: _Failure | None = None
         attempt = 0
+        refusals = 0
         while True:
             pick = self._next_pick(call, failure)
             delivered = call.delivered
@@ -157,6 +176,14 @@ class Proxy:
                 return
             if call.resume is not None and call.resume.finished:
                 return  # the final message was relayed; only the trailers were lost
+            if failure.refused and refusals < _MAX_REFUSALS and _before(call.deadline):
+                # Never processed (HTTP/2 says so): again at once, not a retry. The pool
+                # learned that connection's limit, so it goes on another connection of
+                # the same endpoint, or to another endpoint.
+                refusals += 1
+                call.tried.discard(pick.endpoint)
+                REFUSED_STREAMS.labels(pick.cluster).inc()
+                continue
             self._raise_if_final(call, failure, call.delivered - delivered, attempt)
             attempt += 1
             RETRIES.labels(call.route.model).inc()
@@ -177,6 +204,8 @@ class Proxy:
             )
         call.tried.add(pick.endpoint)
         call.record.attempts += 1
+        if pick.panic:
+            HEALTHY_PANIC.labels(call.route.model).inc()
         return pick
 
     async def _attempt(
@@ -188,13 +217,16 @@ class Proxy:
         span, metadata = start_attempt_span(call.record, pick, attempt, call.metadata)
         delivered = call.delivered
         outcome = "CANCELLED"
-        pick.endpoint.outstanding += 1
+        endpoint = pick.endpoint
+        endpoint.outstanding += 1
+        connection = endpoint.pool.acquire()
         try:
             if streaming:
                 # The per-try timeout bounds the wait for an attempt's first message.
-                await self._stream(call, pick, timeout if own_limit else None, metadata, sink)
+                first_timeout = timeout if own_limit else None
+                await self._stream(call, pick, connection, first_timeout, metadata, sink)
             else:
-                await self._unary(call, pick, timeout, metadata, sink)
+                await self._unary(call, pick, connection, timeout, metadata, sink)
             outcome = "OK"
             return None
         except TimeoutError:
@@ -202,15 +234,16 @@ class Proxy:
             outcome = failure.code.name
         except grpc.aio.AioRpcError as error:
             # A stream's gRPC timeout is the caller's deadline, never its own limit.
-            failure = self._classify(error, pick, own_limit and not streaming)
-            outcome = failure.code.name
+            failure = self._classify(error, pick, connection, own_limit and not streaming)
+            outcome = "REFUSED_STREAM" if failure.refused else failure.code.name
         except asyncio.CancelledError:
             if _own_cancellation():
                 raise  # the client left: nothing more to do
             failure = self._channel_closed(pick)  # the endpoint was removed under us
             outcome = failure.code.name
         finally:
-            pick.endpoint.outstanding -= 1
+            endpoint.outstanding -= 1
+            endpoint.pool.release(connection)
             end_attempt_span(span, outcome, call.delivered - delivered if streaming else None)
         return failure
 
@@ -218,12 +251,13 @@ class Proxy:
         self,
         call: Call,
         pick: EndpointPick,
+        connection: Connection,
         timeout: float | None,
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
         counts_tokens = call.inbound.counts_tokens
-        upstream = pick.endpoint.count_tokens if counts_tokens else pick.endpoint.generate
+        upstream = connection.count_tokens if counts_tokens else connection.generate
         response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
         self._succeeded(pick, call.view.adapter)
         if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
@@ -236,6 +270,7 @@ class Proxy:
         self,
         call: Call,
         pick: EndpointPick,
+        connection: Connection,
         first_timeout: float | None,
         metadata: Metadata,
         sink: ResponseSink,
@@ -248,7 +283,7 @@ class Proxy:
             # per token): the per-try timeout would punish a healthy server for it.
             first_timeout = None
         remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
-        upstream = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+        upstream = connection.stream_generate(payload, timeout=remaining, metadata=metadata)
         try:
             responses = upstream.__aiter__()
             try:
@@ -326,10 +361,19 @@ class Proxy:
             pick.endpoint.hold_adapter(pick.model, adapter)
 
     def _classify(
-        self, error: grpc.aio.AioRpcError, pick: EndpointPick, own_limit: bool
+        self,
+        error: grpc.aio.AioRpcError,
+        pick: EndpointPick,
+        connection: Connection,
+        own_limit: bool,
     ) -> _Failure:
         code = error.code()
         details = error.details() or ""
+        if refused_stream(code.name, details):
+            # Not the endpoint's failure: the connection had more calls than the model
+            # server takes at once. Neither ejection nor the retry budget hears of it.
+            pick.endpoint.pool.refused(connection)
+            return _Failure(code, details, refused=True)
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
             pick.endpoint.record_failure("per-try timeout")
@@ -339,6 +383,11 @@ class Proxy:
                 f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
                 f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
             )
+        if code == grpc.StatusCode.CANCELLED:
+            # Not the caller's doing (that cancels this task instead): the model server
+            # cancelled the call, as one that stops does. Another endpoint can serve it.
+            code = grpc.StatusCode.UNAVAILABLE
+            details = f"the model server cancelled the call ({details or 'no details'})"
         if code == grpc.StatusCode.UNAVAILABLE:
             # Counts toward ejection whether the connection failed or the model
             # server said so itself (overload is RESOURCE_EXHAUSTED, and does not).
@@ -429,6 +478,10 @@ def _left_code(inbound: Inbound) -> str:
     """How a request that ended early is counted: its deadline passed, or the caller left."""
     remaining = inbound.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+def _before(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
 
 
 def _own_cancellation() -> bool:

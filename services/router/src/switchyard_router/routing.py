@@ -4,7 +4,9 @@ Each route has its own picker (``picker``): targets of the lowest priority
 number are used while any of them has a healthy endpoint; higher numbers are
 fallbacks. Within one priority, weights split traffic between targets
 (canaries, A/B). Within a target's cluster, the route's ``policy`` chooses the
-endpoint (``least_outstanding`` by default).
+endpoint (``least_outstanding`` by default). A priority whose healthy share falls
+below the route's ``healthy_panic_threshold`` spreads its requests over its
+connected endpoints, ejected ones included (panic).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Route:
     resume: bool
     policy: PolicyName
     picker: Picker[Endpoint]
+    max_in_flight: int | None = None
+    """Calls of this route in progress at once (None: only the router's limit)."""
     cache: RouteCacheConfig | None = None
     """Replay answers to identical requests (None: never)."""
     identity: str = ""
@@ -57,18 +61,26 @@ class RouteTable:
                         t.priority,
                         t.weight,
                         clusters[t.cluster].endpoints,
+                        clusters[t.cluster].epoch,
                     )
                     for t in config.targets
                 ),
                 key=lambda t: t.priority,
             )
         )
-        picker = Picker(targets, config.policy)
+        picker = Picker(targets, config.policy, config.healthy_panic_threshold)
         identity = "\n".join(
             [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
         )
         return Route(
-            config.model, targets, config.resume, config.policy, picker, config.cache, identity
+            config.model,
+            targets,
+            config.resume,
+            config.policy,
+            picker,
+            config.max_in_flight,
+            config.cache,
+            identity,
         )
 
     def watched_models(self) -> dict[str, set[str]]:

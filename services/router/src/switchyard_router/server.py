@@ -88,7 +88,8 @@ class Router:
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters, self._authorize_admin), self.server
+            RouterAdmin(lambda: self.clusters, lambda: self.proxy.table, self._authorize_admin),
+            self.server,
         )
         model_admin_grpc.add_ModelAdminServiceServicer_to_server(
             ModelAdminForwarder(

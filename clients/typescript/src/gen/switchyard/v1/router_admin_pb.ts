@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchyard/v1/router_admin.proto.
  */
 export const file_switchyard_v1_router_admin: GenFile = /*@__PURE__*/
-  fileDesc("CiBzd2l0Y2h5YXJkL3YxL3JvdXRlcl9hZG1pbi5wcm90bxINc3dpdGNoeWFyZC52MSIWChRMaXN0RW5kcG9pbnRzUmVxdWVzdCJJChVMaXN0RW5kcG9pbnRzUmVzcG9uc2USMAoJZW5kcG9pbnRzGAEgAygLMh0uc3dpdGNoeWFyZC52MS5FbmRwb2ludFN0YXR1cyKjAgoORW5kcG9pbnRTdGF0dXMSDwoHY2x1c3RlchgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEisKBXN0YXRlGAMgASgOMhwuc3dpdGNoeWFyZC52MS5FbmRwb2ludFN0YXRlEioKBm1vZGVscxgEIAMoCzIaLnN3aXRjaHlhcmQudjEuTW9kZWxIZWFsdGgSHAoUb3V0c3RhbmRpbmdfcmVxdWVzdHMYBSABKAUSHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYBiABKAUSFwoPZWplY3Rpb25fcmVhc29uGAcgASgJEi4KC2VqZWN0ZWRfZm9yGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCWVqZWN0aW9ucxgJIAEoBSJICgtNb2RlbEhlYWx0aBINCgVtb2RlbBgBIAEoCRIqCgVzdGF0ZRgCIAEoDjIbLnN3aXRjaHlhcmQudjEuU2VydmluZ1N0YXRlKuABCg1FbmRwb2ludFN0YXRlEh4KGkVORFBPSU5UX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWRU5EUE9JTlRfU1RBVEVfSEVBTFRIWRABEh4KGkVORFBPSU5UX1NUQVRFX05PVF9TRVJWSU5HEAISHgoaRU5EUE9JTlRfU1RBVEVfVU5SRUFDSEFCTEUQAxIaChZFTkRQT0lOVF9TVEFURV9FSkVDVEVEEAQSGgoWRU5EUE9JTlRfU1RBVEVfVU5LTk9XThAFEhsKF0VORFBPSU5UX1NUQVRFX0RSQUlOSU5HEAYqhgEKDFNlcnZpbmdTdGF0ZRIdChlTRVJWSU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVU0VSVklOR19TVEFURV9TRVJWSU5HEAESHQoZU0VSVklOR19TVEFURV9OT1RfU0VSVklORxACEh0KGVNFUlZJTkdfU1RBVEVfVU5SRUFDSEFCTEUQAzJwChJSb3V0ZXJBZG1pblNlcnZpY2USWgoNTGlzdEVuZHBvaW50cxIjLnN3aXRjaHlhcmQudjEuTGlzdEVuZHBvaW50c1JlcXVlc3QaJC5zd2l0Y2h5YXJkLnYxLkxpc3RFbmRwb2ludHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration]);
+  fileDesc("CiBzd2l0Y2h5YXJkL3YxL3JvdXRlcl9hZG1pbi5wcm90bxINc3dpdGNoeWFyZC52MSIWChRMaXN0RW5kcG9pbnRzUmVxdWVzdCKsAQoVTGlzdEVuZHBvaW50c1Jlc3BvbnNlEjAKCWVuZHBvaW50cxgBIAMoCzIdLnN3aXRjaHlhcmQudjEuRW5kcG9pbnRTdGF0dXMSLgoIY2x1c3RlcnMYAiADKAsyHC5zd2l0Y2h5YXJkLnYxLkNsdXN0ZXJTdGF0dXMSMQoKcHJpb3JpdGllcxgDIAMoCzIdLnN3aXRjaHlhcmQudjEuUHJpb3JpdHlTdGF0dXMipwEKDUNsdXN0ZXJTdGF0dXMSDwoHY2x1c3RlchgBIAEoCRIRCgllbmRwb2ludHMYAiABKAUSGQoRZWplY3RlZF9lbmRwb2ludHMYAyABKAUSHQoVbWF4X2VqZWN0ZWRfZW5kcG9pbnRzGAQgASgFEhwKFG1heF9lamVjdGlvbl9wZXJjZW50GAUgASgBEhoKEmVqZWN0aW9uc19vdmVyZmxvdxgGIAEoAyKPAQoOUHJpb3JpdHlTdGF0dXMSDQoFcm91dGUYASABKAkSEAoIcHJpb3JpdHkYAiABKAUSEQoJZW5kcG9pbnRzGAMgASgFEhkKEWhlYWx0aHlfZW5kcG9pbnRzGAQgASgFEh8KF2hlYWx0aHlfcGFuaWNfdGhyZXNob2xkGAUgASgBEg0KBXBhbmljGAYgASgIIrgCCg5FbmRwb2ludFN0YXR1cxIPCgdjbHVzdGVyGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSKwoFc3RhdGUYAyABKA4yHC5zd2l0Y2h5YXJkLnYxLkVuZHBvaW50U3RhdGUSKgoGbW9kZWxzGAQgAygLMhouc3dpdGNoeWFyZC52MS5Nb2RlbEhlYWx0aBIcChRvdXRzdGFuZGluZ19yZXF1ZXN0cxgFIAEoBRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgGIAEoBRIXCg9lamVjdGlvbl9yZWFzb24YByABKAkSLgoLZWplY3RlZF9mb3IYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJZWplY3Rpb25zGAkgASgFEhMKC2Nvbm5lY3Rpb25zGAogASgFIkgKC01vZGVsSGVhbHRoEg0KBW1vZGVsGAEgASgJEioKBXN0YXRlGAIgASgOMhsuc3dpdGNoeWFyZC52MS5TZXJ2aW5nU3RhdGUq4AEKDUVuZHBvaW50U3RhdGUSHgoaRU5EUE9JTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZFTkRQT0lOVF9TVEFURV9IRUFMVEhZEAESHgoaRU5EUE9JTlRfU1RBVEVfTk9UX1NFUlZJTkcQAhIeChpFTkRQT0lOVF9TVEFURV9VTlJFQUNIQUJMRRADEhoKFkVORFBPSU5UX1NUQVRFX0VKRUNURUQQBBIaChZFTkRQT0lOVF9TVEFURV9VTktOT1dOEAUSGwoXRU5EUE9JTlRfU1RBVEVfRFJBSU5JTkcQBiqGAQoMU2VydmluZ1N0YXRlEh0KGVNFUlZJTkdfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVTRVJWSU5HX1NUQVRFX1NFUlZJTkcQARIdChlTRVJWSU5HX1NUQVRFX05PVF9TRVJWSU5HEAISHQoZU0VSVklOR19TVEFURV9VTlJFQUNIQUJMRRADMnAKElJvdXRlckFkbWluU2VydmljZRJaCg1MaXN0RW5kcG9pbnRzEiMuc3dpdGNoeWFyZC52MS5MaXN0RW5kcG9pbnRzUmVxdWVzdBokLnN3aXRjaHlhcmQudjEuTGlzdEVuZHBvaW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * ListEndpointsRequest has no fields yet.
@@ -41,6 +41,20 @@ export type ListEndpointsResponse = Message<"switchyard.v1.ListEndpointsResponse
    * @generated from field: repeated switchyard.v1.EndpointStatus endpoints = 1;
    */
   endpoints: EndpointStatus[];
+
+  /**
+   * Outlier detection's ejection cap in each cluster, by cluster name.
+   *
+   * @generated from field: repeated switchyard.v1.ClusterStatus clusters = 2;
+   */
+  clusters: ClusterStatus[];
+
+  /**
+   * Each route's priorities: healthy share and panic state, by route, then priority.
+   *
+   * @generated from field: repeated switchyard.v1.PriorityStatus priorities = 3;
+   */
+  priorities: PriorityStatus[];
 };
 
 /**
@@ -49,6 +63,120 @@ export type ListEndpointsResponse = Message<"switchyard.v1.ListEndpointsResponse
  */
 export const ListEndpointsResponseSchema: GenMessage<ListEndpointsResponse> = /*@__PURE__*/
   messageDesc(file_switchyard_v1_router_admin, 1);
+
+/**
+ * ClusterStatus is one cluster's outlier detection against its cap.
+ *
+ * @generated from message switchyard.v1.ClusterStatus
+ */
+export type ClusterStatus = Message<"switchyard.v1.ClusterStatus"> & {
+  /**
+   * The cluster's name.
+   *
+   * @generated from field: string cluster = 1;
+   */
+  cluster: string;
+
+  /**
+   * Its endpoints now.
+   *
+   * @generated from field: int32 endpoints = 2;
+   */
+  endpoints: number;
+
+  /**
+   * Those ejected now.
+   *
+   * @generated from field: int32 ejected_endpoints = 3;
+   */
+  ejectedEndpoints: number;
+
+  /**
+   * How many may be ejected at once: max_ejection_percent of the endpoints,
+   * rounded down, at least one (none when the percent is 0).
+   *
+   * @generated from field: int32 max_ejected_endpoints = 4;
+   */
+  maxEjectedEndpoints: number;
+
+  /**
+   * The configured outlier_detection.max_ejection_percent.
+   *
+   * @generated from field: double max_ejection_percent = 5;
+   */
+  maxEjectionPercent: number;
+
+  /**
+   * Ejections the cap refused since the router started.
+   *
+   * @generated from field: int64 ejections_overflow = 6;
+   */
+  ejectionsOverflow: bigint;
+};
+
+/**
+ * Describes the message switchyard.v1.ClusterStatus.
+ * Use `create(ClusterStatusSchema)` to create a new message.
+ */
+export const ClusterStatusSchema: GenMessage<ClusterStatus> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_router_admin, 2);
+
+/**
+ * PriorityStatus is one priority of a route: whether it is in panic.
+ *
+ * @generated from message switchyard.v1.PriorityStatus
+ */
+export type PriorityStatus = Message<"switchyard.v1.PriorityStatus"> & {
+  /**
+   * The route (public model name).
+   *
+   * @generated from field: string route = 1;
+   */
+  route: string;
+
+  /**
+   * The priority (0 first; higher numbers are fallbacks).
+   *
+   * @generated from field: int32 priority = 2;
+   */
+  priority: number;
+
+  /**
+   * Endpoints of the priority's targets.
+   *
+   * @generated from field: int32 endpoints = 3;
+   */
+  endpoints: number;
+
+  /**
+   * Those healthy now (serving, not ejected, not draining).
+   *
+   * @generated from field: int32 healthy_endpoints = 4;
+   */
+  healthyEndpoints: number;
+
+  /**
+   * The route's healthy_panic_threshold, in percent.
+   *
+   * @generated from field: double healthy_panic_threshold = 5;
+   */
+  healthyPanicThreshold: number;
+
+  /**
+   * Below the threshold: requests spread over the priority's connected
+   * endpoints, ejected ones included.
+   *
+   * @generated from field: bool panic = 6;
+   */
+  panic: boolean;
+};
+
+/**
+ * Describes the message switchyard.v1.PriorityStatus.
+ * Use `create(PriorityStatusSchema)` to create a new message.
+ */
+export const PriorityStatusSchema: GenMessage<PriorityStatus> = /*@__PURE__*/
+  messageDesc(file_switchyard_v1_router_admin, 3);
 
 /**
  * EndpointStatus is one model server as the router sees it.
@@ -118,6 +246,14 @@ export type EndpointStatus = Message<"switchyard.v1.EndpointStatus"> & {
    * @generated from field: int32 ejections = 9;
    */
   ejections: number;
+
+  /**
+   * Connections the router holds to it now (a pool grown on demand: see the
+   * cluster's connection_pool).
+   *
+   * @generated from field: int32 connections = 10;
+   */
+  connections: number;
 };
 
 /**
@@ -125,7 +261,7 @@ export type EndpointStatus = Message<"switchyard.v1.EndpointStatus"> & {
  * Use `create(EndpointStatusSchema)` to create a new message.
  */
 export const EndpointStatusSchema: GenMessage<EndpointStatus> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_router_admin, 2);
+  messageDesc(file_switchyard_v1_router_admin, 4);
 
 /**
  * ModelHealth is the health of one model name on one endpoint.
@@ -153,7 +289,7 @@ export type ModelHealth = Message<"switchyard.v1.ModelHealth"> & {
  * Use `create(ModelHealthSchema)` to create a new message.
  */
 export const ModelHealthSchema: GenMessage<ModelHealth> = /*@__PURE__*/
-  messageDesc(file_switchyard_v1_router_admin, 3);
+  messageDesc(file_switchyard_v1_router_admin, 5);
 
 /**
  * EndpointState summarises whether an endpoint takes new requests.
