@@ -300,6 +300,44 @@ def test_with_local_limits_each_router_counts_alone(
     assert _outcomes(routers, keys("local-six"), 12).count("OK") == 12
 
 
+def _scripts_run(redis: RedisServer) -> int:
+    """How many Lua scripts (admissions, extensions, settlements) Redis has run (not
+    counting the calls that found it did not know a script yet)."""
+    with redis.client() as client:
+        stats = client.info("commandstats")
+    return sum(
+        int(stats.get(name, {}).get("calls", 0)) - int(stats.get(name, {}).get("failed_calls", 0))
+        for name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+
+
+def test_a_key_with_only_a_request_rate_costs_one_round_trip_and_no_settlement(
+    folder: Path, servers: list[ServerProcess], upstream: ServerProcess, keys: Keys
+) -> None:
+    """Counted at admission, nothing to settle: its answers are neither read for usage
+    nor followed by a write to Redis."""
+    redis = RedisServer(folder, "redis-counted")
+    try:
+        key_configs = [
+            keys.config("rate-only", requests_per_minute=1000),
+            keys.config("budgeted", token_budget={"per_day": 1000}),
+        ]
+        config = _router_config(upstream, redis, key_configs, limits_backend="redis")
+        router = _start(folder, "counted-router", ROUTER, config)
+        servers.append(router)
+        _wait_for_health((router,), "SERVING")
+        for _ in range(3):
+            _generate(router, _request("canned"), keys("rate-only"))
+        _stream(router, _request("canned"), keys("rate-only"))
+        _generate(router, _request("canned", max_tokens=50), keys("budgeted"))
+        # Settlements are written in order: once the budgeted one landed, any of the
+        # rate-only key's would have too.
+        wait_until(lambda: _budget_used(redis, "budgeted") == 7, "the budgeted settlement")
+        assert _scripts_run(redis) == 5 + 1  # five admissions, one settlement
+    finally:
+        redis.stop()
+
+
 # --- token budgets -----------------------------------------------------------------------
 
 

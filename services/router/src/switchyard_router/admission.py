@@ -105,12 +105,12 @@ class Call:
             self.resume is None
             and self.meter is None
             and self.recorder is None
-            and (self.ticket is None or self.ticket.limits is None)
+            and (self.ticket is None or not self.ticket.charged)
         )
 
     def note_usage(self, response: bytes, usage_field: int) -> None:
         """Reads the answer's usage, which settles the key's token rate and budget."""
-        if self.ticket is not None and self.ticket.limits is not None:
+        if self.ticket is not None and self.ticket.charged:
             self.used = wire.read_usage_tokens(response, usage_field)
 
     def tokens_used(self) -> int:

@@ -456,7 +456,7 @@ def _settle(call: Call, answered: bool) -> None:
     fleet = call.fleet
     assert fleet is not None
     ticket = call.ticket
-    if ticket is not None and ticket.limits is not None and ticket.cached is None:
+    if ticket is not None and ticket.charged:
         fleet.settle(ticket, call.tokens_used())
     recorder = call.recorder
     if recorder is not None and answered:

@@ -110,6 +110,13 @@ class Ticket:
     spent: Period | None = None
     """The period whose budget refused an extension."""
 
+    @property
+    def charged(self) -> bool:
+        """Whether the request's usage is counted when it ends: its key has a token
+        rate or a budget, and the answer is not a cached one (a key with only a request
+        rate was counted at admission: nothing to read, nothing to settle)."""
+        return self.limits is not None and self.limits.needs_usage and self.cached is None
+
 
 class FleetState(abc.ABC):
     """Limits, budgets and cached answers behind one interface (see the module doc)."""
