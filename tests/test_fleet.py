@@ -7,12 +7,14 @@ Every router, model server and Redis here is a real process on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import secrets
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,10 @@ from redisserver import RedisServer
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+from switchyard_router.fleet import Ask, KeyLimits
+from switchyard_router.fleet.config import RedisConfig, TokenBudgetConfig
+from switchyard_router.fleet.local import LocalFleetState
+from switchyard_router.fleet.redis_state import RedisFleetState
 
 REDIS_HEALTH = "switchyard.router.redis"
 CANNED = "The capital of France is Paris."  # 6 tokens for the scripted backend
@@ -369,6 +375,63 @@ def test_a_budget_is_reserved_at_admission_and_settled_to_the_usage(
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (1, 6)
     # Both settled from their usage (prompt + completion), replacing the 10 + 30 reserved.
     wait_until(lambda: _budget_used(redis_server, "reserving") == 14, "settlements")
+
+
+# In this process, against a real Redis: what the fleet state does when a request is
+# abandoned mid-question, or ends while Redis cannot be reached.
+
+
+@pytest.fixture
+async def shared_state(folder: Path, request: pytest.FixtureRequest) -> AsyncIterator[
+    tuple[RedisFleetState, RedisServer]
+]:  # fmt: skip
+    """A RedisFleetState of this process on a Redis of its own."""
+    redis = RedisServer(folder, f"redis-{request.node.name}")
+    config = RedisConfig(url=redis.url, timeout_seconds=0.3, probe_seconds=0.05)
+    state = RedisFleetState(config, LocalFleetState(), shares_limits=True, shares_cache=False)
+    await state.start()
+    yield state, redis
+    await state.close()
+    redis.stop()
+
+
+async def _until(condition: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def _budgeted(key_id: str) -> KeyLimits:
+    limits = KeyLimits.of(key_id, None, None, None, None, TokenBudgetConfig(per_day=1000))
+    assert limits is not None
+    return limits
+
+
+async def test_a_reservation_whose_request_left_while_redis_answered_is_given_back(
+    shared_state: tuple[RedisFleetState, RedisServer],
+) -> None:
+    """A caller that leaves (or whose deadline passes) while admission or an extension
+    waits for Redis does not stop the script: what it reserves is given back."""
+    state, redis = shared_state
+    warm_up = await state.admit(Ask(_budgeted("warm-up"), reserve=1, partial=True))
+    await state.extend(warm_up, 1)  # Redis knows both scripts now, as it does in service
+    limits = _budgeted("left-early")
+    admission = asyncio.ensure_future(state.admit(Ask(limits, reserve=100)))
+    await asyncio.sleep(0)  # its script is on its way to Redis
+    admission.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admission
+    ticket = await state.admit(Ask(limits, reserve=5, partial=True))
+    extension = asyncio.ensure_future(state.extend(ticket, 50))
+    await asyncio.sleep(0)
+    extension.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await extension
+    state.settle(ticket, 3)
+    # 100 reserved and given back, 50 more and given back, 5 reserved and 3 used.
+    await _until(lambda: _budget_used(redis, "left-early") == 3, "the key's budget at 3")
 
 
 def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(

@@ -16,7 +16,8 @@ limits (``when_unreachable: local``, failing open; the request that saw the
 failure included, so none fails) or refuses keys with limits
 (``when_unreachable: refuse``), while a probe tries Redis again every
 ``probe_seconds``; the first answer switches back, with no restart. Cache lookups
-miss and writes are dropped meanwhile.
+miss and writes are dropped meanwhile. A request that leaves while a script
+that reserves budget is on its way gives the reservation back once Redis answers.
 """
 
 from __future__ import annotations
@@ -247,7 +248,15 @@ class RedisFleetState(FleetState):
             reserve = ask.reserve
         keys, args = self._admit_call(limits, periods, reserve, ask, remote_lookup)
         try:
-            answer = await self._run(self._admit, keys, args)
+            if reserve:
+                answer = await self._run_reserving(
+                    self._admit,
+                    keys,
+                    args,
+                    lambda answer: self._give_back(limits, periods, _admitted(answer)),
+                )
+            else:
+                answer = await self._run(self._admit, keys, args)
         except _UNREACHABLE as error:
             self._went_down(error)
             return await self.admit(ask)  # now on local limits (or refused)
@@ -359,13 +368,15 @@ class RedisFleetState(FleetState):
             return await self.local.extend(ticket, tokens)
         assert ticket.limits is not None
         if self.up:
-            day, month = self._budget_args(ticket.limits.key_id, ticket.periods)
+            limits, periods = ticket.limits, ticket.periods
+            day, month = self._budget_args(limits.key_id, periods)
             try:
                 more = int(
-                    await self._run(
+                    await self._run_reserving(
                         self._extend,
                         [day[0], month[0]],
                         [day[1], day[2], month[1], month[2], tokens],
+                        lambda more: self._give_back(limits, periods, int(more)),
                     )
                 )
             except _UNREACHABLE as error:
@@ -409,6 +420,13 @@ class RedisFleetState(FleetState):
             ],
         )
 
+    def _give_back(
+        self, limits: KeyLimits | None, periods: tuple[Period, ...], tokens: int
+    ) -> None:
+        """Returns tokens a script reserved for a request that had already left."""
+        if limits is not None and tokens > 0:
+            self.settle(Ticket(limits, tokens, periods, shared=True), 0)
+
     def store(self, key: bytes, entry: bytes, ttl_seconds: float, model: str) -> None:
         if not self.shares_cache:
             self.local.store(key, entry, ttl_seconds, model)
@@ -434,6 +452,24 @@ class RedisFleetState(FleetState):
         except NoScriptError:
             await self._client.script_load(script.text)
             return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _run_reserving(
+        self,
+        script: _Script,
+        keys: list[Any],
+        args: list[Any],
+        give_back: Callable[[Any], None],
+    ) -> Any:
+        """``_run`` for a script that reserves budget. A request cancelled while it waits
+        (its caller left, its deadline passed) does not stop the script, which is on its
+        way to Redis: its answer, when it comes, goes to ``give_back`` instead, so that
+        what it reserved does not stay counted until the period ends."""
+        reserving = asyncio.ensure_future(self._run(script, keys, args))
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(lambda done: _answered(done, give_back))
+            raise
 
     async def _write_forever(self) -> None:
         while True:
@@ -545,6 +581,18 @@ class RedisFleetState(FleetState):
 
     def _cache_key(self, key: bytes) -> str:
         return f"{self._prefix}:cache:{key.hex()}"
+
+
+def _admitted(answer: Any) -> int:
+    """Tokens an admission script reserved (0 when it refused)."""
+    return int(answer[1]) if int(answer[0]) == 0 else 0
+
+
+def _answered(done: asyncio.Future[Any], give_back: Callable[[Any], None]) -> None:
+    """Hands an abandoned script's answer to ``give_back`` (if it ran at all)."""
+    if done.cancelled() or done.exception() is not None:
+        return  # it never reached Redis, or its answer is unknown: nothing to give back
+    give_back(done.result())
 
 
 def _describe(error: object) -> str:
