@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
+import signal
 import threading
 import time
 import urllib.request
@@ -432,6 +433,27 @@ async def test_a_reservation_whose_request_left_while_redis_answered_is_given_ba
     state.settle(ticket, 3)
     # 100 reserved and given back, 50 more and given back, 5 reserved and 3 used.
     await _until(lambda: _budget_used(redis, "left-early") == 3, "the key's budget at 3")
+
+
+async def test_settlements_made_while_redis_is_unreachable_are_sent_when_it_is_back(
+    shared_state: tuple[RedisFleetState, RedisServer],
+) -> None:
+    """A Redis cut off for a while (here: stopped, keeping its data) still holds the
+    reservations of requests that end meanwhile: their settlements wait for it."""
+    state, redis = shared_state
+    limits = _budgeted("cut-off")
+    ticket = await state.admit(Ask(limits, reserve=100))
+    assert ticket.shared and _budget_used(redis, "cut-off") == 100
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        await _until(lambda: not state.up, "Redis seen as unreachable")
+        state.settle(ticket, 7)  # the request ends while Redis cannot be reached
+        await asyncio.sleep(0.1)  # the background writer's turn (it waits 10 ms)
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    await _until(lambda: state.up, "Redis reachable again")
+    await _until(lambda: _budget_used(redis, "cut-off") == 7, "the settlement after the outage")
 
 
 def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(

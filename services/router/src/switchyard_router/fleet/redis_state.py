@@ -16,7 +16,8 @@ limits (``when_unreachable: local``, failing open; the request that saw the
 failure included, so none fails) or refuses keys with limits
 (``when_unreachable: refuse``), while a probe tries Redis again every
 ``probe_seconds``; the first answer switches back, with no restart. Cache lookups
-miss and writes are dropped meanwhile. A request that leaves while a script
+miss and cached answers are dropped meanwhile; settlements of requests Redis admitted
+wait (bounded) and are sent when it is back. A request that leaves while a script
 that reserves budget is on its way gives the reservation back once Redis answers.
 """
 
@@ -476,10 +477,15 @@ class RedisFleetState(FleetState):
             await self._written.wait()
             await asyncio.sleep(_WRITE_DELAY_SECONDS)
             self._written.clear()
-            while self._writes:
+            while self._writes and self.up:
                 batch, self._writes = self._writes[:_MAX_BATCH], self._writes[_MAX_BATCH:]
-                if self.up:
-                    await self._write(batch)
+                await self._write(batch)
+            if not self.up:
+                # Settlements wait for Redis to be back: cut off rather than restarted,
+                # it still holds the reservations they replace (a restarted one has
+                # no such counters, and the script leaves those alone). Cached
+                # answers are not worth keeping.
+                self._writes = [write for write in self._writes if write[0] == "settle"]
 
     async def _write(self, batch: list[tuple[str, list[Any], list[Any]]]) -> None:
         """Sends queued writes in one pipeline (settlements again, once, if Redis had
@@ -566,6 +572,8 @@ class RedisFleetState(FleetState):
         shared = "limits are shared by the fleet" if self.shares_limits else "cache in use"
         log.info("Redis at %s is reachable again: %s", self.where, shared)
         self._on_reachability(True)
+        if self._writes:
+            self._written.set()  # the settlements that waited for it
 
     async def close(self) -> None:
         for task in list(self._tasks):
