@@ -449,7 +449,8 @@ async def test_settlements_made_while_redis_is_unreachable_are_sent_when_it_is_b
     try:
         await _until(lambda: not state.up, "Redis seen as unreachable")
         state.settle(ticket, 7)  # the request ends while Redis cannot be reached
-        await asyncio.sleep(0.1)  # the background writer's turn (it waits 10 ms)
+        # The background writer takes its turn (and clears its signal) while Redis is away.
+        await _until(lambda: not state._written.is_set(), "the writer's turn")
     finally:
         redis.process.send_signal(signal.SIGCONT)
     await _until(lambda: state.up, "Redis reachable again")
