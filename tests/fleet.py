@@ -60,11 +60,32 @@ class Fleet:
             server.stop()
 
 
-def endpoints(router: ServerProcess) -> list[admin_pb.EndpointStatus]:
-    """The router's view of its endpoints (RouterAdminService)."""
+def endpoints(
+    router: ServerProcess, metadata: tuple[tuple[str, str], ...] = ()
+) -> list[admin_pb.EndpointStatus]:
+    """The router's view of its endpoints (RouterAdminService; ``metadata``: a key's,
+    with auth on)."""
     with grpc.insecure_channel(router.address) as channel:
         stub = admin_grpc.RouterAdminServiceStub(channel)
-        return list(stub.ListEndpoints(admin_pb.ListEndpointsRequest(), timeout=5).endpoints)
+        request = admin_pb.ListEndpointsRequest()
+        return list(stub.ListEndpoints(request, timeout=5, metadata=metadata).endpoints)
+
+
+def wait_healthy(
+    router: ServerProcess, metadata: tuple[tuple[str, str], ...] = ()
+) -> ServerProcess:
+    """Waits until the router sees every endpoint of its clusters healthy; returns it
+    (``metadata``: a key without a ``models`` limit, with auth on). A router starts
+    serving after a short wait for its endpoints' first health reports: on a busy
+    machine a first request can still come before them (503, no healthy endpoint),
+    which a test that expects an answer must not mistake for its subject."""
+    wait_until(
+        lambda: all(
+            e.state == admin_pb.ENDPOINT_STATE_HEALTHY for e in endpoints(router, metadata)
+        ),
+        f"every endpoint of {router.name} healthy",
+    )
+    return router
 
 
 def endpoint_view(router: ServerProcess, address: str) -> admin_pb.EndpointStatus:

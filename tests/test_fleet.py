@@ -25,6 +25,7 @@ import pytest
 import secretscan
 import trustme
 from conftest import MODELSERVER, ROUTER, write_config
+from fleet import wait_healthy
 from processes import ServerProcess, free_port, health_status, wait_until
 from redisserver import RedisServer
 
@@ -57,11 +58,20 @@ def servers() -> Iterator[list[ServerProcess]]:
         server.stop()
 
 
+# A key with no limits on every router with auth: the tests' own, to ask the router
+# (RouterAdminService) whether it sees its endpoints healthy before a test starts.
+_OBSERVER = f"sk-fleet-observer-{secrets.token_urlsafe(18)}"
+secretscan.register(_OBSERVER)
+
+
 def _start(folder: Path, name: str, module: str, config: dict[str, Any]) -> ServerProcess:
     path = write_config(folder / f"{name}.yaml", config)
     server = ServerProcess(name, module, path, free_port(), folder)
     server.wait_serving()
-    return server
+    if module != ROUTER:
+        return server
+    observer = (("authorization", f"Bearer {_OBSERVER}"),) if "auth" in config else ()
+    return wait_healthy(server, observer)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +165,8 @@ def _router_config(
         **settings,
     }
     if key_configs:
-        config["auth"] = {"keys": key_configs}
+        observer = {"id": "observer", "sha256": hashlib.sha256(_OBSERVER.encode()).hexdigest()}
+        config["auth"] = {"keys": [*key_configs, observer]}
     if redis is not None:
         config["redis"] = {"url": redis.url, "probe_seconds": 0.2, **(redis_settings or {})}
     return config
@@ -799,6 +810,7 @@ def test_a_reload_moves_the_limits_to_redis_without_a_restart(
     router = ServerProcess("reloading-router", ROUTER, path, free_port(), folder)
     servers.append(router)
     router.wait_serving()
+    wait_healthy(router, (("authorization", f"Bearer {_OBSERVER}"),))
     assert health_status(router.address, REDIS_HEALTH) == "NOT_FOUND"  # no Redis yet
     write_config(path, _router_config(upstream, redis_server, key_configs, limits_backend="redis"))
     wait_until(lambda: health_status(router.address, REDIS_HEALTH) == "SERVING", "the reload")

@@ -16,6 +16,7 @@ import jsonschema
 import openai
 import pytest
 from conftest import SCRIPTED_MODELS, start_router
+from fleet import wait_healthy
 from processes import ServerProcess, free_port
 from toolcases import CITY_SCHEMA, WEATHER
 
@@ -55,6 +56,7 @@ def http_router(
             "routes": routes,
         },
     )
+    wait_healthy(server)
     yield server, f"http://127.0.0.1:{port}"
     server.stop()
 
