@@ -113,6 +113,38 @@ def test_keys_are_the_routers_bearer_or_x_api_key_with_models_and_rate_limits(
     assert refused_too.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
 
 
+def test_a_body_over_the_limit_is_413_in_each_vendors_shape(fleet: Fleet) -> None:
+    server = fleet.scripted("s", [{"id": "m", "reply": "ok"}])
+    config, url = _with_http(
+        {
+            "max_message_bytes": 4096,
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    wait_healthy(fleet.router(config))
+    big: Any = [{"role": "user", "content": "x" * 5000}]
+    too_large = re.compile(r"invalid request: body: is 5\d\d\d bytes; at most 4096")
+    with anthropic.Anthropic(base_url=url, api_key="x", max_retries=0) as claude:
+        with pytest.raises(anthropic.RequestTooLargeError) as refused:
+            claude.messages.create(model="m", max_tokens=5, messages=big)
+        body: Any = refused.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "request_too_large"
+        assert too_large.fullmatch(body["error"]["message"])
+        assert claude.messages.create(model="m", max_tokens=5, messages=CHAT).content
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    with client, pytest.raises(openai.APIStatusError) as status_error:
+        client.chat.completions.create(model="m", messages=big)
+    assert status_error.value.status_code == 413
+    error: Any = status_error.value.body
+    assert too_large.fullmatch(error.pop("message"))
+    assert error == {"type": "invalid_request_error", "param": "body", "code": "request_too_large"}
+    # Sent in chunks, with no length announced: refused once it is past the limit.
+    chunked = json.dumps({"model": "m", "messages": big})
+    status, _, text = curl(f"{url}/v1/chat/completions", chunked, "transfer-encoding: chunked")
+    assert status == 413 and json.loads(text)["error"]["message"].endswith("more than 4096 bytes")
+
+
 # -- failover, no endpoint, deadlines ----------------------------------------
 
 

@@ -36,7 +36,7 @@ from switchyard_common.status import StatusError, model_not_found
 from switchyard_router.front import Inbound, Metadata
 from switchyard_router.http_api import anthropic, openai
 from switchyard_router.http_api.api import Api, ApiCall
-from switchyard_router.http_api.errors import HttpError, bad_field
+from switchyard_router.http_api.errors import HttpError, bad_field, body_too_large
 from switchyard_router.http_api.json_body import encode
 from switchyard_router.metrics import RequestRecord
 from switchyard_router.proxy import Proxy
@@ -241,7 +241,7 @@ class HttpApp:
         length = headers.get("content-length")
         if length is not None and length.isdigit():
             if int(length) > limit:
-                raise bad_field("body", f"is {length} bytes; at most {limit}")
+                raise body_too_large(f"is {length} bytes; at most {limit}")
             body: bytes = await protocol()
             return body
         chunks = []
@@ -249,7 +249,7 @@ class HttpApp:
         async for chunk in protocol:
             size += len(chunk)
             if size > limit:
-                raise bad_field("body", f"is more than {limit} bytes")
+                raise body_too_large(f"is more than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 

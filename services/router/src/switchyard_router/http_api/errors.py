@@ -42,12 +42,17 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
 }
 """The HTTP status of each gRPC code (``google.rpc.Code``'s own mapping)."""
 
+_STATUS_BY_REASON = {"REQUEST_TOO_LARGE": 413}
+"""Where a reason says more than its code: a body over the limit is 413, as both vendors
+answer it (Anthropic's ``request_too_large``)."""
+
 _OPENAI_TYPE = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     499: "cancelled",
     501: "not_implemented_error",
@@ -60,6 +65,7 @@ _ANTHROPIC_TYPE = {
     403: "permission_error",
     404: "not_found_error",
     409: "invalid_request_error",
+    413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
     504: "timeout_error",
@@ -97,6 +103,12 @@ def api_field(contract_field: str, rename: Mapping[str, str]) -> str:
     return contract_field.removeprefix("sampling.")
 
 
+def _status(error: StatusError, details: StatusDetails) -> int:
+    if details.reason in _STATUS_BY_REASON:
+        return _STATUS_BY_REASON[details.reason]
+    return HTTP_STATUS.get(error.code, 500)
+
+
 def _headers(details: StatusDetails) -> list[tuple[str, str]]:
     headers = [("content-type", "application/json")]
     if details.retry_after is not None:
@@ -107,8 +119,8 @@ def _headers(details: StatusDetails) -> list[tuple[str, str]]:
 
 def openai_error(error: StatusError, rename: Mapping[str, str] = {}) -> HttpError:
     """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    status = HTTP_STATUS.get(error.code, 500)
     details = _details(error)
+    status = _status(error, details)
     violations = details.field_violations
     body = {
         "error": {
@@ -123,8 +135,8 @@ def openai_error(error: StatusError, rename: Mapping[str, str] = {}) -> HttpErro
 
 def anthropic_error(error: StatusError, rename: Mapping[str, str] = {}) -> HttpError:
     """Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
-    status = HTTP_STATUS.get(error.code, 500)
     details = _details(error)
+    status = _status(error, details)
     body = {
         "type": "error",
         "error": {
@@ -138,6 +150,16 @@ def anthropic_error(error: StatusError, rename: Mapping[str, str] = {}) -> HttpE
 def bad_field(field: str, description: str) -> StatusError:
     """INVALID_ARGUMENT naming a field of the caller's JSON (already in its API's names)."""
     return invalid_argument(FieldViolation(field, description))
+
+
+def body_too_large(description: str) -> StatusError:
+    """INVALID_ARGUMENT naming the body, answered 413 (``REQUEST_TOO_LARGE``)."""
+    return StatusError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"invalid request: body: {description}",
+        reason="REQUEST_TOO_LARGE",
+        field_violations=(FieldViolation("body", description),),
+    )
 
 
 def unsupported(field: str, why: str = "is not supported by Switchyard") -> StatusError:
