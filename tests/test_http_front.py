@@ -163,6 +163,30 @@ def test_openai_chat_stream_is_chunks_with_usage_then_done(
     assert text == "The capital of France is Paris."
 
 
+def test_the_openai_sdks_stream_helper_assembles_the_answer(oai: openai.OpenAI) -> None:
+    """``client.chat.completions.stream`` accumulates the chunks into a completion: text,
+    finish reason and usage, and a tool call joined from its pieces."""
+    with oai.chat.completions.stream(
+        model="canned", messages=CHAT, stream_options={"include_usage": True}
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert kinds.count("content.delta") >= 1 and kinds.count("content.done") == 1
+    assert final.choices[0].message.content == "The capital of France is Paris."
+    assert final.choices[0].finish_reason == "stop"
+    assert final.usage is not None and final.usage.total_tokens == 8
+    with oai.chat.completions.stream(
+        model="caller", messages=QUESTION, tools=[WEATHER_TOOL]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in kinds
+    [call] = final.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
 def test_openai_stream_without_include_usage_has_no_usage_chunk(
     http_router: tuple[ServerProcess, str],
 ) -> None:
