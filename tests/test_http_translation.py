@@ -66,7 +66,7 @@ def test_a_relayed_model_server_status_keeps_its_details() -> None:
 
 
 def test_openai_chat_becomes_the_contracts_request() -> None:
-    call = openai.ChatCompletions().call(
+    call = openai.CHAT_COMPLETIONS.call(
         _body(
             {
                 "model": "m",
@@ -128,13 +128,13 @@ def test_openai_chat_becomes_the_contracts_request() -> None:
 )
 def test_bad_openai_bodies_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(StatusError) as raised:
-        openai.ChatCompletions().call(_body(body))
+        openai.CHAT_COMPLETIONS.call(_body(body))
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details.field_violations[0].field == param
 
 
 def test_openai_stream_events_in_order() -> None:
-    call = openai.ChatCompletions().call(
+    call = openai.CHAT_COMPLETIONS.call(
         _body({"model": "m", "messages": [], "stream": True,
                "stream_options": {"include_usage": True}})
     )  # fmt: skip
@@ -158,9 +158,9 @@ def test_openai_stream_events_in_order() -> None:
 
 
 def test_a_stream_that_ends_without_its_last_message_still_closes() -> None:
-    chat = openai.ChatCompletions().call(_body({"model": "m", "messages": [], "stream": True}))
+    chat = openai.CHAT_COMPLETIONS.call(_body({"model": "m", "messages": [], "stream": True}))
     assert _events(chat.closing()) == ["[DONE]"]
-    messages = anthropic.Messages().call(
+    messages = anthropic.MESSAGES.call(
         _body({"model": "m", "max_tokens": 5, "messages": [], "stream": True})
     )
     names = [line for line in messages.closing().decode().splitlines() if line.startswith("event")]
@@ -171,7 +171,7 @@ def test_a_stream_that_ends_without_its_last_message_still_closes() -> None:
 
 
 def test_openai_completions_logprobs_have_offsets() -> None:
-    call = openai.Completions().call(_body({"model": "m", "prompt": ["x"], "logprobs": 1}))
+    call = openai.COMPLETIONS.call(_body({"model": "m", "prompt": ["x"], "logprobs": 1}))
     assert pb.GenerateRequest.FromString(call.request).prompt == "x"
     top = [pb.TopLogprob(text="ab", logprob=-0.5)]
     tokens = [pb.Token(text="ab", logprob=-0.5, top_logprobs=top), pb.Token(text="c", logprob=-1.0)]
@@ -196,13 +196,13 @@ def test_openai_completions_logprobs_have_offsets() -> None:
     ],
 )
 def test_anthropic_stop_reasons(finish: pb.FinishReason, stop_reason: str) -> None:
-    call = anthropic.Messages().call(_body({"model": "m", "max_tokens": 5, "messages": []}))
+    call = anthropic.MESSAGES.call(_body({"model": "m", "max_tokens": 5, "messages": []}))
     response = pb.GenerateResponse(text="t", finish_reason=finish)
     assert json.loads(call.answer(response.SerializeToString()))["stop_reason"] == stop_reason
 
 
 def test_anthropic_system_blocks_and_content_blocks_are_joined() -> None:
-    call = anthropic.Messages().call(
+    call = anthropic.MESSAGES.call(
         _body(
             {
                 "model": "m",
@@ -234,7 +234,7 @@ WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"
 
 
 def test_openai_tools_become_the_contracts_tools() -> None:
-    call = openai.ChatCompletions().call(
+    call = openai.CHAT_COMPLETIONS.call(
         _body(
             {
                 "model": "m",
@@ -271,7 +271,7 @@ def test_openai_tools_become_the_contracts_tools() -> None:
 
 
 def test_openai_tool_calls_in_answers_and_stream_deltas() -> None:
-    call = openai.ChatCompletions().call(_body({"model": "m", "messages": []}))
+    call = openai.CHAT_COMPLETIONS.call(_body({"model": "m", "messages": []}))
     answer = pb.GenerateResponse(
         finish_reason=pb.FINISH_REASON_TOOL_CALLS,
         tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments='{"city":"Oslo"}')],
@@ -283,7 +283,7 @@ def test_openai_tool_calls_in_answers_and_stream_deltas() -> None:
         {"id": "call_1", "type": "function",
          "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
     ]  # fmt: skip
-    stream = openai.ChatCompletions().call(_body({"model": "m", "messages": [], "stream": True}))
+    stream = openai.CHAT_COMPLETIONS.call(_body({"model": "m", "messages": [], "stream": True}))
     first = pb.StreamGenerateResponse(
         tool_calls=[pb.ToolCallDelta(index=0, id="call_1", name="get_weather")]
     )
@@ -298,7 +298,7 @@ def test_openai_tool_calls_in_answers_and_stream_deltas() -> None:
 
 
 def test_anthropic_tool_blocks_become_the_contracts_turns() -> None:
-    call = anthropic.Messages().call(
+    call = anthropic.MESSAGES.call(
         _body(
             {
                 "model": "m",
@@ -335,7 +335,7 @@ def test_anthropic_tool_blocks_become_the_contracts_turns() -> None:
 
 
 def test_anthropic_stream_opens_a_block_per_content() -> None:
-    call = anthropic.Messages().call(
+    call = anthropic.MESSAGES.call(
         _body({"model": "m", "max_tokens": 9, "messages": [], "stream": True})
     )
     text = pb.StreamGenerateResponse(text="Let me look.")
@@ -361,7 +361,7 @@ def test_anthropic_stream_opens_a_block_per_content() -> None:
 
 
 def test_anthropic_count_tokens_is_the_contracts_count_tokens() -> None:
-    call = anthropic.TokenCount().call(
+    call = anthropic.TOKEN_COUNT.call(
         _body({"model": "m", "system": "Be brief.", "messages": [{"role": "user", "content": "x"}]})
     )
     assert call.counts_tokens and not call.streaming

@@ -28,9 +28,9 @@ from typing import Any
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError
-from switchyard_router.http_api.api import response_id
-from switchyard_router.http_api.errors import HttpError, anthropic_error, bad_field, unsupported
-from switchyard_router.http_api.json_body import JsonBody, Strict, encode
+from switchyard_router.http_api.api import JsonApi, response_id
+from switchyard_router.http_api.errors import anthropic_error, bad_field, unsupported
+from switchyard_router.http_api.json_body import Strict, encode
 
 STOP_REASONS = {
     pb.FINISH_REASON_STOP: "end_turn",
@@ -91,10 +91,6 @@ class MessagesRequest(_Input, kw_only=True):
 
 class CountTokensRequest(_Input, kw_only=True):
     pass
-
-
-_BODY = JsonBody(MessagesRequest)
-_COUNT_BODY = JsonBody(CountTokensRequest)
 
 
 def _text(field: str, content: str | list[dict[str, Any]]) -> str:
@@ -398,24 +394,12 @@ class TokenCountCall:
         return b""
 
 
-class Messages:
-    """``POST /v1/messages``."""
-
-    def call(self, body: bytes) -> MessagesCall:
-        return MessagesCall(_BODY.decode(body))
-
-    def error(self, error: StatusError) -> HttpError:
-        return anthropic_error(error, RENAMED)
-
-
-class TokenCount:
-    """``POST /v1/messages/count_tokens``."""
-
-    def call(self, body: bytes) -> TokenCountCall:
-        return TokenCountCall(_COUNT_BODY.decode(body))
-
-    def error(self, error: StatusError) -> HttpError:
-        return anthropic_error(error, RENAMED)
+MESSAGES = JsonApi(MessagesRequest, MessagesCall, lambda error: anthropic_error(error, RENAMED))
+"""``POST /v1/messages``."""
+TOKEN_COUNT = JsonApi(
+    CountTokensRequest, TokenCountCall, lambda error: anthropic_error(error, RENAMED)
+)
+"""``POST /v1/messages/count_tokens``."""
 
 
 def model_list(response: pb.ListModelsResponse) -> bytes:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from switchyard_common.status import StatusError
 from switchyard_router.http_api.errors import HttpError
+from switchyard_router.http_api.json_body import JsonBody
 
 
 class ApiCall(Protocol):
@@ -54,6 +56,33 @@ class Api(Protocol):
     def error(self, error: StatusError) -> HttpError:
         """An error answer in this API's shape."""
         ...
+
+
+Body = TypeVar("Body")
+Call = TypeVar("Call", bound=ApiCall)
+
+
+class JsonApi(Generic[Body, Call]):
+    """An endpoint of a vendor API: its JSON body's shape, the call that translates a
+    decoded body, and its errors' shape."""
+
+    def __init__(
+        self,
+        shape: type[Body],
+        call: Callable[[Body], Call],
+        error: Callable[[StatusError], HttpError],
+    ) -> None:
+        self._body = JsonBody(shape)
+        self._call = call
+        self._error = error
+
+    def call(self, body: bytes) -> Call:
+        """The request's translation, or INVALID_ARGUMENT naming a bad field."""
+        return self._call(self._body.decode(body))
+
+    def error(self, error: StatusError) -> HttpError:
+        """An error answer in this API's shape."""
+        return self._error(error)
 
 
 def response_id(prefix: str) -> str:

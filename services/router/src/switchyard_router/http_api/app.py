@@ -49,10 +49,10 @@ ListModels = Callable[[Iterable[Any], float | None], Awaitable[pb.ListModelsResp
 _JSON = [("content-type", "application/json")]
 _EVENTS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _APIS: dict[str, Api] = {
-    "/v1/chat/completions": openai.ChatCompletions(),
-    "/v1/completions": openai.Completions(),
-    "/v1/messages": anthropic.Messages(),
-    "/v1/messages/count_tokens": anthropic.TokenCount(),
+    "/v1/chat/completions": openai.CHAT_COMPLETIONS,
+    "/v1/completions": openai.COMPLETIONS,
+    "/v1/messages": anthropic.MESSAGES,
+    "/v1/messages/count_tokens": anthropic.TOKEN_COUNT,
 }
 _OPENAI = _APIS["/v1/chat/completions"]
 _ANTHROPIC = _APIS["/v1/messages"]

@@ -25,9 +25,9 @@ from typing import Any
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError
-from switchyard_router.http_api.api import now, response_id
-from switchyard_router.http_api.errors import HttpError, bad_field, openai_error, unsupported
-from switchyard_router.http_api.json_body import JsonBody, Strict, encode
+from switchyard_router.http_api.api import JsonApi, now, response_id
+from switchyard_router.http_api.errors import bad_field, openai_error, unsupported
+from switchyard_router.http_api.json_body import Strict, encode
 
 FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -151,10 +151,6 @@ class CompletionRequest(_Sampling, kw_only=True):
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
-
-
-_CHAT_BODY = JsonBody(ChatCompletionRequest)
-_COMPLETION_BODY = JsonBody(CompletionRequest)
 
 
 def _sampling(body: _Sampling, max_tokens: int | None) -> pb.SamplingParams:
@@ -582,24 +578,14 @@ class CompletionCall:
         return _Stream.failure(error, _COMPLETIONS_RENAMED)
 
 
-class ChatCompletions:
-    """``POST /v1/chat/completions``."""
-
-    def call(self, body: bytes) -> ChatCall:
-        return ChatCall(_CHAT_BODY.decode(body))
-
-    def error(self, error: StatusError) -> HttpError:
-        return openai_error(error, RENAMED)
-
-
-class Completions:
-    """``POST /v1/completions``."""
-
-    def call(self, body: bytes) -> CompletionCall:
-        return CompletionCall(_COMPLETION_BODY.decode(body))
-
-    def error(self, error: StatusError) -> HttpError:
-        return openai_error(error, _COMPLETIONS_RENAMED)
+CHAT_COMPLETIONS = JsonApi(
+    ChatCompletionRequest, ChatCall, lambda error: openai_error(error, RENAMED)
+)
+"""``POST /v1/chat/completions``."""
+COMPLETIONS = JsonApi(
+    CompletionRequest, CompletionCall, lambda error: openai_error(error, _COMPLETIONS_RENAMED)
+)
+"""``POST /v1/completions``."""
 
 
 def model_list(response: pb.ListModelsResponse) -> bytes:
