@@ -28,7 +28,7 @@ from typing import Any
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError
-from switchyard_router.http_api.api import JsonApi, response_id
+from switchyard_router.http_api.api import JsonApi, joined_text, response_id
 from switchyard_router.http_api.errors import anthropic_error, bad_field, unsupported
 from switchyard_router.http_api.json_body import Strict, encode
 
@@ -96,14 +96,7 @@ class CountTokensRequest(_Input, kw_only=True):
 def _text(field: str, content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
-    texts = []
-    for index, block in enumerate(content):
-        kind = block.get("type")
-        if kind != "text" or not isinstance(block.get("text"), str):
-            why = f"content blocks of type {kind!r} are not supported here (only text)"
-            raise unsupported(f"{field}[{index}]", why)
-        texts.append(block["text"])
-    return "".join(texts)
+    return joined_text(field, content, "content blocks")
 
 
 def _turns(index: int, message: Message) -> list[pb.ChatMessage]:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from switchyard_common.status import StatusError
-from switchyard_router.http_api.errors import HttpError
+from switchyard_router.http_api.errors import HttpError, unsupported
 from switchyard_router.http_api.json_body import JsonBody
 
 
@@ -83,6 +83,20 @@ class JsonApi(Generic[Body, Call]):
     def error(self, error: StatusError) -> HttpError:
         """An error answer in this API's shape."""
         return self._error(error)
+
+
+def joined_text(field: str, parts: list[dict[str, Any]], what: str) -> str:
+    """The text of a content list (OpenAI's parts, Anthropic's blocks), joined; any other
+    kind is INVALID_ARGUMENT naming its place (``field[2]``)."""
+    texts = []
+    for index, part in enumerate(parts):
+        kind = part.get("type")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise unsupported(
+                f"{field}[{index}]", f"{what} of type {kind!r} are not supported (only text)"
+            )
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def response_id(prefix: str) -> str:

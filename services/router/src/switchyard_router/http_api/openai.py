@@ -25,7 +25,7 @@ from typing import Any
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError
-from switchyard_router.http_api.api import JsonApi, now, response_id
+from switchyard_router.http_api.api import JsonApi, joined_text, now, response_id
 from switchyard_router.http_api.errors import bad_field, openai_error, unsupported
 from switchyard_router.http_api.json_body import Strict, encode
 
@@ -195,16 +195,7 @@ def _content(index: int, message: ChatMessage) -> str:
         raise bad_field(f"messages[{index}].content", "is required")
     if isinstance(content, str):
         return content
-    texts = []
-    for part_index, part in enumerate(content):
-        kind = part.get("type")
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise unsupported(
-                f"messages[{index}].content[{part_index}]",
-                f"content parts of type {kind!r} are not supported (only text)",
-            )
-        texts.append(part["text"])
-    return "".join(texts)
+    return joined_text(f"messages[{index}].content", content, "content parts")
 
 
 _CHAT_UNSUPPORTED = (
@@ -388,6 +379,10 @@ class _Stream:
         """A chunk whose one choice has these fields (after ``"index":0,``)."""
         return self._head + choice + self._tail
 
+    def closing(self) -> bytes:
+        """``[DONE]`` for a stream that ended without its last message (else b"")."""
+        return b"" if self.finished else self.end(None)
+
     def end(self, usage: pb.Usage | None) -> bytes:
         """The usage chunk (when asked for) and ``[DONE]``."""
         self.finished = True
@@ -487,7 +482,7 @@ class ChatCall:
 
     def closing(self) -> bytes:
         assert self._stream is not None
-        return b"" if self._stream.finished else self._stream.end(None)
+        return self._stream.closing()
 
     def failure(self, error: StatusError) -> bytes:
         return _Stream.failure(error, RENAMED)
@@ -572,7 +567,7 @@ class CompletionCall:
 
     def closing(self) -> bytes:
         assert self._stream is not None
-        return b"" if self._stream.finished else self._stream.end(None)
+        return self._stream.closing()
 
     def failure(self, error: StatusError) -> bytes:
         return _Stream.failure(error, _COMPLETIONS_RENAMED)
