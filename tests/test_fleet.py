@@ -176,6 +176,7 @@ def _fleet_keys(keys: Keys) -> list[dict[str, Any]]:
     """The keys the shared pair of routers knows, one or more per test."""
     return [
         keys.config("six-a-minute", requests_per_minute=6),
+        keys.config("six-at-once", requests_per_minute=6),
         keys.config("reserving", token_budget={"per_day": 40}),
         keys.config("streaming", token_budget={"per_day": 12, "reserve_tokens": 4}),
         keys.config("cache-budget", token_budget={"per_month": 10_000}),
@@ -303,6 +304,33 @@ def test_a_key_limited_to_n_requests_a_minute_gets_n_in_total_across_two_routers
     assert {r.metadata["limit"] for r in refusals} == {"requests_per_minute"}
     # Six a minute: the next one in at most ten seconds, stated by either router.
     assert all(r.retry_after is not None and 0 < r.retry_after <= 10 for r in refusals)
+
+
+def test_concurrent_requests_on_two_routers_never_get_more_than_the_limit(
+    pair: tuple[ServerProcess, ServerProcess], keys: Keys
+) -> None:
+    """24 requests at once, 12 on each router: the admission script is atomic, so
+    exactly 6 pass, whichever router and in whatever order they reach Redis."""
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(24)
+
+    def call(router: ServerProcess) -> None:
+        start.wait()
+        try:
+            _generate(router, _request("canned"), keys("six-at-once"))
+            outcome = "OK"
+        except grpc.RpcError as error:
+            outcome = error.code().name
+        with lock:
+            outcomes.append(outcome)
+
+    callers = [threading.Thread(target=call, args=(pair[i % 2],)) for i in range(24)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert sorted(outcomes) == ["OK"] * 6 + ["RESOURCE_EXHAUSTED"] * 18
 
 
 def test_with_local_limits_each_router_counts_alone(
