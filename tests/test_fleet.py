@@ -496,6 +496,28 @@ async def test_settlements_made_while_redis_is_unreachable_are_sent_when_it_is_b
     await _until(lambda: _budget_used(redis, "cut-off") == 7, "the settlement after the outage")
 
 
+async def test_a_stream_that_borrows_locally_during_an_outage_settles_in_redis_by_its_usage(
+    shared_state: tuple[RedisFleetState, RedisServer],
+) -> None:
+    """A stream Redis admitted that outgrows its reservation while Redis cannot be
+    reached goes on, on this process's own ledger (fail open); when it ends, Redis is
+    charged its usage and the tokens borrowed here are returned here."""
+    state, redis = shared_state
+    limits = _budgeted("borrower")
+    ticket = await state.admit(Ask(limits, reserve=5, partial=True))
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        await _until(lambda: not state.up, "Redis seen as unreachable")
+        assert await state.extend(ticket, 20) == 20  # borrowed from the local ledger
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    await _until(lambda: state.up, "Redis reachable again")
+    state.settle(ticket, 12)
+    await _until(lambda: _budget_used(redis, "borrower") == 12, "Redis charged the usage")
+    assert state.local.budgets.reserve("borrower", ticket.periods, 1000, partial=False) == 1000
+
+
 def test_a_stream_is_cut_when_its_budget_runs_out_after_the_tokens_paid_for(
     pair: tuple[ServerProcess, ServerProcess], redis_server: RedisServer, keys: Keys
 ) -> None:

@@ -395,7 +395,9 @@ class RedisFleetState(FleetState):
         if self.config.when_unreachable == "refuse":
             return 0
         # Fail open: this process's own ledger pays for the rest of the stream.
-        return await self.local.extend(ticket, tokens)
+        more = await self.local.extend(ticket, tokens)
+        ticket.borrowed += more
+        return more
 
     def settle(self, ticket: Ticket, used: int) -> None:
         limits = ticket.limits
@@ -404,7 +406,10 @@ class RedisFleetState(FleetState):
         if not ticket.shared:
             self.local.settle(ticket, used)
             return
-        if not limits.tokens_per_minute and used == ticket.granted:
+        reserved = ticket.granted - ticket.borrowed  # what Redis holds for it
+        if ticket.borrowed:  # Redis is charged the whole usage; the local loan ends
+            self.local.budgets.settle(limits.key_id, ticket.periods, -ticket.borrowed)
+        if not limits.tokens_per_minute and used == reserved:
             return  # nothing changes
         day, month = self._budget_args(limits.key_id, ticket.periods)
         token_rate = limits.tokens_per_minute / 60 if limits.tokens_per_minute else 0.0
@@ -415,7 +420,7 @@ class RedisFleetState(FleetState):
                 repr(token_rate),
                 repr(limits.token_burst),
                 used,
-                ticket.granted,
+                reserved,
                 1 if day[1] else 0,
                 1 if month[1] else 0,
             ],

@@ -109,6 +109,9 @@ class Ticket:
     """Granted by the fleet's Redis (settled there), not this process's own counters."""
     spent: Period | None = None
     """The period whose budget refused an extension."""
+    borrowed: int = 0
+    """Of ``granted``, tokens a shared ticket took from this process's own ledger while
+    the fleet's Redis could not be reached (returned there when it is settled)."""
 
     @property
     def charged(self) -> bool:
