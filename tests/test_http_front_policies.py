@@ -256,6 +256,42 @@ def test_the_response_cache_answers_http_requests_and_says_so(fleet: Fleet) -> N
     )
 
 
+def test_the_cache_keys_on_tools_and_replays_tool_calls_but_ignores_callers_metadata(
+    fleet: Fleet,
+) -> None:
+    """What shapes the answer keys the cache (the tools offered); what does not (the
+    caller's ``user`` and ``metadata``) does not. An answer that calls a tool is
+    replayed like any other."""
+    tool_call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    server = fleet.scripted("s", [{"id": "m", "reply": "sunny", "tool_call": tool_call}])
+    config, url = _with_http(
+        {
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}], "cache": {}}],
+        }
+    )
+    wait_healthy(fleet.router(config))
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object"}},
+    }
+    request = {"model": "m", "messages": CHAT, "temperature": 0, "tools": [weather]}
+    status, first_headers, first = curl(f"{url}/v1/chat/completions", request)
+    assert status == 200, first
+    assert json.loads(first)["choices"][0]["finish_reason"] == "tool_calls"
+    assert "x-switchyard-cache" not in first_headers
+    tagged = {**request, "user": "someone", "metadata": {"team": "x"}}
+    _, headers, again = curl(f"{url}/v1/chat/completions", tagged)
+    assert "x-switchyard-cache: hit" in headers
+    assert (
+        json.loads(again)["choices"][0]["message"]["tool_calls"]
+        == json.loads(first)["choices"][0]["message"]["tool_calls"]
+    )
+    described = {**weather, "function": {**weather["function"], "description": "Weather."}}
+    _, headers, _ = curl(f"{url}/v1/chat/completions", {**request, "tools": [described]})
+    assert "x-switchyard-cache" not in headers  # other tools: another request
+
+
 def test_no_healthy_endpoint_is_503_with_retry_after(fleet: Fleet) -> None:
     config, url = _with_http(
         {

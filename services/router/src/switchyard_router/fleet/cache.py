@@ -6,10 +6,11 @@ A route opts in with ``cache:``. A request is looked up when it is deterministic
 caller did not send ``cache-control: no-cache``. The key is a SHA-256 of the
 method, the cache scope (the caller's key, or shared), the route with its targets
 (the models that may answer) and the request's bytes, which hold everything that
-shapes the answer (input, sampling, token ids asked for); metadata does not key
-it. An answer is kept when it finished well (stop, length, stop sequence,
-content filter) and fits ``max_entry_bytes``; a hit replays its messages as they
-were, to unary calls and streams alike, and costs no model tokens.
+shapes the answer (input, sampling, tools, response format, adapter, token ids
+asked for); metadata does not key it. An answer is kept when it finished well
+(stop, length, stop sequence, content filter, tool calls) and fits
+``max_entry_bytes``; a hit replays its messages as they were, to unary calls and
+streams alike, and costs no model tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from collections.abc import Iterable, Sequence
 from switchyard_router import metrics, wire
 
 _UNARY, _STREAM = b"\x00", b"\x01"
-_REPLAYABLE = frozenset({1, 2, 3, 6})  # FinishReason: STOP, LENGTH, STOP_SEQUENCE, CONTENT_FILTER
+# FinishReason: STOP, LENGTH, STOP_SEQUENCE, CONTENT_FILTER, TOOL_CALLS (an answer that
+# calls a tool ended as well as any; not CANCELLED or ERROR).
+_REPLAYABLE = frozenset({1, 2, 3, 6, 7})
 CACHE_CONTROL = "cache-control"
 
 
