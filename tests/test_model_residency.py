@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import start_modelserver, start_router
+from fleet import endpoint_view
 from processes import ServerProcess, free_port, health_status
 from scrape import scrape, value
 from tinymodel import TinyModelSpec, write_tiny_model
@@ -30,6 +31,7 @@ from switchyard.cli import main
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
+from switchyard.v1 import router_admin_pb2 as router_admin_pb
 
 MODELS = ("alpha", "beta", "gamma")
 
@@ -290,6 +292,47 @@ def test_a_request_waits_for_its_model_up_to_load_wait_seconds_then_retry_info(
             _wait_state(client, "tiny-slow", "ready")
             assert client.generate("tiny-slow", "hi", max_tokens=2).usage.completion_tokens == 2
     finally:
+        server.stop()
+
+
+def test_a_model_still_loading_does_not_eject_its_server_from_the_router(
+    workdir: Path, models_dir: Path
+) -> None:
+    """MODEL_LOADING is about one model, not the server, which serves its other models
+    meanwhile: the router passes it on (or retries elsewhere) but never ejects the
+    endpoint for it, even with one failure to eject."""
+    directory = workdir / "loading-behind-router"
+    directory.mkdir()
+    for name in ("tiny-slow", "tiny"):
+        (directory / f"{name}.gguf").symlink_to(models_dir / f"{name}.gguf")
+    server = _budget_server(
+        workdir, directory, "budget-behind-router", max_loaded_models=2, load_wait_seconds=0.001
+    )
+    outlier = {"consecutive_failures": 1, "base_ejection_seconds": 120}
+    router = start_router(
+        workdir,
+        "loading-router",
+        {
+            "retry": {"num_retries": 0},
+            "clusters": {"cpu": {"endpoints": [server.address], "outlier_detection": outlier}},
+            "routes": [
+                {"model": m, "targets": [{"cluster": "cpu"}]} for m in ("tiny", "tiny-slow")
+            ],
+        },
+    )
+    try:
+        with Client(router.address, max_retries=0) as client:
+            with pytest.raises(UnavailableError) as caught:
+                client.generate("tiny-slow", "hello", max_tokens=2)
+            assert caught.value.reason == "MODEL_LOADING"
+            view = endpoint_view(router, server.address)
+            assert (view.ejections, view.state) == (0, router_admin_pb.ENDPOINT_STATE_HEALTHY)
+        with Client(server.address) as direct:
+            _wait_state(direct, "tiny-slow", "ready")
+        with Client(router.address, max_retries=0) as client:
+            assert client.generate("tiny-slow", "hi", max_tokens=2).usage.completion_tokens == 2
+    finally:
+        router.stop()
         server.stop()
 
 
