@@ -419,10 +419,11 @@ class LlamaCppBackend(Backend):
         self._adapters.path(model_id, name)
 
     async def load_adapter(self, model_id: str, name: str, path: str) -> None:
-        found = self._adapters.register(model_id, name, path)
+        found = self._adapters.locate(model_id, name, path)
         async with self._residency.hold(model_id):
             copy = self._residency.current(model_id)
             await self._on_worker(copy, load_adapter, copy.llama, copy.adapters, name, found)
+        self._adapters.register(model_id, name, found)  # once it loaded: requests may name it
 
     async def unload_adapter(self, model_id: str, name: str) -> None:
         self._adapters.path(model_id, name)  # NOT_FOUND for an adapter it never had

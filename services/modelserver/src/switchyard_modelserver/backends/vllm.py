@@ -521,7 +521,9 @@ class VllmBackend(Backend):
                 f"model {self._id} takes no adapters: start it with enable_lora: true",
                 reason="ADAPTERS_DISABLED",
             )
-        await self._lora(engine, name, self._adapters.register(model_id, name, path))
+        found = self._adapters.locate(model_id, name, path)
+        await self._lora(engine, name, found)
+        self._adapters.register(model_id, name, found)  # once it loaded: requests may name it
 
     async def unload_adapter(self, model_id: str, name: str) -> None:
         self._adapters.path(model_id, name)  # NOT_FOUND for one it never had
