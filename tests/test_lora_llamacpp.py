@@ -163,3 +163,26 @@ def test_load_adapter_paths_stay_inside_the_adapters_folder_unless_absolute(
         )
         assert only_words(_greedy(client, "paris-too"), PARIS)
 
+
+def test_an_adapter_that_does_not_load_is_not_registered_and_a_new_file_replaces_the_old(
+    lora_server: ServerProcess, workdir: Path, models_dir: Path
+) -> None:
+    first = write_tiny_lora(workdir / "swapped-first.gguf", words=("model", "token"))
+    second = write_tiny_lora(workdir / "swapped-second.gguf", words=("router", "stream"))
+    channel = grpc.insecure_channel(lora_server.address)
+    admin = admin_grpc.ModelAdminServiceStub(channel)
+
+    def load(name: str, path: Path) -> None:
+        admin.LoadAdapter(admin_pb.LoadAdapterRequest(model="tiny", adapter=name, path=str(path)))
+
+    with channel, Client(lora_server.address, max_retries=0) as client:
+        with pytest.raises(grpc.RpcError) as refused:  # a model, not an adapter
+            load("not-an-adapter", models_dir / "tiny.gguf")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not-an-adapter" not in {a.name for a in client.list_models()[0].adapters}
+        with pytest.raises(NotFoundError):
+            client.generate("tiny", PROMPT, max_tokens=2, adapter="not-an-adapter")
+        load("swapped", first)
+        assert only_words(_greedy(client, "swapped"), ("model", "token"))
+        load("swapped", second)  # the same name from another file: the new weights
+        assert only_words(_greedy(client, "swapped"), ("router", "stream"))
