@@ -169,6 +169,8 @@ class VllmBackend(Backend):
         self._adapters = AdapterCatalog(lambda _: options.adapters_dir, peft_folder)
         self._loras: dict[str, LoRARequest] = {}
         """The engine's LoRARequest per adapter name (vLLM knows adapters by number)."""
+        self._lora_numbers = 0  # the last number given to an adapter (never reused)
+        self._adding_lora = asyncio.Lock()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._failed: asyncio.Future[str] | None = None
@@ -500,18 +502,25 @@ class VllmBackend(Backend):
         known = self._loras.get(name)
         if known is not None and known.lora_path == str(path):
             return known
-        number = max((lora.lora_int_id for lora in self._loras.values()), default=0) + 1
-        lora = LoRARequest(name, number, str(path))
-        try:
-            added = await engine.add_lora(lora)
-        except Exception as error:  # vLLM refuses adapters it cannot read or fit
-            raise _adapter_refused(name, str(error)) from None
-        if not added:
-            raise _adapter_refused(name, "vLLM did not add it")
-        if known is not None:
-            await engine.remove_lora(known.lora_int_id)
-        self._loras[name] = lora
-        return lora
+        # One add at a time: the first requests naming two new adapters at once must
+        # not both take the next number (vLLM would serve one adapter's weights to
+        # both), nor two first requests of one adapter add it twice.
+        async with self._adding_lora:
+            known = self._loras.get(name)
+            if known is not None and known.lora_path == str(path):
+                return known
+            self._lora_numbers += 1
+            lora = LoRARequest(name, self._lora_numbers, str(path))
+            try:
+                added = await engine.add_lora(lora)
+            except Exception as error:  # vLLM refuses adapters it cannot read or fit
+                raise _adapter_refused(name, str(error)) from None
+            if not added:
+                raise _adapter_refused(name, "vLLM did not add it")
+            if known is not None:
+                await engine.remove_lora(known.lora_int_id)
+            self._loras[name] = lora
+            return lora
 
     async def load_adapter(self, model_id: str, name: str, path: str) -> None:
         engine = self._engine
