@@ -193,3 +193,47 @@ def test_removing_a_model_from_one_replica_fails_no_request_through_the_router(
         router.stop()
         for replica in replicas:
             replica.stop()
+
+
+def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Path) -> None:
+    """CountTokens on long prompts runs on the model's copy off the event loop: a
+    replaced file's old copy is freed only once no count uses it any more."""
+    write_tiny_model(folder / "counted.gguf", TinyModelSpec(seed=0))
+    server = _folder_server(workdir, folder, "folder-count")
+    stop = threading.Event()
+    counts: list[int] = []
+    failures: list[str] = []
+    prompt = "the capital of france is paris " * 3000  # a few ms to tokenize
+    try:
+        with Client(server.address, max_retries=0, timeout=60) as client:
+            expected = client.count_tokens("counted", prompt).prompt_tokens
+
+            def count() -> None:
+                while not stop.is_set():
+                    try:
+                        counts.append(client.count_tokens("counted", prompt).prompt_tokens)
+                    except Exception as error:
+                        failures.append(repr(error))
+
+            with ThreadPoolExecutor(3) as pool:
+                counters = [pool.submit(count) for _ in range(3)]
+                try:
+                    for swap in range(1, 7):
+                        replacement = folder.parent / "counted.partial"
+                        write_tiny_model(replacement, TinyModelSpec(seed=swap))
+                        os.replace(replacement, folder / "counted.gguf")
+                        _wait(
+                            lambda swap=swap: (
+                                server.log().count("model counted: the new file took over") >= swap
+                            ),
+                            f"swap {swap} (the server is {server.process.poll() or 'running'})",
+                        )
+                finally:
+                    stop.set()
+                for counter in counters:
+                    counter.result(timeout=60)
+        assert not failures, failures[:5]
+        assert counts and set(counts) == {expected}
+    finally:
+        stop.set()
+        server.stop()

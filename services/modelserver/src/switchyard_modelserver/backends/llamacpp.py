@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -135,12 +135,25 @@ class _LoadedModel:
     chat_template: str | None
     adapters: AdapterSet = field(default_factory=AdapterSet)
     """Touched only on the worker thread."""
-    generations: int = 0
+    users: int = 0
+    """Generations and token counts running on this copy."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set while no generation runs on this copy."""
+    """Set while nothing runs on this copy: it may be freed."""
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Keeps the copy from being freed (a replaced file's old copy waits) for the block."""
+        self.users += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if not self.users:
+                self.idle.set()
 
 
 @dataclass(frozen=True)
@@ -400,7 +413,7 @@ class LlamaCppBackend(Backend):
         return copy
 
     async def _free_copy(self, copy: _LoadedModel) -> None:
-        """Waits for the copy's generations to end, then frees it."""
+        """Waits until nothing runs on the copy (generations, counts), then frees it."""
         await copy.idle.wait()
         # The worker may still be between tokens of a cancelled job: wait for it.
         await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
@@ -429,7 +442,8 @@ class LlamaCppBackend(Backend):
         self._adapters.path(model_id, name)  # NOT_FOUND for an adapter it never had
         copy = self._residency.loaded(model_id)
         if copy is not None:  # after the generation running there, if any
-            await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
+            with copy.in_use():  # not freed meanwhile (an unload or a swap waits)
+                await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
 
     async def _on_worker(self, copy: _LoadedModel, work: Any, *args: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(copy.executor, work, *args)
@@ -446,15 +460,9 @@ class LlamaCppBackend(Backend):
         adapter_path = (
             self._adapters.path(request.model, request.adapter) if request.adapter else None
         )
-        model.generations += 1
-        model.idle.clear()
-        try:
+        with model.in_use():
             async for event in self._generate_on(model, request, adapter_path):
                 yield event
-        finally:
-            model.generations -= 1
-            if not model.generations:
-                model.idle.set()
 
     async def _generate_on(
         self, model: _LoadedModel, request: GenerationRequest, adapter_path: Path | None
@@ -515,7 +523,8 @@ class LlamaCppBackend(Backend):
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         model = self._residency.current(request.model)  # the server holds it for us
-        return len(await asyncio.to_thread(self._prompt_tokens, model, request))
+        with model.in_use():  # a swap frees the old copy after the count, not during it
+            return len(await asyncio.to_thread(self._prompt_tokens, model, request))
 
     @staticmethod
     def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
