@@ -96,13 +96,17 @@ def test_a_replaced_file_takes_over_without_a_failed_request(workdir: Path, fold
 
             with ThreadPoolExecutor(3) as pool:
                 askers = [pool.submit(ask) for _ in range(3)]
-                _wait(lambda: len(answers) >= 10, "answers from the old file")
-                write_tiny_model(folder.parent / "swap-next.partial", TinyModelSpec(seed=7))
-                os.replace(folder.parent / "swap-next.partial", folder / "swap.gguf")
-                _wait(lambda: any(text != before for _, text in answers), "the new model answers")
-                switched = len(answers)
-                _wait(lambda: len(answers) >= switched + 10, "answers after the switch")
-                stop.set()
+                try:  # a failed wait must stop the askers, or the pool waits for them forever
+                    _wait(lambda: len(answers) >= 10, "answers from the old file")
+                    write_tiny_model(folder.parent / "swap-next.partial", TinyModelSpec(seed=7))
+                    os.replace(folder.parent / "swap-next.partial", folder / "swap.gguf")
+                    _wait(
+                        lambda: any(text != before for _, text in answers), "the new model answers"
+                    )
+                    switched = len(answers)
+                    _wait(lambda: len(answers) >= switched + 10, "answers after the switch")
+                finally:
+                    stop.set()
                 for asker in askers:
                     asker.result(timeout=60)
         assert not failures, failures[:5]
@@ -178,13 +182,15 @@ def test_removing_a_model_from_one_replica_fails_no_request_through_the_router(
 
             with ThreadPoolExecutor(4) as pool:
                 askers = [pool.submit(ask) for _ in range(4)]
-                _wait(lambda: served[0] >= 20, "requests served by both")
-                (folders[0] / "shared.gguf").unlink()
-                with Client(replicas[0].address, max_retries=0) as direct:
-                    _wait(lambda: "shared" not in _ids(direct), "shared gone from replica a")
-                after_removal = served[0]
-                _wait(lambda: served[0] >= after_removal + 20, "requests after the removal")
-                stop.set()
+                try:  # a failed wait must stop the askers, or the pool waits for them forever
+                    _wait(lambda: served[0] >= 20, "requests served by both")
+                    (folders[0] / "shared.gguf").unlink()
+                    with Client(replicas[0].address, max_retries=0) as direct:
+                        _wait(lambda: "shared" not in _ids(direct), "shared gone from replica a")
+                    after_removal = served[0]
+                    _wait(lambda: served[0] >= after_removal + 20, "requests after the removal")
+                finally:
+                    stop.set()
                 for asker in askers:
                     asker.result(timeout=60)
         assert not failures, failures[:5]
