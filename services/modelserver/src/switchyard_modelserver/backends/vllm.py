@@ -47,7 +47,6 @@ from switchyard_modelserver.domain import (
     PromptCounted,
     Sampling,
     TokenLogprob,
-    ToolChoiceMode,
 )
 from switchyard_modelserver.limits import MAX_LOGPROBS, tokenize_within_context
 from switchyard_modelserver.tools import chat_template, prompting
@@ -306,16 +305,7 @@ class VllmBackend(Backend):
             yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
             return
         hermes = self._options.tool_parser == "hermes"
-        if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and (
-            request.tools and not hermes
-        ):
-            raise invalid_argument(
-                FieldViolation(
-                    "tool_choice",
-                    f"the vllm backend forces tool calls only in the Hermes format; model "
-                    f"{self._id} reads them with the {self._options.tool_parser} parser",
-                )
-            )
+        vllm_structured.check_tool_options(request, self._options.tool_parser, self._id)
         params = _sampling_params(
             sampling,
             tokens.max_tokens - len(continuation),

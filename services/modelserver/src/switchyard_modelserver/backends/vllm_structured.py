@@ -121,6 +121,27 @@ def structured_outputs(
     return {"structural_tag": json.dumps({"type": "structural_tag", "format": calls})}
 
 
+def check_tool_options(request: GenerationRequest, tool_parser: str, model: str) -> None:
+    """INVALID_ARGUMENT for what only constrained Hermes calls can honour: forcing a
+    call (``required``, a named tool) or at most one (``parallel_tool_calls`` false).
+    Other parsers read whatever calls the model writes, unconstrained."""
+    if not request.calls_tools or tool_parser == "hermes":
+        return
+    why = (
+        f"the vllm backend constrains tool calls only in the Hermes format; model {model} "
+        f"reads them with the {tool_parser} parser"
+    )
+    violations = []
+    if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
+        violations.append(FieldViolation("tool_choice", f"cannot force a call: {why}"))
+    if not request.parallel_tool_calls:
+        violations.append(
+            FieldViolation("parallel_tool_calls", f"cannot limit a reply to one call: {why}")
+        )
+    if violations:
+        raise invalid_argument(*violations)
+
+
 def _response(response: ResponseFormat) -> dict[str, Any]:
     if isinstance(response, JsonObjectFormat):
         return {"json_object": True}
