@@ -298,6 +298,37 @@ def test_a_request_waits_for_its_model_up_to_load_wait_seconds_then_retry_info(
         server.stop()
 
 
+def _resident_mib(server: ServerProcess) -> float:
+    with open(f"/proc/{server.process.pid}/status") as status:
+        [line] = [line for line in status if line.startswith("VmRSS:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_a_model_takes_the_memory_the_budget_counts_for_it(workdir: Path) -> None:
+    """A context_length past what the model was trained for (256 tokens here) is
+    capped by it, in the KV cache llama.cpp allocates as in memory_bytes: the
+    budget counts what a load really takes (at 131072 tokens the cache alone
+    would be 64 MiB)."""
+    directory = workdir / "short-context"
+    directory.mkdir()
+    write_tiny_model(directory / "short.gguf", TinyModelSpec(context_length=256))
+    server = _budget_server(
+        workdir, directory, "budget-short", max_loaded_models=1, context_length=131072
+    )
+    try:
+        with Client(server.address, max_retries=0) as client:
+            client.list_models()  # the server has answered once before we measure
+            before = _resident_mib(server)
+            client.generate("short", "hello", max_tokens=2)
+            grown = _resident_mib(server) - before
+            [short] = client.list_models()
+        assert (short.status, short.context_length) == ("ready", 256)
+        assert short.memory_bytes < 4 * 2**20
+        assert grown < 24, f"the load took {grown:.0f} MiB"
+    finally:
+        server.stop()
+
+
 def test_a_model_still_loading_does_not_eject_its_server_from_the_router(
     workdir: Path, models_dir: Path
 ) -> None:

@@ -381,7 +381,10 @@ class LlamaCppBackend(Backend):
         wanted = override.context_length or self._options.context_length
         llama = Llama(
             model_path=str(model_file.path),
-            n_ctx=wanted,
+            # What the header says the model was trained for caps it (the file's
+            # card has it): llama.cpp would allocate a KV cache for all of `wanted`,
+            # which requests can never use and the memory budget does not count.
+            n_ctx=min(wanted, model_file.card.context_length),
             n_batch=self._options.batch_size,
             n_threads=self._options.threads,
             n_threads_batch=self._options.threads,
