@@ -471,6 +471,29 @@ def test_the_router_forwards_model_admin_calls_to_the_endpoint_named(
         router.stop()
 
 
+def test_the_router_lists_a_model_no_replica_holds_as_unloaded_until_one_loads_it(
+    workdir: Path, two_of_three: ServerProcess
+) -> None:
+    router = start_router(
+        workdir,
+        "listing-router",
+        {
+            "clusters": {"cpu": {"endpoints": [two_of_three.address]}},
+            "routes": [{"model": m, "targets": [{"cluster": "cpu"}]} for m in MODELS],
+        },
+    )
+    try:
+        _unload(two_of_three.address, "gamma")
+        with Client(router.address, max_retries=0) as client:
+            [gamma] = [m for m in client.list_models() if m.id == "gamma"]
+            assert (gamma.status, gamma.healthy_replicas) == ("unloaded", 1)
+            client.generate("gamma", "hello", max_tokens=2)
+            [gamma] = [m for m in client.list_models() if m.id == "gamma"]
+            assert (gamma.status, gamma.healthy_replicas) == ("ready", 1)
+    finally:
+        router.stop()
+
+
 def test_the_cli_loads_unloads_and_lists_through_a_router(
     workdir: Path, two_of_three: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
