@@ -224,11 +224,8 @@ class ModelResidency(Generic[T]):
             await self._wait(asyncio.shield(task), deadline, slot)  # raises the load's error
 
     async def _wait(self, waitable: Awaitable[object], deadline: float, slot: _Slot[T]) -> None:
-        remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            await asyncio.wait_for(waitable, remaining)
+            await _by(deadline, waitable)
         except TimeoutError:
             raise StatusError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -448,11 +445,8 @@ class ModelResidency(Generic[T]):
                 why = f"least recently used, to make room for {slot.model_id}"
                 await self._unload(victim, why, "lru")
                 continue
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(changed.wait(), remaining)
+                await _by(deadline, changed.wait())
             except TimeoutError:
                 raise self._budget_busy(slot) from None
 
@@ -563,6 +557,11 @@ def model_removed(model_id: str) -> StatusError:
         reason="MODEL_REMOVED",
         metadata={"model": model_id},
     )
+
+
+async def _by(deadline: float, waitable: Awaitable[object]) -> None:
+    """Awaits ``waitable`` until ``deadline`` (``time.monotonic()``); TimeoutError after."""
+    await asyncio.wait_for(waitable, max(0.0, deadline - time.monotonic()))
 
 
 def _mib(count: int) -> str:

@@ -192,18 +192,14 @@ def _visit(converter: Any, schema: dict[str, Any], name: str, field: str) -> str
 
 
 def _check_enforced(schema: dict[str, Any], field: str) -> None:
-    unenforced = list(schemas.unenforced_keywords(schema, ENFORCED_KEYWORDS))
-    unenforced += [
-        pointer for pointer, value in _formats(schema, "") if value not in ENFORCED_FORMATS
-    ]
-    if unenforced:
-        raise invalid_argument(
-            FieldViolation(
-                field,
-                f"the llamacpp backend's constrained decoding cannot enforce "
-                f"{', '.join(sorted(set(unenforced)))}; remove them or use another backend",
-            )
-        )
+    formats = [p for p, value in _formats(schema, "") if value not in ENFORCED_FORMATS]
+    schemas.refuse_unenforced(
+        schema,
+        field,
+        ENFORCED_KEYWORDS,
+        "the llamacpp backend's constrained decoding",
+        also=formats,
+    )
 
 
 def _formats(schema: Any, pointer: str) -> list[tuple[str, Any]]:

@@ -166,15 +166,9 @@ def _as_format(response: dict[str, Any], bounded: dict[str, Any]) -> dict[str, A
 
 
 def _check_enforced(schema: dict[str, Any], field: str) -> None:
-    unenforced = sorted(set(schemas.unenforced_keywords(schema, ENFORCED_KEYWORDS)))
-    if unenforced:
-        raise invalid_argument(
-            FieldViolation(
-                field,
-                f"vLLM's constrained decoding (xgrammar) cannot enforce {', '.join(unenforced)}; "
-                "remove them",
-            )
-        )
+    schemas.refuse_unenforced(
+        schema, field, ENFORCED_KEYWORDS, "vLLM's constrained decoding (xgrammar)"
+    )
 
 
 def refused_field(request: GenerationRequest) -> str:
