@@ -39,30 +39,7 @@ from switchyard_modelserver.tools import schemas
 from switchyard_modelserver.tools.hermes import END, START
 
 # What llama-cpp-python 0.3.36's converter (llama_grammar.SchemaConverter) enforces.
-ENFORCED_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "prefixItems",
-        "minItems",
-        "maxItems",
-        "enum",
-        "const",
-        "anyOf",
-        "oneOf",
-        "allOf",
-        "$ref",
-        "$defs",
-        "definitions",
-        "pattern",
-        "minLength",
-        "maxLength",
-        "format",
-    }
-)
+ENFORCED_KEYWORDS = schemas.CONVERTER_KEYWORDS | {"allOf"}
 ENFORCED_FORMATS = frozenset(
     {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 )

@@ -35,34 +35,14 @@ from switchyard_modelserver.domain import (
 from switchyard_modelserver.tools import schemas
 from switchyard_modelserver.tools.hermes import END, START
 
-ENFORCED_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "prefixItems",
-        "minItems",
-        "maxItems",
-        "enum",
-        "const",
-        "anyOf",
-        "oneOf",
-        "$ref",
-        "$defs",
-        "definitions",
-        "pattern",
-        "minLength",
-        "maxLength",
-        "format",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-    }
-)
+ENFORCED_KEYWORDS = schemas.CONVERTER_KEYWORDS | {
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+}
+"""What xgrammar enforces."""
 
 _CALL_BEGIN = START + '\n{"name": "'
 _ARGUMENTS = '", "arguments": '

@@ -35,6 +35,32 @@ ANNOTATIONS = frozenset(
     }
 )
 
+# What both engines' grammar converters (llama-cpp-python's, xgrammar) enforce; each
+# backend adds its own.
+CONVERTER_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "format",
+    }
+)
+
 # Keywords whose value is a schema, a list of schemas, or a map of schemas.
 _SUBSCHEMA = frozenset({"items", "additionalProperties", "not", "if", "then", "else", "contains"})
 _SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
