@@ -8,6 +8,7 @@ into the folder); the server scans the folder every 0.1 s here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -21,7 +22,13 @@ from conftest import start_modelserver, start_router
 from processes import ServerProcess, health_status
 from tinymodel import TinyModelSpec, write_tiny_model
 
-from switchyard import Client, FinishReason, NotFoundError, UnavailableError
+from switchyard import (
+    Client,
+    DeadlineExceededError,
+    FinishReason,
+    NotFoundError,
+    UnavailableError,
+)
 
 WATCH = {"watch_interval_seconds": 0.1, "threads": 1, "context_length": 512}
 
@@ -203,7 +210,8 @@ def test_removing_a_model_from_one_replica_fails_no_request_through_the_router(
 
 def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Path) -> None:
     """CountTokens on long prompts runs on the model's copy off the event loop: a
-    replaced file's old copy is freed only once no count uses it any more."""
+    replaced file's old copy is freed only once no count uses it any more, even
+    one whose caller left (its deadline passed) while the tokenizer ran."""
     write_tiny_model(folder / "counted.gguf", TinyModelSpec(seed=0))
     server = _folder_server(workdir, folder, "folder-count")
     stop = threading.Event()
@@ -221,8 +229,17 @@ def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Pa
                     except Exception as error:
                         failures.append(repr(error))
 
-            with ThreadPoolExecutor(3) as pool:
-                counters = [pool.submit(count) for _ in range(3)]
+            def count_impatiently() -> None:  # its deadline often passes mid-count
+                while not stop.is_set():
+                    with contextlib.suppress(DeadlineExceededError):
+                        counts.append(
+                            client.count_tokens("counted", prompt, timeout=0.004).prompt_tokens
+                        )
+
+            with ThreadPoolExecutor(4) as pool:
+                counters = [pool.submit(count) for _ in range(2)]
+                counters.append(pool.submit(count_impatiently))
+                counters.append(pool.submit(count_impatiently))
                 try:
                     for swap in range(1, 7):
                         replacement = folder.parent / "counted.partial"
