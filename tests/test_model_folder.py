@@ -236,6 +236,14 @@ def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Pa
                             client.count_tokens("counted", prompt, timeout=0.004).prompt_tokens
                         )
 
+            def wait_swaps(done: int) -> None:
+                def swapped() -> bool:
+                    exited = server.process.poll()
+                    assert exited is None, f"the model server died ({exited})"
+                    return server.log().count("model counted: the new file took over") >= done
+
+                _wait(swapped, f"swap {done}")
+
             with ThreadPoolExecutor(4) as pool:
                 counters = [pool.submit(count) for _ in range(2)]
                 counters.append(pool.submit(count_impatiently))
@@ -245,12 +253,7 @@ def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Pa
                         replacement = folder.parent / "counted.partial"
                         write_tiny_model(replacement, TinyModelSpec(seed=swap))
                         os.replace(replacement, folder / "counted.gguf")
-                        _wait(
-                            lambda swap=swap: (
-                                server.log().count("model counted: the new file took over") >= swap
-                            ),
-                            f"swap {swap} (the server is {server.process.poll() or 'running'})",
-                        )
+                        wait_swaps(swap)
                 finally:
                     stop.set()
                 for counter in counters:
