@@ -45,6 +45,10 @@ REQUIREMENTS = [
     str(PROJECTS[1]),
     str(PROJECTS[2]),
     f"{PROJECTS[3]}[llamacpp,openai,anthropic,ollama]",
+    # The images run their base's Python (Debian bookworm: 3.11.2), where redis also
+    # needs async-timeout (python_full_version < "3.11.3"); pip evaluates markers for
+    # the Python that runs it, which may be newer, so it is named here.
+    "async-timeout",
 ]
 
 

@@ -15,6 +15,7 @@ from processes import ServerProcess
 from tinylora import only_words, write_tiny_lora
 
 from switchyard import Client, InvalidArgumentError, NotFoundError
+from switchyard.status import parse_details
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 
@@ -135,3 +136,53 @@ def test_list_models_shows_the_adapters_and_load_and_unload_adapter_move_them(
                 admin_pb.LoadAdapterRequest(model="tiny", adapter="x", path="/no/such.gguf")
             )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_load_adapter_paths_stay_inside_the_adapters_folder_unless_absolute(
+    lora_server: ServerProcess, workdir: Path
+) -> None:
+    """A relative path is inside the model's adapters folder: ``..`` is refused naming
+    ``path`` (the file it reaches exists and would load), a plain one works."""
+    write_tiny_lora(workdir / "outside-lora.gguf", words=("model", "token"))
+    channel = grpc.insecure_channel(lora_server.address)
+    admin = admin_grpc.ModelAdminServiceStub(channel)
+    with channel, Client(lora_server.address) as client:
+        with pytest.raises(grpc.RpcError) as escaped:
+            admin.LoadAdapter(
+                admin_pb.LoadAdapterRequest(
+                    model="tiny", adapter="outside", path="../../outside-lora.gguf"
+                )
+            )
+        assert escaped.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [
+            v.field for v in parse_details(escaped.value.trailing_metadata()).field_violations
+        ] == ["path"]
+        assert "outside" not in {a.name for a in client.list_models()[0].adapters}
+        admin.LoadAdapter(
+            admin_pb.LoadAdapterRequest(model="tiny", adapter="paris-too", path="paris.gguf")
+        )
+        assert only_words(_greedy(client, "paris-too"), PARIS)
+
+
+def test_an_adapter_that_does_not_load_is_not_registered_and_a_new_file_replaces_the_old(
+    lora_server: ServerProcess, workdir: Path, models_dir: Path
+) -> None:
+    first = write_tiny_lora(workdir / "swapped-first.gguf", words=("model", "token"))
+    second = write_tiny_lora(workdir / "swapped-second.gguf", words=("router", "stream"))
+    channel = grpc.insecure_channel(lora_server.address)
+    admin = admin_grpc.ModelAdminServiceStub(channel)
+
+    def load(name: str, path: Path) -> None:
+        admin.LoadAdapter(admin_pb.LoadAdapterRequest(model="tiny", adapter=name, path=str(path)))
+
+    with channel, Client(lora_server.address, max_retries=0) as client:
+        with pytest.raises(grpc.RpcError) as refused:  # a model, not an adapter
+            load("not-an-adapter", models_dir / "tiny.gguf")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not-an-adapter" not in {a.name for a in client.list_models()[0].adapters}
+        with pytest.raises(NotFoundError):
+            client.generate("tiny", PROMPT, max_tokens=2, adapter="not-an-adapter")
+        load("swapped", first)
+        assert only_words(_greedy(client, "swapped"), ("model", "token"))
+        load("swapped", second)  # the same name from another file: the new weights
+        assert only_words(_greedy(client, "swapped"), ("router", "stream"))

@@ -8,6 +8,7 @@ into the folder); the server scans the folder every 0.1 s here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -21,7 +22,13 @@ from conftest import start_modelserver, start_router
 from processes import ServerProcess, health_status
 from tinymodel import TinyModelSpec, write_tiny_model
 
-from switchyard import Client, FinishReason, NotFoundError, UnavailableError
+from switchyard import (
+    Client,
+    DeadlineExceededError,
+    FinishReason,
+    NotFoundError,
+    UnavailableError,
+)
 
 WATCH = {"watch_interval_seconds": 0.1, "threads": 1, "context_length": 512}
 
@@ -96,13 +103,17 @@ def test_a_replaced_file_takes_over_without_a_failed_request(workdir: Path, fold
 
             with ThreadPoolExecutor(3) as pool:
                 askers = [pool.submit(ask) for _ in range(3)]
-                _wait(lambda: len(answers) >= 10, "answers from the old file")
-                write_tiny_model(folder.parent / "swap-next.partial", TinyModelSpec(seed=7))
-                os.replace(folder.parent / "swap-next.partial", folder / "swap.gguf")
-                _wait(lambda: any(text != before for _, text in answers), "the new model answers")
-                switched = len(answers)
-                _wait(lambda: len(answers) >= switched + 10, "answers after the switch")
-                stop.set()
+                try:  # a failed wait must stop the askers, or the pool waits for them forever
+                    _wait(lambda: len(answers) >= 10, "answers from the old file")
+                    write_tiny_model(folder.parent / "swap-next.partial", TinyModelSpec(seed=7))
+                    os.replace(folder.parent / "swap-next.partial", folder / "swap.gguf")
+                    _wait(
+                        lambda: any(text != before for _, text in answers), "the new model answers"
+                    )
+                    switched = len(answers)
+                    _wait(lambda: len(answers) >= switched + 10, "answers after the switch")
+                finally:
+                    stop.set()
                 for asker in askers:
                     asker.result(timeout=60)
         assert not failures, failures[:5]
@@ -178,13 +189,15 @@ def test_removing_a_model_from_one_replica_fails_no_request_through_the_router(
 
             with ThreadPoolExecutor(4) as pool:
                 askers = [pool.submit(ask) for _ in range(4)]
-                _wait(lambda: served[0] >= 20, "requests served by both")
-                (folders[0] / "shared.gguf").unlink()
-                with Client(replicas[0].address, max_retries=0) as direct:
-                    _wait(lambda: "shared" not in _ids(direct), "shared gone from replica a")
-                after_removal = served[0]
-                _wait(lambda: served[0] >= after_removal + 20, "requests after the removal")
-                stop.set()
+                try:  # a failed wait must stop the askers, or the pool waits for them forever
+                    _wait(lambda: served[0] >= 20, "requests served by both")
+                    (folders[0] / "shared.gguf").unlink()
+                    with Client(replicas[0].address, max_retries=0) as direct:
+                        _wait(lambda: "shared" not in _ids(direct), "shared gone from replica a")
+                    after_removal = served[0]
+                    _wait(lambda: served[0] >= after_removal + 20, "requests after the removal")
+                finally:
+                    stop.set()
                 for asker in askers:
                     asker.result(timeout=60)
         assert not failures, failures[:5]
@@ -193,3 +206,60 @@ def test_removing_a_model_from_one_replica_fails_no_request_through_the_router(
         router.stop()
         for replica in replicas:
             replica.stop()
+
+
+def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Path) -> None:
+    """CountTokens on long prompts runs on the model's copy off the event loop: a
+    replaced file's old copy is freed only once no count uses it any more, even
+    one whose caller left (its deadline passed) while the tokenizer ran."""
+    write_tiny_model(folder / "counted.gguf", TinyModelSpec(seed=0))
+    server = _folder_server(workdir, folder, "folder-count")
+    stop = threading.Event()
+    counts: list[int] = []
+    failures: list[str] = []
+    prompt = "the capital of france is paris " * 3000  # a few ms to tokenize
+    try:
+        with Client(server.address, max_retries=0, timeout=60) as client:
+            expected = client.count_tokens("counted", prompt).prompt_tokens
+
+            def count() -> None:
+                while not stop.is_set():
+                    try:
+                        counts.append(client.count_tokens("counted", prompt).prompt_tokens)
+                    except Exception as error:
+                        failures.append(repr(error))
+
+            def count_impatiently() -> None:  # its deadline often passes mid-count
+                while not stop.is_set():
+                    with contextlib.suppress(DeadlineExceededError):
+                        counts.append(
+                            client.count_tokens("counted", prompt, timeout=0.004).prompt_tokens
+                        )
+
+            def wait_swaps(done: int) -> None:
+                def swapped() -> bool:
+                    exited = server.process.poll()
+                    assert exited is None, f"the model server died ({exited})"
+                    return server.log().count("model counted: the new file took over") >= done
+
+                _wait(swapped, f"swap {done}")
+
+            with ThreadPoolExecutor(4) as pool:
+                counters = [pool.submit(count) for _ in range(2)]
+                counters.append(pool.submit(count_impatiently))
+                counters.append(pool.submit(count_impatiently))
+                try:
+                    for swap in range(1, 7):
+                        replacement = folder.parent / "counted.partial"
+                        write_tiny_model(replacement, TinyModelSpec(seed=swap))
+                        os.replace(replacement, folder / "counted.gguf")
+                        wait_swaps(swap)
+                finally:
+                    stop.set()
+                for counter in counters:
+                    counter.result(timeout=60)
+        assert not failures, failures[:5]
+        assert counts and set(counts) == {expected}
+    finally:
+        stop.set()
+        server.stop()

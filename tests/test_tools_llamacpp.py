@@ -184,6 +184,8 @@ THREE_ROLES_TEMPLATE = (
 )
 # Reaches for Python internals; the sandbox must stop it.
 ESCAPING_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ messages }}"
+# Asks for more than the sandbox allows (a range past its MAX_RANGE: OverflowError).
+OVERREACHING_TEMPLATE = "{% for i in range(10**9) %}{{ i }}{% endfor %}{{ messages }}"
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +210,7 @@ def templated(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
                 "tiny": {"chat_template": PLAIN_TEMPLATE, "system_prompt": "Be brief."},
                 "tiny-slow": {"chat_template": ESCAPING_TEMPLATE},
                 "tiny-q4": {"chat_template": THREE_ROLES_TEMPLATE},
+                "tiny-strict": {"chat_template": OVERREACHING_TEMPLATE},
             },
         },
     )
@@ -234,6 +237,19 @@ def test_a_chat_template_runs_in_a_sandbox(templated: ServerProcess) -> None:
         client.chat("tiny-slow", QUESTION, max_tokens=4)
     assert "chat template refused" in _violation(error)["messages"]
     assert "unsafe" in _violation(error)["messages"]
+
+
+def test_whatever_a_chat_template_raises_is_its_refusal_not_an_internal_error(
+    templated: ServerProcess,
+) -> None:
+    with Client(templated.address, timeout=30, max_retries=0) as client:
+        for call in (
+            lambda: client.chat("tiny-strict", QUESTION, max_tokens=4),
+            lambda: client.count_tokens("tiny-strict", messages=QUESTION),
+        ):
+            with pytest.raises(InvalidArgumentError) as error:
+                call()
+            assert "refused them: OverflowError" in _violation(error)["messages"]
 
 
 def test_tool_results_reach_a_template_that_knows_only_three_roles(

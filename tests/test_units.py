@@ -318,3 +318,39 @@ def test_a_refused_stream_is_told_apart_from_other_failures() -> None:
     assert not refused_stream("UNAVAILABLE", cancelled)  # CANCEL: it may have been processed
     assert not refused_stream("UNAVAILABLE", "failed to connect to all addresses")
     assert not refused_stream("UNAVAILABLE", None)
+
+
+def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
+    """With another tool parser, calls are the model's own (unconstrained): forcing one,
+    or at most one, cannot be honoured and is refused naming the field, never ignored."""
+    from switchyard_common.status import StatusError
+    from switchyard_modelserver.backends.vllm_structured import check_tool_options
+    from switchyard_modelserver.domain import (
+        ChatTurn,
+        GenerationRequest,
+        Sampling,
+        ToolChoice,
+        ToolChoiceMode,
+        ToolSpec,
+    )
+
+    def request(**fields: Any) -> GenerationRequest:
+        return GenerationRequest(
+            "m", None, (ChatTurn("user", "hi"),), Sampling(), tools=(ToolSpec("f"),), **fields
+        )
+
+    def refused(given: GenerationRequest, parser: str = "llama3_json") -> list[str]:
+        try:
+            check_tool_options(given, parser, "m")
+        except StatusError as error:
+            return [v.field for v in error.details.field_violations]
+        return []
+
+    assert refused(request()) == []
+    assert refused(request(parallel_tool_calls=False)) == ["parallel_tool_calls"]
+    assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.REQUIRED))) == ["tool_choice"]
+    assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.NAMED, "f"))) == ["tool_choice"]
+    # tool_choice none: no calls, nothing to honour; hermes: constrained, all honoured
+    none = ToolChoice(ToolChoiceMode.NONE)
+    assert refused(request(tool_choice=none, parallel_tool_calls=False)) == []
+    assert refused(request(parallel_tool_calls=False), parser="hermes") == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -449,6 +450,32 @@ def test_an_unknown_adapter_is_not_found_naming_it(vllm_server: VllmServer) -> N
         client.generate(MODEL, "hello", max_tokens=2, adapter="tokyo")
     assert caught.value.reason == "ADAPTER_NOT_FOUND"
     assert "'tokyo'" in str(caught.value) and "paris, router" in str(caught.value)
+
+
+async def test_adapters_first_named_at_the_same_time_each_get_their_own(
+    vllm_server: VllmServer, workdir: Path
+) -> None:
+    """Two adapters the engine does not hold yet, first named by concurrent requests:
+    each is added under its own number (a shared one gave both the same weights)."""
+    adapters = workdir / "vllm-adapters"
+    copies = {f"{name}-twin": name for name in ADAPTER_WORDS}
+    for twin, name in copies.items():
+        shutil.copytree(adapters / name, adapters / twin)
+    try:
+        async with AsyncClient(vllm_server.address, max_retries=0) as client:
+
+            async def greedy(adapter: str) -> tuple[str, str]:
+                answer = await client.generate(
+                    MODEL, "hello", max_tokens=12, temperature=0, adapter=adapter
+                )
+                return adapter, answer.text
+
+            answers = await asyncio.gather(*(greedy(a) for a in list(copies) * 2))
+    finally:
+        for twin in copies:
+            shutil.rmtree(adapters / twin)
+    for adapter, text in answers:
+        assert _only(ADAPTER_WORDS[copies[adapter]], text), (adapter, text)
 
 
 def test_unload_and_load_adapter_through_the_admin_service(vllm_server: VllmServer) -> None:

@@ -82,9 +82,10 @@ class AdapterCatalog:
                     names.add(name)
         return sorted(names)
 
-    def register(self, model_id: str, name: str, path: str) -> Path:
-        """Makes ``path`` (relative: inside the model's adapters folder) adapter
-        ``name`` of the model; an empty path looks the name up in the folder."""
+    def locate(self, model_id: str, name: str, path: str) -> Path:
+        """Where LoadAdapter's ``path`` is: absolute, or relative to the model's adapters
+        folder and inside it (INVALID_ARGUMENT for ``..``); empty: adapter ``name``
+        as found now. NOT_FOUND when nothing is there."""
         check_name(name)
         if not path:
             return self.path(model_id, name)
@@ -95,6 +96,14 @@ class AdapterCatalog:
                 raise invalid_argument(
                     FieldViolation("path", "must be absolute: this backend has no adapters_dir")
                 )
+            if ".." in given.parts:
+                raise invalid_argument(
+                    FieldViolation(
+                        "path",
+                        "a relative path is inside the model's adapters folder: no '..' "
+                        "(give an absolute path for a file elsewhere)",
+                    )
+                )
             given = folder / given
         if not given.exists():
             raise StatusError(
@@ -103,5 +112,9 @@ class AdapterCatalog:
                 reason="ADAPTER_NOT_FOUND",
                 metadata={"adapter": name, "model": model_id},
             )
-        self._registered.setdefault(model_id, {})[name] = given
         return given
+
+    def register(self, model_id: str, name: str, path: Path) -> None:
+        """Makes ``path`` (from :meth:`locate`, once the engine loaded it) adapter
+        ``name`` of the model."""
+        self._registered.setdefault(model_id, {})[name] = path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -21,7 +21,14 @@ from switchyard_common.status import FieldViolation, StatusError, invalid_argume
 from switchyard_modelserver import tool_request
 from switchyard_modelserver.adapters import ADAPTER_NAME
 from switchyard_modelserver.config import InputLimits
-from switchyard_modelserver.domain import Continuation, GenerationRequest, Sampling
+from switchyard_modelserver.domain import (
+    ChatTurn,
+    Continuation,
+    GenerationRequest,
+    Sampling,
+    ToolChoice,
+    ToolSpec,
+)
 from switchyard_modelserver.limits import MAX_LOGPROBS
 
 _Message = TypeVar("_Message", bound=Message)
@@ -102,24 +109,18 @@ def generation_request(
                 f"got {_clip(request.adapter)!r})",
             )
         )
-    tools = tool_request.tools(request.tools, has_prompt, violations)
-    tool_choice = tool_request.tool_choice(request, tools, violations)
-    turns = tool_request.chat_turns(request.messages[: limits.max_messages], tools, violations)
+    conversation = _conversation(request, has_prompt, has_messages, violations, limits)
     response_format = tool_request.response_format(request, violations)
     if violations:
         raise invalid_argument(*violations)
     return GenerationRequest(
-        model=request.model,
-        prompt=request.prompt if has_prompt else None,
-        messages=turns if has_messages else None,
+        **conversation,
         sampling=sampling,
         continuation=Continuation(
             text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
         ),
         include_token_ids=request.include_token_ids,
         adapter=request.adapter or None,
-        tools=tools,
-        tool_choice=tool_choice,
         parallel_tool_calls=(
             request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
         ),
@@ -135,16 +136,36 @@ def count_request(
         raise unreadable(request)
     violations: list[FieldViolation] = []
     has_prompt, has_messages = _input(request, violations, limits)
+    conversation = _conversation(request, has_prompt, has_messages, violations, limits)
+    if violations:
+        raise invalid_argument(*violations)
+    return GenerationRequest(**conversation, sampling=Sampling())
+
+
+class _Conversation(TypedDict):
+    model: str
+    prompt: str | None
+    messages: tuple[ChatTurn, ...] | None
+    tools: tuple[ToolSpec, ...]
+    tool_choice: ToolChoice
+
+
+def _conversation(
+    request: pb.GenerateRequest | pb.StreamGenerateRequest | pb.CountTokensRequest,
+    has_prompt: bool,
+    has_messages: bool,
+    violations: list[FieldViolation],
+    limits: InputLimits,
+) -> _Conversation:
+    """The model and what it is asked, tools included: read alike for Generate and
+    CountTokens, so that a count is of the very prompt a generation would get."""
     tools = tool_request.tools(request.tools, has_prompt, violations)
     tool_choice = tool_request.tool_choice(request, tools, violations)
     turns = tool_request.chat_turns(request.messages[: limits.max_messages], tools, violations)
-    if violations:
-        raise invalid_argument(*violations)
-    return GenerationRequest(
+    return _Conversation(
         model=request.model,
         prompt=request.prompt if has_prompt else None,
         messages=turns if has_messages else None,
-        sampling=Sampling(),
         tools=tools,
         tool_choice=tool_choice,
     )

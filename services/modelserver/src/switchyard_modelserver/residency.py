@@ -25,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -224,11 +224,8 @@ class ModelResidency(Generic[T]):
             await self._wait(asyncio.shield(task), deadline, slot)  # raises the load's error
 
     async def _wait(self, waitable: Awaitable[object], deadline: float, slot: _Slot[T]) -> None:
-        remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            await asyncio.wait_for(waitable, remaining)
+            await _by(deadline, waitable)
         except TimeoutError:
             raise StatusError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -256,8 +253,11 @@ class ModelResidency(Generic[T]):
         async with self.hold(model_id):
             pass
 
-    async def unload(self, model_id: str) -> None:
-        """Lets the requests holding the model finish (new ones wait), then frees it."""
+    async def unload(
+        self, model_id: str, why: str = "an operator asked", reason: str = "operator"
+    ) -> None:
+        """Lets the requests holding the model finish (new ones wait), then frees it;
+        ``why`` is logged, ``reason`` labels the metric."""
         slot = self._slot(model_id)
         if slot.loading is not None:
             await asyncio.gather(asyncio.shield(slot.loading), return_exceptions=True)
@@ -270,7 +270,7 @@ class ModelResidency(Generic[T]):
         try:
             while slot.holds:
                 await slot.changed.wait()
-            await self._unload(slot, "an operator asked", "operator")
+            await self._unload(slot, why, reason)
         finally:
             slot.unloading.set()
             slot.unloading = None
@@ -279,7 +279,10 @@ class ModelResidency(Generic[T]):
 
     def replace(self, model_id: str, memory_bytes: int) -> None:
         """The model's file changed: a loaded model loads again beside the old copy
-        and takes over once ready; an unloaded one loads the new file next time."""
+        and takes over once ready (or, where the budget cannot hold both copies, the
+        old one drains and the next request loads the new file); an unloaded one
+        loads the new file next time; one loading now loads again once it is done
+        (that load may have read the old file)."""
         slot = self._slots.get(model_id)
         if slot is None or slot.removed:  # new, or back while it drained away
             self.add(model_id, memory_bytes)
@@ -287,26 +290,48 @@ class ModelResidency(Generic[T]):
         slot.memory_bytes = memory_bytes
         slot.error = None
         if slot.current is None:
-            if slot.loading is None:
+            if slot.loading is not None:
+                self._in_background(self._replace_once_loaded(slot, slot.loading), model_id)
+            else:
                 self._check_size(slot)
             return
         if self._too_large(slot) is None:
-            task = asyncio.get_running_loop().create_task(self._swap(slot), name=f"swap {model_id}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._swap(slot), model_id)
         else:
             log.error(
                 "model %s: its new file is larger than the memory budget; the old copy serves on",
                 model_id,
             )
 
+    def _in_background(self, work: Coroutine[Any, Any, None], model_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"replace {model_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _replace_once_loaded(self, slot: _Slot[T], loading: asyncio.Task[None]) -> None:
+        await asyncio.gather(asyncio.shield(loading), return_exceptions=True)
+        if self._slots.get(slot.model_id) is slot and not slot.removed:
+            self.replace(slot.model_id, slot.memory_bytes)
+
+    def _fits_beside(self, slot: _Slot[T]) -> bool:
+        """Whether the budget can ever hold the new copy beside the current one."""
+        budget = self.limits.memory_budget_bytes
+        return budget is None or slot.current_bytes + slot.memory_bytes <= budget
+
     async def _swap(self, slot: _Slot[T]) -> None:
+        room = self._fits_beside(slot)
         async with self._load_lock:
             if slot.current is None or slot.removed:
                 return  # unloaded meanwhile: the next load reads the new file
             try:
-                await self._make_room(slot, time.monotonic() + self.limits.load_wait_seconds)
-                fresh = await self._loader.load(slot.model_id)
+                if room:
+                    try:
+                        await self._make_room(
+                            slot, time.monotonic() + self.limits.load_wait_seconds
+                        )
+                    except StatusError:  # the others are busy for that long
+                        room = False
+                fresh = await self._loader.load(slot.model_id) if room else None
             except Exception as error:  # keep serving the old copy
                 log.error(
                     "model %s: the new file did not load (%s); the old copy serves on",
@@ -314,14 +339,25 @@ class ModelResidency(Generic[T]):
                     error,
                 )
                 return
-            if slot.current is None:  # unloaded while the new copy loaded
-                await self._loader.free(slot.model_id, fresh)
-                return
-            old, old_bytes = slot.current, slot.current_bytes
-            slot.current, slot.current_bytes = fresh, slot.memory_bytes
-            slot.retiring_bytes += old_bytes
-            metrics.MODEL_LOADS.labels(slot.model_id).inc()
-            metrics.MODEL_UNLOADS.labels(slot.model_id, "replaced").inc()
+            if fresh is not None:
+                if slot.current is None:  # unloaded while the new copy loaded
+                    await self._loader.free(slot.model_id, fresh)
+                    return
+                old, old_bytes = slot.current, slot.current_bytes
+                slot.current, slot.current_bytes = fresh, slot.memory_bytes
+                slot.retiring_bytes += old_bytes
+                metrics.MODEL_LOADS.labels(slot.model_id).inc()
+                metrics.MODEL_UNLOADS.labels(slot.model_id, "replaced").inc()
+        if fresh is None:
+            # No room for both copies: rather than serve the old file for good, it
+            # drains (new requests wait for the new file, as during an UnloadModel).
+            log.info(
+                "model %s: no room for the new file beside the old copy; the old copy "
+                "drains, then the new file loads",
+                slot.model_id,
+            )
+            await self.unload(slot.model_id, "its file was replaced", "replaced")
+            return
         log.info(
             "model %s: the new file took over; the old copy finishes its requests", slot.model_id
         )
@@ -409,11 +445,8 @@ class ModelResidency(Generic[T]):
                 why = f"least recently used, to make room for {slot.model_id}"
                 await self._unload(victim, why, "lru")
                 continue
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(changed.wait(), remaining)
+                await _by(deadline, changed.wait())
             except TimeoutError:
                 raise self._budget_busy(slot) from None
 
@@ -524,6 +557,11 @@ def model_removed(model_id: str) -> StatusError:
         reason="MODEL_REMOVED",
         metadata={"model": model_id},
     )
+
+
+async def _by(deadline: float, waitable: Awaitable[object]) -> None:
+    """Awaits ``waitable`` until ``deadline`` (``time.monotonic()``); TimeoutError after."""
+    await asyncio.wait_for(waitable, max(0.0, deadline - time.monotonic()))
 
 
 def _mib(count: int) -> str:

@@ -15,6 +15,8 @@ from switchyard_router.routing import RouteTable
 log = logging.getLogger("switchyard.router.model_listing")
 
 _LIST_MODELS_REQUEST = pb.ListModelsRequest().SerializeToString()
+# What a replica that loads models on demand says of one not in memory yet.
+_NOT_IN_MEMORY = frozenset({pb.MODEL_STATUS_UNLOADED, pb.MODEL_STATUS_LOADING})
 
 
 async def _models_at(endpoint: Endpoint, timeout: float) -> dict[str, pb.Model]:
@@ -49,14 +51,20 @@ async def list_models(
     models = []
     for name in names:
         described: pb.Model | None = None
-        loading = False
+        loading = loaded = False
         healthy = total = 0
         adapters: dict[str, bool] = {}  # name -> loaded on some replica
         for target in table.routes[name].targets:
             for endpoint in target.endpoints.values():
                 total += 1
-                healthy += endpoint.serves(target.model)
+                serving = endpoint.serves(target.model)
+                healthy += serving
                 found = described_by.get(id(endpoint), {}).get(target.model)
+                # A replica that loads models on demand serves one it has not loaded
+                # (or is loading) too: loaded means in memory on a serving replica.
+                loaded = loaded or (
+                    serving and (found is None or found.status not in _NOT_IN_MEMORY)
+                )
                 if found is not None:
                     described = described or found
                     loading = loading or found.status == pb.MODEL_STATUS_LOADING
@@ -71,10 +79,12 @@ async def list_models(
                 model.defaults.CopyFrom(described.defaults)
             model.memory_bytes = described.memory_bytes
         model.adapters.extend(pb.Adapter(name=a, loaded=adapters[a]) for a in sorted(adapters))
-        if healthy:
+        if loaded:
             model.status = pb.MODEL_STATUS_READY
         elif loading:
             model.status = pb.MODEL_STATUS_LOADING
+        elif healthy:  # served, but its first request waits for a load
+            model.status = pb.MODEL_STATUS_UNLOADED
         else:
             model.status = pb.MODEL_STATUS_UNAVAILABLE
         models.append(model)

@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from switchyard.status import refused_stream
+from switchyard.status import parse_details, refused_stream
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
 from switchyard_router import wire
@@ -69,6 +69,9 @@ CACHE_HEADER = "x-switchyard-cache"
 _CACHE_HIT: Metadata = ((CACHE_HEADER, "hit"),)
 # A refused stream is sent again at once this many times at most per request.
 _MAX_REFUSALS = 16
+MODEL_SCOPED_REASONS = frozenset({"MODEL_LOADING", "MODEL_UNAVAILABLE", "MODEL_REMOVED"})
+"""A model server's UNAVAILABLE reasons that concern one model, not the server: retried
+elsewhere, but no mark against the endpoint for outlier detection."""
 
 
 @dataclass
@@ -390,9 +393,13 @@ class Proxy:
             details = f"the model server cancelled the call ({details or 'no details'})"
         if code == grpc.StatusCode.UNAVAILABLE:
             # Counts toward ejection whether the connection failed or the model
-            # server said so itself (overload is RESOURCE_EXHAUSTED, and does not).
-            pick.endpoint.record_failure(details or "unavailable")
-            if not any(key == DETAILS_METADATA_KEY for key, _ in trailers):
+            # server said so itself (overload is RESOURCE_EXHAUSTED, and does not),
+            # unless the model server said it of one model only: it serves its
+            # other models, and its health stream takes that one out by itself.
+            answered = any(key == DETAILS_METADATA_KEY for key, _ in trailers)
+            if not (answered and _model_scoped(trailers)):
+                pick.endpoint.record_failure(details or "unavailable")
+            if not answered:
                 # A connection failure, not the model server's own answer: say where.
                 details = (
                     f"model server {pick.endpoint.address} (cluster {pick.cluster}) for model "
@@ -463,6 +470,13 @@ def _settle(call: Call, answered: bool) -> None:
         entry = recorder.entry()
         if entry is not None:
             fleet.store(recorder.key, entry, recorder.ttl_seconds, recorder.model)
+
+
+def _model_scoped(trailers: Metadata) -> bool:
+    """Whether a model server's UNAVAILABLE is about one of its models (loading for
+    longer than its ``load_wait_seconds``, failed to load, its file removed) rather
+    than about the server."""
+    return parse_details(trailers).reason in MODEL_SCOPED_REASONS
 
 
 def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:

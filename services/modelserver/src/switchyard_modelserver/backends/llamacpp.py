@@ -24,9 +24,10 @@ import codecs
 import concurrent.futures
 import contextlib
 import logging
+import os
 import random
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -135,12 +136,48 @@ class _LoadedModel:
     chat_template: str | None
     adapters: AdapterSet = field(default_factory=AdapterSet)
     """Touched only on the worker thread."""
-    generations: int = 0
+    users: int = 0
+    """Generations and token counts running on this copy."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set while no generation runs on this copy."""
+    """Set while nothing runs on this copy: it may be freed."""
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Keeps the copy from being freed (a replaced file's old copy waits) for the block."""
+        self._take()
+        try:
+            yield
+        finally:
+            self._give_back()
+
+    async def off_loop(
+        self, pool: concurrent.futures.Executor, work: Callable[..., _R], *args: Any
+    ) -> _R:
+        """``work(*args)`` run on ``pool`` (tokenizing: not the worker thread). The copy
+        stays in use until it has run, even when the caller leaves meanwhile (a
+        thread cannot be stopped; one that had not started never runs)."""
+        loop = asyncio.get_running_loop()
+        self._take()
+        job = pool.submit(work, *args)
+
+        def ran(_: concurrent.futures.Future[_R]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to free
+                loop.call_soon_threadsafe(self._give_back)
+
+        job.add_done_callback(ran)
+        return await asyncio.wrap_future(job)  # cancelling it drops a job not started
+
+    def _take(self) -> None:
+        self.users += 1
+        self.idle.clear()
+
+    def _give_back(self) -> None:
+        self.users -= 1
+        if not self.users:
+            self.idle.set()
 
 
 @dataclass(frozen=True)
@@ -199,6 +236,12 @@ class LlamaCppBackend(Backend):
         self._live: set[EngineThreadBridge] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
+        # Tokenizing (prompts, counts, grammar checks) off the event loop, apart from
+        # the loop's default threads, which load models and scan the folder: requests
+        # can keep these busy without delaying a load or a swap.
+        self._tokenizers = concurrent.futures.ThreadPoolExecutor(
+            max(2, os.cpu_count() or 1), thread_name_prefix="llama-tokenize"
+        )
         for model_id in sorted(self._files):  # known from the start; reported from load()
             self._residency.add(model_id, self._files[model_id].card.memory_bytes)
 
@@ -368,7 +411,10 @@ class LlamaCppBackend(Backend):
         wanted = override.context_length or self._options.context_length
         llama = Llama(
             model_path=str(model_file.path),
-            n_ctx=wanted,
+            # What the header says the model was trained for caps it (the file's
+            # card has it): llama.cpp would allocate a KV cache for all of `wanted`,
+            # which requests can never use and the memory budget does not count.
+            n_ctx=min(wanted, model_file.card.context_length),
             n_batch=self._options.batch_size,
             n_threads=self._options.threads,
             n_threads_batch=self._options.threads,
@@ -400,7 +446,7 @@ class LlamaCppBackend(Backend):
         return copy
 
     async def _free_copy(self, copy: _LoadedModel) -> None:
-        """Waits for the copy's generations to end, then frees it."""
+        """Waits until nothing runs on the copy (generations, counts), then frees it."""
         await copy.idle.wait()
         # The worker may still be between tokens of a cancelled job: wait for it.
         await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
@@ -419,16 +465,18 @@ class LlamaCppBackend(Backend):
         self._adapters.path(model_id, name)
 
     async def load_adapter(self, model_id: str, name: str, path: str) -> None:
-        found = self._adapters.register(model_id, name, path)
+        found = self._adapters.locate(model_id, name, path)
         async with self._residency.hold(model_id):
             copy = self._residency.current(model_id)
             await self._on_worker(copy, load_adapter, copy.llama, copy.adapters, name, found)
+        self._adapters.register(model_id, name, found)  # once it loaded: requests may name it
 
     async def unload_adapter(self, model_id: str, name: str) -> None:
         self._adapters.path(model_id, name)  # NOT_FOUND for an adapter it never had
         copy = self._residency.loaded(model_id)
         if copy is not None:  # after the generation running there, if any
-            await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
+            with copy.in_use():  # not freed meanwhile (an unload or a swap waits)
+                await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
 
     async def _on_worker(self, copy: _LoadedModel, work: Any, *args: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(copy.executor, work, *args)
@@ -445,32 +493,27 @@ class LlamaCppBackend(Backend):
         adapter_path = (
             self._adapters.path(request.model, request.adapter) if request.adapter else None
         )
-        model.generations += 1
-        model.idle.clear()
-        try:
+        with model.in_use():
             async for event in self._generate_on(model, request, adapter_path):
                 yield event
-        finally:
-            model.generations -= 1
-            if not model.generations:
-                model.idle.set()
 
     async def _generate_on(
         self, model: _LoadedModel, request: GenerationRequest, adapter_path: Path | None
     ) -> AsyncGenerator[BackendEvent, None]:
         sampling = request.sampling
+        pool = self._tokenizers
         tokens = await tokenize_within_context(
             request,
-            tokenize_prompt=lambda: asyncio.to_thread(self._prompt_tokens, model, request),
-            tokenize_text=lambda text: asyncio.to_thread(_text_tokens, model.llama, text),
+            tokenize_prompt=lambda: model.off_loop(pool, self._prompt_tokens, model, request),
+            tokenize_text=lambda text: model.off_loop(pool, _text_tokens, model.llama, text),
             vocabulary_size=model.llama.n_vocab(),
             context_length=model.card.context_length,
             default_max_tokens=self._options.default_max_tokens,
         )
         constraint = llamacpp_grammar.constraint_for(request)
         if constraint is not None:
-            await asyncio.to_thread(
-                llamacpp_grammar.check_parses, model.llama._model.vocab, constraint, request
+            await model.off_loop(
+                pool, llamacpp_grammar.check_parses, model.llama._model.vocab, constraint, request
             )
         job = _Job(
             prompt_chunk_tokens=self._options.prompt_chunk_tokens,
@@ -514,7 +557,9 @@ class LlamaCppBackend(Backend):
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         model = self._residency.current(request.model)  # the server holds it for us
-        return len(await asyncio.to_thread(self._prompt_tokens, model, request))
+        # The copy is in use while the tokenizer runs: a swap frees the old copy
+        # after the count, not during it.
+        return len(await model.off_loop(self._tokenizers, self._prompt_tokens, model, request))
 
     @staticmethod
     def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
@@ -561,6 +606,7 @@ class LlamaCppBackend(Backend):
         # then wait for the workers off the event loop.
         for bridge in self._live:
             bridge.cancelled.set()
+        await asyncio.to_thread(self._tokenizers.shutdown, wait=True, cancel_futures=True)
         for copy in list(self._copies):
             await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
             copy.llama.close()
@@ -586,6 +632,7 @@ def _text_tokens(llama: Llama, text: str) -> list[int]:
 
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def _or(value: _T | None, default: _T) -> _T:

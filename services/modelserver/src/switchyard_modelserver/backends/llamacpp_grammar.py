@@ -39,30 +39,7 @@ from switchyard_modelserver.tools import schemas
 from switchyard_modelserver.tools.hermes import END, START
 
 # What llama-cpp-python 0.3.36's converter (llama_grammar.SchemaConverter) enforces.
-ENFORCED_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "prefixItems",
-        "minItems",
-        "maxItems",
-        "enum",
-        "const",
-        "anyOf",
-        "oneOf",
-        "allOf",
-        "$ref",
-        "$defs",
-        "definitions",
-        "pattern",
-        "minLength",
-        "maxLength",
-        "format",
-    }
-)
+ENFORCED_KEYWORDS = schemas.CONVERTER_KEYWORDS | {"allOf"}
 ENFORCED_FORMATS = frozenset(
     {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 )
@@ -192,18 +169,14 @@ def _visit(converter: Any, schema: dict[str, Any], name: str, field: str) -> str
 
 
 def _check_enforced(schema: dict[str, Any], field: str) -> None:
-    unenforced = list(schemas.unenforced_keywords(schema, ENFORCED_KEYWORDS))
-    unenforced += [
-        pointer for pointer, value in _formats(schema, "") if value not in ENFORCED_FORMATS
-    ]
-    if unenforced:
-        raise invalid_argument(
-            FieldViolation(
-                field,
-                f"the llamacpp backend's constrained decoding cannot enforce "
-                f"{', '.join(sorted(set(unenforced)))}; remove them or use another backend",
-            )
-        )
+    formats = [p for p, value in _formats(schema, "") if value not in ENFORCED_FORMATS]
+    schemas.refuse_unenforced(
+        schema,
+        field,
+        ENFORCED_KEYWORDS,
+        "the llamacpp backend's constrained decoding",
+        also=formats,
+    )
 
 
 def _formats(schema: Any, pointer: str) -> list[tuple[str, Any]]:

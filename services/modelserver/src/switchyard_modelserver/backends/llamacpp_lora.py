@@ -37,6 +37,8 @@ class AdapterSet:
 
     loaded: dict[str, Any] = field(default_factory=dict)
     """Adapter name -> llama.cpp adapter handle."""
+    paths: dict[str, Path] = field(default_factory=dict)
+    """Adapter name -> the file its handle was loaded from."""
     active: str | None = None
 
 
@@ -45,6 +47,8 @@ def use_adapter(llama: Llama, adapters: AdapterSet, name: str | None, path: Path
     True when the context changed adapter, so its cached prompt is no longer valid."""
     import llama_cpp
 
+    if name is not None and path is not None and adapters.paths.get(name, path) != path:
+        free_adapter(llama, adapters, name)  # registered anew from another file
     if name == adapters.active:
         return False
     ctx = llama._ctx.ctx
@@ -64,6 +68,7 @@ def use_adapter(llama: Llama, adapters: AdapterSet, name: str | None, path: Path
                     metadata={"adapter": name},
                 )
             adapters.loaded[name] = handle
+            adapters.paths[name] = path
             log.info("adapter %s loaded from %s", name, path.name)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
         scales = (ctypes.c_float * 1)(SCALE)
@@ -91,6 +96,7 @@ def free_adapter(llama: Llama, adapters: AdapterSet, name: str) -> None:
     import llama_cpp
 
     handle = adapters.loaded.pop(name, None)
+    adapters.paths.pop(name, None)
     if handle is None:
         return
     if adapters.active == name:

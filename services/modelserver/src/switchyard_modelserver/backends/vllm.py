@@ -47,7 +47,6 @@ from switchyard_modelserver.domain import (
     PromptCounted,
     Sampling,
     TokenLogprob,
-    ToolChoiceMode,
 )
 from switchyard_modelserver.limits import MAX_LOGPROBS, tokenize_within_context
 from switchyard_modelserver.tools import chat_template, prompting
@@ -169,6 +168,8 @@ class VllmBackend(Backend):
         self._adapters = AdapterCatalog(lambda _: options.adapters_dir, peft_folder)
         self._loras: dict[str, LoRARequest] = {}
         """The engine's LoRARequest per adapter name (vLLM knows adapters by number)."""
+        self._lora_numbers = 0  # the last number given to an adapter (never reused)
+        self._adding_lora = asyncio.Lock()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._failed: asyncio.Future[str] | None = None
@@ -304,16 +305,7 @@ class VllmBackend(Backend):
             yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
             return
         hermes = self._options.tool_parser == "hermes"
-        if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and (
-            request.tools and not hermes
-        ):
-            raise invalid_argument(
-                FieldViolation(
-                    "tool_choice",
-                    f"the vllm backend forces tool calls only in the Hermes format; model "
-                    f"{self._id} reads them with the {self._options.tool_parser} parser",
-                )
-            )
+        vllm_structured.check_tool_options(request, self._options.tool_parser, self._id)
         params = _sampling_params(
             sampling,
             tokens.max_tokens - len(continuation),
@@ -500,18 +492,25 @@ class VllmBackend(Backend):
         known = self._loras.get(name)
         if known is not None and known.lora_path == str(path):
             return known
-        number = max((lora.lora_int_id for lora in self._loras.values()), default=0) + 1
-        lora = LoRARequest(name, number, str(path))
-        try:
-            added = await engine.add_lora(lora)
-        except Exception as error:  # vLLM refuses adapters it cannot read or fit
-            raise _adapter_refused(name, str(error)) from None
-        if not added:
-            raise _adapter_refused(name, "vLLM did not add it")
-        if known is not None:
-            await engine.remove_lora(known.lora_int_id)
-        self._loras[name] = lora
-        return lora
+        # One add at a time: the first requests naming two new adapters at once must
+        # not both take the next number (vLLM would serve one adapter's weights to
+        # both), nor two first requests of one adapter add it twice.
+        async with self._adding_lora:
+            known = self._loras.get(name)
+            if known is not None and known.lora_path == str(path):
+                return known
+            self._lora_numbers += 1
+            lora = LoRARequest(name, self._lora_numbers, str(path))
+            try:
+                added = await engine.add_lora(lora)
+            except Exception as error:  # vLLM refuses adapters it cannot read or fit
+                raise _adapter_refused(name, str(error)) from None
+            if not added:
+                raise _adapter_refused(name, "vLLM did not add it")
+            if known is not None:
+                await engine.remove_lora(known.lora_int_id)
+            self._loras[name] = lora
+            return lora
 
     async def load_adapter(self, model_id: str, name: str, path: str) -> None:
         engine = self._engine
@@ -521,7 +520,9 @@ class VllmBackend(Backend):
                 f"model {self._id} takes no adapters: start it with enable_lora: true",
                 reason="ADAPTERS_DISABLED",
             )
-        await self._lora(engine, name, self._adapters.register(model_id, name, path))
+        found = self._adapters.locate(model_id, name, path)
+        await self._lora(engine, name, found)
+        self._adapters.register(model_id, name, found)  # once it loaded: requests may name it
 
     async def unload_adapter(self, model_id: str, name: str) -> None:
         self._adapters.path(model_id, name)  # NOT_FOUND for one it never had

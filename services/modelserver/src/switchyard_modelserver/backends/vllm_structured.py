@@ -35,34 +35,14 @@ from switchyard_modelserver.domain import (
 from switchyard_modelserver.tools import schemas
 from switchyard_modelserver.tools.hermes import END, START
 
-ENFORCED_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "prefixItems",
-        "minItems",
-        "maxItems",
-        "enum",
-        "const",
-        "anyOf",
-        "oneOf",
-        "$ref",
-        "$defs",
-        "definitions",
-        "pattern",
-        "minLength",
-        "maxLength",
-        "format",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-    }
-)
+ENFORCED_KEYWORDS = schemas.CONVERTER_KEYWORDS | {
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+}
+"""What xgrammar enforces."""
 
 _CALL_BEGIN = START + '\n{"name": "'
 _ARGUMENTS = '", "arguments": '
@@ -121,6 +101,27 @@ def structured_outputs(
     return {"structural_tag": json.dumps({"type": "structural_tag", "format": calls})}
 
 
+def check_tool_options(request: GenerationRequest, tool_parser: str, model: str) -> None:
+    """INVALID_ARGUMENT for what only constrained Hermes calls can honour: forcing a
+    call (``required``, a named tool) or at most one (``parallel_tool_calls`` false).
+    Other parsers read whatever calls the model writes, unconstrained."""
+    if not request.calls_tools or tool_parser == "hermes":
+        return
+    why = (
+        f"the vllm backend constrains tool calls only in the Hermes format; model {model} "
+        f"reads them with the {tool_parser} parser"
+    )
+    violations = []
+    if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
+        violations.append(FieldViolation("tool_choice", f"cannot force a call: {why}"))
+    if not request.parallel_tool_calls:
+        violations.append(
+            FieldViolation("parallel_tool_calls", f"cannot limit a reply to one call: {why}")
+        )
+    if violations:
+        raise invalid_argument(*violations)
+
+
 def _response(response: ResponseFormat) -> dict[str, Any]:
     if isinstance(response, JsonObjectFormat):
         return {"json_object": True}
@@ -145,15 +146,9 @@ def _as_format(response: dict[str, Any], bounded: dict[str, Any]) -> dict[str, A
 
 
 def _check_enforced(schema: dict[str, Any], field: str) -> None:
-    unenforced = sorted(set(schemas.unenforced_keywords(schema, ENFORCED_KEYWORDS)))
-    if unenforced:
-        raise invalid_argument(
-            FieldViolation(
-                field,
-                f"vLLM's constrained decoding (xgrammar) cannot enforce {', '.join(unenforced)}; "
-                "remove them",
-            )
-        )
+    schemas.refuse_unenforced(
+        schema, field, ENFORCED_KEYWORDS, "vLLM's constrained decoding (xgrammar)"
+    )
 
 
 def refused_field(request: GenerationRequest) -> str:

@@ -16,7 +16,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -80,7 +79,9 @@ class ChatTemplate:
             )
         except TemplateRefusedError:
             raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as error:
+        except Exception as error:  # whatever the template's expressions raise (the
+            # sandbox's SecurityError, OverflowError from a range past its limit,
+            # ZeroDivisionError...) is its refusal of this conversation, not a crash
             raise TemplateRefusedError(f"{type(error).__name__}: {error}") from None
 
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from switchyard_common.status import FieldViolation
+from switchyard_common.status import FieldViolation, invalid_argument
 from switchyard_modelserver.domain import ToolChoiceMode, ToolSpec
 
 EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
@@ -32,6 +32,32 @@ ANNOTATIONS = frozenset(
         "readOnly",
         "writeOnly",
         "$anchor",
+    }
+)
+
+# What both engines' grammar converters (llama-cpp-python's, xgrammar) enforce; each
+# backend adds its own.
+CONVERTER_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "format",
     }
 )
 
@@ -89,6 +115,23 @@ def unenforced_keywords(schema: Any, enforced: frozenset[str], pointer: str = ""
         elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
             for name, item in value.items():
                 yield from unenforced_keywords(item, enforced, f"{here}/{name}")
+
+
+def refuse_unenforced(
+    schema: Any, field: str, enforced: frozenset[str], engine: str, also: Sequence[str] = ()
+) -> None:
+    """INVALID_ARGUMENT naming ``field`` when ``schema`` has keywords that ``engine``'s
+    constrained decoding does not enforce (``enforced``), or any of ``also`` (further
+    pointers the caller found, e.g. formats it cannot hold)."""
+    unenforced = sorted({*unenforced_keywords(schema, enforced), *also})
+    if unenforced:
+        raise invalid_argument(
+            FieldViolation(
+                field,
+                f"{engine} cannot enforce {', '.join(unenforced)}; remove them or use "
+                "another backend",
+            )
+        )
 
 
 def calls_schema(tools: Sequence[ToolSpec], mode: ToolChoiceMode, named: str) -> dict[str, Any]:
