@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import re
 import signal
@@ -42,6 +43,9 @@ def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
 def _with_http(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
     port = free_port()
     return {**config, "http_listen": f"127.0.0.1:{port}"}, f"http://127.0.0.1:{port}"
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
 
 
 def _sha256(key: str) -> str:
@@ -485,6 +489,51 @@ def _plain_get(url: str) -> tuple[int, str, str]:
         return curl(url)
     except Exception as error:  # curl fails outright: no HTTP answer at all
         return 0, "", str(error)
+
+
+def test_a_request_while_the_router_starts_is_never_told_it_shuts_down(fleet: Fleet) -> None:
+    """From the moment the HTTP port accepts, requests are served: a router that is
+    starting is not draining (it answered 503 SHUTTING_DOWN until its health was set)."""
+    server = fleet.scripted("s", [{"id": "m", "reply": "ok"}])
+    config, url = _with_http(
+        {
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"model": "m", "messages": CHAT})
+    answers: list[tuple[int, str]] = []
+    serving = threading.Event()
+
+    def ask_until_serving() -> None:
+        """Asks again and again from before the port listens until well after."""
+        after = 0
+        while after < 20:
+            after += serving.is_set()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                connection.request("POST", "/v1/chat/completions", body, _JSON_HEADERS)
+                response = connection.getresponse()
+                answers.append((response.status, response.read().decode()))
+            except OSError:
+                pass  # not listening yet
+            finally:
+                connection.close()
+
+    caller = threading.Thread(target=ask_until_serving)
+    caller.start()
+    path = fleet.rewrite_router_config("starting", config)
+    router = ServerProcess("starting-router", "switchyard_router", path, free_port(), fleet.workdir)
+    fleet.servers.append(router)
+    try:
+        router.wait_serving()
+    finally:
+        serving.set()
+        caller.join(60)
+    assert answers, "no answer at all"
+    refused = [text for status, text in answers if "shutting_down" in text]
+    assert refused == [], f"{len(refused)} of {len(answers)} told it shuts down"
 
 
 def test_drain_reports_not_ready_and_finishes_streams_in_flight(fleet: Fleet) -> None:

@@ -281,12 +281,14 @@ class Router:
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.server.start()
+        # Ready before the HTTP port accepts: a request then is served, never told
+        # the router shuts down (only a drain makes it not ready again).
+        self._ready = True
         if self.http is not None:
             await self.http.start()
             log.info("HTTP front listening on %s://%s", self.http.scheme, self.http.listen)
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME, MODEL_ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
-        self._ready = True
         self._spawn(self._refresh_dns(), "dns refresh")
         self._spawn(
             adapter_residency.follow(
