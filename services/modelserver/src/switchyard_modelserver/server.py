@@ -1,7 +1,8 @@
 """Model server lifecycle: listen, load, serve, drain.
 
 Health (overall, per service and per model name) is NOT_SERVING while models
-load and SERVING once they are ready. On SIGTERM or SIGINT every name turns
+load and SERVING once they are ready. Load reports (ORCA) go out with every
+response and on an out-of-band stream (``load_reporting``). On SIGTERM or SIGINT every name turns
 NOT_SERVING first, so routers and Kubernetes stop sending new work, then
 in-flight requests get ``drain_grace_seconds`` to finish.
 """
@@ -24,6 +25,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError, describe_validation_error
 from switchyard_common.listener import bind
+from switchyard_common.load_report import OPEN_RCA_SERVICE
 from switchyard_common.metrics_server import start_metrics_server
 from switchyard_common.status import abort
 from switchyard_modelserver import metrics
@@ -34,6 +36,7 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.in_flight import InFlight
+from switchyard_modelserver.load_reporting import LoadReporter, open_rca_handler
 from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
 from switchyard_modelserver.servicer import LLMServicer
 
@@ -125,8 +128,12 @@ class ModelServer:
             ]
         )
         self.in_flight = InFlight()
+        self.load_reporter = LoadReporter(
+            self.gates, backend, config.min_load_report_interval_seconds
+        )
         self.server.add_generic_rpc_handlers(
             (
+                open_rca_handler(self.load_reporter),
                 _llm_service_handler(
                     LLMServicer(
                         backend,
@@ -136,6 +143,7 @@ class ModelServer:
                         config.stream_coalesce_ms / 1000,
                         config.limits,
                         self._max_tokens_per_model(config),
+                        self.load_reporter.trailers,
                     ),
                     config.limits.max_request_bytes,
                 ),
@@ -143,7 +151,8 @@ class ModelServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, OPEN_RCA_SERVICE),
+            self.server,
         )
 
     def _max_tokens_per_model(self, config: ModelServerConfig) -> dict[str, int]:

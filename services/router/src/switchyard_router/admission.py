@@ -123,5 +123,8 @@ class Admission:
         deadline = None if remaining is None else time.monotonic() + remaining
         # Only a key with a token limit needs its answers' usage read.
         charged = limiter if limiter is not None and limiter.tokens is not None else None
-        view = RequestView(route.model, None, len(request))
+        key = None
+        if route.affinity is not None:  # only prefix_affinity routes read more of a request
+            key = route.affinity.key(request, inbound.metadata)
+        view = RequestView(route.model, key, len(request))
         return Call(inbound, record, route, view, payload, metadata, deadline, charged, resume)

@@ -15,6 +15,8 @@ import enum
 import logging
 import socket
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -23,6 +25,8 @@ from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig
 from switchyard_router.health import HealthWatcher
+from switchyard_router.load_reports import LoadReportWatcher, from_trailers
+from switchyard_router.picker import NO_REPORT, ReportedLoad
 
 log = logging.getLogger("switchyard.router.endpoints")
 
@@ -99,12 +103,14 @@ class Endpoint:
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
+        self.reported: ReportedLoad = NO_REPORT  # its model server's last load report
         self.consecutive_failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
         self.ejection_reason = ""
         self.draining = False
         self.watcher = HealthWatcher(self)
+        self.load_reports = LoadReportWatcher(self)
         # Read at scrape time: no cost on the request path.
         metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
             lambda: 1.0 if self.state() is EndpointState.HEALTHY else 0.0
@@ -145,6 +151,13 @@ class Endpoint:
             and not self.draining
             and not self.ejected()
         )
+
+    # Load, from the model server's reports.
+    def take_report(self, trailers: Iterable[Any] | None) -> None:
+        """Keeps the load report in an attempt's trailing metadata, if it has one."""
+        reported = from_trailers(trailers)
+        if reported is not None:
+            self.reported = reported
 
     # Outlier detection, from the proxy's attempts.
     def record_success(self) -> None:
@@ -194,6 +207,7 @@ class Endpoint:
         while self.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self.watcher.close()
+        await self.load_reports.close()
         await self.channel.close(grace=None)
         # The address may have rejoined (a new Endpoint) while this one drained.
         if _gauge_owner.get((self.cluster, self.address)) is self:
@@ -225,6 +239,7 @@ class Cluster:
         self.config = config
         for endpoint in self.endpoints.values():
             endpoint.outlier = config.outlier_detection
+            endpoint.load_reports.follow(config.load_report_interval_seconds)
         if tls_changed:
             self.tls_files = config.tls.files() if config.tls else None
             self._replace_channels(grace)
@@ -240,9 +255,14 @@ class Cluster:
             endpoint = Endpoint(
                 self.name, address, self.config, self.max_message_bytes, self._credentials()
             )
-            endpoint.watcher.watch(self.watched_models)
+            self._follow(endpoint)
             self.endpoints[address] = endpoint
             self._drain(old, grace)
+
+    def _follow(self, endpoint: Endpoint) -> None:
+        """Starts watching a new endpoint's health and load."""
+        endpoint.watcher.watch(self.watched_models)
+        endpoint.load_reports.follow(self.config.load_report_interval_seconds)
 
     def _drain(self, endpoint: Endpoint, grace: float) -> None:
         task = asyncio.get_running_loop().create_task(endpoint.drain_and_close(grace))
@@ -270,7 +290,7 @@ class Cluster:
                 endpoint = Endpoint(
                     self.name, address, self.config, self.max_message_bytes, self._credentials()
                 )
-                endpoint.watcher.watch(self.watched_models)
+                self._follow(endpoint)
                 self.endpoints[address] = endpoint
                 log.info("cluster %s: endpoint %s joined", self.name, address)
         for address in set(self.endpoints) - set(wanted):

@@ -19,17 +19,60 @@ Eligible: serving the target's model (health says SERVING), not ejected, not
 draining, and not already tried by this request. Only when no endpoint of any
 priority is known healthy are endpoints whose health is not known yet (just
 added, or serving no health service) tried, rather than fail.
+
+Load (:func:`load_of`) is what the policies that weigh it compare: this router's
+requests in flight at an endpoint, or more if its model server's last load report
+(ORCA, ``load_reports``) says more are running and waiting there (other routers'
+and clients' requests), plus its waiting requests once more and its KV-cache usage.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
-PolicyName = Literal["least_outstanding", "round_robin"]
+from switchyard_router.hash_ring import HashRing
+
+PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
+DEFAULT_LOAD_FACTOR = 1.25
+"""prefix_affinity's bound: no endpoint takes more than this times the mean load."""
+
+KV_CACHE_WEIGHT = 2.0
+"""A full KV cache weighs as much as this many more requests in flight: the engine
+would queue or preempt a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedLoad:
+    """An endpoint's load as its model server last reported it (ORCA): requests
+    running and waiting there, from every router and client, and the share of its
+    KV cache in use (0 where the engine does not say)."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_cache_usage: float = 0.0
+    utilization: float = 0.0
+    rps: float = 0.0
+    in_flight: float = field(init=False)
+    """running + waiting."""
+    surcharge: float = field(init=False)
+    """What a pick adds to the larger of in_flight and this router's own count:
+    waiting requests once more (a queued request waits for every one before it;
+    a running one only shares the engine) and the KV-cache usage."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_flight", self.running + self.waiting)
+        object.__setattr__(self, "surcharge", self.waiting + KV_CACHE_WEIGHT * self.kv_cache_usage)
+
+
+NO_REPORT = ReportedLoad()
+"""An endpoint whose model server has reported nothing (yet)."""
 
 
 class EndpointView(Protocol):
@@ -38,6 +81,8 @@ class EndpointView(Protocol):
     address: str
     outstanding: int
     """Requests in flight to it from this router."""
+    reported: ReportedLoad
+    """Its model server's last load report (``NO_REPORT`` before the first)."""
 
     def serves(self, model: str) -> bool:
         """Healthy for ``model``: takes new requests now."""
@@ -60,8 +105,8 @@ class RequestView:
     model: str
     """The route's public model name."""
     affinity_key: bytes | None = None
-    """A key whose requests should share an endpoint (a session, a prompt prefix);
-    None: no affinity."""
+    """A key whose requests should share an endpoint (a session, a prompt prefix:
+    ``affinity``); None: no affinity."""
     prompt_bytes: int = 0
     """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
 
@@ -103,9 +148,17 @@ class Policy(Protocol):
         ...
 
 
+def load_of(endpoint: EndpointView) -> float:
+    """An endpoint's load in requests (see the module's docstring)."""
+    reported = endpoint.reported
+    own = endpoint.outstanding
+    in_flight = reported.in_flight
+    return (own if own > in_flight else in_flight) + reported.surcharge
+
+
 class LeastOutstanding:
     """The less loaded of two eligible endpoints drawn at random (power of two choices
-    on requests in flight): a slow replica gets less, and no herd follows one number."""
+    on :func:`load_of`): a slow replica gets less, and no herd follows one number."""
 
     def choose(
         self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
@@ -117,7 +170,7 @@ class LeastOutstanding:
                 return candidates[0] if candidates else None
             pair = _two_of(candidates)
         a, b = pair
-        return b if b.outstanding < a.outstanding else a
+        return b if load_of(b) < load_of(a) else a
 
 
 _FEW = 4  # endpoints that least_outstanding lists at once (cheaper than drawing)
@@ -170,9 +223,67 @@ class RoundRobin:
         return None
 
 
+class PrefixAffinity:
+    """Requests with the same affinity key go to the same endpoint, unless it is
+    loaded past ``load_factor`` times the mean: consistent hashing with bounded
+    loads (Mirrokni, Thorup and Zadimoghaddam, 2018).
+
+    The key's endpoint is the first eligible one clockwise from the key on a hash
+    ring of the target's endpoints (``hash_ring``), placed by their addresses only:
+    every router that knows the same endpoints agrees, with no shared state, and
+    a restart changes nothing. An endpoint that joins, leaves or is out of rotation
+    moves only the keys it takes or held. An endpoint whose load (:func:`load_of`)
+    is at its capacity, ``ceil(load_factor * (total load + 1) / eligible
+    endpoints)``, is passed over for the next one on the ring, so a hot key spills
+    onto its neighbours instead of piling onto one replica; since the capacity
+    grows with the mean, some endpoint always has room.
+
+    A request without a key (no session or prefix; or a retry or resume, whose
+    picks ``Picker`` makes without one) is placed by least_outstanding, the default.
+    """
+
+    def __init__(self, load_factor: float = DEFAULT_LOAD_FACTOR) -> None:
+        self.load_factor = load_factor
+        self.spills = 0
+        """Picks that passed over the key's own endpoint because it was full."""
+        self._fallback = LeastOutstanding()
+        self._members: Sequence[Any] = ()
+        self._ring: HashRing[Any] = HashRing({})
+
+    def choose(
+        self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
+    ) -> E | None:
+        key = request.affinity_key
+        if key is None:
+            return self._fallback.choose(endpoints, eligible, request)
+        if endpoints != self._members:  # joined or left: place them (rare)
+            self._members = list(endpoints)
+            self._ring = HashRing({e.address: e for e in endpoints})
+        total = 0.0
+        count = 0
+        for endpoint in endpoints:
+            if eligible(endpoint):
+                total += load_of(endpoint)
+                count += 1
+        if not count:
+            return None
+        capacity = math.ceil(self.load_factor * (total + 1) / count)
+        first = True
+        candidate: E
+        for candidate in self._ring.walk(key):
+            if eligible(candidate):
+                if load_of(candidate) < capacity:
+                    return candidate
+                if first:
+                    self.spills += 1
+                    first = False
+        return self._fallback.choose(endpoints, eligible, request)  # not reached
+
+
 POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
     "least_outstanding": LeastOutstanding,
     "round_robin": RoundRobin,
+    "prefix_affinity": PrefixAffinity,
 }
 """Every policy a route may name, by its ``policy:`` name."""
 
@@ -180,8 +291,15 @@ POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
 class Picker(Generic[E]):
     """One route's picker: priorities, weights, health, then the route's policy."""
 
-    def __init__(self, targets: Sequence[Target[E]], policy: PolicyName = DEFAULT_POLICY) -> None:
-        make = POLICIES[policy]
+    def __init__(
+        self,
+        targets: Sequence[Target[E]],
+        policy: PolicyName = DEFAULT_POLICY,
+        load_factor: float = DEFAULT_LOAD_FACTOR,
+    ) -> None:
+        make: Callable[[], Policy] = POLICIES[policy]
+        if policy == "prefix_affinity":
+            make = functools.partial(PrefixAffinity, load_factor)
         priorities = sorted({t.priority for t in targets})
         self.groups: tuple[tuple[tuple[Target[E], Policy], ...], ...] = tuple(
             tuple((t, make()) for t in targets if t.priority == priority) for priority in priorities
@@ -189,7 +307,13 @@ class Picker(Generic[E]):
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
-        or None when no endpoint can take it."""
+        or None when no endpoint can take it.
+
+        A retry or resume (``exclude`` is not empty) is picked without the request's
+        affinity key: the key's endpoint failed it, and its keys' retries spread by
+        load rather than pile onto the next endpoint on the ring."""
+        if exclude and request.affinity_key is not None:
+            request = dataclasses.replace(request, affinity_key=None)
         for group in self.groups:
             chosen = _pick_in(group, request, exclude, known_healthy=True)
             if chosen is not None:

@@ -20,6 +20,10 @@ With ``auth`` configured, admission checks each call against the API keys
 (``auth``) and the key's rate limits (``quota``); model tokens are charged from
 the usage in the answer, read from its bytes (``wire.read_usage_tokens``).
 Without it, none of that code runs.
+
+Each attempt's end also brings the model server's load report (ORCA, in the
+trailing metadata: ``load_reports``), kept on its endpoint for the picker and
+never relayed to the caller.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import grpc.aio
 
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
-from switchyard_router import wire
+from switchyard_router import load_reports, wire
 from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
@@ -193,9 +197,9 @@ class Proxy:
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
-        response: bytes = await pick.endpoint.generate(
-            _payload(call, pick), timeout=timeout, metadata=metadata
-        )
+        upstream = pick.endpoint.generate(_payload(call, pick), timeout=timeout, metadata=metadata)
+        response: bytes = await upstream
+        pick.endpoint.take_report(await upstream.trailing_metadata())
         self._succeeded(pick)
         if call.limiter is not None:
             call.charge(response, wire.GENERATE_USAGE_FIELD)
@@ -240,6 +244,7 @@ class Proxy:
                     await send(message if resume is None else resume.relay(message, pick))
                     call.delivered += 1
                 call.charge(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
+            pick.endpoint.take_report(await upstream.trailing_metadata())
             self._succeeded(pick)
         finally:
             upstream.cancel()  # client gone, attempt failed or done: stop its work
@@ -299,6 +304,7 @@ class Proxy:
     ) -> _Failure:
         code = error.code()
         details = error.details() or ""
+        pick.endpoint.take_report(error.trailing_metadata())
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
             pick.endpoint.record_failure("per-try timeout")
@@ -349,11 +355,14 @@ def _payload(call: Call, pick: EndpointPick) -> bytes:
 
 
 def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:
+    """A failed attempt's trailers to relay: the model server's own (its status
+    details included), not gRPC's nor its load report, which is for the router."""
     trailers: Iterable[Any] = error.trailing_metadata() or ()
     return tuple(
         (key, value)
         for key, value in trailers
-        if key == DETAILS_METADATA_KEY or not key.startswith((":", "grpc-"))
+        if key == DETAILS_METADATA_KEY
+        or not (key.startswith((":", "grpc-")) or key == load_reports.TRAILER)
     )
 
 

@@ -4,7 +4,8 @@ Each route has its own picker (``picker``): targets of the lowest priority
 number are used while any of them has a healthy endpoint; higher numbers are
 fallbacks. Within one priority, weights split traffic between targets
 (canaries, A/B). Within a target's cluster, the route's ``policy`` chooses the
-endpoint (``least_outstanding`` by default).
+endpoint (``least_outstanding`` by default); a ``prefix_affinity`` route also
+reads each request's affinity key (``affinity``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
-from switchyard_router.config import RouteConfig, RouterConfig
+from switchyard_router.affinity import AffinityKeys
+from switchyard_router.config import AffinityConfig, RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
 from switchyard_router.picker import Pick, Picker, PolicyName, Target
 
@@ -31,6 +33,8 @@ class Route:
     resume: bool
     policy: PolicyName
     picker: Picker[Endpoint]
+    affinity: AffinityKeys | None = None
+    """How a prefix_affinity route reads each request's affinity key."""
 
 
 class RouteTable:
@@ -57,8 +61,15 @@ class RouteTable:
                 key=lambda t: t.priority,
             )
         )
-        picker = Picker(targets, config.policy)
-        return Route(config.model, targets, config.resume, config.policy, picker)
+        if config.policy != "prefix_affinity":
+            picker = Picker(targets, config.policy)
+            return Route(config.model, targets, config.resume, config.policy, picker)
+        settings = config.affinity or AffinityConfig()
+        picker = Picker(targets, config.policy, settings.load_factor)
+        affinity = AffinityKeys(
+            settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
+        )
+        return Route(config.model, targets, config.resume, config.policy, picker, affinity)
 
     def watched_models(self) -> dict[str, set[str]]:
         """Per cluster name, the model names whose health its endpoints must report."""

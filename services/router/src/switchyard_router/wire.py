@@ -40,11 +40,14 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(key, field start, value start, value end) of each top-level field; the value
-    of a length-delimited field is its bytes without the length."""
-    pos = 0
-    end = len(data)
+def fields(
+    data: bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """(key, field start, value start, value end) of each field of the message in
+    ``data[start:end]`` (all of ``data`` by default), in order, without copying; the
+    value of a length-delimited field is its bytes without the length."""
+    pos = start
+    end = len(data) if end is None else end
     while pos < end:
         start = pos
         key, pos = _varint(data, pos)
@@ -68,7 +71,7 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
 
 def _model_spans(data: bytes) -> list[tuple[int, int, int]]:
     """(field start, value start, value end) of every `model` field occurrence."""
-    return [(start, value, end) for key, start, value, end in _fields(data) if key == _MODEL_TAG]
+    return [(start, value, end) for key, start, value, end in fields(data) if key == _MODEL_TAG]
 
 
 def read_model(data: bytes) -> str:
@@ -108,7 +111,7 @@ def _field(data: bytes, number: int) -> bytes | None:
     """The bytes of the last length-delimited field ``number`` at the top level (or None)."""
     found = None
     tag = (number << 3) | 2
-    for key, _, value_start, value_end in _fields(data):
+    for key, _, value_start, value_end in fields(data):
         if key == tag:
             found = data[value_start:value_end]
     return found

@@ -9,10 +9,18 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from switchyard_modelserver.domain import BackendEvent, GenerationRequest, ModelCard, ModelState
+from switchyard_modelserver.domain import (
+    BackendEvent,
+    EngineLoad,
+    GenerationRequest,
+    ModelCard,
+    ModelState,
+)
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""
+
+_NO_ENGINE_LOAD = EngineLoad()
 
 
 class BackendOptions(BaseModel):
@@ -64,6 +72,12 @@ class Backend(abc.ABC):
     def concurrency(self, model_id: str) -> int:
         """How many generations of one model may run at once (the rest queue)."""
         return 1
+
+    def engine_load(self) -> EngineLoad:
+        """The engine's load now (KV-cache usage, its own queue), for load reports:
+        cheap, called from the event loop for every response. The default: nothing
+        beyond the model server's own counts."""
+        return _NO_ENGINE_LOAD
 
     async def failure(self) -> str:
         """Returns (with the reason) once the backend can never serve again, e.g.

@@ -1,0 +1,112 @@
+"""Affinity keys: which requests should go to the same model server.
+
+Read only for a ``policy: prefix_affinity`` route, at admission, into the
+request's ``RequestView.affinity_key`` (the picker places it: ``picker``):
+
+- **Session**: with ``affinity.session_metadata_key`` set (say ``x-session-id``),
+  a request that carries that metadata key has the session as its key, whatever
+  its content.
+- **Prefix**: otherwise, the request's leading content, where an engine's prefix
+  cache pays off: for a chat, the system message(s) and the first user message;
+  for a prompt, its start. Each part counts up to ``prefix_bytes`` bytes, in whole
+  ``block_bytes`` blocks (all of it when shorter than one block), as engines cache
+  prompts in fixed-size blocks. Every turn of a conversation repeats its system
+  message and first user message, so it keeps its key from its first turn on, while
+  two conversations that share only a system prompt get different keys and spread.
+  ``prefix_bytes: 0`` turns prefix keys off (sessions only).
+
+The cost: the request is not parsed. The scan reads the top-level fields' tags
+and lengths (``wire``), and of each leading chat message only its role and
+content; later messages, sampling and the rest are skipped by length, so the cost
+grows with the few bytes hashed (at most two parts of ``prefix_bytes``), not with
+the conversation. Besides the model name, the only other place that reads a
+request is resume (``resume``), which parses it whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from switchyard_router import wire
+
+_PROMPT = (2 << 3) | 2  # GenerateRequest.prompt / StreamGenerateRequest.prompt
+_MESSAGE = (3 << 3) | 2  # .messages (repeated ChatMessage)
+_ROLE = (1 << 3) | 2  # ChatMessage.role
+_CONTENT = (2 << 3) | 2  # ChatMessage.content
+_USER = b"user"
+_SYSTEM = (b"system", b"developer")
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityKeys:
+    """How a route reads affinity keys (its ``affinity:`` config)."""
+
+    session_metadata_key: str | None = None
+    prefix_bytes: int = 2048
+    block_bytes: int = 256
+
+    def key(self, request: bytes, metadata: Collection[Any]) -> bytes | None:
+        """The request's affinity key (None: it has none, or its bytes do not read as
+        a request, which the model server will refuse with the reason)."""
+        session_key = self.session_metadata_key
+        if session_key is not None:
+            for name, value in metadata:
+                if name == session_key:
+                    raw = value if isinstance(value, bytes) else value.encode()
+                    return _digest(b"session\0" + raw)
+        if not self.prefix_bytes:
+            return None
+        try:
+            return self.prefix_key(request)
+        except wire.MalformedRequestError:
+            return None
+
+    def prefix_key(self, request: bytes) -> bytes | None:
+        """The key of the request's leading content (None: it has none)."""
+        digest = hashlib.blake2b(digest_size=16)
+        view = memoryview(request)  # slices of it copy nothing
+        found = False
+        for key, _, start, end in wire.fields(request):
+            if key == _PROMPT:
+                digest.update(b"prompt\0")
+                digest.update(view[start : self._leading_end(start, end)])
+                return digest.digest()
+            if key == _MESSAGE:
+                role, content_start, content_end = _message(request, start, end)
+                if role in _SYSTEM or role == _USER:
+                    digest.update(role + b"\0")
+                    digest.update(
+                        view[content_start : self._leading_end(content_start, content_end)]
+                    )
+                    digest.update(b"\0")
+                    found = True
+                if role not in _SYSTEM:
+                    break  # the first turn that is not a system message ends the prefix
+        return digest.digest() if found else None
+
+    def _leading_end(self, start: int, end: int) -> int:
+        """Where the leading part of ``[start, end)`` ends: up to ``prefix_bytes``, in
+        whole blocks (all of it when it is shorter than one block)."""
+        length = min(end - start, self.prefix_bytes)
+        if length >= self.block_bytes:
+            length -= length % self.block_bytes
+        return start + length
+
+
+def _message(request: bytes, start: int, end: int) -> tuple[bytes, int, int]:
+    """The role, and where the content is, of the ChatMessage in ``request[start:end]``."""
+    role = b""
+    content_start = content_end = start
+    for key, _, value_start, value_end in wire.fields(request, start, end):
+        if key == _ROLE:
+            role = request[value_start:value_end]
+        elif key == _CONTENT:
+            content_start, content_end = value_start, value_end
+    return role, content_start, content_end
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
