@@ -1,8 +1,10 @@
 """Load reports (ORCA) for the routers in front of this model server.
 
 Every generation call ends with the server's load in its trailing metadata
-(``endpoint-load-metrics-bin``: a serialized ``xds.data.orca.v3.OrcaLoadReport``;
-the status boundary attaches it, errors included), and a router may subscribe
+(``endpoint-load-metrics-bin``: a serialized ``xds.data.orca.v3.OrcaLoadReport``,
+and the same bytes under ``switchyard-load-report-bin`` for routers on grpcio,
+which never see the standard key; the status boundary attaches them, errors
+included), and a router may subscribe
 to the same report out of band (``xds.service.orca.v3.OpenRcaService/
 StreamCoreMetrics``), so that it knows this server's load even while it sends
 nothing here. Which fields mean what: ``switchyard_common.load_report``.
@@ -93,7 +95,8 @@ class LoadReporter:
     def trailers(self) -> Metadata:
         """A finished call's trailing metadata: the load as it leaves."""
         self._finished.add()
-        return ((load_report.TRAILER, self.report().SerializeToString()),)
+        report = self.report().SerializeToString()
+        return ((load_report.TRAILER, report), (load_report.COPY_TRAILER, report))
 
     async def stream_core_metrics(
         self, request: orca_pb2.OrcaLoadReportRequest, context: Context

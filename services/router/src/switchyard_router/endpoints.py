@@ -115,6 +115,12 @@ class Endpoint:
         metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
             lambda: 1.0 if self.state() is EndpointState.HEALTHY else 0.0
         )
+        reported = metrics.ENDPOINT_REPORTED_REQUESTS
+        reported.labels(cluster, address, "running").set_function(lambda: self.reported.running)
+        reported.labels(cluster, address, "waiting").set_function(lambda: self.reported.waiting)
+        metrics.ENDPOINT_REPORTED_KV_CACHE.labels(cluster, address).set_function(
+            lambda: self.reported.kv_cache_usage
+        )
         _gauge_owner[(cluster, address)] = self
 
     # Health, from the watcher.
@@ -214,6 +220,9 @@ class Endpoint:
             del _gauge_owner[(self.cluster, self.address)]
             with contextlib.suppress(KeyError):
                 metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
+                metrics.ENDPOINT_REPORTED_KV_CACHE.remove(self.cluster, self.address)
+                for state in ("running", "waiting"):
+                    metrics.ENDPOINT_REPORTED_REQUESTS.remove(self.cluster, self.address, state)
 
 
 class Cluster:

@@ -3,9 +3,10 @@
 Two sources, both ``xds.data.orca.v3.OrcaLoadReport`` (names in
 ``switchyard_common.load_report``):
 
-- the trailing metadata of every response (``endpoint-load-metrics-bin``), read by
-  the attempt loop (``proxy``) when an attempt ends, then dropped: the caller
-  never sees it;
+- the trailing metadata of every response, read by the attempt loop (``proxy``)
+  when an attempt ends, then dropped: the caller never sees it. grpcio's core
+  keeps the standard ``endpoint-load-metrics-bin`` to itself, so this router reads
+  the copy Switchyard model servers send beside it (``switchyard-load-report-bin``);
 - an out-of-band stream per endpoint (``OpenRcaService.StreamCoreMetrics``), opened
   here when the cluster sets ``load_report_interval_seconds``, so that an endpoint
   this router sends nothing to stays current (another router or client may be
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchyard.router.load_reports")
 
-TRAILER = load_report.TRAILER
+TRAILERS = (load_report.TRAILER, load_report.COPY_TRAILER)
+"""Trailing-metadata keys of load reports: the router's, never relayed to a caller."""
+_READABLE = load_report.COPY_TRAILER  # the one grpcio lets through
 _RETRY_MIN_SECONDS = 0.1
 _RETRY_MAX_SECONDS = 2.0
 _parse = orca_load_report_pb2.OrcaLoadReport.FromString
@@ -64,7 +67,7 @@ def parse(data: bytes) -> ReportedLoad | None:
 def from_trailers(trailers: Iterable[Any] | None) -> ReportedLoad | None:
     """The load report in a call's trailing metadata, if it has one."""
     for key, value in trailers or ():
-        if key == TRAILER and isinstance(value, bytes):
+        if key == _READABLE and isinstance(value, bytes):
             return parse(value)
     return None
 

@@ -362,7 +362,7 @@ def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:
         (key, value)
         for key, value in trailers
         if key == DETAILS_METADATA_KEY
-        or not (key.startswith((":", "grpc-")) or key == load_reports.TRAILER)
+        or not (key.startswith((":", "grpc-")) or key in load_reports.TRAILERS)
     )
 
 
