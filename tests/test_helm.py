@@ -271,6 +271,9 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["cpu"].outlier_detection.consecutive_failures == 2
     assert config.clusters["cpu"].dns_refresh_seconds == 5
     assert config.routes[0].policy == "round_robin"
+    assert config.routes[1].policy == "prefix_affinity" and config.routes[1].affinity is not None
+    assert config.routes[1].affinity.session_metadata_key == "x-session-id"
+    assert config.routes[1].affinity.load_factor == 1.5
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),
