@@ -28,7 +28,6 @@ and clients' requests), plus its waiting requests once more and its KV-cache usa
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import random
@@ -261,9 +260,11 @@ class PrefixAffinity:
             self._ring = HashRing({e.address: e for e in endpoints})
         total = 0.0
         count = 0
-        for endpoint in endpoints:
+        for endpoint in endpoints:  # load_of, inlined: this loop is most of a pick's cost
             if eligible(endpoint):
-                total += load_of(endpoint)
+                reported = endpoint.reported
+                own, in_flight = endpoint.outstanding, reported.in_flight
+                total += (own if own > in_flight else in_flight) + reported.surcharge
                 count += 1
         if not count:
             return None
@@ -313,7 +314,7 @@ class Picker(Generic[E]):
         affinity key: the key's endpoint failed it, and its keys' retries spread by
         load rather than pile onto the next endpoint on the ring."""
         if exclude and request.affinity_key is not None:
-            request = dataclasses.replace(request, affinity_key=None)
+            request = RequestView(request.model, None, request.prompt_bytes)
         for group in self.groups:
             chosen = _pick_in(group, request, exclude, known_healthy=True)
             if chosen is not None:
