@@ -155,6 +155,14 @@ def load_of(endpoint: EndpointView) -> float:
     return (own if own > in_flight else in_flight) + reported.surcharge
 
 
+def requests_at(endpoint: EndpointView) -> float:
+    """Requests in flight at an endpoint: this router's, or more if its model server's
+    last report says more are running and waiting there."""
+    own = endpoint.outstanding
+    reported = endpoint.reported.in_flight
+    return own if own > reported else reported
+
+
 class LeastOutstanding:
     """The less loaded of two eligible endpoints drawn at random (power of two choices
     on :func:`load_of`): a slow replica gets less, and no herd follows one number."""
@@ -231,11 +239,14 @@ class PrefixAffinity:
     ring of the target's endpoints (``hash_ring``), placed by their addresses only:
     every router that knows the same endpoints agrees, with no shared state, and
     a restart changes nothing. An endpoint that joins, leaves or is out of rotation
-    moves only the keys it takes or held. An endpoint whose load (:func:`load_of`)
-    is at its capacity, ``ceil(load_factor * (total load + 1) / eligible
-    endpoints)``, is passed over for the next one on the ring, so a hot key spills
-    onto its neighbours instead of piling onto one replica; since the capacity
-    grows with the mean, some endpoint always has room.
+    moves only the keys it takes or held. An endpoint whose requests in flight
+    (:func:`requests_at`) reach its capacity, ``ceil(load_factor * (total + 1) /
+    eligible endpoints)``, is passed over for the next one on the ring, so a hot
+    key spills onto its neighbours instead of piling onto one replica; since the
+    capacity grows with the mean, some endpoint always has room. The bound counts
+    requests, as the analysis does: :func:`load_of`'s surcharges (the queue again,
+    the KV cache) would make a busy endpoint look busier than its share and move
+    conversations off it early; they order least_outstanding's choices instead.
 
     A request without a key (no session or prefix; or a retry or resume, whose
     picks ``Picker`` makes without one) is placed by least_outstanding, the default.
@@ -260,11 +271,10 @@ class PrefixAffinity:
             self._ring = HashRing({e.address: e for e in endpoints})
         total = 0.0
         count = 0
-        for endpoint in endpoints:  # load_of, inlined: this loop is most of a pick's cost
+        for endpoint in endpoints:  # requests_at, inlined: most of a pick's cost is here
             if eligible(endpoint):
-                reported = endpoint.reported
-                own, in_flight = endpoint.outstanding, reported.in_flight
-                total += (own if own > in_flight else in_flight) + reported.surcharge
+                own, reported = endpoint.outstanding, endpoint.reported.in_flight
+                total += own if own > reported else reported
                 count += 1
         if not count:
             return None
@@ -273,7 +283,7 @@ class PrefixAffinity:
         candidate: E
         for candidate in self._ring.walk(key):
             if eligible(candidate):
-                if load_of(candidate) < capacity:
+                if requests_at(candidate) < capacity:
                     return candidate
                 if first:
                     self.spills += 1

@@ -18,6 +18,26 @@ class MalformedRequestError(ValueError):
     """The request bytes are not a valid protobuf message."""
 
 
+def varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    return _varint(data, pos)
+
+
+def skip(data: bytes, pos: int, wire_type: int) -> int:
+    """The position after a field's value of ``wire_type`` (not length-delimited)
+    that starts at ``pos``."""
+    if wire_type == 0:
+        return _varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 5:
+        return pos + 4
+    if wire_type == 2:
+        length, pos = _varint(data, pos)
+        return pos + length
+    raise MalformedRequestError(f"unsupported wire type {wire_type}")
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
