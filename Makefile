@@ -40,11 +40,9 @@ proto-check: setup
 	diff -r "$$tmp/clients/typescript/src/gen" clients/typescript/src/gen \
 	  || { echo "generated stubs are stale: run 'make proto' and commit the result" >&2; exit 1; }
 
-# The peer server (llama_cpp.server) needs llama-cpp-python's [server] extra.
+# The peer server (llama_cpp.server, llama-cpp-python's [server] extra) is in
+# requirements/dev.txt: make test runs every benchmark once in its smoke mode.
 bench: setup
-	$(PY) -m pip install -q --disable-pip-version-check \
-	  --find-links "$${SWITCHYARD_WHEELHOUSE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/switchyard/wheelhouse}" \
-	  "llama-cpp-python[server]==0.3.36"
 	$(PY) benchmarks/llamacpp_overhead.py
 
 # Our vllm model server against `vllm serve` (both from .venv-vllm, the CPU build).

@@ -8,7 +8,7 @@ alternating rounds at concurrency 32, on uvloop and on plain asyncio. It prints
 the client's CPU per request (this process, grpc's threads included), medians
 over the rounds.
 
-    .venv/bin/python benchmarks/bench_client_overhead.py [--quick]
+    .venv/bin/python benchmarks/bench_client_overhead.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 import uvloop
 import yaml
-from harness import free_port, wait_serving
+from harness import SMOKE_HELP, free_port, wait_serving
 
 from switchyard import AsyncClient
 from switchyard.bench.load import LoadConfig, RequestSender, request_payloads
@@ -83,8 +83,9 @@ async def _measure(address: str, rounds: int, requests: int) -> dict[str, list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
-    rounds, requests = (3, 300) if args.quick else (6, 1000)
+    rounds, requests = (1, 64) if args.smoke else (3, 300) if args.quick else (6, 1000)
     with tempfile.TemporaryDirectory() as work:
         config = Path(work) / "modelserver.yaml"
         reply = " ".join(f"word{i}" for i in range(32))

@@ -6,7 +6,9 @@ front of it, runs the bench tool against both, interleaved, and writes its
 JSON and HTML report to .run/bench-router.{json,html}. This is how the sample
 table in the README's "Benchmarking" section was made.
 
-    .venv/bin/python benchmarks/bench_router_compare.py [-- extra bench options]
+    .venv/bin/python benchmarks/bench_router_compare.py [--smoke] [-- extra bench options]
+
+With --smoke: 16 requests in 2 rounds, the JSON and report in a temporary folder.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ MODEL = {
     "first_token_delay_ms": 150,
     "token_delay_ms": 30,
 }
-BENCH = ["--model", "paced", "--concurrency", "8", "--requests", "96", "--stream"]
+BENCH = ["--model", "paced", "--concurrency", "8", "--stream"]
 
 
 def main() -> int:
-    extra = [a for a in sys.argv[1:] if a != "--"]
-    out = Path(".run")
+    smoke = "--smoke" in sys.argv[1:]  # see harness.SMOKE_HELP
+    extra = [a for a in sys.argv[1:] if a not in ("--", "--smoke")]
+    load = ["--requests", "16", "--rounds", "2"] if smoke else ["--requests", "96"]
+    out = Path(tempfile.mkdtemp(prefix="bench-router-")) if smoke else Path(".run")
     out.mkdir(exist_ok=True)
     server_address = f"127.0.0.1:{free_port()}"
     router_address = f"127.0.0.1:{free_port()}"
@@ -54,7 +58,7 @@ def main() -> int:
             processes.append(start(Path(work), "switchyard_router", "switchyard_router", router))
             wait_serving(router_address)
             command = [str(Path(sys.executable).with_name("switchyard")), "bench"]
-            command += ["--target", server_address, "--compare", router_address, *BENCH]
+            command += ["--target", server_address, "--compare", router_address, *BENCH, *load]
             command += ["--json", str(out / "bench-router.json")]
             command += ["--report", str(out / "bench-router.html"), *extra]
             print("$ switchyard", " ".join(command[1:]), flush=True)

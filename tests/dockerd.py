@@ -2,15 +2,21 @@
 
 Docker Hub is unreachable here, so the base image is a Debian root filesystem
 made by debootstrap (scripts/setup.d/40-containers.sh caches the tarball) and
-imported into this daemon; the Python wheels the images install are gathered on
-the host once per set of pins, so builds need no index.
+imported into this daemon; the Python wheels the images install were fetched
+by the same set-up (scripts/image_wheels.py), so builds reach no index.
+
+A container test that cannot run (no dockerd, no root, a daemon that does not
+answer, a missing base image or wheel) skips with the reason on a developer's
+machine and fails with it on CI (``CI=true`` as root), where everything it
+needs is installed: there a skip would be a check that passed without checking.
 """
 
 from __future__ import annotations
 
-import hashlib
+import http.client
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "switchyard"
 BASE_TARBALL = CACHE / "images" / "debian-py-bookworm.tar"
 BASE_IMAGE = "local/debian-py:bookworm"
-LLAMA_WHEELHOUSE = Path(os.environ.get("SWITCHYARD_WHEELHOUSE", CACHE / "wheelhouse"))
 
 
 class EngineUnavailableError(Exception):
-    """No container engine can start on this machine (the tests skip with this reason)."""
+    """No container engine can start on this machine (``processes.unavailable``)."""
 
 
 class PrivateDockerd:
@@ -65,21 +70,30 @@ class PrivateDockerd:
         text = (self.root / "dockerd.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_ready(self, ping: object, timeout: float = 60.0) -> None:
-        """Polls ``ping()`` (a callable) until the daemon answers."""
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Waits until the daemon answers ``GET /_ping`` on its socket.
+
+        Only "not listening yet" is waited out (no socket, connection refused); any
+        other answer is an error of its own and propagates."""
         deadline = time.monotonic() + timeout
+        last = "no socket yet"
         while True:
             if self.process.poll() is not None:
                 raise EngineUnavailableError(f"dockerd exited: {self.log_tail()}")
             try:
-                if callable(ping) and ping():
+                status, body = _ping(self.socket)
+            except (FileNotFoundError, ConnectionRefusedError) as error:
+                last = f"{type(error).__name__}: {error}"
+            else:
+                if status == 200:
                     return
-            except Exception:
-                pass
+                raise RuntimeError(f"dockerd answered its ping with {status}: {body}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise EngineUnavailableError(f"dockerd did not answer in {timeout:.0f} s")
-            time.sleep(0.5)
+                raise EngineUnavailableError(
+                    f"dockerd did not answer in {timeout:.0f} s ({last}):\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -100,65 +114,35 @@ class PrivateDockerd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def image_wheels() -> Path:
-    """Every wheel the images install (llama.cpp's portable build included), cached.
-
-    Keyed by the pins and the packages' declared dependencies; the Switchyard
-    packages themselves are built from source inside the images.
-    """
-    inputs = [
-        ROOT / "requirements" / "constraints.txt",
-        ROOT / "clients" / "python" / "pyproject.toml",
-        ROOT / "services" / "common" / "pyproject.toml",
-        ROOT / "services" / "router" / "pyproject.toml",
-        ROOT / "services" / "modelserver" / "pyproject.toml",
-    ]
-    requirements = [
-        "setuptools>=68",
-        str(ROOT / "clients" / "python"),
-        str(ROOT / "services" / "common"),
-        str(ROOT / "services" / "router"),
-        # The cloud image's extras too (absent extras are only a warning).
-        f"{ROOT / 'services' / 'modelserver'}[llamacpp,openai,anthropic,ollama]",
-    ]
-    digest = hashlib.sha256("\n".join(requirements).encode())
-    for path in inputs:
-        digest.update(path.read_bytes())
-    key = digest.hexdigest()[:16]
-    target = CACHE / "image-wheels" / key
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+def _ping(path: Path) -> tuple[int, str]:
+    """``GET /_ping`` on the daemon's unix socket: (HTTP status, body)."""
+    connection = http.client.HTTPConnection("localhost", timeout=10)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--wheel-dir",
-                str(partial),
-                "--find-links",
-                str(LLAMA_WHEELHOUSE),
-                "--constraint",
-                str(ROOT / "requirements" / "constraints.txt"),
-                *requirements,
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"pip wheel failed:\n{result.stderr[-3000:]}")
-        for wheel in partial.glob("switchyard_*.whl"):
-            wheel.unlink()
-        partial.rename(target)
+        unix.settimeout(10)
+        unix.connect(str(path))
+        connection.sock = unix
+        connection.request("GET", "/_ping")
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+        connection.close()
+        unix.close()
+
+
+def image_wheels() -> Path:
+    """Every wheel the images install, from what the set-up fetched (no index).
+
+    Raises ``EngineUnavailableError`` naming what the set-up did not fetch."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "image_wheels.py"), "gather"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise EngineUnavailableError(result.stderr.strip())
+    return Path(result.stdout.strip())
 
 
 def build_context(destination: Path, wheels: Path) -> Path:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 from conftest import start_modelserver, start_router, write_config
-from processes import ServerProcess
+from processes import ServerProcess, free_port, wait_until
+from scrape import scrape, value
 
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
@@ -23,21 +25,30 @@ class Fleet:
         self.name = name
         self.servers: list[ServerProcess] = []
 
-    def scripted(self, label: str, models: list[dict[str, Any]], **extra: Any) -> ServerProcess:
-        """A scripted model server."""
+    def scripted(
+        self, label: str, models: list[dict[str, Any]], metrics: bool = False, **extra: Any
+    ) -> ServerProcess:
+        """A scripted model server (``metrics``: with /metrics on a free port)."""
         config = {"backend": {"kind": "scripted", "models": models}, **extra}
+        if metrics:
+            config["metrics_listen"] = f"127.0.0.1:{free_port()}"
         server = start_modelserver(self.workdir, f"{self.name}-{label}", config)
         self.servers.append(server)
         return server
 
-    def modelserver(self, label: str, config: dict[str, Any]) -> ServerProcess:
-        server = start_modelserver(self.workdir, f"{self.name}-{label}", config)
+    def modelserver(self, label: str, config: dict[str, Any], **options: Any) -> ServerProcess:
+        server = start_modelserver(self.workdir, f"{self.name}-{label}", config, **options)
         self.servers.append(server)
         return server
 
-    def router(self, config: dict[str, Any], label: str = "router") -> ServerProcess:
+    def router(
+        self, config: dict[str, Any], label: str = "router", metrics: bool = False, **options: Any
+    ) -> ServerProcess:
+        """A router (``metrics``: with /metrics on a free port)."""
         config = {"retry": {"num_retries": 2}, **config}
-        server = start_router(self.workdir, f"{self.name}-{label}", config)
+        if metrics:
+            config["metrics_listen"] = f"127.0.0.1:{free_port()}"
+        server = start_router(self.workdir, f"{self.name}-{label}", config, **options)
         self.servers.append(server)
         return server
 
@@ -54,6 +65,39 @@ def endpoints(router: ServerProcess) -> list[admin_pb.EndpointStatus]:
     with grpc.insecure_channel(router.address) as channel:
         stub = admin_grpc.RouterAdminServiceStub(channel)
         return list(stub.ListEndpoints(admin_pb.ListEndpointsRequest(), timeout=5).endpoints)
+
+
+def endpoint_view(router: ServerProcess, address: str) -> admin_pb.EndpointStatus:
+    """The router's view of one endpoint."""
+    [view] = [e for e in endpoints(router) if e.address == address]
+    return view
+
+
+def in_flight(server: ServerProcess, model: str) -> float:
+    """Requests a model server is generating for ``model`` now (its own gauge)."""
+    assert server.metrics_address, f"{server.name} serves no metrics"
+    samples = scrape(server.metrics_address)
+    return value(samples, "switchyard_modelserver_in_flight_requests", model=model)
+
+
+def wait_in_flight(server: ServerProcess, model: str, at_least: int = 1) -> None:
+    """Waits until the model server itself has ``at_least`` requests for ``model`` running."""
+    wait_until(
+        lambda: in_flight(server, model) >= at_least,
+        f"{at_least} requests for {model} in flight on {server.name}",
+    )
+
+
+def access_lines(server: ServerProcess) -> list[dict[str, str]]:
+    """A server's access-log lines (``request method=...``), parsed into their fields."""
+    lines = [line for line in server.log().splitlines() if " request method=" in line]
+    return [dict(re.findall(r"(\w+)=(\S+)", line.split(" request ", 1)[1])) for line in lines]
+
+
+def wait_access_lines(server: ServerProcess, count: int) -> list[dict[str, str]]:
+    """Waits for ``count`` access-log lines (written just after each answer); returns them."""
+    wait_until(lambda: len(access_lines(server)) >= count, f"{count} access lines of {server.name}")
+    return access_lines(server)
 
 
 def wait_for_state(router: ServerProcess, address: str, state: int, timeout: float = 15) -> None:

@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 STARTUP_TIMEOUT = 60.0
@@ -21,6 +24,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def on_ci() -> bool:
+    """CI (``CI=true``, as root): the set-up installed every tool, so nothing may skip."""
+    return os.environ.get("CI") == "true" and os.geteuid() == 0
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A test whose real part (a daemon, a tool) cannot run here: a skip with the reason
+    on a developer's machine, a failure on CI, where a skip would pass without checking."""
+    if on_ci():
+        pytest.fail(f"cannot run on CI: {reason}", pytrace=False)
+    pytest.skip(f"cannot run here: {reason}")
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float = 15.0, poll: float = 0.02
+) -> None:
+    """Polls ``condition`` until it is true; fails naming ``what`` was awaited. The way a
+    test waits for something it can observe (a request seen, a state, a log line)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(poll)
 
 
 def health_status(
@@ -59,13 +87,20 @@ class ServerProcess:
         extra_env: dict[str, str] | None = None,
         python: str | None = None,
         extra_args: list[str] | None = None,
+        host: str = "127.0.0.1",
+        wrapper: list[str] | None = None,
+        metrics_address: str | None = None,
     ) -> None:
+        """``wrapper``: a command the server runs under (``unshare ...``);
+        ``metrics_address``: where its config serves /metrics, if anywhere."""
         self.name = name
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"{host}:{port}"
+        self.metrics_address = metrics_address
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
+                *(wrapper or []),
                 python or sys.executable,
                 "-m",
                 module,

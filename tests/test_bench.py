@@ -1,8 +1,10 @@
 """`switchyard bench` against real scripted model servers on 127.0.0.1.
 
 The scripted backend's delays are known, so what the tool measures can be
-checked against what they imply. Tolerances are generous: these check the
-tool's arithmetic on a shared, busy machine, never Switchyard's speed.
+checked against what they imply. Bounds come from the injected delays (a
+measurement can only be longer) or from the run's own numbers, never from how
+fast this machine is: these check the tool's arithmetic on a shared, busy
+machine, never Switchyard's speed.
 """
 
 from __future__ import annotations
@@ -109,13 +111,25 @@ def test_streamed_ttft_inter_token_latency_and_tokens_per_second_match_the_delay
     assert result["requests"] == {"total": requests, "ok": requests, "errors": 0}
     assert result["output_tokens"] == requests * PACED_TOKENS
     ttft, itl = result["ttft_ms"], result["inter_token_latency_ms"]
-    assert FIRST_TOKEN_MS <= ttft["p50"] <= FIRST_TOKEN_MS * 1.5 + 50, ttft
-    assert TOKEN_MS * 0.9 <= itl["p50"] <= TOKEN_MS * 2, itl
-    one_request = (FIRST_TOKEN_MS + (PACED_TOKENS - 1) * TOKEN_MS) / 1000
+    samples = result["samples"]
+    # TTFT is the first token's time: after the first-token delay, and before the
+    # other nine tokens, 30 ms apart, that end each request.
+    later_tokens_ms = (PACED_TOKENS - 1) * TOKEN_MS
+    assert ttft["p50"] >= FIRST_TOKEN_MS, ttft
+    assert all(s["ttft_ms"] >= FIRST_TOKEN_MS for s in samples)
+    assert all(s["latency_ms"] - s["ttft_ms"] >= later_tokens_ms * 0.9 for s in samples)
+    # Inter-token latency: at least the token delay, at most the time after the first
+    # token shared among the later ones.
+    assert itl["p50"] >= TOKEN_MS * 0.9, itl
+    slowest_gaps = max((s["latency_ms"] - s["ttft_ms"]) / (PACED_TOKENS - 1) for s in samples)
+    assert itl["p50"] <= slowest_gaps, itl
+    one_request = (FIRST_TOKEN_MS + later_tokens_ms) / 1000
     assert result["latency_ms"]["p50"] >= one_request * 1000
-    # At most `concurrency` requests of at least `one_request` s each at a time.
+    # At most `concurrency` requests of at least `one_request` s each at a time, and
+    # never slower than one request after another.
     ceiling = concurrency * PACED_TOKENS / one_request
-    assert ceiling / 2.5 <= result["output_tokens_per_second"] <= ceiling * 1.02
+    one_by_one = result["output_tokens"] / (sum(s["latency_ms"] for s in samples) / 1000)
+    assert one_by_one <= result["output_tokens_per_second"] <= ceiling * 1.02
     wall = result["wall_seconds"]
     assert result["output_tokens_per_second"] == pytest.approx(result["output_tokens"] / wall)
     assert result["requests_per_second"] == pytest.approx(requests / wall)
@@ -258,8 +272,12 @@ def test_compare_runs_two_targets_interleaved_and_prints_ratios(
     first, second = doc["results"]
     assert (first["target"], second["target"]) == (servers[0].address, servers[1].address)
     assert first["requests"]["ok"] == second["requests"]["ok"] == 12
-    # Twice the token delay: about twice the inter-token latency.
-    assert 1.4 <= doc["comparison"]["ratios"]["inter_token_latency_p50"] <= 2.8
+    # The ratio is the second's over the first's, and each is at least its token delay.
+    first_itl = first["inter_token_latency_ms"]["p50"]
+    second_itl = second["inter_token_latency_ms"]["p50"]
+    ratio = doc["comparison"]["ratios"]["inter_token_latency_p50"]
+    assert ratio == pytest.approx(second_itl / first_itl)
+    assert first_itl >= 20 * 0.9 and second_itl >= 40 * 0.9
     # Interleaved: the second target's rounds fall between the first target's.
     a = [s["scheduled_s"] for s in first["samples"]]
     b = [s["scheduled_s"] for s in second["samples"]]
@@ -281,9 +299,11 @@ def test_open_loop_sends_at_the_rate_however_slow_the_answers(
     scheduled = [s["scheduled_s"] for s in samples]
     gaps = [b - a for a, b in itertools.pairwise(scheduled)]
     assert gaps == pytest.approx([0.05] * 39, abs=1e-5)
+    # Each answer takes a second: a loop that waited for answers would need 40 s to
+    # send them all and fall a second behind per request.
     sent = sorted(s["sent_s"] for s in samples)
-    assert sent[-1] - sent[0] < 2.5  # all sent within the 2 s, not one per answer
-    assert max(s["sent_s"] - s["scheduled_s"] for s in samples) < 0.5
+    assert sent[-1] - sent[0] < 20
+    assert max(s["sent_s"] - s["scheduled_s"] for s in samples) < 1.0
     assert all(s["code"] == "OK" and s["latency_ms"] >= 1000 for s in samples)
 
 

@@ -20,6 +20,7 @@ from vendors import (
     RETRY_AFTER_SECONDS,
     VALID_KEY,
     FakeVendors,
+    new_request_id,
 )
 
 from switchyard import Client, FailedPreconditionError
@@ -28,6 +29,8 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 KINDS = ("openai", "anthropic", "ollama")
+# Past it, a vendor's slow first byte (5 s) or 200-tick stream (10 s) still runs on.
+DEADLINE = 2.0
 WRONG_KEY = "sk-wrong-key-fedcba9876543210"
 
 
@@ -116,11 +119,16 @@ def failure(call: Any) -> tuple[grpc.StatusCode, str, StatusDetails]:
     return error.code(), error.details(), parse_details(error.trailing_metadata())
 
 
-def chat(model: str, text: str = "hi there", **sampling: Any) -> pb.GenerateRequest:
+def chat(
+    model: str, text: str = "hi there", *, request_id: str = "", **sampling: Any
+) -> pb.GenerateRequest:
+    """A two-message chat; ``request_id`` (see vendors.py) rides in the system message,
+    so the reply (which echoes the user's message) does not change."""
+    system = f"Be brief. {request_id}" if request_id else "Be brief."
     return pb.GenerateRequest(
         model=model,
         messages=[
-            pb.ChatMessage(role="system", content="Be brief."),
+            pb.ChatMessage(role="system", content=system),
             pb.ChatMessage(role="user", content=text),
         ],
         sampling=pb.SamplingParams(**sampling),
@@ -131,32 +139,35 @@ def chat(model: str, text: str = "hi there", **sampling: Any) -> pb.GenerateRequ
 def test_chat_answers_like_any_model_server(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    response = generate(cloud[kind], chat("ok"))
+    request_id = new_request_id()
+    response = generate(cloud[kind], chat("ok", request_id=request_id))
     assert response.text == f"Hello from {kind}: hi there"
     assert response.finish_reason == pb.FINISH_REASON_STOP
     assert (response.model, response.backend) == ("ok", kind)
-    # Usage is the vendor's: its prompt counts both messages, its reply five words.
-    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (4, 5)
-    sent = vendors.received("ok").body
+    # Usage is the vendor's: its prompt counts both messages (three words and two),
+    # its reply five words.
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (5, 5)
+    sent = vendors.received(request_id).body
     if kind == "anthropic":
-        assert sent["system"] == "Be brief."  # the system prompt is split out
+        assert sent["system"] == f"Be brief. {request_id}"  # the system prompt is split out
         assert sent["messages"] == [{"role": "user", "content": "hi there"}]
     else:
-        assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert sent["messages"][0] == {"role": "system", "content": f"Be brief. {request_id}"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_stream_carries_deltas_then_finish_and_usage(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    messages = stream(cloud[kind], chat("ok", "stream please"))
+    request_id = new_request_id()
+    messages = stream(cloud[kind], chat("ok", "stream please", request_id=request_id))
     *deltas, last = messages
     assert "".join(m.text for m in messages) == f"Hello from {kind}: stream please"
     assert len(deltas) >= 2  # streamed in pieces, not one blob
     assert last.finish_reason == pb.FINISH_REASON_STOP
     assert last.usage.completion_tokens == 5
     if kind == "openai":  # usage arrives in the final chunk because we ask for it
-        assert vendors.received("ok").body["stream_options"] == {"include_usage": True}
+        assert vendors.received(request_id).body["stream_options"] == {"include_usage": True}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -166,10 +177,11 @@ def test_sampling_parameters_reach_the_vendor(
     sampling: dict[str, Any] = {"temperature": 0.5, "top_p": 0.5, "max_tokens": 2, "stop": ["##"]}
     if kind != "anthropic":
         sampling.update(seed=7, presence_penalty=0.5, frequency_penalty=0.25)
-    response = generate(cloud[kind], chat("ok", **sampling))
+    request_id = new_request_id()
+    response = generate(cloud[kind], chat("ok", request_id=request_id, **sampling))
     assert response.finish_reason == pb.FINISH_REASON_LENGTH
     assert response.usage.completion_tokens == 2
-    sent = vendors.received("ok").body
+    sent = vendors.received(request_id).body
     if kind == "openai":
         assert {k: sent[k] for k in sampling} == {**sampling, "stop": ["##"]}
     elif kind == "anthropic":
@@ -190,20 +202,29 @@ def test_sampling_parameters_reach_the_vendor(
 def test_openai_logprobs_come_back_per_token(
     model: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
+    request_id = new_request_id()
     if model == "ok":
-        request = chat("ok", "a b", logprobs=1)
-    else:
+        request = chat("ok", "a b", request_id=request_id, logprobs=1)
+        words = ["Hello", " from", " openai:", " a", " b"]
+    else:  # the prompt is echoed, request id and all
         request = pb.GenerateRequest(
-            model="ok-text", prompt="a b", sampling=pb.SamplingParams(logprobs=1)
+            model="ok-text", prompt=f"a {request_id}", sampling=pb.SamplingParams(logprobs=1)
         )
+        words = ["Hello", " from", " openai:", " a", f" {request_id}"]
     response = generate(cloud["openai"], request)
-    words = ["Hello", " from", " openai:", " a", " b"]
     assert [t.text for t in response.tokens] == words
     assert [round(t.logprob, 3) for t in response.tokens] == [-0.1, -0.2, -0.3, -0.4, -0.5]
     assert [[a.text for a in t.top_logprobs] for t in response.tokens] == [[w] for w in words]
+    sent = vendors.received(request_id).body
+    streamed_id = new_request_id()
+    if model == "ok":
+        request = chat("ok", "a b", request_id=streamed_id, logprobs=1)
+    else:
+        request.prompt = f"a {streamed_id}"
+        words[-1] = f" {streamed_id}"
     streamed = [t for m in stream(cloud["openai"], request) for t in m.tokens]
     assert [t.text for t in streamed] == words
-    sent = vendors.received("ok").body
+    assert vendors.received(streamed_id).body["logprobs"] == sent["logprobs"]
     if model == "ok":  # chat asks for the chosen token's and the top alternatives'
         assert (sent["logprobs"], sent["top_logprobs"]) == (True, 1)
     else:
@@ -226,11 +247,13 @@ def test_openai_can_send_max_completion_tokens(
     config = backend_config("openai", vendors.url, key_file, startup_check=False)
     config["backend"]["max_tokens_parameter"] = "max_completion_tokens"
     server = start_modelserver(workdir, "cloud-openai-completion-tokens", config)
+    request_id = new_request_id()
     try:
-        assert generate(server, chat("ok", max_tokens=3)).usage.completion_tokens == 3
+        request = chat("ok", request_id=request_id, max_tokens=3)
+        assert generate(server, request).usage.completion_tokens == 3
     finally:
         server.stop()
-    sent = vendors.received("ok").body
+    sent = vendors.received(request_id).body
     assert sent["max_completion_tokens"] == 3
     assert "max_tokens" not in sent
 
@@ -247,19 +270,21 @@ def test_anthropic_stop_sequence_is_reported_with_the_sequence(
 def test_anthropic_sends_the_required_max_tokens_default(
     cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    generate(cloud["anthropic"], chat("ok"))
-    assert vendors.received("ok").body["max_tokens"] == 1024
+    request_id = new_request_id()
+    generate(cloud["anthropic"], chat("ok", request_id=request_id))
+    assert vendors.received(request_id).body["max_tokens"] == 1024
 
 
 @pytest.mark.parametrize("kind", ["openai", "ollama"])
 def test_a_prompt_goes_to_the_completion_api(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    response = generate(cloud[kind], pb.GenerateRequest(model="ok-text", prompt="Once upon"))
-    assert response.text == f"Hello from {kind}: Once upon"
-    record = vendors.received("ok")
+    prompt = f"Once upon {new_request_id()}"
+    response = generate(cloud[kind], pb.GenerateRequest(model="ok-text", prompt=prompt))
+    assert response.text == f"Hello from {kind}: {prompt}"
+    record = vendors.received(prompt.split()[-1])
     assert record.path == ("/v1/completions" if kind == "openai" else "/api/generate")
-    assert record.body["prompt"] == "Once upon"
+    assert record.body["prompt"] == prompt
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -286,7 +311,8 @@ def test_anthropic_continues_a_resumed_reply_by_prefill(
     delivered: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
     channel, stub = _stub(cloud["anthropic"])
-    request = chat("ok", "go on")
+    request_id = new_request_id()
+    request = chat("ok", "go on", request_id=request_id)
     with channel:
         messages = list(
             stub.StreamGenerate(
@@ -299,7 +325,7 @@ def test_anthropic_continues_a_resumed_reply_by_prefill(
             )
         )
     assert delivered + "".join(m.text for m in messages) == "Hello from anthropic: go on"
-    sent = vendors.received("ok").body["messages"]
+    sent = vendors.received(request_id).body["messages"]
     # The API refuses a prefill ending in whitespace; the reply's own space is dropped.
     assert sent[-1] == {"role": "assistant", "content": "Hello from"}
 
@@ -441,10 +467,12 @@ def test_an_error_event_inside_a_stream_goes_through_the_same_table(
 def test_a_slow_first_byte_past_the_deadline_is_deadline_exceeded(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    code, _, _ = failure(lambda: generate(cloud[kind], chat("fault-slow"), timeout=1.0))
+    request_id = new_request_id()
+    request = chat("fault-slow", request_id=request_id)
+    code, _, _ = failure(lambda: generate(cloud[kind], request, timeout=DEADLINE))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     # The model server hung up: the vendor's first byte (after 5 s) found no one.
-    assert vendors.received("fault-slow").client_went_away
+    assert vendors.received(request_id).client_went_away
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -452,18 +480,21 @@ def test_a_stream_trickling_past_the_deadline_is_cut_off(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
     # A token every 50 ms never trips a per-read HTTP timeout; the deadline still ends it.
-    code, _, _ = failure(lambda: stream(cloud[kind], chat("slow-stream"), timeout=1.0))
+    request_id = new_request_id()
+    request = chat("slow-stream", request_id=request_id)
+    code, _, _ = failure(lambda: stream(cloud[kind], request, timeout=DEADLINE))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert vendors.received("slow-stream").client_went_away  # long before its 200 tokens
+    assert vendors.received(request_id).client_went_away  # long before its 200 tokens
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_the_grpc_deadline_becomes_the_http_timeout(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    generate(cloud[kind], chat("ok"), timeout=7.0)
+    request_id = new_request_id()
+    generate(cloud[kind], chat("ok", request_id=request_id), timeout=7.0)
     # The SDKs announce the read timeout they use in a header.
-    headers = vendors.received("ok").headers
+    headers = vendors.received(request_id).headers
     sent = float(headers.get("x-stainless-read-timeout") or headers["x-stainless-timeout"])
     # The grpc-timeout header is coarse (gRPC rounds it up to whole units), so the
     # server's remaining time can exceed the client's by a few milliseconds; the
@@ -475,10 +506,11 @@ def test_the_grpc_deadline_becomes_the_http_timeout(
 def test_the_sdk_does_not_retry_behind_the_routers_back(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
-    before = sum(1 for r in vendors.requests if r.body.get("model") == "fault-500")
-    failure(lambda: generate(cloud[kind], chat("fault-500")))
-    after = sum(1 for r in vendors.requests if r.body.get("model") == "fault-500")
-    assert after - before == 1
+    request_id = new_request_id()
+    code, _, _ = failure(lambda: generate(cloud[kind], chat("fault-500", request_id=request_id)))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    # The model server answered after the vendor's 500: any SDK retry came before.
+    assert sum(1 for r in vendors.requests if r.carries(request_id)) == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -486,10 +518,12 @@ def test_cancelling_a_stream_closes_the_http_stream(
     kind: str, cloud: dict[str, ServerProcess], vendors: FakeVendors
 ) -> None:
     channel, stub = _stub(cloud[kind])
+    request_id = new_request_id()
     with channel:
         call = stub.StreamGenerate(
             pb.StreamGenerateRequest(
-                model="slow-stream", messages=[pb.ChatMessage(role="user", content=kind)]
+                model="slow-stream",
+                messages=[pb.ChatMessage(role="user", content=f"{kind} {request_id}")],
             ),
             timeout=30,
         )
@@ -499,7 +533,9 @@ def test_cancelling_a_stream_closes_the_http_stream(
             if received > 10:
                 break
         call.cancel()  # type: ignore[no-untyped-call]
-    record = vendors.received("slow-stream", timeout=10)
+    # Without the close the vendor would stream all 200 ticks (10 s) to a reader
+    # that is gone: unfinished within the wait, or finished without going away.
+    record = vendors.received(request_id, timeout=8)
     assert record.client_went_away  # the vendor stopped generating long before 200 tokens
 
 

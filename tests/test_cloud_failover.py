@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fleet import Fleet
 from test_cloud_backends import backend_config
-from vendors import VALID_KEY, FakeVendors
+from vendors import VALID_KEY, FakeVendors, new_request_id
 
 from switchyard import Client
 
@@ -69,8 +69,10 @@ def test_a_route_falls_back_from_a_dead_llamacpp_target_to_a_cloud_target(
         llama.process.kill()
         llama.process.wait()
         answer = client.chat("tiny", messages, max_tokens=4, temperature=0.0)
-        streamed = "".join(c.text for c in client.stream("tiny", messages=messages))
-    assert streamed == "Hello from openai: who answers"
+        request_id = new_request_id()
+        streamed_messages = [{"role": "user", "content": f"who answers {request_id}"}]
+        streamed = "".join(c.text for c in client.stream("tiny", messages=streamed_messages))
+    assert streamed == f"Hello from openai: who answers {request_id}"
     assert (answer.backend, answer.model) == ("openai", "ok")
     assert answer.text == "Hello from openai: who"  # four tokens, as asked
-    assert vendors.received("ok").body["messages"] == messages
+    assert vendors.received(request_id).body["messages"] == streamed_messages

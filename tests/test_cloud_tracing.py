@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from test_cloud_backends import backend_config
 from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver
-from vendors import VALID_KEY, FakeVendors
+from vendors import VALID_KEY, FakeVendors, new_request_id
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -37,12 +37,12 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     server = _start(
         workdir, f"traced-cloud-{kind}", "switchyard_modelserver", config, _env(endpoint)
     )
+    request_id = new_request_id()
+    prompt = pb.ChatMessage(role="user", content=f"the secret prompt {request_id}")
     try:
         with grpc.insecure_channel(server.address) as channel:
             pb_grpc.LLMServiceStub(channel).Generate(
-                pb.GenerateRequest(
-                    model="ok", messages=[pb.ChatMessage(role="user", content="the secret prompt")]
-                ),
+                pb.GenerateRequest(model="ok", messages=[prompt]),
                 metadata=(("traceparent", TRACEPARENT),),
                 timeout=20,
             )
@@ -58,13 +58,13 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     assert model_span["parent"] == rpc_span["span_id"]
     assert model_span["kind"] == "SPAN_KIND_CLIENT"
     assert model_span["name"] == "chat ok"
-    # The vendor's usage and stop reason: three prompt words in, "Hello from KIND: the
-    # secret prompt" out.
+    # The vendor's usage and stop reason: four prompt words in, "Hello from KIND: the
+    # secret prompt REQUEST_ID" out.
     attributes = model_span["attributes"]
     assert attributes["gen_ai.provider.name"] == kind
     assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
-        3,
-        6,
+        4,
+        7,
     )
     assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
     assert http_span["parent"] == model_span["span_id"]
@@ -72,7 +72,7 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     assert http_span["attributes"]["http.response.status_code"] == 200
     assert http_span["attributes"]["gen_ai.provider.name"] == kind
     # The vendor received the trace context of the HTTP span.
-    sent = vendors.received("ok").headers["traceparent"]
+    sent = vendors.received(request_id).headers["traceparent"]
     assert sent.split("-")[1:3] == [TRACE_ID, http_span["span_id"]]
     everything = repr(spans)
     assert VALID_KEY not in everything

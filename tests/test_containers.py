@@ -5,14 +5,19 @@ images are built from the project's Dockerfiles on a local Debian base
 (BASE_IMAGE build argument), then run with testcontainers on the host network
 with the chart's hardening (read-only root, no capabilities, non-root user)
 and the configs and arguments the Helm chart renders. The model is a tiny
-GGUF written by the tests.
+GGUF written by the tests. What cannot run here skips with the reason, and
+fails on CI (tests/dockerd.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import smollm2_path
 from dockerd import (
     BASE_IMAGE,
     BASE_TARBALL,
@@ -40,7 +46,7 @@ from helmchart import (
     pool_name,
     render,
 )
-from processes import free_port, health_status
+from processes import free_port, health_status, unavailable, wait_until
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.docker_client import DockerClient
 from testcontainers.core.image import DockerImage
@@ -84,17 +90,13 @@ CHART_VALUES: dict[str, Any] = {
 def docker_engine() -> Iterator[PrivateDockerd]:
     try:
         daemon = PrivateDockerd()
+        daemon.wait_ready()
     except EngineUnavailableError as error:
-        pytest.skip(f"no container engine can start: {error}")
+        unavailable(str(error))
     saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
     os.environ["DOCKER_HOST"] = daemon.host
     # Ryuk (testcontainers' reaper) is an image from Docker Hub; the fixture cleans up.
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-    try:
-        daemon.wait_ready(lambda: DockerClient().client.ping())
-    except EngineUnavailableError as error:
-        daemon.stop()
-        pytest.skip(f"no container engine can start: {error}")
     yield daemon
     daemon.stop()
     for key, value in saved.items():
@@ -121,12 +123,16 @@ def build_image(context: Path, tag: str, dockerfile: str) -> None:
 def build_root(docker_engine: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The base image imported, and a build context with every wheel (no index needed)."""
     if not BASE_TARBALL.is_file():
-        pytest.fail(f"{BASE_TARBALL} is missing: run `make setup` (scripts/setup.d/)")
+        unavailable(f"{BASE_TARBALL} is missing: run `make setup` as root (scripts/setup.d/)")
+    try:
+        wheels = image_wheels()
+    except EngineUnavailableError as error:
+        unavailable(str(error))
     repository, tag = BASE_IMAGE.split(":")
     DockerClient().client.api.import_image_from_file(
         str(BASE_TARBALL), repository=repository, tag=tag
     )
-    return build_context(tmp_path_factory.mktemp("context"), image_wheels())
+    return build_context(tmp_path_factory.mktemp("context"), wheels)
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +352,121 @@ def test_cloud_image_carries_its_backends_and_no_engine(build_root: Path) -> Non
     assert output.split()[: len(backends)] == backends, output  # stdout comes first
     code, output = run_to_exit(CLOUD_IMAGE, ["-c", "import llama_cpp"], entrypoint="python3")
     assert code != 0 and "No module named 'llama_cpp'" in output
+
+
+# -- the compose file, started for real ------------------------------------------------
+
+# Prometheus' image comes from Docker Hub, unreachable here: the same server from
+# Debian's package (the one tests/test_prometheus.py runs), in an image made like it.
+PROMETHEUS_IMAGE = "local/prometheus:debian"
+PROMETHEUS_DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+COPY prometheus /bin/prometheus
+RUN mkdir /prometheus && chown 65534:65534 /prometheus
+USER 65534:65534
+WORKDIR /prometheus
+ENTRYPOINT ["/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+"""
+
+
+def _compose(project: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = ["docker-compose", "-p", project, "-f", str(ROOT / "deploy" / "compose.yaml")]
+    return subprocess.run(
+        [*command, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _prometheus_value(url: str, expression: str) -> float | None:
+    query = urllib.parse.urlencode({"query": expression})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=5) as response:
+            result = json.loads(response.read())["data"]["result"]
+    except OSError:
+        return None  # not up yet
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+@pytest.fixture(scope="module")
+def compose_images(images: None, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The images the compose file names: the ones built above under its tags, and a
+    Prometheus image from Debian's binary."""
+    if shutil.which("docker-compose") is None:
+        unavailable("docker-compose is not installed (Debian docker-compose)")
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        unavailable("prometheus is not installed (Debian prometheus)")
+    client = DockerClient().client
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for service, built in (("router", ROUTER_IMAGE), ("modelserver", MODELSERVER_IMAGE)):
+        repository, tag = compose["services"][service]["image"].rsplit(":", 1)
+        client.images.get(built).tag(repository, tag)
+    context = tmp_path_factory.mktemp("prometheus-image")
+    shutil.copy(prometheus, context / "prometheus")
+    (context / "Dockerfile").write_text(PROMETHEUS_DOCKERFILE)
+    build_image(context, PROMETHEUS_IMAGE, "Dockerfile")
+
+
+def test_the_compose_file_serves_generate_with_two_replicas_and_prometheus(
+    compose_images: None, tmp_path: Path
+) -> None:
+    """`docker-compose up` (Debian's 1.29) on the compose file as shipped, with the
+    README's model (SmolLM2) and `--scale modelserver=2`."""
+    models = tmp_path / "models"
+    models.mkdir(mode=0o755)
+    (models / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(smollm2_path().read_bytes())
+    (models / "SmolLM2-135M-Instruct.Q4_1.gguf").chmod(0o644)
+    tmp_path.chmod(0o755)
+    router_port, prometheus_port = free_port(), free_port()
+    env = {
+        "SWITCHYARD_MODELS_DIR": str(models),
+        "SWITCHYARD_ROUTER_PORT": str(router_port),
+        "SWITCHYARD_PROMETHEUS_PORT": str(prometheus_port),
+        "SWITCHYARD_PROMETHEUS_IMAGE": PROMETHEUS_IMAGE,
+    }
+    project = f"sytest{free_port()}"
+    up = _compose(project, env, "up", "-d", "--no-build", "--scale", "modelserver=2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        router = f"127.0.0.1:{router_port}"
+        wait_until(
+            lambda: health_status(router, "switchyard.v1.LLMService") == "SERVING",
+            "the compose router SERVING",
+            timeout=START_TIMEOUT,
+        )
+        with Client(router, timeout=60) as client:
+            # Both replicas found through the compose network's DNS (dns:///modelserver).
+            wait_until(
+                lambda: client.list_models()[0].healthy_replicas == 2,
+                "two healthy model-server replicas behind the router",
+                timeout=START_TIMEOUT,
+            )
+            answer = client.generate(
+                "smollm2-135m-instruct", "The capital of France is", max_tokens=8, temperature=0
+            )
+        assert "Paris" in answer.text
+        assert (answer.model, answer.backend) == ("smollm2-135m-instruct", "llamacpp")
+        url = f"http://127.0.0.1:{prometheus_port}"
+        counted = (
+            'sum(switchyard_router_requests_total{job="switchyard-router",'
+            'method="Generate",code="OK"})'
+        )
+        wait_until(
+            lambda: (
+                _prometheus_value(url, counted) == 1
+                and _prometheus_value(url, 'count(up{job="switchyard-modelserver"} == 1)') == 2
+            ),
+            "Prometheus scraping the router and both replicas",
+            timeout=START_TIMEOUT,
+        )
+    finally:
+        logs_ = _compose(project, env, "logs", "--no-color", "--tail", "30")
+        down = _compose(project, env, "down", "--volumes", "--timeout", "10")
+    assert down.returncode == 0, down.stderr
+    assert "Traceback" not in logs_.stdout, logs_.stdout

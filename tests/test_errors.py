@@ -10,7 +10,7 @@ import pytest
 from processes import ServerProcess
 
 import switchyard
-from switchyard import Client, InvalidArgumentError, NotFoundError
+from switchyard import Client, FinishReason, InvalidArgumentError, NotFoundError
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -113,7 +113,13 @@ def test_max_tokens_beyond_the_context_says_how_many_fit(address: str) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"at most {fits}" in (error.details() or "")
     with Client(address) as client:  # exactly filling the context is allowed
-        assert client.generate("tiny", "hello", max_tokens=fits, temperature=0).text is not None
+        answer = client.generate("tiny", "hello", max_tokens=fits, temperature=0)
+    assert answer.usage.prompt_tokens == prompt_tokens
+    if answer.finish_reason is FinishReason.LENGTH:  # generated up to the last position
+        assert answer.usage.completion_tokens == fits
+    else:  # or the model ended its answer sooner
+        assert answer.finish_reason is FinishReason.STOP
+        assert 0 < answer.usage.completion_tokens < fits
 
 
 def test_a_continuation_that_fills_the_context_names_the_continuation(address: str) -> None:

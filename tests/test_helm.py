@@ -691,7 +691,8 @@ def test_compose_file_configs_load_and_point_at_each_other() -> None:
     (endpoint,) = router.clusters["cpu"].endpoints
     ms_port = modelserver.listen.rpartition(":")[2]
     assert endpoint == f"dns:///modelserver:{ms_port}"
-    assert services["router"]["ports"] == [f"50051:{router.listen.rpartition(':')[2]}"]
+    router_port = router.listen.rpartition(":")[2]
+    assert services["router"]["ports"] == [f"${{SWITCHYARD_ROUTER_PORT:-50051}}:{router_port}"]
     healthcheck = "\n".join(services["modelserver"]["healthcheck"]["test"])
     assert f"127.0.0.1:{ms_port}" in healthcheck
     prometheus_mount = services["prometheus"]["volumes"][0].split(":")[0]

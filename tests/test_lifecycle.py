@@ -14,6 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import ServerProcess, health_status
 
 from switchyard import Client, FinishReason, UnavailableError
+from switchyard.status import parse_details
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -150,5 +153,34 @@ def test_new_requests_during_drain_are_unavailable_shutting_down(workdir: Path) 
                 client.generate("drip", "x")
             assert caught.value.reason == "SHUTTING_DOWN"
             assert "".join(c.text for c in stream) == " b c d e f g h"
+    finally:
+        server.stop()
+
+
+def test_a_loading_model_is_unavailable_with_retry_info(workdir: Path) -> None:
+    server = start_modelserver(
+        workdir,
+        "long-loading-modelserver",
+        # Loads for ten minutes: still loading whenever the test asks, however slow.
+        {"backend": {"kind": "scripted", "models": [{"id": "late", "load_delay_ms": 600_000}]}},
+        wait=False,
+    )
+    try:
+        _wait_reachable(server)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.LLMServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Generate(pb.GenerateRequest(model="late", prompt="hello"), timeout=10)
+        error = caught.value
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        details = parse_details(error.trailing_metadata())
+        assert details.reason == "MODEL_LOADING"
+        assert details.retry_after is not None and details.retry_after > 0
+        with (
+            Client(server.address, max_retries=0) as client,
+            pytest.raises(UnavailableError) as raised,
+        ):
+            client.generate("late", "hello")
+        assert raised.value.retry_after == details.retry_after
     finally:
         server.stop()

@@ -7,14 +7,28 @@ import collections
 import itertools
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
-from fleet import Fleet, endpoints, wait_for_state
-from processes import ServerProcess
+from fleet import (
+    Fleet,
+    access_lines,
+    endpoint_view,
+    endpoints,
+    in_flight,
+    wait_access_lines,
+    wait_for_state,
+    wait_in_flight,
+)
+from processes import ServerProcess, wait_until
+from scrape import scrape, value
 
-from switchyard import AsyncClient, Client, InvalidArgumentError, UnavailableError
+from switchyard import AsyncClient, Client, InvalidArgumentError, StreamChunk, UnavailableError
+from switchyard.status import parse_details
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 
 WORDS = "one two three four five six seven eight nine ten"
@@ -35,9 +49,14 @@ def _route(model: str, *targets: dict[str, object], resume: bool = False) -> dic
     return {"model": model, "targets": list(targets), "resume": resume}
 
 
+async def _until(condition: Callable[[], object], what: str, timeout: float = 15) -> None:
+    """Waits (without blocking the event loop) until ``condition`` holds."""
+    await asyncio.to_thread(wait_until, condition, what, timeout)
+
+
 async def test_kill_9_of_one_replica_fails_no_unary_request(fleet: Fleet) -> None:
     models = [{"id": "m", "reply": WORDS, "token_delay_ms": 10}]
-    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    a, b = fleet.scripted("a", models, metrics=True), fleet.scripted("b", models)
     router = fleet.router(
         {"clusters": {"pool": _cluster(a, b)}, "routes": [_route("m", {"cluster": "pool"})]}
     )
@@ -49,8 +68,7 @@ async def test_kill_9_of_one_replica_fails_no_unary_request(fleet: Fleet) -> Non
                 results.append((await client.generate("m", "x")).text)
 
         batch = asyncio.gather(*(worker(10) for _ in range(6)))
-        while len(results) < 10:  # noqa: ASYNC110 - waiting on the workers' progress
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_in_flight, a, "m")  # a itself is generating some
         a.process.kill()  # kill -9 while requests run on it
         await batch
     assert results == [WORDS] * 60
@@ -58,17 +76,20 @@ async def test_kill_9_of_one_replica_fails_no_unary_request(fleet: Fleet) -> Non
 
 async def test_kill_9_mid_stream_without_resume_ends_streams_cleanly(fleet: Fleet) -> None:
     models = [{"id": "m", "reply": WORDS, "token_delay_ms": 100}]
-    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    a, b = fleet.scripted("a", models, metrics=True), fleet.scripted("b", models)
     router = fleet.router(
         {"clusters": {"pool": _cluster(a, b)}, "routes": [_route("m", {"cluster": "pool"})]}
     )
     outcomes: list[str] = []
+    started: list[int] = []
     async with AsyncClient(router.address, max_retries=0, timeout=20) as client:
 
         async def consume() -> None:
             text = ""
             try:
                 async for chunk in client.stream("m", "x"):
+                    if not text:
+                        started.append(1)
                     text += chunk.text
             except UnavailableError as error:
                 assert "does not resume" in error.message
@@ -78,7 +99,9 @@ async def test_kill_9_mid_stream_without_resume_ends_streams_cleanly(fleet: Flee
             outcomes.append("complete")
 
         streams = [asyncio.create_task(consume()) for _ in range(8)]
-        await asyncio.sleep(0.35)  # every stream has sent a few words
+        # Every stream has its first words, and some of them come from a.
+        await _until(lambda: len(started) == 8, "every stream's first message")
+        await asyncio.to_thread(wait_in_flight, a, "m")
         a.process.kill()
         await asyncio.gather(*streams)
     assert len(outcomes) == 8
@@ -88,7 +111,7 @@ async def test_kill_9_mid_stream_without_resume_ends_streams_cleanly(fleet: Flee
 
 async def test_kill_9_mid_stream_with_resume_completes_every_stream(fleet: Fleet) -> None:
     models = [{"id": "m", "reply": WORDS, "token_delay_ms": 100}]
-    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    a, b = fleet.scripted("a", models, metrics=True), fleet.scripted("b", models)
     router = fleet.router(
         {
             "clusters": {"pool": _cluster(a, b)},
@@ -96,15 +119,21 @@ async def test_kill_9_mid_stream_with_resume_completes_every_stream(fleet: Fleet
         }
     )
     finals = []
+    started: list[int] = []
     async with AsyncClient(router.address, max_retries=0, timeout=20) as client:
 
         async def consume() -> None:
-            chunks = [chunk async for chunk in client.stream("m", "x")]
+            chunks: list[StreamChunk] = []
+            async for chunk in client.stream("m", "x"):
+                if not chunks:
+                    started.append(1)
+                chunks.append(chunk)
             assert "".join(c.text for c in chunks) == WORDS
             finals.append(chunks[-1])
 
         streams = [asyncio.create_task(consume()) for _ in range(8)]
-        await asyncio.sleep(0.35)
+        await _until(lambda: len(started) == 8, "every stream's first message")
+        await asyncio.to_thread(wait_in_flight, a, "m")
         a.process.kill()
         await asyncio.gather(*streams)
     assert len(finals) == 8
@@ -259,16 +288,13 @@ def test_invalid_argument_is_never_retried(fleet: Fleet) -> None:
     )
     with Client(router.address, max_retries=0) as client, pytest.raises(InvalidArgumentError):
         client.generate("m", "x", temperature=-1)
-
-    def attempts() -> int:
-        return sum(s.log().count("request method=Generate") for s in (a, b))
-
-    deadline = time.monotonic() + 5
-    while attempts() == 0:  # a server logs its request just after answering
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.3)  # room for a retry, had there been one
-    assert attempts() == 1
+    # The router retries before it answers: its access line counts every attempt.
+    [line] = wait_access_lines(router, 1)
+    assert (line["code"], line["attempts"]) == ("INVALID_ARGUMENT", "1")
+    wait_until(
+        lambda: sum(len(access_lines(s)) for s in (a, b)) >= 1, "the model server's access line"
+    )
+    assert sum(len(access_lines(s)) for s in (a, b)) == 1
 
 
 def test_a_flaky_replica_is_ejected_and_requests_succeed(fleet: Fleet) -> None:
@@ -283,12 +309,16 @@ def test_a_flaky_replica_is_ejected_and_requests_succeed(fleet: Fleet) -> None:
     )
     with Client(router.address, max_retries=0) as client:
         assert {client.generate("m", "x").text for _ in range(20)} == {"good"}
-    [flaky_view] = [e for e in endpoints(router) if e.address == flaky.address]
+    flaky_view = endpoint_view(router, flaky.address)
     assert flaky_view.ejections >= 1
     assert "3 consecutive failures" in flaky_view.ejection_reason
-    # Ejected after its third failure: most requests never tried it.
-    time.sleep(0.3)  # a server logs its request just after answering
-    assert 3 <= flaky.log().count("request method=Generate") < 20
+    # Ejected after its third failure: most requests never tried it. Each request
+    # ended on the good replica, so every attempt past one per request was flaky's.
+    lines = wait_access_lines(router, 20)
+    tried_flaky = sum(int(line["attempts"]) for line in lines) - 20
+    assert 3 <= tried_flaky < 20
+    wait_until(lambda: len(access_lines(flaky)) >= tried_flaky, "flaky's access lines")
+    assert len(access_lines(flaky)) == tried_flaky
     assert all(e.outstanding_requests == 0 for e in endpoints(router))
 
 
@@ -337,13 +367,14 @@ def test_a_hung_replica_is_dropped_by_keepalive_without_a_per_try_timeout(fleet:
 
 async def test_kill_9_under_heavy_concurrency_fails_no_unary_request(fleet: Fleet) -> None:
     models = [{"id": "m", "reply": WORDS, "token_delay_ms": 20}]
-    a, b = fleet.scripted("a", models), fleet.scripted("b", models)
+    a, b = fleet.scripted("a", models, metrics=True), fleet.scripted("b", models)
     router = fleet.router(
         {"clusters": {"pool": _cluster(a, b)}, "routes": [_route("m", {"cluster": "pool"})]}
     )
     async with AsyncClient(router.address, max_retries=0, timeout=30) as client:
         requests = [asyncio.create_task(client.generate("m", "x")) for _ in range(40)]
-        await asyncio.sleep(0.1)  # all 40 are in flight, about half on each replica
+        # Many in flight at a itself (each takes 200 ms at least; about half go there).
+        await _until(lambda: in_flight(a, "m") >= 5, "5 requests in flight on a")
         a.process.kill()
         results = await asyncio.gather(*requests)
     assert [r.text for r in results] == [WORDS] * 40
@@ -371,3 +402,96 @@ async def test_resume_keeps_text_held_back_for_a_possible_stop_sequence(fleet: F
         final = chunk
     assert text == WORDS
     assert final.resumes == 1
+
+
+def test_the_retry_budget_throttles_retries_under_a_failing_fleet(fleet: Fleet) -> None:
+    failing = [{"id": "m", "reply": "never", "fail_after_tokens": 0}]  # UNAVAILABLE at once
+    servers = [fleet.scripted(label, failing) for label in ("a", "b", "c")]
+    router = fleet.router(
+        {
+            # No ejection: every endpoint stays in rotation, failing.
+            "clusters": {
+                "pool": {**_cluster(*servers), "outlier_detection": {"consecutive_failures": 1000}}
+            },
+            "routes": [_route("m", {"cluster": "pool"})],
+            "retry": {"num_retries": 2, "budget_max_tokens": 10, "budget_token_ratio": 0.1},
+        },
+        metrics=True,
+    )
+    assert router.metrics_address
+    before = value(scrape(router.metrics_address), "switchyard_router_retries_total", model="m")
+    with Client(router.address, max_retries=0) as client:
+        for _ in range(12):
+            with pytest.raises(UnavailableError):
+                client.generate("m", "x")
+    # 10 tokens, one per failed attempt, retries only while more than 5 remain:
+    # the first request gets both its retries, the second one, the rest none.
+    attempts = [int(line["attempts"]) for line in wait_access_lines(router, 12)]
+    assert attempts == [3, 2] + [1] * 10
+    after = value(scrape(router.metrics_address), "switchyard_router_retries_total", model="m")
+    assert after - before == 3
+    wait_until(
+        lambda: sum(len(access_lines(s)) for s in servers) >= 15, "15 attempts at the servers"
+    )
+    assert sum(len(access_lines(s)) for s in servers) == 15  # without a budget: 36
+
+
+def test_a_full_queue_is_retried_elsewhere_and_never_ejects_the_endpoint(fleet: Fleet) -> None:
+    # One request at a time and no queue: a second one is RESOURCE_EXHAUSTED (QUEUE_FULL).
+    busy_model = {"id": "m", "reply": WORDS, "token_delay_ms": 300, "concurrency": 1}
+    full = fleet.scripted("full", [busy_model], metrics=True, max_queue_per_model=0)
+    spare = fleet.scripted("spare", [{"id": "m", "reply": "from-spare"}])
+    router = fleet.router(
+        {
+            "clusters": {
+                "first": {**_cluster(full), "outlier_detection": {"consecutive_failures": 2}},
+                "second": _cluster(spare),
+            },
+            "routes": [_route("m", {"cluster": "first"}, {"cluster": "second", "priority": 1})],
+        }
+    )
+    with Client(full.address, max_retries=0) as direct:
+        holder = direct.stream("m", "x")
+        next(holder)  # holds full's only slot
+        wait_in_flight(full, "m")
+        with Client(router.address, max_retries=0) as client:
+            replies = [client.generate("m", "x").text for _ in range(5)]
+        holder.close()
+    assert replies == ["from-spare"] * 5
+    # Each went to full first (priority 0), was refused as overload, and went on.
+    lines = wait_access_lines(router, 5)
+    assert [line["attempts"] for line in lines] == ["2"] * 5
+    wait_until(
+        lambda: sum(line["code"] == "RESOURCE_EXHAUSTED" for line in access_lines(full)) >= 5,
+        "full's five refusals",
+    )
+    view = endpoint_view(router, full.address)
+    assert view.state == admin_pb.ENDPOINT_STATE_HEALTHY  # overload is not failure
+    assert (view.ejections, view.consecutive_failures) == (0, 0)
+    wait_until(lambda: in_flight(full, "m") == 0, "full's slot freed")
+    with Client(router.address, max_retries=0) as client:
+        assert client.generate("m", "x").text == WORDS  # full serves again at once
+
+
+def test_no_healthy_endpoint_is_unavailable_with_retry_info(fleet: Fleet) -> None:
+    # A model server still loading its model: known, but NOT_SERVING.
+    loading = fleet.modelserver(
+        "loading",
+        {"backend": {"kind": "scripted", "models": [{"id": "m", "load_delay_ms": 600_000}]}},
+        wait=False,
+    )
+    router = fleet.router(
+        {"clusters": {"pool": _cluster(loading)}, "routes": [_route("m", {"cluster": "pool"})]}
+    )
+    wait_for_state(router, loading.address, admin_pb.ENDPOINT_STATE_NOT_SERVING)
+    with grpc.insecure_channel(router.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.LLMServiceStub(channel).Generate(pb.GenerateRequest(model="m", prompt="x"))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    details = parse_details(error.trailing_metadata())
+    assert details.reason == "NO_HEALTHY_ENDPOINT"
+    assert details.retry_after is not None and details.retry_after > 0
+    assert loading.address in (error.details() or "")  # names every endpoint's state
+    with Client(router.address, max_retries=0) as client, pytest.raises(UnavailableError) as sdk:
+        client.generate("m", "x")
+    assert sdk.value.retry_after == details.retry_after

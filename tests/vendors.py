@@ -25,6 +25,11 @@ reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
 ``slow-stream`` (a token every 50 ms, 200 tokens). Unknown models get the
 vendor's 404. Every request is recorded (path, headers, body, and whether the
 client went away before the end).
+
+Tests find the record of the request they just sent by a request id: a unique
+string (``new_request_id()``) they put in the request's input (a message or the
+prompt), which the model server passes to the vendor untouched, so a record is
+never another test's request for the same model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +111,15 @@ class Recorded:
     client_went_away: bool = False
     events: list[str] = field(default_factory=list)
 
+    def carries(self, request_id: str) -> bool:
+        """Whether this request's body carries ``request_id`` (in any field)."""
+        return request_id in json.dumps(self.body)
+
+
+def new_request_id() -> str:
+    """A unique request id to put in a request's input (``received`` finds it there)."""
+    return f"rid-{uuid.uuid4().hex[:16]}"
+
 
 def _words(text: str) -> list[str]:
     parts = text.split(" ")
@@ -168,15 +183,21 @@ class FakeVendors:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def received(self, model: str, timeout: float = 10.0) -> Recorded:
-        """The latest finished request for ``model`` (waits for it to finish)."""
+    def received(self, request_id: str, timeout: float = 10.0) -> Recorded:
+        """The request that carries ``request_id``, once the vendor has finished with it
+        (answered it, or seen the client go away). Exactly one must carry it: a second
+        would be a retry behind the caller's back."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in reversed(self.requests):
-                if record.body.get("model") == model and record.finished:
-                    return record
+        while True:
+            carrying = [record for record in list(self.requests) if record.carries(request_id)]
+            if len(carrying) > 1:
+                raise AssertionError(f"{len(carrying)} requests carry {request_id}: {carrying}")
+            if carrying and carrying[0].finished:
+                return carrying[0]
+            if time.monotonic() > deadline:
+                state = "unfinished" if carrying else "never received"
+                raise AssertionError(f"request {request_id} {state} after {timeout} s")
             time.sleep(0.02)
-        raise AssertionError(f"no finished request for {model}: {self.requests}")
 
     # -- shared ----------------------------------------------------------
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Containers and the chart (tests/test_containers.py, tests/test_helm.py):
 # checkov in a separate environment, Debian's docker.io (a private dockerd the
-# tests start) and debootstrap, and a local Debian base image made once per
+# tests start), docker-compose (1.29, for the compose file) and debootstrap,
+# every Python wheel the images install (downloaded here, so that the tests
+# build the images with no index), and a local Debian base image made once per
 # machine, because Docker Hub is not reachable here. The base is a
 # root-filesystem tarball cached under ~/.cache/switchyard/images/; the tests
 # `docker import` it into their dockerd.
@@ -13,8 +15,12 @@ BASE_TAR="$CACHE/debian-py-bookworm.tar"
 
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 scripts/apt-install.sh "${missing[@]}"
+
+# The images' wheels: pip downloads what is missing (seconds when nothing is).
+"${PYTHON:-python3}" scripts/image_wheels.py download
 
 # checkov in its own environment: its pins (packaging, ...) clash with ours.
 CHECKOV_VENV=.venv-checkov
