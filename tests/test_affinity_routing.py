@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from fleet import Fleet
-from processes import ServerProcess, free_port
+from processes import ServerProcess, free_port, wait_until
 from test_load_reports import _reported
 
 from switchyard.v1 import llm_service_pb2 as pb
@@ -235,7 +234,8 @@ async def test_failover_and_resume_go_to_the_least_loaded_not_the_next_on_the_ri
 
 
 def _wait_running(port: int, address: str) -> None:
-    deadline = time.monotonic() + 30
-    while _reported(port, address, "running") != 1:
-        assert time.monotonic() < deadline, f"{address} never reported its running request"
-        time.sleep(0.05)
+    wait_until(
+        lambda: _reported(port, address, "running") == 1,
+        f"the router hears of {address}'s running request",
+        timeout=30,
+    )

@@ -8,7 +8,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import grpc
 import pytest
 from fleet import Fleet
-from processes import ServerProcess, free_port
-from test_metrics import scrape, value
+from processes import ServerProcess, free_port, wait_until
+from scrape import scrape, value
 from xds.data.orca.v3 import orca_load_report_pb2
 from xds.service.orca.v3 import orca_pb2
 
@@ -145,10 +144,12 @@ def _reported(port: int, address: str, state: str) -> float:
 
 
 def _wait_reported(port: int, address: str, waiting: float) -> None:
-    deadline = time.monotonic() + 30
-    while _reported(port, address, "waiting") != waiting:
-        assert time.monotonic() < deadline, f"{address} never reported {waiting} waiting"
-        time.sleep(0.05)
+    """Waits until the router's metrics say ``address`` reported ``waiting`` requests."""
+    wait_until(
+        lambda: _reported(port, address, "waiting") == waiting,
+        f"the router hears that {address} has {waiting} waiting",
+        timeout=30,
+    )
 
 
 def _replicas(fleet: Fleet) -> tuple[ServerProcess, ServerProcess]:
@@ -231,12 +232,11 @@ async def test_the_load_in_response_trailers_moves_picks_without_the_stream(
 
 def _wait_until_queued(server: ServerProcess, queued: int) -> None:
     """Waits until ``server``'s own report says ``queued`` requests wait there."""
-    deadline = time.monotonic() + 30
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.LLMServiceStub(channel)
-        while True:
+
+        def queue_depth() -> float:
             _, call = stub.Generate.with_call(pb.GenerateRequest(model="m", prompt="x"))
-            if report_of(call.trailing_metadata()).named_metrics[load_report.QUEUE_DEPTH] == queued:
-                return
-            assert time.monotonic() < deadline, f"{server.name} never queued {queued}"
-            time.sleep(0.05)
+            return float(report_of(call.trailing_metadata()).named_metrics[load_report.QUEUE_DEPTH])
+
+        wait_until(lambda: queue_depth() == queued, f"{server.name} queues {queued}", timeout=30)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fleet import Fleet
 from processes import ServerProcess, free_port
-from test_metrics import scrape, value
+from scrape import scrape, value
 
 from switchyard import Client, Completion
 
