@@ -40,7 +40,8 @@ from switchyard_router.hash_ring import HashRing
 PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
 DEFAULT_LOAD_FACTOR = 1.25
-"""prefix_affinity's bound: no endpoint takes more than this times the mean load."""
+"""prefix_affinity's bound: no endpoint holds more than this times the mean number of
+requests in flight."""
 
 KV_CACHE_WEIGHT = 2.0
 """A full KV cache weighs as much as this many more requests in flight: the engine
