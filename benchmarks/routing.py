@@ -5,7 +5,8 @@ Two llama.cpp model servers (SmolLM2-135M, one thread each, their prompt-state
 caches on) behind one router with a route per policy over the same cluster.
 Conversations share a system prompt of a few hundred tokens, each has its own
 document, and each turn appends the previous answer and a new question; a few
-conversations run at once, each turn streamed. The policies run in interleaved
+turns run at once, each streamed, and a conversation's next turn queues behind the
+other conversations' waiting turns (as many users' would, see ``converse``). The policies run in interleaved
 rounds, each on conversations of its own (so no policy finds another's
 documents cached; the system prompt is cached everywhere after the first).
 
@@ -148,23 +149,66 @@ async def chat_turn(
     return first or time.perf_counter() - started, "".join(text), usage
 
 
-async def conversation(
-    stub: pb_grpc.LLMServiceStub, route: str, name: str, work: Workload, system: str
-) -> list[Turn]:
+@dataclass
+class Conversation:
+    """One user's conversation: its messages so far and its turns' measurements."""
+
+    name: str
+    messages: list[pb.ChatMessage]
+    turns: list[Turn] = field(default_factory=list)
+
+
+def opening(name: str, work: Workload, system: str) -> Conversation:
+    first = f"{document(name, work.document_words)}\n{QUESTIONS[0]}"
     messages = [
         pb.ChatMessage(role="system", content=system),
-        pb.ChatMessage(
-            role="user", content=f"{document(name, work.document_words)}\n{QUESTIONS[0]}"
-        ),
+        pb.ChatMessage(role="user", content=first),
     ]
-    turns = []
-    for index in range(work.turns):
-        ttft, answer, usage = await chat_turn(stub, route, messages, work.max_tokens)
-        turns.append(Turn(route, ttft, usage.prompt_tokens, usage.cached_prompt_tokens))
-        messages.append(pb.ChatMessage(role="assistant", content=answer))
-        question = QUESTIONS[(index + 1) % len(QUESTIONS)]
-        messages.append(pb.ChatMessage(role="user", content=question))
-    return turns
+    return Conversation(name, messages)
+
+
+async def converse(
+    stub: pb_grpc.LLMServiceStub, route: str, conversations: list[Conversation], work: Workload
+) -> None:
+    """Every turn of ``conversations``, ``work.concurrency`` at a time. A conversation
+    whose answer arrives queues its next turn behind the turns already waiting (its
+    user reads and types while others' requests go out), as many users' would: in a
+    loop where the next turn goes out the moment an answer arrives, least_outstanding
+    would send it back to the replica that just freed up, an affinity real traffic
+    does not give it."""
+    ready: asyncio.Queue[Conversation] = asyncio.Queue()
+    for conversation in conversations:
+        ready.put_nowait(conversation)
+    remaining = len(conversations) * work.turns
+    finished = asyncio.Event()
+
+    async def worker() -> None:
+        nonlocal remaining
+        while True:
+            conversation = await ready.get()
+            messages = conversation.messages
+            ttft, answer, usage = await chat_turn(stub, route, messages, work.max_tokens)
+            conversation.turns.append(
+                Turn(route, ttft, usage.prompt_tokens, usage.cached_prompt_tokens)
+            )
+            messages.append(pb.ChatMessage(role="assistant", content=answer))
+            question = QUESTIONS[len(conversation.turns) % len(QUESTIONS)]
+            messages.append(pb.ChatMessage(role="user", content=question))
+            remaining -= 1
+            if len(conversation.turns) < work.turns:
+                ready.put_nowait(conversation)
+            elif not remaining:
+                finished.set()
+
+    workers = [asyncio.create_task(worker()) for _ in range(work.concurrency)]
+    waiting = asyncio.create_task(finished.wait())
+    await asyncio.wait([waiting, *workers], return_when=asyncio.FIRST_COMPLETED)
+    for task in workers:
+        task.cancel()
+    for task in workers:  # a worker that failed raises here
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    waiting.cancel()
 
 
 def served_counts(metrics_ports: dict[str, int]) -> dict[str, float]:
@@ -191,22 +235,15 @@ async def run_policies(
     for round_index in range(work.rounds):
         order = POLICIES if round_index % 2 == 0 else tuple(reversed(POLICIES))
         for policy in order:
-            gate = asyncio.Semaphore(work.concurrency)
             names = [f"{policy}-{round_index}-{n}" for n in range(per_round)]
-
-            async def one(
-                name: str, policy: str = policy, gate: asyncio.Semaphore = gate
-            ) -> list[Turn]:
-                async with gate:
-                    return await conversation(stub, policy, name, work, system)
-
+            done = [opening(name, work, system) for name in names]
             before = served_counts(metrics_ports)
             started = time.perf_counter()
-            done = await asyncio.gather(*(one(name) for name in names))
+            await converse(stub, policy, done, work)
             result = results[policy]
             result.seconds += time.perf_counter() - started
             result.conversations += len(done)
-            result.turns += [turn for turns in done for turn in turns]
+            result.turns += [turn for conversation in done for turn in conversation.turns]
             after = served_counts(metrics_ports)
             for replica in after:
                 result.served[replica] = (

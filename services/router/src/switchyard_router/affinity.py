@@ -45,7 +45,7 @@ class AffinityKeys:
     """How a route reads affinity keys (its ``affinity:`` config)."""
 
     session_metadata_key: str | None = None
-    prefix_bytes: int = 2048
+    prefix_bytes: int = 1024
     block_bytes: int = 256
 
     def key(self, request: bytes, metadata: Collection[Any]) -> bytes | None:

@@ -117,7 +117,7 @@ class AffinityConfig(_Strict):
         "affinity key instead of the prefix",
     )
     prefix_bytes: int = Field(
-        default=2048,
+        default=1024,
         ge=0,
         description="leading bytes of the system message and of the first user message (or "
         "of the prompt) that make the key; 0: sessions only",
