@@ -93,7 +93,7 @@ class Workload:
     scripted_requests: int
 
 
-FULL = Workload(24, 5, 4, 8, 3, 16, 180, 36, 6, 1500)
+FULL = Workload(24, 5, 4, 8, 2, 16, 180, 36, 6, 1500)
 SMOKE = Workload(2, 2, 2, 2, 1, 2, 12, 6, 2, 40)
 
 

@@ -18,7 +18,6 @@ from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import ClusterConfig, RouterConfig
 from switchyard_router.endpoints import Endpoint
 from switchyard_router.picker import (
-    NO_REPORT,
     Picker,
     ReportedLoad,
     RequestView,
@@ -150,9 +149,9 @@ async def test_reported_load_counts_in_the_bound(endpoint: Make) -> None:
     picker = affinity(a, b)
     key = KEYS[0]
     home = a if owner(picker, key) == a.address else b
-    home.reported = ReportedLoad(running=1, waiting=6)  # another router's requests
+    home.heard(ReportedLoad(running=1, waiting=6))  # another router's requests
     assert owner(picker, key) != home.address
-    home.reported = NO_REPORT
+    home.forget_report()
     assert owner(picker, key) == home.address
 
 
@@ -178,13 +177,18 @@ async def test_retries_and_requests_without_a_key_are_placed_by_least_outstandin
     }
 
 
-async def test_load_is_the_larger_count_plus_the_queue_and_kv_cache(endpoint: Make) -> None:
+async def test_load_counts_everyone_s_requests_the_queue_and_the_kv_cache(
+    endpoint: Make,
+) -> None:
     view = endpoint("10.0.0.1:50061", outstanding=3)
     assert load_of(view) == 3
-    view.reported = ReportedLoad(running=2, waiting=0)
-    assert load_of(view) == 3  # this router's own count is fresher
-    view.reported = ReportedLoad(running=4, waiting=2, kv_cache_usage=0.5)
-    assert load_of(view) == 6 + 2 + 2 * 0.5  # in flight there, the queue again, the KV cache
+    view.heard(ReportedLoad(running=2, waiting=0))
+    assert load_of(view) == 3  # this router's own count is fresher than the report
+    view.heard(ReportedLoad(running=4, waiting=2, kv_cache_usage=0.5))
+    assert view.elsewhere == 3  # six there, three of them this router's
+    assert load_of(view) == 3 + 3 + 2 + 2 * 0.5  # ours, others', the queue again, KV cache
+    view.outstanding = 1  # two of ours finish: the others' stay counted
+    assert load_of(view) == 1 + 3 + 2 + 2 * 0.5
 
 
 async def test_least_outstanding_goes_where_the_reports_say_there_is_room(
@@ -193,10 +197,10 @@ async def test_least_outstanding_goes_where_the_reports_say_there_is_room(
     a, b = endpoint("10.0.0.1:50061"), endpoint("10.0.0.2:50061")
     target = Target("pool", "m", 0, 1, {e.address: e for e in (a, b)})
     picker = Picker([target], "least_outstanding")
-    a.reported = ReportedLoad(running=1, waiting=3)
+    a.heard(ReportedLoad(running=1, waiting=3))
     assert chosen(picker) == {b.address}
-    b.reported = ReportedLoad(running=1, waiting=0, kv_cache_usage=1.0)
-    a.reported = ReportedLoad(running=1, waiting=0, kv_cache_usage=0.1)
+    b.heard(ReportedLoad(running=1, waiting=0, kv_cache_usage=1.0))
+    a.heard(ReportedLoad(running=1, waiting=0, kv_cache_usage=0.1))
     assert chosen(picker) == {a.address}
 
 

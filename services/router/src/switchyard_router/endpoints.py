@@ -104,6 +104,7 @@ class Endpoint:
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
         self.reported: ReportedLoad = NO_REPORT  # its model server's last load report
+        self.elsewhere = 0.0  # requests there from others, by that report
         self.consecutive_failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
@@ -163,7 +164,18 @@ class Endpoint:
         """Keeps the load report in an attempt's trailing metadata, if it has one."""
         reported = from_trailers(trailers)
         if reported is not None:
-            self.reported = reported
+            self.heard(reported)
+
+    def heard(self, reported: ReportedLoad) -> None:
+        """Keeps its model server's latest load report; what it counts beyond this
+        router's own requests in flight now is other routers' and clients'."""
+        self.reported = reported
+        self.elsewhere = max(0.0, reported.in_flight - self.outstanding)
+
+    def forget_report(self) -> None:
+        """Its model server went away: what it last said no longer holds."""
+        self.reported = NO_REPORT
+        self.elsewhere = 0.0
 
     # Outlier detection, from the proxy's attempts.
     def record_success(self) -> None:

@@ -12,8 +12,9 @@ Two sources, both ``xds.data.orca.v3.OrcaLoadReport`` (names in
   this router sends nothing to stays current (another router or client may be
   loading it).
 
-Each report replaces the endpoint's last one (``Endpoint.reported``); the stream
-ending (a model server gone, restarting) forgets it. A model server without the
+Each report replaces the endpoint's last one (``Endpoint.heard``: what it counts
+beyond this router's own requests in flight is other routers' and clients'); the
+stream ending (a model server gone, restarting) forgets it. A model server without the
 service answers UNIMPLEMENTED once and is asked no more: the trailers remain.
 On the request path a report costs one small parse (about 1 µs) per attempt.
 """
@@ -33,7 +34,7 @@ from xds.data.orca.v3 import orca_load_report_pb2
 from xds.service.orca.v3 import orca_pb2
 
 from switchyard_common import load_report
-from switchyard_router.picker import NO_REPORT, ReportedLoad
+from switchyard_router.picker import ReportedLoad
 
 if TYPE_CHECKING:
     from switchyard_router.endpoints import Endpoint
@@ -111,7 +112,7 @@ class LoadReportWatcher:
                 async for message in call:
                     reported = parse(message)
                     if reported is not None:
-                        endpoint.reported = reported
+                        endpoint.heard(reported)
                     pause = _RETRY_MIN_SECONDS
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -122,7 +123,7 @@ class LoadReportWatcher:
                     return
             finally:
                 call.cancel()
-            endpoint.reported = NO_REPORT  # gone or restarting: its last report is stale
+            endpoint.forget_report()  # gone or restarting: its last report is stale
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RETRY_MAX_SECONDS)
 

@@ -21,9 +21,9 @@ priority is known healthy are endpoints whose health is not known yet (just
 added, or serving no health service) tried, rather than fail.
 
 Load (:func:`load_of`) is what the policies that weigh it compare: this router's
-requests in flight at an endpoint, or more if its model server's last load report
-(ORCA, ``load_reports``) says more are running and waiting there (other routers'
-and clients' requests), plus its waiting requests once more and its KV-cache usage.
+requests in flight at an endpoint, plus those of other routers and clients there
+(from its model server's last load report: ORCA, ``load_reports``), plus its
+waiting requests once more and its KV-cache usage.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ class ReportedLoad:
     in_flight: float = field(init=False)
     """running + waiting."""
     surcharge: float = field(init=False)
-    """What a pick adds to the larger of in_flight and this router's own count:
-    waiting requests once more (a queued request waits for every one before it;
-    a running one only shares the engine) and the KV-cache usage."""
+    """What :func:`load_of` adds to the requests in flight: waiting requests once
+    more (a queued request waits for every one before it; a running one only
+    shares the engine) and the KV-cache usage."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_flight", self.running + self.waiting)
@@ -83,6 +83,11 @@ class EndpointView(Protocol):
     """Requests in flight to it from this router."""
     reported: ReportedLoad
     """Its model server's last load report (``NO_REPORT`` before the first)."""
+    elsewhere: float
+    """Requests in flight there from other routers and clients: the last report's
+    running and waiting requests, less this router's own when the report came
+    (a report is always a little old: this router's own count is exact, and the
+    others' change only as fast as reports come)."""
 
     def serves(self, model: str) -> bool:
         """Healthy for ``model``: takes new requests now."""
@@ -150,18 +155,13 @@ class Policy(Protocol):
 
 def load_of(endpoint: EndpointView) -> float:
     """An endpoint's load in requests (see the module's docstring)."""
-    reported = endpoint.reported
-    own = endpoint.outstanding
-    in_flight = reported.in_flight
-    return (own if own > in_flight else in_flight) + reported.surcharge
+    return endpoint.outstanding + endpoint.elsewhere + endpoint.reported.surcharge
 
 
 def requests_at(endpoint: EndpointView) -> float:
-    """Requests in flight at an endpoint: this router's, or more if its model server's
-    last report says more are running and waiting there."""
-    own = endpoint.outstanding
-    reported = endpoint.reported.in_flight
-    return own if own > reported else reported
+    """Requests in flight at an endpoint: this router's and, as far as its model
+    server last reported, everyone else's."""
+    return endpoint.outstanding + endpoint.elsewhere
 
 
 class LeastOutstanding:
@@ -274,8 +274,7 @@ class PrefixAffinity:
         count = 0
         for endpoint in endpoints:  # requests_at, inlined: most of a pick's cost is here
             if eligible(endpoint):
-                own, reported = endpoint.outstanding, endpoint.reported.in_flight
-                total += own if own > reported else reported
+                total += endpoint.outstanding + endpoint.elsewhere
                 count += 1
         if not count:
             return None
