@@ -5,10 +5,12 @@ Two llama.cpp model servers (SmolLM2-135M, one thread each, their prompt-state
 caches on) behind one router with a route per policy over the same cluster.
 Conversations share a system prompt of a few hundred tokens, each has its own
 document, and each turn appends the previous answer and a new question; a few
-turns run at once, each streamed, and a conversation's next turn queues behind the
-other conversations' waiting turns (as many users' would, see ``converse``). The policies run in interleaved
-rounds, each on conversations of its own (so no policy finds another's
-documents cached; the system prompt is cached everywhere after the first).
+turns run at once, each streamed, and a conversation's next turn queues behind
+the other conversations' waiting turns (as many users' would: see ``converse``).
+The policies run in interleaved rounds, each on conversations of its own (so no
+policy finds another's documents cached; the system prompt is cached everywhere
+after the first). prefix_affinity runs twice: with its default bound (1.25) and
+with load_factor 2, to show what the bound costs.
 
 Prints, per policy: time to first token p50 / p95 (client side), completed
 conversations per minute, cached prompt tokens (of all prompt tokens), and each
@@ -64,6 +66,9 @@ from switchyard_router.endpoints import Endpoint
 from switchyard_router.picker import Picker, PolicyName, RequestView, Target
 
 POLICIES: tuple[PolicyName, ...] = ("round_robin", "least_outstanding", "prefix_affinity")
+LOOSE = "prefix_affinity, load_factor 2"
+"""prefix_affinity with a looser bound than the default 1.25, to show what the bound costs."""
+CHAT_ROUTES = (*POLICIES, LOOSE)
 MODEL = "smollm2"
 _VOCABULARY = """river bank ledger harbor signal copper orchard lantern meadow quarry beacon
 canyon glacier compass thimble violet saddle prism falcon tundra walnut marble anchor cobalt
@@ -230,12 +235,12 @@ async def run_policies(
     stub: pb_grpc.LLMServiceStub, work: Workload, metrics_ports: dict[str, int]
 ) -> dict[str, PolicyResult]:
     system = system_prompt(work.system_sentences)
-    results: dict[str, PolicyResult] = {policy: PolicyResult() for policy in POLICIES}
+    results: dict[str, PolicyResult] = {route: PolicyResult() for route in CHAT_ROUTES}
     per_round = work.conversations // work.rounds
     for round_index in range(work.rounds):
-        order = POLICIES if round_index % 2 == 0 else tuple(reversed(POLICIES))
+        order = CHAT_ROUTES if round_index % 2 == 0 else tuple(reversed(CHAT_ROUTES))
         for policy in order:
-            names = [f"{policy}-{round_index}-{n}" for n in range(per_round)]
+            names = [f"{policy.replace(' ', '')}-{round_index}-{n}" for n in range(per_round)]
             done = [opening(name, work, system) for name in names]
             before = served_counts(metrics_ports)
             started = time.perf_counter()
@@ -460,14 +465,15 @@ def router_config(port: int, replica_ports: list[int], access_log: bool = True) 
         {"model": policy, "policy": policy, "targets": [{"cluster": "pool", "model": MODEL}]}
         for policy in POLICIES
     ]
-    routes.append(
-        {
-            "model": "prefix_affinity_unbounded",
-            "policy": "prefix_affinity",
-            "affinity": {"load_factor": 1000},
-            "targets": [{"cluster": "pool", "model": MODEL}],
-        }
-    )
+    for name, load_factor in (("prefix_affinity_unbounded", 1000), (LOOSE, 2)):
+        routes.append(
+            {
+                "model": name,
+                "policy": "prefix_affinity",
+                "affinity": {"load_factor": load_factor},
+                "targets": [{"cluster": "pool", "model": MODEL}],
+            }
+        )
     return {
         "listen": f"127.0.0.1:{port}",
         "access_log": access_log,

@@ -475,5 +475,6 @@ def test_the_routing_benchmark_prints_every_policy_in_each_table() -> None:
     first_cells = [row.strip("|").split("|")[0].strip() for row in rows]
     policies = ["round_robin", "least_outstanding", "prefix_affinity"]
     skewed = ["prefix_affinity", "prefix_affinity_unbounded", "least_outstanding"]
-    assert first_cells == ["policy", *policies, "policy", *skewed, "policy", *policies]
+    chat = [*policies, "prefix_affinity, load_factor 2"]
+    assert first_cells == ["policy", *chat, "policy", *skewed, "policy", *policies]
     assert "prefix_affinity / least_outstanding: TTFT p50" in finished.stdout
