@@ -144,6 +144,23 @@ async def test_no_endpoint_ever_passes_the_bound(endpoint: Make, load_factor: fl
         assert max(e.outstanding for e in pool) <= bound
 
 
+async def test_a_hot_key_spreads_over_a_large_target_too(endpoint: Make) -> None:
+    # Past eight endpoints the mean is over all of them (no health check of each).
+    pool = [endpoint(f"10.0.1.{i}:50061") for i in range(16)]
+    picker = affinity(*pool)
+    for in_flight in range(1, 65):
+        pick = picker.pick(RequestView("m", KEYS[0]))
+        assert pick is not None
+        pick.endpoint.outstanding += 1
+        assert max(e.outstanding for e in pool) <= math.ceil(1.25 * in_flight / 16)
+    pool[0].draining = True  # out of rotation, idle: the bound only gets stricter
+    for _ in range(16):
+        pick = picker.pick(RequestView("m", KEYS[0]))
+        assert pick is not None and pick.endpoint is not pool[0]
+        pick.endpoint.outstanding += 1
+    assert max(e.outstanding for e in pool) <= math.ceil(1.25 * 80 / 16)
+
+
 async def test_reported_load_counts_in_the_bound(endpoint: Make) -> None:
     a, b = endpoint("10.0.0.1:50061"), endpoint("10.0.0.2:50061")
     picker = affinity(a, b)

@@ -32,7 +32,7 @@ import functools
 import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from switchyard_router.hash_ring import HashRing
@@ -48,27 +48,42 @@ KV_CACHE_WEIGHT = 2.0
 would queue or preempt a new one."""
 
 
-@dataclass(frozen=True, slots=True)
 class ReportedLoad:
     """An endpoint's load as its model server last reported it (ORCA): requests
     running and waiting there, from every router and client, and the share of its
-    KV cache in use (0 where the engine does not say)."""
+    KV cache in use (0 where the engine does not say). Never changed once made (a
+    plain class rather than a frozen dataclass: one is made per response, and
+    this costs a third as much)."""
 
-    running: float = 0.0
-    waiting: float = 0.0
-    kv_cache_usage: float = 0.0
-    utilization: float = 0.0
-    rps: float = 0.0
-    in_flight: float = field(init=False)
-    """running + waiting."""
-    surcharge: float = field(init=False)
-    """What :func:`load_of` adds to the requests in flight: waiting requests once
-    more (a queued request waits for every one before it; a running one only
-    shares the engine) and the KV-cache usage."""
+    __slots__ = (
+        "in_flight",
+        "kv_cache_usage",
+        "rps",
+        "running",
+        "surcharge",
+        "utilization",
+        "waiting",
+    )
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "in_flight", self.running + self.waiting)
-        object.__setattr__(self, "surcharge", self.waiting + KV_CACHE_WEIGHT * self.kv_cache_usage)
+    def __init__(
+        self,
+        running: float = 0.0,
+        waiting: float = 0.0,
+        kv_cache_usage: float = 0.0,
+        utilization: float = 0.0,
+        rps: float = 0.0,
+    ) -> None:
+        self.running = running
+        self.waiting = waiting
+        self.kv_cache_usage = kv_cache_usage
+        self.utilization = utilization
+        self.rps = rps
+        self.in_flight = running + waiting
+        """running + waiting."""
+        self.surcharge = waiting + KV_CACHE_WEIGHT * kv_cache_usage
+        """What :func:`load_of` adds to the requests in flight: waiting requests once
+        more (a queued request waits for every one before it; a running one only
+        shares the engine) and the KV-cache usage."""
 
 
 NO_REPORT = ReportedLoad()
@@ -270,15 +285,9 @@ class PrefixAffinity:
         if endpoints != self._members:  # joined or left: place them (rare)
             self._members = list(endpoints)
             self._ring = HashRing({e.address: e for e in endpoints})
-        total = 0.0
-        count = 0
-        for endpoint in endpoints:  # requests_at, inlined: most of a pick's cost is here
-            if eligible(endpoint):
-                total += endpoint.outstanding + endpoint.elsewhere
-                count += 1
-        if not count:
+        capacity = self._capacity(endpoints, eligible)
+        if capacity is None:
             return None
-        capacity = math.ceil(self.load_factor * (total + 1) / count)
         first = True
         candidate: E
         for candidate in self._ring.walk(key):
@@ -288,7 +297,31 @@ class PrefixAffinity:
                 if first:
                     self.spills += 1
                     first = False
-        return self._fallback.choose(endpoints, eligible, request)  # not reached
+        # Every eligible endpoint is full: only when endpoints out of rotation made
+        # the bound stricter (see _capacity).
+        return self._fallback.choose(endpoints, eligible, request)
+
+    def _capacity(self, endpoints: Sequence[E], eligible: Callable[[E], bool]) -> int | None:
+        """``ceil(load_factor * (requests in flight + 1) / endpoints)`` over the eligible
+        endpoints (None: none is). Past ``_EXACT_BOUND`` endpoints the mean is over
+        all of them: asking each of 64 whether it is eligible would be most of a
+        pick's cost, and an endpoint out of rotation, nearly idle, only makes the
+        bound a little stricter (when every eligible one is full, least_outstanding
+        places the request)."""
+        total = 0.0
+        if len(endpoints) > _EXACT_BOUND:
+            for endpoint in endpoints:  # requests_at, inlined
+                total += endpoint.outstanding + endpoint.elsewhere
+            return math.ceil(self.load_factor * (total + 1) / len(endpoints))
+        count = 0
+        for endpoint in endpoints:
+            if eligible(endpoint):
+                total += endpoint.outstanding + endpoint.elsewhere
+                count += 1
+        return math.ceil(self.load_factor * (total + 1) / count) if count else None
+
+
+_EXACT_BOUND = 8  # endpoints up to which the bound's mean counts only eligible ones
 
 
 POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
