@@ -19,8 +19,9 @@ The cost: the request is not parsed. The scan reads the top-level fields' tags
 and lengths (``wire``), and of each leading chat message only its role and
 content; later messages, sampling and the rest are skipped by length, so the cost
 grows with the few bytes hashed (at most two parts of ``prefix_bytes``), not with
-the conversation. Besides the model name, the only other place that reads a
-request is resume (``resume``), which parses it whole.
+the conversation: about 6 µs for a 2.8 KB, 5-turn chat on the 2-core build machine
+(``benchmarks/routing.py``). Besides the model name, the only other place that
+reads a request is resume (``resume``), which parses it whole.
 """
 
 from __future__ import annotations
