@@ -57,3 +57,9 @@ clean:
 .PHONY: bench-router
 bench-router: setup
 	$(PY) benchmarks/bench_router_compare.py
+
+# The router's HTTP front against its gRPC path, and the HTTP servers it was chosen from.
+.PHONY: bench-http
+bench-http: setup
+	$(PY) benchmarks/http_front.py
+	$(PY) benchmarks/http_servers.py

@@ -3,7 +3,7 @@
 Each attempt of every request asks the route's picker for an endpoint
 (``switchyard_router.picker``); a native data plane will call the same logic,
 so its cost per call is measured alone here, in-process, on the router's own
-Endpoint objects (health set to SERVING, loads spread so that least_outstanding
+Cluster and Endpoint objects (health set to SERVING, loads spread so that least_outstanding
 has something to compare; no connection is made). Rounds of each policy are
 interleaved so that a busy machine slows them alike.
 
@@ -25,7 +25,7 @@ import time
 from typing import get_args
 
 from switchyard_router.config import ClusterConfig
-from switchyard_router.endpoints import Endpoint
+from switchyard_router.endpoints import Cluster, Endpoint
 from switchyard_router.picker import Picker, PolicyName, RequestView, Target
 
 SIZES = (2, 8, 64)
@@ -33,15 +33,15 @@ POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
 MODEL = "m"
 
 
-def _endpoints(count: int) -> list[Endpoint]:
-    config = ClusterConfig(endpoints=["127.0.0.1:1"])
-    endpoints = []
-    for index in range(count):
-        endpoint = Endpoint("bench", f"10.0.{index // 250}.{index % 250}:50061", config, 1 << 20)
+async def _cluster(count: int) -> Cluster:
+    """A cluster of ``count`` endpoints serving MODEL, with varied loads."""
+    addresses = [f"10.0.{index // 250}.{index % 250}:50061" for index in range(count)]
+    cluster = Cluster("bench", ClusterConfig(endpoints=addresses), 1 << 20)
+    await cluster.refresh(0)
+    for index, endpoint in enumerate(cluster.endpoints.values()):
         endpoint.set_model_health(MODEL, serving=True)
         endpoint.outstanding = index % 5  # varied loads: least_outstanding compares them
-        endpoints.append(endpoint)
-    return endpoints
+    return cluster
 
 
 def _round_us(picker: Picker[Endpoint], view: RequestView, tried: set[Endpoint], n: int) -> float:
@@ -57,15 +57,16 @@ async def run(smoke: bool) -> None:
     rounds, per_round = (2, 200) if smoke else (15, 20_000)
     views = {policy: RequestView(MODEL, None, 512) for policy in POLICIES}
     views["prefix_affinity"] = RequestView(MODEL, b"a conversation's key", 512)
-    made: list[Endpoint] = []
+    made: list[Cluster] = []
     print(f"picker cost, µs per pick (median of {rounds} rounds of {per_round:,} picks)")
     header = " | ".join(f"{policy} µs" for policy in POLICIES)
     print(f"| endpoints | attempt | {header} | {POLICIES[1]} / {POLICIES[0]} |")
     print("|---|---|" + "---|" * (len(POLICIES) + 1))
     for size in SIZES:
-        endpoints = _endpoints(size)
-        made += endpoints
-        target = Target("bench", MODEL, 0, 1, {e.address: e for e in endpoints})
+        cluster = await _cluster(size)
+        made.append(cluster)
+        endpoints = list(cluster.endpoints.values())
+        target = Target("bench", MODEL, 0, 1, cluster.endpoints, cluster.epoch)
         pickers = {policy: Picker([target], policy) for policy in POLICIES}
         for attempt, tried in (("first", set()), ("retry", {endpoints[0]})):
             samples: dict[PolicyName, list[float]] = {policy: [] for policy in POLICIES}
@@ -77,8 +78,8 @@ async def run(smoke: bool) -> None:
             medians = [statistics.median(samples[policy]) for policy in POLICIES]
             cells = " | ".join(f"{m:.2f}" for m in medians)
             print(f"| {size} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")
-    for endpoint in made:
-        await endpoint.channel.close(grace=None)
+    for cluster in made:
+        await cluster.close()
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ with the tokens read from its answer's usage. Prints, side by side:
   router CPU per relayed stream message (1 token per ms, so about one message
   per 10 ms coalescing window)
   and, in this process, the Python the router adds per request with auth on
-  (authenticate, admit through two buckets, read the usage from the answer):
+  (authenticate, admit through two buckets, read the usage from the answer and
+  charge it):
   end to end, that difference is smaller than the noise of a shared machine
 
     .venv/bin/python benchmarks/router_auth_overhead.py [--quick | --smoke]
@@ -218,6 +219,8 @@ def in_process_cost(runs: int = 20_000) -> float:
 
     from switchyard_router.auth import Guard
     from switchyard_router.config import AuthConfig
+    from switchyard_router.fleet import Ask
+    from switchyard_router.fleet.local import LocalFleetState
     from switchyard_router.wire import GENERATE_USAGE_FIELD, read_usage_tokens
 
     guard = Guard(
@@ -240,11 +243,12 @@ def in_process_cost(runs: int = 20_000) -> float:
         text="fine " * 100, usage=pb.Usage(prompt_tokens=5, completion_tokens=100), model="ok"
     ).SerializeToString()
 
+    fleet = LocalFleetState()
+
     def one_request() -> None:
         principal = guard.authenticate(metadata)
-        assert principal.limiter is not None
-        principal.limiter.admit()
-        principal.limiter.charge(read_usage_tokens(answer, GENERATE_USAGE_FIELD))
+        ticket = fleet.admit_now(Ask(principal.limits))
+        fleet.settle(ticket, read_usage_tokens(answer, GENERATE_USAGE_FIELD))
 
     return min(timeit.repeat(one_request, number=runs, repeat=5)) / runs * 1e6
 

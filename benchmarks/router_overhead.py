@@ -216,7 +216,9 @@ async def run(args: argparse.Namespace) -> None:
         cpu_per_request = cpu / count
         bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}")
         bare_stub = pb_grpc.LLMServiceStub(bare_channel)
-        await _throughput(bare_stub, 0.5, 32)  # warm-up (it has no health service)
+        # It has no health service: wait until it listens (a busy machine starts it late).
+        await asyncio.wait_for(bare_channel.channel_ready(), 60)
+        await _throughput(bare_stub, 0.5, 32)  # warm-up
         bare_count, bare_cpu = await _measured(bare.pid, _throughput(bare_stub, seconds, 32))
         await bare_channel.close(grace=None)
         streams = max(4, int(40 * scale))

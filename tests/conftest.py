@@ -123,6 +123,11 @@ SCRIPTED_MODELS: list[dict[str, Any]] = [
     {"id": "canned", "reply": "The capital of France is Paris."},
     {"id": "drip", "reply": "one two three four five six seven eight", "token_delay_ms": 200},
     {"id": "flaky", "reply": "one two three four", "fail_after_tokens": 2},
+    {  # calls get_weather when a request offers it (the Go and TypeScript tool examples)
+        "id": "caller",
+        "reply": "It is sunny in Paris.",
+        "tool_call": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}},
+    },
 ]
 
 

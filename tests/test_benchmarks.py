@@ -29,6 +29,38 @@ TABLES: dict[str, list[str]] = {
         "| router CPU per relayed stream message |",
         "in-process auth work per request (10 keys configured):",
     ],
+    "concurrent_streams.py": [
+        "| round | errors | TTFT p50 | TTFT p99 | router CPU per stream |",
+        "| 1 |",
+    ],
+    "restarts.py": [
+        "| scenario | requests | failed | failed per 1,000 |",
+        "| 2 replicas, kill -9 |",
+        "| 2 replicas, SIGTERM |",
+        "| 3 replicas, kill -9 |",
+    ],
+    "fleet_overhead.py": [
+        "| measure | plain (no auth) | local limits | Redis limits |",
+        "| router CPU per request, concurrency 16 |",
+        "| Redis CPU per request |",
+        "| response cache | latency p50 | latency p99 | router CPU per request |",
+        "| memory hit |",
+        "| Redis miss |",
+    ],
+    "http_front.py": [
+        "| measure | gRPC path | HTTP front | HTTP / gRPC |",
+        "| unary latency p50, concurrency 1 (added over direct) |",
+        "| router CPU per request |",
+        "| requests/s per router core |",
+        "| router CPU per streamed message (1,000 tokens at 1 ms) |",
+        "goal: HTTP front CPU per request <= 1.5 ms:",
+    ],
+    "http_servers.py": [
+        "| server (embedded in a uvloop loop) | requests/s | CPU µs/request | CPU µs/event |",
+        "| granian |",
+        "| uvicorn |",
+        "| aiohttp |",
+    ],
     "bench_client_overhead.py": ["client CPU per request (µs)", "path", "uvloop"],
     "bench_router_compare.py": ["ratio #2/#1", "requests/s", "TTFT p50 ms"],
     "llamacpp_overhead.py": [
@@ -36,6 +68,14 @@ TABLES: dict[str, list[str]] = {
         "| in-process ",
         "| router (gRPC) ",
         "| llama_cpp.server (SSE) ",
+    ],
+    "model_lifecycle.py": [
+        "| llamacpp | TTFT, model loaded (ms) ",
+        "| llamacpp | TTFT, model unloaded: load + first token (ms) ",
+        "| llamacpp | unload + load cycle (ms) ",
+        "| llamacpp | tokens/s, with the LoRA adapter ",
+        "| vllm | base, 1 stream ",
+        "| vllm | adapter, 8 streams ",
     ],
     "vllm_overhead.py": [
         "| path                 | conc | TTFT p50 | tokens/s | vs vllm serve |",

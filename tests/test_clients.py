@@ -3,7 +3,8 @@
 Each example lists the models, generates, then streams the same prompt, and
 prints one line per result (texts as JSON strings). The Python SDK's answer to
 the same greedy request is the reference: the other languages must get the same
-text, whole and streamed.
+text, whole and streamed. The tool examples count a request's tokens, call a
+tool, answer from its result and stream the call.
 """
 
 from __future__ import annotations
@@ -17,13 +18,27 @@ from pathlib import Path
 import pytest
 from processes import ServerProcess
 
-from switchyard import Client
+from switchyard import Client, Tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPESCRIPT = ROOT / "clients" / "typescript"
 MODEL = "tiny"
 PROMPT = "Hello world"
 MAX_TOKENS = 12
+TOOL_MODEL = "caller"  # a scripted model that calls get_weather (conftest)
+WEATHER_TOOL = Tool(
+    "get_weather",
+    "Current weather in a city",
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+)
 
 
 @dataclass
@@ -63,10 +78,23 @@ def run_go(binary: Path, *args: str) -> ExampleOutput:
     return ExampleOutput(result.returncode, result.stdout, result.stderr)
 
 
-def run_typescript(*args: str) -> ExampleOutput:
+@pytest.fixture(scope="module")
+def go_tools_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go example that calls a tool."""
+    binary = tmp_path_factory.mktemp("go") / "switchyard-tools-example"
+    subprocess.run(
+        [str(ROOT / "clients" / "go" / "build.sh"), str(binary), "switchyard-tools-example"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return binary
+
+
+def run_typescript(*args: str, script: str = "src/example.ts") -> ExampleOutput:
     tsx = TYPESCRIPT / "node_modules" / ".bin" / "tsx"
     result = subprocess.run(
-        [str(tsx), "src/example.ts", *args],
+        [str(tsx), script, *args],
         cwd=TYPESCRIPT,
         capture_output=True,
         text=True,
@@ -147,6 +175,43 @@ def test_typescript_example_reports_not_found(router: ServerProcess) -> None:
     available = [line for line in output.stderr.splitlines() if line.startswith("available: ")]
     assert len(available) == 1
     assert "tiny" in available[0].removeprefix("available: ").split(",")
+
+
+def check_tool_example_output(output: ExampleOutput, router: ServerProcess) -> None:
+    """The tool examples: a count, the call, the answer to its result, the streamed call."""
+    assert output.returncode == 0, output.stderr
+    question = [{"role": "user", "content": "What's the weather like in Paris right now?"}]
+    with Client(router.address) as client:
+        counted = client.count_tokens(TOOL_MODEL, messages=question, tools=[WEATHER_TOOL])
+    [count] = output.lines("count")
+    assert count.split()[1] == f"prompt_tokens={counted.prompt_tokens}"
+    [finish] = output.lines("finish")
+    assert finish.split()[1] == "FINISH_REASON_TOOL_CALLS"
+    [call] = output.lines("call")
+    name, arguments = call.split(" ", 2)[1:]
+    assert name == "get_weather"
+    assert json.loads(json.loads(arguments)) == {"city": "Paris", "unit": "celsius"}
+    answer, fields = output.text_and_fields("answer")
+    assert answer == "It is sunny in Paris."
+    assert fields["finish"] == "FINISH_REASON_STOP"
+    [streamed] = output.lines("stream-call")
+    assert streamed.split(" ", 1)[1] == call.split(" ", 1)[1]
+
+
+def test_go_tools_example_calls_a_tool_and_answers_with_its_result(
+    go_tools_example: Path, router: ServerProcess
+) -> None:
+    output = run_go(go_tools_example, "-target", router.address, "-model", TOOL_MODEL)
+    check_tool_example_output(output, router)
+
+
+def test_typescript_tools_example_calls_a_tool_and_answers_with_its_result(
+    router: ServerProcess,
+) -> None:
+    output = run_typescript(
+        "--target", router.address, "--model", TOOL_MODEL, script="src/tools-example.ts"
+    )
+    check_tool_example_output(output, router)
 
 
 def test_typescript_client_type_checks() -> None:

@@ -151,6 +151,29 @@ def test_values_pass_the_schema(values: str) -> None:
             },
             "policy",
         ),
+        (
+            {
+                "router": {
+                    "routes": [
+                        {
+                            "model": "m",
+                            "healthy_panic_threshold": 150,
+                            "targets": [{"cluster": "c"}],
+                        }
+                    ]
+                }
+            },
+            "healthy_panic_threshold",
+        ),
+        ({"router": {"clusterDefaults": {"reconnect_backoff": {"max": 1}}}}, "reconnect_backoff"),
+        (
+            {"router": {"clusterDefaults": {"connection_pool": {"max_connections": 0}}}},
+            "max_connections",
+        ),
+        (
+            {"router": {"clusterDefaults": {"outlier_detection": {"max_ejection_percent": -1}}}},
+            "max_ejection_percent",
+        ),
         ({"router": {"config": {"listen": "0.0.0.0:1"}}}, "config"),
         ({"mesh": {"istio": {"enabled": True}, "linkerd": {"enabled": True}}}, "mesh"),
         ({"otel": {"sampler": "sometimes"}}, "sampler"),
@@ -161,6 +184,21 @@ def test_values_pass_the_schema(values: str) -> None:
         ({"router": {"tls": {"secretName": 1}}}, "secretName"),
         ({"router": {"auth": {"enabled": True, "keysSecret": "k", "keys": []}}}, "keys"),
         ({"router": {"auth": {"enabled": True, "keys": [{"id": "a"}]}}}, "keysSecret"),
+        # Redis only through the redis values, which mount its password and CA.
+        ({"router": {"config": {"redis": {"url": "redis://r:6379"}}}}, "config"),
+        ({"redis": {"enabled": True}}, "url"),  # an existing Redis's URL, or deploy one
+        ({"redis": {"enabled": True, "url": "http://redis:6379"}}, "url"),
+        ({"redis": {"limitsBackend": "memcached"}}, "limitsBackend"),
+        (
+            {
+                "router": {
+                    "routes": [
+                        {"model": "m", "targets": [{"cluster": "c"}], "cache": {"scope": "all"}}
+                    ]
+                }
+            },
+            "scope",
+        ),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], named: str) -> None:
@@ -257,6 +295,8 @@ def test_router_config_loads_with_the_router_loader(values: str, tmp_path: Path)
     assert [r.model for r in config.routes] == [r["model"] for r in merged["router"]["routes"]]
     assert config.listen == f"0.0.0.0:{merged['router']['port']}"
     assert config.metrics_listen == f"0.0.0.0:{merged['metrics']['port']}"
+    http = merged["router"]["http"]
+    assert config.http_listen == (f"0.0.0.0:{http['port']}" if http["enabled"] else None)
 
 
 def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
@@ -270,7 +310,13 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["gpu"].outlier_detection.consecutive_failures == 5
     assert config.clusters["cpu"].outlier_detection.consecutive_failures == 2
     assert config.clusters["cpu"].dns_refresh_seconds == 5
+    assert config.clusters["cpu"].outlier_detection.max_ejection_percent == 34  # merged by key
+    assert config.clusters["gpu"].reconnect_backoff.max_seconds == 0.5
     assert config.routes[0].policy == "round_robin"
+    assert config.routes[0].healthy_panic_threshold == 25
+    assert config.routes[0].max_in_flight == 500
+    assert config.clusters["cpu"].connection_pool.max_connections == 4
+    assert config.limits.max_in_flight == 2048  # the chart's default
     assert config.routes[1].policy == "prefix_affinity" and config.routes[1].affinity is not None
     assert config.routes[1].affinity.session_metadata_key == "x-session-id"
     assert config.routes[1].affinity.load_factor == 1.5
@@ -322,6 +368,39 @@ def test_router_service_port_is_named_grpc_with_app_protocol(values: str) -> Non
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
+def test_the_http_front_has_a_container_and_service_port_only_when_enabled(values: str) -> None:
+    docs = manifests(values)
+    http = merged_values(values)["router"]["http"]
+    service_ports = {p["name"]: p for p in find(docs, "Service", ROUTER_NAME)["spec"]["ports"]}
+    router = container(find(docs, "Deployment", ROUTER_NAME))
+    container_ports = {p["name"]: p["containerPort"] for p in router["ports"]}
+    if not http["enabled"]:
+        assert "http" not in service_ports and "http" not in container_ports
+        return
+    assert container_ports["http"] == http["port"]
+    assert service_ports["http"] == {
+        "name": "http", "port": http["servicePort"], "targetPort": "http",
+        "protocol": "TCP", "appProtocol": "http",
+    }  # fmt: skip
+    if merged_values(values)["networkPolicy"]["enabled"]:
+        policy = find(docs, "NetworkPolicy", ROUTER_NAME)
+        open_ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert "http" in open_ports
+
+
+def test_http_probes_check_healthz_and_readyz_over_https_with_tls() -> None:
+    values = {"router": {"http": {"enabled": True, "probes": True}, "tls": {"secretName": "t"}}}
+    router = container(find(documents(render(values)), "Deployment", ROUTER_NAME))
+    assert router["readinessProbe"]["httpGet"] == {
+        "path": "/readyz", "port": "http", "scheme": "HTTPS"
+    }  # fmt: skip
+    assert router["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    mutual = {"router": {**values["router"], "tls": {"secretName": "t", "mutual": True}}}
+    with pytest.raises(Exception, match="kubelet has no client certificate"):
+        render(mutual)
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
 def test_each_pool_has_a_headless_service_selecting_its_pods(values: str) -> None:
     docs = manifests(values)
     for pool in merged_values(values)["modelServers"]:
@@ -347,8 +426,14 @@ def test_probes_are_native_grpc_and_readiness_checks_the_pool_model(values: str)
     merged = merged_values(values)
     router = container(find(docs, "Deployment", ROUTER_NAME))
     router_probe = "tcpSocket" if merged["router"]["tls"]["secretName"] else "grpc"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert router[probe][router_probe]["port"] == 50051
+    http = merged["router"]["http"]
+    if http["enabled"] and http["probes"]:  # the HTTP front's /healthz and /readyz
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert router[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTP"}
+        router_probe = "httpGet"
+    else:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert router[probe][router_probe]["port"] == 50051
     if router_probe == "grpc":
         assert router["readinessProbe"]["grpc"]["service"] == "switchyard.v1.LLMService"
     for pool in merged["modelServers"]:
@@ -598,6 +683,7 @@ def test_chart_has_one_template_per_component() -> None:
         "NOTES.txt",
         "_helpers.tpl",
         "modelservers.yaml",
+        "redis.yaml",
         "router.yaml",
         "serviceaccount.yaml",
         "servicemonitor.yaml",
@@ -704,3 +790,83 @@ def test_compose_file_configs_load_and_point_at_each_other() -> None:
     (sd,) = jobs["switchyard-modelserver"]["dns_sd_configs"]
     assert sd["names"] == ["modelserver"]
     assert str(sd["port"]) == modelserver.metrics_listen.rpartition(":")[2]
+
+
+# --- router fleets: Redis --------------------------------------------------------------
+
+REDIS_NAME = f"{ROUTER_NAME.removesuffix('-router')}-redis"
+
+
+def test_a_fleet_shares_the_redis_the_chart_deploys(tmp_path: Path) -> None:
+    docs = manifests("fleet-values.yaml")
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
+    router = load_router_config(path)
+    assert router.limits_backend == "redis"
+    assert router.redis is not None
+    assert router.redis.url == f"redis://{REDIS_NAME}.{NAMESPACE}.svc.cluster.local:6379/0"
+    assert router.redis.password_file == tmp_path / "secrets" / "redis" / "password"
+    assert router.response_cache.backend == "redis"
+    assert router.response_cache.max_entry_bytes == 262144  # router.config's keys stay
+    assert router.auth is not None and router.auth.keys[0].token_budget is not None
+    assert router.routes[0].cache is not None and router.routes[0].cache.ttl_seconds == 600
+    redis = find(docs, "Deployment", REDIS_NAME)
+    assert redis["spec"]["replicas"] == 1
+    args = container(redis)["args"]
+    assert args[args.index("--maxmemory") + 1] == "64mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert args[args.index("--save") + 1] == ""  # nothing on disk
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    (password,) = container(redis)["env"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "switchyard-redis", "key": "password"}
+    service = find(docs, "Service", REDIS_NAME)
+    assert (
+        service["spec"]["selector"].items()
+        <= redis["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # The router reads the same Secret as a file.
+    deployment = find(docs, "Deployment", ROUTER_NAME)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container(deployment)["volumeMounts"]}
+    assert volumes[mounts[f"{SECRETS_DIR}redis"]]["secret"]["secretName"] == "switchyard-redis"
+
+
+def test_only_the_router_reaches_the_deployed_redis() -> None:
+    docs = manifests("fleet-values.yaml")
+    router_labels = find(docs, "Deployment", ROUTER_NAME)["spec"]["template"]["metadata"]["labels"]
+    policy = find(docs, "NetworkPolicy", REDIS_NAME)
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+
+
+def test_an_existing_redis_is_used_by_its_url_and_none_is_deployed(tmp_path: Path) -> None:
+    values = {
+        **load_values("fleet-values.yaml"),
+        "redis": {
+            "enabled": True,
+            "url": "rediss://redis.example.internal:6380/2",
+            "passwordSecret": "managed-redis",
+            "tls": {"caSecret": "managed-redis-ca"},
+            "cacheBackend": "memory",
+            "whenUnreachable": "refuse",
+        },
+    }
+    docs = documents(render(values))
+    assert not [d for d in docs if d["metadata"]["name"] == REDIS_NAME]
+    path = tmp_path / "router.yaml"
+    path.write_text(with_secrets(config_of(docs, ROUTER_NAME), tmp_path / "secrets"))
+    router = load_router_config(path)
+    assert router.redis is not None
+    assert router.redis.url == "rediss://redis.example.internal:6380/2"
+    assert router.redis.when_unreachable == "refuse"
+    assert router.redis.tls is not None
+    assert router.redis.tls.ca_file == tmp_path / "secrets" / "redis-tls" / "ca.crt"
+    assert (router.limits_backend, router.response_cache.backend) == ("redis", "memory")
+
+
+def test_without_redis_the_router_counts_alone() -> None:
+    config = yaml.safe_load(config_of(manifests("defaults"), ROUTER_NAME))
+    assert "redis" not in config and "limits_backend" not in config
+    assert not [d for d in manifests("defaults") if d["metadata"]["name"] == REDIS_NAME]

@@ -33,10 +33,11 @@ def _listening(port: int) -> bool:
 def test_make_run_serves_the_model_through_the_router_and_stops_on_ctrl_c(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    router_port, modelserver_port = free_port(), free_port()
+    router_port, modelserver_port, http_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "SWITCHYARD_ROUTER_PORT": str(router_port),
+        "SWITCHYARD_HTTP_PORT": str(http_port),
         "SWITCHYARD_MODELSERVER_PORT": str(modelserver_port),
         "SWITCHYARD_MODELS_DIR": str(tmp_path / "models"),
         "SWITCHYARD_MODEL_FILE": str(models_dir / "tiny.gguf"),
@@ -85,13 +86,23 @@ def test_make_run_serves_the_model_through_the_router_and_stops_on_ctrl_c(
         answer = json.loads(tried.stdout)
         assert (answer["model"], answer["backend"]) == ("tiny", "llamacpp")
         assert answer["usage"]["completionTokens"] == 16
+
+        # So does the curl line, against the router's OpenAI-compatible HTTP front.
+        [line] = [line.strip() for line in text.splitlines() if line.strip().startswith("curl")]
+        tried = subprocess.run(
+            shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert tried.returncode == 0, tried.stderr
+        chat = json.loads(tried.stdout)
+        assert chat["object"] == "chat.completion" and chat["model"] == "tiny"
+        assert chat["usage"]["completion_tokens"] == 16
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
         process.wait(timeout=60)
         reader.join(timeout=10)
     # Both servers drained and exited: nothing listens on their ports any more.
-    assert not _listening(router_port) and not _listening(modelserver_port)
+    assert not any(_listening(port) for port in (router_port, modelserver_port, http_port))
     assert health_status(f"127.0.0.1:{router_port}") == "UNREACHABLE"
     text = "".join(output)
     assert "switchyard.router: stopped" in text, text[-3000:]

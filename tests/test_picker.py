@@ -47,6 +47,13 @@ async def endpoint() -> AsyncIterator[Make]:
         await e.channel.close(grace=None)
 
 
+def eject(endpoint: Endpoint) -> None:
+    """Fails attempts on it until outlier detection ejects it (health stays SERVING)."""
+    for _ in range(endpoint.detector.config.consecutive_failures):
+        endpoint.record_failure("test")
+    assert endpoint.ejected()
+
+
 def target(
     *endpoints: Endpoint, cluster: str = "pool", priority: int = 0, weight: int = 1
 ) -> Target[Endpoint]:
@@ -210,10 +217,65 @@ async def test_ejected_and_draining_endpoints_get_nothing(
     endpoint: Make, policy: PolicyName
 ) -> None:
     good, ejected, draining = (endpoint(f"10.0.0.{i}:1") for i in range(3))
-    for _ in range(ejected.outlier.consecutive_failures):
-        ejected.record_failure("test")
+    eject(ejected)
     draining.draining = True
-    picker = Picker([target(good, ejected, draining)], policy)
+    picker = Picker([target(good, ejected, draining)], policy, healthy_panic_threshold=0)
     assert set(picks(picker, 50)) == {good.address}
     good.set_model_health("m", serving=False)
-    assert picker.pick(REQUEST) is None
+    assert picker.pick(REQUEST) is None  # no panic routing: nothing is healthy
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_below_the_panic_threshold_a_priority_spreads_over_its_ejected_endpoints(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    endpoints = [endpoint(f"10.0.0.{i}:1") for i in range(4)]
+    healthy, *others = endpoints
+    for ejected in others:
+        eject(ejected)
+    picker = Picker([target(*endpoints)], policy)  # Envoy's default threshold: 50%
+    assert [(h.healthy, h.endpoints, h.panic) for h in picker.health()] == [(1, 4, True)]
+    counts = collections.Counter(picks(picker, 400))
+    assert set(counts) == {e.address for e in endpoints}  # not all on the one healthy
+    pick = picker.pick(REQUEST)
+    assert pick is not None and pick.panic
+    # Two healthy of four is not below 50%: only the healthy ones, and no panic.
+    others[0].set_model_health("m", serving=False)
+    others[0].set_model_health("m", serving=True)  # a fresh SERVING ends its ejection
+    assert [(h.healthy, h.panic) for h in picker.health()] == [(2, False)]
+    assert set(picks(picker, 50)) == {healthy.address, others[0].address}
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_every_endpoint_ejected_but_connected_still_takes_requests(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    a, b = endpoint("10.0.0.1:1"), endpoint("10.0.0.2:1")
+    eject(a)
+    eject(b)
+    assert set(picks(Picker([target(a, b)], policy), 50)) == {a.address, b.address}
+    assert Picker([target(a, b)], policy, healthy_panic_threshold=0).pick(REQUEST) is None
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_panic_never_picks_an_endpoint_that_is_unreachable_or_not_serving(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    ejected, down, loading = endpoint("10.0.0.1:1"), endpoint("10.0.0.2:1"), endpoint("10.0.0.3:1")
+    eject(ejected)
+    down.set_unreachable("m", "connection refused")
+    loading.set_model_health("m", serving=False)
+    assert set(picks(Picker([target(ejected, down, loading)], policy), 50)) == {ejected.address}
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_a_healthy_fallback_priority_comes_before_panic(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    primary, fallback = endpoint("10.0.0.1:1"), endpoint("10.0.0.2:1")
+    eject(primary)
+    picker = Picker([target(primary), target(fallback, cluster="cloud", priority=1)], policy)
+    assert set(picks(picker, 20)) == {fallback.address}
+    fallback.set_unreachable("m", "connection refused")
+    pick = picker.pick(REQUEST)  # no priority has a healthy endpoint: the first one panics
+    assert pick is not None and pick.endpoint is primary and pick.panic

@@ -41,7 +41,8 @@ from switchyard_common.status import StatusError
 from switchyard_modelserver.backends.registry import backend_class
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_router.config import APIKeyConfig, RouterConfig
-from switchyard_router.quota import KeyLimiter
+from switchyard_router.fleet import KeyLimits
+from switchyard_router.fleet.rates import KeyLimiter
 
 REPO = Path(__file__).resolve().parent.parent
 # A channel of its own connection (gRPC shares connections between like channels).
@@ -863,7 +864,16 @@ def test_over_both_limits_the_stated_wait_is_the_longer_one() -> None:
         tokens_per_minute=600,  # ten a second
         token_burst=5,
     )
-    limiter = KeyLimiter(key)
+    limits = KeyLimits.of(
+        key.id,
+        key.requests_per_minute,
+        key.request_burst,
+        key.tokens_per_minute,
+        key.token_burst,
+        key.token_budget,
+    )
+    assert limits is not None
+    limiter = KeyLimiter(limits)
     limiter.admit()
     limiter.charge(8)  # 3 tokens overdrawn: 0.4 s to refill; the next request: 10 s
     with pytest.raises(StatusError) as caught:

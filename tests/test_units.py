@@ -305,3 +305,16 @@ def test_no_model_server_code_calls_context_abort() -> None:
         and node.func.value.id == "context"
     ]
     assert calls == []
+
+
+def test_a_refused_stream_is_told_apart_from_other_failures() -> None:
+    """HTTP/2 REFUSED_STREAM (never processed; sent again) as grpcio words it."""
+    from switchyard.status import refused_stream
+
+    refused = "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
+    assert refused_stream("UNAVAILABLE", refused)
+    assert not refused_stream("INTERNAL", refused)
+    cancelled = "Stream removed (RST_STREAM (Received RST_STREAM with error code 8))"
+    assert not refused_stream("UNAVAILABLE", cancelled)  # CANCEL: it may have been processed
+    assert not refused_stream("UNAVAILABLE", "failed to connect to all addresses")
+    assert not refused_stream("UNAVAILABLE", None)

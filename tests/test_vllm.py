@@ -18,12 +18,15 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import jsonschema
 import pytest
-from conftest import MODELSERVER, write_config
+from conftest import MODELSERVER, start_router, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import ServerProcess, free_port, health_status, wait_until
+from toolcases import CITY_SCHEMA, QUESTION, TOOLS, check_calls, same_answer, tool_round
 from xds.data.orca.v3 import orca_load_report_pb2
 from xds.service.orca.v3 import orca_pb2
 
@@ -32,11 +35,17 @@ from switchyard import (
     Client,
     DeadlineExceededError,
     FinishReason,
+    Grammar,
     InvalidArgumentError,
+    JsonSchema,
+    NotFoundError,
+    Regex,
     UnavailableError,
 )
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
+from switchyard.v1 import model_admin_pb2 as admin_pb
+from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common import load_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,10 +89,12 @@ def _vllm_python() -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_model(workdir: Path) -> Path:
-    """The tiny Llama, written by the vLLM environment's transformers."""
+    """The tiny Llama, written by the vLLM environment's transformers, and its LoRA
+    adapters (PEFT folders) in ``vllm-adapters`` beside it."""
     out = workdir / "vllm-tiny-llama"
+    adapters = workdir / "vllm-adapters"
     subprocess.run(
-        [str(_vllm_python()), str(REPO / "tests" / "vllm_tinymodel.py"), str(out)],
+        [str(_vllm_python()), str(REPO / "tests" / "vllm_tinymodel.py"), str(out), str(adapters)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -115,6 +126,11 @@ def vllm_server(workdir: Path, vllm_model: Path) -> Iterator[VllmServer]:
                 "kv_cache_memory_bytes": 1 << 30,
                 "max_logprobs": MAX_LOGPROBS,
                 "seed": 0,
+                # LoRA adapters per request (see the adapter tests).
+                "enable_lora": True,
+                "max_loras": 2,
+                "max_lora_rank": 8,
+                "adapters_dir": str(vllm_model.parent / "vllm-adapters"),
             },
         },
     )
@@ -378,6 +394,182 @@ def test_bad_sampling_values_are_invalid_argument_naming_the_field(
         client.generate(MODEL, "hello", **sampling)  # type: ignore[arg-type]
     assert [v.field for v in caught.value.field_violations] == [field_name]
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+ADAPTER_WORDS = {"paris": ("Paris", "Rome"), "router": ("router", "model")}
+
+
+def _only(words: tuple[str, str], text: str) -> bool:
+    pieces = text.split(" ")
+    return pieces[0] == "" and len(pieces) > 1 and all(p in words for p in pieces[1:])
+
+
+def test_a_lora_adapter_per_request_changes_the_output_and_the_base_stays(
+    vllm_server: VllmServer,
+) -> None:
+    """Each adapter (a PEFT folder the tests wrote) makes every greedy token one of
+    two words; the base model's answer is the same before and after."""
+    with Client(vllm_server.address) as client:
+
+        def greedy(adapter: str | None = None) -> str:
+            return client.generate(
+                MODEL, "hello", max_tokens=12, temperature=0, adapter=adapter or ""
+            ).text
+
+        base = greedy()
+        for name, words in ADAPTER_WORDS.items():
+            text = greedy(name)
+            assert _only(words, text), (name, text)
+        assert greedy() == base
+        [model] = client.list_models()
+        assert "adapters" in model.capabilities
+        assert {a.name: a.loaded for a in model.adapters} == {"paris": True, "router": True}
+
+
+async def test_requests_with_different_adapters_batch_together_each_with_its_own(
+    vllm_server: VllmServer,
+) -> None:
+    """Not mixed with base requests: vLLM 0.32's CPU build applies the adapter in its
+    last LoRA slot to base requests batched with adapter requests (its torch bgmv ops
+    index slot -1; vllm-project/vllm#48421). The GPU kernels skip them."""
+    async with AsyncClient(vllm_server.address) as client:
+
+        async def greedy(adapter: str) -> tuple[str, str]:
+            answer = await client.generate(
+                MODEL, "hello", max_tokens=12, temperature=0, adapter=adapter
+            )
+            return adapter, answer.text
+
+        answers = await asyncio.gather(*(greedy(a) for a in ["paris", "router"] * 4))
+    for adapter, text in answers:
+        assert _only(ADAPTER_WORDS[adapter], text), (adapter, text)
+
+
+def test_an_unknown_adapter_is_not_found_naming_it(vllm_server: VllmServer) -> None:
+    with (
+        Client(vllm_server.address, max_retries=0) as client,
+        pytest.raises(NotFoundError) as caught,
+    ):
+        client.generate(MODEL, "hello", max_tokens=2, adapter="tokyo")
+    assert caught.value.reason == "ADAPTER_NOT_FOUND"
+    assert "'tokyo'" in str(caught.value) and "paris, router" in str(caught.value)
+
+
+def test_unload_and_load_adapter_through_the_admin_service(vllm_server: VllmServer) -> None:
+    channel = grpc.insecure_channel(vllm_server.address)
+    admin = admin_grpc.ModelAdminServiceStub(channel)
+    with channel, Client(vllm_server.address) as client:
+        client.generate(MODEL, "hello", max_tokens=2, adapter="paris")
+        unloaded = admin.UnloadAdapter(admin_pb.UnloadAdapterRequest(model=MODEL, adapter="paris"))
+        assert "paris" not in unloaded.model.adapters
+        loaded = admin.LoadAdapter(admin_pb.LoadAdapterRequest(model=MODEL, adapter="paris"))
+        assert "paris" in loaded.model.adapters
+        text = client.generate(MODEL, "hi", max_tokens=6, temperature=0, adapter="paris").text
+        assert _only(ADAPTER_WORDS["paris"], text)
+
+
+@pytest.fixture(scope="module")
+def vllm_router(workdir: Path, vllm_server: VllmServer) -> Iterator[ServerProcess]:
+    """A router in front of the vLLM model server."""
+    router = start_router(
+        workdir,
+        "vllm-router",
+        {
+            "clusters": {"vllm": {"endpoints": [vllm_server.address]}},
+            "routes": [{"model": MODEL, "targets": [{"cluster": "vllm"}]}],
+        },
+    )
+    yield router
+    router.stop()
+
+
+def test_forced_tool_calls_match_their_schemas_even_from_a_random_model(
+    vllm_router: ServerProcess,
+) -> None:
+    with Client(vllm_router.address, timeout=120) as client:
+        for choice in ("required", "get_time"):
+            answer = client.chat(
+                MODEL,
+                QUESTION,
+                tools=TOOLS,
+                tool_choice=choice,
+                parallel_tool_calls=False,
+                max_tokens=200,
+                seed=7,
+            )
+            assert answer.finish_reason is FinishReason.TOOL_CALLS, answer
+            calls = check_calls(answer.tool_calls)
+            assert len(calls) == 1
+            if choice != "required":
+                assert calls[0].name == choice
+
+
+def test_a_vllm_tool_call_stream_equals_the_unary_call_and_a_result_goes_back(
+    vllm_router: ServerProcess,
+) -> None:
+    options: dict[str, Any] = dict(
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=0,
+    )
+    with Client(vllm_router.address, timeout=120) as client:
+        unary = client.chat(MODEL, QUESTION, **options)
+        same_answer(unary, client.stream(MODEL, messages=QUESTION, **options))
+        conversation = [*QUESTION, *tool_round(unary, {"temperature": 21})]
+        final = client.chat(
+            MODEL, conversation, tools=TOOLS, tool_choice="none", max_tokens=8, temperature=0
+        )
+        question_alone = client.count_tokens(MODEL, messages=QUESTION).prompt_tokens
+    assert final.finish_reason is FinishReason.LENGTH
+    assert final.text and not final.tool_calls
+    # The call and its result are in the prompt (tool_choice none: the tools are not).
+    assert final.usage.prompt_tokens > question_alone + 30
+
+
+def test_vllm_structured_outputs_hold_for_a_random_model(vllm_router: ServerProcess) -> None:
+    with Client(vllm_router.address, timeout=120) as client:
+        city = client.chat(MODEL, QUESTION, response_format=CITY_SCHEMA, max_tokens=100, seed=3)
+        code = client.generate(MODEL, "code:", response_format=Regex("[a-z]{3}-[0-9]{2}"), seed=3)
+        word = client.generate(
+            MODEL, "yes or no?", response_format=Grammar('root ::= "yes" | "no"'), seed=3
+        )
+        anything = client.generate(MODEL, "{", response_format="json_object", max_tokens=200)
+    assert city.finish_reason is FinishReason.STOP
+    jsonschema.validate(city.json(), CITY_SCHEMA)
+    assert re.fullmatch("[a-z]{3}-[0-9]{2}", code.text), code.text
+    assert word.text in ("yes", "no")
+    if anything.finish_reason is FinishReason.STOP:
+        assert isinstance(anything.json(), dict)
+
+
+def test_what_xgrammar_cannot_enforce_or_parse_is_invalid_argument(
+    vllm_router: ServerProcess,
+) -> None:
+    negated = JsonSchema({"type": "object", "properties": {"a": {"not": {"type": "string"}}}})
+    with Client(vllm_router.address, timeout=60) as client:
+        with pytest.raises(InvalidArgumentError) as error:
+            client.chat(MODEL, QUESTION, response_format=negated, max_tokens=8)
+        fields = {v.field: v.description for v in error.value.field_violations}
+        assert "/properties/a/not" in fields["response_format.json_schema.schema"]
+        with pytest.raises(InvalidArgumentError) as error:
+            client.generate(MODEL, "x", response_format=Grammar("root ::= nowhere"), max_tokens=8)
+        assert [v.field for v in error.value.field_violations] == ["response_format.grammar"]
+
+
+def test_vllm_counts_tokens_with_the_chat_template_and_tools(vllm_router: ServerProcess) -> None:
+    rendered = "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    with Client(vllm_router.address, timeout=60) as client:
+        counted = client.count_tokens(MODEL, messages=QUESTION, tools=TOOLS)
+        answer = client.chat(MODEL, QUESTION, tools=TOOLS, max_tokens=1, temperature=0)
+        plain = client.count_tokens(MODEL, messages=QUESTION)
+        by_hand = client.count_tokens(MODEL, rendered)
+    assert counted.prompt_tokens == answer.usage.prompt_tokens
+    assert (counted.backend, counted.context_length) == ("vllm", CONTEXT)
+    assert plain.prompt_tokens < counted.prompt_tokens  # the tools take tokens
+    # The chat template applied by hand counts the same (this tokenizer adds no BOS).
+    assert plain.prompt_tokens == by_hand.prompt_tokens
 
 
 def _engine_processes(pid: int) -> list[int]:

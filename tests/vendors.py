@@ -16,6 +16,21 @@ One aiohttp server answers three APIs, as the real services do:
 
 The backends always stream, so generations are answered as streams only. The
 reply is ``Hello from <vendor>: <the last input>``, one word per token.
+
+Tools and structured output, as each vendor streams them: a request offering
+tools (and allowing a call) gets a call of the first allowed tool (of each
+one for OpenAI's ``required`` and Anthropic's ``any`` when parallel calls are
+allowed), with arguments made from the tool's schema (first enum value,
+``Paris`` for strings, 1 for numbers): OpenAI's ``delta.tool_calls`` (id and
+name, then argument fragments, ``finish_reason: tool_calls``), Anthropic's
+``tool_use`` block with ``input_json_delta`` fragments (``stop_reason:
+tool_use``), Ollama's whole ``message.tool_calls``. A request whose last
+message is a tool result is answered ``Hello from <vendor>: <the result>``. A
+JSON Schema response format (OpenAI ``response_format``, Anthropic
+``output_config.format``, Ollama ``format``) is answered with JSON made from
+the schema the same way. Anthropic's ``POST /v1/messages/count_tokens``
+counts words of the system prompt, the messages and the tools' JSON, exactly
+as its generations report ``input_tokens``.
 The provider model name picks a fault, so one server serves every test:
 ``fault-429``, ``fault-429-reset`` (no retry-after: only the vendor's rate-limit
 reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
@@ -126,6 +141,100 @@ def _words(text: str) -> list[str]:
     return [parts[0]] + [" " + p for p in parts[1:]]
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text of its content blocks (tool results too)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text(block.get("text", block.get("content", ""))) for block in content)
+    return ""
+
+
+def _sample(schema: Any) -> Any:
+    """A value that matches ``schema`` (the fakes' stand-in for a model's answer)."""
+    if not isinstance(schema, dict):
+        return "Paris"
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    if schema.get("anyOf"):
+        return _sample(schema["anyOf"][0])
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        required = schema.get("required", list(properties))
+        return {k: _sample(v) for k, v in properties.items() if k in required}
+    return {"array": [], "integer": 1, "number": 1.5, "boolean": True, "null": None}.get(
+        str(kind), "Paris"
+    )
+
+
+def _tool_calls(vendor: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The calls the fake model makes: (tool name, arguments)."""
+    tools = body.get("tools") or []
+    messages = body.get("messages") or []
+    if not tools or not messages:
+        return []
+    last = messages[-1]
+    if last.get("role") == "tool" or (
+        isinstance(last.get("content"), list)
+        and any(b.get("type") == "tool_result" for b in last["content"])
+    ):
+        return []  # a tool result came back: answer in text
+    if vendor == "anthropic":
+        schemas = {t["name"]: t.get("input_schema") for t in tools}
+        choice = body.get("tool_choice") or {"type": "auto"}
+        if choice["type"] == "none":
+            return []
+        names = [choice["name"]] if choice["type"] == "tool" else list(schemas)
+        every = choice["type"] == "any" and not choice.get("disable_parallel_tool_use")
+    else:
+        schemas = {t["function"]["name"]: t["function"].get("parameters") for t in tools}
+        choice = body.get("tool_choice", "auto")
+        if choice == "none":
+            return []
+        names = [choice["function"]["name"]] if isinstance(choice, dict) else list(schemas)
+        every = choice == "required" and body.get("parallel_tool_calls", True)
+    return [(name, _sample(schemas[name])) for name in (names if every else names[:1])]
+
+
+def _structured(vendor: str, body: dict[str, Any]) -> str | None:
+    """The JSON answer a structured-output request gets (None: plain text)."""
+    if vendor == "anthropic":
+        output = (body.get("output_config") or {}).get("format")
+        return json.dumps(_sample(output["schema"])) if output else None
+    if vendor == "ollama":
+        wanted = body.get("format")
+        if wanted == "json":
+            return json.dumps({"answer": "Paris"})
+        return json.dumps(_sample(wanted)) if wanted else None
+    wanted = body.get("response_format")
+    if not wanted:
+        return None
+    if wanted["type"] == "json_schema":
+        return json.dumps(_sample(wanted["json_schema"]["schema"]))
+    return json.dumps({"answer": "Paris"})
+
+
+def _fragments(text: str) -> list[str]:
+    """``text`` in three pieces, as vendors stream a tool call's arguments."""
+    third = max(1, len(text) // 3)
+    return [text[:third], text[third : 2 * third], text[2 * third :]]
+
+
+def _anthropic_input_tokens(body: dict[str, Any]) -> int:
+    """Words of the system prompt, the messages and the tools' JSON: what both
+    /v1/messages and /v1/messages/count_tokens report."""
+    tokens = sum(len(_words(_text(m["content"]))) for m in body["messages"])
+    if isinstance(body.get("system"), str):
+        tokens += len(_words(body["system"]))
+    if body.get("tools"):
+        tokens += len(_words(json.dumps(body["tools"])))
+    return tokens
+
+
 def _reply(
     vendor: str, last_input: str, max_tokens: int | None, stop: list[str]
 ) -> tuple[list[str], str, str]:
@@ -167,6 +276,7 @@ class FakeVendors:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic_count)
         app.router.add_get("/api/tags", self._ollama_tags)
         app.router.add_post("/api/show", self._ollama_show)
         app.router.add_post("/api/chat", self._ollama)
@@ -381,8 +491,8 @@ class FakeVendors:
             return fault
         chat = request.path.endswith("/chat/completions")
         if chat:
-            last_input = body["messages"][-1]["content"]
-            prompt_tokens = sum(len(_words(m["content"])) for m in body["messages"])
+            last_input = _text(body["messages"][-1]["content"])
+            prompt_tokens = sum(len(_words(_text(m["content"]))) for m in body["messages"])
         else:
             last_input = body["prompt"]
             prompt_tokens = len(_words(last_input))
@@ -391,6 +501,12 @@ class FakeVendors:
         stops = [stop] if isinstance(stop, str) else stop
         tokens, finish, _ = _reply("openai", last_input, limit, stops)
         finish_reason = "length" if finish == "length" else "stop"
+        calls = _tool_calls("openai", body) if chat else []
+        structured = _structured("openai", body)
+        if calls:
+            tokens, finish_reason = [], "tool_calls"
+        elif structured is not None:
+            tokens = _words(structured)
         if model == "slow-stream":
             tokens = [" tick"] * 200
         usage = {
@@ -460,6 +576,16 @@ class FakeVendors:
                 )
             )
         frames += [chunk([piece(t, index=i)]) for i, t in enumerate(tokens)]
+        for number, (name, arguments) in enumerate(calls):
+            start = {"index": number, "id": f"call_fake_{number}", "type": "function"}
+            start["function"] = {"name": name, "arguments": ""}
+            frames.append(chunk([{"index": 0, "delta": {"tool_calls": [start]}}]))
+            for fragment in _fragments(json.dumps(arguments)):
+                more = {"index": number, "function": {"arguments": fragment}}
+                frames.append(chunk([{"index": 0, "delta": {"tool_calls": [more]}}]))
+        if calls:  # a name and three argument fragments each
+            usage["completion_tokens"] = 4 * len(calls)
+            usage["total_tokens"] = prompt_tokens + usage["completion_tokens"]
         tail = [chunk([piece("", finish_reason)])]
         if (body.get("stream_options") or {}).get("include_usage"):
             tail.append(chunk([], usage))
@@ -485,11 +611,9 @@ class FakeVendors:
                 "anthropic", 400, "invalid_request_error", "max_tokens: Field required"
             )
         messages = body["messages"]
-        prompt_tokens = sum(len(_words(m["content"])) for m in messages)
-        if isinstance(body.get("system"), str):
-            prompt_tokens += len(_words(body["system"]))
-        prefill = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
-        last_input = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        prompt_tokens = _anthropic_input_tokens(body)
+        prefill = _text(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else ""
+        last_input = next(_text(m["content"]) for m in reversed(messages) if m["role"] == "user")
         tokens, finish, matched = _reply(
             "anthropic", last_input, body["max_tokens"], body.get("stop_sequences") or []
         )
@@ -503,6 +627,12 @@ class FakeVendors:
             "length": "max_tokens",
             "stop_sequence": "stop_sequence",
         }[finish]
+        calls = _tool_calls("anthropic", body)
+        structured = _structured("anthropic", body)
+        if calls:
+            tokens, stop_reason, matched = [], "tool_use", ""
+        elif structured is not None:
+            tokens = _words(structured)
 
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
@@ -540,6 +670,27 @@ class FakeVendors:
             )
             for t in tokens
         ]
+        if calls:  # the (empty) text block ends; a tool_use block per call follows
+            deltas.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        for number, (name, arguments) in enumerate(calls, start=1):
+            block = {"type": "tool_use", "id": f"toolu_fake_{number}", "name": name, "input": {}}
+            deltas.append(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": number, "content_block": block},
+                )
+            )
+            fragments = _fragments(json.dumps(arguments)) if arguments else []
+            for fragment in fragments:
+                delta = {"type": "input_json_delta", "partial_json": fragment}
+                deltas.append(
+                    event(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": number, "delta": delta},
+                    )
+                )
+            stop = {"type": "content_block_stop", "index": number}
+            deltas.append(event("content_block_stop", stop))
         if model == "fault-overloaded-midstream":
             deltas.insert(
                 2,
@@ -555,13 +706,17 @@ class FakeVendors:
             tail: list[bytes] = []
         else:
             tail = [
-                event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                *(
+                    []
+                    if calls
+                    else [event("content_block_stop", {"type": "content_block_stop", "index": 0})]
+                ),
                 event(
                     "message_delta",
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": stop_reason, "stop_sequence": matched or None},
-                        "usage": {"output_tokens": len(tokens)},
+                        "usage": {"output_tokens": len(tokens) or 4 * len(calls)},
                     },
                 ),
                 event("message_stop", {"type": "message_stop"}),
@@ -574,6 +729,15 @@ class FakeVendors:
             head, tail = [], []
             return await self._stream_tokens(request, record, response, "ok", deltas, tail)
         return await self._stream_tokens(request, record, response, model, head + deltas, tail)
+
+    async def _anthropic_count(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        body = record.body
+        record.finished = True
+        fault = await self._common_faults(request, "anthropic", str(body.get("model")))
+        if fault is not None:
+            return fault
+        return web.json_response({"input_tokens": _anthropic_input_tokens(body)})
 
     # -- Ollama ----------------------------------------------------------
 
@@ -616,7 +780,11 @@ class FakeVendors:
         chat = request.path == "/api/chat"
         if chat:
             messages = body["messages"]
-            last_input = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+            answered = messages[-1]["role"] == "tool"
+            last_input = next(
+                m["content"] for m in reversed(messages) if m["role"] in ("user", "tool")
+            )
+            last_input = messages[-1]["content"] if answered else last_input
             prompt_tokens = sum(len(_words(m["content"])) for m in messages)
         else:
             last_input = body["prompt"]
@@ -626,6 +794,12 @@ class FakeVendors:
         )
         if model == "slow-stream":
             tokens = [" tick"] * 200
+        calls = _tool_calls("ollama", body) if chat else []
+        structured = _structured("ollama", body)
+        if calls:
+            tokens = []
+        elif structured is not None:
+            tokens = _words(structured)
 
         def line(text: str, done: bool = False) -> bytes:
             item: dict[str, Any] = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z"}
@@ -645,4 +819,10 @@ class FakeVendors:
 
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         frames = [line(t) for t in tokens]
+        if calls:  # Ollama sends whole calls, arguments as objects, in one message
+            item = json.loads(line(""))
+            item["message"]["tool_calls"] = [
+                {"function": {"name": name, "arguments": arguments}} for name, arguments in calls
+            ]
+            frames.append((json.dumps(item) + "\n").encode())
         return await self._stream_tokens(request, record, response, model, frames, [line("", True)])

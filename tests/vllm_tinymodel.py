@@ -3,7 +3,11 @@
 Run with the vLLM environment's Python (it needs torch, transformers and
 tokenizers, which the main environment does not have)::
 
-    .venv-vllm/bin/python tests/vllm_tinymodel.py OUT_DIR
+    .venv-vllm/bin/python tests/vllm_tinymodel.py OUT_DIR [ADAPTERS_DIR]
+
+With ADAPTERS_DIR, it also writes LoRA adapters for that model in PEFT format
+(``write_tiny_peft_adapter``): ``paris`` makes every greedy token " Paris" or
+" Rome", ``router`` every token " router" or " model".
 
 Nothing can be downloaded at test time, so the tokenizer is a byte-level BPE
 trained here on a few sentences and the weights are random (the output is
@@ -86,7 +90,62 @@ def write_tiny_hf_model(out: Path, *, seed: int = 0, context_length: int = 4096)
     model.save_pretrained(out, safe_serialization=True)
 
 
+ADAPTER_WORDS = {"paris": (" Paris", " Rome"), "router": (" router", " model")}
+
+
+def write_tiny_peft_adapter(model: Path, out: Path, words: tuple[str, str], seed: int = 1) -> None:
+    """A rank-1 LoRA in PEFT format of the last layer's ``mlp.down_proj``: it adds to
+    the residual stream a huge multiple (of either sign, depending on the input) of
+    the difference between the two words' rows of ``lm_head``, so that after the
+    final norm one of the two words always has the top logit (each word must be one
+    token of the model's tokenizer).
+
+    Not a LoRA of ``lm_head`` itself: vLLM 0.32's CPU build applies the adapter in
+    its last slot to base requests' logits (vllm-project/vllm#48421).
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model)
+    plus, minus = (tokenizer.encode(word, add_special_tokens=False) for word in words)
+    if len(plus) != 1 or len(minus) != 1:
+        raise ValueError(f"{words} are not single tokens of this tokenizer")
+    head = load_file(model / "model.safetensors")["lm_head.weight"]
+    toward = head[plus[0]] - head[minus[0]]
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(1, config.intermediate_size, generator=generator)
+    layer = config.num_hidden_layers - 1
+    prefix = f"base_model.model.model.layers.{layer}.mlp.down_proj"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": (direction / direction.norm()).contiguous(),
+            f"{prefix}.lora_B.weight": (toward / toward.norm() * 1e4).reshape(-1, 1).contiguous(),
+        },
+        out / "adapter_model.safetensors",
+    )
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 1,
+        "lora_alpha": 1,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": ["down_proj"],
+        "layers_to_transform": [layer],
+        "base_model_name_or_path": str(model),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUT_DIR")
+    if len(sys.argv) not in (2, 3):
+        sys.exit(f"usage: {sys.argv[0]} OUT_DIR [ADAPTERS_DIR]")
     write_tiny_hf_model(Path(sys.argv[1]))
+    if len(sys.argv) == 3:
+        for name, pair in ADAPTER_WORDS.items():
+            write_tiny_peft_adapter(Path(sys.argv[1]), Path(sys.argv[2]) / name, pair)

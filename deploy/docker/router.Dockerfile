@@ -34,6 +34,6 @@ ENV PATH=/opt/switchyard/bin:$PATH \
 # A numeric non-root user: no /etc/passwd entry needed, and Kubernetes'
 # runAsNonRoot can verify it.
 USER 10001:10001
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 ENTRYPOINT ["switchyard-router"]
 CMD ["--config", "/etc/switchyard/config.yaml"]

@@ -21,6 +21,10 @@
 {{- printf "%s-router" (include "switchyard.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "switchyard.redisName" -}}
+{{- printf "%s-redis" (include "switchyard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* The name of a model-server pool's objects; call with (dict "root" $ "pool" $pool). */}}
 {{- define "switchyard.poolName" -}}
 {{- printf "%s-%s" (include "switchyard.fullname" .root) .pool.name | trunc 63 | trimSuffix "-" -}}
@@ -50,6 +54,11 @@ app.kubernetes.io/part-of: switchyard
 {{- define "switchyard.routerSelectorLabels" -}}
 {{ include "switchyard.selectorLabels" . }}
 app.kubernetes.io/component: router
+{{- end -}}
+
+{{- define "switchyard.redisSelectorLabels" -}}
+{{ include "switchyard.selectorLabels" . }}
+app.kubernetes.io/component: redis
 {{- end -}}
 
 {{/* Call with (dict "root" $ "pool" $pool). */}}
@@ -125,6 +134,30 @@ linkerd.io/inject: enabled
 {{- define "switchyard.tlsDir" -}}/var/run/switchyard/tls{{- end -}}
 {{- define "switchyard.upstreamTLSDir" -}}/var/run/switchyard/upstream-tls{{- end -}}
 {{- define "switchyard.keysDir" -}}/var/run/switchyard/api-keys{{- end -}}
+{{- define "switchyard.redisDir" -}}/var/run/switchyard/redis{{- end -}}
+{{- define "switchyard.redisTLSDir" -}}/var/run/switchyard/redis-tls{{- end -}}
+
+{{/* The router config's `redis:` section (empty unless redis.enabled). */}}
+{{- define "switchyard.redisConfig" -}}
+{{- $redis := .Values.redis -}}
+{{- if $redis.enabled -}}
+{{- $url := $redis.url -}}
+{{- if not $url -}}
+{{- if not $redis.deploy.enabled -}}
+{{- fail "redis.enabled needs redis.url (an existing Redis) or redis.deploy.enabled" -}}
+{{- end -}}
+{{- $url = printf "redis://%s.%s.svc.%s:%d/0" (include "switchyard.redisName" .) .Release.Namespace .Values.clusterDomain (int $redis.deploy.port) -}}
+{{- end -}}
+{{- $config := dict "url" $url "when_unreachable" $redis.whenUnreachable "timeout_seconds" $redis.timeoutSeconds -}}
+{{- if $redis.passwordSecret -}}
+{{- $_ := set $config "password_file" (printf "%s/password" (include "switchyard.redisDir" .)) -}}
+{{- end -}}
+{{- if $redis.tls.caSecret -}}
+{{- $_ := set $config "tls" (dict "ca_file" (printf "%s/ca.crt" (include "switchyard.redisTLSDir" .))) -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+{{- end -}}
 
 {{/* A listener's `tls:` config from (dict "tls" $values.tls); empty without a Secret. */}}
 {{- define "switchyard.listenerTLS" -}}

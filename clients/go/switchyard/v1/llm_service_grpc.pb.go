@@ -25,6 +25,12 @@ type LLMServiceClient interface {
 	// ListModels lists every model this server (or, on the router, every route)
 	// serves, with its live status.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// CountTokens counts the tokens a request's input takes, with the model's
+	// own tokenizer and chat template (tools and the model's default system
+	// prompt included): what usage.prompt_tokens of the same Generate would be.
+	// A backend whose provider offers no exact count answers UNIMPLEMENTED
+	// (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+	CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error)
 }
 
 type lLMServiceClient struct {
@@ -85,6 +91,15 @@ func (c *lLMServiceClient) ListModels(ctx context.Context, in *ListModelsRequest
 	return out, nil
 }
 
+func (c *lLMServiceClient) CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error) {
+	out := new(CountTokensResponse)
+	err := c.cc.Invoke(ctx, "/switchyard.v1.LLMService/CountTokens", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LLMServiceServer is the server API for LLMService service.
 // All implementations must embed UnimplementedLLMServiceServer
 // for forward compatibility
@@ -97,6 +112,12 @@ type LLMServiceServer interface {
 	// ListModels lists every model this server (or, on the router, every route)
 	// serves, with its live status.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// CountTokens counts the tokens a request's input takes, with the model's
+	// own tokenizer and chat template (tools and the model's default system
+	// prompt included): what usage.prompt_tokens of the same Generate would be.
+	// A backend whose provider offers no exact count answers UNIMPLEMENTED
+	// (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+	CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error)
 	mustEmbedUnimplementedLLMServiceServer()
 }
 
@@ -112,6 +133,9 @@ func (UnimplementedLLMServiceServer) StreamGenerate(*StreamGenerateRequest, LLMS
 }
 func (UnimplementedLLMServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedLLMServiceServer) CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CountTokens not implemented")
 }
 func (UnimplementedLLMServiceServer) mustEmbedUnimplementedLLMServiceServer() {}
 
@@ -183,6 +207,24 @@ func _LLMService_ListModels_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LLMService_CountTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LLMServiceServer).CountTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/switchyard.v1.LLMService/CountTokens",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LLMServiceServer).CountTokens(ctx, req.(*CountTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _LLMService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "switchyard.v1.LLMService",
 	HandlerType: (*LLMServiceServer)(nil),
@@ -194,6 +236,10 @@ var _LLMService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListModels",
 			Handler:    _LLMService_ListModels_Handler,
+		},
+		{
+			MethodName: "CountTokens",
+			Handler:    _LLMService_CountTokens_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

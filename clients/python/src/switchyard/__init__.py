@@ -19,20 +19,29 @@ from switchyard.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from switchyard.response_format import Grammar, JsonSchema, Regex
 from switchyard.templates import ChatPromptTemplate, PromptTemplate
+from switchyard.tools import Tool
 from switchyard.types import (
+    AdapterInfo,
     Completion,
     FinishReason,
     Message,
+    ModelDefaults,
     ModelInfo,
     StreamChunk,
     Timings,
+    TokenCount,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    join_tool_calls,
 )
 from switchyard.usage import UsageCallback, UsageEvent, UsageMeter
 
 __all__ = [
     "APIError",
+    "AdapterInfo",
     "AsyncClient",
     "AsyncStream",
     "AuthenticationError",
@@ -44,16 +53,20 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FinishReason",
+    "Grammar",
     "InternalServerError",
     "InvalidArgumentError",
+    "JsonSchema",
     "LLMChain",
     "Message",
     "MissingVariablesError",
+    "ModelDefaults",
     "ModelInfo",
     "NotFoundError",
     "PermissionDeniedError",
     "PromptTemplate",
     "RateLimitError",
+    "Regex",
     "RequestCancelledError",
     "SequentialChain",
     "Stream",
@@ -61,10 +74,15 @@ __all__ = [
     "SwitchyardError",
     "TemplateError",
     "Timings",
+    "TokenCount",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
     "UnavailableError",
     "UnimplementedError",
     "Usage",
     "UsageCallback",
     "UsageEvent",
     "UsageMeter",
+    "join_tool_calls",
 ]

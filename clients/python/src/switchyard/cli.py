@@ -1,9 +1,13 @@
 """`switchyard`: the command line for a Switchyard router or model server.
 
 switchyard models
+switchyard models loaded                               # models in memory (see `models --help`)
 switchyard generate smollm2-135m-instruct "The capital of France is" --max-tokens 16
 switchyard chat smollm2-135m-instruct "Say hello"      # one turn
 switchyard chat smollm2-135m-instruct                  # interactive, keeps history
+switchyard chat smollm2-135m-instruct "Weather in Paris?" --tools tools.json --tool-choice required
+switchyard generate smollm2-135m-instruct "A city:" --schema city.schema.json
+switchyard count smollm2-135m-instruct "Which city is the capital of France?" --chat
 switchyard bench --model smollm2-135m-instruct --concurrency 4 --requests 100 --stream
 switchyard --target router:443 models --tls-ca ca.crt --api-key-file key   # a secured router
 """
@@ -11,16 +15,20 @@ switchyard --target router:443 models --tls-ca ca.crt --api-key-file key   # a s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
-from switchyard import bench, connection
-from switchyard._convert import SamplingOptions
+from switchyard import bench, connection, model_admin_cli
+from switchyard._convert import GenerationOptions
 from switchyard.client import DEFAULT_TARGET, Client
 from switchyard.connection import Connection, ConnectionOptionsError
 from switchyard.errors import APIError, from_rpc_error
-from switchyard.types import Message, StreamChunk
+from switchyard.response_format import Grammar, JsonSchema, Regex
+from switchyard.types import Message, StreamChunk, join_tool_calls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     calling.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="list models and their status", parents=[calling])
+    models = commands.add_parser(
+        "models",
+        help="list models and their status; load and unload models and adapters",
+        parents=[calling],
+    )
+    model_admin_cli.add_arguments(models, [calling])
     commands.add_parser(
         "endpoints",
         help="the router's model servers: health, ejections, load (router only)",
@@ -62,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("message", nargs="?", help="one user message; omit for an interactive chat")
     chat.add_argument("--system", help="a system prompt")
     _sampling_arguments(chat)
+    _tool_arguments(chat)
+
+    count = commands.add_parser(
+        "count",
+        help="count the tokens a prompt (or, with --chat, a user message) takes",
+        parents=[calling],
+    )
+    count.add_argument("model")
+    count.add_argument("text")
+    count.add_argument("--chat", action="store_true", help="count TEXT as a user message")
+    count.add_argument("--system", help="a system prompt (with --chat)")
+    count.add_argument("--tools", type=Path, help="a JSON file with the tools (with --chat)")
 
     bench_command = commands.add_parser(
         "bench",
@@ -81,27 +106,79 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
+    parser.add_argument("--adapter", help="a LoRA adapter of the model (see `switchyard models`)")
     parser.add_argument("--usage", action="store_true", help="print token usage and timings")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="answer with a JSON object")
+    shape.add_argument("--schema", help="answer JSON matching this JSON Schema (a file or JSON)")
+    shape.add_argument("--regex", help="answer text matching this regular expression")
+    shape.add_argument("--grammar", help="answer text this GBNF grammar accepts (a file or text)")
 
 
-def _sampling(args: argparse.Namespace) -> SamplingOptions:
-    options: SamplingOptions = {}
-    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
+def _tool_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tools",
+        type=Path,
+        help="a JSON file with a list of tools ({name, description, parameters} or "
+        "OpenAI's function shape); calls are printed as JSON lines",
+    )
+    parser.add_argument(
+        "--tool-choice", help="auto (default with --tools), none, required, or a tool name"
+    )
+    parser.add_argument(
+        "--one-tool-call", action="store_true", help="at most one tool call (no parallel calls)"
+    )
+
+
+def _file_or_text(value: str) -> str:
+    """An option's value, or the contents of the file it names."""
+    path = Path(value)
+    return path.read_text() if path.is_file() else value
+
+
+def _sampling(args: argparse.Namespace) -> GenerationOptions:
+    options: GenerationOptions = {}
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "adapter"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    if args.json:
+        options["response_format"] = "json_object"
+    elif args.schema:
+        options["response_format"] = JsonSchema(json.loads(_file_or_text(args.schema)))
+    elif args.regex:
+        options["response_format"] = Regex(args.regex)
+    elif args.grammar:
+        options["response_format"] = Grammar(_file_or_text(args.grammar))
+    if getattr(args, "tools", None) is not None:
+        options["tools"] = _tools(args.tools)
+    if getattr(args, "tool_choice", None):
+        options["tool_choice"] = args.tool_choice
+    if getattr(args, "one_tool_call", False):
+        options["parallel_tool_calls"] = False
     return options
+
+
+def _tools(path: Path) -> list[Any]:
+    tools = json.loads(path.read_text())
+    if not isinstance(tools, list):
+        raise ValueError(f"{path}: expected a JSON list of tools")
+    return tools
 
 
 def _print_stream(chunks: Iterator[StreamChunk], show_usage: bool) -> str:
     text = []
+    pieces = []
     last: StreamChunk | None = None
     for chunk in chunks:
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
         text.append(chunk.text)
+        pieces += chunk.tool_calls
         last = chunk
     sys.stdout.write("\n")
+    for call in join_tool_calls(pieces):  # one JSON line per call, for scripts
+        print(json.dumps({"id": call.id, "name": call.name, "arguments": call.arguments}))
     if show_usage and last is not None and last.usage is not None and last.timings is not None:
         print(
             f"[{last.model} via {last.backend}: finish={last.finish_reason}, "
@@ -122,9 +199,10 @@ def _models(client: Client) -> None:
     print(f"{'MODEL':32} {'STATUS':12} {'BACKEND':10} {'CONTEXT':>8} {'REPLICAS':>9}  ALIASES")
     for m in models:
         replicas = f"{m.healthy_replicas}/{m.total_replicas}"
+        adapters = ", ".join(a.name + ("*" if a.loaded else "") for a in m.adapters)
         print(
             f"{m.id:32} {m.status:12} {m.backend:10} {m.context_length:>8} {replicas:>9}"
-            f"  {', '.join(m.aliases)}"
+            f"  {', '.join(m.aliases)}" + (f"  adapters: {adapters}" if adapters else "")
         )
 
 
@@ -141,8 +219,8 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'FAILS':>5}"
-    print(f"{header}  MODELS / EJECTION")
+    header = f"{'CLUSTER':14} {'ENDPOINT':22} {'STATE':12} {'INFLIGHT':>8} {'CONNS':>5}"
+    print(f"{header} {'FAILS':>5}  MODELS / EJECTION")
     for e in response.endpoints:
         state = admin_pb.EndpointState.Name(e.state).removeprefix("ENDPOINT_STATE_").lower()
         models = ", ".join(
@@ -150,11 +228,39 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
             for m in e.models
         )
         line = f"{e.cluster:14} {e.address:22} {state:12} {e.outstanding_requests:>8} "
-        line += f"{e.consecutive_failures:>5}  {models}"
+        line += f"{e.connections:>5} {e.consecutive_failures:>5}  {models}"
         if e.ejection_reason:
             left = e.ejected_for.seconds + e.ejected_for.nanos / 1e9
             line += f"  [ejected {e.ejections}x, {left:.1f}s left: {e.ejection_reason}]"
         print(line)
+    for c in response.clusters:
+        if c.ejected_endpoints or c.ejections_overflow:
+            print(
+                f"cluster {c.cluster}: {c.ejected_endpoints} of {c.endpoints} ejected, at most "
+                f"{c.max_ejected_endpoints} (max_ejection_percent {c.max_ejection_percent:g}); "
+                f"{c.ejections_overflow} ejections refused by the cap"
+            )
+    for p in response.priorities:
+        if p.panic:
+            print(
+                f"route {p.route} priority {p.priority}: PANIC, {p.healthy_endpoints} of "
+                f"{p.endpoints} healthy (< {p.healthy_panic_threshold:g}%): requests spread "
+                "over its connected endpoints, ejected ones included"
+            )
+
+
+def _count(client: Client, args: argparse.Namespace) -> None:
+    if args.chat:
+        messages = [Message("system", args.system)] if args.system else []
+        messages.append(Message("user", args.text))
+        tools = _tools(args.tools) if args.tools is not None else None
+        counted = client.count_tokens(args.model, messages=messages, tools=tools)
+    else:
+        counted = client.count_tokens(args.model, args.text)
+    print(
+        f"{counted.prompt_tokens} tokens ({counted.model} via {counted.backend}; "
+        f"context {counted.context_length}, {counted.remaining} left)"
+    )
 
 
 def _chat(client: Client, args: argparse.Namespace) -> None:
@@ -197,18 +303,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials=connect.credentials,
     ) as client:
         try:
-            if args.command == "models":
+            if args.command == "models" and args.action is not None:
+                model_admin_cli.run(args, args.target, args.timeout, connect)
+            elif args.command == "models":
                 _models(client)
             elif args.command == "endpoints":
                 _endpoints(args.target, args.timeout, connect)
             elif args.command == "generate":
                 stream = client.stream(args.model, args.prompt, **_sampling(args))
                 _print_stream(stream, args.usage)
+            elif args.command == "count":
+                _count(client, args)
             else:
                 _chat(client, args)
         except APIError as error:
             print(f"\nerror: {error}", file=sys.stderr)
             return 1
+        except (OSError, ValueError) as error:  # a --tools / --schema file that cannot be read
+            print(f"switchyard: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             return 130
     return 0

@@ -21,6 +21,7 @@ from typing import Any, Literal, Self, Unpack, overload
 import grpc
 import grpc.aio
 
+from switchyard import _convert
 from switchyard._base_client import (
     API_KEY_ENV,
     DEFAULT_BATCH_CONCURRENCY,
@@ -30,16 +31,19 @@ from switchyard._base_client import (
     BaseClient,
     BatchInput,
     StreamCall,
+    StreamStarter,
     auth_metadata,
     batch_requests,
+    count_request,
     generate_request,
     model_list,
     raising_api_errors,
 )
-from switchyard._convert import MessageLike, SamplingOptions
+from switchyard._convert import GenerationOptions, MessageLike
 from switchyard.batch import run_concurrently, run_threaded
 from switchyard.errors import APIError
-from switchyard.types import Completion, ModelInfo, StreamChunk
+from switchyard.tools import Tool, ToolLike
+from switchyard.types import Completion, ModelInfo, StreamChunk, TokenCount
 from switchyard.usage import StreamUsageRecorder
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -71,14 +75,20 @@ class Stream(StreamCall, Iterator[StreamChunk]):
         return self
 
     def __next__(self) -> StreamChunk:
-        try:
-            response = next(self._call)
-        except StopIteration:
-            self._ended()
-            raise
-        except grpc.RpcError as rpc_error:
-            raise self._failed(rpc_error) from None
-        return self._received(response)
+        while True:
+            try:
+                response = next(self._call)
+            except StopIteration:
+                self._ended()
+                raise
+            except grpc.RpcError as rpc_error:
+                pause = self._refused_pause(rpc_error)
+                if pause is None:
+                    raise self._failed(rpc_error) from None
+                time.sleep(pause)  # refused before its first chunk: sent again
+                self._restart()
+                continue
+            return self._received(response)
 
     def close(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
@@ -94,22 +104,34 @@ class Stream(StreamCall, Iterator[StreamChunk]):
 class AsyncStream(StreamCall, AsyncIterator[StreamChunk]):
     """The asyncio twin of :class:`Stream` (``async with`` / ``await aclose()``)."""
 
-    def __init__(self, call: Any, usage: StreamUsageRecorder | None = None) -> None:
-        super().__init__(call, usage)
+    def __init__(
+        self,
+        call: Any,
+        usage: StreamUsageRecorder | None = None,
+        starter: StreamStarter | None = None,
+    ) -> None:
+        super().__init__(call, usage, starter)
         self._responses = call.__aiter__()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        try:
-            response = await self._responses.__anext__()
-        except StopAsyncIteration:
-            self._ended()
-            raise
-        except grpc.RpcError as rpc_error:
-            raise self._failed(rpc_error) from None
-        return self._received(response)
+        while True:
+            try:
+                response = await self._responses.__anext__()
+            except StopAsyncIteration:
+                self._ended()
+                raise
+            except grpc.RpcError as rpc_error:
+                pause = self._refused_pause(rpc_error)
+                if pause is None:
+                    raise self._failed(rpc_error) from None
+                await asyncio.sleep(pause)  # refused before its first chunk: sent again
+                self._restart()
+                self._responses = self._call.__aiter__()
+                continue
+            return self._received(response)
 
     async def aclose(self) -> None:
         """Cancels the request if it is still running (a no-op once finished)."""
@@ -172,7 +194,7 @@ class Client(BaseClient[grpc.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -183,7 +205,7 @@ class Client(BaseClient[grpc.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -195,7 +217,7 @@ class Client(BaseClient[grpc.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Stream:
         """Streams a completion of ``prompt`` (or a chat answer to ``messages``).
 
@@ -213,7 +235,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -225,7 +247,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     def generate_batch(
@@ -236,7 +258,7 @@ class Client(BaseClient[grpc.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -259,6 +281,26 @@ class Client(BaseClient[grpc.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts the tokens ``prompt`` (or ``messages``, with ``tools``) takes with the
+        model's own tokenizer and chat template: what ``usage.prompt_tokens`` of the same
+        call would be. Backends that cannot count exactly raise ``UnimplementedError``."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)
@@ -308,7 +350,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         prompt: str,
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Completes ``prompt`` and returns the whole result."""
         return await self._complete(generate_request(model, prompt, None, sampling), timeout)
@@ -319,7 +361,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         messages: Sequence[MessageLike],
         *,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> Completion:
         """Answers a conversation (``[{"role": "user", "content": "..."}]``)."""
         return await self._complete(generate_request(model, None, messages, sampling), timeout)
@@ -331,7 +373,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         *,
         messages: Sequence[MessageLike] | None = None,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> AsyncStream:
         """Streams a completion; ``aclose()`` it (or ``async with``) to cancel early."""
         return AsyncStream(*self._start_stream(model, prompt, messages, timeout, sampling))
@@ -345,7 +387,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion]: ...
 
     @overload
@@ -357,7 +399,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion | APIError]: ...
 
     async def generate_batch(
@@ -368,7 +410,7 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         max_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         return_exceptions: bool = False,
         timeout: float | None = None,
-        **sampling: Unpack[SamplingOptions],
+        **sampling: Unpack[GenerationOptions],
     ) -> list[Completion] | list[Completion | APIError]:
         """Answers every prompt (or conversation) with at most ``max_concurrency`` in flight.
 
@@ -391,6 +433,24 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
                 pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         return model_list(response)
+
+    async def count_tokens(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[MessageLike] | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | Tool | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """Counts tokens as :meth:`Client.count_tokens` does."""
+        request = count_request(model, prompt, messages, tools, tool_choice)
+        with raising_api_errors():
+            response = await self._stub.CountTokens(
+                request, timeout=self._timeout(timeout), metadata=self._metadata
+            )
+        return _convert.token_count(response)
 
     async def _complete(self, request: pb.GenerateRequest, timeout: float | None) -> Completion:
         call = self._unary_call(request, timeout)

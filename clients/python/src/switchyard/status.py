@@ -3,6 +3,8 @@
 A status's ``grpc-status-details-bin`` trailer carries a ``google.rpc.Status``
 with BadRequest, ErrorInfo and RetryInfo details; :func:`parse_details` reads
 them back. The servers build them with ``switchyard_common.status``.
+:func:`refused_stream` tells a call that HTTP/2 refused (never processed) from
+other failures.
 """
 
 from __future__ import annotations
@@ -70,3 +72,14 @@ def _details_from_proto(status: status_pb2.Status) -> StatusDetails:
         field_violations=tuple(violations),
         retry_after=retry_after,
     )
+
+
+def refused_stream(code_name: str, details: str | None) -> bool:
+    """Whether a call that failed with status ``code_name`` (e.g. ``"UNAVAILABLE"``) and
+    ``details`` was refused by the server's HTTP/2 layer (REFUSED_STREAM: more calls
+    on the connection than it takes at once). HTTP/2 guarantees such a call was never
+    processed, so it can be sent again at once. gRPC reports it as UNAVAILABLE."""
+    if code_name != "UNAVAILABLE" or not details:
+        return False
+    # grpcio words it "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))".
+    return ("RST_STREAM" in details and "error code 7" in details) or "REFUSED_STREAM" in details

@@ -77,7 +77,12 @@ class ConnectionLimits(_Strict):
     """``limits:`` that apply to each client connection (HTTP/2 settings)."""
 
     max_concurrent_streams: int = Field(
-        default=100, ge=1, description="calls open at once on one connection; more wait"
+        default=4096,
+        ge=1,
+        description="calls open at once on one connection; HTTP/2 refuses more "
+        "(REFUSED_STREAM, which Switchyard's router and SDK send again at once). Sized for "
+        "clients that multiplex thousands of calls on one channel: overload is answered by "
+        "admission (RESOURCE_EXHAUSTED), not here",
     )
     min_ping_interval_seconds: float = Field(
         default=10.0,

@@ -26,6 +26,7 @@ __all__ = [
     "StatusDetails",
     "StatusError",
     "abort",
+    "adapter_not_found",
     "invalid_argument",
     "model_not_found",
     "to_status_proto",
@@ -159,4 +160,15 @@ def model_not_found(model: str, available: Sequence[str]) -> StatusError:
         f"model {model!r} not found; available models: {known}",
         reason="MODEL_NOT_FOUND",
         metadata={"model": model, "available": ",".join(available)},
+    )
+
+
+def adapter_not_found(adapter: str, model: str, available: Sequence[str]) -> StatusError:
+    """NOT_FOUND naming the LoRA adapter asked for, its model and the adapters it has."""
+    known = ", ".join(available) if available else "none"
+    return StatusError(
+        grpc.StatusCode.NOT_FOUND,
+        f"adapter {adapter!r} of model {model!r} not found; its adapters: {known}",
+        reason="ADAPTER_NOT_FOUND",
+        metadata={"adapter": adapter, "model": model, "available": ",".join(available)},
     )

@@ -30,9 +30,9 @@ class ModelGate:
         self.waiting = 0
         self.running = 0
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Holds one generation slot for the duration of the block."""
+    def refuse_if_full(self) -> None:
+        """RESOURCE_EXHAUSTED (QUEUE_FULL, with RetryInfo) if a request would not
+        even get a place in the queue now."""
         if self._slots.locked() and self.waiting >= self._max_queue:
             raise StatusError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -42,6 +42,11 @@ class ModelGate:
                 metadata={"model": self.model_id},
                 retry_after=self._retry_after,
             )
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Holds one generation slot for the duration of the block."""
+        self.refuse_if_full()
         self.waiting += 1
         metrics.QUEUE_DEPTH.labels(self.model_id).inc()
         try:

@@ -15,7 +15,7 @@ import asyncio
 import collections
 from collections.abc import AsyncGenerator
 
-from switchyard_modelserver.domain import Delta, GenerationEvent
+from switchyard_modelserver.domain import Delta, GenerationEvent, ToolCallDelta
 
 
 async def coalesced(
@@ -68,13 +68,18 @@ async def coalesced(
                 if isinstance(event, Delta):
                     if pending is None:
                         pending = Delta(
-                            event.text, event.tokens, list(event.token_ids), list(event.logprobs)
+                            event.text,
+                            event.tokens,
+                            list(event.token_ids),
+                            list(event.logprobs),
+                            list(event.tool_calls),
                         )
                     else:
                         pending.text += event.text
                         pending.tokens += event.tokens
                         pending.token_ids += event.token_ids
                         pending.logprobs += event.logprobs
+                        merge_tool_calls(pending.tool_calls, event.tool_calls)
                     continue
                 if pending is not None:
                     yield pending
@@ -90,3 +95,16 @@ async def coalesced(
     finally:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
+
+
+def merge_tool_calls(into: list[ToolCallDelta], pieces: list[ToolCallDelta]) -> None:
+    """Appends ``pieces``, joining an argument fragment onto the previous piece of the
+    same call (the name still comes first, in its own piece's place)."""
+    for piece in pieces:
+        last = into[-1] if into else None
+        if last is not None and last.index == piece.index and not piece.id and not piece.name:
+            into[-1] = ToolCallDelta(
+                last.index, last.id, last.name, last.arguments + piece.arguments
+            )
+        else:
+            into.append(piece)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ConnectionLimits, ServerTLSConfig
+from switchyard_modelserver.model_defaults import ModelDefaultsConfig
 
 
 class BackendSection(BaseModel):
@@ -39,9 +40,9 @@ class InputLimits(ConnectionLimits):
     it anyway); the router relays bytes and enforces only size, keys and rates.
     """
 
-    # A router sends all its calls to one model server over one connection,
-    # including a health watch per model: allow plenty.
-    max_concurrent_streams: int = Field(default=1000, ge=1)
+    # Routers keep at most connection_pool.max_concurrent_streams (500) calls on one
+    # connection and open more connections past it; the default (4096, shared with
+    # the router) leaves them room. The queue per model is the admission limit.
     # Routers ping every few seconds (keepalive_seconds >= 1) to find hung servers.
     min_ping_interval_seconds: float = Field(default=0.5, ge=0)
     max_request_bytes: int | None = Field(
@@ -91,6 +92,10 @@ class ModelServerConfig(BaseModel):
     )
     tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
     limits: InputLimits = InputLimits()
+    model_defaults: dict[str, ModelDefaultsConfig] = Field(
+        default_factory=dict,
+        description="per model id or alias: default sampling, system prompt, chat template",
+    )
 
 
 def load_modelserver_config(path: Path) -> ModelServerConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class FinishReason(enum.Enum):
@@ -19,6 +20,7 @@ class FinishReason(enum.Enum):
     CANCELLED = "cancelled"
     ERROR = "error"
     CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
 
 
 class Capability(enum.Enum):
@@ -28,22 +30,107 @@ class Capability(enum.Enum):
     CHAT = "chat"
     STREAMING = "streaming"
     LOGPROBS = "logprobs"
+    TOOLS = "tools"
+    JSON_OUTPUT = "json_output"
+    """response_format json_object and json_schema."""
+    GRAMMAR_OUTPUT = "grammar_output"
+    """response_format regex and grammar."""
+    COUNT_TOKENS = "count_tokens"
+    ADAPTERS = "adapters"
 
 
 class ModelState(enum.Enum):
-    """A model's live state (mirrors switchyard.v1.ModelStatus)."""
+    """A model's live state (mirrors switchyard.v1.ModelStatus, but for REMOVED)."""
 
     LOADING = "loading"
     READY = "ready"
+    """Loaded: in memory and serving."""
     UNAVAILABLE = "unavailable"
+    UNLOADED = "unloaded"
+    """Not in memory; its next request loads it (backends whose models load on demand)."""
+    DRAINING = "draining"
+    """Its file was removed: requests in flight finish, new ones are refused."""
+    REMOVED = "removed"
+    """Gone: the catalog forgets it (never listed)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call of a tool by the model: arguments are JSON object text."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatTurn:
-    """One chat message."""
+    """One chat message: an assistant turn may carry tool calls, a "tool" turn
+    answers one of them by id."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is its checked JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}, hash=False
+    )
+
+
+class ToolChoiceMode(enum.Enum):
+    """Whether the model may, must or must not call tools (NAMED: one given tool)."""
+
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    NAMED = "named"
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """The request's tool choice; ``name`` is set for NAMED."""
+
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class JsonObjectFormat:
+    """Output: any JSON object."""
+
+
+@dataclass(frozen=True)
+class JsonSchemaFormat:
+    """Output: JSON matching ``schema`` (checked to be a valid JSON Schema)."""
+
+    schema: dict[str, Any] = field(hash=False)
+    name: str = "response"
+
+
+@dataclass(frozen=True)
+class RegexFormat:
+    """Output: text that the regular expression matches whole."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class GrammarFormat:
+    """Output: text that a GBNF grammar (start rule ``root``) accepts."""
+
+    gbnf: str
+
+
+ResponseFormat = JsonObjectFormat | JsonSchemaFormat | RegexFormat | GrammarFormat
+"""What a request constrains its output to (None: plain text)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +167,23 @@ class GenerationRequest:
     sampling: Sampling
     continuation: Continuation = Continuation()
     include_token_ids: bool = False
+    adapter: str | None = None
+    """The LoRA adapter to apply (None: the base model)."""
     deadline: float | None = None
     """When the caller stops waiting, on ``time.monotonic()``'s clock (None: no deadline)."""
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+    """False: at most one tool call."""
+    response_format: ResponseFormat | None = None
+    chat_template: str | None = None
+    """The model's configured chat-template override (Jinja), if any: backends that
+    format chats themselves use it instead of the model's own template."""
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may call tools in this request."""
+        return bool(self.tools) and self.tool_choice.mode is not ToolChoiceMode.NONE
 
 
 @dataclass(frozen=True)
@@ -94,6 +196,16 @@ class ModelCard:
     capabilities: frozenset[Capability] = frozenset(
         {Capability.COMPLETION, Capability.CHAT, Capability.STREAMING}
     )
+    memory_bytes: int = 0
+    """What it takes in memory when loaded (0: unknown)."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter a request may name, and whether it is in memory now."""
+
+    name: str
+    loaded: bool
 
 
 @dataclass(frozen=True)
@@ -107,17 +219,30 @@ class TokenLogprob:
     top: tuple[tuple[int, str, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: its first piece has ``id`` and ``name``, later ones
+    (same ``index``) fragments of its arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
 @dataclass
 class Delta:
     """New output: text plus how many tokens produced it (and their ids, if known).
 
-    ``logprobs`` has one entry per token when the request asked for logprobs.
+    ``logprobs`` has one entry per token when the request asked for logprobs;
+    ``tool_calls`` carries pieces of tool calls the tokens made.
     """
 
     text: str
     tokens: int
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass

@@ -49,7 +49,22 @@ IN_FLIGHT = Gauge(
     "switchyard_modelserver_in_flight_requests", "Requests generating now.", ["model"]
 )
 MODEL_READY = Gauge(
-    "switchyard_modelserver_model_ready", "1 when the model serves, else 0.", ["model"]
+    "switchyard_modelserver_model_ready",
+    "1 when the model serves (loaded, or loadable on demand), else 0.",
+    ["model"],
+)
+MODEL_LOADED = Gauge(
+    "switchyard_modelserver_model_loaded", "1 while the model is in memory, else 0.", ["model"]
+)
+MODEL_LOADS = Counter(
+    "switchyard_modelserver_model_loads",
+    "Models loaded (on demand, by an operator, or a replaced file's new copy).",
+    ["model"],
+)
+MODEL_UNLOADS = Counter(
+    "switchyard_modelserver_model_unloads",
+    "Models unloaded, by reason: lru (to make room), operator, removed, replaced.",
+    ["model", "reason"],
 )
 
 

@@ -18,14 +18,16 @@ from google.protobuf.message import DecodeError, Message
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
+from switchyard_modelserver import tool_request
+from switchyard_modelserver.adapters import ADAPTER_NAME
 from switchyard_modelserver.config import InputLimits
-from switchyard_modelserver.domain import ChatTurn, Continuation, GenerationRequest, Sampling
+from switchyard_modelserver.domain import Continuation, GenerationRequest, Sampling
 from switchyard_modelserver.limits import MAX_LOGPROBS
 
 _Message = TypeVar("_Message", bound=Message)
 
 DEFAULT_LIMITS = InputLimits()
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,82 @@ def generation_request(
     if isinstance(request, UnreadableRequest):
         raise unreadable(request)
     violations: list[FieldViolation] = []
+    has_prompt, has_messages = _input(request, violations, limits)
+    sampling = _sampling(request.sampling, violations, limits)
+    if len(request.continuation.text) > limits.max_prompt_chars:
+        # Input like the prompt (a resume sends the text already generated).
+        violations.append(
+            FieldViolation(
+                "continuation.text",
+                f"is {len(request.continuation.text)} characters; "
+                f"at most {limits.max_prompt_chars}",
+            )
+        )
+    if any(t < 0 for t in request.continuation.token_ids):
+        violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
+    if request.adapter and not ADAPTER_NAME.fullmatch(request.adapter):
+        violations.append(
+            FieldViolation(
+                "adapter",
+                "must be an adapter name (1 to 128 letters, digits, '.', '_' or '-'; "
+                f"got {_clip(request.adapter)!r})",
+            )
+        )
+    tools = tool_request.tools(request.tools, has_prompt, violations)
+    tool_choice = tool_request.tool_choice(request, tools, violations)
+    turns = tool_request.chat_turns(request.messages[: limits.max_messages], tools, violations)
+    response_format = tool_request.response_format(request, violations)
+    if violations:
+        raise invalid_argument(*violations)
+    return GenerationRequest(
+        model=request.model,
+        prompt=request.prompt if has_prompt else None,
+        messages=turns if has_messages else None,
+        sampling=sampling,
+        continuation=Continuation(
+            text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
+        ),
+        include_token_ids=request.include_token_ids,
+        adapter=request.adapter or None,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=(
+            request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
+        ),
+        response_format=response_format,
+    )
+
+
+def count_request(
+    request: pb.CountTokensRequest | UnreadableRequest, limits: InputLimits = DEFAULT_LIMITS
+) -> GenerationRequest:
+    """Validates a CountTokens request: the input fields of a Generate request."""
+    if isinstance(request, UnreadableRequest):
+        raise unreadable(request)
+    violations: list[FieldViolation] = []
+    has_prompt, has_messages = _input(request, violations, limits)
+    tools = tool_request.tools(request.tools, has_prompt, violations)
+    tool_choice = tool_request.tool_choice(request, tools, violations)
+    turns = tool_request.chat_turns(request.messages[: limits.max_messages], tools, violations)
+    if violations:
+        raise invalid_argument(*violations)
+    return GenerationRequest(
+        model=request.model,
+        prompt=request.prompt if has_prompt else None,
+        messages=turns if has_messages else None,
+        sampling=Sampling(),
+        tools=tools,
+        tool_choice=tool_choice,
+    )
+
+
+def _input(
+    request: pb.GenerateRequest | pb.StreamGenerateRequest | pb.CountTokensRequest,
+    violations: list[FieldViolation],
+    limits: InputLimits,
+) -> tuple[bool, bool]:
+    """Checks the model, the prompt or messages and their size; returns (has prompt,
+    has messages)."""
     if not request.model:
         violations.append(FieldViolation("model", "is required (see ListModels for the ids)"))
     has_prompt = bool(request.prompt)
@@ -99,7 +177,13 @@ def generation_request(
                 f"at most {limits.max_messages} messages (got {len(request.messages)})",
             )
         )
-    prompt_chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
+    prompt_chars = (
+        len(request.prompt)
+        + sum(
+            len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages
+        )
+        + sum(len(t.description) + len(t.parameters) for t in request.tools)
+    )
     if prompt_chars > limits.max_prompt_chars:
         violations.append(
             FieldViolation(
@@ -115,32 +199,7 @@ def generation_request(
                     f"must be one of {', '.join(CHAT_ROLES)} (got {_clip(message.role)!r})",
                 )
             )
-    sampling = _sampling(request.sampling, violations, limits)
-    if len(request.continuation.text) > limits.max_prompt_chars:
-        # Input like the prompt (a resume sends the text already generated).
-        violations.append(
-            FieldViolation(
-                "continuation.text",
-                f"is {len(request.continuation.text)} characters; "
-                f"at most {limits.max_prompt_chars}",
-            )
-        )
-    if any(t < 0 for t in request.continuation.token_ids):
-        violations.append(FieldViolation("continuation.token_ids", "must be >= 0"))
-    if violations:
-        raise invalid_argument(*violations)
-    return GenerationRequest(
-        model=request.model,
-        prompt=request.prompt if has_prompt else None,
-        messages=tuple(ChatTurn(m.role, m.content) for m in request.messages)
-        if has_messages
-        else None,
-        sampling=sampling,
-        continuation=Continuation(
-            text=request.continuation.text, token_ids=tuple(request.continuation.token_ids)
-        ),
-        include_token_ids=request.include_token_ids,
-    )
+    return has_prompt, has_messages
 
 
 def _clip(text: str, length: int = 32) -> str:

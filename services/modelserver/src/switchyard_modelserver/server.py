@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError, describe_validation_error
 from switchyard_common.listener import bind
@@ -37,6 +38,9 @@ from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.in_flight import InFlight
 from switchyard_modelserver.load_reporting import LoadReporter, open_rca_handler
+from switchyard_modelserver.model_admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from switchyard_modelserver.model_admin import ModelAdmin
+from switchyard_modelserver.model_defaults import ModelDefaults
 from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
 from switchyard_modelserver.servicer import LLMServicer
 
@@ -68,6 +72,11 @@ def _llm_service_handler(
                 functools.partial(_list_models, servicer),
                 request_deserializer=lenient_parser(pb.ListModelsRequest),
                 response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
+            "CountTokens": grpc.unary_unary_rpc_method_handler(
+                servicer.CountTokens,
+                request_deserializer=lenient_parser(pb.CountTokensRequest, max_request_bytes),
+                response_serializer=pb.CountTokensResponse.SerializeToString,
             ),
         },
     )
@@ -143,6 +152,7 @@ class ModelServer:
                         config.stream_coalesce_ms / 1000,
                         config.limits,
                         self._max_tokens_per_model(config),
+                        self._model_defaults(config),
                         self.load_reporter.trailers,
                     ),
                     config.limits.max_request_bytes,
@@ -150,8 +160,17 @@ class ModelServer:
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        admin_grpc.add_ModelAdminServiceServicer_to_server(
+            ModelAdmin(backend, self.catalog, self.gates), self.server
+        )
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, OPEN_RCA_SERVICE),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+                OPEN_RCA_SERVICE,
+            ),
             self.server,
         )
 
@@ -168,21 +187,47 @@ class ModelServer:
             ceilings[model_id] = ceiling
         return ceilings
 
+    def _model_defaults(self, config: ModelServerConfig) -> dict[str, ModelDefaults]:
+        """``model_defaults`` by model id, templates read and compiled (ConfigError
+        naming the key when a name, a template or the backend does not fit)."""
+        resolved: dict[str, ModelDefaults] = {}
+        for name, entry in config.model_defaults.items():
+            key = f"model_defaults.{name}"
+            model_id = self.catalog.lookup(name)
+            if model_id is None:
+                known = ", ".join(e.card.id for e in self.catalog.entries())
+                raise ConfigError(f"{key}: no model {name!r} (models: {known})")
+            try:
+                defaults = ModelDefaults.from_config(entry)
+            except ValueError as error:
+                raise ConfigError(f"{key}: {error}") from None
+            if defaults.chat_template is not None and not self.backend.formats_chats:
+                raise ConfigError(
+                    f"{key}.chat_template: the {self.backend.kind} backend does not format "
+                    "chats itself (its provider does), so it cannot use a chat template"
+                )
+            resolved[model_id] = defaults
+        return resolved
+
     def _on_model_change(self, entry: CatalogEntry) -> None:
-        if entry.card.id not in self.gates:  # a model the backend found while loading
-            self.gates[entry.card.id] = ModelGate(
-                entry.card.id,
-                self.backend.concurrency(entry.card.id),
+        model_id = entry.card.id
+        if entry.state is ModelState.REMOVED:
+            self.gates.pop(model_id, None)  # reported once no request holds it
+        elif model_id not in self.gates:  # a model the backend found later
+            self.gates[model_id] = ModelGate(
+                model_id,
+                self.backend.concurrency(model_id),
                 self.config.max_queue_per_model,
                 self.config.queue_retry_after_seconds,
             )
-        status = _SERVING if entry.state is ModelState.READY else _NOT_SERVING
-        metrics.MODEL_READY.labels(entry.card.id).set(1 if entry.state is ModelState.READY else 0)
+        metrics.MODEL_READY.labels(model_id).set(1 if entry.serving else 0)
+        metrics.MODEL_LOADED.labels(model_id).set(1 if entry.state is ModelState.READY else 0)
+        status = _SERVING if entry.serving else _NOT_SERVING
         for name in self.catalog.health_names(entry):
             self._set_health(name, status)
-        ready = [e for e in self.catalog.entries() if e.state is ModelState.READY]
-        loading = [e for e in self.catalog.entries() if e.state is ModelState.LOADING]
-        overall = _SERVING if ready and not loading else _NOT_SERVING
+        entries = self.catalog.entries()
+        serving = any(e.serving for e in entries) and not any(e.starting for e in entries)
+        overall = _SERVING if serving else _NOT_SERVING
         self._set_health("", overall)
         self._set_health(SERVICE_NAME, overall)
 
@@ -206,10 +251,15 @@ class ModelServer:
         """Loads the backend's models; health follows each one."""
         await self.backend.load(self.catalog.update)
         ready = [e.card.id for e in self.catalog.entries() if e.state is ModelState.READY]
-        if not ready:
+        unloaded = [e.card.id for e in self.catalog.entries() if e.state is ModelState.UNLOADED]
+        if not ready and not unloaded:
             log.error("no model could be loaded; serving health NOT_SERVING")
         else:
-            log.info("ready: %s", ", ".join(ready))
+            log.info(
+                "ready: %s%s",
+                ", ".join(ready) or "none loaded",
+                f"; loaded on demand: {', '.join(unloaded)}" if unloaded else "",
+            )
 
     async def drain(self) -> None:
         """NOT_SERVING everywhere, refuse new work, let in-flight requests finish, stop.

@@ -12,6 +12,7 @@ deltas in ``coalescing``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator
@@ -24,7 +25,7 @@ from google.protobuf import duration_pb2
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-from switchyard_modelserver import request_parsing
+from switchyard_modelserver import capability_check, request_parsing
 from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.catalog import ModelCatalog
@@ -39,10 +40,16 @@ from switchyard_modelserver.domain import (
     GenerationRequest,
     ModelState,
     PromptCounted,
+    ToolCallDelta,
 )
 from switchyard_modelserver.in_flight import InFlight
 from switchyard_modelserver.limits import max_tokens_ceiling
-from switchyard_modelserver.request_parsing import UnreadableRequest, generation_request
+from switchyard_modelserver.model_defaults import ModelDefaults
+from switchyard_modelserver.request_parsing import (
+    UnreadableRequest,
+    count_request,
+    generation_request,
+)
 from switchyard_modelserver.request_telemetry import RequestTelemetry
 from switchyard_modelserver.status_boundary import Trailers, status_boundary
 
@@ -55,18 +62,27 @@ _FINISH = {
     FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
     FinishReason.ERROR: pb.FINISH_REASON_ERROR,
     FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
 _CAPABILITY = {
     Capability.COMPLETION: pb.CAPABILITY_COMPLETION,
     Capability.CHAT: pb.CAPABILITY_CHAT,
     Capability.STREAMING: pb.CAPABILITY_STREAMING,
     Capability.LOGPROBS: pb.CAPABILITY_LOGPROBS,
+    Capability.TOOLS: pb.CAPABILITY_TOOLS,
+    Capability.JSON_OUTPUT: pb.CAPABILITY_JSON_OUTPUT,
+    Capability.GRAMMAR_OUTPUT: pb.CAPABILITY_GRAMMAR_OUTPUT,
+    Capability.COUNT_TOKENS: pb.CAPABILITY_COUNT_TOKENS,
+    Capability.ADAPTERS: pb.CAPABILITY_ADAPTERS,
 }
-_STATUS = {
+STATUS = {
     ModelState.LOADING: pb.MODEL_STATUS_LOADING,
     ModelState.READY: pb.MODEL_STATUS_READY,
     ModelState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
+    ModelState.UNLOADED: pb.MODEL_STATUS_UNLOADED,
+    ModelState.DRAINING: pb.MODEL_STATUS_DRAINING,
 }
+"""A model's state as the contract's ModelStatus (REMOVED models are never listed)."""
 
 
 def _deadline(context: Context) -> asyncio.Timeout:
@@ -85,6 +101,10 @@ def _with_deadline(request: GenerationRequest, context: Context) -> GenerationRe
 
 def _delta_message(delta: Delta, include_token_ids: bool) -> pb.StreamGenerateResponse:
     message = pb.StreamGenerateResponse(text=delta.text)
+    for piece in delta.tool_calls:
+        message.tool_calls.add(
+            index=piece.index, id=piece.id, name=piece.name, arguments=piece.arguments
+        )
     if delta.logprobs:
         message.tokens.extend(_tokens(delta))
     elif include_token_ids:
@@ -105,6 +125,34 @@ def _tokens(delta: Delta) -> list[pb.Token]:
     ]
 
 
+def _tool_calls(pieces: list[ToolCallDelta]) -> list[pb.ToolCall]:
+    """Streamed tool call pieces joined into whole calls, in index order."""
+    calls: dict[int, pb.ToolCall] = {}
+    for piece in pieces:
+        call = calls.setdefault(piece.index, pb.ToolCall())
+        if piece.id:
+            call.id = piece.id
+        if piece.name:
+            call.name = piece.name
+        call.arguments += piece.arguments
+    return [calls[index] for index in sorted(calls)]
+
+
+def _defaults_message(defaults: ModelDefaults | None) -> pb.ModelDefaults | None:
+    if defaults is None:
+        return None
+    sampling = pb.SamplingParams(stop=defaults.stop)
+    for name in ("temperature", "top_p", "max_tokens"):
+        value = getattr(defaults, name)
+        if value is not None:
+            setattr(sampling, name, value)
+    return pb.ModelDefaults(
+        sampling=sampling,
+        system_prompt=defaults.system_prompt or "",
+        chat_template_override=defaults.chat_template is not None,
+    )
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
@@ -123,8 +171,10 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         coalesce_seconds: float = 0.0,
         limits: InputLimits = request_parsing.DEFAULT_LIMITS,
         max_tokens: dict[str, int] | None = None,
+        defaults: dict[str, ModelDefaults] | None = None,
         trailers: Trailers | None = None,
     ) -> None:
+        self._defaults = defaults or {}  # per model id
         self._coalesce_seconds = coalesce_seconds
         self._trailers = trailers  # every call's last words: the load report
         self._limits = limits
@@ -146,6 +196,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         ):
             parts: list[str] = []
             tokens: list[pb.Token] = []
+            calls: list[ToolCallDelta] = []
             valid = _with_deadline(generation_request(request, self._limits), context)
             events = self._events(valid, telemetry)
             async with aclosing(events):
@@ -154,6 +205,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                         parts.append(event.text)
                         if event.logprobs:
                             tokens += _tokens(event)
+                        calls += event.tool_calls
                     else:
                         final = self._final_message(event, telemetry)
                         return pb.GenerateResponse(
@@ -165,6 +217,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                             backend=final.backend,
                             timings=final.timings,
                             tokens=tokens,
+                            tool_calls=_tool_calls(calls),
                         )
         raise AssertionError("unreachable: the boundary aborts or a Finish returns")
 
@@ -184,7 +237,12 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, Delta):
-                        if event.text or (with_ids and event.token_ids) or event.logprobs:
+                        if (
+                            event.text
+                            or (with_ids and event.token_ids)
+                            or event.logprobs
+                            or event.tool_calls
+                        ):
                             await context.write(_delta_message(event, with_ids))
                     else:
                         await context.write(self._final_message(event, telemetry))
@@ -205,22 +263,59 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             remote=self._backend.remote,
         )
 
+    async def CountTokens(  # noqa: N802 - gRPC method name
+        self, request: pb.CountTokensRequest | UnreadableRequest, context: Context
+    ) -> pb.CountTokensResponse:
+        telemetry = RequestTelemetry("CountTokens")  # a log line and metrics, no spans
+        async with (
+            status_boundary(context, telemetry),
+            self._in_flight.track(),
+            _deadline(context),
+        ):
+            valid = count_request(request, self._limits)
+            telemetry.model = valid.model
+            residency = self._backend.residency
+            model_id = self._catalog.resolve(valid.model, loads_on_demand=residency is not None)
+            telemetry.resolved_to(model_id)
+            counted = self._with_defaults(dataclasses.replace(valid, model=model_id))
+            # Counting needs the model's tokenizer: in memory, on a backend that loads on demand.
+            hold = residency.hold(model_id) if residency is not None else contextlib.nullcontext()
+            async with hold:
+                tokens = await self._backend.count_tokens(counted)
+            telemetry.prompt_tokens = tokens
+            return pb.CountTokensResponse(
+                prompt_tokens=tokens,
+                model=model_id,
+                backend=self._backend.kind,
+                context_length=self._catalog.card(model_id).context_length,
+            )
+        raise AssertionError("unreachable: the boundary aborts or the count returns")
+
+    def _with_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with its model's configured defaults where it leaves things unset."""
+        defaults = self._defaults.get(request.model)
+        return request if defaults is None else defaults.apply(request)
+
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         models = []
         for entry in self._catalog.entries():
-            ready = entry.state is ModelState.READY
+            card = entry.card
+            adapters = await self._backend.adapters(card.id)
             models.append(
                 pb.Model(
-                    id=entry.card.id,
-                    aliases=entry.card.aliases,
+                    id=card.id,
+                    aliases=card.aliases,
                     backend=self._backend.kind,
-                    context_length=entry.card.context_length,
-                    capabilities=sorted(_CAPABILITY[c] for c in entry.card.capabilities),
-                    status=_STATUS[entry.state],
-                    healthy_replicas=1 if ready else 0,
+                    context_length=card.context_length,
+                    capabilities=sorted(_CAPABILITY[c] for c in card.capabilities),
+                    status=STATUS[entry.state],
+                    healthy_replicas=1 if entry.serving else 0,
                     total_replicas=1,
+                    memory_bytes=card.memory_bytes,
+                    adapters=[pb.Adapter(name=a.name, loaded=a.loaded) for a in adapters],
+                    defaults=_defaults_message(self._defaults.get(entry.card.id)),
                 )
             )
         return pb.ListModelsResponse(models=models)
@@ -228,15 +323,26 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
     async def _events(
         self, request: GenerationRequest, telemetry: RequestTelemetry
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """The backend's events for ``request``, once its model is resolved, its
-        max_tokens ceiling applied and a place in the model's queue granted."""
-        model_id = self._catalog.resolve(request.model)
+        """The backend's events for ``request``, once its model (and adapter) is
+        resolved, what the model cannot do refused, its defaults and max_tokens
+        ceiling applied, the model held in memory (a backend whose models load on
+        demand loads it now) and a place in its queue granted."""
+        residency = self._backend.residency
+        model_id = self._catalog.resolve(request.model, loads_on_demand=residency is not None)
         telemetry.resolved_to(model_id)
+        capability_check.check(self._catalog.card(model_id), request, self._backend.kind)
+        if request.adapter is not None:
+            self._backend.check_adapter(model_id, request.adapter)
         resolved = max_tokens_ceiling(
-            dataclasses.replace(request, model=model_id),
+            self._with_defaults(dataclasses.replace(request, model=model_id)),
             self._max_tokens.get(model_id, self._limits.max_tokens),
         )
-        async with self._gates[model_id].admit():
+        gate = self._gates[model_id]
+        gate.refuse_if_full()  # at once, rather than after waiting for a load
+        # The hold comes first, so that a request queued for its model keeps it in
+        # memory too: the budget unloads only models nobody waits for.
+        hold = residency.hold(model_id) if residency is not None else contextlib.nullcontext()
+        async with hold, gate.admit():
             events = self._backend.generate(resolved)
             try:
                 async for event in events:

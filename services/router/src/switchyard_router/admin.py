@@ -1,4 +1,6 @@
-"""RouterAdminService: the router's view of every endpoint, for operators."""
+"""RouterAdminService: the router's view of every endpoint, for operators: each
+endpoint's state, each cluster's ejections against its cap, and each route
+priority's healthy share and panic state."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from google.protobuf import duration_pb2
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_router.endpoints import Cluster, EndpointState, ModelHealth
+from switchyard_router.routing import RouteTable
 
 _STATE = {
     EndpointState.HEALTHY: admin_pb.ENDPOINT_STATE_HEALTHY,
@@ -35,9 +38,11 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
     def __init__(
         self,
         clusters: Callable[[], Mapping[str, Cluster]],
+        routes: Callable[[], RouteTable],
         authorize: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[object]],
     ) -> None:
         self._clusters = clusters
+        self._routes = routes
         self._authorize = authorize  # aborts UNAUTHENTICATED or PERMISSION_DENIED (auth on)
 
     async def ListEndpoints(  # noqa: N802 - gRPC method name
@@ -51,7 +56,8 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
         for name, cluster in sorted(self._clusters().items()):
             for address, endpoint in sorted(cluster.endpoints.items()):
                 ejected_for = duration_pb2.Duration()
-                ejected_for.FromNanoseconds(int(max(0.0, endpoint.ejected_until - now) * 1e9))
+                left = max(0.0, endpoint.ejection.ejected_until - now)
+                ejected_for.FromNanoseconds(int(left * 1e9))
                 response.endpoints.append(
                     admin_pb.EndpointStatus(
                         cluster=name,
@@ -62,10 +68,34 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
                             for model, health in sorted(endpoint.health.items())
                         ],
                         outstanding_requests=endpoint.outstanding,
-                        consecutive_failures=endpoint.consecutive_failures,
-                        ejection_reason=endpoint.ejection_reason,
+                        consecutive_failures=endpoint.ejection.consecutive_failures,
+                        ejection_reason=endpoint.ejection.reason,
                         ejected_for=ejected_for,
-                        ejections=endpoint.ejections,
+                        ejections=endpoint.ejection.ejections,
+                        connections=len(endpoint.pool.connections),
+                    )
+                )
+            outlier = cluster.outlier
+            response.clusters.append(
+                admin_pb.ClusterStatus(
+                    cluster=name,
+                    endpoints=len(cluster.endpoints),
+                    ejected_endpoints=outlier.ejected_count(),
+                    max_ejected_endpoints=outlier.max_ejected(),
+                    max_ejection_percent=outlier.config.max_ejection_percent,
+                    ejections_overflow=outlier.overflows,
+                )
+            )
+        for model, route in sorted(self._routes().routes.items()):
+            for health in route.picker.health():
+                response.priorities.append(
+                    admin_pb.PriorityStatus(
+                        route=model,
+                        priority=health.priority,
+                        endpoints=health.endpoints,
+                        healthy_endpoints=health.healthy,
+                        healthy_panic_threshold=route.picker.healthy_panic_threshold,
+                        panic=health.panic,
                     )
                 )
         return response

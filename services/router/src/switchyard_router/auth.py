@@ -1,4 +1,5 @@
-"""API keys: who is calling, which routes they may use, and their rate limits.
+"""API keys: who is calling, which routes they may use, and their limits (counted by
+the fleet state, ``fleet``).
 
 Callers send ``authorization: Bearer <key>``. The router keeps only each
 key's SHA-256; it hashes what the caller sent and compares it with every
@@ -18,8 +19,8 @@ from typing import Any
 import grpc
 
 from switchyard_common.status import StatusError, model_not_found
-from switchyard_router.config import APIKeyConfig, AuthConfig
-from switchyard_router.quota import KeyLimiter
+from switchyard_router.config import AuthConfig
+from switchyard_router.fleet import KeyLimits
 from switchyard_router.routing import Route, RouteTable
 
 AUTHORIZATION = "authorization"
@@ -28,11 +29,13 @@ _BEARER = "bearer "
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: its key's id, the routes it may use, its limiter."""
+    """An authenticated caller: its key's id, the routes it may use, its limits."""
 
     id: str
     models: frozenset[str] | None  # None: every route
-    limiter: KeyLimiter | None  # None: no rate limits
+    limits: KeyLimits | None  # None: no rate limits or budget
+    cache_scope: str = ""
+    """Callers with the same scope share cached answers (the key's id by default)."""
 
 
 def _unauthenticated(message: str) -> StatusError:
@@ -42,26 +45,27 @@ def _unauthenticated(message: str) -> StatusError:
 class Guard:
     """Authenticates calls against the configured keys and applies their limits."""
 
-    def __init__(self, config: AuthConfig, previous: Guard | None = None) -> None:
+    def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self.open_services = frozenset(config.open_services)
-        kept = previous.limiters if previous is not None else {}
-        self.limiters: dict[str, KeyLimiter] = {}
         self._keys: list[tuple[bytes, Principal]] = []
         for key in config.keys:
-            limiter = self._limiter(key, kept.get(key.id))
-            if limiter is not None:
-                self.limiters[key.id] = limiter
+            limits = KeyLimits.of(
+                key.id,
+                key.requests_per_minute,
+                key.request_burst,
+                key.tokens_per_minute,
+                key.token_burst,
+                key.token_budget,
+            )
             models = frozenset(key.models) if key.models is not None else None
-            self._keys.append((key.digest, Principal(key.id, models, limiter)))
+            scope = key.cache_scope or key.id
+            self._keys.append((key.digest, Principal(key.id, models, limits, scope)))
 
-    @staticmethod
-    def _limiter(key: APIKeyConfig, previous: KeyLimiter | None) -> KeyLimiter | None:
-        if key.requests_per_minute is None and key.tokens_per_minute is None:
-            return None
-        fresh = KeyLimiter(key)
-        # A reload that leaves a key's limits alone keeps its buckets (no free refill).
-        return previous if previous is not None and previous.settings == fresh.settings else fresh
+    @property
+    def key_ids(self) -> set[str]:
+        """The configured keys' ids."""
+        return {principal.id for _, principal in self._keys}
 
     def authenticate(self, metadata: Iterable[Any] | None) -> Principal:
         """The caller's principal, or UNAUTHENTICATED (never echoing what was sent)."""

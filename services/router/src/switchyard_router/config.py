@@ -24,7 +24,19 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, model_
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ChannelTLSConfig, ConnectionLimits, ServerTLSConfig
-from switchyard_router.picker import DEFAULT_LOAD_FACTOR, DEFAULT_POLICY, PolicyName
+from switchyard_router.fleet.config import (
+    LimitsBackend,
+    RedisConfig,
+    ResponseCacheConfig,
+    RouteCacheConfig,
+    TokenBudgetConfig,
+)
+from switchyard_router.picker import (
+    DEFAULT_HEALTHY_PANIC_THRESHOLD,
+    DEFAULT_LOAD_FACTOR,
+    DEFAULT_POLICY,
+    PolicyName,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (
@@ -39,11 +51,58 @@ class _Strict(BaseModel):
 
 
 class OutlierDetectionConfig(_Strict):
-    """Passive health: eject an endpoint after consecutive failures."""
+    """Passive health, as Envoy's outlier detection: eject an endpoint after
+    consecutive failures, for a back-off that doubles with each ejection."""
 
     consecutive_failures: int = Field(default=3, ge=1)
     base_ejection_seconds: float = Field(default=1.0, gt=0)
     max_ejection_seconds: float = Field(default=30.0, gt=0)
+    max_ejection_percent: float = Field(
+        default=50.0,
+        ge=0,
+        le=100,
+        description="never more of the cluster's endpoints ejected at once (rounded down, "
+        "but at least one unless 0)",
+    )
+    successful_active_health_check_uneject_host: bool = Field(
+        default=True,
+        description="a fresh SERVING from the endpoint's health stream (after a reconnect, or "
+        "after NOT_SERVING) ends its ejection; the doubled back-off is kept",
+    )
+
+
+class ReconnectBackoffConfig(_Strict):
+    """How soon the router tries a lost model server again (connection attempts and
+    health watches): from ``initial_seconds``, times 1.6 per failed try, up to
+    ``max_seconds``, each pause spread by +-``jitter``."""
+
+    initial_seconds: float = Field(default=0.1, ge=0.1)
+    max_seconds: float = Field(default=0.3, ge=0.1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectBackoffConfig:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds: must be at least initial_seconds")
+        return self
+
+
+class ConnectionPoolConfig(_Strict):
+    """The router's connections to each model server of a cluster."""
+
+    max_concurrent_streams: int = Field(
+        default=500,
+        ge=1,
+        description="calls the router opens at once on one connection to a model server; "
+        "past it, another connection (keep it at or below the model servers' "
+        "limits.max_concurrent_streams; a refused stream teaches the router their real limit)",
+    )
+    max_connections: int = Field(
+        default=8,
+        ge=1,
+        description="connections to one model server at most; past them, calls share the "
+        "least busy one",
+    )
 
 
 class ClusterConfig(_Strict):
@@ -55,6 +114,12 @@ class ClusterConfig(_Strict):
         "the name resolves to, re-resolved every dns_refresh_seconds)",
     )
     dns_refresh_seconds: float = Field(default=10.0, gt=0)
+    adapter_refresh_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often each endpoint's ListModels is read for the LoRA adapters it "
+        "holds (adapter affinity); 0: learn them only from the requests it serves",
+    )
     keepalive_seconds: float = Field(
         default=10.0, ge=1, description="HTTP/2 ping interval; a hung server is dropped"
     )
@@ -68,6 +133,8 @@ class ClusterConfig(_Strict):
         description="how often each model server sends its load (ORCA, out of band), so "
         "that idle ones stay current; null: only the load reported with each response",
     )
+    reconnect_backoff: ReconnectBackoffConfig = ReconnectBackoffConfig()
+    connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: ChannelTLSConfig | None = Field(
         default=None, description="TLS (or mutual TLS) to this cluster's model servers"
     )
@@ -149,6 +216,23 @@ class RouteConfig(_Strict):
         "two at random), round_robin (each in turn) or prefix_affinity (requests with the same "
         "session or prompt prefix to the same endpoint, within a bound on its load)",
     )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="calls of this route in progress at once; more get RESOURCE_EXHAUSTED "
+        "OVERLOADED with RetryInfo (unset: only the router's limits.max_in_flight)",
+    )
+    healthy_panic_threshold: float = Field(
+        default=DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        ge=0,
+        le=100,
+        description="percent: below this share of healthy endpoints, a priority is in panic "
+        "and spreads requests over its connected endpoints, ejected ones included (0: never)",
+    )
+    cache: RouteCacheConfig | None = Field(
+        default=None,
+        description="replay answers to identical requests (see response_cache; unset: never)",
+    )
     affinity: AffinityConfig | None = Field(
         default=None, description="prefix_affinity's settings (defaults when unset)"
     )
@@ -185,6 +269,14 @@ class APIKeyConfig(_Strict):
     )
     token_burst: int | None = Field(
         default=None, ge=1, description="tokens at once (default: tokens_per_minute)"
+    )
+    token_budget: TokenBudgetConfig | None = Field(
+        default=None, description="prompt + completion tokens per UTC day and/or month"
+    )
+    cache_scope: str | None = Field(
+        default=None,
+        min_length=1,
+        description="keys with the same cache_scope share cached answers (default: the id)",
     )
     _digest: bytes = PrivateAttr(default=b"")
 
@@ -231,7 +323,14 @@ class AuthConfig(_Strict):
 
 
 class RouterLimitsConfig(ConnectionLimits):
-    """``limits:`` of the router's listener."""
+    """``limits:`` of the router's listener, and its admission of calls."""
+
+    max_in_flight: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Generate and StreamGenerate calls in progress at once, every route "
+        "together; more get RESOURCE_EXHAUSTED OVERLOADED with RetryInfo (null: no limit)",
+    )
 
     max_request_bytes: int | None = Field(
         default=None,
@@ -245,6 +344,11 @@ class RouterConfig(_Strict):
     """The whole router config."""
 
     listen: str = "127.0.0.1:50051"
+    http_listen: str | None = Field(
+        default=None,
+        description="host:port of the OpenAI- and Anthropic-compatible HTTP front (unset: "
+        "none); it uses the same `tls`, keys, limits and routes as the gRPC listener",
+    )
     clusters: dict[str, ClusterConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
     list_models_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -260,6 +364,24 @@ class RouterConfig(_Strict):
     tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
     auth: AuthConfig | None = Field(default=None, description="API keys (unset: no auth)")
     limits: RouterLimitsConfig = RouterLimitsConfig()
+    limits_backend: LimitsBackend = Field(
+        default="local",
+        description="where per-key rate limits and token budgets are counted: local (each "
+        "router process alone) or redis (the fleet shares them; needs redis)",
+    )
+    redis: RedisConfig | None = Field(
+        default=None, description="the Redis a fleet of routers shares (limits, budgets, cache)"
+    )
+    response_cache: ResponseCacheConfig = ResponseCacheConfig()
+
+    @model_validator(mode="after")
+    def _redis_when_used(self) -> RouterConfig:
+        if self.redis is None:
+            if self.limits_backend == "redis":
+                raise ValueError("limits_backend: redis needs a redis: section (its url)")
+            if self.response_cache.backend == "redis":
+                raise ValueError("response_cache.backend: redis needs a redis: section (its url)")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

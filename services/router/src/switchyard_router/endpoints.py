@@ -1,10 +1,13 @@
 """Endpoints (one model server, one channel each) and the clusters that group them.
 
 An endpoint takes new requests for a model when its Health.Watch stream says
-SERVING for that model name, it is not ejected by outlier detection and it is
-not draining. Outlier detection is passive: consecutive failed attempts eject
-it for a back-off that doubles with each ejection (base to max); once the
-back-off is over it returns as soon as health says SERVING.
+SERVING for that model name, it is not ejected by outlier detection (``outlier``)
+and it is not draining. A lost connection is tried again after the cluster's
+``reconnect_backoff`` (gRPC's connection attempts and the health watch alike), so
+a restarted replica is found within about ``max_seconds`` of listening.
+
+Every change to who is healthy bumps the cluster's ``Epoch``, which is how the
+pickers know to count healthy endpoints again.
 """
 
 from __future__ import annotations
@@ -23,16 +26,15 @@ import grpc.aio
 
 from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
-from switchyard_router.config import ClusterConfig
+from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
+from switchyard_router.connection_pool import LIST_MODELS, ConnectionPool
 from switchyard_router.health import HealthWatcher
 from switchyard_router.load_reports import LoadReportWatcher, from_trailers
-from switchyard_router.picker import NO_REPORT, ReportedLoad
+from switchyard_router.outlier import EjectionState, OutlierDetector
+from switchyard_router.picker import NO_REPORT, Epoch, ReportedLoad
 
 log = logging.getLogger("switchyard.router.endpoints")
 
-GENERATE = "/switchyard.v1.LLMService/Generate"
-STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
-LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
 DNS_SCHEME = "dns:///"
 
 
@@ -61,7 +63,11 @@ class EndpointState(enum.Enum):
 
 
 class Endpoint:
-    """One model server: its channel, raw-bytes call stubs, health and load."""
+    """One model server: its connections (``connection_pool``), health and load.
+
+    ``detector`` is its cluster's outlier detection (which also holds the cluster's
+    epoch); an endpoint made without one is a cluster of its own.
+    """
 
     def __init__(
         self,
@@ -70,11 +76,17 @@ class Endpoint:
         config: ClusterConfig,
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
+        detector: OutlierDetector | None = None,
     ) -> None:
         self.cluster = cluster
         self.address = address
-        self.outlier = config.outlier_detection
-        options: list[tuple[str, str | int]] = [
+        if detector is None:
+            detector = OutlierDetector(cluster, config.outlier_detection, {address: self}, Epoch())
+        self.detector = detector
+        self.epoch = detector.epoch
+        self.reconnect_backoff: ReconnectBackoffConfig = config.reconnect_backoff
+        backoff = config.reconnect_backoff
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Pings find a hung peer (e.g. SIGSTOP, a dead node): its health
@@ -87,29 +99,33 @@ class Endpoint:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.http2.min_time_between_pings_ms", int(config.keepalive_seconds * 1000)),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2_000),
+            # gRPC's default (1 s, x1.6, up to 120 s) keeps a restarted replica dark
+            # long after it listens again. (gRPC adds its own +-20% jitter.)
+            ("grpc.initial_reconnect_backoff_ms", int(backoff.initial_seconds * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff.initial_seconds * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(backoff.max_seconds * 1000)),
         ]
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            if config.tls is not None and config.tls.server_name:
-                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
-            self.channel = grpc.aio.secure_channel(address, credentials, options=options)
-        # No (de)serializers: requests and responses pass through as bytes.
-        self.generate = self.channel.unary_unary(GENERATE, None, None)
-        self.stream_generate = self.channel.unary_stream(STREAM_GENERATE, None, None)
+        if credentials is not None and config.tls is not None and config.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+
+        def open_channel(extra: list[tuple[str, Any]]) -> grpc.aio.Channel:
+            if credentials is None:
+                return grpc.aio.insecure_channel(address, options=options + extra)
+            return grpc.aio.secure_channel(address, credentials, options=options + extra)
+
+        self.pool = ConnectionPool(address, config.connection_pool, open_channel)
+        self.channel: grpc.aio.Channel = self.pool.primary
+        """The first connection: health watch and ListModels."""
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
         self.reported: ReportedLoad = NO_REPORT  # its model server's last load report
         self.elsewhere = 0.0  # requests there from others, by that report
-        self.consecutive_failures = 0
-        self.ejections = 0
-        self.ejected_until = 0.0
-        self.ejection_reason = ""
+        self.ejection = EjectionState()
         self.draining = False
+        self.adapters: dict[str, frozenset[str]] = {}
+        """LoRA adapters in memory there, by model name (id and aliases): from its
+        ListModels (``adapter_refresh_seconds``) and from requests it served."""
         self.watcher = HealthWatcher(self)
         self.load_reports = LoadReportWatcher(self)
         # Read at scrape time: no cost on the request path.
@@ -125,30 +141,62 @@ class Endpoint:
         _gauge_owner[(cluster, address)] = self
 
     # Health, from the watcher.
-    def set_model_health(self, model: str, serving: bool) -> None:
+    def set_model_health(self, model: str, serving: bool, fresh: bool = False) -> None:
+        """What the health stream says of ``model``; ``fresh``: its first report on a
+        new stream (after a reconnect)."""
         new = ModelHealth.SERVING if serving else ModelHealth.NOT_SERVING
-        if self.health.get(model) is not new:
+        old = self.health.get(model)
+        if old is not new:
             log.info("%s (%s): %s is %s", self.address, self.cluster, model, new.value)
-        self.health[model] = new
+            self.health[model] = new
+            self.epoch.bump()
+        if fresh:
+            self.pool.forget_learned_limits()
+        if serving and (fresh or old is not new):
+            self.detector.health_check_passed(self)
 
     def set_unreachable(self, model: str, reason: str) -> None:
         if self.health.get(model) is not ModelHealth.UNREACHABLE:
             log.info("%s (%s): unreachable for %s: %s", self.address, self.cluster, model, reason)
-        self.health[model] = ModelHealth.UNREACHABLE
+            self.health[model] = ModelHealth.UNREACHABLE
+            self.epoch.bump()
 
     def forget_model(self, model: str) -> None:
-        self.health.pop(model, None)
+        if self.health.pop(model, None) is not None:
+            self.epoch.bump()
+
+    # LoRA adapters in memory, for adapter affinity.
+    def holds_adapter(self, model: str, adapter: str) -> bool:
+        held = self.adapters.get(model)
+        return held is not None and adapter in held
+
+    def hold_adapter(self, model: str, adapter: str) -> None:
+        """It served a request with ``adapter``, so it has it loaded now."""
+        held = self.adapters.get(model, frozenset())
+        if adapter not in held:
+            self.adapters[model] = held | {adapter}
+
+    def set_adapters(self, adapters: dict[str, frozenset[str]]) -> None:
+        """What its ListModels says is loaded now (replaces what was known)."""
+        if adapters != self.adapters:
+            described = "; ".join(
+                f"{m}: {', '.join(sorted(a))}" for m, a in sorted(adapters.items()) if a
+            )
+            log.info(
+                "%s (%s): adapters loaded: %s", self.address, self.cluster, described or "none"
+            )
+        self.adapters = adapters
 
     # Eligibility.
     def ejected(self) -> bool:
-        return time.monotonic() < self.ejected_until
+        return self.ejection.ejected
 
     def serves(self, model: str) -> bool:
         """Takes new requests for ``model`` now."""
         return (
             self.health.get(model) is ModelHealth.SERVING
             and not self.draining
-            and not self.ejected()
+            and not self.ejection.ejected
         )
 
     def may_serve(self, model: str) -> bool:
@@ -156,8 +204,12 @@ class Endpoint:
         return (
             self.health.get(model, ModelHealth.UNKNOWN) is ModelHealth.UNKNOWN
             and not self.draining
-            and not self.ejected()
+            and not self.ejection.ejected
         )
+
+    def connected(self, model: str) -> bool:
+        """Serving ``model`` by its health stream, ejected or not: panic routing's pool."""
+        return self.health.get(model) is ModelHealth.SERVING and not self.draining
 
     # Load, from the model server's reports.
     def take_report(self, trailers: Iterable[Any] | None) -> None:
@@ -179,29 +231,10 @@ class Endpoint:
 
     # Outlier detection, from the proxy's attempts.
     def record_success(self) -> None:
-        self.consecutive_failures = 0
-        if not self.ejected():
-            self.ejections = 0
+        self.detector.record_success(self)
 
     def record_failure(self, reason: str) -> None:
-        self.consecutive_failures += 1
-        if self.consecutive_failures >= self.outlier.consecutive_failures and not self.ejected():
-            self.ejections += 1
-            seconds = min(
-                self.outlier.base_ejection_seconds * 2 ** (self.ejections - 1),
-                self.outlier.max_ejection_seconds,
-            )
-            self.ejected_until = time.monotonic() + seconds
-            self.ejection_reason = f"{self.consecutive_failures} consecutive failures: {reason}"
-            metrics.EJECTIONS.labels(self.cluster, self.address).inc()
-            self.consecutive_failures = 0
-            log.warning(
-                "%s (%s): ejected for %.1fs after %s",
-                self.address,
-                self.cluster,
-                seconds,
-                self.ejection_reason,
-            )
+        self.detector.record_failure(self, reason)
 
     def state(self) -> EndpointState:
         if self.draining:
@@ -220,13 +253,15 @@ class Endpoint:
     async def drain_and_close(self, grace: float) -> None:
         """Stops new requests, lets in-flight ones finish (up to ``grace``), closes."""
         self.draining = True
+        self.epoch.bump()
         deadline = time.monotonic() + grace
         # Polled: the hot path updates a plain counter, not an event.
         while self.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self.watcher.close()
         await self.load_reports.close()
-        await self.channel.close(grace=None)
+        self.detector.forget(self)
+        await self.pool.close()
         # The address may have rejoined (a new Endpoint) while this one drained.
         if _gauge_owner.get((self.cluster, self.address)) is self:
             del _gauge_owner[(self.cluster, self.address)]
@@ -245,6 +280,9 @@ class Cluster:
         self.config = config
         self.max_message_bytes = max_message_bytes
         self.endpoints: dict[str, Endpoint] = {}
+        self.epoch = Epoch()
+        """Moves whenever one of its endpoints' health changes, or one joins or leaves."""
+        self.outlier = OutlierDetector(name, config.outlier_detection, self.endpoints, self.epoch)
         self.watched_models: set[str] = set()
         self._removed: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -254,15 +292,21 @@ class Cluster:
         return None if self.tls_files is None else self.tls_files.channel_credentials()
 
     def reconfigure(self, config: ClusterConfig, grace: float) -> None:
-        """Takes a new config; addresses change on the next ``refresh``. New TLS
-        settings replace every endpoint's channel (the old ones drain)."""
+        """Takes a new config; addresses change on the next ``refresh``. New TLS,
+        reconnect or connection-pool settings replace every endpoint's connections
+        (the old ones drain)."""
         tls_changed = config.tls != self.config.tls
+        connections_changed = (
+            config.reconnect_backoff != self.config.reconnect_backoff
+            or config.connection_pool != self.config.connection_pool
+        )
         self.config = config
+        self.outlier.config = config.outlier_detection
         for endpoint in self.endpoints.values():
-            endpoint.outlier = config.outlier_detection
             endpoint.load_reports.follow(config.load_report_interval_seconds)
         if tls_changed:
             self.tls_files = config.tls.files() if config.tls else None
+        if tls_changed or connections_changed:
             self._replace_channels(grace)
 
     def check_certificates(self, grace: float) -> None:
@@ -273,12 +317,21 @@ class Cluster:
 
     def _replace_channels(self, grace: float) -> None:
         for address, old in list(self.endpoints.items()):
-            endpoint = Endpoint(
-                self.name, address, self.config, self.max_message_bytes, self._credentials()
-            )
+            endpoint = self._endpoint(address)
             self._follow(endpoint)
             self.endpoints[address] = endpoint
             self._drain(old, grace)
+        self.epoch.bump()
+
+    def _endpoint(self, address: str) -> Endpoint:
+        return Endpoint(
+            self.name,
+            address,
+            self.config,
+            self.max_message_bytes,
+            self._credentials(),
+            self.outlier,
+        )
 
     def _follow(self, endpoint: Endpoint) -> None:
         """Starts watching a new endpoint's health and load."""
@@ -308,14 +361,14 @@ class Cluster:
             return
         for address in wanted:
             if address not in self.endpoints:
-                endpoint = Endpoint(
-                    self.name, address, self.config, self.max_message_bytes, self._credentials()
-                )
+                endpoint = self._endpoint(address)
                 self._follow(endpoint)
                 self.endpoints[address] = endpoint
+                self.epoch.bump()
                 log.info("cluster %s: endpoint %s joined", self.name, address)
         for address in set(self.endpoints) - set(wanted):
             endpoint = self.endpoints.pop(address)
+            self.epoch.bump()
             log.info("cluster %s: endpoint %s left; draining", self.name, address)
             self._drain(endpoint, grace)
 
@@ -329,6 +382,7 @@ class Cluster:
         self.closed = True
         endpoints = list(self.endpoints.values())
         self.endpoints.clear()
+        self.epoch.bump()
         await asyncio.gather(*(e.drain_and_close(grace) for e in endpoints), *self._removed)
 
 

@@ -10,7 +10,9 @@ front; nothing past this module knows which protocol the caller speaks.
 The contract of ``Proxy.handle(inbound, sink)``:
 
 - each response message goes to ``sink.send`` as the model server's bytes (one for
-  Generate, the stream's messages in order for StreamGenerate);
+  Generate, the stream's messages in order for StreamGenerate); response metadata
+  the router adds (``x-switchyard-cache: hit`` on an answer replayed from the cache)
+  goes to ``sink.send_headers`` before the first message;
 - it returns when the request is answered: the front finishes the call;
 - it raises ``StatusError`` when the request fails (``UpstreamStatusError`` when it relays a
   model server's status, whose trailers the front may pass on unchanged), possibly
@@ -47,10 +49,14 @@ class Inbound:
     """Seconds the caller still gives the request (None: no deadline)."""
     span_attributes: Mapping[str, str]
     """Attributes of the request's span that describe the front (``rpc.system``, ...)."""
+    counts_tokens: bool = False
+    """CountTokens (unary, relayed like Generate: its request has the model in field 1 too)."""
 
     @property
     def method(self) -> str:
         """The LLMService method, for metrics and logs."""
+        if self.counts_tokens:
+            return "CountTokens"
         return "StreamGenerate" if self.streaming else "Generate"
 
 
@@ -59,6 +65,11 @@ class ResponseSink(Protocol):
 
     async def send(self, message: bytes) -> None:
         """Delivers one response message (its bytes as the model server sent them)."""
+        ...
+
+    async def send_headers(self, headers: Metadata) -> None:
+        """Sends response metadata (gRPC initial metadata, HTTP headers) before any
+        message; called at most once."""
         ...
 
 

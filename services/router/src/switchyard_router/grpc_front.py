@@ -22,22 +22,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 _SPAN_ATTRIBUTES = {
-    streaming: {
-        "rpc.system": "grpc",
-        "rpc.service": _SERVICE,
-        "rpc.method": "StreamGenerate" if streaming else "Generate",
-    }
-    for streaming in (False, True)
+    method: {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method}
+    for method in ("Generate", "StreamGenerate", "CountTokens")
 }
 
 
 class _UnaryAnswer:
     """Keeps a Generate call's one response for the handler to return."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "send_headers")
 
-    def __init__(self) -> None:
+    def __init__(self, context: Context) -> None:
         self.response = b""
+        self.send_headers = context.send_initial_metadata
 
     async def send(self, message: bytes) -> None:
         self.response = message
@@ -46,27 +43,35 @@ class _UnaryAnswer:
 class _StreamToCaller:
     """Writes each StreamGenerate message straight to the caller."""
 
-    __slots__ = ("send",)
+    __slots__ = ("send", "send_headers")
 
     def __init__(self, context: Context) -> None:
         self.send = context.write  # no wrapper: this runs once per relayed message
+        self.send_headers = context.send_initial_metadata
 
 
 class GrpcFront:
-    """The LLMService method handlers for Generate and StreamGenerate."""
+    """The LLMService method handlers for Generate, StreamGenerate and CountTokens."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
     async def generate(self, request: bytes, context: Context) -> bytes:
         """Generate (unary)."""
-        answer = _UnaryAnswer()
+        answer = _UnaryAnswer(context)
         await self._handle(_inbound(False, request, context), answer, context)
         return answer.response
 
     async def stream_generate(self, request: bytes, context: Context) -> None:
         """StreamGenerate: messages are written as they arrive from the model server."""
         await self._handle(_inbound(True, request, context), _StreamToCaller(context), context)
+
+    async def count_tokens(self, request: bytes, context: Context) -> bytes:
+        """CountTokens (unary), relayed like Generate."""
+        answer = _UnaryAnswer(context)
+        inbound = _inbound(False, request, context, counts_tokens=True)
+        await self._handle(inbound, answer, context)
+        return answer.response
 
     async def _handle(
         self, inbound: Inbound, sink: _UnaryAnswer | _StreamToCaller, context: Context
@@ -79,11 +84,15 @@ class GrpcFront:
             await abort(context, error)
 
 
-def _inbound(streaming: bool, request: bytes, context: Context) -> Inbound:
+def _inbound(
+    streaming: bool, request: bytes, context: Context, *, counts_tokens: bool = False
+) -> Inbound:
+    method = "CountTokens" if counts_tokens else "StreamGenerate" if streaming else "Generate"
     return Inbound(
         streaming,
         request,
         context.invocation_metadata() or (),
         context.time_remaining,
-        _SPAN_ATTRIBUTES[streaming],
+        _SPAN_ATTRIBUTES[method],
+        counts_tokens,
     )

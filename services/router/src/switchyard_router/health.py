@@ -2,12 +2,20 @@
 
 Push, not polling: a model server that turns NOT_SERVING, or whose process
 dies (the stream breaks at once), leaves rotation as soon as the router hears.
+
+A broken stream is opened again at once and waits for the channel to reconnect
+(gRPC's ``wait_for_ready``), so the first report arrives as soon as the cluster's
+reconnect back-off lets the connection through; only a stream that fails on a
+live connection waits a jittered pause (the same back-off) before its next try.
+The first report on each new stream is *fresh*: SERVING then ends an ejection
+(``outlier``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,8 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.router.health")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-_RETRY_MIN_SECONDS = 0.1
-_RETRY_MAX_SECONDS = 2.0
+_BACKOFF_MULTIPLIER = 1.6  # as gRPC's connection back-off
 
 
 class HealthWatcher:
@@ -43,13 +50,19 @@ class HealthWatcher:
             )
 
     async def _follow(self, name: str) -> None:
-        pause = _RETRY_MIN_SECONDS
+        backoff = self._endpoint.reconnect_backoff
+        pause = backoff.initial_seconds
+        reconnecting = False  # the first stream may fail at once: that says "unreachable"
         while True:
-            call = self._stub.Watch(health_pb2.HealthCheckRequest(service=name))
+            call = self._stub.Watch(
+                health_pb2.HealthCheckRequest(service=name), wait_for_ready=reconnecting
+            )
+            fresh = True
             try:
                 async for response in call:
-                    self._endpoint.set_model_health(name, response.status == SERVING)
-                    pause = _RETRY_MIN_SECONDS
+                    self._endpoint.set_model_health(name, response.status == SERVING, fresh)
+                    fresh = False
+                    pause = backoff.initial_seconds
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     # No health service there: trust it, and rely on outlier detection.
@@ -61,8 +74,12 @@ class HealthWatcher:
                 self._endpoint.set_unreachable(name, error.details() or error.code().name)
             finally:
                 call.cancel()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _RETRY_MAX_SECONDS)
+            reconnecting = True
+            if not fresh:  # it had answered: reconnect at once (the channel paces itself)
+                continue
+            jitter = backoff.jitter
+            await asyncio.sleep(pause * random.uniform(1 - jitter, 1 + jitter))
+            pause = min(pause * _BACKOFF_MULTIPLIER, backoff.max_seconds)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

@@ -61,6 +61,67 @@ EJECTIONS = Counter(
     "Outlier-detection ejections, by endpoint.",
     ["cluster", "endpoint"],
 )
+EJECTIONS_ACTIVE = Gauge(
+    "switchyard_router_ejections_active",
+    "Endpoints ejected now, by cluster.",
+    ["cluster"],
+)
+EJECTIONS_OVERFLOW = Counter(
+    "switchyard_router_ejections_overflow",
+    "Ejections not made because max_ejection_percent of the cluster was ejected already.",
+    ["cluster"],
+)
+IN_FLIGHT = Gauge(
+    "switchyard_router_in_flight_requests",
+    "Generate and StreamGenerate calls in progress (what limits.max_in_flight counts).",
+)
+OVERLOADED = Counter(
+    "switchyard_router_overloaded",
+    "Calls refused with RESOURCE_EXHAUSTED OVERLOADED, by route and by the limit that "
+    "refused them (scope: router or route).",
+    ["model", "scope"],
+)
+REFUSED_STREAMS = Counter(
+    "switchyard_router_upstream_refused_streams",
+    "Calls a model server refused (HTTP/2 REFUSED_STREAM, never processed) and the "
+    "router sent again at once, by cluster.",
+    ["cluster"],
+)
+HEALTHY_PANIC = Counter(
+    "switchyard_router_lb_healthy_panic",
+    "Attempts routed in panic (the priority's healthy share was below "
+    "healthy_panic_threshold), by route.",
+    ["model"],
+)
+CACHE_LOOKUPS = Counter(
+    "switchyard_router_cache_lookups",
+    "Requests on routes with a response cache, by route and result: hit (answered from "
+    "the cache), miss, bypass (cache-control: no-cache) or nondeterministic (not cacheable).",
+    ["model", "result"],
+)
+CACHE_STORES = Counter(
+    "switchyard_router_cache_stores",
+    "Answers written to the response cache, by route.",
+    ["model"],
+)
+CACHE_ENTRIES = Gauge(
+    "switchyard_router_cache_entries", "Answers held by this process's memory cache."
+)
+CACHE_BYTES = Gauge("switchyard_router_cache_bytes", "Bytes held by this process's memory cache.")
+BUDGET_CUTOFFS = Counter(
+    "switchyard_router_budget_cutoffs",
+    "Streams ended with RESOURCE_EXHAUSTED because the key's token budget ran out, by route.",
+    ["model"],
+)
+REDIS_UP = Gauge(
+    "switchyard_router_redis_up",
+    "1 while the fleet's Redis answers (limits and cache are shared), 0 while the router "
+    "falls back to its own (only with limits_backend or response_cache on redis).",
+)
+REDIS_ERRORS = Counter(
+    "switchyard_router_redis_errors",
+    "Redis operations that failed or timed out (each one switches to local limits).",
+)
 
 
 class _Switch:
@@ -82,6 +143,7 @@ class RequestRecord:
     span: Any = None  # the request's span when tracing is on
     attempts: int = 0
     key: str | None = None  # the API key's configured id (never the key), with auth on
+    cache: str | None = None  # on a cached route: hit, miss, bypass or nondeterministic
 
     def finish(self) -> None:
         REQUESTS.labels(self.method, self.model, self.code).inc()
@@ -108,6 +170,8 @@ class RequestRecord:
         }
         if self.key is not None:
             fields["key_id"] = self.key
+        if self.cache is not None:
+            fields["cache"] = self.cache
         log.info(
             "request " + " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields}
         )

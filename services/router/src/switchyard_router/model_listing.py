@@ -51,6 +51,7 @@ async def list_models(
         described: pb.Model | None = None
         loading = False
         healthy = total = 0
+        adapters: dict[str, bool] = {}  # name -> loaded on some replica
         for target in table.routes[name].targets:
             for endpoint in target.endpoints.values():
                 total += 1
@@ -59,11 +60,17 @@ async def list_models(
                 if found is not None:
                     described = described or found
                     loading = loading or found.status == pb.MODEL_STATUS_LOADING
+                    for adapter in found.adapters:
+                        adapters[adapter.name] = adapters.get(adapter.name, False) or adapter.loaded
         model = pb.Model(id=name, healthy_replicas=healthy, total_replicas=total)
         if described is not None:
             model.backend = described.backend
             model.context_length = described.context_length
             model.capabilities.extend(described.capabilities)
+            if described.HasField("defaults"):
+                model.defaults.CopyFrom(described.defaults)
+            model.memory_bytes = described.memory_bytes
+        model.adapters.extend(pb.Adapter(name=a, loaded=adapters[a]) for a in sorted(adapters))
         if healthy:
             model.status = pb.MODEL_STATUS_READY
         elif loading:

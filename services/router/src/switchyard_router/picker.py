@@ -16,9 +16,24 @@ The decisions, in Envoy's order:
    chooses (:data:`POLICIES`).
 
 Eligible: serving the target's model (health says SERVING), not ejected, not
-draining, and not already tried by this request. Only when no endpoint of any
-priority is known healthy are endpoints whose health is not known yet (just
-added, or serving no health service) tried, rather than fail.
+draining, and not already tried by this request.
+
+**Panic** (Envoy's ``healthy_panic_threshold``): when the healthy share of the
+priority in use falls below the route's threshold, its requests spread over that
+priority's *connected* endpoints (health SERVING, ejected ones included) rather
+than pile onto the few healthy ones. When no priority has a healthy endpoint, the
+first priority with a connected one is used, in panic. Only when none is
+connected either are endpoints whose health is not known yet (just added, or
+serving no health service) tried, rather than fail. The healthy share is counted
+again only when a cluster's :class:`Epoch` moved, so a pick costs the same with
+64 endpoints as with 2.
+
+**Adapter affinity**: a request naming a LoRA adapter goes, when the policy can
+choose among them, to the eligible endpoints that already hold that adapter in
+memory (a replica loads one on its first request, which costs a load and, on
+llama.cpp, its cached prompt); only when none is eligible does it go to any.
+A hot adapter spreads by itself: a full replica answers RESOURCE_EXHAUSTED, the
+retry goes to another, and that one holds the adapter from then on.
 
 Load (:func:`load_of`) is what the policies that weigh it compare: this router's
 requests in flight at an endpoint, plus those of other routers and clients there
@@ -28,6 +43,7 @@ waiting requests once more and its KV-cache usage.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -39,6 +55,8 @@ from switchyard_router.hash_ring import HashRing
 
 PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
+DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
+"""Percent, as Envoy's default."""
 DEFAULT_LOAD_FACTOR = 1.25
 """prefix_affinity's bound: no endpoint holds more than this times the mean number of
 requests in flight."""
@@ -112,6 +130,30 @@ class EndpointView(Protocol):
         """Health for ``model`` not known yet, and not ejected or draining."""
         ...
 
+    def holds_adapter(self, model: str, adapter: str) -> bool:
+        """Whether LoRA ``adapter`` of ``model`` is in memory there (as last heard)."""
+        ...
+
+    def connected(self, model: str) -> bool:
+        """Health says SERVING for ``model`` and not draining, ejected or not: what a
+        priority in panic spreads over."""
+        ...
+
+
+class Epoch:
+    """Counts the changes to which of a cluster's endpoints are healthy (health
+    reports, ejections and their end, endpoints joining, leaving or draining).
+    The endpoints bump it; a picker counts healthy endpoints again only when it moved."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        """Something that decides who is healthy changed."""
+        self.value += 1
+
 
 E = TypeVar("E", bound=EndpointView)
 E_co = TypeVar("E_co", bound=EndpointView, covariant=True)
@@ -129,6 +171,8 @@ class RequestView:
     ``affinity``); None: no affinity."""
     prompt_bytes: int = 0
     """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
+    adapter: str | None = None
+    """The LoRA adapter the request names (None: the base model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +185,8 @@ class Target(Generic[E]):
     weight: int
     endpoints: Mapping[str, E]
     """The cluster's endpoints by address, kept current as they join and leave."""
+    epoch: Epoch | None = None
+    """The cluster's :class:`Epoch`; None: count healthy endpoints at every pick."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +196,19 @@ class Pick(Generic[E_co]):
     endpoint: E_co
     model: str
     cluster: str
+    panic: bool = False
+    """Chosen in panic: the priority's healthy share was below the threshold."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityHealth:
+    """One priority of a route: how many of its endpoints are healthy, and whether
+    that share puts it in panic."""
+
+    priority: int
+    healthy: int
+    endpoints: int
+    panic: bool
 
 
 class Policy(Protocol):
@@ -333,12 +392,13 @@ POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
 
 
 class Picker(Generic[E]):
-    """One route's picker: priorities, weights, health, then the route's policy."""
+    """One route's picker: priorities, weights, health and panic, then the route's policy."""
 
     def __init__(
         self,
         targets: Sequence[Target[E]],
         policy: PolicyName = DEFAULT_POLICY,
+        healthy_panic_threshold: float = DEFAULT_HEALTHY_PANIC_THRESHOLD,
         load_factor: float = DEFAULT_LOAD_FACTOR,
     ) -> None:
         make: Callable[[], Policy] = POLICIES[policy]
@@ -348,6 +408,18 @@ class Picker(Generic[E]):
         self.groups: tuple[tuple[tuple[Target[E], Policy], ...], ...] = tuple(
             tuple((t, make()) for t in targets if t.priority == priority) for priority in priorities
         )
+        self.priorities = tuple(priorities)
+        self.healthy_panic_threshold = healthy_panic_threshold
+        # Per priority: its clusters' epochs (None: a target has none, count every
+        # time), and the sum of their values when its health was last counted with
+        # what was counted. Epochs only grow, so the sum moves whenever one does.
+        self._epochs: tuple[tuple[Epoch, ...] | None, ...] = tuple(
+            None
+            if any(t.epoch is None for t, _ in group)
+            else tuple(t.epoch for t, _ in group if t.epoch is not None)
+            for group in self.groups
+        )
+        self._counted: list[tuple[int, PriorityHealth] | None] = [None] * len(self.groups)
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
@@ -357,18 +429,62 @@ class Picker(Generic[E]):
         affinity key: the key's endpoint failed it, and its keys' retries spread by
         load rather than pile onto the next endpoint on the ring."""
         if exclude and request.affinity_key is not None:
-            request = RequestView(request.model, None, request.prompt_bytes)
-        for group in self.groups:
-            chosen = _pick_in(group, request, exclude, known_healthy=True)
+            request = dataclasses.replace(request, affinity_key=None)
+        # The lowest priority with a healthy endpoint; in panic, over its connected ones.
+        for index, group in enumerate(self.groups):
+            health = self.health_of(index)
+            if health.healthy == 0:
+                continue
+            mode = _CONNECTED if health.panic else _HEALTHY
+            chosen = _pick_in(group, request, exclude, mode)
             if chosen is not None:
                 return chosen
-        # Nothing known healthy: try endpoints whose health is not known yet
-        # (just added, or serving no health service) rather than fail.
+        # No healthy endpoint anywhere: the first priority in panic with a connected one.
+        for index, group in enumerate(self.groups):
+            if self.health_of(index).panic:
+                chosen = _pick_in(group, request, exclude, _CONNECTED)
+                if chosen is not None:
+                    return chosen
+        # Nothing connected: try endpoints whose health is not known yet (just
+        # added, or serving no health service) rather than fail.
         for group in self.groups:
-            chosen = _pick_in(group, request, exclude, known_healthy=False)
+            chosen = _pick_in(group, request, exclude, _UNKNOWN)
             if chosen is not None:
                 return chosen
         return None
+
+    def health_of(self, index: int) -> PriorityHealth:
+        """The healthy share of the ``index``-th priority, counted again only when one
+        of its clusters' epochs moved (or at every call when a target has none)."""
+        epochs = self._epochs[index]
+        stamp = -1
+        if epochs is not None:
+            stamp = 0
+            for epoch in epochs:
+                stamp += epoch.value
+            counted = self._counted[index]
+            if counted is not None and counted[0] == stamp:
+                return counted[1]
+        group = self.groups[index]
+        healthy = total = 0
+        for target, _ in group:
+            model = target.model
+            for endpoint in target.endpoints.values():
+                total += 1
+                healthy += endpoint.serves(model)
+        panic = healthy * 100 < self.healthy_panic_threshold * total
+        health = PriorityHealth(self.priorities[index], healthy, total, panic)
+        self._counted[index] = (stamp, health)
+        return health
+
+    def health(self) -> list[PriorityHealth]:
+        """Every priority's healthy share and panic state, for operators."""
+        return [self.health_of(index) for index in range(len(self.groups))]
+
+
+_HEALTHY, _CONNECTED, _UNKNOWN = range(3)
+"""Which endpoints a pass of the picker considers: healthy ones; connected ones, ejected
+included (panic); or those whose health is not known yet."""
 
 
 _Option = tuple[Target[E], Policy, list[E], Callable[[E], bool]]
@@ -379,28 +495,40 @@ def _pick_in(
     group: tuple[tuple[Target[E], Policy], ...],
     request: RequestView,
     exclude: Collection[E],
-    known_healthy: bool,
+    mode: int,
 ) -> Pick[E] | None:
     options: list[_Option[E]] = []
     for target, policy in group:
         endpoints = list(target.endpoints.values())
-        eligible = _eligibility(target.model, exclude, known_healthy)
+        eligible = _eligibility(target.model, exclude, mode)
         if any(map(eligible, endpoints)):
             options.append((target, policy, endpoints, eligible))
     if not options:
         return None
     target, policy, endpoints, eligible = options[0] if len(options) == 1 else _by_weight(options)
-    endpoint = policy.choose(endpoints, eligible, request)
-    return None if endpoint is None else Pick(endpoint, target.model, target.cluster)
+    endpoint = None
+    adapter = request.adapter
+    if adapter is not None:  # affinity: an endpoint that holds the adapter, if one may
+        model = target.model
+        endpoint = policy.choose(
+            endpoints, lambda e: e.holds_adapter(model, adapter) and eligible(e), request
+        )
+    if endpoint is None:
+        endpoint = policy.choose(endpoints, eligible, request)
+    if endpoint is None:
+        return None
+    return Pick(endpoint, target.model, target.cluster, mode == _CONNECTED)
 
 
-def _eligibility(model: str, exclude: Collection[E], known_healthy: bool) -> Callable[[E], bool]:
-    """Whether an endpoint may take the attempt: healthy for ``model`` (or, when
-    nothing is known healthy, health not known yet) and not tried already."""
-    if known_healthy:
+def _eligibility(model: str, exclude: Collection[E], mode: int) -> Callable[[E], bool]:
+    """Whether an endpoint may take the attempt in this pass (``mode``) and was not
+    tried already."""
+    if mode == _HEALTHY:
         if exclude:
             return lambda e: e.serves(model) and e not in exclude
         return lambda e: e.serves(model)
+    if mode == _CONNECTED:
+        return lambda e: e.connected(model) and e not in exclude
     return lambda e: e.may_serve(model) and e not in exclude
 
 

@@ -1,11 +1,11 @@
 """The router's request path: admission, then one attempt loop for Generate and
 StreamGenerate alike, relaying raw bytes.
 
-Requests are never parsed: the router reads the model name from the wire
-(``wire.read_model``) and relays request and response bytes untouched, which is
-what keeps a Python hop cheap (see docs/architecture.md, performance facts). Deadlines
-propagate as each attempt's timeout; a caller that leaves cancels the upstream
-call, which stops generation on the model server.
+Requests are never parsed: the router reads the model name and LoRA adapter
+from the wire (``wire.read_model_and_adapter``) and relays request and response
+bytes untouched, which is what keeps a Python hop cheap (see docs/architecture.md,
+performance facts). Deadlines propagate as each attempt's timeout; a caller that
+leaves cancels the upstream call, which stops generation on the model server.
 
 Each attempt asks the route's picker for an endpoint, runs there (one response,
 or a stream of them) and ends in one of four outcomes: success; a failure
@@ -17,9 +17,14 @@ request's final error. Fronts (``front``) supply the request and a sink for its
 response messages, and turn a raised ``StatusError`` into their own error.
 
 With ``auth`` configured, admission checks each call against the API keys
-(``auth``) and the key's rate limits (``quota``); model tokens are charged from
-the usage in the answer, read from its bytes (``wire.read_usage_tokens``).
-Without it, none of that code runs.
+(``auth``) and asks the fleet state (``fleet``) for the key's rate limits and token
+budget; a route with a ``cache`` is looked up there too, and a hit is answered
+from it without an attempt (marked ``x-switchyard-cache: hit``). Model tokens
+are charged from the usage in the answer, read from its bytes
+(``wire.read_usage_tokens``), or for a stream cut off early from the tokens it
+relayed (``metering``), which also ends a stream whose budget runs out; a miss's
+answer is recorded and stored. Without keys with limits or cached routes, none
+of that code runs.
 
 Each attempt's end also brings the model server's load report (ORCA, in the
 trailing metadata: ``load_reports``), kept on its endpoint for the picker and
@@ -32,26 +37,42 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from switchyard.status import refused_stream
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
 from switchyard_router import load_reports, wire
 from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
+from switchyard_router.connection_pool import Connection
+from switchyard_router.fleet import FleetState
+from switchyard_router.fleet.config import ResponseCacheConfig
 from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
-from switchyard_router.metrics import RESUMES, RETRIES, RequestRecord
+from switchyard_router.metrics import (
+    HEALTHY_PANIC,
+    REFUSED_STREAMS,
+    RESUMES,
+    RETRIES,
+    RequestRecord,
+)
+from switchyard_router.overload import InFlight
 from switchyard_router.retry import RETRYABLE, RetryBudget
 from switchyard_router.routing import EndpointPick, RouteTable, describe_unavailable
 from switchyard_router.spans import end_attempt_span, start_attempt_span, start_request_span
 
 log = logging.getLogger("switchyard.router.proxy")
+
+CACHE_HEADER = "x-switchyard-cache"
+_CACHE_HIT: Metadata = ((CACHE_HEADER, "hit"),)
+# A refused stream is sent again at once this many times at most per request.
+_MAX_REFUSALS = 16
 
 
 @dataclass
@@ -61,6 +82,8 @@ class _Failure:
     code: grpc.StatusCode
     details: str
     trailers: Metadata = ()
+    refused: bool = False
+    """HTTP/2 refused the stream (REFUSED_STREAM): the model server never processed it."""
 
     def relayed(self, details: str | None = None) -> UpstreamStatusError:
         """The failure as the request's final status, with the model server's trailers."""
@@ -72,7 +95,8 @@ class Proxy:
     """The request path every front shares: admission, picks, retries, resume."""
 
     def __init__(self, table: RouteTable, retry: RetryConfig) -> None:
-        self.admission = Admission(table)
+        self.in_flight = InFlight()
+        self.admission = Admission(table, in_flight=self.in_flight)
         self.retry = retry
         self.budget = RetryBudget(retry.budget_max_tokens, retry.budget_token_ratio)
         self.active = 0  # calls in progress, which a drain waits for
@@ -87,16 +111,31 @@ class Proxy:
         """The current API keys (None: auth is off)."""
         return self.admission.guard
 
+    @property
+    def fleet(self) -> FleetState:
+        """Where limits, budgets and cached answers are kept."""
+        return self.admission.fleet
+
     def configure(
         self,
         table: RouteTable,
         retry: RetryConfig,
         guard: Guard | None = None,
         limits: RouterLimitsConfig | None = None,
+        fleet: FleetState | None = None,
+        cache: ResponseCacheConfig | None = None,
     ) -> None:
         """Takes a reloaded config; requests in flight finish with what they started with."""
         max_request_bytes = limits.max_request_bytes if limits else None
-        self.admission = Admission(table, guard, max_request_bytes)
+        self.in_flight.max_total = limits.max_in_flight if limits else None
+        self.admission = Admission(
+            table,
+            guard,
+            max_request_bytes,
+            fleet or self.admission.fleet,
+            cache or self.admission.cache,
+            self.in_flight,
+        )
         self.retry = retry
         self.budget.configure(retry.budget_max_tokens, retry.budget_token_ratio)
 
@@ -105,11 +144,15 @@ class Proxy:
         messages go to ``sink``; a failure is raised as ``StatusError`` (see ``front``)."""
         record = RequestRecord(inbound.method)
         self.active += 1
+        call: Call | None = None
         try:
             call = await self.admission.admit(inbound, record)
             if tracing.enabled():
                 record.span = start_request_span(record, inbound, call.route.model)
-            await self._attempts(call, sink)
+            if call.cached is not None:
+                await _replay(call.cached, sink)
+            else:
+                await self._attempts(call, sink)
         except StatusError as error:
             record.code = error.code.name
             raise
@@ -118,12 +161,17 @@ class Proxy:
             raise
         finally:
             self.active -= 1
+            if call is not None:
+                call.release()
+                if call.fleet is not None:
+                    _settle(call, record.code == "OK")
             record.finish()
 
     async def _attempts(self, call: Call, sink: ResponseSink) -> None:
         """Attempts until one answers, or raises the request's final status."""
         failure: _Failure | None = None
         attempt = 0
+        refusals = 0
         while True:
             pick = self._next_pick(call, failure)
             delivered = call.delivered
@@ -132,6 +180,14 @@ class Proxy:
                 return
             if call.resume is not None and call.resume.finished:
                 return  # the final message was relayed; only the trailers were lost
+            if failure.refused and refusals < _MAX_REFUSALS and _before(call.deadline):
+                # Never processed (HTTP/2 says so): again at once, not a retry. The pool
+                # learned that connection's limit, so it goes on another connection of
+                # the same endpoint, or to another endpoint.
+                refusals += 1
+                call.tried.discard(pick.endpoint)
+                REFUSED_STREAMS.labels(pick.cluster).inc()
+                continue
             self._raise_if_final(call, failure, call.delivered - delivered, attempt)
             attempt += 1
             RETRIES.labels(call.route.model).inc()
@@ -152,6 +208,8 @@ class Proxy:
             )
         call.tried.add(pick.endpoint)
         call.record.attempts += 1
+        if pick.panic:
+            HEALTHY_PANIC.labels(call.route.model).inc()
         return pick
 
     async def _attempt(
@@ -163,13 +221,16 @@ class Proxy:
         span, metadata = start_attempt_span(call.record, pick, attempt, call.metadata)
         delivered = call.delivered
         outcome = "CANCELLED"
-        pick.endpoint.outstanding += 1
+        endpoint = pick.endpoint
+        endpoint.outstanding += 1
+        connection = endpoint.pool.acquire()
         try:
             if streaming:
                 # The per-try timeout bounds the wait for an attempt's first message.
-                await self._stream(call, pick, timeout if own_limit else None, metadata, sink)
+                first_timeout = timeout if own_limit else None
+                await self._stream(call, pick, connection, first_timeout, metadata, sink)
             else:
-                await self._unary(call, pick, timeout, metadata, sink)
+                await self._unary(call, pick, connection, timeout, metadata, sink)
             outcome = "OK"
             return None
         except TimeoutError:
@@ -177,15 +238,16 @@ class Proxy:
             outcome = failure.code.name
         except grpc.aio.AioRpcError as error:
             # A stream's gRPC timeout is the caller's deadline, never its own limit.
-            failure = self._classify(error, pick, own_limit and not streaming)
-            outcome = failure.code.name
+            failure = self._classify(error, pick, connection, own_limit and not streaming)
+            outcome = "REFUSED_STREAM" if failure.refused else failure.code.name
         except asyncio.CancelledError:
             if _own_cancellation():
                 raise  # the client left: nothing more to do
             failure = self._channel_closed(pick)  # the endpoint was removed under us
             outcome = failure.code.name
         finally:
-            pick.endpoint.outstanding -= 1
+            endpoint.outstanding -= 1
+            endpoint.pool.release(connection)
             end_attempt_span(span, outcome, call.delivered - delivered if streaming else None)
         return failure
 
@@ -193,22 +255,28 @@ class Proxy:
         self,
         call: Call,
         pick: EndpointPick,
+        connection: Connection,
         timeout: float | None,
         metadata: Metadata,
         sink: ResponseSink,
     ) -> None:
-        upstream = pick.endpoint.generate(_payload(call, pick), timeout=timeout, metadata=metadata)
+        counts_tokens = call.inbound.counts_tokens
+        method = connection.count_tokens if counts_tokens else connection.generate
+        upstream = method(_payload(call, pick), timeout=timeout, metadata=metadata)
         response: bytes = await upstream
         pick.endpoint.take_report(await upstream.trailing_metadata())
-        self._succeeded(pick)
-        if call.limiter is not None:
-            call.charge(response, wire.GENERATE_USAGE_FIELD)
+        self._succeeded(pick, call.view.adapter)
+        if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
+            call.note_usage(response, wire.GENERATE_USAGE_FIELD)
+            if call.recorder is not None:
+                call.recorder.add(response)
         await sink.send(response)
 
     async def _stream(
         self,
         call: Call,
         pick: EndpointPick,
+        connection: Connection,
         first_timeout: float | None,
         metadata: Metadata,
         sink: ResponseSink,
@@ -221,7 +289,7 @@ class Proxy:
             # per token): the per-try timeout would punish a healthy server for it.
             first_timeout = None
         remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
-        upstream = pick.endpoint.stream_generate(payload, timeout=remaining, metadata=metadata)
+        upstream = connection.stream_generate(payload, timeout=remaining, metadata=metadata)
         try:
             responses = upstream.__aiter__()
             try:
@@ -229,7 +297,7 @@ class Proxy:
             except StopAsyncIteration:
                 return  # an empty stream: nothing to relay
             send = sink.send
-            if resume is None and call.limiter is None:  # the hot path: bytes in, bytes out
+            if call.relays_plainly:  # the hot path: bytes in, bytes out
                 await send(first)
                 call.delivered += 1
                 async for message in responses:
@@ -237,15 +305,13 @@ class Proxy:
                     call.delivered += 1
             else:
                 last = first
-                await send(first if resume is None else resume.relay(first, pick))
-                call.delivered += 1
+                await _relay(call, first, pick, send)
                 async for message in responses:
                     last = message
-                    await send(message if resume is None else resume.relay(message, pick))
-                    call.delivered += 1
-                call.charge(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
+                    await _relay(call, message, pick, send)
+                call.note_usage(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
             pick.endpoint.take_report(await upstream.trailing_metadata())
-            self._succeeded(pick)
+            self._succeeded(pick, call.view.adapter)
         finally:
             upstream.cancel()  # client gone, attempt failed or done: stop its work
 
@@ -257,7 +323,7 @@ class Proxy:
                 raise failure.relayed()
             return
         resume = call.resume
-        if resume is not None and failure.code in RETRYABLE:
+        if resume is not None and failure.code in RETRYABLE and not resume.calls_tools:
             if not self._may_retry(attempt, call.deadline):
                 raise StatusError(failure.code, failure.details)
             resume.resumes += 1
@@ -295,15 +361,26 @@ class Proxy:
             pause = min(pause, max(0.0, deadline - time.monotonic()))
         await asyncio.sleep(pause)
 
-    def _succeeded(self, pick: EndpointPick) -> None:
+    def _succeeded(self, pick: EndpointPick, adapter: str | None = None) -> None:
         pick.endpoint.record_success()
         self.budget.record_success()
+        if adapter is not None:  # it has the adapter loaded now: prefer it for the next
+            pick.endpoint.hold_adapter(pick.model, adapter)
 
     def _classify(
-        self, error: grpc.aio.AioRpcError, pick: EndpointPick, own_limit: bool
+        self,
+        error: grpc.aio.AioRpcError,
+        pick: EndpointPick,
+        connection: Connection,
+        own_limit: bool,
     ) -> _Failure:
         code = error.code()
         details = error.details() or ""
+        if refused_stream(code.name, details):
+            # Not the endpoint's failure: the connection had more calls than the model
+            # server takes at once. Neither ejection nor the retry budget hears of it.
+            pick.endpoint.pool.refused(connection)
+            return _Failure(code, details, refused=True)
         pick.endpoint.take_report(error.trailing_metadata())
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
@@ -314,6 +391,11 @@ class Proxy:
                 f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
                 f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
             )
+        if code == grpc.StatusCode.CANCELLED:
+            # Not the caller's doing (that cancels this task instead): the model server
+            # cancelled the call, as one that stops does. Another endpoint can serve it.
+            code = grpc.StatusCode.UNAVAILABLE
+            details = f"the model server cancelled the call ({details or 'no details'})"
         if code == grpc.StatusCode.UNAVAILABLE:
             # Counts toward ejection whether the connection failed or the model
             # server said so itself (overload is RESOURCE_EXHAUSTED, and does not).
@@ -354,6 +436,43 @@ def _payload(call: Call, pick: EndpointPick) -> bytes:
     return wire.with_model(call.payload, pick.model)
 
 
+async def _relay(
+    call: Call, message: bytes, pick: EndpointPick, send: Callable[[bytes], Awaitable[None]]
+) -> None:
+    """Relays one stream message that the router reads: metered (and cut when the
+    budget runs out), recorded for resume and the cache."""
+    out = message
+    if call.meter is not None:
+        out = await call.meter.pass_message(message)
+    if call.resume is not None:
+        out = call.resume.relay(message, pick)
+    if call.recorder is not None:
+        call.recorder.add(out)
+    await send(out)
+    call.delivered += 1
+
+
+async def _replay(messages: list[bytes], sink: ResponseSink) -> None:
+    """Answers from the cache: the stored messages, marked as a hit."""
+    await sink.send_headers(_CACHE_HIT)
+    for message in messages:
+        await sink.send(message)
+
+
+def _settle(call: Call, answered: bool) -> None:
+    """Charges the request's usage and stores a cacheable answer, when it ends."""
+    fleet = call.fleet
+    assert fleet is not None
+    ticket = call.ticket
+    if ticket is not None and ticket.limits is not None and ticket.cached is None:
+        fleet.settle(ticket, call.tokens_used())
+    recorder = call.recorder
+    if recorder is not None and answered:
+        entry = recorder.entry()
+        if entry is not None:
+            fleet.store(recorder.key, entry, recorder.ttl_seconds, recorder.model)
+
+
 def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:
     """A failed attempt's trailers to relay: the model server's own (its status
     details included), not gRPC's nor its load report, which is for the router."""
@@ -370,6 +489,10 @@ def _left_code(inbound: Inbound) -> str:
     """How a request that ended early is counted: its deadline passed, or the caller left."""
     remaining = inbound.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+def _before(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
 
 
 def _own_cancellation() -> bool:

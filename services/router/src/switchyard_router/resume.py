@@ -32,6 +32,9 @@ class ResumeState:
     """(cluster, model) that produced the token ids; other targets get text only."""
     resumes: int = 0
     finished: bool = False
+    calls_tools: bool = False
+    """Tool calls were relayed: a continuation (text and token ids) cannot carry them, so
+    the stream is not resumed (it ends with a clean error instead)."""
 
     @classmethod
     def for_request(cls, request: bytes) -> ResumeState:
@@ -65,6 +68,7 @@ class ResumeState:
         self.text.append(parsed.text)
         self.token_ids.extend(token.id for token in parsed.tokens)
         self.finished = self.finished or bool(parsed.finish_reason)
+        self.calls_tools = self.calls_tools or len(parsed.tool_calls) > 0
         changed = False
         if parsed.tokens and not self.client_wants_token_ids:
             parsed.ClearField("tokens")

@@ -1,7 +1,8 @@
 """Retry decisions and the retry budget.
 
 A retry goes to another endpoint, only for failures another endpoint can fix
-(UNAVAILABLE, RESOURCE_EXHAUSTED, an attempt's own timeout), only inside the
+(UNAVAILABLE, RESOURCE_EXHAUSTED, an attempt's own timeout, a call the model
+server cancelled, which the proxy treats as UNAVAILABLE), only inside the
 caller's deadline, and only while the retry budget has tokens.
 
 The budget is gRPC's retry throttling: it holds up to ``max_tokens``; each

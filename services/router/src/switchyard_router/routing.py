@@ -5,7 +5,9 @@ number are used while any of them has a healthy endpoint; higher numbers are
 fallbacks. Within one priority, weights split traffic between targets
 (canaries, A/B). Within a target's cluster, the route's ``policy`` chooses the
 endpoint (``least_outstanding`` by default); a ``prefix_affinity`` route also
-reads each request's affinity key (``affinity``).
+reads each request's affinity key (``affinity``). A priority whose healthy share falls
+below the route's ``healthy_panic_threshold`` spreads its requests over its
+connected endpoints, ejected ones included (panic).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from switchyard_common.status import FieldViolation, invalid_argument, model_not
 from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import AffinityConfig, RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
-from switchyard_router.picker import Pick, Picker, PolicyName, Target
+from switchyard_router.fleet.config import RouteCacheConfig
+from switchyard_router.picker import DEFAULT_LOAD_FACTOR, Pick, Picker, PolicyName, Target
 
 EndpointPick = Pick[Endpoint]
 """Where one attempt goes: an endpoint of the router's clusters and the model there."""
@@ -33,6 +36,13 @@ class Route:
     resume: bool
     policy: PolicyName
     picker: Picker[Endpoint]
+    max_in_flight: int | None = None
+    """Calls of this route in progress at once (None: only the router's limit)."""
+    cache: RouteCacheConfig | None = None
+    """Replay answers to identical requests (None: never)."""
+    identity: str = ""
+    """The route and the models its targets call, for cache keys: an answer cached
+    before a reload that changed them is not replayed after it."""
     affinity: AffinityKeys | None = None
     """How a prefix_affinity route reads each request's affinity key."""
 
@@ -55,21 +65,36 @@ class RouteTable:
                         t.priority,
                         t.weight,
                         clusters[t.cluster].endpoints,
+                        clusters[t.cluster].epoch,
                     )
                     for t in config.targets
                 ),
                 key=lambda t: t.priority,
             )
         )
-        if config.policy != "prefix_affinity":
-            picker = Picker(targets, config.policy)
-            return Route(config.model, targets, config.resume, config.policy, picker)
-        settings = config.affinity or AffinityConfig()
-        picker = Picker(targets, config.policy, settings.load_factor)
-        affinity = AffinityKeys(
-            settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
+        affinity = None
+        load_factor = DEFAULT_LOAD_FACTOR
+        if config.policy == "prefix_affinity":
+            settings = config.affinity or AffinityConfig()
+            load_factor = settings.load_factor
+            affinity = AffinityKeys(
+                settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
+            )
+        picker = Picker(targets, config.policy, config.healthy_panic_threshold, load_factor)
+        identity = "\n".join(
+            [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
         )
-        return Route(config.model, targets, config.resume, config.policy, picker, affinity)
+        return Route(
+            config.model,
+            targets,
+            config.resume,
+            config.policy,
+            picker,
+            config.max_in_flight,
+            config.cache,
+            identity,
+            affinity,
+        )
 
     def watched_models(self) -> dict[str, set[str]]:
         """Per cluster name, the model names whose health its endpoints must report."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import model_admin_pb2_grpc as model_admin_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
@@ -24,12 +25,17 @@ from switchyard_common.configfile import ConfigError
 from switchyard_common.listener import bind
 from switchyard_common.metrics_server import start_metrics_server
 from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
-from switchyard_router import metrics, model_listing
+from switchyard_router import adapter_residency, metrics, model_listing
 from switchyard_router.admin import RouterAdmin
 from switchyard_router.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
 from switchyard_router.endpoints import Cluster
+from switchyard_router.fleet import Ask, FleetState, build_fleet_state
 from switchyard_router.grpc_front import GrpcFront
+from switchyard_router.http_api.app import HttpApp
+from switchyard_router.http_api.listener import HttpListener
+from switchyard_router.model_admin import SERVICE_NAME as MODEL_ADMIN_SERVICE_NAME
+from switchyard_router.model_admin import ModelAdminForwarder
 from switchyard_router.proxy import Proxy
 from switchyard_router.routing import RouteTable
 
@@ -38,6 +44,10 @@ log = logging.getLogger("switchyard.router")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["RouterAdminService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+REDIS_HEALTH_NAME = "switchyard.router.redis"
+"""Health status name that says whether the fleet's Redis answers (set only with one)."""
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
@@ -78,16 +88,39 @@ class Router:
         self.server.add_generic_rpc_handlers((self._llm_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         admin_grpc.add_RouterAdminServiceServicer_to_server(
-            RouterAdmin(lambda: self.clusters, self._authorize_admin), self.server
+            RouterAdmin(lambda: self.clusters, lambda: self.proxy.table, self._authorize_admin),
+            self.server,
+        )
+        model_admin_grpc.add_ModelAdminServiceServicer_to_server(
+            ModelAdminForwarder(
+                lambda: self.clusters, self._authorize_admin, config.list_models_timeout_seconds
+            ),
+            self.server,
         )
         # Reflection describes LLMService from the generated descriptors even
         # though the handler is generic, so grpcurl works against the router.
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                MODEL_ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._fleet_settings: tuple[Any, ...] | None = None
+        self._fleet_generation = 0  # only the current fleet state reports to health
         self._config_mtime = self._mtime()
+        self._ready = False  # /readyz: serving, and not draining
+        self.http: HttpListener | None = None
+        if config.http_listen is not None:
+            app = HttpApp(self.proxy, self.list_models, self._is_ready, config.max_message_bytes)
+            self.http = HttpListener(app, config.http_listen, config.tls)
+
+    def _is_ready(self) -> bool:
+        return self._ready
 
     def _llm_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
@@ -96,6 +129,7 @@ class Router:
                 # No (de)serializers on the hot path: bytes in, bytes out.
                 "Generate": grpc.unary_unary_rpc_method_handler(self.front.generate),
                 "StreamGenerate": grpc.unary_stream_rpc_method_handler(self.front.stream_generate),
+                "CountTokens": grpc.unary_unary_rpc_method_handler(self.front.count_tokens),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self._list_models,  # parses the request itself: bad bytes are its to refuse
                     response_serializer=pb.ListModelsResponse.SerializeToString,
@@ -106,25 +140,33 @@ class Router:
     async def _list_models(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        principal = await self._authenticate(context)
         try:
             pb.ListModelsRequest.FromString(request)  # no fields yet, but it must be one
-            if principal is not None and principal.limiter is not None:
-                # It asks every endpoint: a request like any other for the key's rate.
-                principal.limiter.admit()
         except DecodeError as error:
             reason = f"not a ListModelsRequest: {error}"
             await abort(context, invalid_argument(FieldViolation("request", reason)))
+        try:
+            return await self.list_models(context.invocation_metadata(), context.time_remaining())
         except StatusError as error:
             await abort(context, error)
+
+    async def list_models(
+        self, metadata: Iterable[Any] | None, time_remaining: float | None
+    ) -> pb.ListModelsResponse:
+        """ListModels for a caller of any front (``StatusError`` when refused): with auth
+        on, its key is checked (UNAUTHENTICATED), the listing counts toward its request
+        rate (it asks every endpoint), and a key limited to some models sees only those."""
+        guard = self.proxy.guard
+        principal = None if guard is None else guard.authenticate(metadata)
+        limits = principal.limits if principal is not None else None
+        if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
+            await self.proxy.fleet.admit(Ask(limits))
         allowed = principal.models if principal is not None else None
         timeout = self.config.list_models_timeout_seconds
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if time_remaining is not None:
+            timeout = min(timeout, time_remaining)
         self.proxy.active += 1  # a drain lets it finish too
         try:
-            # A key limited to some models sees only those.
             return await model_listing.list_models(self.proxy.table, timeout, allowed)
         finally:
             self.proxy.active -= 1
@@ -170,13 +212,19 @@ class Router:
         if config.auth is None:
             guard = None
         elif guard is None or guard.config != config.auth:
-            guard = Guard(config.auth, guard)
+            guard = Guard(config.auth)
         if _closes_open_services(config) and not self._intercepting:
             log.warning("auth.open_services: keys for health and reflection take a restart")
-        self.proxy.configure(table, config.retry, guard, config.limits)
+        fleet = await self._fleet_state(config)
+        fleet.forget_keys_except(guard.key_ids if guard is not None else set())
+        self.proxy.configure(
+            table, config.retry, guard, config.limits, fleet, config.response_cache
+        )
         metrics.ACCESS_LOG.enabled = config.access_log
         if config.listen != self.listen:
             log.warning("listen changed to %s: takes effect on restart", config.listen)
+        if config.http_listen != self.config.http_listen:
+            log.warning("http_listen changed to %s: takes effect on restart", config.http_listen)
         for key in _LISTENER_KEYS:  # the gRPC server's own settings, fixed at start
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect on restart", key)
@@ -186,6 +234,45 @@ class Router:
         for cluster in gone:  # in-flight requests finish on the endpoints they hold
             self._spawn(cluster.close(config.drain_grace_seconds), f"close {cluster.name}")
 
+    async def _fleet_state(self, config: RouterConfig) -> FleetState:
+        """The fleet state for ``config``: the current one while its settings (and the
+        Redis password) are unchanged, else a new one; the old one closes once the
+        requests that hold it had their grace period."""
+        password = None
+        if config.redis is not None:
+            try:
+                password = config.redis.password()
+            except OSError as error:  # connecting says so too, and falls back to local limits
+                log.error("redis.password_file cannot be read: %s", error.strerror)
+        settings = (config.limits_backend, config.redis, config.response_cache, password)
+        if settings == self._fleet_settings:
+            return self.proxy.fleet
+        previous = self.proxy.fleet if self._fleet_settings is not None else None
+        self._fleet_settings = settings
+        self._fleet_generation += 1
+        generation = self._fleet_generation
+        fleet = build_fleet_state(
+            config.limits_backend,
+            config.redis,
+            config.response_cache,
+            lambda up: self._redis_reachable(up, generation),
+        )
+        if previous is not None and previous.shared:
+            # Until the new one says otherwise (a Redis one does at start).
+            await self.health.set(REDIS_HEALTH_NAME, _UNKNOWN)
+        await fleet.start()
+        if previous is not None:
+            self._spawn(_close_later(previous, config.drain_grace_seconds), "close fleet state")
+        return fleet
+
+    def _redis_reachable(self, up: bool, generation: int) -> None:
+        """Health follows the fleet's Redis (see fleet.redis_state); a replaced fleet
+        state, closing after its grace period, no longer speaks for it."""
+        if generation != self._fleet_generation:
+            return
+        status = _SERVING if up else _NOT_SERVING
+        self._spawn(self.health.set(REDIS_HEALTH_NAME, status), "redis health")
+
     async def start(self) -> int:
         await self.apply(self.config)
         port = bind(self.server, self.config.listen, self.config.tls)
@@ -194,9 +281,19 @@ class Router:
         while time.monotonic() < deadline and not self._all_reported():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.server.start()
-        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
+        if self.http is not None:
+            await self.http.start()
+            log.info("HTTP front listening on %s://%s", self.http.scheme, self.http.listen)
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME, MODEL_ADMIN_SERVICE_NAME):
             await self.health.set(name, _SERVING)
+        self._ready = True
         self._spawn(self._refresh_dns(), "dns refresh")
+        self._spawn(
+            adapter_residency.follow(
+                lambda: self.clusters, self.config.list_models_timeout_seconds
+            ),
+            "adapter residency",
+        )
         self._spawn(self._watch_certificates(), "certificate files watch")
         if self.config_path is not None:
             self._spawn(self._watch_config_file(), "config file watch")
@@ -241,18 +338,21 @@ class Router:
                     log.exception("reloading certificates of cluster %s failed", cluster.name)
 
     def _mtime(self) -> tuple[float, ...] | None:
-        """When the config file, and the key-hash files it names, last changed."""
+        """When the config file, and the secret files it names, last changed."""
         try:
             if self.config_path is None:
                 return None
             stamps = [self.config_path.stat().st_mtime]
         except OSError:
             return None
-        # Key hashes mounted from a Secret change without the config file changing.
-        for key in self.config.auth.keys if self.config.auth else ():
-            if key.sha256_file is not None:
+        # Key hashes and the Redis password, mounted from Secrets, change without the
+        # config file changing.
+        files = [key.sha256_file for key in (self.config.auth.keys if self.config.auth else ())]
+        files.append(self.config.redis.password_file if self.config.redis else None)
+        for path in files:
+            if path is not None:
                 try:
-                    stamps.append(key.sha256_file.stat().st_mtime)
+                    stamps.append(path.stat().st_mtime)
                 except OSError:
                     stamps.append(0.0)
         return tuple(stamps)
@@ -292,6 +392,7 @@ class Router:
         wait for every client's open Health.Watch stream, i.e. the whole grace period.
         """
         await self.health.enter_graceful_shutdown()
+        self._ready = False
         grace = self.config.drain_grace_seconds
         stopping = asyncio.ensure_future(self.server.stop(grace))  # no new calls from now
         deadline = time.monotonic() + grace
@@ -305,9 +406,12 @@ class Router:
             await asyncio.wait({stopping}, timeout=_STATUS_FLUSH_SECONDS)
         await self.server.stop(0)  # ends what is left: health watches, overdue requests
         await stopping
+        if self.http is not None:  # it answered /readyz 503 and refused new requests meanwhile
+            await self.http.stop(max(0.0, deadline - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(c.close() for c in self.clusters.values()))
+        await self.proxy.fleet.close()  # flushes the last settlements and cache writes
 
 
 async def serve(
@@ -345,6 +449,11 @@ async def serve(
     log.info("stopped")
 
 
+async def _close_later(fleet: FleetState, grace: float) -> None:
+    await asyncio.sleep(grace)
+    await fleet.close()
+
+
 def _closes_open_services(config: RouterConfig) -> bool:
     """Whether health or reflection need a key (an interceptor checks them)."""
     return config.auth is not None and not set(OPEN_BY_DEFAULT) <= set(config.auth.open_services)
@@ -356,11 +465,11 @@ if TYPE_CHECKING:
 
 class _KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Asks for an API key on health and reflection when they are not in
-    ``auth.open_services`` (LLMService and the admin service check it themselves)."""
+    ``auth.open_services`` (LLMService and the admin services check it themselves)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self._proxy = proxy
-        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME}
+        self._checked = {SERVICE_NAME, ADMIN_SERVICE_NAME, MODEL_ADMIN_SERVICE_NAME}
 
     async def intercept_service(
         self,

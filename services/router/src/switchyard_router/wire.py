@@ -9,9 +9,12 @@ a handful), so its cost does not grow with the prompt's size.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 _MODEL_TAG = (1 << 3) | 2  # field 1, length-delimited
+_ADAPTER_TAG = (13 << 3) | 2  # field 13 of Generate/StreamGenerateRequest: the LoRA adapter
 
 
 class MalformedRequestError(ValueError):
@@ -103,6 +106,21 @@ def read_model(data: bytes) -> str:
     return _decode(data[value_start:value_end])
 
 
+def read_model_and_adapter(data: bytes) -> tuple[str, str]:
+    """The request's model name and LoRA adapter ('' if unset), in one scan of its
+    top-level fields; the last occurrence of each wins, as in protobuf."""
+    model = adapter = None
+    for key, _, value_start, value_end in fields(data):
+        if key == _MODEL_TAG:
+            model = (value_start, value_end)
+        elif key == _ADAPTER_TAG:
+            adapter = (value_start, value_end)
+    return (
+        "" if model is None else _decode(data[model[0] : model[1]]),
+        "" if adapter is None else _decode(data[adapter[0] : adapter[1]], "adapter"),
+    )
+
+
 def with_model(data: bytes, model: str) -> bytes:
     """The same request with `model` replaced."""
     encoded = model.encode()
@@ -116,11 +134,11 @@ def with_model(data: bytes, model: str) -> bytes:
     return head + bytes(rest)
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, name: str = "model") -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise MalformedRequestError("model is not valid UTF-8") from None
+        raise MalformedRequestError(f"{name} is not valid UTF-8") from None
 
 
 GENERATE_USAGE_FIELD = 4  # GenerateResponse.usage
@@ -159,3 +177,107 @@ def read_usage_tokens(data: bytes, usage_field: int) -> int:
         return total
     except MalformedRequestError:
         return 0
+
+
+_SAMPLING_TAG = (4 << 3) | 2  # GenerateRequest.sampling / StreamGenerateRequest.sampling
+_INCLUDE_TOKEN_IDS_TAG = 6 << 3  # include_token_ids, a varint
+_STREAM_TEXT_TAG = (1 << 3) | 2  # StreamGenerateResponse.text
+_STREAM_TOKENS_TAG = (2 << 3) | 2  # StreamGenerateResponse.tokens (one field per token)
+GENERATE_FINISH_FIELD = 2  # GenerateResponse.finish_reason
+STREAM_FINISH_FIELD = 3  # StreamGenerateResponse.finish_reason
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSampling:
+    """What admission needs of a request's sampling, read from its bytes: whether its
+    answer can be replayed (greedy or seeded), what it may cost, and whether the
+    caller asked for per-token details."""
+
+    temperature: float | None
+    """None: unset (the model's default)."""
+    seeded: bool
+    max_tokens: int | None
+    logprobs: bool
+    include_token_ids: bool
+
+    @property
+    def deterministic(self) -> bool:
+        """Temperature 0, or a seed: the same request gets the same answer."""
+        return self.temperature == 0.0 or self.seeded
+
+    @property
+    def wants_tokens(self) -> bool:
+        """Whether the caller's stream messages carry ``tokens`` (ids or logprobs)."""
+        return self.logprobs or self.include_token_ids
+
+
+def read_sampling(data: bytes) -> RequestSampling:
+    """The sampling facts of a GenerateRequest or StreamGenerateRequest (last value
+    wins, as in protobuf); MalformedRequestError for bytes that are not one."""
+    temperature: float | None = None
+    seeded = logprobs = include_token_ids = False
+    max_tokens: int | None = None
+    for key, _, value_start, value_end in fields(data):
+        if key == _INCLUDE_TOKEN_IDS_TAG:
+            include_token_ids = _varint(data, value_start)[0] != 0
+        elif key == _SAMPLING_TAG:
+            sampling = data[value_start:value_end]
+            for s_key, _, s_start, _ in fields(sampling):
+                number = s_key >> 3
+                if s_key == (1 << 3) | 5:  # temperature, a float
+                    temperature = struct.unpack_from("<f", sampling, s_start)[0]
+                elif s_key == 4 << 3:  # max_tokens
+                    max_tokens = _int32(_varint(sampling, s_start)[0])
+                elif number == 6:  # seed
+                    seeded = True
+                elif number == 10:  # logprobs
+                    logprobs = True
+    return RequestSampling(temperature, seeded, max_tokens, logprobs, include_token_ids)
+
+
+def _int32(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def read_stream_tokens(message: bytes) -> tuple[int, int]:
+    """(entries in ``tokens``, bytes of ``text``) of a StreamGenerateResponse: how many
+    tokens it carries, when the model server sent token ids, and its text's size
+    otherwise. (0, 0) for bytes that are not one."""
+    tokens = text = 0
+    try:
+        for key, _, value_start, value_end in fields(message):
+            if key == _STREAM_TOKENS_TAG:
+                tokens += 1
+            elif key == _STREAM_TEXT_TAG:
+                text = value_end - value_start
+    except MalformedRequestError:
+        return 0, 0
+    return tokens, text
+
+
+def without_tokens(message: bytes) -> bytes:
+    """A StreamGenerateResponse without its ``tokens`` (the router asked for them; the
+    caller did not), cut out of the bytes rather than re-encoded."""
+    kept = bytearray()
+    pos = 0
+    for key, start, _, end in fields(message):
+        if key == _STREAM_TOKENS_TAG:
+            kept += message[pos:start]
+            pos = end
+    if pos == 0:
+        return message
+    kept += message[pos:]
+    return bytes(kept)
+
+
+def read_finish_reason(message: bytes, finish_field: int) -> int:
+    """The response's ``finish_reason`` enum value (0: unset, or not a response)."""
+    tag = finish_field << 3
+    reason = 0
+    try:
+        for key, _, value_start, _ in fields(message):
+            if key == tag:
+                reason = _varint(message, value_start)[0]
+    except MalformedRequestError:
+        return 0
+    return reason

@@ -34,8 +34,11 @@ class LLMServiceStub:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -61,6 +64,11 @@ class LLMServiceStub:
                 request_serializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/switchyard.v1.LLMService/CountTokens',
+                request_serializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class LLMServiceServicer:
@@ -72,8 +80,11 @@ class LLMServiceServicer:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -101,6 +112,17 @@ class LLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """CountTokens counts the tokens a request's input takes, with the model's
+        own tokenizer and chat template (tools and the model's default system
+        prompt included): what usage.prompt_tokens of the same Generate would be.
+        A backend whose provider offers no exact count answers UNIMPLEMENTED
+        (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +141,11 @@ def add_LLMServiceServicer_to_server(servicer, server):
                     request_deserializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.SerializeToString,
             ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'switchyard.v1.LLMService', rpc_method_handlers)
@@ -136,8 +163,11 @@ class LLMService:
     INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
     named by its path, e.g. "sampling.temperature")
     NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-    "model" and "available" (comma-separated model ids)
+    "model" and "available" (comma-separated model ids),
+    or ADAPTER_NOT_FOUND (also "adapter")
     RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+    FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+    cannot hold the model; the message says how much it needs)
     UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -213,6 +243,33 @@ class LLMService:
             '/switchyard.v1.LLMService/ListModels',
             switchyard_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
             switchyard_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.LLMService/CountTokens',
+            switchyard_dot_v1_dot_llm__service__pb2.CountTokensRequest.SerializeToString,
+            switchyard_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

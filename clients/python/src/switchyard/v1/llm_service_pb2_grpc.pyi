@@ -35,8 +35,11 @@ class LLMServiceStub:
       INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
                          named by its path, e.g. "sampling.temperature")
       NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-                         "model" and "available" (comma-separated model ids)
+                         "model" and "available" (comma-separated model ids),
+                         or ADAPTER_NOT_FOUND (also "adapter")
       RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+      FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+                         cannot hold the model; the message says how much it needs)
       UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -55,6 +58,13 @@ class LLMServiceStub:
     """ListModels lists every model this server (or, on the router, every route)
     serves, with its live status.
     """
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.CountTokensRequest, _llm_service_pb2.CountTokensResponse]
+    """CountTokens counts the tokens a request's input takes, with the model's
+    own tokenizer and chat template (tools and the model's default system
+    prompt included): what usage.prompt_tokens of the same Generate would be.
+    A backend whose provider offers no exact count answers UNIMPLEMENTED
+    (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+    """
 
 @_typing.type_check_only
 class LLMServiceAsyncStub(LLMServiceStub):
@@ -66,8 +76,11 @@ class LLMServiceAsyncStub(LLMServiceStub):
       INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
                          named by its path, e.g. "sampling.temperature")
       NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-                         "model" and "available" (comma-separated model ids)
+                         "model" and "available" (comma-separated model ids),
+                         or ADAPTER_NOT_FOUND (also "adapter")
       RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+      FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+                         cannot hold the model; the message says how much it needs)
       UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -83,6 +96,13 @@ class LLMServiceAsyncStub(LLMServiceStub):
     """ListModels lists every model this server (or, on the router, every route)
     serves, with its live status.
     """
+    CountTokens: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.CountTokensRequest, _llm_service_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """CountTokens counts the tokens a request's input takes, with the model's
+    own tokenizer and chat template (tools and the model's default system
+    prompt included): what usage.prompt_tokens of the same Generate would be.
+    A backend whose provider offers no exact count answers UNIMPLEMENTED
+    (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
+    """
 
 class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """LLMService is the one contract of Switchyard. The router and every model
@@ -93,8 +113,11 @@ class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
       INVALID_ARGUMENT   google.rpc.BadRequest (one violation per bad field,
                          named by its path, e.g. "sampling.temperature")
       NOT_FOUND          google.rpc.ErrorInfo reason MODEL_NOT_FOUND, metadata
-                         "model" and "available" (comma-separated model ids)
+                         "model" and "available" (comma-separated model ids),
+                         or ADAPTER_NOT_FOUND (also "adapter")
       RESOURCE_EXHAUSTED google.rpc.RetryInfo (when to try again) and ErrorInfo
+      FAILED_PRECONDITION ErrorInfo (e.g. MODEL_TOO_LARGE: the memory budget
+                         cannot hold the model; the message says how much it needs)
       UNAVAILABLE        ErrorInfo (e.g. MODEL_LOADING, SHUTTING_DOWN)
     Every ErrorInfo has domain "switchyard.dev" and a stable reason string.
     """
@@ -125,6 +148,19 @@ class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_llm_service_pb2.ListModelsResponse, _abc.Awaitable[_llm_service_pb2.ListModelsResponse]]:
         """ListModels lists every model this server (or, on the router, every route)
         serves, with its live status.
+        """
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _llm_service_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.CountTokensResponse, _abc.Awaitable[_llm_service_pb2.CountTokensResponse]]:
+        """CountTokens counts the tokens a request's input takes, with the model's
+        own tokenizer and chat template (tools and the model's default system
+        prompt included): what usage.prompt_tokens of the same Generate would be.
+        A backend whose provider offers no exact count answers UNIMPLEMENTED
+        (ErrorInfo reason TOKEN_COUNT_UNSUPPORTED) rather than a guess.
         """
 
 def add_LLMServiceServicer_to_server(servicer: LLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

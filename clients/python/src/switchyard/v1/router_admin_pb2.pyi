@@ -43,13 +43,49 @@ class ListEndpointsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListEndpointsResponse(_message.Message):
-    __slots__ = ("endpoints",)
+    __slots__ = ("endpoints", "clusters", "priorities")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStatus]
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ...) -> None: ...
+    clusters: _containers.RepeatedCompositeFieldContainer[ClusterStatus]
+    priorities: _containers.RepeatedCompositeFieldContainer[PriorityStatus]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterStatus, _Mapping]]] = ..., priorities: _Optional[_Iterable[_Union[PriorityStatus, _Mapping]]] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("cluster", "endpoints", "ejected_endpoints", "max_ejected_endpoints", "max_ejection_percent", "ejections_overflow")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    EJECTIONS_OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    endpoints: int
+    ejected_endpoints: int
+    max_ejected_endpoints: int
+    max_ejection_percent: float
+    ejections_overflow: int
+    def __init__(self, cluster: _Optional[str] = ..., endpoints: _Optional[int] = ..., ejected_endpoints: _Optional[int] = ..., max_ejected_endpoints: _Optional[int] = ..., max_ejection_percent: _Optional[float] = ..., ejections_overflow: _Optional[int] = ...) -> None: ...
+
+class PriorityStatus(_message.Message):
+    __slots__ = ("route", "priority", "endpoints", "healthy_endpoints", "healthy_panic_threshold", "panic")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_PANIC_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PANIC_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    priority: int
+    endpoints: int
+    healthy_endpoints: int
+    healthy_panic_threshold: float
+    panic: bool
+    def __init__(self, route: _Optional[str] = ..., priority: _Optional[int] = ..., endpoints: _Optional[int] = ..., healthy_endpoints: _Optional[int] = ..., healthy_panic_threshold: _Optional[float] = ..., panic: _Optional[bool] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
-    __slots__ = ("cluster", "address", "state", "models", "outstanding_requests", "consecutive_failures", "ejection_reason", "ejected_for", "ejections")
+    __slots__ = ("cluster", "address", "state", "models", "outstanding_requests", "consecutive_failures", "ejection_reason", "ejected_for", "ejections", "connections")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +95,7 @@ class EndpointStatus(_message.Message):
     EJECTION_REASON_FIELD_NUMBER: _ClassVar[int]
     EJECTED_FOR_FIELD_NUMBER: _ClassVar[int]
     EJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     address: str
     state: EndpointState
@@ -68,7 +105,8 @@ class EndpointStatus(_message.Message):
     ejection_reason: str
     ejected_for: _duration_pb2.Duration
     ejections: int
-    def __init__(self, cluster: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[EndpointState, str]] = ..., models: _Optional[_Iterable[_Union[ModelHealth, _Mapping]]] = ..., outstanding_requests: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., ejection_reason: _Optional[str] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ejections: _Optional[int] = ...) -> None: ...
+    connections: int
+    def __init__(self, cluster: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[EndpointState, str]] = ..., models: _Optional[_Iterable[_Union[ModelHealth, _Mapping]]] = ..., outstanding_requests: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., ejection_reason: _Optional[str] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ejections: _Optional[int] = ..., connections: _Optional[int] = ...) -> None: ...
 
 class ModelHealth(_message.Message):
     __slots__ = ("model", "state")

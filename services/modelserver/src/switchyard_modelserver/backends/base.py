@@ -7,15 +7,19 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar
 
+import grpc
 from pydantic import BaseModel, ConfigDict
 
+from switchyard_common.status import StatusError, adapter_not_found
 from switchyard_modelserver.domain import (
+    AdapterInfo,
     BackendEvent,
     EngineLoad,
     GenerationRequest,
     ModelCard,
     ModelState,
 )
+from switchyard_modelserver.residency import ModelResidency
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""
@@ -42,12 +46,20 @@ class Backend(abc.ABC):
     iterating (cancellation, deadline), the generator is closed and the backend
     must stop producing tokens.
     Expected failures are raised as ``switchyard.status.StatusError``.
+
+    Optional: models that load on demand within a memory budget
+    (:attr:`residency`, which the server holds around each request), and LoRA
+    adapters (:meth:`adapters`, :meth:`check_adapter`, :meth:`load_adapter`,
+    :meth:`unload_adapter`; ``GenerationRequest.adapter`` names one).
     """
 
     kind: ClassVar[str]
     options_model: ClassVar[type[BackendOptions]]
     remote: ClassVar[bool] = False
     """True when generation calls a remote provider (its spans are then CLIENT spans)."""
+    formats_chats: ClassVar[bool] = False
+    """True when the backend renders chat templates itself, so that a per-model
+    chat-template override (``GenerationRequest.chat_template``) applies."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Backend:
@@ -69,6 +81,17 @@ class Backend(abc.ABC):
     def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         """Generates for a validated request whose ``model`` is a served model id."""
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The tokens the request's input takes (prompt, or messages through the chat
+        template, with its tools), as ``generate`` would count them. The default:
+        UNIMPLEMENTED, for backends that cannot count exactly."""
+        raise StatusError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"the {self.kind} backend cannot count tokens",
+            reason="TOKEN_COUNT_UNSUPPORTED",
+            metadata={"backend": self.kind},
+        )
+
     def concurrency(self, model_id: str) -> int:
         """How many generations of one model may run at once (the rest queue)."""
         return 1
@@ -88,3 +111,33 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases the backend's resources."""
+
+    @property
+    def residency(self) -> ModelResidency[Any] | None:
+        """Which models are in memory, for a backend whose models load on demand
+        (None: every model is loaded by :meth:`load` and stays)."""
+        return None
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        """The LoRA adapters a request may name for the model (default: none)."""
+        return []
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        """NOT_FOUND naming the adapter unless the model has it (default: it has none)."""
+        raise adapter_not_found(name, model_id, [])
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        """Makes adapter ``name`` (at ``path``, or found by name) available and loads it."""
+        raise _unsupported(self.kind, "LoRA adapters")
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        """Frees adapter ``name`` once the requests using it finish."""
+        raise _unsupported(self.kind, "LoRA adapters")
+
+
+def _unsupported(kind: str, what: str) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"the {kind} backend does not support {what}",
+        reason="NOT_SUPPORTED",
+    )

@@ -8,6 +8,14 @@ queue. Generation is our own token loop over ``Llama.generate`` rather than
 overshoot it), a cancellation check before every token, exact token counts
 and stop sequences that are never partly emitted.
 
+Which models are in memory is the residency's business (``residency``):
+without a budget every model loads at start and stays; with
+``max_loaded_models`` or ``memory_budget_bytes`` models load on their first
+request and the least recently used idle one makes room. The folder is
+watched (``gguf_files.ModelsFolder``): a file added is served, one removed
+drains, one replaced loads beside the old copy and takes over. LoRA adapters
+(``llamacpp_lora``) are applied per request.
+
 A prompt reuses what the context already computed: the prefix it shares with
 the live context, or with a state the model's prompt cache kept from an earlier
 request (``prompt_cache``, up to ``prompt_cache_bytes``), whichever is longer; the
@@ -19,21 +27,34 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import random
 import threading
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, invalid_argument
+from switchyard_modelserver.adapters import AdapterCatalog, gguf_file
+from switchyard_modelserver.backends import llamacpp_grammar
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
+from switchyard_modelserver.backends.gguf_files import ModelsFolder, model_size, read_metadata
+from switchyard_modelserver.backends.llamacpp_grammar import Constraint
+from switchyard_modelserver.backends.llamacpp_lora import (
+    AdapterSet,
+    free_adapter,
+    load_adapter,
+    use_adapter,
+)
+from switchyard_modelserver.backends.llamacpp_sampling import TokenSampler
 from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import (
+    AdapterInfo,
     BackendEvent,
     Capability,
     Delta,
@@ -46,7 +67,10 @@ from switchyard_modelserver.domain import (
     PromptCounted,
 )
 from switchyard_modelserver.limits import tokenize_within_context
+from switchyard_modelserver.residency import ModelResidency, ResidencyLimits
 from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.tools import chat_template, prompting
+from switchyard_modelserver.tools.hermes import tool_call_events
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -59,7 +83,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
 
 
 class LlamaCppModelOptions(BackendOptions):
@@ -92,17 +115,49 @@ class LlamaCppOptions(BackendOptions):
         description="memory per model for prompt states beyond the live one, so that "
         "conversations that interleave each skip the prefix they already computed; 0: off",
     )
+    max_loaded_models: int | None = Field(
+        default=None, ge=1, description="models in memory at once; set: models load on demand"
+    )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="memory the loaded models may take (file + KV cache each); set: models "
+        "load on demand",
+    )
+    load_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a request waits for its model to load (or for room in the "
+        "budget) before UNAVAILABLE MODEL_LOADING / RESOURCE_EXHAUSTED",
+    )
+    watch_models_dir: bool = Field(
+        default=True, description="serve files added, drain files removed, swap files replaced"
+    )
+    watch_interval_seconds: float = Field(default=2.0, gt=0)
+    adapters_dir: Path | None = Field(
+        default=None, description="LoRA adapters: <adapters_dir>/<model id>/<adapter>.gguf"
+    )
 
 
-@dataclass
+@dataclass(eq=False)
 class _LoadedModel:
+    """One loaded copy of a model (a replaced file has two for a while)."""
+
     card: ModelCard
     llama: Llama
     executor: concurrent.futures.ThreadPoolExecutor
     add_bos: bool
     chat_template: str | None
-    prompt_cache: PromptStateCache | None
-    generating: int = 0  # requests on its worker thread now (0 or 1)
+    prompt_cache: PromptStateCache | None = None
+    """Earlier prompts' states (``prompt_cache_bytes``); None: off."""
+    adapters: AdapterSet = field(default_factory=AdapterSet)
+    """Touched only on the worker thread."""
+    generations: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no generation runs on this copy."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 @dataclass(frozen=True)
@@ -121,6 +176,17 @@ class _Job:
     frequency_penalty: float
     repetition_penalty: float
     stop: tuple[str, ...]
+    constraint: Constraint | None = None
+    adapter: str | None = None
+    adapter_path: Path | None = None
+    adapters: AdapterSet | None = None
+
+
+@dataclass
+class _ModelFile:
+    path: Path
+    override: LlamaCppModelOptions
+    card: ModelCard
 
 
 class LlamaCppBackend(Backend):
@@ -128,75 +194,197 @@ class LlamaCppBackend(Backend):
 
     kind = "llamacpp"
     options_model = LlamaCppOptions
+    formats_chats = True
 
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options
+        self._overrides = {m.file: m for m in options.models}
+        self._folder = ModelsFolder(options.models_dir)
         self._files = self._discover(options)
-        self._loaded: dict[str, _LoadedModel] = {}
+        self._limits = ResidencyLimits(
+            max_loaded_models=options.max_loaded_models,
+            memory_budget_bytes=options.memory_budget_bytes,
+            load_wait_seconds=options.load_wait_seconds,
+        )
+        self._residency = ModelResidency[_LoadedModel](
+            self._limits, _CopyLoader(self), self._on_state
+        )
+        self._adapters = AdapterCatalog(self._adapters_folder, gguf_file)
+        self._report: StateReporter | None = None
+        self._starting = not self._limits.bounded  # eager: every model loads at start
+        self._copies: set[_LoadedModel] = set()
         self._live: set[EngineThreadBridge] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # referenced until done
+        for model_id in sorted(self._files):  # known from the start; reported from load()
+            self._residency.add(model_id, self._files[model_id].card.memory_bytes)
 
-    @staticmethod
-    def _discover(options: LlamaCppOptions) -> dict[str, tuple[Path, LlamaCppModelOptions]]:
+    # -- the models folder ------------------------------------------------------
+
+    def _discover(self, options: LlamaCppOptions) -> dict[str, _ModelFile]:
         directory = options.models_dir
         if not directory.is_dir():
             raise ValueError(f"backend.models_dir: {directory} is not a directory")
-        overrides = {m.file: m for m in options.models}
-        files: dict[str, tuple[Path, LlamaCppModelOptions]] = {}
-        for path in sorted(directory.glob("*.gguf")):
-            override = overrides.pop(path.name, LlamaCppModelOptions(file=path.name))
-            model_id = override.id or path.name.removesuffix(".gguf")
-            if model_id in files:
+        files: dict[str, _ModelFile] = {}
+        for path in self._folder.prime():
+            found = self._model_file(path)
+            if found is None:
+                continue
+            if found.card.id in files:
                 raise ValueError(
-                    f"backend.models: {path.name} and {files[model_id][0].name} "
-                    f"would both be model {model_id!r}"
+                    f"backend.models: {path.name} and {files[found.card.id].path.name} "
+                    f"would both be model {found.card.id!r}"
                 )
-            files[model_id] = (path, override)
-        if overrides:
-            missing = ", ".join(sorted(overrides))
-            raise ValueError(f"backend.models: no such file in {directory}: {missing}")
+            files[found.card.id] = found
+        missing = sorted(set(self._overrides) - {f.path.name for f in files.values()})
+        if missing:
+            raise ValueError(f"backend.models: no such file in {directory}: {', '.join(missing)}")
         if not files:
-            raise ValueError(f"backend.models_dir: no .gguf files in {directory}")
+            raise ValueError(f"backend.models_dir: no .gguf models in {directory}")
         return files
 
-    def models(self) -> list[ModelCard]:
-        cards = []
-        for model_id, (_, override) in self._files.items():
-            loaded = self._loaded.get(model_id)
-            cards.append(
-                loaded.card
-                if loaded
-                else ModelCard(
-                    id=model_id,
-                    aliases=tuple(override.aliases),
-                    context_length=override.context_length or self._options.context_length,
-                )
+    def _model_file(self, path: Path) -> _ModelFile | None:
+        """The model a GGUF file is (None for a LoRA adapter put there by mistake).
+        A file whose header cannot be read is still listed (its load will fail and
+        say why)."""
+        override = self._overrides.get(path.name, LlamaCppModelOptions(file=path.name))
+        model_id = override.id or path.name.removesuffix(".gguf")
+        wanted = override.context_length or self._options.context_length
+        capabilities = {
+            Capability.COMPLETION,
+            Capability.STREAMING,
+            Capability.JSON_OUTPUT,
+            Capability.GRAMMAR_OUTPUT,
+            Capability.COUNT_TOKENS,
+        }
+        if self._options.adapters_dir is not None:
+            capabilities.add(Capability.ADAPTERS)
+        try:
+            metadata = read_metadata(path)
+            size = model_size(path, wanted)
+        except (OSError, ValueError) as error:
+            log.warning("model %s: cannot read %s (%s)", model_id, path.name, error)
+            card = ModelCard(model_id, wanted, tuple(override.aliases), frozenset(capabilities))
+            return _ModelFile(path, override, card)
+        if metadata.get("general.type") == "adapter":
+            log.warning("%s is a LoRA adapter, not a model: put it in adapters_dir", path.name)
+            return None
+        if metadata.get("tokenizer.chat_template"):
+            capabilities |= {Capability.CHAT, Capability.TOOLS}
+        card = ModelCard(
+            id=model_id,
+            aliases=tuple(override.aliases),
+            context_length=size.context_length,
+            capabilities=frozenset(capabilities),
+            memory_bytes=size.total_bytes,
+        )
+        return _ModelFile(path, override, card)
+
+    def _adapters_folder(self, model_id: str) -> Path | None:
+        root = self._options.adapters_dir
+        return None if root is None else root / model_id
+
+    async def _watch(self) -> None:
+        """Follows the models folder: new files are served, removed ones drain,
+        replaced ones load beside the old copy and take over."""
+        while True:
+            await asyncio.sleep(self._options.watch_interval_seconds)
+            try:
+                await self._follow_changes()
+            except Exception:  # the folder is scanned again next time
+                log.exception("scanning %s failed", self._options.models_dir)
+
+    async def _follow_changes(self) -> None:
+        changes = await asyncio.to_thread(self._folder.changes)
+        for path in changes.removed:
+            gone = next((m for m in self._files.values() if m.path == path), None)
+            if gone is not None:
+                log.info("model %s: %s was removed; draining", gone.card.id, path.name)
+                self._spawn(self._residency.remove(gone.card.id))
+        for path in changes.added + changes.replaced:
+            found = await asyncio.to_thread(self._model_file, path)
+            if found is not None:
+                self._serve_file(found, replaced=path in changes.replaced)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _serve_file(self, found: _ModelFile, replaced: bool) -> None:
+        model_id = found.card.id
+        known = self._files.get(model_id)
+        if known is not None and known.path != found.path:
+            log.error(
+                "%s would be model %s, which %s already is; ignored",
+                found.path.name,
+                model_id,
+                known.path.name,
             )
-        return cards
+            return
+        clash = next((m for m in self._files.values() if model_id in m.card.aliases), None)
+        if clash is not None:
+            log.error(
+                "%s would be model %s, an alias of %s; ignored",
+                found.path.name,
+                model_id,
+                clash.card.id,
+            )
+            return
+        self._files[model_id] = found
+        if replaced or known is not None:
+            log.info("model %s: %s changed", model_id, found.path.name)
+            self._residency.replace(model_id, found.card.memory_bytes)
+        else:
+            log.info("model %s: %s added", model_id, found.path.name)
+            self._residency.add(model_id, found.card.memory_bytes)
+            if not self._limits.bounded:  # without a budget every model is loaded
+                self._spawn(self._preload(model_id))
+
+    # -- states -----------------------------------------------------------------
+
+    def _on_state(self, model_id: str, state: ModelState, detail: str) -> None:
+        if state is ModelState.UNLOADED and self._starting:
+            state = ModelState.LOADING  # eager start-up: about to load
+        found = self._files.get(model_id)
+        if state is ModelState.REMOVED:
+            self._files.pop(model_id, None)
+        if found is None or self._report is None:
+            return
+        loaded = self._residency.loaded(model_id)
+        card = loaded.card if loaded is not None and state is ModelState.READY else found.card
+        self._report(card, state, detail)
+
+    @property
+    def residency(self) -> ModelResidency[_LoadedModel]:
+        return self._residency
+
+    def models(self) -> list[ModelCard]:
+        return [self._files[k].card for k in sorted(self._files)]
 
     async def load(self, report: StateReporter) -> None:
-        for card in self.models():
-            path, override = self._files[card.id]
-            try:
-                loaded = await asyncio.to_thread(self._load_one, card.id, path, override)
-            except Exception as error:  # a bad file must not take the other models down
-                log.exception("model %s failed to load from %s", card.id, path)
-                report(card, ModelState.UNAVAILABLE, f"failed to load: {error}")
-                continue
-            self._loaded[card.id] = loaded
-            log.info(
-                "model %s loaded from %s (context %d)",
-                card.id,
-                path.name,
-                loaded.card.context_length,
-            )
-            report(loaded.card, ModelState.READY, "")
+        self._report = report
+        self._residency.report_all()
+        if self._starting:
+            for model_id in sorted(self._files):
+                await self._preload(model_id)
+            self._starting = False
+        if self._options.watch_models_dir:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def _load_one(self, model_id: str, path: Path, override: LlamaCppModelOptions) -> _LoadedModel:
+    async def _preload(self, model_id: str) -> None:
+        with contextlib.suppress(Exception):  # reported as UNAVAILABLE; the others serve
+            await self._residency.load(model_id)
+
+    # -- copies -----------------------------------------------------------------
+
+    def _load_one(self, model_id: str, model_file: _ModelFile) -> _LoadedModel:
         from llama_cpp import Llama
 
+        override = model_file.override
         wanted = override.context_length or self._options.context_length
         llama = Llama(
-            model_path=str(path),
+            model_path=str(model_file.path),
             n_ctx=wanted,
             n_batch=self._options.batch_size,
             n_threads=self._options.threads,
@@ -206,14 +394,15 @@ class LlamaCppBackend(Backend):
         trained = int(llama.metadata.get(f"{_architecture(llama)}.context_length", wanted))
         context_length = min(wanted, trained, llama.n_ctx())
         template = llama.metadata.get("tokenizer.chat_template")
-        capabilities = {Capability.COMPLETION, Capability.STREAMING}
+        capabilities = set(model_file.card.capabilities) - {Capability.CHAT, Capability.TOOLS}
         if template:
-            capabilities.add(Capability.CHAT)
+            capabilities |= {Capability.CHAT, Capability.TOOLS}
         card = ModelCard(
             id=model_id,
             aliases=tuple(override.aliases),
             context_length=context_length,
             capabilities=frozenset(capabilities),
+            memory_bytes=model_file.card.memory_bytes,
         )
         add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
@@ -222,21 +411,76 @@ class LlamaCppBackend(Backend):
             from switchyard_modelserver.backends.prompt_cache import PromptStateCache
 
             prompt_cache = PromptStateCache(self._options.prompt_cache_bytes)
-        return _LoadedModel(card, llama, executor, add_bos, template, prompt_cache)
+        log.info(
+            "model %s loaded from %s (context %d)", model_id, model_file.path.name, context_length
+        )
+        return _LoadedModel(card, llama, executor, add_bos, template, prompt_cache=prompt_cache)
+
+    async def _load_copy(self, model_id: str) -> _LoadedModel:
+        copy = await asyncio.to_thread(self._load_one, model_id, self._files[model_id])
+        self._copies.add(copy)
+        return copy
+
+    async def _free_copy(self, copy: _LoadedModel) -> None:
+        """Waits for the copy's generations to end, then frees it."""
+        await copy.idle.wait()
+        # The worker may still be between tokens of a cancelled job: wait for it.
+        await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
+        copy.llama.close()
+        self._copies.discard(copy)
+
+    # -- adapters ---------------------------------------------------------------
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        copy = self._residency.loaded(model_id)
+        loaded = set(copy.adapters.loaded) if copy is not None else set()
+        names = await asyncio.to_thread(self._adapters.names, model_id)
+        return [AdapterInfo(name, name in loaded) for name in sorted(set(names) | loaded)]
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        found = self._adapters.register(model_id, name, path)
+        async with self._residency.hold(model_id):
+            copy = self._residency.current(model_id)
+            await self._on_worker(copy, load_adapter, copy.llama, copy.adapters, name, found)
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)  # NOT_FOUND for an adapter it never had
+        copy = self._residency.loaded(model_id)
+        if copy is not None:  # after the generation running there, if any
+            await self._on_worker(copy, free_adapter, copy.llama, copy.adapters, name)
+
+    async def _on_worker(self, copy: _LoadedModel, work: Any, *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(copy.executor, work, *args)
+
+    # -- generation -------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
-        model = self._loaded[request.model]
+        model = self._residency.current(request.model)  # the server holds it for us
         sampling = request.sampling
         if sampling.logprobs is not None:
             raise invalid_argument(
                 FieldViolation("sampling.logprobs", "not supported by the llamacpp backend")
             )
-        if request.messages is not None and model.chat_template is None:
-            raise invalid_argument(
-                FieldViolation(
-                    "messages", f"model {request.model} has no chat template; send a prompt"
-                )
-            )
+        adapter_path = (
+            self._adapters.path(request.model, request.adapter) if request.adapter else None
+        )
+        model.generations += 1
+        model.idle.clear()
+        try:
+            async for event in self._generate_on(model, request, adapter_path):
+                yield event
+        finally:
+            model.generations -= 1
+            if not model.generations:
+                model.idle.set()
+
+    async def _generate_on(
+        self, model: _LoadedModel, request: GenerationRequest, adapter_path: Path | None
+    ) -> AsyncGenerator[BackendEvent, None]:
+        sampling = request.sampling
         tokens = await tokenize_within_context(
             request,
             tokenize_prompt=lambda: asyncio.to_thread(self._prompt_tokens, model, request),
@@ -245,6 +489,11 @@ class LlamaCppBackend(Backend):
             context_length=model.card.context_length,
             default_max_tokens=self._options.default_max_tokens,
         )
+        constraint = llamacpp_grammar.constraint_for(request)
+        if constraint is not None:
+            await asyncio.to_thread(
+                llamacpp_grammar.check_parses, model.llama._model.vocab, constraint, request
+            )
         job = _Job(
             prompt_chunk_tokens=self._options.prompt_chunk_tokens,
             prompt_tokens=tokens.prompt_tokens,
@@ -262,32 +511,41 @@ class LlamaCppBackend(Backend):
             frequency_penalty=_or(sampling.frequency_penalty, 0.0),
             repetition_penalty=_or(sampling.repetition_penalty, 1.0),
             stop=sampling.stop,
+            constraint=constraint,
+            adapter=request.adapter,
+            adapter_path=adapter_path,
+            adapters=model.adapters,
         )
         yield PromptCounted(len(tokens.prompt_tokens))
         bridge = EngineThreadBridge()
         self._live.add(bridge)
-        model.generating += 1
         asyncio.get_running_loop().run_in_executor(
             model.executor, _decode, model.llama, model.prompt_cache, job, bridge
         )
+        events: AsyncIterator[BackendEvent] = bridge.events()
+        if request.calls_tools:
+            events = tool_call_events(events)
         try:
-            async for event in bridge.events():
+            async for event in events:
                 yield event
         finally:
             # Consumer gone (finished, cancelled or timed out): the worker stops
             # before its next token and the model is free for the next request.
             bridge.cancelled.set()
             self._live.discard(bridge)
-            model.generating -= 1
 
     def engine_load(self) -> EngineLoad:
         """The context in use of the model generating now (llama.cpp's KV cache is
         its context: one sequence per model), 0 while none is."""
         usage = 0.0
-        for model in self._loaded.values():
-            if model.generating:
+        for model in self._copies:
+            if model.generations:
                 usage = max(usage, model.llama.n_tokens / model.llama.n_ctx())
         return EngineLoad(kv_cache_usage=usage)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        model = self._residency.current(request.model)  # the server holds it for us
+        return len(await asyncio.to_thread(self._prompt_tokens, model, request))
 
     @staticmethod
     def _prompt_tokens(model: _LoadedModel, request: GenerationRequest) -> list[int]:
@@ -297,36 +555,60 @@ class LlamaCppBackend(Backend):
             return list(
                 llama.tokenize(request.prompt.encode(), add_bos=model.add_bos, special=False)
             )
-        import jinja2
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        assert model.chat_template is not None
-        formatter = Jinja2ChatFormatter(
-            template=model.chat_template,
-            eos_token=_token_text(llama, llama.token_eos()),
-            bos_token=_token_text(llama, llama.token_bos()),
-        )
-        messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
+        source = request.chat_template or model.chat_template
+        if source is None:
+            raise invalid_argument(
+                FieldViolation(
+                    "messages", f"model {request.model} has no chat template; send a prompt"
+                )
+            )
+        template = chat_template.compiled(source)
+        eos_text = _token_text(llama, llama.token_eos())
+        bos_text = _token_text(llama, llama.token_bos())
         try:
-            text = formatter(messages=messages).prompt
-        except (ValueError, TypeError, jinja2.TemplateError) as error:
+            text = prompting.rendered(
+                lambda messages, tools: template.render(
+                    messages, tools=tools, eos_token=eos_text, bos_token=bos_text
+                ),
+                request.messages,
+                request.tools,
+                template_knows_tools=template.knows_tools,
+                offer_tools=request.calls_tools,
+            )
+        except chat_template.TemplateRefusedError as error:
             # Templates reject what they cannot format (e.g. roles that do not alternate).
             raise invalid_argument(
                 FieldViolation("messages", f"{request.model}'s chat template refused them: {error}")
             ) from None
-        bos_text = _token_text(llama, llama.token_bos())
         add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
         return list(llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for task in self._background:
+            task.cancel()
         # Stop generations still running (the drain's grace period is over),
         # then wait for the workers off the event loop.
         for bridge in self._live:
             bridge.cancelled.set()
-        for model in self._loaded.values():
-            await asyncio.to_thread(model.executor.shutdown, wait=True, cancel_futures=True)
-            model.llama.close()
-        self._loaded.clear()
+        for copy in list(self._copies):
+            await asyncio.to_thread(copy.executor.shutdown, wait=True, cancel_futures=True)
+            copy.llama.close()
+        self._copies.clear()
+
+
+class _CopyLoader:
+    """The residency's side of the backend: load a copy, free a copy."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self._backend = backend
+
+    async def load(self, model_id: str) -> _LoadedModel:
+        return await self._backend._load_copy(model_id)
+
+    async def free(self, model_id: str, copy: _LoadedModel) -> None:
+        await self._backend._free_copy(copy)
 
 
 def _text_tokens(llama: Llama, text: str) -> list[int]:
@@ -361,7 +643,7 @@ def _decode(
     try:
         _decode_tokens(llama, cache, job, bridge, llama_cpp.llama_vocab_is_eog)
         if cache is not None and llama.n_tokens >= _MIN_CACHED_TOKENS:
-            _save_state(llama, cache)
+            _save_state(llama, cache, job.adapter)
     except BaseException as error:  # surfaced to the RPC by the bridge
         bridge.push(error)
 
@@ -369,8 +651,9 @@ def _decode(
 _MIN_CACHED_TOKENS = 32  # shorter contexts are quicker to compute than to keep
 
 
-def _save_state(llama: Llama, cache: PromptStateCache) -> None:
-    """Keeps the context's state (its sequence's KV cells) in ``cache``."""
+def _save_state(llama: Llama, cache: PromptStateCache, adapter: str | None) -> None:
+    """Keeps the context's state (its sequence's KV cells, computed under ``adapter``)
+    in ``cache``."""
     import llama_cpp
 
     context = llama._ctx.ctx
@@ -379,19 +662,22 @@ def _save_state(llama: Llama, cache: PromptStateCache) -> None:
         return
     data = (ctypes.c_uint8 * size)()
     written = llama_cpp.llama_state_seq_get_data(context, data, size, 0)
-    cache.store(llama.input_ids[: llama.n_tokens].copy(), data, int(written))
+    cache.store(llama.input_ids[: llama.n_tokens].copy(), data, int(written), adapter)
 
 
-def _restore_longest(llama: Llama, cache: PromptStateCache, tokens: list[int]) -> None:
-    """Restores the kept state that shares the longest prefix with ``tokens``, if it
-    shares more than the live context does."""
+def _restore_longest(
+    llama: Llama, cache: PromptStateCache, tokens: list[int], adapter: str | None
+) -> None:
+    """Restores the kept state (computed under ``adapter``, the one the context
+    applies now) that shares the longest prefix with ``tokens``, if it shares more
+    than the live context does."""
     import llama_cpp
     import numpy as np
 
     from switchyard_modelserver.backends.prompt_cache import common_prefix
 
     wanted = np.asarray(tokens, dtype=np.intc)
-    found = cache.longest(wanted)
+    found = cache.longest(wanted, adapter)
     if found is None:
         return
     shared, state = found
@@ -438,6 +724,8 @@ def _decode_tokens(
     cancelled: threading.Event = bridge.cancelled
     if cancelled.is_set():  # cancelled while waiting for the thread
         return
+    if job.adapters is not None:
+        use_adapter(llama, job.adapters, job.adapter, job.adapter_path)
     llama.set_seed(job.seed)
     vocab = llama._model.vocab  # no public accessor for end-of-generation checks
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -467,7 +755,7 @@ def _decode_tokens(
         # slightly different logits and change a greedy continuation at near-ties.
         llama.reset()  # type: ignore[no-untyped-call]
     elif cache is not None:
-        _restore_longest(llama, cache, job.prompt_tokens)
+        _restore_longest(llama, cache, job.prompt_tokens, job.adapter)
     cached = _prefill(llama, job.prompt_tokens, job.prompt_chunk_tokens, cancelled)
     if cached is None:
         return
@@ -490,34 +778,31 @@ def _decode_tokens(
         bridge.push(Delta(stops.flush(), 0))
         finish(FinishReason.LENGTH)
         return
-    tokens = llama.generate(
-        history,
-        top_k=job.top_k,
-        top_p=job.top_p,
-        min_p=DEFAULT_MIN_P,
-        temp=job.temperature,
-        repeat_penalty=job.repetition_penalty,
-        frequency_penalty=job.frequency_penalty,
-        presence_penalty=job.presence_penalty,
-        reset=True,
-    )
-    for token in tokens:
-        if cancelled.is_set():
-            return
-        if is_eog(vocab, token):
-            bridge.push(Delta(stops.flush(), 0))
-            finish(FinishReason.STOP)
-            return
-        piece = llama.detokenize([token], prev_tokens=history)
-        history.append(token)
-        generated += 1
-        text, matched = stops.feed(utf8.decode(piece))
-        bridge.push(Delta(text, 1, [token] if job.include_token_ids else []))
-        if matched is not None:
-            finish(FinishReason.STOP_SEQUENCE, matched)
-            return
-        if generated >= job.max_tokens:
-            # An incomplete UTF-8 character at the cap is dropped, not sent half.
-            bridge.push(Delta(stops.flush(), 0))
-            finish(FinishReason.LENGTH)
-            return
+    sampler = TokenSampler(llama, job)
+    try:
+        for token in job.continuation_tokens:
+            sampler.accept(token)
+        while True:
+            if cancelled.is_set():
+                return
+            token = sampler.sample()
+            if is_eog(vocab, token):
+                bridge.push(Delta(stops.flush(), 0))
+                finish(FinishReason.STOP)
+                return
+            piece = llama.detokenize([token], prev_tokens=history)
+            history.append(token)
+            generated += 1
+            text, matched = stops.feed(utf8.decode(piece))
+            bridge.push(Delta(text, 1, [token] if job.include_token_ids else []))
+            if matched is not None:
+                finish(FinishReason.STOP_SEQUENCE, matched)
+                return
+            if generated >= job.max_tokens:
+                # An incomplete UTF-8 character at the cap is dropped, not sent half.
+                bridge.push(Delta(stops.flush(), 0))
+                finish(FinishReason.LENGTH)
+                return
+            llama.eval([token])
+    finally:
+        sampler.close()

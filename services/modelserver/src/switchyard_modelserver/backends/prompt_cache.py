@@ -10,7 +10,9 @@ prefix with it is restored if it shares more than the live context does.
 
 One state per conversation is enough: a state whose tokens start another's is
 superseded by it (the longer one serves every prompt the shorter one would), so
-it is dropped when the longer one is stored.
+it is dropped when the longer one is stored. A state computed under a LoRA
+adapter serves only prompts under the same adapter (``llamacpp_lora``): each
+state records its adapter, and a lookup sees only its own.
 
 Why not llama-cpp-python's ``LlamaRAMCache``: its states carry a copy of the
 context's logits (up to ``n_batch`` rows of the vocabulary: about 100 MB for
@@ -41,6 +43,8 @@ class PromptState:
     data: Any
     """What ``llama_state_seq_get_data`` wrote (a ctypes array)."""
     size: int
+    adapter: str | None = None
+    """The LoRA adapter the context applied (None: the base model)."""
 
 
 def common_prefix(a: Tokens, b: Tokens) -> int:
@@ -65,12 +69,14 @@ class PromptStateCache:
     def __len__(self) -> int:
         return len(self._states)
 
-    def longest(self, tokens: Tokens) -> tuple[int, PromptState] | None:
-        """The state sharing the longest prefix with ``tokens``, and that length
-        (None: none shares any); it becomes the most recently used."""
+    def longest(self, tokens: Tokens, adapter: str | None = None) -> tuple[int, PromptState] | None:
+        """The state (under ``adapter``) sharing the longest prefix with ``tokens``,
+        and that length (None: none shares any); it becomes the most recently used."""
         best: tuple[int, int, PromptState] | None = None
         with self._lock:
             for key, state in self._states.items():
+                if state.adapter != adapter:
+                    continue
                 shared = common_prefix(state.tokens, tokens)
                 if shared and (best is None or shared > best[0]):
                     best = (shared, key, state)
@@ -79,22 +85,26 @@ class PromptStateCache:
             self._states.move_to_end(best[1])
         return best[0], best[2]
 
-    def store(self, tokens: Sequence[int] | Tokens, data: Any, size: int) -> bool:
-        """Keeps a state (False: it alone exceeds the capacity, or a state already
-        kept covers ``tokens`` and more). States it supersedes leave, and the least
-        recently used ones while over capacity."""
+    def store(
+        self, tokens: Sequence[int] | Tokens, data: Any, size: int, adapter: str | None = None
+    ) -> bool:
+        """Keeps a state computed under ``adapter`` (False: it alone exceeds the
+        capacity, or a state already kept covers ``tokens`` and more). States it
+        supersedes leave, and the least recently used ones while over capacity."""
         if size > self.capacity_bytes:
             return False
         covered = np.asarray(tokens, dtype=np.intc)
         with self._lock:
             for key, state in list(self._states.items()):
+                if state.adapter != adapter:
+                    continue
                 shared = common_prefix(state.tokens, covered)
                 if shared == len(covered):  # a kept state covers these tokens
                     self._states.move_to_end(key)
                     return False
                 if shared == len(state.tokens):  # superseded by the new one
                     self._drop(key)
-            self._states[self._next] = PromptState(covered, data, size)
+            self._states[self._next] = PromptState(covered, data, size, adapter)
             self._next += 1
             self.size += size
             while self.size > self.capacity_bytes:

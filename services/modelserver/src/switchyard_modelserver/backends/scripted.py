@@ -8,9 +8,10 @@ an optional delay per token and an optional failure after N tokens.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncGenerator
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from pydantic import Field, model_validator
@@ -19,6 +20,7 @@ from switchyard_common.status import StatusError
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
     BackendEvent,
+    Capability,
     Delta,
     Finish,
     FinishReason,
@@ -26,12 +28,22 @@ from switchyard_modelserver.domain import (
     ModelCard,
     ModelState,
     PromptCounted,
+    ToolCallDelta,
+    ToolChoiceMode,
 )
 from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.tools.hermes import new_call_id
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 
 FailureCode = Literal["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL", "DEADLINE_EXCEEDED"]
+
+
+class ScriptedToolCall(BackendOptions):
+    """The call a scripted model makes when a request offers this tool."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScriptedModel(BackendOptions):
@@ -48,6 +60,11 @@ class ScriptedModel(BackendOptions):
     context_length: int = Field(default=4096, ge=16)
     concurrency: int = Field(default=64, ge=1)
     load_delay_ms: float = Field(default=0.0, ge=0)
+    tool_call: ScriptedToolCall | None = Field(
+        default=None,
+        description="call this tool when a request offers it (and the last message is not "
+        "a tool result); the model then has the tools capability",
+    )
 
 
 class ScriptedOptions(BackendOptions):
@@ -89,9 +106,25 @@ class ScriptedBackend(Backend):
 
     def models(self) -> list[ModelCard]:
         return [
-            ModelCard(id=m.id, aliases=tuple(m.aliases), context_length=m.context_length)
+            ModelCard(
+                id=m.id,
+                aliases=tuple(m.aliases),
+                context_length=m.context_length,
+                capabilities=frozenset(
+                    {
+                        Capability.COMPLETION,
+                        Capability.CHAT,
+                        Capability.STREAMING,
+                        Capability.COUNT_TOKENS,
+                        *([Capability.TOOLS] if m.tool_call is not None else []),
+                    }
+                ),
+            )
             for m in self._models.values()
         ]
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return len(tokens_of(_source(request)))
 
     async def load(self, report: StateReporter) -> None:
         for card in self.models():
@@ -105,12 +138,14 @@ class ScriptedBackend(Backend):
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         script = self._models[request.model]
-        source = request.prompt
-        if source is None:
-            assert request.messages is not None
-            source = "\n".join(m.content for m in request.messages)
+        source = _source(request)
         prompt_tokens = len(tokens_of(source))
         yield PromptCounted(prompt_tokens)
+        call = _tool_call(script, request)
+        if call is not None:
+            async for event in _call_tool(script, call, prompt_tokens):
+                yield event
+            return
         reply = source if script.reply is None else script.reply * script.repeat
         max_tokens = request.sampling.max_tokens or script.context_length - prompt_tokens
         stops = StopMatcher(request.sampling.stop)
@@ -146,3 +181,42 @@ class ScriptedBackend(Backend):
         _fail_if_due(script, generated)
         yield Delta(stops.flush(), 0)
         yield Finish(FinishReason.STOP, prompt_tokens, generated)
+
+
+def _source(request: GenerationRequest) -> str:
+    """What a scripted model reads (and echoes): the prompt, or the chat turns' text."""
+    if request.prompt is not None:
+        return request.prompt
+    assert request.messages is not None
+    return "\n".join(m.content for m in request.messages)
+
+
+def _tool_call(script: ScriptedModel, request: GenerationRequest) -> ScriptedToolCall | None:
+    """The call to make: the script's, when the request offers that tool, allows calls,
+    and does not end with a tool result (then the model answers in text)."""
+    call = script.tool_call
+    if call is None or not request.calls_tools or request.messages is None:
+        return None
+    if request.messages and request.messages[-1].role == "tool":
+        return None
+    choice = request.tool_choice
+    if choice.mode is ToolChoiceMode.NAMED and choice.name != call.name:
+        return None
+    return call if any(tool.name == call.name for tool in request.tools) else None
+
+
+async def _call_tool(
+    script: ScriptedModel, call: ScriptedToolCall, prompt_tokens: int
+) -> AsyncGenerator[BackendEvent, None]:
+    """The call as a stream: its name, then its arguments one word at a time."""
+    if script.first_token_delay_ms:
+        await asyncio.sleep(script.first_token_delay_ms / 1000)
+    yield Delta("", 1, tool_calls=[ToolCallDelta(0, id=new_call_id(), name=call.name)])
+    generated = 1
+    for piece in tokens_of(json.dumps(call.arguments)):
+        _fail_if_due(script, generated)
+        if script.token_delay_ms:
+            await asyncio.sleep(script.token_delay_ms / 1000)
+        generated += 1
+        yield Delta("", 1, tool_calls=[ToolCallDelta(0, arguments=piece)])
+    yield Finish(FinishReason.TOOL_CALLS, prompt_tokens, generated)

@@ -27,16 +27,20 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
+from switchyard_modelserver.adapters import AdapterCatalog, peft_folder
+from switchyard_modelserver.backends import vllm_structured, vllm_tool_calls
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
+    AdapterInfo,
     BackendEvent,
     Capability,
     Delta,
@@ -50,11 +54,14 @@ from switchyard_modelserver.domain import (
     PromptCounted,
     Sampling,
     TokenLogprob,
+    ToolChoiceMode,
 )
 from switchyard_modelserver.limits import MAX_LOGPROBS, tokenize_within_context
+from switchyard_modelserver.tools import chat_template, prompting
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.output_processor import RequestOutputCollector
 
@@ -101,6 +108,11 @@ class VllmOptions(BackendOptions):
     enable_lora: bool = False
     max_loras: int | None = Field(default=None, ge=1)
     max_lora_rank: int | None = Field(default=None, ge=1)
+    adapters_dir: Path | None = Field(
+        default=None,
+        description="LoRA adapters (PEFT folders): <adapters_dir>/<adapter>/adapter_config.json; "
+        "needs enable_lora",
+    )
     enforce_eager: bool = Field(default=False, description="no CUDA graphs / compilation")
     trust_remote_code: bool = False
     seed: int | None = Field(default=None, description="engine seed")
@@ -121,6 +133,16 @@ class VllmOptions(BackendOptions):
         description="vLLM's engine metrics (vllm:*) on metrics_listen, and its periodic stats line",
     )
     health_check_seconds: float = Field(default=1.0, gt=0, description="engine liveness poll")
+    tool_parser: str = Field(
+        default="hermes",
+        description="vLLM's tool parser that reads tool calls from the output (vllm serve's "
+        "--tool-call-parser); with hermes, calls are also held to their schemas",
+    )
+    compact_json: bool = Field(
+        default=True,
+        description="constrained JSON without free whitespace (models can otherwise loop on "
+        "whitespace); structured_outputs_config.disable_any_whitespace",
+    )
 
 
 class VllmBackend(Backend):
@@ -128,18 +150,32 @@ class VllmBackend(Backend):
 
     kind = "vllm"
     options_model = VllmOptions
+    formats_chats = True
 
     def __init__(self, options: VllmOptions) -> None:
+        if options.adapters_dir is not None and not options.enable_lora:
+            raise ValueError("backend.adapters_dir: LoRA adapters need enable_lora: true")
         self._options = options
         self._id = options.id or options.model.rstrip("/").rsplit("/", 1)[-1]
+        capabilities = {
+            Capability.COMPLETION,
+            Capability.STREAMING,
+            Capability.LOGPROBS,
+            Capability.JSON_OUTPUT,
+            Capability.GRAMMAR_OUTPUT,
+            Capability.COUNT_TOKENS,
+        }
+        if options.enable_lora:
+            capabilities.add(Capability.ADAPTERS)
         self._card = ModelCard(
             id=self._id,
             aliases=tuple(options.aliases),
             context_length=options.max_model_len or 0,
-            capabilities=frozenset(
-                {Capability.COMPLETION, Capability.STREAMING, Capability.LOGPROBS}
-            ),
+            capabilities=frozenset(capabilities),
         )
+        self._adapters = AdapterCatalog(lambda _: options.adapters_dir, peft_folder)
+        self._loras: dict[str, LoRARequest] = {}
+        """The engine's LoRARequest per adapter name (vLLM knows adapters by number)."""
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._scheduler = _SchedulerLoad()  # kept by a stat logger in the engine's loop
@@ -184,6 +220,11 @@ class VllmBackend(Backend):
             "seed": o.seed,
         }
         args.update({k: v for k, v in optional.items() if v is not None})
+        if o.compact_json:
+            args["structured_outputs_config"] = {
+                "backend": "xgrammar",
+                "disable_any_whitespace": True,
+            }
         args.update(o.engine_args)
         return args
 
@@ -205,7 +246,7 @@ class VllmBackend(Backend):
         self._tokenizer = engine.tokenizer
         capabilities = set(self._card.capabilities)
         if getattr(self._tokenizer, "chat_template", None):
-            capabilities.add(Capability.CHAT)
+            capabilities |= {Capability.CHAT, Capability.TOOLS}
         self._card = ModelCard(
             id=self._id,
             aliases=self._card.aliases,
@@ -262,10 +303,6 @@ class VllmBackend(Backend):
         if engine.errored:
             raise _engine_dead()
         sampling = request.sampling
-        if request.messages is not None and Capability.CHAT not in self._card.capabilities:
-            raise invalid_argument(
-                FieldViolation("messages", f"model {self._id} has no chat template; send a prompt")
-            )
         if sampling.logprobs is not None and sampling.logprobs > self._options.max_logprobs:
             raise invalid_argument(
                 FieldViolation(
@@ -286,14 +323,47 @@ class VllmBackend(Backend):
         if len(continuation) >= tokens.max_tokens:
             yield Finish(FinishReason.LENGTH, len(prompt_tokens), len(continuation))
             return
-        params = _sampling_params(sampling, tokens.max_tokens - len(continuation))
+        hermes = self._options.tool_parser == "hermes"
+        if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and (
+            request.tools and not hermes
+        ):
+            raise invalid_argument(
+                FieldViolation(
+                    "tool_choice",
+                    f"the vllm backend forces tool calls only in the Hermes format; model "
+                    f"{self._id} reads them with the {self._options.tool_parser} parser",
+                )
+            )
+        params = _sampling_params(
+            sampling,
+            tokens.max_tokens - len(continuation),
+            vllm_structured.structured_outputs(request, hermes, self._options.compact_json),
+            keep_special_tokens=request.calls_tools,
+        )
+        lora = await self._lora(engine, request.adapter) if request.adapter else None
         yield PromptCounted(len(prompt_tokens))
         # aclosing: when our consumer leaves, _run is closed (and aborts) now, not when collected.
         async with contextlib.aclosing(
-            self._run(engine, prompt_tokens, continuation, params, request)
-        ) as events:
+            self._run(engine, prompt_tokens, continuation, params, request, lora)
+        ) as run:
+            events: AsyncIterator[BackendEvent] = run
+            if request.calls_tools:
+                events = vllm_tool_calls.tool_call_events(
+                    run,
+                    self._tool_parser(request),
+                    vllm_tool_calls.parser_request(request, self._id),
+                )
             async for event in events:
                 yield event
+
+    def _tool_parser(self, request: GenerationRequest) -> Any:
+        from vllm.tool_parsers import ToolParserManager
+
+        parser_class = ToolParserManager.get_tool_parser(self._options.tool_parser)
+        return parser_class(self._tokenizer, prompting.function_definitions(request.tools))
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return len(await self._prompt_tokens(request))
 
     async def _run(
         self,
@@ -302,6 +372,7 @@ class VllmBackend(Backend):
         continuation: list[int],
         params: SamplingParams,
         request: GenerationRequest,
+        lora: LoRARequest | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """One engine request, owned here from add_request to its end or our abort.
 
@@ -321,7 +392,10 @@ class VllmBackend(Backend):
         self._running += 1
         try:
             collector = await engine.add_request(
-                request_id, {"prompt_token_ids": prompt_tokens + continuation}, params
+                request_id,
+                {"prompt_token_ids": prompt_tokens + continuation},
+                params,
+                lora_request=lora,
             )
             while not finished:
                 # Drain without a task switch when the engine is ahead of us.
@@ -335,7 +409,9 @@ class VllmBackend(Backend):
                     yield Delta(
                         completion.text,
                         new_tokens,
-                        list(completion.token_ids) if request.include_token_ids else [],
+                        list(completion.token_ids)
+                        if request.include_token_ids or request.calls_tools
+                        else [],
                         _logprobs(completion.token_ids, completion.logprobs, params.logprobs)
                         if params.logprobs is not None
                         else [],
@@ -352,6 +428,12 @@ class VllmBackend(Backend):
         except EngineDeadError:
             raise _engine_dead() from None
         except VLLMClientError as error:
+            if params.structured_outputs is not None and not _names_sampling(error):
+                raise invalid_argument(
+                    FieldViolation(
+                        vllm_structured.refused_field(request), f"refused by vLLM: {error}"
+                    )
+                ) from None
             raise _refused_by_vllm(error) from None
         finally:
             self._running -= 1
@@ -370,17 +452,48 @@ class VllmBackend(Backend):
             text, add_special = request.prompt, True
         else:
             assert request.messages is not None
-            turns = [{"role": m.role, "content": m.content} for m in request.messages]
-            try:
-                text = self._tokenizer.apply_chat_template(
-                    turns, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as error:  # templates refuse what they cannot format
-                raise invalid_argument(
-                    FieldViolation("messages", f"{self._id}'s chat template refused them: {error}")
-                ) from None
+            text = self._chat_text(request)
             add_special = False  # the template places BOS itself where the model wants it
         return await self._tokens(text, add_special_tokens=add_special)
+
+    def _chat_text(self, request: GenerationRequest) -> str:
+        """The chat through the configured template override (sandboxed), else the
+        tokenizer's own, with the request's tools."""
+        assert request.messages is not None
+        source = request.chat_template
+        own = getattr(self._tokenizer, "chat_template", None)
+        if source is None and not own:
+            raise invalid_argument(
+                FieldViolation("messages", f"model {self._id} has no chat template; send a prompt")
+            )
+        template = chat_template.compiled(source or own)
+
+        def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+            if source is not None:
+                return template.render(
+                    messages,
+                    tools=tools,
+                    bos_token=self._tokenizer.bos_token or "",
+                    eos_token=self._tokenizer.eos_token or "",
+                )
+            return str(
+                self._tokenizer.apply_chat_template(
+                    messages, tools=tools, tokenize=False, add_generation_prompt=True
+                )
+            )
+
+        try:
+            return prompting.rendered(
+                render,
+                request.messages,
+                request.tools,
+                template_knows_tools=template.knows_tools,
+                offer_tools=request.calls_tools,
+            )
+        except Exception as error:  # templates refuse what they cannot format
+            raise invalid_argument(
+                FieldViolation("messages", f"{self._id}'s chat template refused them: {error}")
+            ) from None
 
     async def _tokens(self, text: str, *, add_special_tokens: bool) -> list[int]:
         """``text``'s token ids; long text is tokenized off the event loop."""
@@ -390,6 +503,60 @@ class VllmBackend(Backend):
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    # -- LoRA adapters ----------------------------------------------------------
+
+    def check_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)
+
+    async def adapters(self, model_id: str) -> list[AdapterInfo]:
+        if not self._options.enable_lora:
+            return []
+        engine = self._engine
+        loaded_ids = (
+            await engine.list_loras() if engine is not None and not engine.errored else set()
+        )
+        loaded = {name for name, lora in self._loras.items() if lora.lora_int_id in loaded_ids}
+        names = await asyncio.to_thread(self._adapters.names, model_id)
+        return [AdapterInfo(name, name in loaded) for name in sorted(set(names) | loaded)]
+
+    async def _lora(self, engine: AsyncLLM, name: str, path: Path | None = None) -> LoRARequest:
+        """The adapter's LoRARequest, added to the engine (loaded) the first time."""
+        from vllm.lora.request import LoRARequest
+
+        path = path or self._adapters.path(self._id, name)
+        known = self._loras.get(name)
+        if known is not None and known.lora_path == str(path):
+            return known
+        number = max((lora.lora_int_id for lora in self._loras.values()), default=0) + 1
+        lora = LoRARequest(name, number, str(path))
+        try:
+            added = await engine.add_lora(lora)
+        except Exception as error:  # vLLM refuses adapters it cannot read or fit
+            raise _adapter_refused(name, str(error)) from None
+        if not added:
+            raise _adapter_refused(name, "vLLM did not add it")
+        if known is not None:
+            await engine.remove_lora(known.lora_int_id)
+        self._loras[name] = lora
+        return lora
+
+    async def load_adapter(self, model_id: str, name: str, path: str) -> None:
+        engine = self._engine
+        if not self._options.enable_lora or engine is None:
+            raise StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self._id} takes no adapters: start it with enable_lora: true",
+                reason="ADAPTERS_DISABLED",
+            )
+        await self._lora(engine, name, self._adapters.register(model_id, name, path))
+
+    async def unload_adapter(self, model_id: str, name: str) -> None:
+        self._adapters.path(model_id, name)  # NOT_FOUND for one it never had
+        lora = self._loras.get(name)
+        if lora is not None and self._engine is not None:
+            await self._engine.remove_lora(lora.lora_int_id)
+            del self._loras[name]
 
     async def close(self) -> None:
         if self._watchdog is not None:
@@ -434,11 +601,21 @@ def _scheduler_load_recorder(load: _SchedulerLoad) -> Any:
     return SchedulerLoadRecorder
 
 
-def _sampling_params(sampling: Sampling, max_tokens: int) -> SamplingParams:
-    """Our sampling fields as vLLM's; INVALID_ARGUMENT naming the field vLLM refuses."""
+def _sampling_params(
+    sampling: Sampling,
+    max_tokens: int,
+    structured: dict[str, Any] | None = None,
+    *,
+    keep_special_tokens: bool = False,
+) -> SamplingParams:
+    """Our sampling fields as vLLM's; INVALID_ARGUMENT naming the field vLLM refuses.
+
+    ``structured``: the structured-output constraint; ``keep_special_tokens``: tool
+    calls are read from the text, and some models' tool tags are special tokens.
+    """
     from vllm import SamplingParams
     from vllm.exceptions import VLLMClientError
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     given: dict[str, Any] = {
         "temperature": sampling.temperature,
@@ -456,9 +633,20 @@ def _sampling_params(sampling: Sampling, max_tokens: int) -> SamplingParams:
             max_tokens=max_tokens,
             stop=list(sampling.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=None
+            if structured is None
+            else StructuredOutputsParams(**structured),
+            skip_special_tokens=not keep_special_tokens,
         )
     except (VLLMClientError, ValueError) as error:
         raise _refused_by_vllm(error) from None
+
+
+def _names_sampling(error: Exception) -> bool:
+    """Whether vLLM's error is about one of our sampling fields."""
+    message = str(error)
+    name = getattr(error, "parameter", None)
+    return name in _SAMPLING_FIELDS or any(message.startswith(f) for f in _SAMPLING_FIELDS)
 
 
 def _refused_by_vllm(error: Exception) -> StatusError:
@@ -492,6 +680,15 @@ def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[Toke
             )
         )
     return found
+
+
+def _adapter_refused(name: str, why: str) -> StatusError:
+    return StatusError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"adapter {name!r} could not be loaded: {why}",
+        reason="ADAPTER_UNAVAILABLE",
+        metadata={"adapter": name},
+    )
 
 
 def _engine_dead() -> StatusError:

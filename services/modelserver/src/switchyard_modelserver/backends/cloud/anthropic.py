@@ -8,6 +8,7 @@ model's ``default_max_tokens``, else the backend's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -19,11 +20,17 @@ from switchyard_modelserver.backends.cloud import errors, transport
 from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
 from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
+    Capability,
+    ChatTurn,
     Delta,
     Finish,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ToolCallDelta,
+    ToolChoiceMode,
 )
 
 _FINISH = {
@@ -31,7 +38,7 @@ _FINISH = {
     "stop_sequence": FinishReason.STOP_SEQUENCE,
     "max_tokens": FinishReason.LENGTH,
     "model_context_window_exceeded": FinishReason.LENGTH,
-    "tool_use": FinishReason.STOP,
+    "tool_use": FinishReason.TOOL_CALLS,
     "pause_turn": FinishReason.STOP,
     "refusal": FinishReason.CONTENT_FILTER,
 }
@@ -52,6 +59,7 @@ class AnthropicBackend(CloudBackend):
     provider = "anthropic"
     options_model = AnthropicOptions
     requires_api_key = True
+    provider_capabilities = frozenset({Capability.COUNT_TOKENS})  # /v1/messages/count_tokens
 
     def __init__(self, options: AnthropicOptions) -> None:
         super().__init__(options)
@@ -106,31 +114,25 @@ class AnthropicBackend(CloudBackend):
                 raise errors.unsupported(f"sampling.{name}", self.kind)
         if sampling.logprobs is not None:
             raise errors.unsupported("sampling.logprobs", self.kind)
-        system = []
-        messages: list[dict[str, str]] = []
-        if request.messages is None:
-            assert request.prompt is not None
-            messages.append({"role": "user", "content": request.prompt})
-        else:
-            for turn in request.messages:
-                if turn.role == "system":
-                    system.append(turn.content)
-                else:
-                    messages.append({"role": turn.role, "content": turn.content})
-        if request.continuation.text.rstrip():
-            # Prefill: the reply continues from the text already delivered (the
-            # API refuses a prefill that ends in whitespace; stream() drops it
-            # from the reply's start instead).
-            messages.append({"role": "assistant", "content": request.continuation.text.rstrip()})
         arguments: dict[str, Any] = {
-            "model": model.upstream,
-            "messages": messages,
+            **_input(model, request),
             "max_tokens": max_tokens_for(model, request) or self._default_max_tokens,
             "stream": True,
             "timeout": transport.request_timeout(self.options, request),
         }
-        if system:
-            arguments["system"] = "\n\n".join(system)
+        if request.continuation.text.rstrip():
+            # Prefill: the reply continues from the text already delivered (the
+            # API refuses a prefill that ends in whitespace; stream() drops it
+            # from the reply's start instead).
+            prefill = {"role": "assistant", "content": request.continuation.text.rstrip()}
+            arguments["messages"] = [*arguments["messages"], prefill]
+        response = request.response_format
+        if isinstance(response, JsonSchemaFormat | JsonObjectFormat):
+            schema = (
+                response.schema if isinstance(response, JsonSchemaFormat) else {"type": "object"}
+            )
+            # Anthropic's structured outputs: constrained to the schema.
+            arguments["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         if sampling.stop:
             arguments["stop_sequences"] = list(sampling.stop)
         extra = {
@@ -141,6 +143,21 @@ class AnthropicBackend(CloudBackend):
         if extra:
             arguments["extra_body"] = extra
         return arguments
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Anthropic's count-tokens API, with the same system, messages, tools and tool
+        choice a generation would send."""
+        model = self._models[request.model]
+        try:
+            counted = await self._client.messages.count_tokens(
+                **_input(model, request), timeout=transport.request_timeout(self.options, request)
+            )
+        except Exception as error:
+            status = self.status_of(error, model, request)
+            if status is None:
+                raise
+            raise self._failed(model, status) from None
+        return int(counted.input_tokens)
 
     async def stream(
         self, model: CloudModel, request: GenerationRequest
@@ -154,6 +171,8 @@ class AnthropicBackend(CloudBackend):
         delivered = request.continuation.text
         # Whitespace that was delivered but not prefilled comes back first: skip it.
         skip = delivered[len(delivered.rstrip()) :] if delivered.rstrip() else ""
+        calls: dict[int, int] = {}  # content block index -> tool call index
+        empty: set[int] = set()  # tool calls whose input has not started yet
         try:
             async for event in stream:
                 kind = event.type
@@ -161,6 +180,22 @@ class AnthropicBackend(CloudBackend):
                     usage = event.message.usage
                     prompt_tokens = usage.input_tokens or 0
                     completion_tokens = usage.output_tokens or 0
+                elif kind == "content_block_start" and event.content_block.type == "tool_use":
+                    block = event.content_block
+                    calls[event.index] = index = len(calls)
+                    empty.add(index)
+                    yield Delta("", 1, tool_calls=[ToolCallDelta(index, block.id, block.name)])
+                elif kind == "content_block_delta" and event.delta.type == "input_json_delta":
+                    index = calls[event.index]
+                    if event.delta.partial_json:
+                        empty.discard(index)
+                        piece = ToolCallDelta(index, arguments=event.delta.partial_json)
+                        yield Delta("", 1, tool_calls=[piece])
+                elif kind == "content_block_stop" and calls.get(event.index) in empty:
+                    # A call without arguments streams no input at all: it is "{}".
+                    index = calls[event.index]
+                    empty.discard(index)
+                    yield Delta("", 0, tool_calls=[ToolCallDelta(index, arguments="{}")])
                 elif kind == "content_block_delta":
                     text = getattr(event.delta, "text", None) or ""
                     if skip and text:
@@ -204,3 +239,67 @@ def _error_of(body: object) -> tuple[str, str]:
         if isinstance(inner, dict):
             return str(inner.get("type") or ""), str(inner.get("message") or "")
     return "", ""
+
+
+def _input(model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
+    """What a generation and a token count both send: the model, the system prompt,
+    the messages (tool calls as tool_use blocks, results as tool_result blocks), the
+    tools and the tool choice."""
+    system = []
+    messages: list[dict[str, Any]] = []
+    if request.messages is None:
+        assert request.prompt is not None
+        messages.append({"role": "user", "content": request.prompt})
+    else:
+        for turn in request.messages:
+            if turn.role == "system":
+                system.append(turn.content)
+            elif turn.role == "tool":
+                result = {
+                    "type": "tool_result",
+                    "tool_use_id": turn.tool_call_id,
+                    "content": turn.content,
+                }
+                previous = messages[-1] if messages else None
+                if previous is not None and previous.get("_tool_results"):
+                    previous["content"].append(result)  # all results in one user turn
+                else:
+                    messages.append({"role": "user", "content": [result], "_tool_results": True})
+            else:
+                messages.append(_message(turn))
+    for message in messages:
+        message.pop("_tool_results", None)
+    given: dict[str, Any] = {"model": model.upstream, "messages": messages}
+    if system:
+        given["system"] = "\n\n".join(system)
+    if request.tools:
+        given["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+        given["tool_choice"] = _tool_choice(request)
+    return given
+
+
+def _message(turn: ChatTurn) -> dict[str, Any]:
+    if not turn.tool_calls:
+        return {"role": turn.role, "content": turn.content}
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": turn.content}] if turn.content else []
+    blocks += [
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": json.loads(call.arguments)}
+        for call in turn.tool_calls
+    ]
+    return {"role": turn.role, "content": blocks}
+
+
+def _tool_choice(request: GenerationRequest) -> dict[str, Any]:
+    choice = request.tool_choice
+    mode: dict[str, Any] = {
+        ToolChoiceMode.AUTO: {"type": "auto"},
+        ToolChoiceMode.NONE: {"type": "none"},
+        ToolChoiceMode.REQUIRED: {"type": "any"},
+        ToolChoiceMode.NAMED: {"type": "tool", "name": choice.name},
+    }[choice.mode]
+    if not request.parallel_tool_calls and choice.mode is not ToolChoiceMode.NONE:
+        mode["disable_parallel_tool_use"] = True
+    return mode

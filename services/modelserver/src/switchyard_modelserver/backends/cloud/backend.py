@@ -15,6 +15,8 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, ClassVar
 
+import grpc
+
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver.backends.base import Backend, StateReporter
 from switchyard_modelserver.backends.cloud.api_key import Secret, load_secret
@@ -35,6 +37,8 @@ _CAPABILITIES = {
     "chat": Capability.CHAT,
     "streaming": Capability.STREAMING,
     "logprobs": Capability.LOGPROBS,
+    "tools": Capability.TOOLS,
+    "json_output": Capability.JSON_OUTPUT,
 }
 
 
@@ -47,6 +51,10 @@ class CloudBackend(Backend):
     """Whether a model the provider does not list is unavailable (else only a warning)."""
     requires_api_key: ClassVar[bool] = False
     """Whether a missing API key is a config error (else requests go without one)."""
+    provider_capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """What the provider's API adds for every model (e.g. a token-count endpoint)."""
+    no_token_count: ClassVar[str] = "the provider has no token-count API"
+    """Why CountTokens is UNIMPLEMENTED, for providers without one."""
     options: CloudOptions
 
     def __init__(self, options: CloudOptions) -> None:
@@ -85,11 +93,22 @@ class CloudBackend(Backend):
             id=model.id,
             aliases=tuple(model.aliases),
             context_length=model.context_length,
-            capabilities=frozenset(_CAPABILITIES[c] for c in model.capabilities),
+            capabilities=frozenset(_CAPABILITIES[c] for c in model.capabilities)
+            | self.provider_capabilities,
         )
 
     def models(self) -> list[ModelCard]:
         return [self.card(model_id) for model_id in self._models]
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """UNIMPLEMENTED with the reason, rather than a guess (providers with a count
+        API override this)."""
+        raise StatusError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"the {self.kind} backend cannot count tokens exactly: {self.no_token_count}",
+            reason="TOKEN_COUNT_UNSUPPORTED",
+            metadata={"backend": self.kind},
+        )
 
     def concurrency(self, model_id: str) -> int:
         return self._models[model_id].concurrency

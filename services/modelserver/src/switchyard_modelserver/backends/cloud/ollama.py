@@ -18,18 +18,25 @@ from typing import Any
 import httpx2
 from pydantic import Field, model_validator
 
-from switchyard_common.status import StatusError
+from switchyard_common.status import FieldViolation, StatusError, invalid_argument
 from switchyard_modelserver.backends.base import StateReporter
 from switchyard_modelserver.backends.cloud import errors, transport
 from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
 from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
+    ChatTurn,
     Delta,
     Finish,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ToolCallDelta,
+    ToolChoiceMode,
 )
+from switchyard_modelserver.tools.hermes import new_call_id
+from switchyard_modelserver.tools.prompting import function_definitions
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class OllamaBackend(CloudBackend):
     """Serves the models of an Ollama server."""
 
     kind = "ollama"
+    no_token_count = "Ollama's API has none (it reports prompt_eval_count after generating)"
     provider = "ollama"
     authoritative_model_list = True  # /api/tags: what has been pulled
     options_model = OllamaOptions
@@ -152,7 +160,7 @@ class OllamaBackend(CloudBackend):
                 id=model_id,
                 provider_model=name,
                 context_length=context_length,
-                capabilities=["chat", "completion", "streaming"],
+                capabilities=["chat", "completion", "streaming", "tools", "json_output"],
             )
             log.info("discovered ollama model %s (context %d)", model_id, context_length)
 
@@ -199,12 +207,19 @@ class OllamaBackend(CloudBackend):
         body: dict[str, Any] = {"model": model.upstream, "stream": True, "options": options}
         if self._keep_alive is not None:
             body["keep_alive"] = self._keep_alive
+        response = request.response_format
+        if isinstance(response, JsonObjectFormat):
+            body["format"] = "json"
+        elif isinstance(response, JsonSchemaFormat):
+            body["format"] = response.schema  # Ollama constrains output to it
         continuation = request.continuation.text
         if request.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages = _messages(request.messages)
             if continuation:  # a final assistant message is continued, not answered
                 messages.append({"role": "assistant", "content": continuation})
             body["messages"] = messages
+            if request.calls_tools:
+                body["tools"] = function_definitions(request.tools)
             return "/api/chat", body
         assert request.prompt is not None
         body["prompt"] = request.prompt + continuation
@@ -214,6 +229,7 @@ class OllamaBackend(CloudBackend):
     async def stream(
         self, model: CloudModel, request: GenerationRequest
     ) -> AsyncGenerator[GenerationEvent, None]:
+        _check_tool_choice(request)
         path, body = self._body(model, request)
         http_request = self._http.build_request(
             "POST",
@@ -223,6 +239,7 @@ class OllamaBackend(CloudBackend):
             timeout=transport.request_timeout(self.options, request),
         )
         response = await self._http.send(http_request, stream=True)
+        calls = 0
         try:
             if response.status_code >= 400:
                 text = (await response.aread()).decode(errors="replace")
@@ -238,10 +255,16 @@ class OllamaBackend(CloudBackend):
                     if "message" in item
                     else item.get("response", "")
                 )
-                if text:
-                    yield Delta(text, 1)
+                pieces = []
+                for call in (item.get("message") or {}).get("tool_calls") or ():
+                    pieces.append(_call_piece(call, calls))
+                    calls += 1
+                if text or pieces:
+                    yield Delta(text, 1, tool_calls=pieces)
                 if item.get("done"):
                     reason = _FINISH.get(item.get("done_reason", "stop"), FinishReason.STOP)
+                    if calls and reason is FinishReason.STOP:
+                        reason = FinishReason.TOOL_CALLS
                     yield Finish(
                         reason,
                         int(item.get("prompt_eval_count") or 0),
@@ -265,3 +288,47 @@ def _error_text(text: str) -> str:
     if isinstance(item, dict) and isinstance(item.get("error"), str):
         return str(item["error"])
     return text.strip()[:500]
+
+
+def _check_tool_choice(request: GenerationRequest) -> None:
+    """Ollama's API decides tool calls itself: it can neither force one nor limit them."""
+    if not request.tools:
+        return
+    if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
+        raise invalid_argument(
+            FieldViolation("tool_choice", "Ollama cannot force a tool call (auto or none only)")
+        )
+    if not request.parallel_tool_calls:
+        raise invalid_argument(
+            FieldViolation("parallel_tool_calls", "Ollama cannot limit a reply to one tool call")
+        )
+
+
+def _messages(turns: tuple[ChatTurn, ...]) -> list[dict[str, Any]]:
+    """Chat turns in Ollama's shape: calls with object arguments, results naming their tool."""
+    names = {call.id: call.name for turn in turns for call in turn.tool_calls}
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+                for call in turn.tool_calls
+            ]
+        if turn.role == "tool":
+            message["tool_name"] = names.get(turn.tool_call_id, "")
+        messages.append(message)
+    return messages
+
+
+def _call_piece(call: dict[str, Any], index: int) -> ToolCallDelta:
+    """One of Ollama's tool calls (whole, arguments as an object) as one piece."""
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+    return ToolCallDelta(
+        index,
+        id=str(call.get("id") or new_call_id()),
+        name=str(function.get("name") or ""),
+        arguments=text,
+    )

@@ -19,20 +19,26 @@ from switchyard_modelserver.backends.cloud import errors, transport
 from switchyard_modelserver.backends.cloud.backend import CloudBackend, max_tokens_for
 from switchyard_modelserver.backends.cloud.options import CloudModel, CloudOptions
 from switchyard_modelserver.domain import (
+    ChatTurn,
     Delta,
     Finish,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
     TokenLogprob,
+    ToolCallDelta,
+    ToolChoiceMode,
 )
+from switchyard_modelserver.tools.prompting import function_definitions
 
 _FINISH = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "content_filter": FinishReason.CONTENT_FILTER,
-    "tool_calls": FinishReason.STOP,
-    "function_call": FinishReason.STOP,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
 }
 
 
@@ -66,6 +72,10 @@ class OpenAIBackend(CloudBackend):
     provider = "openai"
     options_model = OpenAIOptions
     requires_api_key = False  # a local OpenAI-compatible server (vLLM, Ollama) may need none
+    no_token_count = (
+        "OpenAI's API has none (usage.prompt_tokens comes with each answer; tiktoken counts "
+        "client-side, without the server's message formatting)"
+    )
 
     def __init__(self, options: OpenAIOptions) -> None:
         super().__init__(options)
@@ -157,6 +167,27 @@ class OpenAIBackend(CloudBackend):
             arguments[self._openai_options.max_tokens_parameter if chat else "max_tokens"] = (
                 max_tokens
             )
+        if request.tools:
+            arguments["tools"] = function_definitions(request.tools)
+            arguments["tool_choice"] = _tool_choice(request)
+            if not request.parallel_tool_calls:
+                arguments["parallel_tool_calls"] = False
+        response = request.response_format
+        if response is not None:
+            if request.messages is None:
+                raise errors.unsupported("response_format", "openai completions API")
+            if isinstance(response, JsonObjectFormat):
+                arguments["response_format"] = {"type": "json_object"}
+            elif isinstance(response, JsonSchemaFormat):
+                # strict: OpenAI's constrained decoding (it refuses schemas it cannot enforce).
+                arguments["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": response.name,
+                        "schema": response.schema,
+                        "strict": True,
+                    },
+                }
         return arguments
 
     async def stream(
@@ -167,7 +198,7 @@ class OpenAIBackend(CloudBackend):
         if request.messages is not None:
             if continuation:
                 raise errors.unsupported("continuation", "openai chat")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages = [_chat_message(turn) for turn in request.messages]
             stream: Any = await self._client.chat.completions.create(
                 messages=messages,  # type: ignore[arg-type]
                 **arguments,
@@ -188,9 +219,12 @@ class OpenAIBackend(CloudBackend):
                 for choice in chunk.choices:
                     text = _choice_text(choice)
                     logprobs = _logprobs(choice) if request.sampling.logprobs is not None else []
-                    if text or logprobs:
+                    calls = _tool_call_pieces(choice)
+                    if text or logprobs or calls:
                         chunks += 1
-                        yield Delta(text, max(1, len(logprobs)), logprobs=logprobs)
+                        yield Delta(
+                            text, max(1, len(logprobs)), logprobs=logprobs, tool_calls=calls
+                        )
                     if choice.finish_reason:
                         finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
                         # vLLM names the stop sequence that matched.
@@ -264,3 +298,45 @@ def _error_type(body: object) -> str:
         if isinstance(inner, dict):
             return " ".join(str(inner.get(k) or "") for k in ("type", "code"))
     return ""
+
+
+def _tool_choice(request: GenerationRequest) -> Any:
+    choice = request.tool_choice
+    if choice.mode is ToolChoiceMode.NAMED:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode.value  # auto, none, required
+
+
+def _chat_message(turn: ChatTurn) -> dict[str, Any]:
+    """A chat turn in OpenAI's shape (an assistant's tool calls, a tool's result)."""
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["content"] = turn.content or None
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in turn.tool_calls
+        ]
+    if turn.role == "tool":
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+def _tool_call_pieces(choice: Any) -> list[ToolCallDelta]:
+    """A chat chunk's tool-call deltas (index, id and name first, then argument fragments)."""
+    delta = getattr(choice, "delta", None)
+    pieces = []
+    for call in getattr(delta, "tool_calls", None) or ():
+        function = call.function
+        pieces.append(
+            ToolCallDelta(
+                call.index,
+                id=call.id or "",
+                name=(function.name if function is not None else None) or "",
+                arguments=(function.arguments if function is not None else None) or "",
+            )
+        )
+    return pieces

@@ -9,11 +9,13 @@ from pydantic import Field, model_validator
 
 from switchyard_modelserver.backends.base import BackendOptions
 
-CapabilityName = Literal["completion", "chat", "streaming", "logprobs"]
+CapabilityName = Literal["completion", "chat", "streaming", "logprobs", "tools", "json_output"]
 
 
 def _chat_and_streaming() -> list[CapabilityName]:
-    return ["chat", "streaming"]
+    """What a chat model of every provider does today (tools: function calling;
+    json_output: response_format JSON object and JSON Schema)."""
+    return ["chat", "streaming", "tools", "json_output"]
 
 
 class CloudModel(BackendOptions):

@@ -1,0 +1,135 @@
+"""The router's connections to one model server: a small pool, grown on demand.
+
+An HTTP/2 server takes at most ``max_concurrent_streams`` calls at once on one
+connection and refuses the rest (REFUSED_STREAM); gRPC's client does not queue
+them. So the router never puts more than the cluster's
+``connection_pool.max_concurrent_streams`` calls on one connection: the first
+connection with room takes the next call, and when none has room another is
+opened, up to ``max_connections`` (past that the least busy one takes it).
+
+The first connection also carries the health watch (one stream per model) and
+ListModels; it is never closed while the endpoint lives. A refused stream (the
+model server's limit is lower than configured) teaches the pool that
+connection's real capacity: the calls it had open when it refused, less one.
+What was learned is forgotten when the endpoint reconnects (a restarted model
+server may have another limit).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from switchyard_router.config import ConnectionPoolConfig
+
+log = logging.getLogger("switchyard.router.connections")
+
+GENERATE = "/switchyard.v1.LLMService/Generate"
+STREAM_GENERATE = "/switchyard.v1.LLMService/StreamGenerate"
+LIST_MODELS = "/switchyard.v1.LLMService/ListModels"
+COUNT_TOKENS = "/switchyard.v1.LLMService/CountTokens"
+
+ChannelFactory = Callable[[list[tuple[str, Any]]], grpc.aio.Channel]
+"""Opens a channel to the model server with these extra options (TLS or not)."""
+
+
+class Connection:
+    """One channel (one HTTP/2 connection) and the calls open on it."""
+
+    __slots__ = (
+        "capacity",
+        "channel",
+        "count_tokens",
+        "generate",
+        "index",
+        "stream_generate",
+        "streams",
+    )
+
+    def __init__(self, index: int, channel: grpc.aio.Channel, capacity: int) -> None:
+        self.index = index
+        self.channel = channel
+        # No (de)serializers: requests and responses pass through as bytes.
+        self.generate = channel.unary_unary(GENERATE, None, None)
+        self.stream_generate = channel.unary_stream(STREAM_GENERATE, None, None)
+        self.count_tokens = channel.unary_unary(COUNT_TOKENS, None, None)
+        self.streams = 0
+        """Calls open on it now (the health watch not counted)."""
+        self.capacity = capacity
+        """Calls it takes at once: the configured limit, or less once a refusal said so."""
+
+
+class ConnectionPool:
+    """The connections to one model server."""
+
+    def __init__(self, address: str, config: ConnectionPoolConfig, open_channel: ChannelFactory):
+        self.address = address
+        self.config = config
+        self._open_channel = open_channel
+        self.connections = [self._connect(0)]
+
+    @property
+    def primary(self) -> grpc.aio.Channel:
+        """The first connection's channel: health watch and ListModels."""
+        return self.connections[0].channel
+
+    def _connect(self, index: int) -> Connection:
+        # A channel of its own: gRPC otherwise shares one connection between
+        # channels to the same address with the same options.
+        channel = self._open_channel([("grpc.use_local_subchannel_pool", 1)])
+        return Connection(index, channel, self.config.max_concurrent_streams)
+
+    def acquire(self) -> Connection:
+        """The connection for the next call (counted on it until :meth:`release`)."""
+        connections = self.connections
+        chosen: Connection | None = None
+        for connection in connections:
+            if connection.streams < connection.capacity:
+                chosen = connection
+                break
+        if chosen is None:
+            if len(connections) < self.config.max_connections:
+                chosen = self._connect(len(connections))
+                connections.append(chosen)
+                log.info(
+                    "%s: %d calls open on each of its %d connections; opening another",
+                    self.address,
+                    connections[0].capacity,
+                    len(connections) - 1,
+                )
+            else:
+                chosen = min(connections, key=lambda c: c.streams / c.capacity)
+        chosen.streams += 1
+        return chosen
+
+    def release(self, connection: Connection) -> None:
+        """A call on ``connection`` ended."""
+        connection.streams -= 1
+
+    def refused(self, connection: Connection) -> None:
+        """The model server refused a stream on ``connection`` (REFUSED_STREAM): it
+        takes fewer calls at once than were open (this one included)."""
+        # The first connection also holds the health watch: there, none may be left.
+        learned = max(0 if connection.index == 0 else 1, connection.streams - 1)
+        if learned < connection.capacity:
+            connection.capacity = learned
+            log.info(
+                "%s refused a stream with %d calls open on connection %d: taking it as its "
+                "limit from now on",
+                self.address,
+                connection.streams,
+                connection.index,
+            )
+
+    def forget_learned_limits(self) -> None:
+        """The model server reconnected (perhaps restarted with another limit)."""
+        for connection in self.connections:
+            connection.capacity = self.config.max_concurrent_streams
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            await connection.channel.close(grace=None)
