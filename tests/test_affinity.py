@@ -47,7 +47,7 @@ async def endpoint() -> AsyncIterator[Make]:
 
 def affinity(*endpoints: Endpoint, load_factor: float = 1.25) -> Picker[Endpoint]:
     target = Target("pool", "m", 0, 1, {e.address: e for e in endpoints})
-    return Picker([target], "prefix_affinity", load_factor)
+    return Picker([target], "prefix_affinity", load_factor=load_factor)
 
 
 def owner(picker: Picker[Endpoint], key: bytes, exclude: set[Endpoint] | None = None) -> str:

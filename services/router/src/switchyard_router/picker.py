@@ -399,6 +399,7 @@ class Picker(Generic[E]):
         targets: Sequence[Target[E]],
         policy: PolicyName = DEFAULT_POLICY,
         healthy_panic_threshold: float = DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        *,
         load_factor: float = DEFAULT_LOAD_FACTOR,
     ) -> None:
         make: Callable[[], Policy] = POLICIES[policy]

@@ -80,7 +80,9 @@ class RouteTable:
             affinity = AffinityKeys(
                 settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
             )
-        picker = Picker(targets, config.policy, config.healthy_panic_threshold, load_factor)
+        picker = Picker(
+            targets, config.policy, config.healthy_panic_threshold, load_factor=load_factor
+        )
         identity = "\n".join(
             [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
         )
