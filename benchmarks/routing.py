@@ -54,8 +54,6 @@ import grpc
 import grpc.aio
 from harness import cpu_seconds, free_port, percentile, start, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
-from xds.data.orca.v3 import orca_load_report_pb2
-from xds.service.orca.v3 import orca_pb2
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -301,10 +299,10 @@ async def peaks_in_flight(addresses: dict[str, str]) -> AsyncIterator[dict[str, 
     async def follow(replica: str, channel: grpc.aio.Channel) -> None:
         stream = channel.unary_stream(
             load_report.STREAM_CORE_METRICS,
-            request_serializer=orca_pb2.OrcaLoadReportRequest.SerializeToString,
-            response_deserializer=orca_load_report_pb2.OrcaLoadReport.FromString,
+            request_serializer=load_report.OrcaLoadReportRequest.SerializeToString,
+            response_deserializer=load_report.OrcaLoadReport.FromString,
         )
-        interval = orca_pb2.OrcaLoadReportRequest(report_interval={"nanos": 20_000_000})
+        interval = load_report.OrcaLoadReportRequest(report_interval={"nanos": 20_000_000})
         async for report in stream(interval):
             named = report.named_metrics
             in_flight = named[load_report.RUNNING_REQUESTS] + named[load_report.WAITING_REQUESTS]

@@ -17,8 +17,6 @@ import pytest
 from fleet import Fleet
 from processes import ServerProcess, free_port, wait_until
 from scrape import scrape, value
-from xds.data.orca.v3 import orca_load_report_pb2
-from xds.service.orca.v3 import orca_pb2
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -48,9 +46,9 @@ def grpcurl_trailers(address: str, request: dict[str, Any]) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in trailers.strip().splitlines() if ": " in line)
 
 
-def report_of(trailers: Any) -> orca_load_report_pb2.OrcaLoadReport:
+def report_of(trailers: Any) -> load_report.OrcaLoadReport:
     found = dict(trailers)[load_report.COPY_TRAILER]
-    return orca_load_report_pb2.OrcaLoadReport.FromString(found)
+    return load_report.OrcaLoadReport.FromString(found)
 
 
 def test_every_response_ends_with_the_servers_load_in_orca_form(fleet: Fleet) -> None:
@@ -86,10 +84,10 @@ def test_the_out_of_band_stream_reports_running_and_queued_requests(fleet: Fleet
         ]
         stream = channel.unary_stream(
             load_report.STREAM_CORE_METRICS,
-            request_serializer=orca_pb2.OrcaLoadReportRequest.SerializeToString,
-            response_deserializer=orca_load_report_pb2.OrcaLoadReport.FromString,
+            request_serializer=load_report.OrcaLoadReportRequest.SerializeToString,
+            response_deserializer=load_report.OrcaLoadReport.FromString,
         )
-        reports = stream(orca_pb2.OrcaLoadReportRequest(report_interval={"nanos": 50_000_000}))
+        reports = stream(load_report.OrcaLoadReportRequest(report_interval={"nanos": 50_000_000}))
         seen = None
         for report in reports:  # until the three requests show: one runs, two wait
             named = dict(report.named_metrics)

@@ -27,8 +27,6 @@ from conftest import MODELSERVER, start_router, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import ServerProcess, free_port, health_status, wait_until
 from toolcases import CITY_SCHEMA, QUESTION, TOOLS, check_calls, same_answer, tool_round
-from xds.data.orca.v3 import orca_load_report_pb2
-from xds.service.orca.v3 import orca_pb2
 
 from switchyard import (
     AsyncClient,
@@ -610,10 +608,10 @@ def test_load_reports_carry_the_engines_kv_cache_usage(vllm_server: VllmServer) 
     with grpc.insecure_channel(vllm_server.address) as channel:
         stream = channel.unary_stream(
             load_report.STREAM_CORE_METRICS,
-            request_serializer=orca_pb2.OrcaLoadReportRequest.SerializeToString,
-            response_deserializer=orca_load_report_pb2.OrcaLoadReport.FromString,
+            request_serializer=load_report.OrcaLoadReportRequest.SerializeToString,
+            response_deserializer=load_report.OrcaLoadReport.FromString,
         )
-        reports = stream(orca_pb2.OrcaLoadReportRequest(report_interval={"nanos": 50_000_000}))
+        reports = stream(load_report.OrcaLoadReportRequest(report_interval={"nanos": 50_000_000}))
         stub = pb_grpc.LLMServiceStub(channel)
         sampling = pb.SamplingParams(max_tokens=LONG, temperature=0)
         busy = stub.StreamGenerate(

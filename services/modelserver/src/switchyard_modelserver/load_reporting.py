@@ -24,8 +24,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from xds.data.orca.v3 import orca_load_report_pb2
-from xds.service.orca.v3 import orca_pb2
 
 from switchyard_common import load_report
 from switchyard_modelserver.admission import ModelGate
@@ -71,7 +69,7 @@ class LoadReporter:
         self._min_interval = min_interval
         self._finished = RateMeter()
 
-    def report(self) -> orca_load_report_pb2.OrcaLoadReport:
+    def report(self) -> load_report.OrcaLoadReport:
         """The server's load now."""
         running = queued = slots = 0
         for gate in self._gates.values():
@@ -79,7 +77,7 @@ class LoadReporter:
             queued += gate.waiting
             slots += gate.concurrency
         engine = self._backend.engine_load()
-        report = orca_load_report_pb2.OrcaLoadReport(
+        report = load_report.OrcaLoadReport(
             application_utilization=min(1.0, running / slots) if slots else 0.0,
             rps_fractional=self._finished.rate(),
             named_metrics={
@@ -99,7 +97,7 @@ class LoadReporter:
         return ((load_report.TRAILER, report), (load_report.COPY_TRAILER, report))
 
     async def stream_core_metrics(
-        self, request: orca_pb2.OrcaLoadReportRequest, context: Context
+        self, request: load_report.OrcaLoadReportRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """OpenRcaService.StreamCoreMetrics: the report now, then every
         ``report_interval`` (at least the server's minimum) until the caller leaves."""
@@ -117,7 +115,7 @@ def open_rca_handler(reporter: LoadReporter) -> grpc.GenericRpcHandler[Any, Any]
         {
             "StreamCoreMetrics": grpc.unary_stream_rpc_method_handler(
                 reporter.stream_core_metrics,
-                request_deserializer=orca_pb2.OrcaLoadReportRequest.FromString,
+                request_deserializer=load_report.OrcaLoadReportRequest.FromString,
                 response_serializer=None,  # the handler yields serialized reports
             )
         },

@@ -30,8 +30,6 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
-from xds.data.orca.v3 import orca_load_report_pb2
-from xds.service.orca.v3 import orca_pb2
 
 from switchyard_common import load_report
 from switchyard_router.picker import ReportedLoad
@@ -46,7 +44,7 @@ TRAILERS = (load_report.TRAILER, load_report.COPY_TRAILER)
 _READABLE = load_report.COPY_TRAILER  # the one grpcio lets through
 _RETRY_MIN_SECONDS = 0.1
 _RETRY_MAX_SECONDS = 2.0
-_parse = orca_load_report_pb2.OrcaLoadReport.FromString
+_parse = load_report.OrcaLoadReport.FromString
 
 
 def parse(data: bytes) -> ReportedLoad | None:
@@ -80,7 +78,7 @@ class LoadReportWatcher:
         self._endpoint = endpoint
         self._stream = endpoint.channel.unary_stream(
             load_report.STREAM_CORE_METRICS,
-            request_serializer=orca_pb2.OrcaLoadReportRequest.SerializeToString,
+            request_serializer=load_report.OrcaLoadReportRequest.SerializeToString,
             response_deserializer=None,  # bytes: ``parse`` reads them
         )
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +101,7 @@ class LoadReportWatcher:
     async def _follow(self, interval: float) -> None:
         every = duration_pb2.Duration()
         every.FromNanoseconds(int(interval * 1e9))
-        request = orca_pb2.OrcaLoadReportRequest(report_interval=every)
+        request = load_report.OrcaLoadReportRequest(report_interval=every)
         pause = _RETRY_MIN_SECONDS
         endpoint = self._endpoint
         while True:
