@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +241,33 @@ def _wait_running(port: int, address: str) -> None:
         f"the router hears of {address}'s running request",
         timeout=30,
     )
+
+
+def test_a_session_header_on_the_http_front_keeps_a_session_together(fleet: Fleet) -> None:
+    servers = replicas(fleet, "ABC")
+    port = free_port()
+    fleet.router({**router_config(servers), "http_listen": f"127.0.0.1:{port}"})
+    wait_until(lambda: _ready(port), "the HTTP front is ready")
+    homes = {}
+    for session in range(12):
+        answers = set()
+        for n in range(3):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"question {n}"}]}
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"content-type": "application/json", SESSION: f"user-{session}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answers.add(json.load(response)["choices"][0]["message"]["content"])
+        assert len(answers) == 1, f"session {session} moved: {answers}"
+        homes[session] = answers.pop()
+    assert len(set(homes.values())) >= 2
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -53,6 +53,13 @@ class RouteTable:
     def __init__(self, config: RouterConfig | None, clusters: Mapping[str, Cluster]) -> None:
         routes = config.routes if config is not None else []
         self.routes = {route.model: self._route(route, clusters) for route in routes}
+        self.session_keys = frozenset(
+            route.affinity.session_metadata_key
+            for route in self.routes.values()
+            if route.affinity is not None and route.affinity.session_metadata_key is not None
+        )
+        """Every route's session metadata key: what a front must pass on (an HTTP
+        header by that name, say) for session affinity."""
 
     @staticmethod
     def _route(config: RouteConfig, clusters: Mapping[str, Cluster]) -> Route:
