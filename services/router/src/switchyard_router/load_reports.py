@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,7 @@ log = logging.getLogger("switchyard.router.load_reports")
 TRAILERS = (load_report.TRAILER, load_report.COPY_TRAILER)
 """Trailing-metadata keys of load reports: the router's, never relayed to a caller."""
 _READABLE = load_report.COPY_TRAILER  # the one grpcio lets through
-_RETRY_MIN_SECONDS = 0.1
-_RETRY_MAX_SECONDS = 2.0
+_BACKOFF_MULTIPLIER = 1.6  # as the health watch's (``health``)
 _parse = load_report.OrcaLoadReport.FromString
 
 
@@ -102,8 +102,9 @@ class LoadReportWatcher:
         every = duration_pb2.Duration()
         every.FromNanoseconds(int(interval * 1e9))
         request = load_report.OrcaLoadReportRequest(report_interval=every)
-        pause = _RETRY_MIN_SECONDS
         endpoint = self._endpoint
+        backoff = endpoint.reconnect_backoff  # the cluster's, as its health watch's
+        pause = backoff.initial_seconds
         while True:
             call = self._stream(request)
             try:
@@ -111,7 +112,7 @@ class LoadReportWatcher:
                     reported = parse(message)
                     if reported is not None:
                         endpoint.heard(reported)
-                    pause = _RETRY_MIN_SECONDS
+                    pause = backoff.initial_seconds
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.info(
@@ -122,8 +123,9 @@ class LoadReportWatcher:
             finally:
                 call.cancel()
             endpoint.forget_report()  # gone or restarting: its last report is stale
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _RETRY_MAX_SECONDS)
+            jitter = backoff.jitter
+            await asyncio.sleep(pause * random.uniform(1 - jitter, 1 + jitter))
+            pause = min(pause * _BACKOFF_MULTIPLIER, backoff.max_seconds)
 
     async def close(self) -> None:
         task, self._task = self._task, None
