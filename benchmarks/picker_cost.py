@@ -9,7 +9,9 @@ interleaved so that a busy machine slows them alike.
 
 Prints µs per pick for each policy with 2, 8 and 64 endpoints, for a first
 attempt and for a retry (one endpoint already tried), and the ratio of the
-policies side by side.
+first two policies side by side. prefix_affinity picks with an affinity key
+(the key is read from the request at admission: ``benchmarks/routing.py``
+measures that too); its retries are least_outstanding's, by design.
 
     .venv/bin/python benchmarks/picker_cost.py [--smoke]
 """
@@ -53,7 +55,8 @@ def _round_us(picker: Picker[Endpoint], view: RequestView, tried: set[Endpoint],
 
 async def run(smoke: bool) -> None:
     rounds, per_round = (2, 200) if smoke else (15, 20_000)
-    view = RequestView(MODEL, None, 512)
+    views = {policy: RequestView(MODEL, None, 512) for policy in POLICIES}
+    views["prefix_affinity"] = RequestView(MODEL, b"a conversation's key", 512)
     made: list[Cluster] = []
     print(f"picker cost, µs per pick (median of {rounds} rounds of {per_round:,} picks)")
     header = " | ".join(f"{policy} µs" for policy in POLICIES)
@@ -69,7 +72,9 @@ async def run(smoke: bool) -> None:
             samples: dict[PolicyName, list[float]] = {policy: [] for policy in POLICIES}
             for _ in range(rounds):
                 for policy in POLICIES:
-                    samples[policy].append(_round_us(pickers[policy], view, tried, per_round))
+                    samples[policy].append(
+                        _round_us(pickers[policy], views[policy], tried, per_round)
+                    )
             medians = [statistics.median(samples[policy]) for policy in POLICIES]
             cells = " | ".join(f"{m:.2f}" for m in medians)
             print(f"| {size} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")

@@ -462,3 +462,19 @@ def test_the_picker_cost_benchmark_prints_every_policy_and_route_size() -> None:
         [size, attempt] for size in ("2", "8", "64") for attempt in ("first", "retry")
     ]
     assert all(float(cell) > 0 for row in rows for cell in row[2:4])
+
+
+def test_the_routing_benchmark_prints_every_policy_in_each_table() -> None:
+    """Its smoke mode, once, on two SmolLM2 replicas and scripted ones: it runs and
+    reports every policy; the numbers (of two short conversations) are for nobody."""
+    script = Path(__file__).parent.parent / "benchmarks" / "routing.py"
+    command = [sys.executable, str(script), "--smoke"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| ")]
+    first_cells = [row.strip("|").split("|")[0].strip() for row in rows]
+    policies = ["round_robin", "least_outstanding", "prefix_affinity"]
+    skewed = ["prefix_affinity", "prefix_affinity_unbounded", "least_outstanding"]
+    chat = [*policies, "prefix_affinity, load_factor 2"]
+    assert first_cells == ["policy", *chat, "policy", *skewed, "policy", *policies]
+    assert "prefix_affinity / least_outstanding: TTFT p50" in finished.stdout

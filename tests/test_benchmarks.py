@@ -88,6 +88,7 @@ TABLES: dict[str, list[str]] = {
 # Scripts whose smoke run is checked in detail by a test of its own.
 ELSEWHERE = {
     "picker_cost.py": "tests/test_bench.py (every policy and route size)",
+    "routing.py": "tests/test_bench.py (every policy in each of its tables)",
 }
 
 

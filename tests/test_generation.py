@@ -51,7 +51,14 @@ def test_stream_concatenates_to_the_unary_text(client: Client) -> None:
     assert all(c.finish_reason is None for c in chunks[:-1])
     final = chunks[-1]
     assert final.finish_reason is FinishReason.LENGTH
-    assert final.usage == unary.usage
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (
+        unary.usage.prompt_tokens,
+        unary.usage.completion_tokens,
+    )
+    # The same prompt again: the engine reuses what it computed (all but the last
+    # token, evaluated again for fresh logits).
+    assert final.usage.cached_prompt_tokens == unary.usage.prompt_tokens - 1
     assert (final.model, final.backend) == ("tiny", "llamacpp")
     assert (
         final.timings is not None and 0 < final.timings.time_to_first_token <= final.timings.total

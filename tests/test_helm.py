@@ -317,6 +317,9 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.routes[0].max_in_flight == 500
     assert config.clusters["cpu"].connection_pool.max_connections == 4
     assert config.limits.max_in_flight == 2048  # the chart's default
+    assert config.routes[1].policy == "prefix_affinity" and config.routes[1].affinity is not None
+    assert config.routes[1].affinity.session_metadata_key == "x-session-id"
+    assert config.routes[1].affinity.load_factor == 1.5
     assert [(t.cluster, t.priority, t.weight) for t in config.routes[0].targets] == [
         ("gpu", 0, 9),
         ("cpu", 0, 1),

@@ -45,6 +45,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
+from switchyard_common import load_report
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -109,6 +110,7 @@ def vllm_server(workdir: Path, vllm_model: Path) -> Iterator[VllmServer]:
         {
             "metrics_listen": f"127.0.0.1:{metrics_port}",
             "drain_grace_seconds": 5,
+            "min_load_report_interval_seconds": 0.05,
             "backend": {
                 "kind": "vllm",
                 "model": str(vllm_model),
@@ -611,6 +613,48 @@ def _engine_processes(pid: int) -> list[int]:
         if b"resource_tracker" not in command:
             found.append(child)
     return found
+
+
+def test_a_repeated_prefix_comes_from_vllms_prefix_cache_and_is_counted(
+    vllm_server: VllmServer,
+) -> None:
+    prefix = "a long shared preamble about prefix caching and its many blocks " * 12
+    counted_before = _metric(vllm_server, "switchyard_modelserver_cached_input_tokens_total")
+    with Client(vllm_server.address) as client:
+        first = client.generate(MODEL, prefix + "first question", max_tokens=2)
+        second = client.generate(MODEL, prefix + "second question", max_tokens=2)
+    # vLLM caches whole blocks (16 tokens): the second request reuses the shared ones.
+    assert second.usage.cached_prompt_tokens >= 16
+    assert second.usage.cached_prompt_tokens < second.usage.prompt_tokens
+    counted = _metric(vllm_server, "switchyard_modelserver_cached_input_tokens_total")
+    expected = first.usage.cached_prompt_tokens + second.usage.cached_prompt_tokens
+    assert counted - counted_before == expected
+
+
+def test_load_reports_carry_the_engines_kv_cache_usage(vllm_server: VllmServer) -> None:
+    with grpc.insecure_channel(vllm_server.address) as channel:
+        stream = channel.unary_stream(
+            load_report.STREAM_CORE_METRICS,
+            request_serializer=load_report.OrcaLoadReportRequest.SerializeToString,
+            response_deserializer=load_report.OrcaLoadReport.FromString,
+        )
+        reports = stream(load_report.OrcaLoadReportRequest(report_interval={"nanos": 50_000_000}))
+        stub = pb_grpc.LLMServiceStub(channel)
+        sampling = pb.SamplingParams(max_tokens=LONG, temperature=0)
+        busy = stub.StreamGenerate(
+            pb.StreamGenerateRequest(model=MODEL, prompt="hi", sampling=sampling)
+        )
+        next(iter(busy))  # the request is in the engine
+        for report in reports:  # until a step's statistics reach the report
+            if report.utilization[load_report.KV_CACHE] > 0:
+                assert report.named_metrics[load_report.RUNNING_REQUESTS] == 1
+                break
+        busy.cancel()  # type: ignore[no-untyped-call]
+        for report in reports:  # nothing of ours in the engine: nothing in use
+            if report.named_metrics[load_report.RUNNING_REQUESTS] == 0:
+                assert report.utilization[load_report.KV_CACHE] == 0
+                break
+        reports.cancel()  # type: ignore[no-untyped-call]
 
 
 def test_zz_engine_death_turns_health_not_serving_and_the_process_exits_non_zero(

@@ -137,7 +137,11 @@ def _timings(message: pb.Timings) -> Timings:
 
 
 def _usage(message: pb.Usage) -> Usage:
-    return Usage(prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens)
+    return Usage(
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        cached_prompt_tokens=message.cached_prompt_tokens,
+    )
 
 
 class _Ending(TypedDict):

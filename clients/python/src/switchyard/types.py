@@ -41,6 +41,9 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those the engine found in its prefix cache (0: none, or
+    the engine does not say)."""
 
     @property
     def total_tokens(self) -> int:

@@ -23,6 +23,7 @@ class ModelGate:
 
     def __init__(self, model_id: str, concurrency: int, max_queue: int, retry_after: float) -> None:
         self.model_id = model_id
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._max_queue = max_queue
         self._retry_after = retry_after

@@ -84,6 +84,12 @@ class ModelServerConfig(BaseModel):
         ge=0,
         description="after the first token, at most one stream message per this many ms",
     )
+    min_load_report_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="out-of-band load reports (ORCA) go out at most this often, whatever "
+        "interval a router asks for",
+    )
     tls: ServerTLSConfig | None = Field(default=None, description="TLS on the listener")
     limits: InputLimits = InputLimits()
     model_defaults: dict[str, ModelDefaultsConfig] = Field(

@@ -253,6 +253,9 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str = ""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those the engine took from its prefix cache rather than
+    computing them (0: none, or the engine does not say)."""
 
 
 @dataclass
@@ -261,6 +264,18 @@ class PromptCounted:
     usage is known even for a request that ends early (cancelled or failed)."""
 
     tokens: int
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What a backend knows of its engine's load, beyond the model server's own
+    queue (for the load reports routers read; see ``load_reporting``)."""
+
+    kv_cache_usage: float | None = None
+    """The share of the KV cache in use, 0..1 (None: the engine has none, or does
+    not say)."""
+    waiting: int = 0
+    """Requests the engine holds but has not started (its own scheduler's queue)."""
 
 
 GenerationEvent = Delta | Finish

@@ -36,6 +36,11 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
     buckets=_TOKEN_BUCKETS,
 )
 INPUT_TOKENS = Counter("switchyard_modelserver_input_tokens", "Prompt tokens processed.", ["model"])
+CACHED_INPUT_TOKENS = Counter(
+    "switchyard_modelserver_cached_input_tokens",
+    "Prompt tokens taken from the engine's prefix cache (a part of input_tokens).",
+    ["model"],
+)
 OUTPUT_TOKENS = Counter("switchyard_modelserver_output_tokens", "Tokens generated.", ["model"])
 QUEUE_DEPTH = Gauge(
     "switchyard_modelserver_queue_depth", "Requests waiting for a model.", ["model"]
@@ -72,11 +77,13 @@ def record_request(
     prompt_tokens: int,
     completion_tokens: int,
     time_to_first_token: float | None,
+    cached_prompt_tokens: int = 0,
 ) -> None:
     """Records one finished generation request."""
     REQUESTS.labels(method, model, code).inc()
     REQUEST_DURATION.labels(method, model).observe(duration)
     INPUT_TOKENS.labels(model).inc(prompt_tokens)
+    CACHED_INPUT_TOKENS.labels(model).inc(cached_prompt_tokens)
     OUTPUT_TOKENS.labels(model).inc(completion_tokens)
     if time_to_first_token is not None:
         TIME_TO_FIRST_TOKEN.labels(model).observe(time_to_first_token)

@@ -57,6 +57,7 @@ class RequestTelemetry:
     finish: str = "-"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     first_token_at: float | None = None
 
     @classmethod
@@ -119,6 +120,7 @@ class RequestTelemetry:
         else:
             self.prompt_tokens = event.prompt_tokens
             self.completion_tokens = event.completion_tokens
+            self.cached_prompt_tokens = event.cached_prompt_tokens
             self.finish = event.reason.value
 
     def end_spans_count_and_log(self) -> None:
@@ -134,6 +136,7 @@ class RequestTelemetry:
             duration=now - self.started,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens,
             time_to_first_token=(
                 None if self.first_token_at is None else self.first_token_at - self.started
             ),
@@ -157,6 +160,8 @@ class RequestTelemetry:
             span.set_attribute("gen_ai.response.model", self.model)
         span.set_attribute("gen_ai.usage.input_tokens", self.prompt_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", self.completion_tokens)
+        if self.cached_prompt_tokens:
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", self.cached_prompt_tokens)
         if self.finish != "-":
             span.set_attribute("gen_ai.response.finish_reasons", [self.finish])
         if self.first_token_at is not None:
@@ -190,6 +195,7 @@ class RequestTelemetry:
             "code": self.code,
             "finish": self.finish,
             "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "ttft_ms": ttft,
             "total_ms": round((now - self.started) * 1e3, 1),

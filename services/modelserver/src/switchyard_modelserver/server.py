@@ -1,7 +1,8 @@
 """Model server lifecycle: listen, load, serve, drain.
 
 Health (overall, per service and per model name) is NOT_SERVING while models
-load and SERVING once they are ready. On SIGTERM or SIGINT every name turns
+load and SERVING once they are ready. Load reports (ORCA) go out with every
+response and on an out-of-band stream (``load_reporting``). On SIGTERM or SIGINT every name turns
 NOT_SERVING first, so routers and Kubernetes stop sending new work, then
 in-flight requests get ``drain_grace_seconds`` to finish.
 """
@@ -25,6 +26,7 @@ from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError, describe_validation_error
 from switchyard_common.listener import bind
+from switchyard_common.load_report import OPEN_RCA_SERVICE
 from switchyard_common.metrics_server import start_metrics_server
 from switchyard_common.status import abort
 from switchyard_modelserver import metrics
@@ -35,6 +37,7 @@ from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
 from switchyard_modelserver.in_flight import InFlight
+from switchyard_modelserver.load_reporting import LoadReporter, open_rca_handler
 from switchyard_modelserver.model_admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from switchyard_modelserver.model_admin import ModelAdmin
 from switchyard_modelserver.model_defaults import ModelDefaults
@@ -134,8 +137,12 @@ class ModelServer:
             ]
         )
         self.in_flight = InFlight()
+        self.load_reporter = LoadReporter(
+            self.gates, backend, config.min_load_report_interval_seconds
+        )
         self.server.add_generic_rpc_handlers(
             (
+                open_rca_handler(self.load_reporter),
                 _llm_service_handler(
                     LLMServicer(
                         backend,
@@ -146,6 +153,7 @@ class ModelServer:
                         config.limits,
                         self._max_tokens_per_model(config),
                         self._model_defaults(config),
+                        self.load_reporter.trailers,
                     ),
                     config.limits.max_request_bytes,
                 ),
@@ -156,7 +164,13 @@ class ModelServer:
             ModelAdmin(backend, self.catalog, self.gates), self.server
         )
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+                OPEN_RCA_SERVICE,
+            ),
             self.server,
         )
 

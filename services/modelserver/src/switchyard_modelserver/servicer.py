@@ -51,7 +51,7 @@ from switchyard_modelserver.request_parsing import (
     generation_request,
 )
 from switchyard_modelserver.request_telemetry import RequestTelemetry
-from switchyard_modelserver.status_boundary import status_boundary
+from switchyard_modelserver.status_boundary import Trailers, status_boundary
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -172,9 +172,11 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         limits: InputLimits = request_parsing.DEFAULT_LIMITS,
         max_tokens: dict[str, int] | None = None,
         defaults: dict[str, ModelDefaults] | None = None,
+        trailers: Trailers | None = None,
     ) -> None:
         self._defaults = defaults or {}  # per model id
         self._coalesce_seconds = coalesce_seconds
+        self._trailers = trailers  # every call's last words: the load report
         self._limits = limits
         self._max_tokens = max_tokens or {}  # ceiling per model id
         self._backend = backend
@@ -188,7 +190,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         telemetry = self._telemetry("Generate", request, context)
         async with (
             telemetry.current(),
-            status_boundary(context, telemetry),
+            status_boundary(context, telemetry, self._trailers),
             self._in_flight.track(),
             _deadline(context),
         ):
@@ -225,7 +227,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         telemetry = self._telemetry("StreamGenerate", request, context)
         async with (
             telemetry.current(),
-            status_boundary(context, telemetry),
+            status_boundary(context, telemetry, self._trailers),
             self._in_flight.track(),
             _deadline(context),
         ):
@@ -359,7 +361,9 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             finish_reason=_FINISH[finish.reason],
             stop_sequence=finish.stop_sequence,
             usage=pb.Usage(
-                prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
+                prompt_tokens=finish.prompt_tokens,
+                completion_tokens=finish.completion_tokens,
+                cached_prompt_tokens=finish.cached_prompt_tokens,
             ),
             model=telemetry.model,
             backend=self._backend.kind,

@@ -3,15 +3,16 @@
 Code inside the model server raises :class:`StatusError`; the boundary around
 each generation handler ends the call with :func:`switchyard_common.status.abort`
 (the one way to end a call), turns a passed deadline into DEADLINE_EXCEEDED and
-anything unexpected into INTERNAL (logged here, never shown to the caller), and
-then, however the call ended, ends the request's telemetry.
+anything unexpected into INTERNAL (logged here, never shown to the caller), adds
+the trailers every call ends with (the load report), and then, however the call
+ended, ends the request's telemetry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,25 +25,37 @@ from switchyard_modelserver.request_telemetry import RequestTelemetry
 log = logging.getLogger("switchyard.modelserver.requests")
 
 
+Trailers = Callable[[], tuple[tuple[str, bytes], ...]]
+
+
 @asynccontextmanager
 async def status_boundary(
-    context: grpc.aio.ServicerContext[Any, Any], telemetry: RequestTelemetry
+    context: grpc.aio.ServicerContext[Any, Any],
+    telemetry: RequestTelemetry,
+    trailers: Trailers | None = None,
 ) -> AsyncIterator[None]:
     """Ends the call with the status of what was raised inside (if anything), then
-    ends ``telemetry`` (spans, metrics, access-log line) with that status."""
+    ends ``telemetry`` (spans, metrics, access-log line) with that status.
+
+    ``trailers`` gives trailing metadata for the end of the call, whatever its
+    status (the server's load report: ``load_reporting``); it is asked as the call
+    leaves, so what it reports no longer counts the call."""
+    extra = trailers or _none
     try:
         yield
+        context.set_trailing_metadata(extra())
     except StatusError as error:
         telemetry.code = error.code.name
-        await abort(context, error)
+        await _abort(context, error, extra)
     except TimeoutError:
         telemetry.code = "DEADLINE_EXCEEDED"
-        await abort(
+        await _abort(
             context,
             StatusError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"deadline exceeded after {telemetry.completion_tokens} generated tokens",
             ),
+            extra,
         )
     except asyncio.CancelledError:
         telemetry.code = "CANCELLED"
@@ -53,11 +66,23 @@ async def status_boundary(
             raise
         telemetry.code = "INTERNAL"
         log.exception("unexpected error in %s for model %s", telemetry.method, telemetry.model)
-        await abort(
+        await _abort(
             context,
             StatusError(
                 grpc.StatusCode.INTERNAL, "internal error in the model server; see its log"
             ),
+            extra,
         )
     finally:
         telemetry.end_spans_count_and_log()
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: StatusError, extra: Trailers
+) -> None:
+    """Ends the call with ``error``, its details and the ``extra`` trailers."""
+    await abort(context, error, (*error.trailing_metadata(), *extra()))
+
+
+def _none() -> tuple[tuple[str, bytes], ...]:
+    return ()

@@ -162,7 +162,10 @@ class Admission:
             metadata = forwarded(inbound.metadata, _HOP_HEADERS_WITH_AUTH)
         remaining = inbound.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        view = RequestView(route.model, None, len(request), adapter or None)
+        key = None
+        if route.affinity is not None:  # only prefix_affinity routes read more of a request
+            key = route.affinity.key(request, inbound.metadata)
+        view = RequestView(route.model, key, len(request), adapter or None)
         call = Call(inbound, record, route, view, request, metadata, deadline)
         if self.in_flight is not None:
             self.in_flight.enter(route.model, route.max_in_flight)

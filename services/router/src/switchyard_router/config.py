@@ -31,7 +31,12 @@ from switchyard_router.fleet.config import (
     RouteCacheConfig,
     TokenBudgetConfig,
 )
-from switchyard_router.picker import DEFAULT_HEALTHY_PANIC_THRESHOLD, DEFAULT_POLICY, PolicyName
+from switchyard_router.picker import (
+    DEFAULT_HEALTHY_PANIC_THRESHOLD,
+    DEFAULT_LOAD_FACTOR,
+    DEFAULT_POLICY,
+    PolicyName,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 OPEN_BY_DEFAULT = (
@@ -122,6 +127,12 @@ class ClusterConfig(_Strict):
         default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
     )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
+    load_report_interval_seconds: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="how often each model server sends its load (ORCA, out of band), so "
+        "that idle ones stay current; null: only the load reported with each response",
+    )
     reconnect_backoff: ReconnectBackoffConfig = ReconnectBackoffConfig()
     connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     tls: ChannelTLSConfig | None = Field(
@@ -162,6 +173,33 @@ class TargetConfig(_Strict):
     weight: int = Field(default=1, ge=1)
 
 
+class AffinityConfig(_Strict):
+    """``affinity:`` of a ``policy: prefix_affinity`` route: what makes requests
+    share a model server, and how far one may be loaded past the others for it."""
+
+    session_metadata_key: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-z_.-]+$",
+        description="request metadata (e.g. x-session-id) whose value, when present, is the "
+        "affinity key instead of the prefix",
+    )
+    prefix_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="leading bytes of the system message and of the first user message (or "
+        "of the prompt) that make the key; 0: sessions only",
+    )
+    block_bytes: int = Field(
+        default=256, ge=1, description="the prefix counts in whole blocks of this many bytes"
+    )
+    load_factor: float = Field(
+        default=DEFAULT_LOAD_FACTOR,
+        ge=1.0,
+        description="no endpoint takes more than this times the mean load; a key whose "
+        "endpoint is full goes to the next on the ring",
+    )
+
+
 class RouteConfig(_Strict):
     """A public model name and its targets."""
 
@@ -175,7 +213,8 @@ class RouteConfig(_Strict):
     policy: PolicyName = Field(
         default=DEFAULT_POLICY,
         description="how a target's endpoint is chosen: least_outstanding (the less busy of "
-        "two at random) or round_robin (each in turn)",
+        "two at random), round_robin (each in turn) or prefix_affinity (requests with the same "
+        "session or prompt prefix to the same endpoint, within a bound on its load)",
     )
     max_in_flight: int | None = Field(
         default=None,
@@ -194,6 +233,18 @@ class RouteConfig(_Strict):
         default=None,
         description="replay answers to identical requests (see response_cache; unset: never)",
     )
+    affinity: AffinityConfig | None = Field(
+        default=None, description="prefix_affinity's settings (defaults when unset)"
+    )
+
+    @model_validator(mode="after")
+    def _affinity_needs_its_policy(self) -> RouteConfig:
+        if self.affinity is not None and self.policy != "prefix_affinity":
+            raise ValueError(
+                f"affinity: applies only to policy prefix_affinity (this route's policy is "
+                f"{self.policy})"
+            )
+        return self
 
 
 class APIKeyConfig(_Strict):

@@ -18,6 +18,7 @@ import enum
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -28,8 +29,9 @@ from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
 from switchyard_router.connection_pool import LIST_MODELS, ConnectionPool
 from switchyard_router.health import HealthWatcher
+from switchyard_router.load_reports import LoadReportWatcher, from_trailers
 from switchyard_router.outlier import EjectionState, OutlierDetector
-from switchyard_router.picker import Epoch
+from switchyard_router.picker import NO_REPORT, Epoch, ReportedLoad
 
 log = logging.getLogger("switchyard.router.endpoints")
 
@@ -117,15 +119,24 @@ class Endpoint:
         self.list_models = self.channel.unary_unary(LIST_MODELS, None, None)
         self.health: dict[str, ModelHealth] = {}
         self.outstanding = 0
+        self.reported: ReportedLoad = NO_REPORT  # its model server's last load report
+        self.elsewhere = 0.0  # requests there from others, by that report
         self.ejection = EjectionState()
         self.draining = False
         self.adapters: dict[str, frozenset[str]] = {}
         """LoRA adapters in memory there, by model name (id and aliases): from its
         ListModels (``adapter_refresh_seconds``) and from requests it served."""
         self.watcher = HealthWatcher(self)
+        self.load_reports = LoadReportWatcher(self)
         # Read at scrape time: no cost on the request path.
         metrics.ENDPOINT_HEALTHY.labels(cluster, address).set_function(
             lambda: 1.0 if self.state() is EndpointState.HEALTHY else 0.0
+        )
+        reported = metrics.ENDPOINT_REPORTED_REQUESTS
+        reported.labels(cluster, address, "running").set_function(lambda: self.reported.running)
+        reported.labels(cluster, address, "waiting").set_function(lambda: self.reported.waiting)
+        metrics.ENDPOINT_REPORTED_KV_CACHE.labels(cluster, address).set_function(
+            lambda: self.reported.kv_cache_usage
         )
         _gauge_owner[(cluster, address)] = self
 
@@ -200,6 +211,24 @@ class Endpoint:
         """Serving ``model`` by its health stream, ejected or not: panic routing's pool."""
         return self.health.get(model) is ModelHealth.SERVING and not self.draining
 
+    # Load, from the model server's reports.
+    def take_report(self, trailers: Iterable[Any] | None) -> None:
+        """Keeps the load report in an attempt's trailing metadata, if it has one."""
+        reported = from_trailers(trailers)
+        if reported is not None:
+            self.heard(reported)
+
+    def heard(self, reported: ReportedLoad) -> None:
+        """Keeps its model server's latest load report; what it counts beyond this
+        router's own requests in flight now is other routers' and clients'."""
+        self.reported = reported
+        self.elsewhere = max(0.0, reported.in_flight - self.outstanding)
+
+    def forget_report(self) -> None:
+        """Its model server went away: what it last said no longer holds."""
+        self.reported = NO_REPORT
+        self.elsewhere = 0.0
+
     # Outlier detection, from the proxy's attempts.
     def record_success(self) -> None:
         self.detector.record_success(self)
@@ -230,6 +259,7 @@ class Endpoint:
         while self.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self.watcher.close()
+        await self.load_reports.close()
         self.detector.forget(self)
         await self.pool.close()
         # The address may have rejoined (a new Endpoint) while this one drained.
@@ -237,6 +267,9 @@ class Endpoint:
             del _gauge_owner[(self.cluster, self.address)]
             with contextlib.suppress(KeyError):
                 metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
+                metrics.ENDPOINT_REPORTED_KV_CACHE.remove(self.cluster, self.address)
+                for state in ("running", "waiting"):
+                    metrics.ENDPOINT_REPORTED_REQUESTS.remove(self.cluster, self.address, state)
 
 
 class Cluster:
@@ -269,6 +302,8 @@ class Cluster:
         )
         self.config = config
         self.outlier.config = config.outlier_detection
+        for endpoint in self.endpoints.values():
+            endpoint.load_reports.follow(config.load_report_interval_seconds)
         if tls_changed:
             self.tls_files = config.tls.files() if config.tls else None
         if tls_changed or connections_changed:
@@ -283,7 +318,7 @@ class Cluster:
     def _replace_channels(self, grace: float) -> None:
         for address, old in list(self.endpoints.items()):
             endpoint = self._endpoint(address)
-            endpoint.watcher.watch(self.watched_models)
+            self._follow(endpoint)
             self.endpoints[address] = endpoint
             self._drain(old, grace)
         self.epoch.bump()
@@ -297,6 +332,11 @@ class Cluster:
             self._credentials(),
             self.outlier,
         )
+
+    def _follow(self, endpoint: Endpoint) -> None:
+        """Starts watching a new endpoint's health and load."""
+        endpoint.watcher.watch(self.watched_models)
+        endpoint.load_reports.follow(self.config.load_report_interval_seconds)
 
     def _drain(self, endpoint: Endpoint, grace: float) -> None:
         task = asyncio.get_running_loop().create_task(endpoint.drain_and_close(grace))
@@ -322,7 +362,7 @@ class Cluster:
         for address in wanted:
             if address not in self.endpoints:
                 endpoint = self._endpoint(address)
-                endpoint.watcher.watch(self.watched_models)
+                self._follow(endpoint)
                 self.endpoints[address] = endpoint
                 self.epoch.bump()
                 log.info("cluster %s: endpoint %s joined", self.name, address)

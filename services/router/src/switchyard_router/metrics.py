@@ -45,6 +45,17 @@ ENDPOINT_HEALTHY = Gauge(
     "1 while an endpoint takes new requests (healthy, not ejected), else 0.",
     ["cluster", "endpoint"],
 )
+ENDPOINT_REPORTED_REQUESTS = Gauge(
+    "switchyard_router_endpoint_reported_requests",
+    "Requests running or waiting at an endpoint (state), from every router and client, "
+    "as its model server last reported (ORCA); 0 before a report.",
+    ["cluster", "endpoint", "state"],
+)
+ENDPOINT_REPORTED_KV_CACHE = Gauge(
+    "switchyard_router_endpoint_reported_kv_cache_usage",
+    "The share of an endpoint's KV cache in use, as its model server last reported.",
+    ["cluster", "endpoint"],
+)
 EJECTIONS = Counter(
     "switchyard_router_ejections",
     "Outlier-detection ejections, by endpoint.",

@@ -34,19 +34,78 @@ memory (a replica loads one on its first request, which costs a load and, on
 llama.cpp, its cached prompt); only when none is eligible does it go to any.
 A hot adapter spreads by itself: a full replica answers RESOURCE_EXHAUSTED, the
 retry goes to another, and that one holds the adapter from then on.
+
+Load (:func:`load_of`) is what the policies that weigh it compare: this router's
+requests in flight at an endpoint, plus those of other routers and clients there
+(from its model server's last load report: ORCA, ``load_reports``), plus its
+waiting requests once more and its KV-cache usage.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
-PolicyName = Literal["least_outstanding", "round_robin"]
+from switchyard_router.hash_ring import HashRing
+
+PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
 DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
 """Percent, as Envoy's default."""
+DEFAULT_LOAD_FACTOR = 1.25
+"""prefix_affinity's bound: no endpoint holds more than this times the mean number of
+requests in flight."""
+
+KV_CACHE_WEIGHT = 2.0
+"""A full KV cache weighs as much as this many more requests in flight: the engine
+would queue or preempt a new one."""
+
+
+class ReportedLoad:
+    """An endpoint's load as its model server last reported it (ORCA): requests
+    running and waiting there, from every router and client, and the share of its
+    KV cache in use (0 where the engine does not say). Never changed once made (a
+    plain class rather than a frozen dataclass: one is made per response, and
+    this costs a third as much)."""
+
+    __slots__ = (
+        "in_flight",
+        "kv_cache_usage",
+        "rps",
+        "running",
+        "surcharge",
+        "utilization",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        running: float = 0.0,
+        waiting: float = 0.0,
+        kv_cache_usage: float = 0.0,
+        utilization: float = 0.0,
+        rps: float = 0.0,
+    ) -> None:
+        self.running = running
+        self.waiting = waiting
+        self.kv_cache_usage = kv_cache_usage
+        self.utilization = utilization
+        self.rps = rps
+        self.in_flight = running + waiting
+        """running + waiting."""
+        self.surcharge = waiting + KV_CACHE_WEIGHT * kv_cache_usage
+        """What :func:`load_of` adds to the requests in flight: waiting requests once
+        more (a queued request waits for every one before it; a running one only
+        shares the engine) and the KV-cache usage."""
+
+
+NO_REPORT = ReportedLoad()
+"""An endpoint whose model server has reported nothing (yet)."""
 
 
 class EndpointView(Protocol):
@@ -55,6 +114,13 @@ class EndpointView(Protocol):
     address: str
     outstanding: int
     """Requests in flight to it from this router."""
+    reported: ReportedLoad
+    """Its model server's last load report (``NO_REPORT`` before the first)."""
+    elsewhere: float
+    """Requests in flight there from other routers and clients: the last report's
+    running and waiting requests, less this router's own when the report came
+    (a report is always a little old: this router's own count is exact, and the
+    others' change only as fast as reports come)."""
 
     def serves(self, model: str) -> bool:
         """Healthy for ``model``: takes new requests now."""
@@ -101,8 +167,8 @@ class RequestView:
     model: str
     """The route's public model name."""
     affinity_key: bytes | None = None
-    """A key whose requests should share an endpoint (a session, a prompt prefix);
-    None: no affinity."""
+    """A key whose requests should share an endpoint (a session, a prompt prefix:
+    ``affinity``); None: no affinity."""
     prompt_bytes: int = 0
     """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
     adapter: str | None = None
@@ -161,9 +227,20 @@ class Policy(Protocol):
         ...
 
 
+def load_of(endpoint: EndpointView) -> float:
+    """An endpoint's load in requests (see the module's docstring)."""
+    return endpoint.outstanding + endpoint.elsewhere + endpoint.reported.surcharge
+
+
+def requests_at(endpoint: EndpointView) -> float:
+    """Requests in flight at an endpoint: this router's and, as far as its model
+    server last reported, everyone else's."""
+    return endpoint.outstanding + endpoint.elsewhere
+
+
 class LeastOutstanding:
     """The less loaded of two eligible endpoints drawn at random (power of two choices
-    on requests in flight): a slow replica gets less, and no herd follows one number."""
+    on :func:`load_of`): a slow replica gets less, and no herd follows one number."""
 
     def choose(
         self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
@@ -175,7 +252,7 @@ class LeastOutstanding:
                 return candidates[0] if candidates else None
             pair = _two_of(candidates)
         a, b = pair
-        return b if b.outstanding < a.outstanding else a
+        return b if load_of(b) < load_of(a) else a
 
 
 _FEW = 4  # endpoints that least_outstanding lists at once (cheaper than drawing)
@@ -228,9 +305,88 @@ class RoundRobin:
         return None
 
 
+class PrefixAffinity:
+    """Requests with the same affinity key go to the same endpoint, unless it is
+    loaded past ``load_factor`` times the mean: consistent hashing with bounded
+    loads (Mirrokni, Thorup and Zadimoghaddam, 2018).
+
+    The key's endpoint is the first eligible one clockwise from the key on a hash
+    ring of the target's endpoints (``hash_ring``), placed by their addresses only:
+    every router that knows the same endpoints agrees, with no shared state, and
+    a restart changes nothing. An endpoint that joins, leaves or is out of rotation
+    moves only the keys it takes or held. An endpoint whose requests in flight
+    (:func:`requests_at`) reach its capacity, ``ceil(load_factor * (total + 1) /
+    eligible endpoints)``, is passed over for the next one on the ring, so a hot
+    key spills onto its neighbours instead of piling onto one replica; since the
+    capacity grows with the mean, some endpoint always has room. The bound counts
+    requests, as the analysis does: :func:`load_of`'s surcharges (the queue again,
+    the KV cache) would make a busy endpoint look busier than its share and move
+    conversations off it early; they order least_outstanding's choices instead.
+
+    A request without a key (no session or prefix; or a retry or resume, whose
+    picks ``Picker`` makes without one) is placed by least_outstanding, the default.
+    """
+
+    def __init__(self, load_factor: float = DEFAULT_LOAD_FACTOR) -> None:
+        self.load_factor = load_factor
+        self.spills = 0
+        """Picks that passed over the key's own endpoint because it was full."""
+        self._fallback = LeastOutstanding()
+        self._members: Sequence[Any] = ()
+        self._ring: HashRing[Any] = HashRing({})
+
+    def choose(
+        self, endpoints: Sequence[E], eligible: Callable[[E], bool], request: RequestView
+    ) -> E | None:
+        key = request.affinity_key
+        if key is None:
+            return self._fallback.choose(endpoints, eligible, request)
+        if endpoints != self._members:  # joined or left: place them (rare)
+            self._members = list(endpoints)
+            self._ring = HashRing({e.address: e for e in endpoints})
+        capacity = self._capacity(endpoints, eligible)
+        if capacity is None:
+            return None
+        first = True
+        candidate: E
+        for candidate in self._ring.walk(key):
+            if eligible(candidate):
+                if requests_at(candidate) < capacity:
+                    return candidate
+                if first:
+                    self.spills += 1
+                    first = False
+        # Every eligible endpoint is full: only when endpoints out of rotation made
+        # the bound stricter (see _capacity).
+        return self._fallback.choose(endpoints, eligible, request)
+
+    def _capacity(self, endpoints: Sequence[E], eligible: Callable[[E], bool]) -> int | None:
+        """``ceil(load_factor * (requests in flight + 1) / endpoints)`` over the eligible
+        endpoints (None: none is). Past ``_EXACT_BOUND`` endpoints the mean is over
+        all of them: asking each of 64 whether it is eligible would be most of a
+        pick's cost, and an endpoint out of rotation, nearly idle, only makes the
+        bound a little stricter (when every eligible one is full, least_outstanding
+        places the request)."""
+        total = 0.0
+        if len(endpoints) > _EXACT_BOUND:
+            for endpoint in endpoints:  # requests_at, inlined
+                total += endpoint.outstanding + endpoint.elsewhere
+            return math.ceil(self.load_factor * (total + 1) / len(endpoints))
+        count = 0
+        for endpoint in endpoints:
+            if eligible(endpoint):
+                total += endpoint.outstanding + endpoint.elsewhere
+                count += 1
+        return math.ceil(self.load_factor * (total + 1) / count) if count else None
+
+
+_EXACT_BOUND = 8  # endpoints up to which the bound's mean counts only eligible ones
+
+
 POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {
     "least_outstanding": LeastOutstanding,
     "round_robin": RoundRobin,
+    "prefix_affinity": PrefixAffinity,
 }
 """Every policy a route may name, by its ``policy:`` name."""
 
@@ -243,8 +399,12 @@ class Picker(Generic[E]):
         targets: Sequence[Target[E]],
         policy: PolicyName = DEFAULT_POLICY,
         healthy_panic_threshold: float = DEFAULT_HEALTHY_PANIC_THRESHOLD,
+        *,
+        load_factor: float = DEFAULT_LOAD_FACTOR,
     ) -> None:
-        make = POLICIES[policy]
+        make: Callable[[], Policy] = POLICIES[policy]
+        if policy == "prefix_affinity":
+            make = functools.partial(PrefixAffinity, load_factor)
         priorities = sorted({t.priority for t in targets})
         self.groups: tuple[tuple[tuple[Target[E], Policy], ...], ...] = tuple(
             tuple((t, make()) for t in targets if t.priority == priority) for priority in priorities
@@ -264,7 +424,13 @@ class Picker(Generic[E]):
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
-        or None when no endpoint can take it."""
+        or None when no endpoint can take it.
+
+        A retry or resume (``exclude`` is not empty) is picked without the request's
+        affinity key: the key's endpoint failed it, and its keys' retries spread by
+        load rather than pile onto the next endpoint on the ring."""
+        if exclude and request.affinity_key is not None:
+            request = dataclasses.replace(request, affinity_key=None)
         # The lowest priority with a healthy endpoint; in panic, over its connected ones.
         for index, group in enumerate(self.groups):
             health = self.health_of(index)

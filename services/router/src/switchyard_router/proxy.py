@@ -25,6 +25,10 @@ are charged from the usage in the answer, read from its bytes
 relayed (``metering``), which also ends a stream whose budget runs out; a miss's
 answer is recorded and stored. Without keys with limits or cached routes, none
 of that code runs.
+
+Each attempt's end also brings the model server's load report (ORCA, in the
+trailing metadata: ``load_reports``), kept on its endpoint for the picker and
+never relayed to the caller.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import grpc.aio
 from switchyard.status import parse_details, refused_stream
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
-from switchyard_router import wire
+from switchyard_router import load_reports, wire
 from switchyard_router.admission import Admission, Call
 from switchyard_router.auth import Guard
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
@@ -260,8 +264,10 @@ class Proxy:
         sink: ResponseSink,
     ) -> None:
         counts_tokens = call.inbound.counts_tokens
-        upstream = connection.count_tokens if counts_tokens else connection.generate
-        response: bytes = await upstream(_payload(call, pick), timeout=timeout, metadata=metadata)
+        method = connection.count_tokens if counts_tokens else connection.generate
+        upstream = method(_payload(call, pick), timeout=timeout, metadata=metadata)
+        response: bytes = await upstream
+        pick.endpoint.take_report(await upstream.trailing_metadata())
         self._succeeded(pick, call.view.adapter)
         if not counts_tokens:  # a count is not a generation: no usage, nothing to cache
             call.note_usage(response, wire.GENERATE_USAGE_FIELD)
@@ -307,6 +313,7 @@ class Proxy:
                     last = message
                     await _relay(call, message, pick, send)
                 call.note_usage(last, wire.STREAM_USAGE_FIELD)  # usage is in the last one
+            pick.endpoint.take_report(await upstream.trailing_metadata())
             self._succeeded(pick, call.view.adapter)
         finally:
             upstream.cancel()  # client gone, attempt failed or done: stop its work
@@ -377,6 +384,7 @@ class Proxy:
             # server takes at once. Neither ejection nor the retry budget hears of it.
             pick.endpoint.pool.refused(connection)
             return _Failure(code, details, refused=True)
+        pick.endpoint.take_report(error.trailing_metadata())
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
             pick.endpoint.record_failure("per-try timeout")
@@ -480,11 +488,14 @@ def _model_scoped(trailers: Metadata) -> bool:
 
 
 def _upstream_trailers(error: grpc.aio.AioRpcError) -> Metadata:
+    """A failed attempt's trailers to relay: the model server's own (its status
+    details included), not gRPC's nor its load report, which is for the router."""
     trailers: Iterable[Any] = error.trailing_metadata() or ()
     return tuple(
         (key, value)
         for key, value in trailers
-        if key == DETAILS_METADATA_KEY or not key.startswith((":", "grpc-"))
+        if key == DETAILS_METADATA_KEY
+        or not (key.startswith((":", "grpc-")) or key in load_reports.TRAILERS)
     )
 
 

@@ -4,7 +4,8 @@ Each route has its own picker (``picker``): targets of the lowest priority
 number are used while any of them has a healthy endpoint; higher numbers are
 fallbacks. Within one priority, weights split traffic between targets
 (canaries, A/B). Within a target's cluster, the route's ``policy`` chooses the
-endpoint (``least_outstanding`` by default). A priority whose healthy share falls
+endpoint (``least_outstanding`` by default); a ``prefix_affinity`` route also
+reads each request's affinity key (``affinity``). A priority whose healthy share falls
 below the route's ``healthy_panic_threshold`` spreads its requests over its
 connected endpoints, ejected ones included (panic).
 """
@@ -15,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
-from switchyard_router.config import RouteConfig, RouterConfig
+from switchyard_router.affinity import AffinityKeys
+from switchyard_router.config import AffinityConfig, RouteConfig, RouterConfig
 from switchyard_router.endpoints import Cluster, Endpoint
 from switchyard_router.fleet.config import RouteCacheConfig
-from switchyard_router.picker import Pick, Picker, PolicyName, Target
+from switchyard_router.picker import DEFAULT_LOAD_FACTOR, Pick, Picker, PolicyName, Target
 
 EndpointPick = Pick[Endpoint]
 """Where one attempt goes: an endpoint of the router's clusters and the model there."""
@@ -41,6 +43,8 @@ class Route:
     identity: str = ""
     """The route and the models its targets call, for cache keys: an answer cached
     before a reload that changed them is not replayed after it."""
+    affinity: AffinityKeys | None = None
+    """How a prefix_affinity route reads each request's affinity key."""
 
 
 class RouteTable:
@@ -49,6 +53,13 @@ class RouteTable:
     def __init__(self, config: RouterConfig | None, clusters: Mapping[str, Cluster]) -> None:
         routes = config.routes if config is not None else []
         self.routes = {route.model: self._route(route, clusters) for route in routes}
+        self.session_keys = frozenset(
+            route.affinity.session_metadata_key
+            for route in self.routes.values()
+            if route.affinity is not None and route.affinity.session_metadata_key is not None
+        )
+        """Every route's session metadata key: what a front must pass on (an HTTP
+        header by that name, say) for session affinity."""
 
     @staticmethod
     def _route(config: RouteConfig, clusters: Mapping[str, Cluster]) -> Route:
@@ -68,7 +79,17 @@ class RouteTable:
                 key=lambda t: t.priority,
             )
         )
-        picker = Picker(targets, config.policy, config.healthy_panic_threshold)
+        affinity = None
+        load_factor = DEFAULT_LOAD_FACTOR
+        if config.policy == "prefix_affinity":
+            settings = config.affinity or AffinityConfig()
+            load_factor = settings.load_factor
+            affinity = AffinityKeys(
+                settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
+            )
+        picker = Picker(
+            targets, config.policy, config.healthy_panic_threshold, load_factor=load_factor
+        )
         identity = "\n".join(
             [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
         )
@@ -81,6 +102,7 @@ class RouteTable:
             config.max_in_flight,
             config.cache,
             identity,
+            affinity,
         )
 
     def watched_models(self) -> dict[str, set[str]]:

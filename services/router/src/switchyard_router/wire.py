@@ -21,6 +21,26 @@ class MalformedRequestError(ValueError):
     """The request bytes are not a valid protobuf message."""
 
 
+def varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    return _varint(data, pos)
+
+
+def skip(data: bytes, pos: int, wire_type: int) -> int:
+    """The position after a field's value of ``wire_type`` (not length-delimited)
+    that starts at ``pos``."""
+    if wire_type == 0:
+        return _varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 5:
+        return pos + 4
+    if wire_type == 2:
+        length, pos = _varint(data, pos)
+        return pos + length
+    raise MalformedRequestError(f"unsupported wire type {wire_type}")
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -43,11 +63,14 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(key, field start, value start, value end) of each top-level field; the value
-    of a length-delimited field is its bytes without the length."""
-    pos = 0
-    end = len(data)
+def fields(
+    data: bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """(key, field start, value start, value end) of each field of the message in
+    ``data[start:end]`` (all of ``data`` by default), in order, without copying; the
+    value of a length-delimited field is its bytes without the length."""
+    pos = start
+    end = len(data) if end is None else end
     while pos < end:
         start = pos
         key, pos = _varint(data, pos)
@@ -71,7 +94,7 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
 
 def _model_spans(data: bytes) -> list[tuple[int, int, int]]:
     """(field start, value start, value end) of every `model` field occurrence."""
-    return [(start, value, end) for key, start, value, end in _fields(data) if key == _MODEL_TAG]
+    return [(start, value, end) for key, start, value, end in fields(data) if key == _MODEL_TAG]
 
 
 def read_model(data: bytes) -> str:
@@ -87,7 +110,7 @@ def read_model_and_adapter(data: bytes) -> tuple[str, str]:
     """The request's model name and LoRA adapter ('' if unset), in one scan of its
     top-level fields; the last occurrence of each wins, as in protobuf."""
     model = adapter = None
-    for key, _, value_start, value_end in _fields(data):
+    for key, _, value_start, value_end in fields(data):
         if key == _MODEL_TAG:
             model = (value_start, value_end)
         elif key == _ADAPTER_TAG:
@@ -126,7 +149,7 @@ def _field(data: bytes, number: int) -> bytes | None:
     """The bytes of the last length-delimited field ``number`` at the top level (or None)."""
     found = None
     tag = (number << 3) | 2
-    for key, _, value_start, value_end in _fields(data):
+    for key, _, value_start, value_end in fields(data):
         if key == tag:
             found = data[value_start:value_end]
     return found
@@ -194,12 +217,12 @@ def read_sampling(data: bytes) -> RequestSampling:
     temperature: float | None = None
     seeded = logprobs = include_token_ids = False
     max_tokens: int | None = None
-    for key, _, value_start, value_end in _fields(data):
+    for key, _, value_start, value_end in fields(data):
         if key == _INCLUDE_TOKEN_IDS_TAG:
             include_token_ids = _varint(data, value_start)[0] != 0
         elif key == _SAMPLING_TAG:
             sampling = data[value_start:value_end]
-            for s_key, _, s_start, _ in _fields(sampling):
+            for s_key, _, s_start, _ in fields(sampling):
                 number = s_key >> 3
                 if s_key == (1 << 3) | 5:  # temperature, a float
                     temperature = struct.unpack_from("<f", sampling, s_start)[0]
@@ -222,7 +245,7 @@ def read_stream_tokens(message: bytes) -> tuple[int, int]:
     otherwise. (0, 0) for bytes that are not one."""
     tokens = text = 0
     try:
-        for key, _, value_start, value_end in _fields(message):
+        for key, _, value_start, value_end in fields(message):
             if key == _STREAM_TOKENS_TAG:
                 tokens += 1
             elif key == _STREAM_TEXT_TAG:
@@ -237,7 +260,7 @@ def without_tokens(message: bytes) -> bytes:
     caller did not), cut out of the bytes rather than re-encoded."""
     kept = bytearray()
     pos = 0
-    for key, start, _, end in _fields(message):
+    for key, start, _, end in fields(message):
         if key == _STREAM_TOKENS_TAG:
             kept += message[pos:start]
             pos = end
@@ -252,7 +275,7 @@ def read_finish_reason(message: bytes, finish_field: int) -> int:
     tag = finish_field << 3
     reason = 0
     try:
-        for key, _, value_start, _ in _fields(message):
+        for key, _, value_start, _ in fields(message):
             if key == tag:
                 reason = _varint(message, value_start)[0]
     except MalformedRequestError:

@@ -14,6 +14,7 @@ from switchyard_common.status import StatusError, adapter_not_found
 from switchyard_modelserver.domain import (
     AdapterInfo,
     BackendEvent,
+    EngineLoad,
     GenerationRequest,
     ModelCard,
     ModelState,
@@ -22,6 +23,8 @@ from switchyard_modelserver.residency import ModelResidency
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""
+
+_NO_ENGINE_LOAD = EngineLoad()
 
 
 class BackendOptions(BaseModel):
@@ -92,6 +95,12 @@ class Backend(abc.ABC):
     def concurrency(self, model_id: str) -> int:
         """How many generations of one model may run at once (the rest queue)."""
         return 1
+
+    def engine_load(self) -> EngineLoad:
+        """The engine's load now (KV-cache usage, its own queue), for load reports:
+        cheap, called from the event loop for every response. The default: nothing
+        beyond the model server's own counts."""
+        return _NO_ENGINE_LOAD
 
     async def failure(self) -> str:
         """Returns (with the reason) once the backend can never serve again, e.g.

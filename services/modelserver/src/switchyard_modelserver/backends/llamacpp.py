@@ -15,6 +15,11 @@ request and the least recently used idle one makes room. The folder is
 watched (``gguf_files.ModelsFolder``): a file added is served, one removed
 drains, one replaced loads beside the old copy and takes over. LoRA adapters
 (``llamacpp_lora``) are applied per request.
+
+A prompt reuses what the context already computed: the prefix it shares with
+the live context, or with a state the model's prompt cache kept from an earlier
+request (``prompt_cache``, up to ``prompt_cache_bytes``), whichever is longer; the
+reused tokens are the usage's ``cached_prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import codecs
 import concurrent.futures
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -53,6 +59,7 @@ from switchyard_modelserver.domain import (
     BackendEvent,
     Capability,
     Delta,
+    EngineLoad,
     Finish,
     FinishReason,
     GenerationRequest,
@@ -68,6 +75,8 @@ from switchyard_modelserver.tools.hermes import tool_call_events
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from switchyard_modelserver.backends.prompt_cache import PromptStateCache
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +109,12 @@ class LlamaCppOptions(BackendOptions):
         ge=1,
         description="prompt tokens per forward pass; cancellation is "
         "checked between passes, so this bounds how long a cancelled prompt keeps the model",
+    )
+    prompt_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="memory per model for prompt states beyond the live one, so that "
+        "conversations that interleave each skip the prefix they already computed; 0: off",
     )
     max_loaded_models: int | None = Field(
         default=None, ge=1, description="models in memory at once; set: models load on demand"
@@ -134,6 +149,8 @@ class _LoadedModel:
     executor: concurrent.futures.ThreadPoolExecutor
     add_bos: bool
     chat_template: str | None
+    prompt_cache: PromptStateCache | None = None
+    """Earlier prompts' states (``prompt_cache_bytes``); None: off."""
     adapters: AdapterSet = field(default_factory=AdapterSet)
     """Touched only on the worker thread."""
     users: int = 0
@@ -435,10 +452,15 @@ class LlamaCppBackend(Backend):
         )
         add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
+        prompt_cache = None
+        if self._options.prompt_cache_bytes:
+            from switchyard_modelserver.backends.prompt_cache import PromptStateCache
+
+            prompt_cache = PromptStateCache(self._options.prompt_cache_bytes)
         log.info(
             "model %s loaded from %s (context %d)", model_id, model_file.path.name, context_length
         )
-        return _LoadedModel(card, llama, executor, add_bos, template)
+        return _LoadedModel(card, llama, executor, add_bos, template, prompt_cache=prompt_cache)
 
     async def _load_copy(self, model_id: str) -> _LoadedModel:
         copy = await asyncio.to_thread(self._load_one, model_id, self._files[model_id])
@@ -541,7 +563,7 @@ class LlamaCppBackend(Backend):
         bridge = EngineThreadBridge()
         self._live.add(bridge)
         asyncio.get_running_loop().run_in_executor(
-            model.executor, _decode, model.llama, job, bridge
+            model.executor, _decode, model.llama, model.prompt_cache, job, bridge
         )
         events: AsyncIterator[BackendEvent] = bridge.events()
         if request.calls_tools:
@@ -554,6 +576,15 @@ class LlamaCppBackend(Backend):
             # before its next token and the model is free for the next request.
             bridge.cancelled.set()
             self._live.discard(bridge)
+
+    def engine_load(self) -> EngineLoad:
+        """The context in use of the model generating now (llama.cpp's KV cache is
+        its context: one sequence per model), 0 while none is."""
+        usage = 0.0
+        for model in self._copies:
+            if model.generations:
+                usage = max(usage, model.llama.n_tokens / model.llama.n_ctx())
+        return EngineLoad(kv_cache_usage=usage)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         model = self._residency.current(request.model)  # the server holds it for us
@@ -649,18 +680,68 @@ def _token_text(llama: Llama, token: int) -> str:
     return llama._model.token_get_text(token)
 
 
-def _decode(llama: Llama, job: _Job, bridge: EngineThreadBridge) -> None:
-    """The token loop; runs on the model's worker thread."""
+def _decode(
+    llama: Llama, cache: PromptStateCache | None, job: _Job, bridge: EngineThreadBridge
+) -> None:
+    """The token loop; runs on the model's worker thread. Afterwards (the answer
+    is out) the context's state joins the prompt cache."""
     import llama_cpp
 
     try:
-        _decode_tokens(llama, job, bridge, llama_cpp.llama_vocab_is_eog)
+        _decode_tokens(llama, cache, job, bridge, llama_cpp.llama_vocab_is_eog)
+        if cache is not None and llama.n_tokens >= _MIN_CACHED_TOKENS:
+            _save_state(llama, cache, job.adapter)
     except BaseException as error:  # surfaced to the RPC by the bridge
         bridge.push(error)
 
 
-def _prefill(llama: Llama, tokens: list[int], chunk: int, cancelled: threading.Event) -> bool:
-    """Evaluates the prompt in chunks, reusing the cached prefix; False if cancelled.
+_MIN_CACHED_TOKENS = 32  # shorter contexts are quicker to compute than to keep
+
+
+def _save_state(llama: Llama, cache: PromptStateCache, adapter: str | None) -> None:
+    """Keeps the context's state (its sequence's KV cells, computed under ``adapter``)
+    in ``cache``."""
+    import llama_cpp
+
+    context = llama._ctx.ctx
+    size = llama_cpp.llama_state_seq_get_size(context, 0)
+    if size > cache.capacity_bytes:
+        return
+    data = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(context, data, size, 0)
+    cache.store(llama.input_ids[: llama.n_tokens].copy(), data, int(written), adapter)
+
+
+def _restore_longest(
+    llama: Llama, cache: PromptStateCache, tokens: list[int], adapter: str | None
+) -> None:
+    """Restores the kept state (computed under ``adapter``, the one the context
+    applies now) that shares the longest prefix with ``tokens``, if it shares more
+    than the live context does."""
+    import llama_cpp
+    import numpy as np
+
+    from switchyard_modelserver.backends.prompt_cache import common_prefix
+
+    wanted = np.asarray(tokens, dtype=np.intc)
+    found = cache.longest(wanted, adapter)
+    if found is None:
+        return
+    shared, state = found
+    if shared <= common_prefix(llama.input_ids[: llama.n_tokens], wanted):
+        return
+    context = llama._ctx.ctx
+    if llama_cpp.llama_state_seq_set_data(context, state.data, state.size, 0) != state.size:
+        log.warning("could not restore a cached prompt state; computing the prompt")
+        llama.reset()  # type: ignore[no-untyped-call]
+        return
+    llama.n_tokens = len(state.tokens)
+    llama.input_ids[: llama.n_tokens] = state.tokens
+
+
+def _prefill(llama: Llama, tokens: list[int], chunk: int, cancelled: threading.Event) -> int | None:
+    """Evaluates the prompt in chunks, reusing the prefix the context holds; returns
+    how many prompt tokens it reused (None: cancelled).
 
     Chunks bound how long a cancelled request keeps the model busy (a long
     prompt in one pass would hold it for seconds). Afterwards the whole prompt
@@ -675,12 +756,18 @@ def _prefill(llama: Llama, tokens: list[int], chunk: int, cancelled: threading.E
     llama.n_tokens = cached
     for start in range(cached, len(tokens), chunk):
         if cancelled.is_set():
-            return False
+            return None
         llama.eval(tokens[start : start + chunk])
-    return True
+    return cached
 
 
-def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: Any) -> None:
+def _decode_tokens(
+    llama: Llama,
+    cache: PromptStateCache | None,
+    job: _Job,
+    bridge: EngineThreadBridge,
+    is_eog: Any,
+) -> None:
     cancelled: threading.Event = bridge.cancelled
     if cancelled.is_set():  # cancelled while waiting for the thread
         return
@@ -692,6 +779,7 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
     stops = StopMatcher(job.stop)
     history = list(job.prompt_tokens)
     generated = 0
+    cached: int | None = 0
 
     def finish(reason: FinishReason, stop_sequence: str = "") -> None:
         bridge.push(
@@ -700,6 +788,7 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
                 prompt_tokens=len(job.prompt_tokens),
                 completion_tokens=generated,
                 stop_sequence=stop_sequence,
+                cached_prompt_tokens=cached or 0,
             )
         )
 
@@ -712,7 +801,10 @@ def _decode_tokens(llama: Llama, job: _Job, bridge: EngineThreadBridge, is_eog: 
         # then each generated token alone. One batched pass would compute
         # slightly different logits and change a greedy continuation at near-ties.
         llama.reset()  # type: ignore[no-untyped-call]
-    if not _prefill(llama, job.prompt_tokens, job.prompt_chunk_tokens, cancelled):
+    elif cache is not None:
+        _restore_longest(llama, cache, job.prompt_tokens, job.adapter)
+    cached = _prefill(llama, job.prompt_tokens, job.prompt_chunk_tokens, cancelled)
+    if cached is None:
         return
     for token in job.continuation_tokens:
         if cancelled.is_set():

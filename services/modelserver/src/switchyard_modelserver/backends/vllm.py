@@ -12,6 +12,11 @@ aborts it itself. If the engine dies, the model turns UNAVAILABLE and
 :meth:`VllmBackend.failure` tells the server to exit non-zero, so that
 Kubernetes restarts the pod.
 
+Prefix caching is vLLM's (``enable_prefix_caching``, on by default in vLLM's V1
+engine): each request's cached prompt tokens (``num_cached_tokens``) go into its
+usage, and a stat logger keeps the scheduler's KV-cache usage and queue for the
+model server's load reports.
+
 vLLM is imported only when the engine loads: the options and this module work
 without it (the config check, ``--list-backends``, type checking).
 """
@@ -23,6 +28,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +44,7 @@ from switchyard_modelserver.domain import (
     BackendEvent,
     Capability,
     Delta,
+    EngineLoad,
     Finish,
     FinishReason,
     GenerationEvent,
@@ -172,6 +179,8 @@ class VllmBackend(Backend):
         self._adding_lora = asyncio.Lock()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
+        self._scheduler = _SchedulerLoad()  # kept by a stat logger in the engine's loop
+        self._running = 0  # requests of ours in the engine
         self._failed: asyncio.Future[str] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._report: StateReporter | None = None
@@ -258,7 +267,18 @@ class VllmBackend(Backend):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
+        return AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**self.engine_args()),
+            stat_loggers=[_scheduler_load_recorder(self._scheduler)],
+        )
+
+    def engine_load(self) -> EngineLoad:
+        """The scheduler's last KV-cache usage and queue (0 once none of our requests
+        is in the engine: its last step's numbers would be stale)."""
+        if not self._running:
+            return EngineLoad(kv_cache_usage=0.0)
+        scheduler = self._scheduler
+        return EngineLoad(kv_cache_usage=scheduler.kv_cache_usage, waiting=scheduler.waiting)
 
     async def _watch(self, engine: AsyncLLM) -> None:
         """Polls the engine's liveness; a dead engine makes the model UNAVAILABLE."""
@@ -358,8 +378,10 @@ class VllmBackend(Backend):
 
         request_id = f"sy-{uuid.uuid4().hex}"
         generated = len(continuation)
+        cached = 0
         collector: RequestOutputCollector | None = None
         finished = False
+        self._running += 1
         try:
             collector = await engine.add_request(
                 request_id,
@@ -370,6 +392,7 @@ class VllmBackend(Backend):
             while not finished:
                 # Drain without a task switch when the engine is ahead of us.
                 output = collector.get_nowait() or await collector.get()
+                cached = output.num_cached_tokens or cached
                 completion = output.outputs[0]
                 new_tokens = len(completion.token_ids)
                 generated += new_tokens
@@ -389,7 +412,11 @@ class VllmBackend(Backend):
                     reason, stop_sequence = _finish_reason(
                         completion.finish_reason, completion.stop_reason
                     )
-                    yield Finish(reason, len(prompt_tokens), generated, stop_sequence)
+                    # A continuation's tokens may be among the cached ones: not the prompt's.
+                    cached_prompt = min(cached, len(prompt_tokens))
+                    yield Finish(
+                        reason, len(prompt_tokens), generated, stop_sequence, cached_prompt
+                    )
         except EngineDeadError:
             raise _engine_dead() from None
         except VLLMClientError as error:
@@ -401,6 +428,7 @@ class VllmBackend(Backend):
                 ) from None
             raise _refused_by_vllm(error) from None
         finally:
+            self._running -= 1
             if collector is not None:
                 collector.close()
             if not finished and not engine.errored:
@@ -537,6 +565,41 @@ class VllmBackend(Backend):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
+
+
+@dataclass
+class _SchedulerLoad:
+    """The engine scheduler's load at its last step."""
+
+    kv_cache_usage: float = 0.0
+    waiting: int = 0
+
+
+def _scheduler_load_recorder(load: _SchedulerLoad) -> Any:
+    """A vLLM stat logger (a per-engine factory: the class) that keeps the
+    scheduler's KV-cache usage and queue in ``load`` at every engine step, for the
+    model server's load reports. vLLM's own loggers and Prometheus metrics stay."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerLoadRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is untyped here
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is not None:
+                load.kv_cache_usage = scheduler_stats.kv_cache_usage
+                load.waiting = scheduler_stats.num_waiting_reqs
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerLoadRecorder
 
 
 def _sampling_params(

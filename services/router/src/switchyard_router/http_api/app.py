@@ -9,7 +9,8 @@ resume and tracing are the router's, with no second network hop. Response messag
 come back as the model server's bytes and leave as the vendor's JSON or events.
 
 - Keys: ``Authorization: Bearer <key>`` or Anthropic's ``x-api-key: <key>`` are the
-  router's API keys; W3C ``traceparent`` / ``tracestate`` continue the caller's trace.
+  router's API keys; W3C ``traceparent`` / ``tracestate`` continue the caller's trace;
+  a header named by a route's ``affinity.session_metadata_key`` is its session.
 - Deadline: HTTP has no standard one; ``x-switchyard-timeout: <seconds>`` sets it,
   and the router stops the generation when it passes (504), as with a gRPC deadline.
 - A stream's status is sent with its first message: a request that fails before
@@ -206,7 +207,7 @@ class HttpApp:
         inbound = Inbound(
             call.streaming,
             call.request,
-            _metadata(headers),
+            _metadata(headers, self.proxy.table.session_keys),
             time_remaining,
             _SPAN_ATTRIBUTES[path],
             call.counts_tokens,
@@ -310,10 +311,10 @@ def _method_not_allowed(method: str, path: str, allow: str) -> _MethodNotAllowed
     return _MethodNotAllowedError(error, allow)
 
 
-def _metadata(headers: Any) -> list[tuple[str, str]]:
+def _metadata(headers: Any, session_keys: Iterable[str] = ()) -> list[tuple[str, str]]:
     """The request's metadata as the router's core reads it: the API key as
-    ``authorization: Bearer <key>`` (from ``x-api-key`` too), the trace context and
-    ``cache-control``."""
+    ``authorization: Bearer <key>`` (from ``x-api-key`` too), the trace context,
+    ``cache-control`` and the routes' session headers (``session_keys``)."""
     metadata = []
     authorization = headers.get("authorization")
     if authorization is None:
@@ -322,10 +323,11 @@ def _metadata(headers: Any) -> list[tuple[str, str]]:
             authorization = f"Bearer {api_key}"
     if authorization is not None:
         metadata.append(("authorization", authorization))
-    for name in _FORWARDED_HEADERS:
-        value = headers.get(name)
-        if value is not None:
-            metadata.append((name, value))
+    for names in (_FORWARDED_HEADERS, session_keys):
+        for name in names:
+            value = headers.get(name)
+            if value is not None:
+                metadata.append((name, value))
     return metadata
 
 
