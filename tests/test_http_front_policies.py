@@ -275,7 +275,7 @@ def test_the_cache_keys_on_tools_and_replays_tool_calls_but_ignores_callers_meta
         }
     )
     wait_healthy(fleet.router(config))
-    weather = {
+    weather: dict[str, Any] = {
         "type": "function",
         "function": {"name": "get_weather", "parameters": {"type": "object"}},
     }

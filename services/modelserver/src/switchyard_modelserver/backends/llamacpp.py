@@ -578,11 +578,11 @@ class LlamaCppBackend(Backend):
             self._live.discard(bridge)
 
     def engine_load(self) -> EngineLoad:
-        """The context in use of the model generating now (llama.cpp's KV cache is
+        """The context in use of a model copy in use now (llama.cpp's KV cache is
         its context: one sequence per model), 0 while none is."""
         usage = 0.0
         for model in self._copies:
-            if model.generations:
+            if model.users:
                 usage = max(usage, model.llama.n_tokens / model.llama.n_ctx())
         return EngineLoad(kv_cache_usage=usage)
 
