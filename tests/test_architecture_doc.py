@@ -25,7 +25,7 @@ CODE_SPAN = re.compile(r"`([^`]+)`")
 
 
 def _modules() -> dict[str, Path]:
-    """Every hand-written module, by its path from its source root (``switchyard_router/proxy.py``)."""
+    """Every hand-written module by its path below its source root (``switchyard_router/x.py``)."""
     found: dict[str, Path] = {}
     for source_root in SOURCE_ROOTS:
         for path in source_root.rglob("*.py"):
