@@ -197,6 +197,9 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     request_span = by_name["Generate tiny"]
     assert request_span["service"] == "switchyard-router"
     assert request_span["parent"] == CLIENT_SPAN  # continues the caller's trace
+    assert request_span["kind"] == "SPAN_KIND_SERVER"
+    rpc_call = {"rpc.system": "grpc", "rpc.service": "switchyard.v1.LLMService"}
+    assert request_span["attributes"].items() >= {**rpc_call, "rpc.method": "Generate"}.items()
     attempts = sorted(
         (s for s in ours if s["name"].startswith("attempt ")), key=lambda s: s["name"]
     )
@@ -215,6 +218,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     assert rpc_span["service"] == "switchyard-modelserver"
     assert rpc_span["name"] == "switchyard.v1.LLMService/Generate"
     assert rpc_span["kind"] == "SPAN_KIND_SERVER"
+    assert rpc_span["attributes"].items() >= {**rpc_call, "rpc.method": "Generate"}.items()
     assert rpc_span["parent"] == attempts[1]["span_id"]
     assert rpc_span["attributes"]["rpc.grpc.status_code"] == 0
     assert model_span["name"] == "text_completion tiny"
