@@ -8,9 +8,10 @@ signal or overload a server start their own.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import pytest
@@ -21,6 +22,9 @@ from secretscan import (  # noqa: F401  # scans every server log for API keys
     scan_this_runs_server_logs,
 )
 from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
+
+if TYPE_CHECKING:
+    from fleet import Fleet
 
 MODELSERVER = "switchyard_modelserver"
 ROUTER = "switchyard_router"
@@ -92,6 +96,16 @@ def start_router(
     )
     server.wait_serving()
     return server
+
+
+@pytest.fixture
+def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Model servers and routers of this test alone (named after it), stopped at its end."""
+    from fleet import Fleet  # fleet.py builds on this module's start_* functions
+
+    group = Fleet(workdir, re.sub(r"[^\w.-]+", "-", request.node.name).strip("-"))
+    yield group
+    group.stop()
 
 
 @pytest.fixture(scope="session")

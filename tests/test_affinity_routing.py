@@ -10,12 +10,10 @@ import asyncio
 import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pytest
 from fleet import Fleet
 from processes import ServerProcess, free_port, wait_until
 from test_load_reports import _reported
@@ -27,13 +25,6 @@ from switchyard_router.hash_ring import HashRing
 
 SYSTEM = "You are a terse assistant. " * 20
 SESSION = "x-session-id"
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def replicas(fleet: Fleet, names: str, **models: dict[str, Any]) -> list[ServerProcess]:

@@ -20,13 +20,6 @@ def vendors() -> Iterator[FakeVendors]:
     server.stop()
 
 
-@pytest.fixture
-def fleet(workdir: Path) -> Iterator[Fleet]:
-    group = Fleet(workdir, "cloud-failover")
-    yield group
-    group.stop()
-
-
 def test_a_route_falls_back_from_a_dead_llamacpp_target_to_a_cloud_target(
     fleet: Fleet, vendors: FakeVendors, workdir: Path, models_dir: Path
 ) -> None:

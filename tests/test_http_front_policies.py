@@ -33,13 +33,6 @@ WORDS = "one two three four five six seven eight nine ten"
 LONG = 3000  # tokens of the slow model: ~10 s, far past every wait here
 
 
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name.replace("[", "-").replace("]", ""))
-    yield group
-    group.stop()
-
-
 def _with_http(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
     port = free_port()
     return {**config, "http_listen": f"127.0.0.1:{port}"}, f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,6 @@ MODELS: list[dict[str, Any]] = [
     {"id": "m", "reply": "hello"},
     {"id": "slow", "reply": "x y", "first_token_delay_ms": 60_000, "concurrency": 1},
 ]
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def grpcurl_trailers(address: str, request: dict[str, Any]) -> dict[str, str]:

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from fleet import Fleet
 from helmchart import NAMESPACE
@@ -97,13 +95,6 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def _scraping(router_metrics: str, modelserver_metrics: str) -> dict[str, Any]:
