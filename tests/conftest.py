@@ -108,6 +108,25 @@ def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     group.stop()
 
 
+@pytest.fixture
+def slow_server(
+    workdir: Path, models_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
+    """A model server of this test alone (its log is the test's to read) with only the
+    slow model: a long generation is still running when the test acts on it."""
+    name = "slow-" + re.sub(r"[^\w.-]+", "-", request.node.nodeid.rsplit("/", 1)[-1]).strip("-")
+    directory = workdir / name
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    server = start_modelserver(
+        workdir,
+        name,
+        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
+    )
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def llama_server(workdir: Path, models_dir: Path) -> Iterator[ServerProcess]:
     """A llamacpp model server over the tiny models."""

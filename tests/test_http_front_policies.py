@@ -13,7 +13,6 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ import httpx2
 import openai
 import pytest
 import trustme
-from conftest import start_modelserver
-from fleet import Fleet, endpoints, wait_healthy
+from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
 from processes import ServerProcess, free_port
 from test_http_front import curl
 from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver  # noqa: F401
@@ -43,22 +41,6 @@ _JSON_HEADERS = {"content-type": "application/json"}
 
 def _sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _outcomes(server: ServerProcess) -> list[dict[str, str]]:
-    """A model server's access lines, parsed."""
-    lines = [line for line in server.log().splitlines() if "request method=" in line]
-    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in lines]
-
-
-def _wait_for_outcomes(server: ServerProcess, count: int) -> list[dict[str, str]]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        outcomes = _outcomes(server)
-        if len(outcomes) >= count:
-            return outcomes
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} request lines:\n{server.log()}")
 
 
 # -- keys and limits ---------------------------------------------------------
@@ -305,23 +287,6 @@ def test_no_healthy_endpoint_is_503_with_retry_after(fleet: Fleet) -> None:
 
 
 @pytest.fixture
-def slow_server(
-    workdir: Path, models_dir: Path, request: pytest.FixtureRequest
-) -> Iterator[ServerProcess]:
-    """A model server of its own (its log is this test's alone) with only the slow model."""
-    directory = workdir / f"http-slow-{request.node.name}"
-    directory.mkdir()
-    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
-    server = start_modelserver(
-        workdir,
-        f"http-slow-{request.node.name}",
-        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def slow_router(fleet: Fleet, slow_server: ServerProcess) -> str:
     config, url = _with_http(
         {
@@ -354,7 +319,7 @@ def test_a_client_that_disconnects_stops_the_generation(
             model="tiny-slow", messages=CHAT, max_tokens=4, timeout=5.0
         )
     assert answer.usage is not None and answer.usage.completion_tokens == 4
-    stopped = _wait_for_outcomes(slow_server, 3)[:2]
+    stopped = wait_access_lines(slow_server, 3)[:2]
     assert [o["code"] for o in stopped] == ["CANCELLED", "CANCELLED"]
     assert all(0 <= int(o["completion_tokens"]) < LONG for o in stopped)
 
@@ -368,7 +333,7 @@ def test_the_timeout_header_is_the_deadline_and_passing_it_is_504(
         "x-switchyard-timeout: 1",
     )
     assert (status, json.loads(body)["error"]["type"]) == (504, "timeout_error"), body
-    stopped = _wait_for_outcomes(slow_server, 1)[0]
+    stopped = wait_access_lines(slow_server, 1)[0]
     assert stopped["code"] in {"DEADLINE_EXCEEDED", "CANCELLED"}
     assert int(stopped["completion_tokens"]) < LONG  # stopped at the deadline, not finished
     status, _, body = curl(
