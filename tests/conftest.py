@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import gguf
 import pytest
 import yaml
+from otlp import http_receiver, receiver  # noqa: F401  # fixtures: real OTLP receivers
 from processes import ServerProcess, free_port
 from secretscan import (  # noqa: F401  # scans every server log for API keys
     pytest_sessionfinish,

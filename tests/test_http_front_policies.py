@@ -21,10 +21,11 @@ import httpx2
 import openai
 import pytest
 import trustme
+from conftest import start_modelserver, start_router
 from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
+from otlp import TRACE_ID, TRACEPARENT, Receiver, tracing_env
 from processes import ServerProcess, free_port
 from test_http_front import curl
-from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver  # noqa: F401
 
 CHAT: Any = [{"role": "user", "content": "hello"}]
 WORDS = "one two three four five six seven eight nine ten"
@@ -349,15 +350,14 @@ def test_the_timeout_header_is_the_deadline_and_passing_it_is_504(
 
 def test_traceparent_continues_the_callers_trace(
     workdir: Path,
-    receiver: tuple[Receiver, str],  # noqa: F811  # the fixture imported above
+    receiver: tuple[Receiver, str],  # the fixture imported above
 ) -> None:
     collector, endpoint = receiver
-    modelserver = _start(
+    modelserver = start_modelserver(
         workdir,
         "http-traced-modelserver",
-        "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "m", "reply": "ok"}]}},
-        _env(endpoint, OTEL_SERVICE_NAME="modelserver"),
+        extra_env=tracing_env(endpoint, OTEL_SERVICE_NAME="modelserver"),
     )
     config, url = _with_http(
         {
@@ -365,10 +365,8 @@ def test_traceparent_continues_the_callers_trace(
             "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
         }
     )
-    router = wait_healthy(_start(
-        workdir, "http-traced-router", "switchyard_router", config,
-        _env(endpoint, OTEL_SERVICE_NAME="router"),
-    ))  # fmt: skip
+    router_env = tracing_env(endpoint, OTEL_SERVICE_NAME="router")
+    router = wait_healthy(start_router(workdir, "http-traced-router", config, extra_env=router_env))
     try:
         with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
             client.chat.completions.create(

@@ -25,8 +25,8 @@ from conftest import MODELSERVER, ROUTER, SCRIPTED_MODELS, write_config
 from grpc_health.v1 import health as health_servicer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from otlp import Receiver
 from processes import ServerProcess, free_port, wait_until
-from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receiver
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError, RateLimitError
 from switchyard.client import API_KEY_ENV
@@ -1048,7 +1048,7 @@ def test_a_client_that_pings_too_often_is_disconnected(
 def test_no_key_or_prompt_reaches_a_span(
     folder: Path,
     keys: Keys,
-    receiver: tuple[Receiver, str],  # noqa: F811  # the fixture imported above
+    receiver: tuple[Receiver, str],  # a real OTLP receiver (otlp.py)
     servers: list[ServerProcess],
 ) -> None:
     collector, endpoint = receiver
