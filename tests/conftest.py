@@ -23,6 +23,7 @@ from secretscan import (  # noqa: F401  # scans every server log for API keys
     scan_this_runs_server_logs,
 )
 from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
+from vendors import VALID_KEY, FakeVendors
 
 if TYPE_CHECKING:
     from fleet import Fleet
@@ -126,6 +127,22 @@ def slow_server(
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def vendors() -> Iterator[FakeVendors]:
+    """The fake OpenAI, Anthropic and Ollama APIs (tests/vendors.py), one per test module."""
+    server = FakeVendors().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key_file(workdir: Path) -> Path:
+    """A file holding the key the fake vendors accept."""
+    path = workdir / "cloud-api-key"
+    path.write_text(VALID_KEY + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

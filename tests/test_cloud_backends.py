@@ -20,6 +20,7 @@ from vendors import (
     RETRY_AFTER_SECONDS,
     VALID_KEY,
     FakeVendors,
+    backend_config,
     new_request_id,
 )
 
@@ -32,39 +33,6 @@ KINDS = ("openai", "anthropic", "ollama")
 # Past it, a vendor's slow first byte (5 s) or 200-tick stream (10 s) still runs on.
 DEADLINE = 2.0
 WRONG_KEY = "sk-wrong-key-fedcba9876543210"
-
-
-@pytest.fixture(scope="module")
-def vendors() -> Iterator[FakeVendors]:
-    server = FakeVendors().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def key_file(workdir: Path) -> Path:
-    path = workdir / "cloud-api-key"
-    path.write_text(VALID_KEY + "\n")
-    return path
-
-
-def backend_config(kind: str, url: str, key_file: Path, **options: Any) -> dict[str, Any]:
-    """A model server config for ``kind`` pointed at the fake vendor at ``url``."""
-    models: list[dict[str, Any]] = [{"id": m} for m in MODELS]
-    models.append({"id": "missing", "provider_model": "no-such-model"})
-    if kind != "anthropic":
-        models.append(
-            {"id": "ok-text", "provider_model": "ok", "capabilities": ["completion", "streaming"]}
-        )
-    backend: dict[str, Any] = {
-        "kind": kind,
-        "base_url": f"{url}/v1" if kind == "openai" else url,
-        "api_key_file": str(key_file),
-        "models": models,
-        "unhealthy_after_failures": 1000,  # health has its own tests
-        **options,
-    }
-    return {"backend": backend}
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,16 @@ carries the trace onward to the vendor (W3C traceparent)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import start_modelserver
 from otlp import TRACE_ID, TRACEPARENT, Receiver, tracing_env
-from test_cloud_backends import backend_config
-from vendors import VALID_KEY, FakeVendors, new_request_id
+from vendors import VALID_KEY, FakeVendors, backend_config, new_request_id
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-
-
-@pytest.fixture
-def vendors() -> Iterator[FakeVendors]:
-    server = FakeVendors().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])

@@ -56,6 +56,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -826,3 +827,22 @@ class FakeVendors:
             ]
             frames.append((json.dumps(item) + "\n").encode())
         return await self._stream_tokens(request, record, response, model, frames, [line("", True)])
+
+
+def backend_config(kind: str, url: str, key_file: Path, **options: Any) -> dict[str, Any]:
+    """A model server config for ``kind`` pointed at the fake vendor at ``url``."""
+    models: list[dict[str, Any]] = [{"id": m} for m in MODELS]
+    models.append({"id": "missing", "provider_model": "no-such-model"})
+    if kind != "anthropic":
+        models.append(
+            {"id": "ok-text", "provider_model": "ok", "capabilities": ["completion", "streaming"]}
+        )
+    backend: dict[str, Any] = {
+        "kind": kind,
+        "base_url": f"{url}/v1" if kind == "openai" else url,
+        "api_key_file": str(key_file),
+        "models": models,
+        "unhealthy_after_failures": 1000,  # health has its own tests
+        **options,
+    }
+    return {"backend": backend}
