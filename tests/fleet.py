@@ -134,3 +134,15 @@ def wait_for_state(router: ServerProcess, address: str, state: int, timeout: flo
         f"{address} is {admin_pb.EndpointState.Name(seen or 0)}, "
         f"not {admin_pb.EndpointState.Name(state)}"
     )
+
+
+def reported_requests(metrics_port: int, address: str, state: str, cluster: str = "pool") -> float:
+    """The requests ``address`` last reported ``state`` (running, waiting) to the router
+    whose /metrics is on ``metrics_port`` (its ORCA load report, as the router keeps it)."""
+    return value(
+        scrape(metrics_port),
+        "switchyard_router_endpoint_reported_requests",
+        cluster=cluster,
+        endpoint=address,
+        state=state,
+    )

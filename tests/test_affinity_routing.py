@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from fleet import Fleet
+from fleet import Fleet, reported_requests
 from processes import ServerProcess, free_port, wait_until
-from test_load_reports import _reported
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -228,7 +227,7 @@ async def test_failover_and_resume_go_to_the_least_loaded_not_the_next_on_the_ri
 
 def _wait_running(port: int, address: str) -> None:
     wait_until(
-        lambda: _reported(port, address, "running") == 1,
+        lambda: reported_requests(port, address, "running") == 1,
         f"the router hears of {address}'s running request",
         timeout=30,
     )

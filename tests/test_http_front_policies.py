@@ -22,10 +22,10 @@ import openai
 import pytest
 import trustme
 from conftest import start_modelserver, start_router
+from curl import curl
 from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
 from otlp import TRACE_ID, TRACEPARENT, Receiver, tracing_env
 from processes import ServerProcess, free_port
-from test_http_front import curl
 
 CHAT: Any = [{"role": "user", "content": "hello"}]
 WORDS = "one two three four five six seven eight nine ten"

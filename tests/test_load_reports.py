@@ -14,9 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from fleet import Fleet
+from fleet import Fleet, reported_requests
 from processes import ServerProcess, free_port, wait_until
-from scrape import scrape, value
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -124,20 +123,10 @@ def test_the_router_never_relays_load_reports_to_its_callers(fleet: Fleet) -> No
         assert load_report.COPY_TRAILER not in dict(streamed.trailing_metadata() or ())
 
 
-def _reported(port: int, address: str, state: str) -> float:
-    return value(
-        scrape(port),
-        "switchyard_router_endpoint_reported_requests",
-        cluster="pool",
-        endpoint=address,
-        state=state,
-    )
-
-
 def _wait_reported(port: int, address: str, waiting: float) -> None:
     """Waits until the router's metrics say ``address`` reported ``waiting`` requests."""
     wait_until(
-        lambda: _reported(port, address, "waiting") == waiting,
+        lambda: reported_requests(port, address, "waiting") == waiting,
         f"the router hears that {address} has {waiting} waiting",
         timeout=30,
     )
@@ -193,7 +182,7 @@ async def test_out_of_band_reports_move_picks_away_from_a_replica_others_keep_bu
     assert set(_answers(router, 40)) == {"A", "B"}  # idle: both take requests
     async with _held_directly(a, 6):  # one runs on A, five wait
         await asyncio.to_thread(_wait_reported, metrics, a.address, 5)
-        assert _reported(metrics, a.address, "running") == 1
+        assert reported_requests(metrics, a.address, "running") == 1
         assert set(await asyncio.to_thread(_answers, router, 20)) == {"B"}
     await asyncio.to_thread(_wait_reported, metrics, a.address, 0)
     assert set(await asyncio.to_thread(_answers, router, 40)) == {"A", "B"}

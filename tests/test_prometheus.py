@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 from fleet import Fleet
-from helmchart import NAMESPACE
+from helmchart import NAMESPACE, manifests
 from processes import free_port, unavailable, wait_until
-from test_helm import manifests
 
 from switchyard import Client
 
