@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc.aio
-from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, start, wait_serving
+from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, start, stop, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -192,14 +191,7 @@ async def run(args: argparse.Namespace) -> None:
         await direct_channel.close(grace=None)
         await router_channel.close(grace=None)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
     def ms(value: float) -> str:
         return f"{value * 1e3:.3f} ms"
