@@ -154,3 +154,17 @@ def test_the_names_the_request_paths_cite_are_defined() -> None:
                 undefined.append(token)
                 break
     assert not undefined, f"docs/architecture.md cites names no module defines: {sorted(undefined)}"
+
+
+def test_every_call_ends_through_the_one_abort() -> None:
+    """The page's rule: a handler ends a call with ``switchyard_common.status.abort``,
+    the one place that calls grpcio's ``context.abort``."""
+    one_way = ROOT / "services" / "common" / "src" / "switchyard_common" / "status.py"
+    others = [
+        f"{module}:{number}"
+        for module, path in MODULES.items()
+        if path != one_way
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r"\bcontext\.abort\(|\.set_code\(", line)
+    ]
+    assert not others, f"calls ended without switchyard_common.status.abort: {others}"
