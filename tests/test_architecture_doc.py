@@ -94,6 +94,18 @@ def test_every_module_is_in_the_concern_table() -> None:
     assert not absent, f"modules docs/architecture.md's table does not place: {absent}"
 
 
+def test_every_test_helper_and_benchmark_helper_is_in_the_concern_table() -> None:
+    table = "\n".join(_table_rows())
+    helpers = [p for p in (ROOT / "tests").glob("*.py") if not p.name.startswith("test_")]
+    helpers.append(ROOT / "benchmarks" / "harness.py")
+    absent = sorted(
+        path.relative_to(ROOT).as_posix()
+        for path in helpers
+        if f"`{path.relative_to(ROOT).as_posix()}`" not in table
+    )
+    assert not absent, f"helpers docs/architecture.md's table does not place: {absent}"
+
+
 def test_the_folders_the_doc_names_exist() -> None:
     folders = {t for t in CODE_SPAN.findall(DOC) if re.fullmatch(r"[\w.-]+(/[\w.-]+)*/", t)}
     missing = []
