@@ -28,6 +28,7 @@ from conftest import MODELSERVER, ROUTER, write_config
 from fleet import wait_healthy
 from processes import ServerProcess, free_port, health_status, wait_until
 from redisserver import RedisServer
+from scrape import scrape, value
 
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
@@ -550,7 +551,13 @@ def test_a_router_on_local_limits_cuts_a_stream_at_its_budget_too(
     folder: Path, servers: list[ServerProcess], upstream: ServerProcess, keys: Keys
 ) -> None:
     budget = {"per_month": 7, "reserve_tokens": 2}
-    config = _router_config(upstream, None, [keys.config("local-budget", token_budget=budget)])
+    metrics_port = free_port()
+    config = _router_config(
+        upstream,
+        None,
+        [keys.config("local-budget", token_budget=budget)],
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
     router = _start(folder, "local-budget-router", ROUTER, config)
     servers.append(router)
     received: list[str] = []
@@ -566,6 +573,10 @@ def test_a_router_on_local_limits_cuts_a_stream_at_its_budget_too(
         "limit": "token_budget.per_month"
     }
     assert "".join(received) == " ".join(COUNTING.split()[:7])
+    cutoffs = value(
+        scrape(metrics_port), "switchyard_router_budget_cutoffs_total", model="counting"
+    )
+    assert cutoffs == 1
 
 
 # --- the response cache ------------------------------------------------------------------
@@ -717,6 +728,8 @@ def test_a_memory_cache_replays_and_counts_in_metrics(
     assert 'switchyard_router_cache_lookups_total{model="cached",result="hit"} 1.0' in samples
     assert 'switchyard_router_cache_lookups_total{model="cached",result="miss"} 1.0' in samples
     assert "switchyard_router_cache_entries 1.0" in samples
+    assert 'switchyard_router_cache_stores_total{model="cached"} 1.0' in samples
+    assert value(scrape(metrics_port), "switchyard_router_cache_bytes") > 0
 
 
 # --- when Redis goes away ----------------------------------------------------------------
@@ -798,6 +811,7 @@ def test_redis_killed_and_restarted_under_load_fails_no_request_and_limits_resum
             load.wait_for_more(20)  # served on local limits meanwhile
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
             assert b"switchyard_router_redis_up 0.0" in metrics
+            assert value(scrape(metrics_port), "switchyard_router_redis_errors_total") >= 1
             redis.start()  # an empty Redis on the same port
             _wait_for_health(routers, "SERVING")
             load.wait_for_more(20)
