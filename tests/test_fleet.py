@@ -657,6 +657,27 @@ def test_cache_control_no_cache_bypasses_the_cache(
     assert "attempts=1 " in bypassed[-1]
 
 
+def test_cache_control_no_store_neither_replays_nor_keeps_the_answer(
+    folder: Path, servers: list[ServerProcess], upstream: ServerProcess
+) -> None:
+    """The memory cache stores before the answer returns, so the next request shows
+    at once whether an answer was kept."""
+    router = _start(folder, "no-store-router", ROUTER, _router_config(upstream, None, []))
+    servers.append(router)
+    request = _request("cached", prompt="never keep me", temperature=0)
+    no_store = (("cache-control", "no-store"),)
+    assert "x-switchyard-cache" not in _generate(router, request, no_store)[1]
+    # Not kept: the plain request after it goes to the model server (and is kept) ...
+    assert "x-switchyard-cache" not in _generate(router, request)[1]
+    assert _generate(router, request)[1]["x-switchyard-cache"] == "hit"
+    # ... and with an answer in the cache, no-store does not replay it either.
+    answer, headers = _generate(router, request, no_store)
+    assert "x-switchyard-cache" not in headers and answer.text == CANNED
+    lines = _wait_for_log(router, "model=cached ", count=4)
+    caches = [line.split(" cache=", 1)[1].split()[0] for line in lines]
+    assert caches == ["bypass", "miss", "hit", "bypass"]
+
+
 def test_a_cached_answer_expires_after_its_ttl(
     pair: tuple[ServerProcess, ServerProcess], redis_server: RedisServer, keys: Keys
 ) -> None:
