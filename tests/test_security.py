@@ -915,6 +915,7 @@ def limited(folder: Path, servers: list[ServerProcess]) -> ServerProcess:
         "max_prompt_chars": 100,
         "max_messages": 4,
         "max_stop_sequences": 2,
+        "max_stop_sequence_chars": 10,
         "max_tokens": 16,
         "max_tokens_per_model": {"echo": 4},
     }
@@ -949,6 +950,11 @@ def _message(role: str = "user") -> pb.ChatMessage:
             {"prompt": "p", "sampling": pb.SamplingParams(stop=["a", "b", "c"])},
             "sampling.stop",
             id="stop sequences",
+        ),
+        pytest.param(
+            {"prompt": "p", "sampling": pb.SamplingParams(stop=["short", "x" * 11])},
+            "sampling.stop[1]",
+            id="stop sequence characters",
         ),
         pytest.param(
             {"prompt": "p", "sampling": pb.SamplingParams(max_tokens=17)},
