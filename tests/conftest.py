@@ -110,6 +110,15 @@ def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     group.stop()
 
 
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[ServerProcess]]:
+    """Servers a test module starts one by one and shares: stopped, last first, after it."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in reversed(started):
+        server.stop()
+
+
 @pytest.fixture
 def slow_server(
     workdir: Path, models_dir: Path, request: pytest.FixtureRequest

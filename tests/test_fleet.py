@@ -51,14 +51,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
-
-
 # A key with no limits on every router with auth: the tests' own, to ask the router
 # (RouterAdminService) whether it sees its endpoints healthy before a test starts.
 _OBSERVER = f"sk-fleet-observer-{secrets.token_urlsafe(18)}"

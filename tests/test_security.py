@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -152,14 +151,6 @@ def _start(
         with channel(server.address) as opened:
             server.wait_serving(timeout=60, channel=opened, metadata=metadata)
     return server
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 def _scripted(**extra: Any) -> dict[str, Any]:
