@@ -229,9 +229,14 @@ def test_no_request_fails_while_models_are_unloaded_and_loaded_under_load(
         with channel, ThreadPoolExecutor(4) as pool:
             clients = [pool.submit(client_loop, offset) for offset in range(4)]
             try:  # a failed call must stop the clients, or the pool waits for them forever
-                for _ in range(5):  # each succeeds (what they leave, the clients change at once)
+                # At least 5 cycles, and on until the clients were served 20 times
+                # meanwhile (however slow the machine); each cycle succeeds (what they
+                # leave, the clients change at once).
+                cycles = 0
+                while (cycles < 5 or served[0] < 20) and not failures and cycles < 500:
                     admin.UnloadModel(admin_pb.UnloadModelRequest(model="alpha"), timeout=60)
                     admin.LoadModel(admin_pb.LoadModelRequest(model="alpha"), timeout=60)
+                    cycles += 1
             finally:
                 stop.set()
             for finished in clients:
