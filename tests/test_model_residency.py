@@ -17,7 +17,7 @@ import grpc
 import pytest
 from conftest import start_modelserver, start_router
 from fleet import endpoint_view
-from processes import ServerProcess, free_port, health_status
+from processes import ServerProcess, free_port, health_status, wait_until
 from scrape import scrape, value
 from tinymodel import TinyModelSpec, write_tiny_model
 
@@ -229,14 +229,17 @@ def test_no_request_fails_while_models_are_unloaded_and_loaded_under_load(
         with channel, ThreadPoolExecutor(4) as pool:
             clients = [pool.submit(client_loop, offset) for offset in range(4)]
             try:  # a failed call must stop the clients, or the pool waits for them forever
-                # At least 5 cycles, and on until the clients were served 20 times
-                # meanwhile (however slow the machine); each cycle succeeds (what they
-                # leave, the clients change at once).
-                cycles = 0
-                while (cycles < 5 or served[0] < 20) and not failures and cycles < 500:
+                # Each churn succeeds (what they leave, the clients change at once),
+                # with requests served between every two, however slow the machine.
+                for cycle in range(5):
+                    wanted = 4 * (cycle + 1)
+                    wait_until(
+                        lambda: served[0] >= wanted or bool(failures),  # noqa: B023 - called now
+                        f"{wanted} requests served",
+                        timeout=120,
+                    )
                     admin.UnloadModel(admin_pb.UnloadModelRequest(model="alpha"), timeout=60)
                     admin.LoadModel(admin_pb.LoadModelRequest(model="alpha"), timeout=60)
-                    cycles += 1
             finally:
                 stop.set()
             for finished in clients:

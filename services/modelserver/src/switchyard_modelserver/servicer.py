@@ -304,7 +304,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             card = entry.card
             adapters = await self._backend.adapters(card.id)
             if entry.state is ModelState.REMOVED:
-                continue  # its file went while we waited: no longer served here
+                continue  # its file went away while the adapters were read
             models.append(
                 pb.Model(
                     id=card.id,

@@ -59,10 +59,11 @@ class HealthWatcher:
             )
             fresh = True
             try:
-                async for response in call:
-                    self._endpoint.set_model_health(name, response.status == SERVING, fresh)
-                    fresh = False
-                    pause = backoff.initial_seconds
+                with self._endpoint.pool.background_stream():
+                    async for response in call:
+                        self._endpoint.set_model_health(name, response.status == SERVING, fresh)
+                        fresh = False
+                        pause = backoff.initial_seconds
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     # No health service there: trust it, and rely on outlier detection.

@@ -108,11 +108,12 @@ class LoadReportWatcher:
         while True:
             call = self._stream(request)
             try:
-                async for message in call:
-                    reported = parse(message)
-                    if reported is not None:
-                        endpoint.heard(reported)
-                    pause = backoff.initial_seconds
+                with endpoint.pool.background_stream():
+                    async for message in call:
+                        reported = parse(message)
+                        if reported is not None:
+                            endpoint.heard(reported)
+                        pause = backoff.initial_seconds
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.info(
