@@ -25,6 +25,7 @@ from switchyard import (
     Client,
     FailedPreconditionError,
     FinishReason,
+    RateLimitError,
     UnavailableError,
 )
 from switchyard.cli import main
@@ -197,6 +198,36 @@ def test_a_load_waits_for_a_busy_model_to_finish_rather_than_unloading_it(
                 tokens, after_the_stream = waiting.result(timeout=60)
             assert tokens == 3 and after_the_stream
             assert _states(client) == {"tiny": "ready", "tiny-slow": "unloaded"}
+    finally:
+        server.stop()
+
+
+def test_a_load_that_cannot_make_room_in_time_is_memory_budget_busy_with_retry_info(
+    workdir: Path, models_dir: Path
+) -> None:
+    """Budget of one, held by a stream: past ``load_wait_seconds`` the other model's
+    request is RESOURCE_EXHAUSTED ``MEMORY_BUDGET_BUSY`` with RetryInfo (a router goes
+    elsewhere), naming the model that holds the budget; the stream is untouched."""
+    directory = workdir / "busy-budget"
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    (directory / "tiny.gguf").symlink_to(models_dir / "tiny.gguf")
+    server = _budget_server(
+        workdir, directory, "budget-busy", max_loaded_models=1, load_wait_seconds=0.5
+    )
+    try:
+        with (
+            Client(server.address, max_retries=0) as client,
+            # Held until this block leaves it: unread, the stream stays in flight.
+            client.stream("tiny-slow", "a long story", max_tokens=400) as stream,
+        ):
+            next(iter(stream))
+            with pytest.raises(RateLimitError) as refused:
+                client.generate("tiny", "hello", max_tokens=3)
+            assert _states(client)["tiny-slow"] == "ready"
+        assert refused.value.reason == "MEMORY_BUDGET_BUSY"
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+        assert "tiny-slow (1 requests)" in str(refused.value)
     finally:
         server.stop()
 
