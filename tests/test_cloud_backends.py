@@ -374,6 +374,9 @@ ERRORS = [
     ("fault-500", grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
     ("fault-529", grpc.StatusCode.UNAVAILABLE, "PROVIDER_OVERLOADED"),
     ("fault-context", grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED"),
+    ("fault-400", grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_REJECTED_REQUEST"),
+    ("fault-403", grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_PERMISSION_DENIED"),
+    ("fault-418", grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_REFUSED"),
     ("missing", grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),
     ("fault-malformed", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
     ("fault-drop", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
@@ -401,6 +404,8 @@ def test_vendor_failures_map_onto_the_error_table(
         assert "context length" in message
     if model == "missing":
         assert "no-such-model" in message
+    if model == "fault-400":  # the provider's own words
+        assert "Invalid value: 'seed'" in message
 
 
 def test_anthropic_overloaded_error_inside_a_stream_is_unavailable(

@@ -72,6 +72,9 @@ MODELS = [
     "fault-overloaded-midstream",
     "fault-ratelimit-midstream",
     "fault-context",
+    "fault-400",
+    "fault-403",
+    "fault-418",
     "fault-malformed",
     "fault-drop",
     "fault-slow",
@@ -393,6 +396,12 @@ class FakeVendors:
             return self._error(vendor, 500, "api_error", "The server had an error")
         if model == "fault-529":
             return self._error(vendor, 529, "overloaded_error", "Overloaded")
+        if model == "fault-400":
+            return self._error(vendor, 400, "invalid_request_error", "Invalid value: 'seed'")
+        if model == "fault-403":
+            return self._error(vendor, 403, "permission_error", "No access to this model")
+        if model == "fault-418":
+            return self._error(vendor, 418, "teapot_error", "I'm a teapot")
         if model == "fault-context":
             message = {
                 "openai": "This model's maximum context length is 8192 tokens. However, your "
