@@ -29,6 +29,7 @@ from switchyard import (
     UnavailableError,
 )
 from switchyard.cli import main
+from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
@@ -462,6 +463,7 @@ def test_model_admin_is_unimplemented_where_models_do_not_load_on_demand(
             admin.UnloadModel(admin_pb.UnloadModelRequest(model="echo"), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "scripted" in (caught.value.details() or "")
+        assert parse_details(caught.value.trailing_metadata()).reason == "NOT_SUPPORTED"
         listed = admin.ListLoaded(admin_pb.ListLoadedRequest(), timeout=10)
         assert "echo" in {m.model for m in listed.models} and not listed.budgets
         with pytest.raises(grpc.RpcError) as unknown:
@@ -500,6 +502,8 @@ def test_the_router_forwards_model_admin_calls_to_the_endpoint_named(
                 )
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
             assert endpoint in (unknown.value.details() or "")
+            unknown_details = parse_details(unknown.value.trailing_metadata())
+            assert unknown_details.reason == "ENDPOINT_NOT_FOUND"
             with pytest.raises(grpc.RpcError) as relayed:  # the model server's own answer
                 admin.LoadModel(
                     admin_pb.LoadModelRequest(model="delta", endpoint=endpoint), timeout=10

@@ -569,7 +569,8 @@ def test_a_key_used_for_a_model_it_may_not_use_is_permission_denied(
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "'canned'" in (error.details() or "")
     assert keys.echo_only not in (error.details() or "")
-    assert parse_details(error.trailing_metadata()).metadata == {"model": "canned"}
+    details = parse_details(error.trailing_metadata())
+    assert (details.reason, details.metadata) == ("MODEL_NOT_ALLOWED", {"model": "canned"})
 
 
 def test_a_limited_key_is_told_only_about_its_own_models(
