@@ -109,7 +109,18 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     assert attributes["gen_ai.usage.output_tokens"] == response.usage.completion_tokens == 5
     assert attributes["gen_ai.usage.input_tokens"] == response.usage.prompt_tokens
     assert attributes["gen_ai.response.finish_reasons"] == ["length"]
+    assert attributes["gen_ai.request.temperature"] == 0.0
     assert "gen_ai.first_token" in model_span["events"]
+    assert attributes["switchyard.time_to_first_token_ms"] > 0
+    assert "error.type" not in attributes
+    # The first attempt's model server failed: its inference span says how.
+    [failed_span] = [
+        s
+        for s in ours
+        if s["service"] == "switchyard-modelserver"
+        and s["attributes"].get("gen_ai.provider.name") == "scripted"
+    ]
+    assert failed_span["attributes"]["error.type"] == "UNAVAILABLE"
     # Prompt and completion text are not recorded unless an operator opts in.
     everything = repr(spans)
     assert "secret prompt" not in everything
