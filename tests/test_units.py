@@ -338,3 +338,19 @@ def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
     none = ToolChoice(ToolChoiceMode.NONE)
     assert refused(request(tool_choice=none, parallel_tool_calls=False)) == []
     assert refused(request(parallel_tool_calls=False), parser="hermes") == []
+
+
+def test_every_example_config_the_readme_shows_is_the_file_as_it_is() -> None:
+    """The README quotes each example under its path (the file's first line, a comment
+    naming it, aside): the quote and the file never drift apart."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    quoted = re.findall(
+        r"^`(deploy/examples/[\w.-]+\.yaml)`:\n\n```yaml\n(.*?)```", readme, re.M | re.S
+    )
+    assert len(quoted) >= 7, "the README lost its quoted example configs"
+    drifted = [
+        path for path, block in quoted if (REPO / path).read_text().split("\n", 1)[1] != block
+    ]
+    assert not drifted, f"README quotes differ from the files: {drifted}"
