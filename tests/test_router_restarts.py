@@ -4,10 +4,13 @@ ejection cap and panic routing, against real model servers restarted on their po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,3 +273,69 @@ def test_every_endpoint_unreachable_is_unavailable_at_once_with_retry_info(fleet
         assert time.monotonic() < deadline, router.log()
         time.sleep(0.02)
     assert "code=UNAVAILABLE attempts=0" in router.log()
+
+
+class SlowHandshakeRelay:
+    """A TCP relay in front of a model server whose connections start answering only
+    ``delay`` seconds after they open, as a far replica's TCP, TLS and HTTP/2 set-up
+    takes (several round trips across regions). Then bytes pass both ways."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.delay = delay
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self._closing.wait(self.delay):
+            client.close()
+            return
+        with client, socket.create_connection(self.upstream) as upstream:
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            _pipe(client, upstream)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.listener.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_replica_whose_connections_take_longer_than_the_reconnect_backoff_is_reached(
+    fleet: Fleet,
+) -> None:
+    # The reconnect back-off (0.1 s up to 0.3 s) paces connection attempts; it must
+    # not also cut each attempt short: a far replica takes longer than that to connect.
+    replica = Replica(fleet, "far", [{"id": "m", "reply": "from-far"}])
+    relay = SlowHandshakeRelay(replica.address, delay=1.0)
+    try:
+        router = fleet.router(
+            {
+                "clusters": {"pool": {"endpoints": [relay.address]}},
+                "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+            }
+        )
+        wait_for_state(router, relay.address, admin_pb.ENDPOINT_STATE_HEALTHY)
+        with Client(router.address, max_retries=0, timeout=10) as client:
+            assert client.generate("m", "x").text == "from-far"
+    finally:
+        relay.close()
