@@ -18,6 +18,7 @@ server may have another limit).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -102,7 +103,7 @@ class ConnectionPool:
                     len(connections) - 1,
                 )
             else:
-                chosen = min(connections, key=lambda c: c.streams / c.capacity)
+                chosen = min(connections, key=_busyness)
         chosen.streams += 1
         return chosen
 
@@ -133,3 +134,11 @@ class ConnectionPool:
     async def close(self) -> None:
         for connection in self.connections:
             await connection.channel.close(grace=None)
+
+
+def _busyness(connection: Connection) -> float:
+    """Calls open on a connection for what it takes; one that takes none (its model
+    server refused its only call) comes last."""
+    if connection.capacity == 0:
+        return math.inf
+    return connection.streams / connection.capacity

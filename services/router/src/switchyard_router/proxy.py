@@ -225,8 +225,8 @@ class Proxy:
         delivered = call.delivered
         outcome = "CANCELLED"
         endpoint = pick.endpoint
-        endpoint.outstanding += 1
         connection = endpoint.pool.acquire()
+        endpoint.outstanding += 1
         try:
             if streaming:
                 # The per-try timeout bounds the wait for an attempt's first message.
