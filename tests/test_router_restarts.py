@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import write_config
-from fleet import Fleet, endpoints, wait_for_state
+from fleet import Fleet, endpoints, wait_for_state, wait_healthy, wait_in_flight
 from processes import ServerProcess, free_port
 from scrape import scrape, value
 
@@ -339,3 +339,34 @@ def test_a_replica_whose_connections_take_longer_than_the_reconnect_backoff_is_r
             assert client.generate("m", "x").text == "from-far"
     finally:
         relay.close()
+
+
+async def test_every_request_in_flight_on_a_replica_that_dies_is_retried_on_the_healthy_one(
+    fleet: Fleet,
+) -> None:
+    # Far more calls in flight on the dying replica than the retry budget's burst
+    # (half of budget_max_tokens: 50): the router must not throttle retries that go
+    # to a healthy replica because one replica went away at once.
+    models = [{"id": "echo", "token_delay_ms": 150, "concurrency": 1000}]
+    a = fleet.scripted("a", models, metrics=True)
+    b = fleet.scripted("b", models)
+    router = fleet.router(
+        {
+            "clusters": {"pool": {"endpoints": [a.address, b.address]}},
+            "routes": [{"model": "echo", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    wait_healthy(router)
+    async with AsyncClient(router.address, max_retries=0, timeout=60) as client:
+
+        async def call(index: int) -> str:
+            prompt = f"call{index} {WORDS}"
+            return (await client.generate("echo", prompt)).text
+
+        calls = [asyncio.create_task(call(i)) for i in range(240)]
+        await asyncio.to_thread(wait_in_flight, a, "echo", 90)
+        a.signal(signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [o for o in outcomes if not isinstance(o, str)]
+    assert failed == []
+    assert outcomes == [f"call{i} {WORDS}" for i in range(240)]
