@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import write_config
-from fleet import Fleet, endpoints, wait_for_state, wait_healthy, wait_in_flight
+from fleet import Fleet, access_lines, endpoints, wait_for_state, wait_healthy, wait_in_flight
 from processes import ServerProcess, free_port
 from scrape import scrape, value
 
@@ -85,10 +85,14 @@ def _admin(router: ServerProcess) -> admin_pb.ListEndpointsResponse:
         return stub.ListEndpoints(admin_pb.ListEndpointsRequest(), timeout=5)
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-async def test_restarting_replicas_one_by_one_under_load_fails_no_request(
-    fleet: Fleet, replicas: int
+@pytest.mark.parametrize(
+    ("pattern", "replicas"), [("rolling", 2), ("rolling", 3), ("crash_loop", 2)]
+)
+async def test_restarting_replicas_under_load_fails_no_request(
+    fleet: Fleet, pattern: str, replicas: int
 ) -> None:
+    """``rolling``: each replica in turn, as a rolling update; ``crash_loop``: the same
+    pod again and again, killed as soon as it serves, next to a healthy one."""
     models = [{"id": "echo", "token_delay_ms": 5}]
     pool = [Replica(fleet, f"r{i}", models) for i in range(replicas)]
     router = fleet.router(
@@ -125,20 +129,30 @@ async def test_restarting_replicas_one_by_one_under_load_fails_no_request(
         while answered < target and not failures:  # noqa: ASYNC110 - the callers' progress
             await asyncio.sleep(0.01)
 
+    async def served(replica: Replica, count: int) -> None:
+        """Waits until the replica's current incarnation answered ``count`` requests:
+        the router sends it traffic again (with more in flight when it dies next)."""
+        while len(access_lines(replica.process)) < count and not failures:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    turns = 4 if pattern == "rolling" else 6
     # Callers never retry: the router alone keeps them served.
     async with AsyncClient(router.address, max_retries=0, timeout=30) as client:
         load = [asyncio.create_task(caller(i, client)) for i in range(16)]
         await progress(50)
-        # kill -9 and SIGTERM in turn, every replica at least once; the next restart
-        # only once the router has the previous replica back in rotation.
-        for turn, how in zip(range(4), itertools.cycle((signal.SIGKILL, signal.SIGTERM))):
-            replica = pool[turn % replicas]
+        # kill -9 and SIGTERM in turn; the next restart only once the router has the
+        # previous replica back in rotation and serving.
+        for turn, how in zip(range(turns), itertools.cycle((signal.SIGKILL, signal.SIGTERM))):
+            replica = pool[turn % replicas] if pattern == "rolling" else pool[0]
             await asyncio.to_thread(replica.stop, how)
             await asyncio.to_thread(replica.start, models)
             await asyncio.to_thread(
                 wait_for_state, router, replica.address, admin_pb.ENDPOINT_STATE_HEALTHY
             )
-            await progress(50)
+            await served(replica, 5)
+            if pattern == "rolling":
+                await progress(50)
+        await progress(50)
         stop.set()
         await asyncio.gather(*load)
     assert failures == []
