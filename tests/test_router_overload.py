@@ -233,6 +233,10 @@ async def test_calls_that_are_cancelled_time_out_fail_or_hit_the_cache_release_m
         with pytest.raises(grpc.aio.AioRpcError) as unserved:
             await stub.Generate(pb.GenerateRequest(model="gone", prompt="x"))
         assert unserved.value.code() == grpc.StatusCode.UNAVAILABLE  # no endpoint serves it
+        # It names the endpoint's state for that model, not for the others it serves.
+        assert f"cluster pool (missing): {server.address} not_serving" in (
+            unserved.value.details() or ""
+        )
         for _ in range(2):  # a miss, then a hit
             answer = await stub.Generate(pb.GenerateRequest(model="fast", prompt="x"))
             assert answer.text == "cached answer"

@@ -62,6 +62,14 @@ class EndpointState(enum.Enum):
     DRAINING = "draining"
 
 
+_STATE_OF_HEALTH = {
+    ModelHealth.SERVING: EndpointState.HEALTHY,
+    ModelHealth.NOT_SERVING: EndpointState.NOT_SERVING,
+    ModelHealth.UNREACHABLE: EndpointState.UNREACHABLE,
+    ModelHealth.UNKNOWN: EndpointState.UNKNOWN,
+}
+
+
 class Endpoint:
     """One model server: its connections (``connection_pool``), health and load.
 
@@ -253,6 +261,15 @@ class Endpoint:
         if ModelHealth.NOT_SERVING in states:
             return EndpointState.NOT_SERVING
         return EndpointState.UNKNOWN
+
+    def state_for(self, model: str) -> EndpointState:
+        """Its state for one model name: what a route's UNAVAILABLE message says (an
+        endpoint healthy for its other models but not serving this one is not_serving)."""
+        if self.draining:
+            return EndpointState.DRAINING
+        if self.ejected():
+            return EndpointState.EJECTED
+        return _STATE_OF_HEALTH[self.health.get(model, ModelHealth.UNKNOWN)]
 
     async def drain_and_close(self, grace: float) -> None:
         """Stops new requests, lets in-flight ones finish (up to ``grace``), closes."""
