@@ -361,7 +361,7 @@ async def test_every_request_in_flight_on_a_replica_that_dies_is_retried_on_the_
     # Far more calls in flight on the dying replica than the retry budget's burst
     # (half of budget_max_tokens: 50): the router must not throttle retries that go
     # to a healthy replica because one replica went away at once.
-    models = [{"id": "echo", "token_delay_ms": 150, "concurrency": 1000}]
+    models = [{"id": "echo", "token_delay_ms": 300, "concurrency": 1000}]
     a = fleet.scripted("a", models, metrics=True)
     b = fleet.scripted("b", models)
     router = fleet.router(
