@@ -17,7 +17,7 @@ import grpc
 import pytest
 from conftest import start_modelserver, start_router
 from fleet import endpoint_view
-from processes import ServerProcess, free_port, health_status
+from processes import ServerProcess, free_port, health_status, wait_until
 from scrape import scrape, value
 from tinymodel import TinyModelSpec, write_tiny_model
 
@@ -229,7 +229,15 @@ def test_no_request_fails_while_models_are_unloaded_and_loaded_under_load(
         with channel, ThreadPoolExecutor(4) as pool:
             clients = [pool.submit(client_loop, offset) for offset in range(4)]
             try:  # a failed call must stop the clients, or the pool waits for them forever
-                for _ in range(5):  # each succeeds (what they leave, the clients change at once)
+                # Each churn succeeds (what they leave, the clients change at once),
+                # with requests served between every two, however slow the machine.
+                for cycle in range(5):
+                    wanted = 4 * (cycle + 1)
+                    wait_until(
+                        lambda: served[0] >= wanted or bool(failures),  # noqa: B023 - called now
+                        f"{wanted} requests served",
+                        timeout=120,
+                    )
                     admin.UnloadModel(admin_pb.UnloadModelRequest(model="alpha"), timeout=60)
                     admin.LoadModel(admin_pb.LoadModelRequest(model="alpha"), timeout=60)
             finally:

@@ -303,6 +303,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
         for entry in self._catalog.entries():
             card = entry.card
             adapters = await self._backend.adapters(card.id)
+            if entry.state is ModelState.REMOVED:
+                continue  # its file went away while the adapters were read
             models.append(
                 pb.Model(
                     id=card.id,

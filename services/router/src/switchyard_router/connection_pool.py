@@ -7,8 +7,11 @@ them. So the router never puts more than the cluster's
 connection with room takes the next call, and when none has room another is
 opened, up to ``max_connections`` (past that the least busy one takes it).
 
-The first connection also carries the health watch (one stream per model) and
-ListModels; it is never closed while the endpoint lives. A refused stream (the
+The first connection also carries the router's own streams (the health watch,
+one per model, and the out-of-band load-report stream) and ListModels; it is
+never closed while the endpoint lives. Those streams count against its limit
+like calls (:meth:`ConnectionPool.background_stream`): a model server told to
+take 50 streams a connection counts them too. A refused stream (the
 model server's limit is lower than configured) teaches the pool that
 connection's real capacity: the calls it had open when it refused, less one.
 What was learned is forgotten when the endpoint reconnects (a restarted model
@@ -17,9 +20,10 @@ server may have another limit).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -59,7 +63,7 @@ class Connection:
         self.stream_generate = channel.unary_stream(STREAM_GENERATE, None, None)
         self.count_tokens = channel.unary_unary(COUNT_TOKENS, None, None)
         self.streams = 0
-        """Calls open on it now (the health watch not counted)."""
+        """Streams open on it now: calls, and on the first the router's own."""
         self.capacity = capacity
         """Calls it takes at once: the configured limit, or less once a refusal said so."""
 
@@ -107,6 +111,18 @@ class ConnectionPool:
         chosen.streams += 1
         return chosen
 
+    @contextlib.contextmanager
+    def background_stream(self) -> Iterator[None]:
+        """Counts a stream the router keeps open on the first connection (a health
+        watch, the load-report stream) while the block runs: the model server's
+        limit counts it like a call."""
+        first = self.connections[0]
+        first.streams += 1
+        try:
+            yield
+        finally:
+            first.streams -= 1
+
     def release(self, connection: Connection) -> None:
         """A call on ``connection`` ended."""
         connection.streams -= 1
@@ -114,7 +130,8 @@ class ConnectionPool:
     def refused(self, connection: Connection) -> None:
         """The model server refused a stream on ``connection`` (REFUSED_STREAM): it
         takes fewer calls at once than were open (this one included)."""
-        # The first connection also holds the health watch: there, none may be left.
+        # The first connection also holds the router's own streams: there, no
+        # room for calls may be left.
         learned = max(0 if connection.index == 0 else 1, connection.streams - 1)
         if learned < connection.capacity:
             connection.capacity = learned

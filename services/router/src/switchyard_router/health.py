@@ -58,10 +58,11 @@ class HealthWatcher:
             )
             fresh = True
             try:
-                async for response in call:
-                    self._endpoint.set_model_health(name, response.status == SERVING, fresh)
-                    fresh = False
-                    backoff.reset()
+                with self._endpoint.pool.background_stream():
+                    async for response in call:
+                        self._endpoint.set_model_health(name, response.status == SERVING, fresh)
+                        fresh = False
+                        backoff.reset()
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     # No health service there: trust it, and rely on outlier detection.

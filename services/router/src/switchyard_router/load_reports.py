@@ -106,11 +106,12 @@ class LoadReportWatcher:
         while True:
             call = self._stream(request)
             try:
-                async for message in call:
-                    reported = parse(message)
-                    if reported is not None:
-                        endpoint.heard(reported)
-                    backoff.reset()
+                with endpoint.pool.background_stream():
+                    async for message in call:
+                        reported = parse(message)
+                        if reported is not None:
+                            endpoint.heard(reported)
+                        backoff.reset()
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.info(
