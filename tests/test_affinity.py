@@ -17,6 +17,7 @@ from switchyard_common.configfile import ConfigError, load_config
 from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import ClusterConfig, RouterConfig
 from switchyard_router.endpoints import Endpoint
+from switchyard_router.hash_ring import HashRing
 from switchyard_router.picker import (
     Picker,
     ReportedLoad,
@@ -145,7 +146,6 @@ async def test_no_endpoint_ever_passes_the_bound(endpoint: Make, load_factor: fl
 
 
 async def test_a_hot_key_spreads_over_a_large_target_too(endpoint: Make) -> None:
-    # Past eight endpoints the mean is over all of them (no health check of each).
     pool = [endpoint(f"10.0.1.{i}:50061") for i in range(16)]
     picker = affinity(*pool)
     for in_flight in range(1, 65):
@@ -153,12 +153,31 @@ async def test_a_hot_key_spreads_over_a_large_target_too(endpoint: Make) -> None
         assert pick is not None
         pick.endpoint.outstanding += 1
         assert max(e.outstanding for e in pool) <= math.ceil(1.25 * in_flight / 16)
-    pool[0].draining = True  # out of rotation, idle: the bound only gets stricter
+    pool[0].draining = True  # out of rotation: the bound is the others' mean
     for _ in range(16):
         pick = picker.pick(RequestView("m", KEYS[0]))
         assert pick is not None and pick.endpoint is not pool[0]
         pick.endpoint.outstanding += 1
-    assert max(e.outstanding for e in pool) <= math.ceil(1.25 * 80 / 16)
+    on_the_others = sum(e.outstanding for e in pool[1:])
+    assert max(e.outstanding for e in pool[1:]) <= math.ceil(1.25 * on_the_others / 15)
+
+
+async def test_a_large_target_keeps_its_keys_home_while_a_quarter_is_out_of_rotation(
+    endpoint: Make,
+) -> None:
+    # A rolling update of 16 replicas, 4 at a time (maxUnavailable 25%): the other 12
+    # carry the load evenly, at the mean. Every key with an eligible home stays there:
+    # the bound is the mean of the endpoints that may take it, not of all 16.
+    pool = [endpoint(f"10.0.2.{i}:50061") for i in range(16)]
+    picker = affinity(*pool)
+    for out in pool[:4]:
+        out.draining = True
+    for up in pool[4:]:
+        up.outstanding = 4
+    ring = HashRing({e.address: e for e in pool})
+    for key in KEYS[:40]:
+        home = next(e for e in ring.walk(key) if not e.draining)
+        assert owner(picker, key) == home.address
 
 
 async def test_reported_load_counts_in_the_bound(endpoint: Make) -> None:

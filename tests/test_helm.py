@@ -294,6 +294,7 @@ def test_router_config_values_reach_the_loaded_config(tmp_path: Path) -> None:
     assert config.clusters["cpu"].dns_refresh_seconds == 5
     assert config.clusters["cpu"].outlier_detection.max_ejection_percent == 34  # merged by key
     assert config.clusters["gpu"].reconnect_backoff.max_seconds == 0.5
+    assert config.clusters["gpu"].connect_timeout_seconds == 3
     assert config.routes[0].policy == "round_robin"
     assert config.routes[0].healthy_panic_threshold == 25
     assert config.routes[0].max_in_flight == 500

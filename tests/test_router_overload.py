@@ -8,12 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
-from fleet import Fleet, endpoints
-from processes import ServerProcess, free_port
+from fleet import Fleet, endpoints, wait_healthy
+from processes import ServerProcess, free_port, wait_until
 from scrape import scrape, value
 
 from switchyard import AsyncClient, Client, RateLimitError
+from switchyard.v1 import llm_service_pb2 as pb
+from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 WORDS = " ".join(f"w{i}" for i in range(10))
 
@@ -168,3 +172,68 @@ async def test_the_sdk_sends_calls_that_http2_refused_again_unary_and_streams(
         with ThreadPoolExecutor(max_workers=40) as threads:
             texts = list(threads.map(call, range(80)))
     assert texts == [f"thread{i} {WORDS}" for i in range(80)]
+
+
+async def test_calls_that_are_cancelled_time_out_fail_or_hit_the_cache_release_max_in_flight(
+    fleet: Fleet,
+) -> None:
+    slow = {"id": "slow", "token_delay_ms": 300, "concurrency": 100}  # echoes, a word at a time
+    fast = {"id": "fast", "reply": "cached answer"}
+    server = fleet.scripted("a", [slow, fast])
+    metrics_port = free_port()
+    router = fleet.router(
+        {
+            "metrics_listen": f"127.0.0.1:{metrics_port}",
+            "limits": {"max_in_flight": 4},
+            "clusters": {"pool": {"endpoints": [server.address]}},
+            "routes": [
+                _route("slow", targets=[{"cluster": "pool"}]),
+                _route("fast", targets=[{"cluster": "pool"}], cache={"nondeterministic": True}),
+                _route("gone", targets=[{"cluster": "pool", "model": "missing"}]),
+            ],
+        }
+    )
+    wait_healthy(router)
+
+    def in_flight() -> float:
+        return value(scrape(metrics_port), "switchyard_router_in_flight_requests")
+
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = pb_grpc.LLMServiceStub(channel)
+        # Two streams the caller cancels after their first message, two calls whose
+        # deadline passes, a call the model server refuses, one no endpoint serves, and
+        # a cached answer.
+        streams = [
+            stub.StreamGenerate(pb.StreamGenerateRequest(model="slow", prompt=WORDS))
+            for _ in range(2)
+        ]
+        for stream in streams:
+            await stream.read()
+        late = [
+            stub.Generate(pb.GenerateRequest(model="slow", prompt=WORDS), timeout=0.5)
+            for _ in range(2)
+        ]
+        for call in late:
+            with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+                await call
+            assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for stream in streams:
+            stream.cancel()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Generate(pb.GenerateRequest(model="slow", prompt="x", sampling={"top_p": 7}))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the model server's
+        with pytest.raises(grpc.aio.AioRpcError) as unserved:
+            await stub.Generate(pb.GenerateRequest(model="gone", prompt="x"))
+        assert unserved.value.code() == grpc.StatusCode.UNAVAILABLE  # no endpoint serves it
+        # It names the endpoint's state for that model, not for the others it serves.
+        assert f"cluster pool (missing): {server.address} not_serving" in (
+            unserved.value.details() or ""
+        )
+        for _ in range(2):  # a miss, then a hit
+            answer = await stub.Generate(pb.GenerateRequest(model="fast", prompt="x"))
+            assert answer.text == "cached answer"
+        wait_until(lambda: in_flight() == 0, "every call released")
+        # All four places are free again: four calls at once are all taken.
+        async with AsyncClient(router.address, max_retries=0, timeout=60) as client:
+            texts = await asyncio.gather(*(_call(client, i, "slow") for i in range(4)))
+        assert len(texts) == 4

@@ -4,16 +4,19 @@ ejection cap and panic routing, against real model servers restarted on their po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 import pytest
 from conftest import write_config
-from fleet import Fleet, endpoints, wait_for_state
+from fleet import Fleet, access_lines, endpoints, wait_for_state, wait_healthy, wait_in_flight
 from processes import ServerProcess, free_port
 from scrape import scrape, value
 
@@ -73,10 +76,14 @@ def _admin(router: ServerProcess) -> admin_pb.ListEndpointsResponse:
         return stub.ListEndpoints(admin_pb.ListEndpointsRequest(), timeout=5)
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-async def test_restarting_replicas_one_by_one_under_load_fails_no_request(
-    fleet: Fleet, replicas: int
+@pytest.mark.parametrize(
+    ("pattern", "replicas"), [("rolling", 2), ("rolling", 3), ("crash_loop", 2)]
+)
+async def test_restarting_replicas_under_load_fails_no_request(
+    fleet: Fleet, pattern: str, replicas: int
 ) -> None:
+    """``rolling``: each replica in turn, as a rolling update; ``crash_loop``: the same
+    pod again and again, killed as soon as it serves, next to a healthy one."""
     models = [{"id": "echo", "token_delay_ms": 5}]
     pool = [Replica(fleet, f"r{i}", models) for i in range(replicas)]
     router = fleet.router(
@@ -113,20 +120,30 @@ async def test_restarting_replicas_one_by_one_under_load_fails_no_request(
         while answered < target and not failures:  # noqa: ASYNC110 - the callers' progress
             await asyncio.sleep(0.01)
 
+    async def served(replica: Replica, count: int) -> None:
+        """Waits until the replica's current incarnation answered ``count`` requests:
+        the router sends it traffic again (with more in flight when it dies next)."""
+        while len(access_lines(replica.process)) < count and not failures:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    turns = 4 if pattern == "rolling" else 6
     # Callers never retry: the router alone keeps them served.
     async with AsyncClient(router.address, max_retries=0, timeout=30) as client:
         load = [asyncio.create_task(caller(i, client)) for i in range(16)]
         await progress(50)
-        # kill -9 and SIGTERM in turn, every replica at least once; the next restart
-        # only once the router has the previous replica back in rotation.
-        for turn, how in zip(range(4), itertools.cycle((signal.SIGKILL, signal.SIGTERM))):
-            replica = pool[turn % replicas]
+        # kill -9 and SIGTERM in turn; the next restart only once the router has the
+        # previous replica back in rotation and serving.
+        for turn, how in zip(range(turns), itertools.cycle((signal.SIGKILL, signal.SIGTERM))):
+            replica = pool[turn % replicas] if pattern == "rolling" else pool[0]
             await asyncio.to_thread(replica.stop, how)
             await asyncio.to_thread(replica.start, models)
             await asyncio.to_thread(
                 wait_for_state, router, replica.address, admin_pb.ENDPOINT_STATE_HEALTHY
             )
-            await progress(50)
+            await served(replica, 5)
+            if pattern == "rolling":
+                await progress(50)
+        await progress(50)
         stop.set()
         await asyncio.gather(*load)
     assert failures == []
@@ -261,3 +278,100 @@ def test_every_endpoint_unreachable_is_unavailable_at_once_with_retry_info(fleet
         assert time.monotonic() < deadline, router.log()
         time.sleep(0.02)
     assert "code=UNAVAILABLE attempts=0" in router.log()
+
+
+class SlowHandshakeRelay:
+    """A TCP relay in front of a model server whose connections start answering only
+    ``delay`` seconds after they open, as a far replica's TCP, TLS and HTTP/2 set-up
+    takes (several round trips across regions). Then bytes pass both ways."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.delay = delay
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self._closing.wait(self.delay):
+            client.close()
+            return
+        with client, socket.create_connection(self.upstream) as upstream:
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            _pipe(client, upstream)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.listener.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_replica_whose_connections_take_longer_than_the_reconnect_backoff_is_reached(
+    fleet: Fleet,
+) -> None:
+    # The reconnect back-off (0.1 s up to 0.3 s) paces connection attempts; it must
+    # not also cut each attempt short: a far replica takes longer than that to connect.
+    replica = Replica(fleet, "far", [{"id": "m", "reply": "from-far"}])
+    relay = SlowHandshakeRelay(replica.address, delay=1.0)
+    try:
+        router = fleet.router(
+            {
+                "clusters": {"pool": {"endpoints": [relay.address]}},
+                "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+            }
+        )
+        wait_for_state(router, relay.address, admin_pb.ENDPOINT_STATE_HEALTHY)
+        with Client(router.address, max_retries=0, timeout=10) as client:
+            assert client.generate("m", "x").text == "from-far"
+    finally:
+        relay.close()
+
+
+async def test_every_request_in_flight_on_a_replica_that_dies_is_retried_on_the_healthy_one(
+    fleet: Fleet,
+) -> None:
+    # Far more calls in flight on the dying replica than the retry budget's burst
+    # (half of budget_max_tokens: 50): the router must not throttle retries that go
+    # to a healthy replica because one replica went away at once.
+    models = [{"id": "echo", "token_delay_ms": 300, "concurrency": 1000}]
+    a = fleet.scripted("a", models, metrics=True)
+    b = fleet.scripted("b", models)
+    router = fleet.router(
+        {
+            "clusters": {"pool": {"endpoints": [a.address, b.address]}},
+            "routes": [{"model": "echo", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    wait_healthy(router)
+    async with AsyncClient(router.address, max_retries=0, timeout=60) as client:
+
+        async def call(index: int) -> str:
+            prompt = f"call{index} {WORDS}"
+            return (await client.generate("echo", prompt)).text
+
+        calls = [asyncio.create_task(call(i)) for i in range(240)]
+        await asyncio.to_thread(wait_in_flight, a, "echo", 90)
+        a.signal(signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [o for o in outcomes if not isinstance(o, str)]
+    assert failed == []
+    assert outcomes == [f"call{i} {WORDS}" for i in range(240)]

@@ -126,6 +126,12 @@ class ClusterConfig(_Strict):
     keepalive_timeout_seconds: float = Field(
         default=5.0, gt=0, description="after keepalive_seconds + this without an answer"
     )
+    connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long one connection attempt (TCP, TLS, HTTP/2 settings) may take "
+        "(Envoy's connect_timeout); the reconnect back-off paces attempts, this bounds each",
+    )
     outlier_detection: OutlierDetectionConfig = OutlierDetectionConfig()
     load_report_interval_seconds: float | None = Field(
         default=1.0,

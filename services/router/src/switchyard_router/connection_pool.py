@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -106,7 +107,7 @@ class ConnectionPool:
                     len(connections) - 1,
                 )
             else:
-                chosen = min(connections, key=lambda c: c.streams / max(c.capacity, 1))
+                chosen = min(connections, key=_busyness)
         chosen.streams += 1
         return chosen
 
@@ -150,3 +151,11 @@ class ConnectionPool:
     async def close(self) -> None:
         for connection in self.connections:
             await connection.channel.close(grace=None)
+
+
+def _busyness(connection: Connection) -> float:
+    """Calls open on a connection for what it takes; one that takes none (its model
+    server refused its only call) comes last."""
+    if connection.capacity == 0:
+        return math.inf
+    return connection.streams / connection.capacity

@@ -62,6 +62,14 @@ class EndpointState(enum.Enum):
     DRAINING = "draining"
 
 
+_STATE_OF_HEALTH = {
+    ModelHealth.SERVING: EndpointState.HEALTHY,
+    ModelHealth.NOT_SERVING: EndpointState.NOT_SERVING,
+    ModelHealth.UNREACHABLE: EndpointState.UNREACHABLE,
+    ModelHealth.UNKNOWN: EndpointState.UNKNOWN,
+}
+
+
 class Endpoint:
     """One model server: its connections (``connection_pool``), health and load.
 
@@ -102,8 +110,12 @@ class Endpoint:
             # gRPC's default (1 s, x1.6, up to 120 s) keeps a restarted replica dark
             # long after it listens again. (gRPC adds its own +-20% jitter.)
             ("grpc.initial_reconnect_backoff_ms", int(backoff.initial_seconds * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(backoff.initial_seconds * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(backoff.max_seconds * 1000)),
+            # Despite its name, gRPC's "min reconnect backoff" is each connection
+            # attempt's minimum timeout (MIN_CONNECT_TIMEOUT in gRPC's connection-backoff
+            # doc). Set to the back-off, a replica whose TCP + TLS + HTTP/2 set-up takes
+            # longer than 0.3 s (a far zone) was never reached.
+            ("grpc.min_reconnect_backoff_ms", int(config.connect_timeout_seconds * 1000)),
         ]
         if credentials is not None and config.tls is not None and config.tls.server_name:
             options.append(("grpc.ssl_target_name_override", config.tls.server_name))
@@ -250,6 +262,15 @@ class Endpoint:
             return EndpointState.NOT_SERVING
         return EndpointState.UNKNOWN
 
+    def state_for(self, model: str) -> EndpointState:
+        """Its state for one model name: what a route's UNAVAILABLE message says (an
+        endpoint healthy for its other models but not serving this one is not_serving)."""
+        if self.draining:
+            return EndpointState.DRAINING
+        if self.ejected():
+            return EndpointState.EJECTED
+        return _STATE_OF_HEALTH[self.health.get(model, ModelHealth.UNKNOWN)]
+
     async def drain_and_close(self, grace: float) -> None:
         """Stops new requests, lets in-flight ones finish (up to ``grace``), closes."""
         self.draining = True
@@ -293,12 +314,15 @@ class Cluster:
 
     def reconfigure(self, config: ClusterConfig, grace: float) -> None:
         """Takes a new config; addresses change on the next ``refresh``. New TLS,
-        reconnect or connection-pool settings replace every endpoint's connections
-        (the old ones drain)."""
+        reconnect, connect-timeout, keepalive or connection-pool settings replace every
+        endpoint's connections (the old ones drain)."""
         tls_changed = config.tls != self.config.tls
         connections_changed = (
             config.reconnect_backoff != self.config.reconnect_backoff
             or config.connection_pool != self.config.connection_pool
+            or config.connect_timeout_seconds != self.config.connect_timeout_seconds
+            or config.keepalive_seconds != self.config.keepalive_seconds
+            or config.keepalive_timeout_seconds != self.config.keepalive_timeout_seconds
         )
         self.config = config
         self.outlier.config = config.outlier_detection

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from switchyard_router.backoff import Backoff
 
 if TYPE_CHECKING:
     from switchyard_router.endpoints import Endpoint
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.router.health")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-_BACKOFF_MULTIPLIER = 1.6  # as gRPC's connection back-off
 
 
 class HealthWatcher:
@@ -50,8 +50,7 @@ class HealthWatcher:
             )
 
     async def _follow(self, name: str) -> None:
-        backoff = self._endpoint.reconnect_backoff
-        pause = backoff.initial_seconds
+        backoff = Backoff(self._endpoint.reconnect_backoff)
         reconnecting = False  # the first stream may fail at once: that says "unreachable"
         while True:
             call = self._stub.Watch(
@@ -63,7 +62,7 @@ class HealthWatcher:
                     async for response in call:
                         self._endpoint.set_model_health(name, response.status == SERVING, fresh)
                         fresh = False
-                        pause = backoff.initial_seconds
+                        backoff.reset()
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     # No health service there: trust it, and rely on outlier detection.
@@ -78,9 +77,7 @@ class HealthWatcher:
             reconnecting = True
             if not fresh:  # it had answered: reconnect at once (the channel paces itself)
                 continue
-            jitter = backoff.jitter
-            await asyncio.sleep(pause * random.uniform(1 - jitter, 1 + jitter))
-            pause = min(pause * _BACKOFF_MULTIPLIER, backoff.max_seconds)
+            await backoff.wait()
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
 from switchyard_common import load_report
+from switchyard_router.backoff import Backoff
 from switchyard_router.picker import ReportedLoad
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ log = logging.getLogger("switchyard.router.load_reports")
 TRAILERS = (load_report.TRAILER, load_report.COPY_TRAILER)
 """Trailing-metadata keys of load reports: the router's, never relayed to a caller."""
 _READABLE = load_report.COPY_TRAILER  # the one grpcio lets through
-_BACKOFF_MULTIPLIER = 1.6  # as the health watch's (``health``)
 _parse = load_report.OrcaLoadReport.FromString
 
 
@@ -103,8 +102,7 @@ class LoadReportWatcher:
         every.FromNanoseconds(int(interval * 1e9))
         request = load_report.OrcaLoadReportRequest(report_interval=every)
         endpoint = self._endpoint
-        backoff = endpoint.reconnect_backoff  # the cluster's, as its health watch's
-        pause = backoff.initial_seconds
+        backoff = Backoff(endpoint.reconnect_backoff)  # the cluster's, as its health watch's
         while True:
             call = self._stream(request)
             try:
@@ -113,7 +111,7 @@ class LoadReportWatcher:
                         reported = parse(message)
                         if reported is not None:
                             endpoint.heard(reported)
-                        pause = backoff.initial_seconds
+                        backoff.reset()
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.info(
@@ -124,9 +122,7 @@ class LoadReportWatcher:
             finally:
                 call.cancel()
             endpoint.forget_report()  # gone or restarting: its last report is stale
-            jitter = backoff.jitter
-            await asyncio.sleep(pause * random.uniform(1 - jitter, 1 + jitter))
-            pause = min(pause * _BACKOFF_MULTIPLIER, backoff.max_seconds)
+            await backoff.wait()
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -356,31 +356,24 @@ class PrefixAffinity:
                 if first:
                     self.spills += 1
                     first = False
-        # Every eligible endpoint is full: only when endpoints out of rotation made
-        # the bound stricter (see _capacity).
+        # Not reached: the capacity grows with the eligible endpoints' mean, so one of
+        # them is always below it. Kept as a safe answer.
         return self._fallback.choose(endpoints, eligible, request)
 
     def _capacity(self, endpoints: Sequence[E], eligible: Callable[[E], bool]) -> int | None:
         """``ceil(load_factor * (requests in flight + 1) / endpoints)`` over the eligible
-        endpoints (None: none is). Past ``_EXACT_BOUND`` endpoints the mean is over
-        all of them: asking each of 64 whether it is eligible would be most of a
-        pick's cost, and an endpoint out of rotation, nearly idle, only makes the
-        bound a little stricter (when every eligible one is full, least_outstanding
-        places the request)."""
+        endpoints (None: none is). The mean is over those that may take the request
+        only: over all of a target's endpoints, those out of rotation (idle) would pull
+        it down, and once a fifth of them were out (a rolling update of a large pool)
+        every eligible endpoint would sit above the bound and every key would lose
+        its home."""
         total = 0.0
-        if len(endpoints) > _EXACT_BOUND:
-            for endpoint in endpoints:  # requests_at, inlined
-                total += endpoint.outstanding + endpoint.elsewhere
-            return math.ceil(self.load_factor * (total + 1) / len(endpoints))
         count = 0
         for endpoint in endpoints:
             if eligible(endpoint):
-                total += endpoint.outstanding + endpoint.elsewhere
+                total += endpoint.outstanding + endpoint.elsewhere  # requests_at, inlined
                 count += 1
         return math.ceil(self.load_factor * (total + 1) / count) if count else None
-
-
-_EXACT_BOUND = 8  # endpoints up to which the bound's mean counts only eligible ones
 
 
 POLICIES: Mapping[PolicyName, Callable[[], Policy]] = {

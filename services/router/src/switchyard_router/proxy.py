@@ -225,8 +225,8 @@ class Proxy:
         delivered = call.delivered
         outcome = "CANCELLED"
         endpoint = pick.endpoint
-        endpoint.outstanding += 1
         connection = endpoint.pool.acquire()
+        endpoint.outstanding += 1
         try:
             if streaming:
                 # The per-try timeout bounds the wait for an attempt's first message.
@@ -399,6 +399,7 @@ class Proxy:
             # cancelled the call, as one that stops does. Another endpoint can serve it.
             code = grpc.StatusCode.UNAVAILABLE
             details = f"the model server cancelled the call ({details or 'no details'})"
+        gone = False
         if code == grpc.StatusCode.UNAVAILABLE:
             # Counts toward ejection whether the connection failed or the model
             # server said so itself (overload is RESOURCE_EXHAUSTED, and does not),
@@ -409,17 +410,22 @@ class Proxy:
                 pick.endpoint.record_failure(details or "unavailable")
             if not answered:
                 # A connection failure, not the model server's own answer: say where.
+                gone = True
                 details = (
                     f"model server {pick.endpoint.address} (cluster {pick.cluster}) for model "
                     f"{pick.model} is unavailable: {details}"
                 )
         log.info("attempt on %s: %s: %s", pick.endpoint.address, code.name, details)
-        if code in RETRYABLE:
+        if code in RETRYABLE and not gone:
+            # The retry budget guards against a fleet that answers errors under load.
+            # A model server that went away (its connection broke: killed, restarting)
+            # takes none: every call it had in flight, hundreds at once on a busy
+            # replica, goes once to another endpoint, which multiplies no load.
             self.budget.record_failure()
         return _Failure(code, details, trailers)
 
     def _channel_closed(self, pick: EndpointPick) -> _Failure:
-        self.budget.record_failure()
+        # The router's own doing (the endpoint left its config): no mark on the budget.
         return _Failure(
             grpc.StatusCode.UNAVAILABLE,
             f"model server {pick.endpoint.address} (cluster {pick.cluster}) was removed "

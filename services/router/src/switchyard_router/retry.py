@@ -6,11 +6,13 @@ server cancelled, which the proxy treats as UNAVAILABLE), only inside the
 caller's deadline, and only while the retry budget has tokens.
 
 The budget is gRPC's retry throttling: it holds up to ``max_tokens``; each
-failed attempt takes one, each success gives back ``token_ratio``; retries
-are allowed while more than half remain. A burst of up to ``max_tokens / 2``
-failures (one replica dying with requests in flight) is retried in full, but
-a fleet that keeps failing gets at most about one retry per
-``1 / token_ratio`` successes, so it is not hammered with extra load.
+attempt that a model server failed (its own error answer, a per-try timeout)
+takes one, each success gives back ``token_ratio``; retries are allowed while
+more than half remain. A fleet that keeps failing gets at most about one retry
+per ``1 / token_ratio`` successes, so it is not hammered with extra load. An
+attempt whose model server went away (its connection broke, or it left the
+config) takes none (``proxy``): a replica dying with hundreds of calls in flight
+has them all retried once elsewhere, which adds no load.
 """
 
 from __future__ import annotations

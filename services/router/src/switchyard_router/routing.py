@@ -129,6 +129,8 @@ def describe_unavailable(route: Route) -> str:
     """Why a route has no endpoint, for the UNAVAILABLE message."""
     parts = []
     for target in route.targets:
-        states = ", ".join(f"{e.address} {e.state().value}" for e in target.endpoints.values())
+        states = ", ".join(
+            f"{e.address} {e.state_for(target.model).value}" for e in target.endpoints.values()
+        )
         parts.append(f"cluster {target.cluster} ({target.model}): {states or 'no endpoints'}")
     return f"no healthy model server for model {route.model!r}; " + "; ".join(parts)
