@@ -188,12 +188,42 @@ def test_openai_completions_logprobs_have_offsets() -> None:
 
 
 @pytest.mark.parametrize(
+    ("finish", "finish_reason"),
+    [
+        (pb.FINISH_REASON_STOP, "stop"),
+        (pb.FINISH_REASON_STOP_SEQUENCE, "stop"),
+        (pb.FINISH_REASON_LENGTH, "length"),
+        (pb.FINISH_REASON_CONTENT_FILTER, "content_filter"),
+        (pb.FINISH_REASON_TOOL_CALLS, "tool_calls"),
+        (pb.FINISH_REASON_CANCELLED, "cancelled"),  # neither vendor has these two
+        (pb.FINISH_REASON_ERROR, "error"),
+    ],
+)
+def test_openai_finish_reasons(finish: pb.FinishReason, finish_reason: str) -> None:
+    """The README's table, for chat and completions alike."""
+    for api, body in (
+        (openai.CHAT_COMPLETIONS, _CHAT_BODY),
+        (openai.COMPLETIONS, {"model": "m", "prompt": "x"}),
+    ):
+        call = api.call(_body(body))
+        response = pb.GenerateResponse(text="t", finish_reason=finish)
+        choice = json.loads(call.answer(response.SerializeToString()))["choices"][0]
+        assert choice["finish_reason"] == finish_reason
+
+
+_CHAT_BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
     ("finish", "stop_reason"),
     [
         (pb.FINISH_REASON_STOP, "end_turn"),
         (pb.FINISH_REASON_STOP_SEQUENCE, "stop_sequence"),
         (pb.FINISH_REASON_LENGTH, "max_tokens"),
         (pb.FINISH_REASON_CONTENT_FILTER, "refusal"),
+        (pb.FINISH_REASON_TOOL_CALLS, "tool_use"),
+        (pb.FINISH_REASON_CANCELLED, "cancelled"),  # neither vendor has these two
+        (pb.FINISH_REASON_ERROR, "error"),
     ],
 )
 def test_anthropic_stop_reasons(finish: pb.FinishReason, stop_reason: str) -> None:
