@@ -8,9 +8,14 @@ import subprocess
 from typing import Any
 
 
-def curl(url: str, body: dict[str, Any] | str | None = None, *headers: str) -> tuple[int, str, str]:
-    """(status, headers, body) of one request made with curl (a POST when it has a body)."""
+def curl(
+    url: str, body: dict[str, Any] | str | None = None, *headers: str, http2: bool = False
+) -> tuple[int, str, str]:
+    """(status, headers, body) of one request made with curl (a POST when it has a body;
+    ``http2``: HTTP/2 without TLS, by prior knowledge, the headers' first line says so)."""
     command = ["curl", "-sS", "-N", "-i", url]
+    if http2:
+        command.append("--http2-prior-knowledge")
     if body is not None:
         data = body if isinstance(body, str) else json.dumps(body)
         command += ["-H", "content-type: application/json", "-d", data]

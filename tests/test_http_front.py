@@ -271,6 +271,18 @@ def test_anthropic_stream_is_the_vendor_event_sequence(
     assert [e["type"] for e in events] == names
 
 
+def test_http2_by_prior_knowledge_serves_the_same_api(
+    http_router: tuple[ServerProcess, str],
+) -> None:
+    """HTTP/2 without TLS (prior knowledge), as the README promises beside HTTP/1.1."""
+    body = {"model": "canned", "messages": CHAT, "stream": True}
+    status, headers, text = curl(f"{http_router[1]}/v1/chat/completions", body, http2=True)
+    assert status == 200 and headers.startswith("http/2 200")
+    assert sse_data(text)[-1] == "[DONE]"
+    status, headers, _ = curl(f"{http_router[1]}/readyz", http2=True)
+    assert status == 200 and headers.startswith("http/2 ")
+
+
 def test_anthropic_models_list_is_its_paged_shape(claude: anthropic.Anthropic) -> None:
     page = claude.models.list()
     assert [m.id for m in page.data] == sorted(["tiny", *(m["id"] for m in SCRIPTED_MODELS)])
