@@ -21,6 +21,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+"""A caller's W3C tracestate: vendors' entries that must ride along its trace."""
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -51,6 +53,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 "trace_id": span.trace_id.hex(),
                                 "span_id": span.span_id.hex(),
                                 "parent": span.parent_span_id.hex(),
+                                "trace_state": span.trace_state,
                                 "kind": trace_pb2.Span.SpanKind.Name(span.kind),
                                 "attributes": {a.key: _value(a.value) for a in span.attributes},
                                 "events": [e.name for e in span.events],

@@ -24,7 +24,7 @@ import trustme
 from conftest import start_modelserver, start_router
 from curl import curl
 from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
-from otlp import TRACE_ID, TRACEPARENT, Receiver, tracing_env
+from otlp import TRACE_ID, TRACEPARENT, TRACESTATE, Receiver, tracing_env
 from processes import ServerProcess, free_port
 
 CHAT: Any = [{"role": "user", "content": "hello"}]
@@ -348,7 +348,7 @@ def test_the_timeout_header_is_the_deadline_and_passing_it_is_504(
 # -- tracing, TLS, drain -----------------------------------------------------
 
 
-def test_traceparent_continues_the_callers_trace(
+def test_traceparent_and_tracestate_continue_the_callers_trace(
     workdir: Path,
     receiver: tuple[Receiver, str],  # the fixture imported above
 ) -> None:
@@ -370,7 +370,9 @@ def test_traceparent_continues_the_callers_trace(
     try:
         with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
             client.chat.completions.create(
-                model="m", messages=CHAT, extra_headers={"traceparent": TRACEPARENT}
+                model="m",
+                messages=CHAT,
+                extra_headers={"traceparent": TRACEPARENT, "tracestate": TRACESTATE},
             )
         spans = collector.wait_for(3)
         request = next(
@@ -379,8 +381,11 @@ def test_traceparent_continues_the_callers_trace(
         assert request["trace_id"] == TRACE_ID
         assert request["parent"] == TRACEPARENT.split("-")[2]
         assert request["attributes"]["http.route"] == "/v1/chat/completions"
+        # The caller's vendor entries ride along the whole trace, model server included.
+        assert request["trace_state"] == TRACESTATE
         served = [s for s in spans if s["service"] == "modelserver"]
         assert served and all(s["trace_id"] == TRACE_ID for s in served)
+        assert all(s["trace_state"] == TRACESTATE for s in served)
     finally:
         router.stop()
         modelserver.stop()

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import start_modelserver, start_router, write_config
-from otlp import CLIENT_SPAN, TRACE_ID, TRACEPARENT, Receiver, tracing_env
+from otlp import CLIENT_SPAN, TRACE_ID, TRACEPARENT, TRACESTATE, Receiver, tracing_env
 from processes import ServerProcess, free_port
 
 from switchyard import Client
@@ -62,7 +62,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
                     prompt="the secret prompt",
                     sampling=pb.SamplingParams(max_tokens=5, temperature=0.0, top_p=0.9),
                 ),
-                metadata=(("traceparent", TRACEPARENT),),
+                metadata=(("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)),
                 timeout=30,
             )
         spans = collector.wait_for(7)  # router 3, each model server 2
@@ -74,6 +74,8 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     request_span = by_name["Generate tiny"]
     assert request_span["service"] == "switchyard-router"
     assert request_span["parent"] == CLIENT_SPAN  # continues the caller's trace
+    # The caller's vendor entries (W3C tracestate) ride along every span of the trace.
+    assert {s["trace_state"] for s in ours} == {TRACESTATE}
     assert request_span["kind"] == "SPAN_KIND_SERVER"
     rpc_call = {"rpc.system": "grpc", "rpc.service": "switchyard.v1.LLMService"}
     assert request_span["attributes"].items() >= {**rpc_call, "rpc.method": "Generate"}.items()
