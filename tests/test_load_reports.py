@@ -16,6 +16,7 @@ import grpc
 import pytest
 from fleet import Fleet, reported_requests
 from processes import ServerProcess, free_port, wait_until
+from scrape import scrape
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -220,3 +221,42 @@ def _wait_until_queued(server: ServerProcess, queued: int) -> None:
             return float(report_of(call.trailing_metadata()).named_metrics[load_report.QUEUE_DEPTH])
 
         wait_until(lambda: queue_depth() == queued, f"{server.name} queues {queued}", timeout=30)
+
+
+def test_the_router_shows_a_llamacpp_replicas_context_in_use_as_its_kv_cache_usage(
+    fleet: Fleet, slow_server: ServerProcess
+) -> None:
+    """llama.cpp's KV cache is its context: while a generation runs, its model server
+    reports the share in use, and the router's gauge shows it; idle again, 0."""
+    metrics = free_port()
+    router = fleet.router(
+        {
+            "metrics_listen": f"127.0.0.1:{metrics}",
+            "clusters": {
+                "pool": {"endpoints": [slow_server.address], "load_report_interval_seconds": 0.1}
+            },
+            "routes": [{"model": "tiny-slow", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    series = (
+        "switchyard_router_endpoint_reported_kv_cache_usage",
+        frozenset({"cluster": "pool", "endpoint": slow_server.address}.items()),
+    )
+
+    def usage() -> float | None:
+        return scrape(metrics).get(series)
+
+    with grpc.insecure_channel(router.address) as channel:
+        stream = pb_grpc.LLMServiceStub(channel).StreamGenerate(
+            pb.StreamGenerateRequest(
+                model="tiny-slow",
+                prompt="hello",
+                sampling=pb.SamplingParams(max_tokens=3000, temperature=0.0),
+            ),
+            timeout=120,
+        )
+        next(iter(stream))  # generating now
+        wait_until(lambda: (usage() or 0) > 0, "a KV-cache usage reported while generating")
+        assert (usage() or 0) <= 1
+        stream.cancel()  # type: ignore[no-untyped-call]
+    wait_until(lambda: usage() == 0, "a KV-cache usage of 0 reported once idle")
