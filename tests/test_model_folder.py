@@ -272,10 +272,10 @@ async def test_list_models_leaves_out_a_model_removed_while_it_was_listed() -> N
     exact here, where two processes would only make it likely."""
     from switchyard.v1 import llm_service_pb2 as pb
     from switchyard_modelserver.backends.scripted import ScriptedBackend, ScriptedOptions
-    from switchyard_modelserver.catalog import ModelCatalog
     from switchyard_modelserver.domain import AdapterInfo, ModelState
-    from switchyard_modelserver.in_flight import InFlight
-    from switchyard_modelserver.servicer import LLMServicer
+    from switchyard_modelserver.models.catalog import ModelCatalog
+    from switchyard_modelserver.serving.in_flight import InFlight
+    from switchyard_modelserver.serving.servicer import LLMServicer
 
     class RemovedWhileListed(ScriptedBackend):
         async def adapters(self, model_id: str) -> list[AdapterInfo]:

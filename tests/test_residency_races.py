@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from switchyard_modelserver.domain import ModelState
-from switchyard_modelserver.residency import ModelResidency, ResidencyLimits
+from switchyard_modelserver.models.residency import ModelResidency, ResidencyLimits
 
 Copy = tuple[str, int]
 """A loaded copy: (model id, the file version it was read from)."""

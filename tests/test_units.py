@@ -12,11 +12,11 @@ from switchyard.types import FinishReason as FinishReasonSDK
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.configfile import ConfigError, MissingVariableError, expand_env, load_config
 from switchyard_modelserver.backends.registry import backend_class
-from switchyard_modelserver.bridge import EngineThreadBridge
-from switchyard_modelserver.coalescing import coalesced
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import Delta, Finish, FinishReason
-from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.serving.bridge import EngineThreadBridge
+from switchyard_modelserver.serving.coalescing import coalesced
+from switchyard_modelserver.serving.stops import StopMatcher
 from switchyard_router import wire
 from switchyard_router.config import RouterConfig
 
@@ -262,7 +262,9 @@ def _protobuf_reached_from(module: str) -> list[str]:
 def test_backends_never_import_protobuf() -> None:
     """Backends see only the domain's types: no module under backends/ imports protobuf
     or the generated contract, directly or through another model-server module."""
-    assert _protobuf_reached_from("switchyard_modelserver.servicer"), "the check sees nothing"
+    assert _protobuf_reached_from("switchyard_modelserver.serving.servicer"), (
+        "the check sees nothing"
+    )
     backends = _MODELSERVER_SRC / "switchyard_modelserver" / "backends"
     modules = [
         ".".join(path.relative_to(_MODELSERVER_SRC).with_suffix("").parts).removesuffix(".__init__")

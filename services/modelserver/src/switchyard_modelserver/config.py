@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard_common.configfile import load_config
 from switchyard_common.listener import ConnectionLimits, ServerTLSConfig
-from switchyard_modelserver.model_defaults import ModelDefaultsConfig
+from switchyard_modelserver.models.model_defaults import ModelDefaultsConfig
 
 
 class BackendSection(BaseModel):

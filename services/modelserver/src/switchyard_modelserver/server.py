@@ -28,20 +28,24 @@ from switchyard_common.listener import bind
 from switchyard_common.load_report import OPEN_RCA_SERVICE
 from switchyard_common.process import start_telemetry, stop_requested
 from switchyard_common.status import abort
-from switchyard_modelserver import metrics
-from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
 from switchyard_modelserver.backends.registry import backend_class
-from switchyard_modelserver.catalog import CatalogEntry, ModelCatalog
 from switchyard_modelserver.config import ModelServerConfig
 from switchyard_modelserver.domain import ModelState
-from switchyard_modelserver.in_flight import InFlight
-from switchyard_modelserver.load_reporting import LoadReporter, open_rca_handler
-from switchyard_modelserver.model_admin import SERVICE_NAME as ADMIN_SERVICE_NAME
-from switchyard_modelserver.model_admin import ModelAdmin
-from switchyard_modelserver.model_defaults import ModelDefaults
-from switchyard_modelserver.request_parsing import UnreadableRequest, lenient_parser, unreadable
-from switchyard_modelserver.servicer import LLMServicer
+from switchyard_modelserver.models.catalog import CatalogEntry, ModelCatalog
+from switchyard_modelserver.models.model_admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from switchyard_modelserver.models.model_admin import ModelAdmin
+from switchyard_modelserver.models.model_defaults import ModelDefaults
+from switchyard_modelserver.serving.admission import ModelGate
+from switchyard_modelserver.serving.in_flight import InFlight
+from switchyard_modelserver.serving.request_parsing import (
+    UnreadableRequest,
+    lenient_parser,
+    unreadable,
+)
+from switchyard_modelserver.serving.servicer import LLMServicer
+from switchyard_modelserver.telemetry import metrics
+from switchyard_modelserver.telemetry.load_reporting import LoadReporter, open_rca_handler
 
 log = logging.getLogger("switchyard.modelserver")
 

@@ -19,7 +19,7 @@ from switchyard_modelserver.domain import (
     ModelCard,
     ModelState,
 )
-from switchyard_modelserver.residency import ModelResidency
+from switchyard_modelserver.models.residency import ModelResidency
 
 StateReporter = Callable[[ModelCard, ModelState, str], None]
 """Called by a backend as each model changes state: (card, state, detail)."""

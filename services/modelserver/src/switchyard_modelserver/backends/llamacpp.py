@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, invalid_argument
-from switchyard_modelserver.adapters import AdapterCatalog, gguf_file
 from switchyard_modelserver.backends import llamacpp_grammar
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.backends.gguf_files import ModelsFolder, model_size, read_metadata
@@ -48,7 +47,6 @@ from switchyard_modelserver.backends.llamacpp_lora import (
     free_adapter,
     load_adapter,
 )
-from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import (
     AdapterInfo,
     BackendEvent,
@@ -59,8 +57,10 @@ from switchyard_modelserver.domain import (
     ModelState,
     PromptCounted,
 )
-from switchyard_modelserver.limits import tokenize_within_context
-from switchyard_modelserver.residency import ModelResidency, ResidencyLimits
+from switchyard_modelserver.models.adapters import AdapterCatalog, gguf_file
+from switchyard_modelserver.models.residency import ModelResidency, ResidencyLimits
+from switchyard_modelserver.serving.bridge import EngineThreadBridge
+from switchyard_modelserver.serving.limits import tokenize_within_context
 from switchyard_modelserver.tools import chat_template, prompting
 from switchyard_modelserver.tools.hermes import tool_call_events
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from switchyard_modelserver.backends.llamacpp_grammar import Constraint
 from switchyard_modelserver.backends.llamacpp_lora import AdapterSet, use_adapter
 from switchyard_modelserver.backends.llamacpp_sampling import TokenSampler
-from switchyard_modelserver.bridge import EngineThreadBridge
 from switchyard_modelserver.domain import Delta, Finish, FinishReason
-from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.serving.bridge import EngineThreadBridge
+from switchyard_modelserver.serving.stops import StopMatcher
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

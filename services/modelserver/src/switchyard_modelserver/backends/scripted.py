@@ -31,7 +31,7 @@ from switchyard_modelserver.domain import (
     ToolCallDelta,
     ToolChoiceMode,
 )
-from switchyard_modelserver.stops import StopMatcher
+from switchyard_modelserver.serving.stops import StopMatcher
 from switchyard_modelserver.tools.hermes import new_call_id
 
 _TOKEN = re.compile(r"\s*\S+|\s+")

@@ -36,7 +36,6 @@ import grpc
 from pydantic import Field
 
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
-from switchyard_modelserver.adapters import AdapterCatalog, peft_folder
 from switchyard_modelserver.backends import vllm_structured, vllm_tool_calls
 from switchyard_modelserver.backends.base import Backend, BackendOptions, StateReporter
 from switchyard_modelserver.domain import (
@@ -55,7 +54,8 @@ from switchyard_modelserver.domain import (
     Sampling,
     TokenLogprob,
 )
-from switchyard_modelserver.limits import MAX_LOGPROBS, tokenize_within_context
+from switchyard_modelserver.models.adapters import AdapterCatalog, peft_folder
+from switchyard_modelserver.serving.limits import MAX_LOGPROBS, tokenize_within_context
 from switchyard_modelserver.tools import chat_template, prompting
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import grpc
 
 from switchyard_common.status import StatusError, model_not_found
 from switchyard_modelserver.domain import ModelCard, ModelState
-from switchyard_modelserver.residency import model_removed
+from switchyard_modelserver.models.residency import model_removed
 
 
 @dataclass

@@ -24,12 +24,12 @@ from google.protobuf import duration_pb2
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
-from switchyard_modelserver.adapters import check_name
-from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
-from switchyard_modelserver.catalog import ModelCatalog
 from switchyard_modelserver.domain import ModelState
-from switchyard_modelserver.servicer import STATUS
+from switchyard_modelserver.models.adapters import check_name
+from switchyard_modelserver.models.catalog import ModelCatalog
+from switchyard_modelserver.serving.admission import ModelGate
+from switchyard_modelserver.serving.servicer import STATUS
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -33,10 +33,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver import metrics
 from switchyard_modelserver.domain import ModelState
+from switchyard_modelserver.telemetry import metrics
 
-log = logging.getLogger(__name__)
+# The name it had before the module moved into models/: operators filter on it.
+log = logging.getLogger("switchyard_modelserver.residency")
 
 T = TypeVar("T")
 

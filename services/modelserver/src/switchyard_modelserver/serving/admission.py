@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from switchyard_common.status import StatusError
-from switchyard_modelserver import metrics
+from switchyard_modelserver.telemetry import metrics
 
 
 class ModelGate:

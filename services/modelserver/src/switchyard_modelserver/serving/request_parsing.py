@@ -18,8 +18,6 @@ from google.protobuf.message import DecodeError, Message
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, StatusError, invalid_argument
-from switchyard_modelserver import tool_request
-from switchyard_modelserver.adapters import ADAPTER_NAME
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import (
     ChatTurn,
@@ -29,7 +27,9 @@ from switchyard_modelserver.domain import (
     ToolChoice,
     ToolSpec,
 )
-from switchyard_modelserver.limits import MAX_LOGPROBS
+from switchyard_modelserver.models.adapters import ADAPTER_NAME
+from switchyard_modelserver.serving import tool_request
+from switchyard_modelserver.serving.limits import MAX_LOGPROBS
 
 _Message = TypeVar("_Message", bound=Message)
 

@@ -25,11 +25,7 @@ from google.protobuf import duration_pb2
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-from switchyard_modelserver import capability_check, request_parsing
-from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
-from switchyard_modelserver.catalog import ModelCatalog
-from switchyard_modelserver.coalescing import coalesced
 from switchyard_modelserver.config import InputLimits
 from switchyard_modelserver.domain import (
     Capability,
@@ -42,16 +38,20 @@ from switchyard_modelserver.domain import (
     PromptCounted,
     ToolCallDelta,
 )
-from switchyard_modelserver.in_flight import InFlight
-from switchyard_modelserver.limits import max_tokens_ceiling
-from switchyard_modelserver.model_defaults import ModelDefaults
-from switchyard_modelserver.request_parsing import (
+from switchyard_modelserver.models.catalog import ModelCatalog
+from switchyard_modelserver.models.model_defaults import ModelDefaults
+from switchyard_modelserver.serving import capability_check, request_parsing
+from switchyard_modelserver.serving.admission import ModelGate
+from switchyard_modelserver.serving.coalescing import coalesced
+from switchyard_modelserver.serving.in_flight import InFlight
+from switchyard_modelserver.serving.limits import max_tokens_ceiling
+from switchyard_modelserver.serving.request_parsing import (
     UnreadableRequest,
     count_request,
     generation_request,
 )
-from switchyard_modelserver.request_telemetry import RequestTelemetry
-from switchyard_modelserver.status_boundary import Trailers, status_boundary
+from switchyard_modelserver.serving.status_boundary import Trailers, status_boundary
+from switchyard_modelserver.telemetry.request_telemetry import RequestTelemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 
 from switchyard_common.status import StatusError, abort
-from switchyard_modelserver.request_telemetry import RequestTelemetry
+from switchyard_modelserver.telemetry.request_telemetry import RequestTelemetry
 
 log = logging.getLogger("switchyard.modelserver.requests")
 

@@ -26,8 +26,8 @@ import grpc
 import grpc.aio
 
 from switchyard_common import load_report
-from switchyard_modelserver.admission import ModelGate
 from switchyard_modelserver.backends.base import Backend
+from switchyard_modelserver.serving.admission import ModelGate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = tuple[tuple[str, bytes], ...]

@@ -29,8 +29,8 @@ import grpc.aio
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common import logs, tracing
-from switchyard_modelserver import metrics
 from switchyard_modelserver.domain import BackendEvent, Delta, PromptCounted
+from switchyard_modelserver.telemetry import metrics
 
 log = logging.getLogger("switchyard.modelserver.requests")
 _SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
