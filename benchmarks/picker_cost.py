@@ -1,7 +1,7 @@
 """What does a pick cost? The router's picker, per policy, per route size.
 
 Each attempt of every request asks the route's picker for an endpoint
-(``switchyard_router.picker``); a native data plane will call the same logic,
+(``switchyard_router.load_balancing.picker``); a native data plane will call the same logic,
 so its cost per call is measured alone here, in-process, on the router's own
 Cluster and Endpoint objects (health set to SERVING, loads spread so that least_outstanding
 has something to compare; no connection is made). Rounds of each policy are
@@ -25,8 +25,8 @@ import time
 from typing import get_args
 
 from switchyard_router.config import ClusterConfig
-from switchyard_router.endpoints import Cluster, Endpoint
-from switchyard_router.picker import Picker, PolicyName, RequestView, Target
+from switchyard_router.load_balancing.picker import Picker, PolicyName, RequestView, Target
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
 SIZES = (2, 8, 64)
 POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)

@@ -208,11 +208,11 @@ def in_process_cost(runs: int = 20_000) -> float:
     """Microseconds of the router's per-request auth work, measured in this process."""
     import timeit
 
-    from switchyard_router.auth import Guard
+    from switchyard_router.admission.auth import Guard
     from switchyard_router.config import AuthConfig
     from switchyard_router.fleet import Ask
     from switchyard_router.fleet.local import LocalFleetState
-    from switchyard_router.wire import GENERATE_USAGE_FIELD, read_usage_tokens
+    from switchyard_router.request_path.wire import GENERATE_USAGE_FIELD, read_usage_tokens
 
     guard = Guard(
         AuthConfig.model_validate(

@@ -58,10 +58,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard_common import load_report
-from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import ClusterConfig
-from switchyard_router.endpoints import Endpoint
-from switchyard_router.picker import Picker, PolicyName, RequestView, Target
+from switchyard_router.load_balancing.affinity import AffinityKeys
+from switchyard_router.load_balancing.picker import Picker, PolicyName, RequestView, Target
+from switchyard_router.upstream.endpoints import Endpoint
 
 POLICIES: tuple[PolicyName, ...] = ("round_robin", "least_outstanding", "prefix_affinity")
 LOOSE = "prefix_affinity, load_factor 2"

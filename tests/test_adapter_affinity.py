@@ -18,10 +18,10 @@ from switchyard import Client
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
-from switchyard_router import wire
 from switchyard_router.config import ClusterConfig
-from switchyard_router.endpoints import Endpoint
-from switchyard_router.picker import Picker, RequestView, Target
+from switchyard_router.load_balancing.picker import Picker, RequestView, Target
+from switchyard_router.request_path import wire
+from switchyard_router.upstream.endpoints import Endpoint
 
 Make = Callable[..., Endpoint]
 

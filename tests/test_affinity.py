@@ -14,17 +14,17 @@ import pytest
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.configfile import ConfigError, load_config
-from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import ClusterConfig, RouterConfig
-from switchyard_router.endpoints import Endpoint
-from switchyard_router.hash_ring import HashRing
-from switchyard_router.picker import (
+from switchyard_router.load_balancing.affinity import AffinityKeys
+from switchyard_router.load_balancing.hash_ring import HashRing
+from switchyard_router.load_balancing.picker import (
     Picker,
     ReportedLoad,
     RequestView,
     Target,
     load_of,
 )
+from switchyard_router.upstream.endpoints import Endpoint
 
 Make = Callable[..., Endpoint]
 KEYS = [f"conversation {i}".encode() for i in range(400)]

@@ -19,8 +19,8 @@ from processes import ServerProcess, free_port, wait_until
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-from switchyard_router.affinity import AffinityKeys
-from switchyard_router.hash_ring import HashRing
+from switchyard_router.load_balancing.affinity import AffinityKeys
+from switchyard_router.load_balancing.hash_ring import HashRing
 
 SYSTEM = "You are a terse assistant. " * 20
 SESSION = "x-session-id"

@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 
 from switchyard_router.config import ConnectionPoolConfig
-from switchyard_router.connection_pool import ConnectionPool
+from switchyard_router.upstream.connection_pool import ConnectionPool
 
 
 @pytest.fixture

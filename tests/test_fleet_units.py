@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.configfile import describe_validation_error
 from switchyard_common.status import StatusError
-from switchyard_router import wire
 from switchyard_router.config import RouterConfig, load_router_config
 from switchyard_router.fleet import Ask, KeyLimits
 from switchyard_router.fleet.budget import BudgetExhaustedError, LocalBudgets, current_periods
@@ -29,6 +28,7 @@ from switchyard_router.fleet.cache import (
 )
 from switchyard_router.fleet.config import TokenBudgetConfig
 from switchyard_router.fleet.local import LocalFleetState
+from switchyard_router.request_path import wire
 
 REPO = Path(__file__).resolve().parents[1]
 

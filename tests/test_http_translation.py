@@ -13,7 +13,7 @@ import pytest
 from switchyard.status import FieldViolation
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError, invalid_argument
-from switchyard_router.front import UpstreamStatusError
+from switchyard_router.fronts.front import UpstreamStatusError
 from switchyard_router.http_api import anthropic, openai
 from switchyard_router.http_api.api import JsonApi
 from switchyard_router.http_api.errors import HTTP_STATUS, anthropic_error, openai_error

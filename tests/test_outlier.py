@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from switchyard_router.config import ClusterConfig, OutlierDetectionConfig
-from switchyard_router.endpoints import Cluster, Endpoint, EndpointState
-from switchyard_router.picker import Picker, RequestView, Target
+from switchyard_router.load_balancing.picker import Picker, RequestView, Target
+from switchyard_router.upstream.endpoints import Cluster, Endpoint, EndpointState
 
 MakeCluster = Callable[..., Awaitable[tuple[Cluster, list[Endpoint]]]]
 

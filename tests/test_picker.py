@@ -15,14 +15,14 @@ from importcheck import assert_imports_none_of
 
 from switchyard_common.configfile import ConfigError, load_config
 from switchyard_router.config import ClusterConfig, RouterConfig
-from switchyard_router.endpoints import Endpoint
-from switchyard_router.picker import (
+from switchyard_router.load_balancing.picker import (
     POLICIES,
     Picker,
     PolicyName,
     RequestView,
     Target,
 )
+from switchyard_router.upstream.endpoints import Endpoint
 
 REQUEST = RequestView("m")
 Make = Callable[..., Endpoint]
@@ -70,7 +70,7 @@ def picks(picker: Picker[Endpoint], count: int) -> list[str]:
 
 def test_the_picker_imports_nothing_of_grpc() -> None:
     """A native data plane, a benchmark or a test can call it without a gRPC stack."""
-    assert_imports_none_of({"grpc", "google"}, "switchyard_router.picker")
+    assert_imports_none_of({"grpc", "google"}, "switchyard_router.load_balancing.picker")
 
 
 def test_every_configurable_policy_has_a_picker() -> None:

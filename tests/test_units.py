@@ -17,8 +17,8 @@ from switchyard_modelserver.domain import Delta, Finish, FinishReason
 from switchyard_modelserver.serving.bridge import EngineThreadBridge
 from switchyard_modelserver.serving.coalescing import coalesced
 from switchyard_modelserver.serving.stops import StopMatcher
-from switchyard_router import wire
 from switchyard_router.config import RouterConfig
+from switchyard_router.request_path import wire
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -171,8 +171,8 @@ def test_the_documented_example_configs_are_valid(name: str, model: type[Any]) -
 
 
 def test_resume_sends_token_ids_only_to_the_model_that_made_them() -> None:
-    from switchyard_router.picker import EndpointView, Pick
-    from switchyard_router.resume import ResumeState
+    from switchyard_router.load_balancing.picker import EndpointView, Pick
+    from switchyard_router.request_path.resume import ResumeState
 
     nowhere = cast(EndpointView, None)  # resume reads only the pick's cluster and model
     same, other = Pick(nowhere, "m", "cpu"), Pick(nowhere, "cloud-m", "cloud")

@@ -31,7 +31,7 @@ from switchyard_router.fleet.config import (
     RouteCacheConfig,
     TokenBudgetConfig,
 )
-from switchyard_router.picker import (
+from switchyard_router.load_balancing.picker import (
     DEFAULT_HEALTHY_PANIC_THRESHOLD,
     DEFAULT_LOAD_FACTOR,
     DEFAULT_POLICY,

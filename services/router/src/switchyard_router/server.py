@@ -25,19 +25,21 @@ from switchyard_common.configfile import ConfigError
 from switchyard_common.listener import bind
 from switchyard_common.process import start_telemetry, stop_requested
 from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
-from switchyard_router import adapter_residency, metrics, model_listing
-from switchyard_router.admin import RouterAdmin
-from switchyard_router.auth import Guard, Principal
+from switchyard_router import metrics
+from switchyard_router.admission.auth import Guard, Principal
 from switchyard_router.config import OPEN_BY_DEFAULT, RouterConfig, load_router_config
-from switchyard_router.endpoints import Cluster
 from switchyard_router.fleet import Ask, FleetState, build_fleet_state
-from switchyard_router.grpc_front import GrpcFront
+from switchyard_router.fronts.grpc_front import GrpcFront
 from switchyard_router.http_api.app import HttpApp
 from switchyard_router.http_api.listener import HttpListener
-from switchyard_router.model_admin import SERVICE_NAME as MODEL_ADMIN_SERVICE_NAME
-from switchyard_router.model_admin import ModelAdminForwarder
-from switchyard_router.proxy import Proxy
-from switchyard_router.routing import RouteTable
+from switchyard_router.operations import model_listing
+from switchyard_router.operations.admin import RouterAdmin
+from switchyard_router.operations.model_admin import SERVICE_NAME as MODEL_ADMIN_SERVICE_NAME
+from switchyard_router.operations.model_admin import ModelAdminForwarder
+from switchyard_router.request_path.proxy import Proxy
+from switchyard_router.request_path.routing import RouteTable
+from switchyard_router.upstream import adapter_residency
+from switchyard_router.upstream.endpoints import Cluster
 
 log = logging.getLogger("switchyard.router")
 

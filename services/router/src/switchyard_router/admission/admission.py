@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from switchyard_common.status import FieldViolation, invalid_argument
-from switchyard_router import metrics, wire
-from switchyard_router.auth import AUTHORIZATION, Guard, Principal
-from switchyard_router.endpoints import Endpoint
+from switchyard_router import metrics
+from switchyard_router.admission.auth import AUTHORIZATION, Guard, Principal
+from switchyard_router.admission.metering import TokenMeter
+from switchyard_router.admission.overload import InFlight
 from switchyard_router.fleet import Ask, FleetState, KeyLimits, Ticket
 from switchyard_router.fleet.cache import (
     CacheRecorder,
@@ -32,13 +33,13 @@ from switchyard_router.fleet.cache import (
 )
 from switchyard_router.fleet.config import ResponseCacheConfig
 from switchyard_router.fleet.local import LocalFleetState
-from switchyard_router.front import Inbound, Metadata
-from switchyard_router.metering import TokenMeter
+from switchyard_router.fronts.front import Inbound, Metadata
+from switchyard_router.load_balancing.picker import RequestView
 from switchyard_router.metrics import RequestRecord
-from switchyard_router.overload import InFlight
-from switchyard_router.picker import RequestView
-from switchyard_router.resume import WANT_TOKEN_IDS, ResumeState
-from switchyard_router.routing import Route, RouteTable
+from switchyard_router.request_path import wire
+from switchyard_router.request_path.resume import WANT_TOKEN_IDS, ResumeState
+from switchyard_router.request_path.routing import Route, RouteTable
+from switchyard_router.upstream.endpoints import Endpoint
 
 # Headers that belong to the hop, not the request; everything else (trace
 # context, caller credentials, custom metadata) travels on to the model server.

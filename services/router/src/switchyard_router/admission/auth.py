@@ -21,7 +21,7 @@ import grpc
 from switchyard_common.status import StatusError, model_not_found
 from switchyard_router.config import AuthConfig
 from switchyard_router.fleet import KeyLimits
-from switchyard_router.routing import Route, RouteTable
+from switchyard_router.request_path.routing import Route, RouteTable
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "

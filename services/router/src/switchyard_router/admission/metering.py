@@ -15,9 +15,10 @@ tokens already paid for.
 
 from __future__ import annotations
 
-from switchyard_router import metrics, wire
+from switchyard_router import metrics
 from switchyard_router.fleet import FleetState, Ticket
 from switchyard_router.fleet.state import budget_exhausted
+from switchyard_router.request_path import wire
 
 _BYTES_PER_TOKEN = 4  # the usual estimate for text without token ids
 

@@ -20,7 +20,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from switchyard_router import metrics, wire
+from switchyard_router import metrics
+from switchyard_router.request_path import wire
 
 _UNARY, _STREAM = b"\x00", b"\x01"
 # FinishReason: STOP, LENGTH, STOP_SEQUENCE, CONTENT_FILTER, TOOL_CALLS (an answer that

@@ -16,8 +16,8 @@ import grpc.aio
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common import tracing
 from switchyard_common.status import StatusError, abort
-from switchyard_router.front import Inbound, UpstreamStatusError
-from switchyard_router.proxy import Proxy
+from switchyard_router.fronts.front import Inbound, UpstreamStatusError
+from switchyard_router.request_path.proxy import Proxy
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -34,13 +34,13 @@ import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError, model_not_found
-from switchyard_router.front import Inbound, Metadata
+from switchyard_router.fronts.front import Inbound, Metadata
 from switchyard_router.http_api import anthropic, openai
 from switchyard_router.http_api.api import Api, ApiCall
 from switchyard_router.http_api.errors import HttpError, bad_field, body_too_large
 from switchyard_router.http_api.json_body import encode
 from switchyard_router.metrics import RequestRecord
-from switchyard_router.proxy import Proxy
+from switchyard_router.request_path.proxy import Proxy
 
 log = logging.getLogger("switchyard.router.http")
 

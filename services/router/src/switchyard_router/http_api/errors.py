@@ -19,7 +19,7 @@ import msgspec
 
 from switchyard.status import FieldViolation, StatusDetails, parse_details
 from switchyard_common.status import StatusError, invalid_argument
-from switchyard_router.front import UpstreamStatusError
+from switchyard_router.fronts.front import UpstreamStatusError
 
 HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,

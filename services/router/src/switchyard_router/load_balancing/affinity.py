@@ -31,7 +31,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from switchyard_router import wire
+from switchyard_router.request_path import wire
 
 _PROMPT = (2 << 3) | 2  # GenerateRequest.prompt / StreamGenerateRequest.prompt
 _MESSAGE = (3 << 3) | 2  # .messages (repeated ChatMessage)

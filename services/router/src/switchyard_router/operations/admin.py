@@ -13,8 +13,8 @@ from google.protobuf import duration_pb2
 
 from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
-from switchyard_router.endpoints import Cluster, EndpointState, ModelHealth
-from switchyard_router.routing import RouteTable
+from switchyard_router.request_path.routing import RouteTable
+from switchyard_router.upstream.endpoints import Cluster, EndpointState, ModelHealth
 
 _STATE = {
     EndpointState.HEALTHY: admin_pb.ENDPOINT_STATE_HEALTHY,

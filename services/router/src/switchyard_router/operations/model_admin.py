@@ -22,7 +22,7 @@ import grpc.aio
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError, abort
-from switchyard_router.endpoints import Cluster, Endpoint
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -9,8 +9,8 @@ import logging
 import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
-from switchyard_router.endpoints import Endpoint
-from switchyard_router.routing import RouteTable
+from switchyard_router.request_path.routing import RouteTable
+from switchyard_router.upstream.endpoints import Endpoint
 
 log = logging.getLogger("switchyard.router.model_listing")
 

@@ -47,14 +47,13 @@ import grpc.aio
 from switchyard.status import parse_details, refused_stream
 from switchyard_common import tracing
 from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
-from switchyard_router import load_reports, wire
-from switchyard_router.admission import Admission, Call
-from switchyard_router.auth import Guard
+from switchyard_router.admission.admission import Admission, Call
+from switchyard_router.admission.auth import Guard
+from switchyard_router.admission.overload import InFlight
 from switchyard_router.config import RetryConfig, RouterLimitsConfig
-from switchyard_router.connection_pool import Connection
 from switchyard_router.fleet import FleetState
 from switchyard_router.fleet.config import ResponseCacheConfig
-from switchyard_router.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
+from switchyard_router.fronts.front import Inbound, Metadata, ResponseSink, UpstreamStatusError
 from switchyard_router.metrics import (
     HEALTHY_PANIC,
     REFUSED_STREAMS,
@@ -62,10 +61,16 @@ from switchyard_router.metrics import (
     RETRIES,
     RequestRecord,
 )
-from switchyard_router.overload import InFlight
-from switchyard_router.retry import RETRYABLE, RetryBudget
-from switchyard_router.routing import EndpointPick, RouteTable, describe_unavailable
-from switchyard_router.spans import end_attempt_span, start_attempt_span, start_request_span
+from switchyard_router.request_path import wire
+from switchyard_router.request_path.retry import RETRYABLE, RetryBudget
+from switchyard_router.request_path.routing import EndpointPick, RouteTable, describe_unavailable
+from switchyard_router.request_path.spans import (
+    end_attempt_span,
+    start_attempt_span,
+    start_request_span,
+)
+from switchyard_router.upstream import load_reports
+from switchyard_router.upstream.connection_pool import Connection
 
 log = logging.getLogger("switchyard.router.proxy")
 

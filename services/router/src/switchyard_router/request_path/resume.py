@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import FieldViolation, invalid_argument
-from switchyard_router.picker import EndpointView, Pick
+from switchyard_router.load_balancing.picker import EndpointView, Pick
 
 WANT_TOKEN_IDS = pb.StreamGenerateRequest(include_token_ids=True).SerializeToString()
 """Appended to a request's bytes: protobuf merges it, so the model server sends token ids."""

@@ -16,11 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from switchyard_common.status import FieldViolation, invalid_argument, model_not_found
-from switchyard_router.affinity import AffinityKeys
 from switchyard_router.config import AffinityConfig, RouteConfig, RouterConfig
-from switchyard_router.endpoints import Cluster, Endpoint
 from switchyard_router.fleet.config import RouteCacheConfig
-from switchyard_router.picker import DEFAULT_LOAD_FACTOR, Pick, Picker, PolicyName, Target
+from switchyard_router.load_balancing.affinity import AffinityKeys
+from switchyard_router.load_balancing.picker import (
+    DEFAULT_LOAD_FACTOR,
+    Pick,
+    Picker,
+    PolicyName,
+    Target,
+)
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
 EndpointPick = Pick[Endpoint]
 """Where one attempt goes: an endpoint of the router's clusters and the model there."""

@@ -10,9 +10,9 @@ import functools
 from typing import Any
 
 from switchyard_common import tracing
-from switchyard_router.front import Inbound, Metadata
+from switchyard_router.fronts.front import Inbound, Metadata
+from switchyard_router.load_balancing.picker import EndpointView, Pick
 from switchyard_router.metrics import RequestRecord
-from switchyard_router.picker import EndpointView, Pick
 
 
 @functools.cache

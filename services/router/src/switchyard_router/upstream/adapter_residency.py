@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
-from switchyard_router.endpoints import Cluster, Endpoint
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
 log = logging.getLogger("switchyard.router.adapters")
 

@@ -27,11 +27,11 @@ import grpc.aio
 from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
-from switchyard_router.connection_pool import LIST_MODELS, ConnectionPool
-from switchyard_router.health import HealthWatcher
-from switchyard_router.load_reports import LoadReportWatcher, from_trailers
-from switchyard_router.outlier import EjectionState, OutlierDetector
-from switchyard_router.picker import NO_REPORT, Epoch, ReportedLoad
+from switchyard_router.load_balancing.picker import NO_REPORT, Epoch, ReportedLoad
+from switchyard_router.upstream.connection_pool import LIST_MODELS, ConnectionPool
+from switchyard_router.upstream.health import HealthWatcher
+from switchyard_router.upstream.load_reports import LoadReportWatcher, from_trailers
+from switchyard_router.upstream.outlier import EjectionState, OutlierDetector
 
 log = logging.getLogger("switchyard.router.endpoints")
 

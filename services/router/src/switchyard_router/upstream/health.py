@@ -21,10 +21,10 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from switchyard_router.backoff import Backoff
+from switchyard_router.upstream.backoff import Backoff
 
 if TYPE_CHECKING:
-    from switchyard_router.endpoints import Endpoint
+    from switchyard_router.upstream.endpoints import Endpoint
 
 log = logging.getLogger("switchyard.router.health")
 

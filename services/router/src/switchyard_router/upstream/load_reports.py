@@ -32,11 +32,11 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
 from switchyard_common import load_report
-from switchyard_router.backoff import Backoff
-from switchyard_router.picker import ReportedLoad
+from switchyard_router.load_balancing.picker import ReportedLoad
+from switchyard_router.upstream.backoff import Backoff
 
 if TYPE_CHECKING:
-    from switchyard_router.endpoints import Endpoint
+    from switchyard_router.upstream.endpoints import Endpoint
 
 log = logging.getLogger("switchyard.router.load_reports")
 

@@ -16,7 +16,7 @@ for a back-off of ``base_ejection_seconds`` doubled for each ejection in a row, 
   the endpoint has served successfully for as long as its last back-off.
 
 An ejection ends by a timer rather than by comparing clocks at every pick, so each
-change bumps the cluster's :class:`~switchyard_router.picker.Epoch` and the
+change bumps the cluster's :class:`~switchyard_router.load_balancing.picker.Epoch` and the
 pickers' counts of healthy endpoints stay exact.
 """
 
@@ -32,7 +32,7 @@ from typing import Protocol
 
 from switchyard_router import metrics
 from switchyard_router.config import OutlierDetectionConfig
-from switchyard_router.picker import Epoch
+from switchyard_router.load_balancing.picker import Epoch
 
 log = logging.getLogger("switchyard.router.outlier")
 
