@@ -7,8 +7,6 @@ import collections
 import contextlib
 import itertools
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from fleet import (
     endpoint_view,
     endpoints,
     in_flight,
+    shown_endpoints,
     wait_access_lines,
     wait_for_state,
     wait_healthy,
@@ -330,13 +329,7 @@ def test_a_mostly_ejected_priority_spills_to_the_next_by_health_and_panics_only_
         # 105 expected at near-0; the standard deviation is about 8.3.
         assert 75 <= replies["near-0"] <= 135
         assert replies["far-0"] > 0 and replies["far-1"] > 0
-        shown = subprocess.run(
-            [sys.executable, "-m", "switchyard.cli", "--target", router.address, "endpoints"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        shown = shown_endpoints(router)
         assert "route m priority 0: 1 of 4 healthy (health 35%): takes 35% of requests" in shown
         assert "route m priority 1: 2 of 2 healthy (health 100%): takes 65% of requests" in shown
         # Everything ejected: total panic, each connected replica an equal share.
