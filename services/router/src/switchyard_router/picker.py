@@ -272,9 +272,8 @@ def priority_load_of(
     ]
     if all(in_panic):  # total panic: by connected endpoints (see the module's docstring)
         loads = _shares([connected for _, _, connected in counts], sum(c for _, _, c in counts))
-    elif normalized == 0:  # nothing healthy and no panic (threshold 0): the first, as Envoy
+    elif normalized == 0:  # nothing healthy and panic off (threshold 0): the first, as Envoy
         loads = [100] + [0] * (len(counts) - 1)
-        in_panic = [False] * len(counts)
     else:
         loads = _shares(healths, normalized)
     numbers = list(priorities) if priorities is not None else list(range(len(counts)))
