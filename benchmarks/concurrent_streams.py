@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from harness import cpu_seconds, free_port, percentile, start, wait_serving
+from harness import cpu_seconds, free_port, percentile, start, stop, wait_serving
 
 from switchyard import APIError, AsyncClient
 from switchyard.status import parse_details, refused_stream
@@ -146,14 +145,7 @@ class Fleet:
         return address, process.pid
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(self.processes)
 
 
 async def _connections(router: str) -> int:

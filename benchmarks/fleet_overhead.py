@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import itertools
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc.aio
-from harness import cpu_seconds, free_port, percentile, start, wait_serving
+from harness import cpu_seconds, free_port, percentile, start, stop, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -215,13 +214,7 @@ async def run(smoke: bool) -> None:
         for channel in channels.values():
             await channel.close(None)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
     def ms(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1e3:.3f} ms"

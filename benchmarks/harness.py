@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -55,6 +58,21 @@ def start(
         )
 
 
+def stop(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM to every process still running, then waits for each (killed after
+    ``timeout`` seconds): the servers drain and write their last log lines."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -65,3 +83,26 @@ def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q`` quantile (0 < q < 1)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def relay_streams(
+    stub: Any,
+    request: Any,
+    count: int,
+    concurrency: int,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> int:
+    """Runs ``count`` StreamGenerate calls of ``request``, ``concurrency`` at a time, to
+    the end; returns the messages received."""
+    messages = 0
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal messages, remaining
+        while remaining > 0:
+            remaining -= 1
+            async for _ in stub.StreamGenerate(request, metadata=metadata):
+                messages += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return messages

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,16 @@ from pathlib import Path
 
 import aiohttp
 import grpc.aio
-from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, start, wait_serving
+from harness import (
+    SMOKE_HELP,
+    cpu_seconds,
+    free_port,
+    percentile,
+    relay_streams,
+    start,
+    stop,
+    wait_serving,
+)
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -98,18 +106,7 @@ async def _throughput(call: Call, seconds: float, concurrency: int) -> int:
 async def _grpc_streams(stub: pb_grpc.LLMServiceAsyncStub, count: int) -> int:
     """Messages relayed over ``count`` streams of ``paced1000``, four at a time."""
     request = pb.StreamGenerateRequest(model="paced1000", prompt="x")
-    messages = 0
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal messages, remaining
-        while remaining > 0:
-            remaining -= 1
-            async for _ in stub.StreamGenerate(request):
-                messages += 1
-
-    await asyncio.gather(*(worker() for _ in range(4)))
-    return messages
+    return await relay_streams(stub, request, count, concurrency=4)
 
 
 async def _http_streams(session: aiohttp.ClientSession, url: str, count: int) -> int:
@@ -192,14 +189,7 @@ async def run(args: argparse.Namespace) -> None:
         await direct_channel.close(grace=None)
         await router_channel.close(grace=None)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
     def ms(value: float) -> str:
         return f"{value * 1e3:.3f} ms"

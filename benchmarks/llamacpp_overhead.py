@@ -22,7 +22,6 @@ import http.client
 import importlib.util
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import SMOKE_HELP
+from harness import SMOKE_HELP, stop
 
 from switchyard import Client
 
@@ -96,11 +95,7 @@ def _process(args: list[str], log: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop([process], timeout=20)
 
 
 def in_process(model: Path, max_tokens: int) -> Callable[[], Sample]:

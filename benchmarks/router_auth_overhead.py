@@ -23,9 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import os
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,16 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, start, wait_serving
+from harness import (
+    SMOKE_HELP,
+    cpu_seconds,
+    free_port,
+    percentile,
+    relay_streams,
+    start,
+    stop,
+    wait_serving,
+)
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -82,18 +89,8 @@ async def _stream_cpu(
 ) -> float:
     """Router CPU seconds per relayed message for ``count`` paced streams, 8 at once."""
     request = pb.StreamGenerateRequest(model="paced", prompt="x")
-    messages = 0
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal messages, remaining
-        while remaining > 0:
-            remaining -= 1
-            async for _ in stub.StreamGenerate(request, metadata=metadata):
-                messages += 1
-
     before = cpu_seconds(pid)
-    await asyncio.gather(*(worker() for _ in range(8)))
+    messages = await relay_streams(stub, request, count, concurrency=8, metadata=metadata)
     return (cpu_seconds(pid) - before) / messages
 
 
@@ -173,13 +170,7 @@ async def run(args: argparse.Namespace) -> None:
         for channel in channels.values():
             await channel.close(None)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
     def ms(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1e3:.3f} ms"

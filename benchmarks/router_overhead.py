@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 import yaml
-from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, wait_serving
+from harness import SMOKE_HELP, cpu_seconds, free_port, percentile, stop, wait_serving
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -66,14 +65,7 @@ class _Processes:
         return process
 
     def stop(self) -> None:
-        for process in self.procs:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.procs:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(self.procs)
 
 
 async def _unary_latency(

@@ -8,19 +8,25 @@ signal or overload a server start their own.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import pytest
 import yaml
+from otlp import http_receiver, receiver  # noqa: F401  # fixtures: real OTLP receivers
 from processes import ServerProcess, free_port
 from secretscan import (  # noqa: F401  # scans every server log for API keys
     pytest_sessionfinish,
     scan_this_runs_server_logs,
 )
 from tinymodel import STRICT_TEMPLATE, TinyModelSpec, write_tiny_model
+from vendors import VALID_KEY, FakeVendors
+
+if TYPE_CHECKING:
+    from fleet import Fleet
 
 MODELSERVER = "switchyard_modelserver"
 ROUTER = "switchyard_router"
@@ -92,6 +98,60 @@ def start_router(
     )
     server.wait_serving()
     return server
+
+
+@pytest.fixture
+def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Model servers and routers of this test alone (named after it), stopped at its end."""
+    from fleet import Fleet  # fleet.py builds on this module's start_* functions
+
+    group = Fleet(workdir, re.sub(r"[^\w.-]+", "-", request.node.name).strip("-"))
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[ServerProcess]]:
+    """Servers a test module starts one by one and shares: stopped, last first, after it."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def slow_server(
+    workdir: Path, models_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
+    """A model server of this test alone (its log is the test's to read) with only the
+    slow model: a long generation is still running when the test acts on it."""
+    name = "slow-" + re.sub(r"[^\w.-]+", "-", request.node.nodeid.rsplit("/", 1)[-1]).strip("-")
+    directory = workdir / name
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    server = start_modelserver(
+        workdir,
+        name,
+        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def vendors() -> Iterator[FakeVendors]:
+    """The fake OpenAI, Anthropic and Ollama APIs (tests/vendors.py), one per test module."""
+    server = FakeVendors().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key_file(workdir: Path) -> Path:
+    """A file holding the key the fake vendors accept."""
+    path = workdir / "cloud-api-key"
+    path.write_text(VALID_KEY + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

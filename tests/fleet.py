@@ -147,3 +147,15 @@ def shown_endpoints(router: ServerProcess) -> str:
         timeout=30,
         check=True,
     ).stdout
+
+
+def reported_requests(metrics_port: int, address: str, state: str, cluster: str = "pool") -> float:
+    """The requests ``address`` last reported ``state`` (running, waiting) to the router
+    whose /metrics is on ``metrics_port`` (its ORCA load report, as the router keeps it)."""
+    return value(
+        scrape(metrics_port),
+        "switchyard_router_endpoint_reported_requests",
+        cluster=cluster,
+        endpoint=address,
+        state=state,
+    )

@@ -13,6 +13,7 @@ CHART = Path(__file__).resolve().parents[1] / "helm" / "switchyard"
 RELEASE = "switchyard"
 NAMESPACE = "llm"
 ROUTER_NAME = f"{RELEASE}-router"
+VALUES_DIR = CHART / "ci"  # the example values files, each rendered and checked
 
 
 @cache
@@ -62,3 +63,26 @@ def config_of(docs: list[dict[str, Any]], name: str) -> str:
     """The config file a ConfigMap carries."""
     text: str = find(docs, "ConfigMap", name)["data"]["config.yaml"]
     return text
+
+
+def load_values(name: str) -> dict[str, Any]:
+    """An example values file of the chart (``defaults``: none)."""
+    if name == "defaults":
+        return {}
+    values: dict[str, Any] = yaml.safe_load((VALUES_DIR / name).read_text())
+    return values
+
+
+@cache
+def _render(name: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(render(load_values(name)).items()))
+
+
+def rendered_files(name: str) -> dict[str, str]:
+    """The chart rendered with an example values file: file name -> text (cached)."""
+    return dict(_render(name))
+
+
+def manifests(name: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects the chart renders with an example values file."""
+    return documents(rendered_files(name))

@@ -10,15 +10,12 @@ import asyncio
 import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pytest
-from fleet import Fleet
+from fleet import Fleet, reported_requests
 from processes import ServerProcess, free_port, wait_until
-from test_load_reports import _reported
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -27,13 +24,6 @@ from switchyard_router.hash_ring import HashRing
 
 SYSTEM = "You are a terse assistant. " * 20
 SESSION = "x-session-id"
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def replicas(fleet: Fleet, names: str, **models: dict[str, Any]) -> list[ServerProcess]:
@@ -237,7 +227,7 @@ async def test_failover_and_resume_go_to_the_least_loaded_not_the_next_on_the_ri
 
 def _wait_running(port: int, address: str) -> None:
     wait_until(
-        lambda: _reported(port, address, "running") == 1,
+        lambda: reported_requests(port, address, "running") == 1,
         f"the router hears of {address}'s running request",
         timeout=30,
     )

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from processes import ServerProcess
+from toolcases import WEATHER
 
-from switchyard import Client, Tool
+from switchyard import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPESCRIPT = ROOT / "clients" / "typescript"
@@ -26,19 +27,6 @@ MODEL = "tiny"
 PROMPT = "Hello world"
 MAX_TOKENS = 12
 TOOL_MODEL = "caller"  # a scripted model that calls get_weather (conftest)
-WEATHER_TOOL = Tool(
-    "get_weather",
-    "Current weather in a city",
-    {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-)
 
 
 @dataclass
@@ -182,7 +170,7 @@ def check_tool_example_output(output: ExampleOutput, router: ServerProcess) -> N
     assert output.returncode == 0, output.stderr
     question = [{"role": "user", "content": "What's the weather like in Paris right now?"}]
     with Client(router.address) as client:
-        counted = client.count_tokens(TOOL_MODEL, messages=question, tools=[WEATHER_TOOL])
+        counted = client.count_tokens(TOOL_MODEL, messages=question, tools=[WEATHER])
     [count] = output.lines("count")
     assert count.split()[1] == f"prompt_tokens={counted.prompt_tokens}"
     [finish] = output.lines("finish")

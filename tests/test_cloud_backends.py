@@ -20,6 +20,7 @@ from vendors import (
     RETRY_AFTER_SECONDS,
     VALID_KEY,
     FakeVendors,
+    backend_config,
     new_request_id,
 )
 
@@ -32,39 +33,6 @@ KINDS = ("openai", "anthropic", "ollama")
 # Past it, a vendor's slow first byte (5 s) or 200-tick stream (10 s) still runs on.
 DEADLINE = 2.0
 WRONG_KEY = "sk-wrong-key-fedcba9876543210"
-
-
-@pytest.fixture(scope="module")
-def vendors() -> Iterator[FakeVendors]:
-    server = FakeVendors().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def key_file(workdir: Path) -> Path:
-    path = workdir / "cloud-api-key"
-    path.write_text(VALID_KEY + "\n")
-    return path
-
-
-def backend_config(kind: str, url: str, key_file: Path, **options: Any) -> dict[str, Any]:
-    """A model server config for ``kind`` pointed at the fake vendor at ``url``."""
-    models: list[dict[str, Any]] = [{"id": m} for m in MODELS]
-    models.append({"id": "missing", "provider_model": "no-such-model"})
-    if kind != "anthropic":
-        models.append(
-            {"id": "ok-text", "provider_model": "ok", "capabilities": ["completion", "streaming"]}
-        )
-    backend: dict[str, Any] = {
-        "kind": kind,
-        "base_url": f"{url}/v1" if kind == "openai" else url,
-        "api_key_file": str(key_file),
-        "models": models,
-        "unhealthy_after_failures": 1000,  # health has its own tests
-        **options,
-    }
-    return {"backend": backend}
 
 
 @pytest.fixture(scope="module")
@@ -406,6 +374,9 @@ ERRORS = [
     ("fault-500", grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
     ("fault-529", grpc.StatusCode.UNAVAILABLE, "PROVIDER_OVERLOADED"),
     ("fault-context", grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED"),
+    ("fault-400", grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_REJECTED_REQUEST"),
+    ("fault-403", grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_PERMISSION_DENIED"),
+    ("fault-418", grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_REFUSED"),
     ("missing", grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),
     ("fault-malformed", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
     ("fault-drop", grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN"),
@@ -433,6 +404,8 @@ def test_vendor_failures_map_onto_the_error_table(
         assert "context length" in message
     if model == "missing":
         assert "no-such-model" in message
+    if model == "fault-400":  # the provider's own words
+        assert "Invalid value: 'seed'" in message
 
 
 def test_anthropic_overloaded_error_inside_a_stream_is_unavailable(

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fleet import Fleet
-from test_cloud_backends import backend_config
-from vendors import VALID_KEY, FakeVendors, new_request_id
+from vendors import VALID_KEY, FakeVendors, backend_config, new_request_id
 
 from switchyard import Client
-
-
-@pytest.fixture
-def vendors() -> Iterator[FakeVendors]:
-    server = FakeVendors().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fleet(workdir: Path) -> Iterator[Fleet]:
-    group = Fleet(workdir, "cloud-failover")
-    yield group
-    group.stop()
 
 
 def test_a_route_falls_back_from_a_dead_llamacpp_target_to_a_cloud_target(

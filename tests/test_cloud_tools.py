@@ -13,9 +13,8 @@ import jsonschema
 import pytest
 from conftest import start_modelserver, start_router
 from processes import ServerProcess
-from test_cloud_backends import backend_config, key_file, vendors  # noqa: F401 - fixtures
 from toolcases import CITY_SCHEMA, QUESTION, TOOLS, WEATHER, check_calls, same_answer, tool_round
-from vendors import FakeVendors, new_request_id
+from vendors import FakeVendors, backend_config, new_request_id
 
 from switchyard import (
     Client,
@@ -39,8 +38,8 @@ def asking(request_id: str) -> list[MessageLike]:
 @pytest.fixture(scope="module")
 def router(
     workdir: Path,
-    vendors: FakeVendors,  # noqa: F811 - the imported fixture
-    key_file: Path,  # noqa: F811
+    vendors: FakeVendors,
+    key_file: Path,
 ) -> Iterator[ServerProcess]:
     """One model server per vendor, and a router with a route ``<kind>`` to each's "ok"."""
     servers = {
@@ -77,7 +76,7 @@ def client(router: ServerProcess) -> Iterator[Client]:
 def test_a_tool_call_round_trip_on_each_vendor(
     kind: str,
     client: Client,
-    vendors: FakeVendors,  # noqa: F811
+    vendors: FakeVendors,
 ) -> None:
     question = asking(first := new_request_id())
     answer = client.chat(kind, question, tools=TOOLS)
@@ -129,7 +128,7 @@ def test_a_streamed_cloud_tool_call_equals_the_unary_one(kind: str, client: Clie
 def test_required_parallel_calls_keep_their_indexes(
     kind: str,
     client: Client,
-    vendors: FakeVendors,  # noqa: F811
+    vendors: FakeVendors,
 ) -> None:
     answer = client.chat(kind, QUESTION, tools=TOOLS, tool_choice="required")
     assert [c.name for c in check_calls(answer.tool_calls)] == ["get_weather", "get_time"]
@@ -153,7 +152,7 @@ def test_required_parallel_calls_keep_their_indexes(
 
 def test_ollama_refuses_what_its_api_cannot_do_and_tool_choice_none_sends_no_tools(
     client: Client,
-    vendors: FakeVendors,  # noqa: F811
+    vendors: FakeVendors,
 ) -> None:
     for options in ({"tool_choice": "required"}, {"parallel_tool_calls": False}):
         with pytest.raises(InvalidArgumentError) as error:
@@ -169,7 +168,7 @@ def test_ollama_refuses_what_its_api_cannot_do_and_tool_choice_none_sends_no_too
 def test_a_json_schema_reaches_each_vendor_natively_and_the_answer_matches(
     kind: str,
     client: Client,
-    vendors: FakeVendors,  # noqa: F811
+    vendors: FakeVendors,
 ) -> None:
     request_id = new_request_id()
     answer = client.chat(kind, asking(request_id), response_format=JsonSchema(CITY_SCHEMA, "city"))
@@ -196,7 +195,7 @@ def test_grammars_are_refused_where_the_vendor_has_none(kind: str, client: Clien
 
 def test_anthropic_counts_tokens_with_its_api_as_a_generation_would(
     client: Client,
-    vendors: FakeVendors,  # noqa: F811
+    vendors: FakeVendors,
 ) -> None:
     request_id = new_request_id()
     counted = client.count_tokens("anthropic", messages=asking(request_id), tools=TOOLS)
@@ -219,8 +218,8 @@ def test_vendors_without_a_count_api_are_unimplemented_with_the_reason(
 
 def test_the_openai_completions_api_takes_no_response_format(
     workdir: Path,
-    vendors: FakeVendors,  # noqa: F811
-    key_file: Path,  # noqa: F811
+    vendors: FakeVendors,
+    key_file: Path,
 ) -> None:
     server = start_modelserver(
         workdir, "tools-openai-text", backend_config("openai", vendors.url, key_file)

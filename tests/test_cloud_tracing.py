@@ -3,27 +3,16 @@ carries the trace onward to the vendor (W3C traceparent)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from test_cloud_backends import backend_config
-from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver
-from vendors import VALID_KEY, FakeVendors, new_request_id
+import pytest
+from conftest import start_modelserver
+from otlp import TRACE_ID, TRACEPARENT, Receiver, tracing_env
+from vendors import VALID_KEY, FakeVendors, backend_config, new_request_id
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-
-__all__ = ["receiver"]  # the OTLP receiver fixture, shared with test_tracing
-
-import pytest
-
-
-@pytest.fixture
-def vendors() -> Iterator[FakeVendors]:
-    server = FakeVendors().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
@@ -34,8 +23,8 @@ def test_the_vendor_call_is_an_http_child_span_that_carries_the_trace(
     key_file = workdir / f"traced-key-{kind}"
     key_file.write_text(VALID_KEY)
     config = backend_config(kind, vendors.url, key_file, startup_check=False)
-    server = _start(
-        workdir, f"traced-cloud-{kind}", "switchyard_modelserver", config, _env(endpoint)
+    server = start_modelserver(
+        workdir, f"traced-cloud-{kind}", config, extra_env=tracing_env(endpoint)
     )
     request_id = new_request_id()
     prompt = pb.ChatMessage(role="user", content=f"the secret prompt {request_id}")
@@ -89,7 +78,7 @@ def test_credentials_in_the_base_url_are_redacted_from_the_http_span(
     # A gateway in front of Ollama that takes basic auth in the address.
     gateway = vendors.url.replace("http://", "http://gateway-user:gateway-password-42@")
     config["backend"]["base_url"] = gateway
-    server = _start(workdir, "traced-userinfo", "switchyard_modelserver", config, _env(endpoint))
+    server = start_modelserver(workdir, "traced-userinfo", config, extra_env=tracing_env(endpoint))
     try:
         with grpc.insecure_channel(server.address) as channel:
             pb_grpc.LLMServiceStub(channel).Generate(

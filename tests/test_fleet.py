@@ -28,6 +28,7 @@ from conftest import MODELSERVER, ROUTER, write_config
 from fleet import wait_healthy
 from processes import ServerProcess, free_port, health_status, wait_until
 from redisserver import RedisServer
+from scrape import scrape, value
 
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
@@ -48,14 +49,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fleet")
     secretscan.watch(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 # A key with no limits on every router with auth: the tests' own, to ask the router
@@ -550,7 +543,13 @@ def test_a_router_on_local_limits_cuts_a_stream_at_its_budget_too(
     folder: Path, servers: list[ServerProcess], upstream: ServerProcess, keys: Keys
 ) -> None:
     budget = {"per_month": 7, "reserve_tokens": 2}
-    config = _router_config(upstream, None, [keys.config("local-budget", token_budget=budget)])
+    metrics_port = free_port()
+    config = _router_config(
+        upstream,
+        None,
+        [keys.config("local-budget", token_budget=budget)],
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
     router = _start(folder, "local-budget-router", ROUTER, config)
     servers.append(router)
     received: list[str] = []
@@ -566,6 +565,10 @@ def test_a_router_on_local_limits_cuts_a_stream_at_its_budget_too(
         "limit": "token_budget.per_month"
     }
     assert "".join(received) == " ".join(COUNTING.split()[:7])
+    cutoffs = value(
+        scrape(metrics_port), "switchyard_router_budget_cutoffs_total", model="counting"
+    )
+    assert cutoffs == 1
 
 
 # --- the response cache ------------------------------------------------------------------
@@ -646,6 +649,27 @@ def test_cache_control_no_cache_bypasses_the_cache(
     assert "attempts=1 " in bypassed[-1]
 
 
+def test_cache_control_no_store_neither_replays_nor_keeps_the_answer(
+    folder: Path, servers: list[ServerProcess], upstream: ServerProcess
+) -> None:
+    """The memory cache stores before the answer returns, so the next request shows
+    at once whether an answer was kept."""
+    router = _start(folder, "no-store-router", ROUTER, _router_config(upstream, None, []))
+    servers.append(router)
+    request = _request("cached", prompt="never keep me", temperature=0)
+    no_store = (("cache-control", "no-store"),)
+    assert "x-switchyard-cache" not in _generate(router, request, no_store)[1]
+    # Not kept: the plain request after it goes to the model server (and is kept) ...
+    assert "x-switchyard-cache" not in _generate(router, request)[1]
+    assert _generate(router, request)[1]["x-switchyard-cache"] == "hit"
+    # ... and with an answer in the cache, no-store does not replay it either.
+    answer, headers = _generate(router, request, no_store)
+    assert "x-switchyard-cache" not in headers and answer.text == CANNED
+    lines = _wait_for_log(router, "model=cached ", count=4)
+    caches = [line.split(" cache=", 1)[1].split()[0] for line in lines]
+    assert caches == ["bypass", "miss", "hit", "bypass"]
+
+
 def test_a_cached_answer_expires_after_its_ttl(
     pair: tuple[ServerProcess, ServerProcess], redis_server: RedisServer, keys: Keys
 ) -> None:
@@ -717,6 +741,8 @@ def test_a_memory_cache_replays_and_counts_in_metrics(
     assert 'switchyard_router_cache_lookups_total{model="cached",result="hit"} 1.0' in samples
     assert 'switchyard_router_cache_lookups_total{model="cached",result="miss"} 1.0' in samples
     assert "switchyard_router_cache_entries 1.0" in samples
+    assert 'switchyard_router_cache_stores_total{model="cached"} 1.0' in samples
+    assert value(scrape(metrics_port), "switchyard_router_cache_bytes") > 0
 
 
 # --- when Redis goes away ----------------------------------------------------------------
@@ -798,6 +824,7 @@ def test_redis_killed_and_restarted_under_load_fails_no_request_and_limits_resum
             load.wait_for_more(20)  # served on local limits meanwhile
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
             assert b"switchyard_router_redis_up 0.0" in metrics
+            assert value(scrape(metrics_port), "switchyard_router_redis_errors_total") >= 1
             redis.start()  # an empty Redis on the same port
             _wait_for_health(routers, "SERVING")
             load.wait_for_more(20)

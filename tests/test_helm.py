@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,18 @@ from helmchart import (
     CHART,
     NAMESPACE,
     ROUTER_NAME,
+    VALUES_DIR,
     chart,
     config_of,
     container,
     documents,
     find,
+    load_values,
+    manifests,
     of_kind,
     pool_name,
     render,
+    rendered_files,
 )
 
 from switchyard_common.configfile import ConfigError
@@ -39,7 +42,6 @@ from switchyard_modelserver.config import load_modelserver_config
 from switchyard_router.config import load_router_config
 
 ROOT = Path(__file__).resolve().parents[1]
-VALUES_DIR = CHART / "ci"
 # A current Kubernetes release (kubernetes-validate bundles schemas up to 1.37).
 KUBE_VERSION = "1.35.0"
 VENV_BIN = Path(sys.executable).parent
@@ -63,26 +65,6 @@ VALUES_FILES = sorted(p.name for p in VALUES_DIR.glob("*-values.yaml"))
 ALL_VALUES = ["defaults", *VALUES_FILES]
 # Where the chart mounts Secrets; configs name files under it.
 SECRETS_DIR = "/var/run/switchyard/"
-
-
-def load_values(name: str) -> dict[str, Any]:
-    if name == "defaults":
-        return {}
-    values: dict[str, Any] = yaml.safe_load((VALUES_DIR / name).read_text())
-    return values
-
-
-@cache
-def _render(name: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(render(load_values(name)).items()))
-
-
-def rendered_files(name: str) -> dict[str, str]:
-    return dict(_render(name))
-
-
-def manifests(name: str) -> list[dict[str, Any]]:
-    return documents(rendered_files(name))
 
 
 def merged_values(name: str) -> dict[str, Any]:

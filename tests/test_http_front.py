@@ -16,6 +16,7 @@ import jsonschema
 import openai
 import pytest
 from conftest import SCRIPTED_MODELS, start_router
+from curl import curl, sse_data
 from fleet import wait_healthy
 from processes import ServerProcess, free_port
 from toolcases import CITY_SCHEMA, WEATHER
@@ -71,24 +72,6 @@ def oai(http_router: tuple[ServerProcess, str]) -> Iterator[openai.OpenAI]:
 def claude(http_router: tuple[ServerProcess, str]) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=http_router[1], api_key="unused", max_retries=0) as client:
         yield client
-
-
-def curl(url: str, body: dict[str, Any] | str | None = None, *headers: str) -> tuple[int, str, str]:
-    """(status, headers, body) of one request made with curl (a POST when it has a body)."""
-    command = ["curl", "-sS", "-N", "-i", url]
-    if body is not None:
-        data = body if isinstance(body, str) else json.dumps(body)
-        command += ["-H", "content-type: application/json", "-d", data]
-    for header in headers:
-        command += ["-H", header]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
-    head, _, rest = finished.stdout.partition("\n\n")  # text mode: \r\n is \n
-    return int(head.split()[1]), head.lower(), rest
-
-
-def sse_data(body: str) -> list[str]:
-    """The ``data:`` payloads of a server-sent event stream, in order."""
-    return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
 
 
 CHAT: Any = [{"role": "user", "content": "Say something."}]  # the SDKs' typed params
@@ -286,6 +269,18 @@ def test_anthropic_stream_is_the_vendor_event_sequence(
     ]  # fmt: skip
     events = [json.loads(d) for d in sse_data(body)]
     assert [e["type"] for e in events] == names
+
+
+def test_http2_by_prior_knowledge_serves_the_same_api(
+    http_router: tuple[ServerProcess, str],
+) -> None:
+    """HTTP/2 without TLS (prior knowledge), as the README promises beside HTTP/1.1."""
+    body = {"model": "canned", "messages": CHAT, "stream": True}
+    status, headers, text = curl(f"{http_router[1]}/v1/chat/completions", body, http2=True)
+    assert status == 200 and headers.startswith("http/2 200")
+    assert sse_data(text)[-1] == "[DONE]"
+    status, headers, _ = curl(f"{http_router[1]}/readyz", http2=True)
+    assert status == 200 and headers.startswith("http/2 ")
 
 
 def test_anthropic_models_list_is_its_paged_shape(claude: anthropic.Anthropic) -> None:

@@ -13,7 +13,6 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,15 @@ import httpx2
 import openai
 import pytest
 import trustme
-from conftest import start_modelserver
-from fleet import Fleet, endpoints, wait_healthy
+from conftest import start_modelserver, start_router
+from curl import curl
+from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
+from otlp import TRACE_ID, TRACEPARENT, TRACESTATE, Receiver, tracing_env
 from processes import ServerProcess, free_port
-from test_http_front import curl
-from test_tracing import TRACE_ID, TRACEPARENT, Receiver, _env, _start, receiver  # noqa: F401
 
 CHAT: Any = [{"role": "user", "content": "hello"}]
 WORDS = "one two three four five six seven eight nine ten"
 LONG = 3000  # tokens of the slow model: ~10 s, far past every wait here
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name.replace("[", "-").replace("]", ""))
-    yield group
-    group.stop()
 
 
 def _with_http(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -50,22 +42,6 @@ _JSON_HEADERS = {"content-type": "application/json"}
 
 def _sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _outcomes(server: ServerProcess) -> list[dict[str, str]]:
-    """A model server's access lines, parsed."""
-    lines = [line for line in server.log().splitlines() if "request method=" in line]
-    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in lines]
-
-
-def _wait_for_outcomes(server: ServerProcess, count: int) -> list[dict[str, str]]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        outcomes = _outcomes(server)
-        if len(outcomes) >= count:
-            return outcomes
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} request lines:\n{server.log()}")
 
 
 # -- keys and limits ---------------------------------------------------------
@@ -312,23 +288,6 @@ def test_no_healthy_endpoint_is_503_with_retry_after(fleet: Fleet) -> None:
 
 
 @pytest.fixture
-def slow_server(
-    workdir: Path, models_dir: Path, request: pytest.FixtureRequest
-) -> Iterator[ServerProcess]:
-    """A model server of its own (its log is this test's alone) with only the slow model."""
-    directory = workdir / f"http-slow-{request.node.name}"
-    directory.mkdir()
-    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
-    server = start_modelserver(
-        workdir,
-        f"http-slow-{request.node.name}",
-        {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def slow_router(fleet: Fleet, slow_server: ServerProcess) -> str:
     config, url = _with_http(
         {
@@ -361,7 +320,7 @@ def test_a_client_that_disconnects_stops_the_generation(
             model="tiny-slow", messages=CHAT, max_tokens=4, timeout=5.0
         )
     assert answer.usage is not None and answer.usage.completion_tokens == 4
-    stopped = _wait_for_outcomes(slow_server, 3)[:2]
+    stopped = wait_access_lines(slow_server, 3)[:2]
     assert [o["code"] for o in stopped] == ["CANCELLED", "CANCELLED"]
     assert all(0 <= int(o["completion_tokens"]) < LONG for o in stopped)
 
@@ -375,7 +334,7 @@ def test_the_timeout_header_is_the_deadline_and_passing_it_is_504(
         "x-switchyard-timeout: 1",
     )
     assert (status, json.loads(body)["error"]["type"]) == (504, "timeout_error"), body
-    stopped = _wait_for_outcomes(slow_server, 1)[0]
+    stopped = wait_access_lines(slow_server, 1)[0]
     assert stopped["code"] in {"DEADLINE_EXCEEDED", "CANCELLED"}
     assert int(stopped["completion_tokens"]) < LONG  # stopped at the deadline, not finished
     status, _, body = curl(
@@ -389,17 +348,16 @@ def test_the_timeout_header_is_the_deadline_and_passing_it_is_504(
 # -- tracing, TLS, drain -----------------------------------------------------
 
 
-def test_traceparent_continues_the_callers_trace(
+def test_traceparent_and_tracestate_continue_the_callers_trace(
     workdir: Path,
-    receiver: tuple[Receiver, str],  # noqa: F811  # the fixture imported above
+    receiver: tuple[Receiver, str],  # the fixture imported above
 ) -> None:
     collector, endpoint = receiver
-    modelserver = _start(
+    modelserver = start_modelserver(
         workdir,
         "http-traced-modelserver",
-        "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "m", "reply": "ok"}]}},
-        _env(endpoint, OTEL_SERVICE_NAME="modelserver"),
+        extra_env=tracing_env(endpoint, OTEL_SERVICE_NAME="modelserver"),
     )
     config, url = _with_http(
         {
@@ -407,14 +365,14 @@ def test_traceparent_continues_the_callers_trace(
             "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
         }
     )
-    router = wait_healthy(_start(
-        workdir, "http-traced-router", "switchyard_router", config,
-        _env(endpoint, OTEL_SERVICE_NAME="router"),
-    ))  # fmt: skip
+    router_env = tracing_env(endpoint, OTEL_SERVICE_NAME="router")
+    router = wait_healthy(start_router(workdir, "http-traced-router", config, extra_env=router_env))
     try:
         with openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
             client.chat.completions.create(
-                model="m", messages=CHAT, extra_headers={"traceparent": TRACEPARENT}
+                model="m",
+                messages=CHAT,
+                extra_headers={"traceparent": TRACEPARENT, "tracestate": TRACESTATE},
             )
         spans = collector.wait_for(3)
         request = next(
@@ -423,8 +381,11 @@ def test_traceparent_continues_the_callers_trace(
         assert request["trace_id"] == TRACE_ID
         assert request["parent"] == TRACEPARENT.split("-")[2]
         assert request["attributes"]["http.route"] == "/v1/chat/completions"
+        # The caller's vendor entries ride along the whole trace, model server included.
+        assert request["trace_state"] == TRACESTATE
         served = [s for s in spans if s["service"] == "modelserver"]
         assert served and all(s["trace_id"] == TRACE_ID for s in served)
+        assert all(s["trace_state"] == TRACESTATE for s in served)
     finally:
         router.stop()
         modelserver.stop()

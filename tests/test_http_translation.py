@@ -15,6 +15,7 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.status import StatusError, invalid_argument
 from switchyard_router.front import UpstreamStatusError
 from switchyard_router.http_api import anthropic, openai
+from switchyard_router.http_api.api import JsonApi
 from switchyard_router.http_api.errors import HTTP_STATUS, anthropic_error, openai_error
 
 
@@ -187,12 +188,42 @@ def test_openai_completions_logprobs_have_offsets() -> None:
 
 
 @pytest.mark.parametrize(
+    ("finish", "finish_reason"),
+    [
+        (pb.FINISH_REASON_STOP, "stop"),
+        (pb.FINISH_REASON_STOP_SEQUENCE, "stop"),
+        (pb.FINISH_REASON_LENGTH, "length"),
+        (pb.FINISH_REASON_CONTENT_FILTER, "content_filter"),
+        (pb.FINISH_REASON_TOOL_CALLS, "tool_calls"),
+        (pb.FINISH_REASON_CANCELLED, "cancelled"),  # neither vendor has these two
+        (pb.FINISH_REASON_ERROR, "error"),
+    ],
+)
+def test_openai_finish_reasons(finish: pb.FinishReason, finish_reason: str) -> None:
+    """The README's table, for chat and completions alike."""
+    for api, body in (
+        (openai.CHAT_COMPLETIONS, _CHAT_BODY),
+        (openai.COMPLETIONS, {"model": "m", "prompt": "x"}),
+    ):
+        call = api.call(_body(body))
+        response = pb.GenerateResponse(text="t", finish_reason=finish)
+        choice = json.loads(call.answer(response.SerializeToString()))["choices"][0]
+        assert choice["finish_reason"] == finish_reason
+
+
+_CHAT_BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
     ("finish", "stop_reason"),
     [
         (pb.FINISH_REASON_STOP, "end_turn"),
         (pb.FINISH_REASON_STOP_SEQUENCE, "stop_sequence"),
         (pb.FINISH_REASON_LENGTH, "max_tokens"),
         (pb.FINISH_REASON_CONTENT_FILTER, "refusal"),
+        (pb.FINISH_REASON_TOOL_CALLS, "tool_use"),
+        (pb.FINISH_REASON_CANCELLED, "cancelled"),  # neither vendor has these two
+        (pb.FINISH_REASON_ERROR, "error"),
     ],
 )
 def test_anthropic_stop_reasons(finish: pb.FinishReason, stop_reason: str) -> None:
@@ -369,3 +400,94 @@ def test_anthropic_count_tokens_is_the_contracts_count_tokens() -> None:
     assert [m.role for m in request.messages] == ["system", "user"]
     counted = pb.CountTokensResponse(prompt_tokens=7).SerializeToString()
     assert json.loads(call.answer(counted)) == {"input_tokens": 7}
+
+
+# The README's lists (OpenAI and Anthropic APIs): what is accepted without effect, and
+# what is refused by name because Switchyard cannot honour it.
+
+_CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+_MESSAGE: dict[str, Any] = {**_CHAT, "max_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", "someone"),
+        ("metadata", {"a": "b"}),
+        ("store", True),
+        ("service_tier", "auto"),
+        ("prompt_cache_key", "k"),
+        ("prompt_cache_retention", "24h"),
+        ("prompt_cache_options", {}),
+        ("safety_identifier", "s"),
+        ("verbosity", "low"),
+        ("stream_options", {"include_usage": True, "include_obfuscation": False}),
+    ],
+)
+def test_openai_fields_without_effect_are_accepted_and_change_nothing(
+    field: str, value: Any
+) -> None:
+    plain = openai.CHAT_COMPLETIONS.call(_body({**_CHAT, "stream": True}))
+    with_field = openai.CHAT_COMPLETIONS.call(_body({**_CHAT, "stream": True, field: value}))
+    assert with_field.request == plain.request
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("metadata", {"user_id": "someone"}),
+        ("service_tier", "auto"),
+        ("cache_control", {"type": "ephemeral"}),
+        ("inference_geo", "us"),
+        ("speed", "fast"),
+        ("user_profile_id", "p"),
+        ("output_config", {"effort": "low"}),
+    ],
+)
+def test_anthropic_fields_without_effect_are_accepted_and_change_nothing(
+    field: str, value: Any
+) -> None:
+    plain = anthropic.MESSAGES.call(_body(_MESSAGE))
+    assert anthropic.MESSAGES.call(_body({**_MESSAGE, field: value})).request == plain.request
+
+
+_IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+_AUDIO_PART = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+_IMAGE = {"messages": [{"role": "user", "content": [_IMAGE_PART]}]}
+_AUDIO = {"messages": [{"role": "user", "content": [_AUDIO_PART]}]}
+_SERVER_TOOL = {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+
+
+@pytest.mark.parametrize(
+    ("api", "extra", "param"),
+    [
+        ("chat", {"n": 2}, "n"),
+        ("chat", {"logit_bias": {"1": 5}}, "logit_bias"),
+        ("chat", {"function_call": "auto"}, "function_call"),
+        ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ("chat", {"modalities": ["text", "audio"]}, "modalities"),
+        ("chat", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ("chat", {"reasoning_effort": "low"}, "reasoning_effort"),
+        ("chat", {"web_search_options": {}}, "web_search_options"),
+        ("chat", _IMAGE, "messages[0].content[0]"),
+        ("chat", _AUDIO, "messages[0].content[0]"),
+        ("completions", {"echo": True}, "echo"),
+        ("completions", {"suffix": "x"}, "suffix"),
+        ("completions", {"best_of": 2}, "best_of"),
+        ("messages", {"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+        ("messages", _SERVER_TOOL, "tools[0]"),
+    ],
+)  # fmt: skip
+def test_what_switchyard_cannot_honour_is_refused_by_name(
+    api: str, extra: dict[str, Any], param: str
+) -> None:
+    apis: dict[str, tuple[JsonApi[Any, Any], dict[str, Any]]] = {
+        "chat": (openai.CHAT_COMPLETIONS, _CHAT),
+        "completions": (openai.COMPLETIONS, {"model": "m", "prompt": "hi"}),
+        "messages": (anthropic.MESSAGES, _MESSAGE),
+    }
+    endpoint, body = apis[api]
+    with pytest.raises(StatusError) as raised:
+        endpoint.call(_body({**body, **extra}))
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in raised.value.details.field_violations] == [param]

@@ -8,15 +8,15 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from fleet import Fleet
+from fleet import Fleet, reported_requests
 from processes import ServerProcess, free_port, wait_until
-from scrape import scrape, value
+from scrape import scrape
 
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
@@ -28,13 +28,6 @@ MODELS: list[dict[str, Any]] = [
     {"id": "m", "reply": "hello"},
     {"id": "slow", "reply": "x y", "first_token_delay_ms": 60_000, "concurrency": 1},
 ]
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def grpcurl_trailers(address: str, request: dict[str, Any]) -> dict[str, str]:
@@ -131,20 +124,10 @@ def test_the_router_never_relays_load_reports_to_its_callers(fleet: Fleet) -> No
         assert load_report.COPY_TRAILER not in dict(streamed.trailing_metadata() or ())
 
 
-def _reported(port: int, address: str, state: str) -> float:
-    return value(
-        scrape(port),
-        "switchyard_router_endpoint_reported_requests",
-        cluster="pool",
-        endpoint=address,
-        state=state,
-    )
-
-
 def _wait_reported(port: int, address: str, waiting: float) -> None:
     """Waits until the router's metrics say ``address`` reported ``waiting`` requests."""
     wait_until(
-        lambda: _reported(port, address, "waiting") == waiting,
+        lambda: reported_requests(port, address, "waiting") == waiting,
         f"the router hears that {address} has {waiting} waiting",
         timeout=30,
     )
@@ -200,7 +183,7 @@ async def test_out_of_band_reports_move_picks_away_from_a_replica_others_keep_bu
     assert set(_answers(router, 40)) == {"A", "B"}  # idle: both take requests
     async with _held_directly(a, 6):  # one runs on A, five wait
         await asyncio.to_thread(_wait_reported, metrics, a.address, 5)
-        assert _reported(metrics, a.address, "running") == 1
+        assert reported_requests(metrics, a.address, "running") == 1
         assert set(await asyncio.to_thread(_answers, router, 20)) == {"B"}
     await asyncio.to_thread(_wait_reported, metrics, a.address, 0)
     assert set(await asyncio.to_thread(_answers, router, 40)) == {"A", "B"}
@@ -238,3 +221,42 @@ def _wait_until_queued(server: ServerProcess, queued: int) -> None:
             return float(report_of(call.trailing_metadata()).named_metrics[load_report.QUEUE_DEPTH])
 
         wait_until(lambda: queue_depth() == queued, f"{server.name} queues {queued}", timeout=30)
+
+
+def test_the_router_shows_a_llamacpp_replicas_context_in_use_as_its_kv_cache_usage(
+    fleet: Fleet, slow_server: ServerProcess
+) -> None:
+    """llama.cpp's KV cache is its context: while a generation runs, its model server
+    reports the share in use, and the router's gauge shows it; idle again, 0."""
+    metrics = free_port()
+    router = fleet.router(
+        {
+            "metrics_listen": f"127.0.0.1:{metrics}",
+            "clusters": {
+                "pool": {"endpoints": [slow_server.address], "load_report_interval_seconds": 0.1}
+            },
+            "routes": [{"model": "tiny-slow", "targets": [{"cluster": "pool"}]}],
+        }
+    )
+    series = (
+        "switchyard_router_endpoint_reported_kv_cache_usage",
+        frozenset({"cluster": "pool", "endpoint": slow_server.address}.items()),
+    )
+
+    def usage() -> float | None:
+        return scrape(metrics).get(series)
+
+    with grpc.insecure_channel(router.address) as channel:
+        stream = pb_grpc.LLMServiceStub(channel).StreamGenerate(
+            pb.StreamGenerateRequest(
+                model="tiny-slow",
+                prompt="hello",
+                sampling=pb.SamplingParams(max_tokens=3000, temperature=0.0),
+            ),
+            timeout=120,
+        )
+        next(iter(stream))  # generating now
+        wait_until(lambda: (usage() or 0) > 0, "a KV-cache usage reported while generating")
+        assert (usage() or 0) <= 1
+        stream.cancel()  # type: ignore[no-untyped-call]
+    wait_until(lambda: usage() == 0, "a KV-cache usage of 0 reported once idle")

@@ -4,21 +4,12 @@ and the router's `access_log: false` drops its per-request line."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fleet import Fleet
 
 from switchyard import Client, NotFoundError
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def _route(server_address: str) -> dict[str, Any]:

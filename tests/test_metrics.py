@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fleet import Fleet, endpoint_view
@@ -13,13 +11,6 @@ from processes import free_port, wait_until
 from scrape import Samples, scrape, value
 
 from switchyard import AsyncClient, Client, InvalidArgumentError, NotFoundError
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def test_counters_move_by_exactly_the_requests_sent(fleet: Fleet) -> None:

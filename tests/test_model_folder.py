@@ -263,3 +263,32 @@ def test_token_counts_go_on_while_the_file_is_replaced(workdir: Path, folder: Pa
     finally:
         stop.set()
         server.stop()
+
+
+async def test_list_models_leaves_out_a_model_removed_while_it_was_listed() -> None:
+    """ListModels awaits each model's adapters; a file removed meanwhile (the folder
+    watch reports REMOVED between two awaits) is left out, not an UNKNOWN error (seen
+    on CI as ``KeyError: ModelState.REMOVED``). In process: the interleaving is made
+    exact here, where two processes would only make it likely."""
+    from switchyard.v1 import llm_service_pb2 as pb
+    from switchyard_modelserver.backends.scripted import ScriptedBackend, ScriptedOptions
+    from switchyard_modelserver.catalog import ModelCatalog
+    from switchyard_modelserver.domain import AdapterInfo, ModelState
+    from switchyard_modelserver.in_flight import InFlight
+    from switchyard_modelserver.servicer import LLMServicer
+
+    class RemovedWhileListed(ScriptedBackend):
+        async def adapters(self, model_id: str) -> list[AdapterInfo]:
+            if model_id == "a":  # the folder watch reports b's removal meanwhile
+                [card_b] = [card for card in self.models() if card.id == "b"]
+                catalog.update(card_b, ModelState.REMOVED, "")
+            return []
+
+    options = ScriptedOptions.model_validate({"models": [{"id": "a"}, {"id": "b"}]})
+    backend = RemovedWhileListed(options)
+    catalog = ModelCatalog(backend.models())
+    for card in backend.models():
+        catalog.update(card, ModelState.READY, "")
+    servicer = LLMServicer(backend, catalog, {}, InFlight())
+    answer = await servicer.ListModels(pb.ListModelsRequest(), None)  # type: ignore[arg-type]
+    assert [model.id for model in answer.models] == ["a"]

@@ -25,9 +25,11 @@ from switchyard import (
     Client,
     FailedPreconditionError,
     FinishReason,
+    RateLimitError,
     UnavailableError,
 )
 from switchyard.cli import main
+from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import model_admin_pb2 as admin_pb
 from switchyard.v1 import model_admin_pb2_grpc as admin_grpc
@@ -197,6 +199,36 @@ def test_a_load_waits_for_a_busy_model_to_finish_rather_than_unloading_it(
                 tokens, after_the_stream = waiting.result(timeout=60)
             assert tokens == 3 and after_the_stream
             assert _states(client) == {"tiny": "ready", "tiny-slow": "unloaded"}
+    finally:
+        server.stop()
+
+
+def test_a_load_that_cannot_make_room_in_time_is_memory_budget_busy_with_retry_info(
+    workdir: Path, models_dir: Path
+) -> None:
+    """Budget of one, held by a stream: past ``load_wait_seconds`` the other model's
+    request is RESOURCE_EXHAUSTED ``MEMORY_BUDGET_BUSY`` with RetryInfo (a router goes
+    elsewhere), naming the model that holds the budget; the stream is untouched."""
+    directory = workdir / "busy-budget"
+    directory.mkdir()
+    (directory / "tiny-slow.gguf").symlink_to(models_dir / "tiny-slow.gguf")
+    (directory / "tiny.gguf").symlink_to(models_dir / "tiny.gguf")
+    server = _budget_server(
+        workdir, directory, "budget-busy", max_loaded_models=1, load_wait_seconds=0.5
+    )
+    try:
+        with (
+            Client(server.address, max_retries=0) as client,
+            # Held until this block leaves it: unread, the stream stays in flight.
+            client.stream("tiny-slow", "a long story", max_tokens=400) as stream,
+        ):
+            next(iter(stream))
+            with pytest.raises(RateLimitError) as refused:
+                client.generate("tiny", "hello", max_tokens=3)
+            assert _states(client)["tiny-slow"] == "ready"
+        assert refused.value.reason == "MEMORY_BUDGET_BUSY"
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+        assert "tiny-slow (1 requests)" in str(refused.value)
     finally:
         server.stop()
 
@@ -431,6 +463,7 @@ def test_model_admin_is_unimplemented_where_models_do_not_load_on_demand(
             admin.UnloadModel(admin_pb.UnloadModelRequest(model="echo"), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "scripted" in (caught.value.details() or "")
+        assert parse_details(caught.value.trailing_metadata()).reason == "NOT_SUPPORTED"
         listed = admin.ListLoaded(admin_pb.ListLoadedRequest(), timeout=10)
         assert "echo" in {m.model for m in listed.models} and not listed.budgets
         with pytest.raises(grpc.RpcError) as unknown:
@@ -469,6 +502,8 @@ def test_the_router_forwards_model_admin_calls_to_the_endpoint_named(
                 )
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
             assert endpoint in (unknown.value.details() or "")
+            unknown_details = parse_details(unknown.value.trailing_metadata())
+            assert unknown_details.reason == "ENDPOINT_NOT_FOUND"
             with pytest.raises(grpc.RpcError) as relayed:  # the model server's own answer
                 admin.LoadModel(
                     admin_pb.LoadModelRequest(model="delta", endpoint=endpoint), timeout=10

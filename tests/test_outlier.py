@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from switchyard_router.config import ClusterConfig, OutlierDetectionConfig
 from switchyard_router.endpoints import Cluster, Endpoint, EndpointState
@@ -45,11 +46,21 @@ async def test_outlier_detection_never_ejects_past_max_ejection_percent(
     cluster: MakeCluster,
 ) -> None:
     group, endpoints = await cluster(4, max_ejection_percent=50)
+    overflows_before = _overflow_metric()
     for endpoint in endpoints:
         endpoint.record_failure("connection refused")
     assert [e.ejected() for e in endpoints] == [True, True, False, False]
     assert (group.outlier.ejected_count(), group.outlier.max_ejected()) == (2, 2)
     assert group.outlier.overflows == 2
+    # ... and operators see the refused ejections (README, Metrics).
+    assert _overflow_metric() - overflows_before == 2
+
+
+def _overflow_metric() -> float:
+    sample = REGISTRY.get_sample_value(
+        "switchyard_router_ejections_overflow_total", {"cluster": "pool"}
+    )
+    return sample or 0.0
 
 
 async def test_one_endpoint_may_always_be_ejected_unless_the_percent_is_zero(

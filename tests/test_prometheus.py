@@ -9,16 +9,13 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from fleet import Fleet
-from helmchart import NAMESPACE
+from helmchart import NAMESPACE, manifests
 from processes import free_port, unavailable, wait_until
-from test_helm import manifests
 
 from switchyard import Client
 
@@ -97,13 +94,6 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def _scraping(router_metrics: str, modelserver_metrics: str) -> dict[str, Any]:

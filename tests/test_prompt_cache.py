@@ -4,7 +4,6 @@ answers as without the cache, and count the skipped tokens in usage and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from scrape import scrape, value
 from switchyard import Client, Completion
 
 SYSTEM = "You answer questions about documents. Keep answers short. " * 4
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 def llama(fleet: Fleet, models_dir: Path, label: str, **options: Any) -> ServerProcess:

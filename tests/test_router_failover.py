@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -43,13 +43,6 @@ from switchyard.v1 import router_admin_pb2 as admin_pb
 from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 
 WORDS = "one two three four five six seven eight nine ten"
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name.replace("[", "-").replace("]", ""))
-    yield group
-    group.stop()
 
 
 def _cluster(*servers: ServerProcess) -> dict[str, list[str]]:

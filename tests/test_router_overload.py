@@ -4,7 +4,6 @@ overload is RESOURCE_EXHAUSTED OVERLOADED with RetryInfo, never UNAVAILABLE."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,6 @@ from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 
 WORDS = " ".join(f"w{i}" for i in range(10))
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name.replace("[", "-").replace("]", ""))
-    yield group
-    group.stop()
 
 
 def _route(model: str, **settings: Any) -> dict[str, Any]:

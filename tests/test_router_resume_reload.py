@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,6 @@ from processes import ServerProcess, free_port, wait_until
 
 from switchyard import AsyncClient, Client, FinishReason
 from switchyard.v1 import router_admin_pb2 as admin_pb
-
-
-@pytest.fixture
-def fleet(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    group = Fleet(workdir, request.node.name)
-    yield group
-    group.stop()
 
 
 async def _until(condition: Callable[[], object], what: str, timeout: float = 15) -> None:

@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,8 +24,8 @@ from conftest import MODELSERVER, ROUTER, SCRIPTED_MODELS, write_config
 from grpc_health.v1 import health as health_servicer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from otlp import Receiver
 from processes import ServerProcess, free_port, wait_until
-from test_tracing import Receiver, receiver  # noqa: F401  # a real OTLP receiver
 
 from switchyard import AuthenticationError, Client, PermissionDeniedError, RateLimitError
 from switchyard.client import API_KEY_ENV
@@ -152,14 +151,6 @@ def _start(
         with channel(server.address) as opened:
             server.wait_serving(timeout=60, channel=opened, metadata=metadata)
     return server
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 def _scripted(**extra: Any) -> dict[str, Any]:
@@ -578,7 +569,8 @@ def test_a_key_used_for_a_model_it_may_not_use_is_permission_denied(
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "'canned'" in (error.details() or "")
     assert keys.echo_only not in (error.details() or "")
-    assert parse_details(error.trailing_metadata()).metadata == {"model": "canned"}
+    details = parse_details(error.trailing_metadata())
+    assert (details.reason, details.metadata) == ("MODEL_NOT_ALLOWED", {"model": "canned"})
 
 
 def test_a_limited_key_is_told_only_about_its_own_models(
@@ -915,6 +907,7 @@ def limited(folder: Path, servers: list[ServerProcess]) -> ServerProcess:
         "max_prompt_chars": 100,
         "max_messages": 4,
         "max_stop_sequences": 2,
+        "max_stop_sequence_chars": 10,
         "max_tokens": 16,
         "max_tokens_per_model": {"echo": 4},
     }
@@ -949,6 +942,11 @@ def _message(role: str = "user") -> pb.ChatMessage:
             {"prompt": "p", "sampling": pb.SamplingParams(stop=["a", "b", "c"])},
             "sampling.stop",
             id="stop sequences",
+        ),
+        pytest.param(
+            {"prompt": "p", "sampling": pb.SamplingParams(stop=["short", "x" * 11])},
+            "sampling.stop[1]",
+            id="stop sequence characters",
         ),
         pytest.param(
             {"prompt": "p", "sampling": pb.SamplingParams(max_tokens=17)},
@@ -1048,7 +1046,7 @@ def test_a_client_that_pings_too_often_is_disconnected(
 def test_no_key_or_prompt_reaches_a_span(
     folder: Path,
     keys: Keys,
-    receiver: tuple[Receiver, str],  # noqa: F811  # the fixture imported above
+    receiver: tuple[Receiver, str],  # a real OTLP receiver (otlp.py)
     servers: list[ServerProcess],
 ) -> None:
     collector, endpoint = receiver

@@ -2,139 +2,19 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import time
-from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import write_config
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.trace.v1 import trace_pb2
+from conftest import start_modelserver, start_router, write_config
+from otlp import CLIENT_SPAN, TRACE_ID, TRACEPARENT, TRACESTATE, Receiver, tracing_env
 from processes import ServerProcess, free_port
 
 from switchyard import Client
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
-
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-CLIENT_SPAN = "b7ad6b7169203331"
-TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
-
-
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """A real OTLP/gRPC trace receiver (no collector binary exists here)."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def Export(  # noqa: N802 - gRPC method name
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.add(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                service = {
-                    a.key: a.value.string_value for a in resource_spans.resource.attributes
-                }.get("service.name", "")
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans:
-                        self.spans.append(
-                            {
-                                "service": service,
-                                "name": span.name,
-                                "trace_id": span.trace_id.hex(),
-                                "span_id": span.span_id.hex(),
-                                "parent": span.parent_span_id.hex(),
-                                "kind": trace_pb2.Span.SpanKind.Name(span.kind),
-                                "attributes": {a.key: _value(a.value) for a in span.attributes},
-                                "events": [e.name for e in span.events],
-                            }
-                        )
-
-    def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.spans) >= count:
-                    return list(self.spans)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} spans, got {self.spans}")
-
-
-def _value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    collector = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield collector, f"http://127.0.0.1:{port}"
-    server.stop(0)
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[tuple[Receiver, str]]:
-    """OTLP over HTTP (protobuf bodies POSTed to /v1/traces), as a collector serves it."""
-    collector = Receiver()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path != "/v1/traces":
-                self.send_error(404)
-                return
-            collector.add(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
-            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield collector, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def _env(endpoint: str, **extra: str) -> dict[str, str]:
-    return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-        **extra,
-    }
-
-
-def _start(
-    workdir: Path, name: str, module: str, config: dict[str, Any], env: dict[str, str]
-) -> ServerProcess:
-    path = write_config(workdir / f"{name}.yaml", config)
-    server = ServerProcess(name, module, path, free_port(), workdir, extra_env=env)
-    server.wait_serving()
-    return server
 
 
 def test_one_request_is_one_trace_through_router_and_model_server(
@@ -145,24 +25,21 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     directory.mkdir(exist_ok=True)
     if not (directory / "tiny.gguf").exists():
         (directory / "tiny.gguf").symlink_to(models_dir / "tiny.gguf")
-    broken = _start(
+    broken = start_modelserver(
         workdir,
         "traced-broken",
-        "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "tiny", "fail_after_tokens": 0}]}},
-        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
+        extra_env=tracing_env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
-    server = _start(
+    server = start_modelserver(
         workdir,
         "traced-llama",
-        "switchyard_modelserver",
         {"backend": {"kind": "llamacpp", "models_dir": str(directory), "threads": 1}},
-        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
+        extra_env=tracing_env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
-    router = _start(
+    router = start_router(
         workdir,
         "traced-router",
-        "switchyard_router",
         {
             "clusters": {
                 "first": {"endpoints": [broken.address]},
@@ -175,7 +52,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
                 }
             ],
         },
-        _env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
+        extra_env=tracing_env(endpoint, SWITCHYARD_LOG_FORMAT="json"),
     )
     try:
         with grpc.insecure_channel(router.address) as channel:
@@ -185,7 +62,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
                     prompt="the secret prompt",
                     sampling=pb.SamplingParams(max_tokens=5, temperature=0.0, top_p=0.9),
                 ),
-                metadata=(("traceparent", TRACEPARENT),),
+                metadata=(("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)),
                 timeout=30,
             )
         spans = collector.wait_for(7)  # router 3, each model server 2
@@ -197,6 +74,11 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     request_span = by_name["Generate tiny"]
     assert request_span["service"] == "switchyard-router"
     assert request_span["parent"] == CLIENT_SPAN  # continues the caller's trace
+    # The caller's vendor entries (W3C tracestate) ride along every span of the trace.
+    assert {s["trace_state"] for s in ours} == {TRACESTATE}
+    assert request_span["kind"] == "SPAN_KIND_SERVER"
+    rpc_call = {"rpc.system": "grpc", "rpc.service": "switchyard.v1.LLMService"}
+    assert request_span["attributes"].items() >= {**rpc_call, "rpc.method": "Generate"}.items()
     attempts = sorted(
         (s for s in ours if s["name"].startswith("attempt ")), key=lambda s: s["name"]
     )
@@ -215,6 +97,7 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     assert rpc_span["service"] == "switchyard-modelserver"
     assert rpc_span["name"] == "switchyard.v1.LLMService/Generate"
     assert rpc_span["kind"] == "SPAN_KIND_SERVER"
+    assert rpc_span["attributes"].items() >= {**rpc_call, "rpc.method": "Generate"}.items()
     assert rpc_span["parent"] == attempts[1]["span_id"]
     assert rpc_span["attributes"]["rpc.grpc.status_code"] == 0
     assert model_span["name"] == "text_completion tiny"
@@ -228,7 +111,18 @@ def test_one_request_is_one_trace_through_router_and_model_server(
     assert attributes["gen_ai.usage.output_tokens"] == response.usage.completion_tokens == 5
     assert attributes["gen_ai.usage.input_tokens"] == response.usage.prompt_tokens
     assert attributes["gen_ai.response.finish_reasons"] == ["length"]
+    assert attributes["gen_ai.request.temperature"] == 0.0
     assert "gen_ai.first_token" in model_span["events"]
+    assert attributes["switchyard.time_to_first_token_ms"] > 0
+    assert "error.type" not in attributes
+    # The first attempt's model server failed: its inference span says how.
+    [failed_span] = [
+        s
+        for s in ours
+        if s["service"] == "switchyard-modelserver"
+        and s["attributes"].get("gen_ai.provider.name") == "scripted"
+    ]
+    assert failed_span["attributes"]["error.type"] == "UNAVAILABLE"
     # Prompt and completion text are not recorded unless an operator opts in.
     everything = repr(spans)
     assert "secret prompt" not in everything
@@ -256,12 +150,11 @@ def test_prompt_and_completion_are_recorded_only_when_an_operator_opts_in(
     receiver: tuple[Receiver, str], workdir: Path
 ) -> None:
     collector, endpoint = receiver
-    server = _start(
+    server = start_modelserver(
         workdir,
         "traced-content",
-        "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "echo"}]}},
-        _env(endpoint, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true"),
+        extra_env=tracing_env(endpoint, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true"),
     )
     try:
         with Client(server.address) as client:
@@ -280,12 +173,11 @@ def test_spans_can_be_exported_with_otlp_over_http(
     http_receiver: tuple[Receiver, str], workdir: Path
 ) -> None:
     collector, endpoint = http_receiver
-    server = _start(
+    server = start_modelserver(
         workdir,
         "traced-http",
-        "switchyard_modelserver",
         {"backend": {"kind": "scripted", "models": [{"id": "echo"}]}},
-        _env(endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
+        extra_env=tracing_env(endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
     )
     try:
         with grpc.insecure_channel(server.address) as channel:

@@ -56,6 +56,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -71,6 +72,9 @@ MODELS = [
     "fault-overloaded-midstream",
     "fault-ratelimit-midstream",
     "fault-context",
+    "fault-400",
+    "fault-403",
+    "fault-418",
     "fault-malformed",
     "fault-drop",
     "fault-slow",
@@ -392,6 +396,12 @@ class FakeVendors:
             return self._error(vendor, 500, "api_error", "The server had an error")
         if model == "fault-529":
             return self._error(vendor, 529, "overloaded_error", "Overloaded")
+        if model == "fault-400":
+            return self._error(vendor, 400, "invalid_request_error", "Invalid value: 'seed'")
+        if model == "fault-403":
+            return self._error(vendor, 403, "permission_error", "No access to this model")
+        if model == "fault-418":
+            return self._error(vendor, 418, "teapot_error", "I'm a teapot")
         if model == "fault-context":
             message = {
                 "openai": "This model's maximum context length is 8192 tokens. However, your "
@@ -826,3 +836,22 @@ class FakeVendors:
             ]
             frames.append((json.dumps(item) + "\n").encode())
         return await self._stream_tokens(request, record, response, model, frames, [line("", True)])
+
+
+def backend_config(kind: str, url: str, key_file: Path, **options: Any) -> dict[str, Any]:
+    """A model server config for ``kind`` pointed at the fake vendor at ``url``."""
+    models: list[dict[str, Any]] = [{"id": m} for m in MODELS]
+    models.append({"id": "missing", "provider_model": "no-such-model"})
+    if kind != "anthropic":
+        models.append(
+            {"id": "ok-text", "provider_model": "ok", "capabilities": ["completion", "streaming"]}
+        )
+    backend: dict[str, Any] = {
+        "kind": kind,
+        "base_url": f"{url}/v1" if kind == "openai" else url,
+        "api_key_file": str(key_file),
+        "models": models,
+        "unhealthy_after_failures": 1000,  # health has its own tests
+        **options,
+    }
+    return {"backend": backend}

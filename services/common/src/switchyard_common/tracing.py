@@ -122,6 +122,23 @@ def inject(metadata: Iterable[tuple[str, Any]], span: Any) -> tuple[tuple[str, A
     return kept + tuple(carrier.items())
 
 
+def rpc_attributes(service: str, method: str) -> dict[str, str]:
+    """The OpenTelemetry RPC conventions' attributes of a gRPC call to ``service/method``."""
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+
+def start_server_span(
+    tracer: Any, name: str, metadata: Iterable[Any] | None, attributes: Mapping[str, Any]
+) -> Any:
+    """A request's SERVER span, continuing the caller's W3C trace context carried in
+    ``metadata`` (both services open their requests' spans this way)."""
+    from opentelemetry.trace import SpanKind
+
+    return tracer.start_span(
+        name, context=extract(metadata), kind=SpanKind.SERVER, attributes=dict(attributes)
+    )
+
+
 def genai_attributes(
     *,
     operation: str,

@@ -33,6 +33,7 @@ from switchyard_modelserver import metrics
 from switchyard_modelserver.domain import BackendEvent, Delta, PromptCounted
 
 log = logging.getLogger("switchyard.modelserver.requests")
+_SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -213,17 +214,11 @@ class RequestTelemetry:
 
 def _start_rpc_span(method: str, context: Context) -> Any:
     """The SERVER span of the call, continuing the caller's W3C trace context."""
-    from opentelemetry.trace import SpanKind
-
-    return _tracer().start_span(
-        f"switchyard.v1.LLMService/{method}",
-        context=tracing.extract(context.invocation_metadata()),
-        kind=SpanKind.SERVER,
-        attributes={
-            "rpc.system": "grpc",
-            "rpc.service": "switchyard.v1.LLMService",
-            "rpc.method": method,
-        },
+    return tracing.start_server_span(
+        _tracer(),
+        f"{_SERVICE}/{method}",
+        context.invocation_metadata(),
+        tracing.rpc_attributes(_SERVICE, method),
     )
 
 

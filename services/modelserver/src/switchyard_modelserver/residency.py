@@ -90,6 +90,8 @@ class _Slot(Generic[T]):
     unloading: asyncio.Event | None = None
     """Set while an unload drains the model: new holds wait for it."""
     removed: bool = False
+    waiting_for_room: bool = False
+    """Its load waits for a busy model to become idle (the budget is full)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -227,6 +229,8 @@ class ModelResidency(Generic[T]):
         try:
             await _by(deadline, waitable)
         except TimeoutError:
+            if slot.waiting_for_room:  # not slow: no room (the load goes on waiting)
+                raise self._budget_busy(slot) from None
             raise StatusError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"model {slot.model_id} is still loading after "
@@ -445,10 +449,13 @@ class ModelResidency(Generic[T]):
                 why = f"least recently used, to make room for {slot.model_id}"
                 await self._unload(victim, why, "lru")
                 continue
+            slot.waiting_for_room = True
             try:
                 await _by(deadline, changed.wait())
             except TimeoutError:
                 raise self._budget_busy(slot) from None
+            finally:
+                slot.waiting_for_room = False
 
     def _least_recently_used_idle(self, exclude: _Slot[T]) -> _Slot[T] | None:
         idle = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import signal
 from typing import Any
 
 import grpc
@@ -27,7 +26,7 @@ from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError, describe_validation_error
 from switchyard_common.listener import bind
 from switchyard_common.load_report import OPEN_RCA_SERVICE
-from switchyard_common.metrics_server import start_metrics_server
+from switchyard_common.process import start_telemetry, stop_requested
 from switchyard_common.status import abort
 from switchyard_modelserver import metrics
 from switchyard_modelserver.admission import ModelGate
@@ -287,9 +286,7 @@ class BackendFailedError(RuntimeError):
 async def serve(config: ModelServerConfig) -> None:
     """Runs a model server until SIGTERM or SIGINT (or until its backend fails for good)."""
     backend = build_backend(config)
-    tracing.configure("switchyard-modelserver")
-    if config.metrics_listen:
-        start_metrics_server(config.metrics_listen)
+    start_telemetry("switchyard-modelserver", config.metrics_listen)
     try:
         model_server = ModelServer(config, backend)
     except ConfigError:
@@ -305,10 +302,7 @@ async def serve(config: ModelServerConfig) -> None:
         backend.kind,
         ", ".join(e.card.id for e in model_server.catalog.entries()),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_requested()
     loading = asyncio.create_task(model_server.load())
     stopping = asyncio.create_task(stop.wait())
     failing = asyncio.create_task(backend.failure())

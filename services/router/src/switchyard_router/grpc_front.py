@@ -14,6 +14,7 @@ from typing import Any
 import grpc.aio
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_common import tracing
 from switchyard_common.status import StatusError, abort
 from switchyard_router.front import Inbound, UpstreamStatusError
 from switchyard_router.proxy import Proxy
@@ -22,7 +23,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["LLMService"].full_name
 _SPAN_ATTRIBUTES = {
-    method: {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method}
+    method: tracing.rpc_attributes(_SERVICE, method)
     for method in ("Generate", "StreamGenerate", "CountTokens")
 }
 

@@ -171,4 +171,4 @@ async def _relay(context: Context, error: grpc.aio.AioRpcError) -> None:
     """Ends the call with the model server's status and its details trailer."""
     received: Iterable[Any] = error.trailing_metadata() or ()
     trailers = tuple((key, value) for key, value in received if key == DETAILS_METADATA_KEY)
-    await context.abort(error.code(), error.details() or "", trailing_metadata=trailers)
+    await abort(context, StatusError(error.code(), error.details() or ""), trailers)

@@ -23,7 +23,7 @@ from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 from switchyard_common import tracing
 from switchyard_common.configfile import ConfigError
 from switchyard_common.listener import bind
-from switchyard_common.metrics_server import start_metrics_server
+from switchyard_common.process import start_telemetry, stop_requested
 from switchyard_common.status import FieldViolation, StatusError, abort, invalid_argument
 from switchyard_router import adapter_residency, metrics, model_listing
 from switchyard_router.admin import RouterAdmin
@@ -420,10 +420,8 @@ async def serve(
     config: RouterConfig, config_path: Path | None = None, listen_fixed: bool = False
 ) -> None:
     """Runs the router until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    tracing.configure("switchyard-router")
+    start_telemetry("switchyard-router", config.metrics_listen)
     router = Router(config, config_path, listen_fixed)
-    if config.metrics_listen:
-        start_metrics_server(config.metrics_listen)
     port = await router.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
@@ -432,10 +430,8 @@ async def serve(
         port,
         ", ".join(sorted(router.proxy.table.routes)),
     )
-    stop = asyncio.Event()
+    stop = stop_requested()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:

@@ -25,13 +25,12 @@ def start_request_span(record: RequestRecord, inbound: Inbound, model: str) -> A
     its log lines carry the trace (each request runs in its own task and context)."""
     from opentelemetry import context as otel_context
     from opentelemetry import trace
-    from opentelemetry.trace import SpanKind
 
-    span = _tracer().start_span(
+    span = tracing.start_server_span(
+        _tracer(),
         f"{record.method} {model}",
-        context=tracing.extract(inbound.metadata),
-        kind=SpanKind.SERVER,
-        attributes={**inbound.span_attributes, "gen_ai.request.model": model},
+        inbound.metadata,
+        {**inbound.span_attributes, "gen_ai.request.model": model},
     )
     otel_context.attach(trace.set_span_in_context(span))
     return span
