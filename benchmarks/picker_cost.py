@@ -7,9 +7,11 @@ Cluster and Endpoint objects (health set to SERVING, loads spread so that least_
 has something to compare; no connection is made). Rounds of each policy are
 interleaved so that a busy machine slows them alike.
 
-Prints µs per pick for each policy with 2, 8 and 64 endpoints, for a first
-attempt and for a retry (one endpoint already tried), and the ratio of the
-first two policies side by side. prefix_affinity picks with an affinity key
+Prints µs per pick for each policy with 2, 8 and 64 endpoints, and for a route
+of two priorities of 8 endpoints whose first has half of them down (so its
+requests split 70/30 by priority load), for a first attempt and for a retry (one
+endpoint already tried), and the ratio of the first two policies side by side.
+prefix_affinity picks with an affinity key
 (the key is read from the request at admission: ``benchmarks/routing.py``
 measures that too); its retries are least_outstanding's, by design.
 
@@ -33,15 +35,33 @@ POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
 MODEL = "m"
 
 
-async def _cluster(count: int) -> Cluster:
-    """A cluster of ``count`` endpoints serving MODEL, with varied loads."""
-    addresses = [f"10.0.{index // 250}.{index % 250}:50061" for index in range(count)]
+async def _cluster(count: int, down: int = 0, subnet: int = 0) -> Cluster:
+    """A cluster of ``count`` endpoints serving MODEL (the first ``down`` not serving),
+    with varied loads."""
+    addresses = [f"10.{subnet}.{index // 250}.{index % 250}:50061" for index in range(count)]
     cluster = Cluster("bench", ClusterConfig(endpoints=addresses), 1 << 20)
     await cluster.refresh(0)
     for index, endpoint in enumerate(cluster.endpoints.values()):
-        endpoint.set_model_health(MODEL, serving=True)
+        endpoint.set_model_health(MODEL, serving=index >= down)
         endpoint.outstanding = index % 5  # varied loads: least_outstanding compares them
     return cluster
+
+
+async def _routes(made: list[Cluster]) -> list[tuple[str, list[Target[Endpoint]]]]:
+    """Each measured route: its label and targets (the clusters made go in ``made``)."""
+    routes = []
+    for size in SIZES:
+        cluster = await _cluster(size)
+        made.append(cluster)
+        routes.append((str(size), [Target("bench", MODEL, 0, 1, cluster.endpoints, cluster.epoch)]))
+    first, second = await _cluster(8, down=4), await _cluster(8, subnet=1)
+    made += [first, second]
+    targets = [
+        Target("near", MODEL, 0, 1, first.endpoints, first.epoch),
+        Target("far", MODEL, 1, 1, second.endpoints, second.epoch),
+    ]
+    routes.append(("8 + 8, two priorities", targets))
+    return routes
 
 
 def _round_us(picker: Picker[Endpoint], view: RequestView, tried: set[Endpoint], n: int) -> float:
@@ -62,13 +82,10 @@ async def run(smoke: bool) -> None:
     header = " | ".join(f"{policy} µs" for policy in POLICIES)
     print(f"| endpoints | attempt | {header} | {POLICIES[1]} / {POLICIES[0]} |")
     print("|---|---|" + "---|" * (len(POLICIES) + 1))
-    for size in SIZES:
-        cluster = await _cluster(size)
-        made.append(cluster)
-        endpoints = list(cluster.endpoints.values())
-        target = Target("bench", MODEL, 0, 1, cluster.endpoints, cluster.epoch)
-        pickers = {policy: Picker([target], policy) for policy in POLICIES}
-        for attempt, tried in (("first", set()), ("retry", {endpoints[0]})):
+    for label, targets in await _routes(made):
+        tried_first = list(targets[0].endpoints.values())[-1]  # a healthy one
+        pickers = {policy: Picker(targets, policy) for policy in POLICIES}
+        for attempt, tried in (("first", set()), ("retry", {tried_first})):
             samples: dict[PolicyName, list[float]] = {policy: [] for policy in POLICIES}
             for _ in range(rounds):
                 for policy in POLICIES:
@@ -77,7 +94,7 @@ async def run(smoke: bool) -> None:
                     )
             medians = [statistics.median(samples[policy]) for policy in POLICIES]
             cells = " | ".join(f"{m:.2f}" for m in medians)
-            print(f"| {size} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")
+            print(f"| {label} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")
     for cluster in made:
         await cluster.close()
 

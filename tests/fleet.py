@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,17 @@ def wait_for_state(router: ServerProcess, address: str, state: int, timeout: flo
         f"{address} is {admin_pb.EndpointState.Name(seen or 0)}, "
         f"not {admin_pb.EndpointState.Name(state)}"
     )
+
+
+def shown_endpoints(router: ServerProcess) -> str:
+    """What ``switchyard endpoints`` (the SDK's CLI, in its own process) prints for a router."""
+    return subprocess.run(
+        [sys.executable, "-m", "switchyard.cli", "--target", router.address, "endpoints"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
 
 
 def reported_requests(metrics_port: int, address: str, state: str, cluster: str = "pool") -> float:

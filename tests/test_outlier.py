@@ -132,3 +132,23 @@ async def test_a_pick_sees_every_health_change_through_the_clusters_epoch(
     group.config = group.config.model_copy(update={"endpoints": ["10.0.0.1:1"]})
     await group.refresh(0)  # two leave
     assert [(h.healthy, h.endpoints) for h in picker.health()] == [(1, 1)]
+
+
+async def test_a_health_change_in_one_priority_moves_the_load_of_every_priority(
+    cluster: MakeCluster,
+) -> None:
+    near_group, near = await cluster(2, base_ejection_seconds=30, max_ejection_percent=100)
+    far_group, [far] = await cluster(1, base_ejection_seconds=30)
+    picker = Picker(
+        [
+            Target("near", "m", 0, 1, near_group.endpoints, near_group.epoch),
+            Target("far", "m", 1, 1, far_group.endpoints, far_group.epoch),
+        ],
+        "round_robin",
+    )
+    near[1].record_failure("connection refused")  # P=0 half healthy: 70% stay, 30% spill
+    assert [(h.load, h.panic) for h in picker.health()] == [(70, False), (30, False)]
+    far.set_unreachable("m", "connection refused")  # only P=1's cluster moved
+    assert [(h.load, h.panic) for h in picker.health()] == [(100, False), (0, True)]
+    near[0].record_failure("connection refused")  # nothing healthy: total panic
+    assert [(h.load, h.panic) for h in picker.health()] == [(100, True), (0, True)]

@@ -21,8 +21,10 @@ from switchyard_router.load_balancing.picker import (
     PolicyName,
     RequestView,
     Target,
+    priority_load_of,
 )
-from switchyard_router.upstream.endpoints import Endpoint
+from switchyard_router.request_path.routing import RouteTable
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
 REQUEST = RequestView("m")
 Make = Callable[..., Endpoint]
@@ -143,7 +145,7 @@ async def test_round_robin_skips_an_endpoint_that_is_out_of_rotation(endpoint: M
 
 
 @pytest.mark.parametrize("policy", get_args(PolicyName))
-async def test_lower_priority_only_when_the_first_has_no_healthy_endpoint(
+async def test_a_healthy_first_priority_takes_every_request_until_it_has_none(
     endpoint: Make, policy: PolicyName
 ) -> None:
     primary, fallback = endpoint("10.0.0.1:1"), endpoint("10.0.0.2:1")
@@ -264,3 +266,130 @@ async def test_a_healthy_fallback_priority_comes_before_panic(
     fallback.set_unreachable("m", "connection refused")
     pick = picker.pick(REQUEST)  # no priority has a healthy endpoint: the first one panics
     assert pick is not None and pick.endpoint is primary and pick.panic
+
+
+@pytest.mark.parametrize(
+    ("healthy_percent", "first_load"),
+    # Envoy's table (priority levels), P=1 fully healthy: 1.4 x the healthy share, capped.
+    [(100, 100), (72, 100), (71, 99), (50, 70), (25, 35), (0, 0)],
+)
+def test_a_priority_takes_its_health_and_the_next_takes_the_rest(
+    healthy_percent: int, first_load: int
+) -> None:
+    load = priority_load_of([(healthy_percent, 100, 100), (100, 100, 100)], 1.4, 50)
+    assert [p.load for p in load.priorities] == [first_load, 100 - first_load]
+    assert load.normalized_total_health == 100
+    assert not any(p.panic for p in load.priorities)  # P=1 makes up for P=0: no panic
+
+
+def test_loads_are_normalized_when_the_route_as_a_whole_lacks_health() -> None:
+    # Envoy's example: 20% healthy at each of two levels, health 28 each, total 56.
+    load = priority_load_of([(20, 100, 100), (20, 100, 100)], 1.4, 0)
+    assert load.normalized_total_health == 56
+    assert [(p.health, p.load, p.panic) for p in load.priorities] == [(28, 50, False)] * 2
+    # Three levels, the third making up what the first two lack.
+    load = priority_load_of([(20, 100, 100), (20, 100, 100), (100, 100, 100)], 1.4, 50)
+    assert [p.load for p in load.priorities] == [28, 28, 44]
+    # A larger overprovisioning factor keeps more at the first level.
+    load = priority_load_of([(50, 100, 100), (100, 100, 100)], 2.0, 50)
+    assert [p.load for p in load.priorities] == [100, 0]
+
+
+def test_only_the_priorities_below_the_threshold_panic_and_only_below_full_total_health() -> None:
+    # 1 of 5 healthy (health 28) and 1 of 2 (health 70): total 98, below 100.
+    load = priority_load_of([(1, 5, 5), (1, 2, 2)], 1.4, 50)
+    assert load.normalized_total_health == 98
+    assert [(p.load, p.panic) for p in load.priorities] == [(29, True), (71, False)]
+    assert not load.total_panic
+
+
+def test_in_total_panic_each_connected_endpoint_takes_an_equal_share() -> None:
+    # Nothing healthy; 1 of 4 connected at P=0, 3 of 3 at P=1.
+    load = priority_load_of([(0, 4, 1), (0, 3, 3)], 1.4, 50)
+    assert load.total_panic
+    assert [p.load for p in load.priorities] == [25, 75]
+    # With panic off (threshold 0) there is nothing to share: the first level, as Envoy.
+    load = priority_load_of([(0, 4, 1), (0, 3, 3)], 1.4, 0)
+    assert [(p.load, p.panic) for p in load.priorities] == [(100, False), (0, False)]
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_a_mostly_ejected_priority_spills_to_the_next_and_never_panics(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    near = [endpoint(f"10.0.0.{i}:1") for i in range(4)]
+    far = [endpoint(f"10.0.1.{i}:1") for i in range(2)]
+    for ejected in near[1:]:
+        eject(ejected)
+    picker = Picker(
+        [target(*near, cluster="near"), target(*far, cluster="far", priority=1)], policy
+    )
+    assert [(h.healthy, h.endpoints, h.health, h.load, h.panic) for h in picker.health()] == [
+        (1, 4, 35, 35, False),
+        (2, 2, 100, 65, False),
+    ]
+    counts = collections.Counter(picks(picker, 4000))
+    assert not counts.keys() & {e.address for e in near[1:]}  # never the ejected
+    # 35% expected at P=0's one healthy endpoint; the standard deviation is about 30.
+    assert 1280 <= counts[near[0].address] <= 1520
+    assert counts[far[0].address] > 0 and counts[far[1].address] > 0
+    assert picker.pick(REQUEST).panic is False  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_when_no_priority_can_make_up_for_another_both_panic(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    near = [endpoint(f"10.0.0.{i}:1") for i in range(4)]
+    far = [endpoint(f"10.0.1.{i}:1") for i in range(4)]
+    for ejected in near[1:] + far[1:]:
+        eject(ejected)  # one of four healthy at each: health 35 + 35, below 100
+    picker = Picker(
+        [target(*near, cluster="near"), target(*far, cluster="far", priority=1)], policy
+    )
+    assert [(h.health, h.panic) for h in picker.health()] == [(35, True), (35, True)]
+    chosen = picks(picker, 800)
+    assert set(chosen) == {e.address for e in near + far}  # spread over every connected one
+    assert picker.pick(REQUEST).panic  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("policy", get_args(PolicyName))
+async def test_a_retry_goes_to_another_priority_when_the_drawn_one_is_all_tried(
+    endpoint: Make, policy: PolicyName
+) -> None:
+    near = [endpoint(f"10.0.0.{i}:1") for i in range(2)]
+    far = endpoint("10.0.1.1:1")
+    eject(near[1])  # P=0: health 70, P=1 takes 30%
+    picker = Picker([target(*near, cluster="near"), target(far, cluster="far", priority=1)], policy)
+    for _ in range(50):
+        pick = picker.pick(REQUEST, {near[0]})
+        assert pick is not None and pick.endpoint is far
+        pick = picker.pick(REQUEST, {far})
+        assert pick is not None and pick.endpoint is near[0]
+
+
+async def test_a_routes_overprovisioning_factor_reaches_its_picker(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "clusters: {cpu: {endpoints: ['127.0.0.1:1']}}\n"
+        "routes: [{model: m, overprovisioning_factor: 2, targets: [{cluster: cpu}]}]\n"
+    )
+    config = load_config(path, RouterConfig)
+    clusters = {"cpu": Cluster("cpu", config.clusters["cpu"], 1 << 20)}
+    try:
+        assert RouteTable(config, clusters).route("m").picker.overprovisioning_factor == 2
+    finally:
+        await clusters["cpu"].close()
+
+
+def test_an_overprovisioning_factor_in_envoys_percent_is_refused_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "clusters: {cpu: {endpoints: ['127.0.0.1:1']}}\n"
+        "routes: [{model: m, overprovisioning_factor: 140, targets: [{cluster: cpu}]}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, RouterConfig)
+    assert "overprovisioning_factor" in str(caught.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import signal
 import time
@@ -18,18 +19,28 @@ from fleet import (
     endpoint_view,
     endpoints,
     in_flight,
+    shown_endpoints,
     wait_access_lines,
     wait_for_state,
+    wait_healthy,
     wait_in_flight,
 )
 from processes import ServerProcess, wait_until
 from scrape import scrape, value
 
-from switchyard import AsyncClient, Client, InvalidArgumentError, StreamChunk, UnavailableError
+from switchyard import (
+    AsyncClient,
+    Client,
+    InvalidArgumentError,
+    StreamChunk,
+    SwitchyardError,
+    UnavailableError,
+)
 from switchyard.status import parse_details
 from switchyard.v1 import llm_service_pb2 as pb
 from switchyard.v1 import llm_service_pb2_grpc as pb_grpc
 from switchyard.v1 import router_admin_pb2 as admin_pb
+from switchyard.v1 import router_admin_pb2_grpc as admin_grpc
 
 WORDS = "one two three four five six seven eight nine ten"
 
@@ -217,7 +228,9 @@ def test_all_replicas_down_is_unavailable_naming_the_route_then_recovers(
         assert client.generate("m", "x").text == "back"
 
 
-def test_lower_priority_is_used_only_when_the_first_has_no_healthy_endpoint(fleet: Fleet) -> None:
+def test_the_fallback_priority_takes_over_when_the_first_has_no_healthy_endpoint(
+    fleet: Fleet,
+) -> None:
     primary = fleet.scripted("primary", [{"id": "local-model", "reply": "from-primary"}])
     fallback = fleet.scripted("fallback", [{"id": "cloud-model", "reply": "from-fallback"}])
     router = fleet.router(
@@ -238,6 +251,91 @@ def test_lower_priority_is_used_only_when_the_first_has_no_healthy_endpoint(flee
         wait_for_state(router, primary.address, admin_pb.ENDPOINT_STATE_UNREACHABLE)
         result = client.generate("assistant", "x")
         assert (result.text, result.model) == ("from-fallback", "cloud-model")
+
+
+def _priorities(router: ServerProcess) -> list[tuple[int, int, bool]]:
+    """The router's view of its route's priorities: (healthy endpoints, load, panic)."""
+    with grpc.insecure_channel(router.address) as channel:
+        stub = admin_grpc.RouterAdminServiceStub(channel)
+        response = stub.ListEndpoints(admin_pb.ListEndpointsRequest(), timeout=5)
+    return [(p.healthy_endpoints, p.priority_load, p.panic) for p in response.priorities]
+
+
+def _eject_while_stopped(router: ServerProcess, client: Client, *servers: ServerProcess) -> None:
+    """Ejects working replicas: stops them (SIGSTOP), sends requests until the per-try
+    timeout has ejected each, and lets them go on (SIGCONT): they answer again, and stay
+    ejected for their back-off."""
+    for server in servers:
+        server.signal(signal.SIGSTOP)
+    try:
+        addresses = {s.address for s in servers}
+        deadline = time.monotonic() + 60
+        while not all(
+            e.state == admin_pb.ENDPOINT_STATE_EJECTED
+            for e in endpoints(router)
+            if e.address in addresses
+        ):
+            assert time.monotonic() < deadline, "the stopped replicas were never ejected"
+            with contextlib.suppress(SwitchyardError):  # every attempt on a stopped one
+                client.generate("m", "x")
+    finally:
+        for server in servers:
+            server.signal(signal.SIGCONT)
+
+
+def test_a_mostly_ejected_priority_spills_to_the_next_by_health_and_panics_only_when_all_do(
+    fleet: Fleet,
+) -> None:
+    near = [fleet.scripted(f"near{i}", [{"id": "m", "reply": f"near-{i}"}]) for i in range(4)]
+    far = [fleet.scripted(f"far{i}", [{"id": "m", "reply": f"far-{i}"}]) for i in range(2)]
+    cluster = {
+        # One failure ejects, for longer than the test; a reconnect does not end it.
+        "outlier_detection": {
+            "consecutive_failures": 1,
+            "base_ejection_seconds": 600,
+            "max_ejection_seconds": 600,
+            "max_ejection_percent": 100,
+            "successful_active_health_check_uneject_host": False,
+        },
+    }
+    router = fleet.router(
+        {
+            "clusters": {
+                "near": {**_cluster(*near), **cluster},
+                "far": {**_cluster(*far), **cluster},
+            },
+            "routes": [_route("m", {"cluster": "near"}, {"cluster": "far", "priority": 1})],
+            "retry": {"num_retries": 2, "per_try_timeout_seconds": 2},
+        }
+    )
+    wait_healthy(router)
+    with Client(router.address, max_retries=0, timeout=30) as client:
+        _eject_while_stopped(router, client, *near[1:])
+        # One of four healthy at P=0: health 1.4 x 25% = 35. P=1 makes up the rest, so
+        # nothing panics and the three ejected (working again) get nothing.
+        wait_until(
+            lambda: _priorities(router) == [(1, 35, False), (2, 65, False)],
+            "P=0 at 35% and P=1 at 65%, neither in panic",
+        )
+        replies = collections.Counter(client.generate("m", "x").text for _ in range(300))
+        assert set(replies) <= {"near-0", "far-0", "far-1"}
+        # 105 expected at near-0; the standard deviation is about 8.3.
+        assert 75 <= replies["near-0"] <= 135
+        assert replies["far-0"] > 0 and replies["far-1"] > 0
+        shown = shown_endpoints(router)
+        assert "route m priority 0: 1 of 4 healthy (health 35%): takes 35% of requests" in shown
+        assert "route m priority 1: 2 of 2 healthy (health 100%): takes 65% of requests" in shown
+        # Everything ejected: total panic, each connected replica an equal share.
+        _eject_while_stopped(router, client, near[0], *far)
+        # (A replica stopped for long may have lost its health stream: it is connected
+        # again, for the router, once the stream is back.)
+        wait_until(
+            lambda: _priorities(router) == [(0, 67, True), (0, 33, True)],
+            "total panic over all six connected replicas",
+        )
+        replies = collections.Counter(client.generate("m", "x").text for _ in range(120))
+    assert set(replies) == {f"near-{i}" for i in range(4)} | {"far-0", "far-1"}
+    assert sum(replies.values()) == 120  # every request served
 
 
 def test_weights_split_traffic(fleet: Fleet) -> None:

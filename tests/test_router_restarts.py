@@ -8,15 +8,21 @@ import contextlib
 import itertools
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 import pytest
 from conftest import write_config
-from fleet import Fleet, access_lines, endpoints, wait_for_state, wait_healthy, wait_in_flight
+from fleet import (
+    Fleet,
+    access_lines,
+    endpoints,
+    shown_endpoints,
+    wait_for_state,
+    wait_healthy,
+    wait_in_flight,
+)
 from processes import ServerProcess, free_port
 from scrape import scrape, value
 
@@ -240,13 +246,7 @@ def test_every_endpoint_ejected_but_connected_still_serves_in_panic(fleet: Fleet
     assert value(samples, "switchyard_router_lb_healthy_panic_total", model="m") >= 10
     assert value(samples, "switchyard_router_ejections_active", cluster="pool") == 2
     assert all(e.state == admin_pb.ENDPOINT_STATE_EJECTED for e in endpoints(router))
-    shown = subprocess.run(
-        [sys.executable, "-m", "switchyard.cli", "--target", router.address, "endpoints"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    shown = shown_endpoints(router)
     assert "cluster pool: 2 of 2 ejected, at most 2" in shown
     assert "route m priority 0: PANIC, 0 of 2 healthy" in shown
     assert "route strict" not in shown

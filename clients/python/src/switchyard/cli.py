@@ -240,12 +240,23 @@ def _endpoints(target: str, timeout: float, connect: Connection) -> None:
                 f"{c.max_ejected_endpoints} (max_ejection_percent {c.max_ejection_percent:g}); "
                 f"{c.ejections_overflow} ejections refused by the cap"
             )
+    first = {
+        p.route: min(q.priority for q in response.priorities if q.route == p.route)
+        for p in response.priorities
+    }
     for p in response.priorities:
         if p.panic:
             print(
                 f"route {p.route} priority {p.priority}: PANIC, {p.healthy_endpoints} of "
-                f"{p.endpoints} healthy (< {p.healthy_panic_threshold:g}%): requests spread "
-                "over its connected endpoints, ejected ones included"
+                f"{p.endpoints} healthy (< {p.healthy_panic_threshold:g}%): its "
+                f"{p.priority_load}% of requests spread over its connected endpoints, "
+                "ejected ones included"
+            )
+        elif p.priority_load != (100 if p.priority == first[p.route] else 0):
+            print(  # a priority short of health: the next ones take what it lacks
+                f"route {p.route} priority {p.priority}: {p.healthy_endpoints} of "
+                f"{p.endpoints} healthy (health {p.health}%): takes {p.priority_load}% "
+                "of requests"
             )
 
 

@@ -34,6 +34,7 @@ from switchyard_router.fleet.config import (
 from switchyard_router.load_balancing.picker import (
     DEFAULT_HEALTHY_PANIC_THRESHOLD,
     DEFAULT_LOAD_FACTOR,
+    DEFAULT_OVERPROVISIONING_FACTOR,
     DEFAULT_POLICY,
     PolicyName,
 )
@@ -232,8 +233,16 @@ class RouteConfig(_Strict):
         default=DEFAULT_HEALTHY_PANIC_THRESHOLD,
         ge=0,
         le=100,
-        description="percent: below this share of healthy endpoints, a priority is in panic "
-        "and spreads requests over its connected endpoints, ejected ones included (0: never)",
+        description="percent: while the route's normalized total health is below 100, a "
+        "priority with a smaller share of healthy endpoints is in panic and spreads its "
+        "requests over its connected endpoints, ejected ones included (0: never)",
+    )
+    overprovisioning_factor: float = Field(
+        default=DEFAULT_OVERPROVISIONING_FACTOR,
+        ge=1.0,
+        le=10.0,
+        description="a priority's health is its healthy share times this, capped at 100%; "
+        "what it lacks spills to the next priority (a factor: Envoy's API writes 1.4 as 140)",
     )
     cache: RouteCacheConfig | None = Field(
         default=None,

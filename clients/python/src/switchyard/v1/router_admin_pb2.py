@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchyard/v1/router_admin.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"\x16\n\x14ListEndpointsRequest\"\xcd\x01\n\x15ListEndpointsResponse\x12;\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.switchyard.v1.EndpointStatusR\tendpoints\x12\x38\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.ClusterStatusR\x08\x63lusters\x12=\n\npriorities\x18\x03 \x03(\x0b\x32\x1d.switchyard.v1.PriorityStatusR\npriorities\"\x89\x02\n\rClusterStatus\x12\x18\n\x07\x63luster\x18\x01 \x01(\tR\x07\x63luster\x12\x1c\n\tendpoints\x18\x02 \x01(\x05R\tendpoints\x12+\n\x11\x65jected_endpoints\x18\x03 \x01(\x05R\x10\x65jectedEndpoints\x12\x32\n\x15max_ejected_endpoints\x18\x04 \x01(\x05R\x13maxEjectedEndpoints\x12\x30\n\x14max_ejection_percent\x18\x05 \x01(\x01R\x12maxEjectionPercent\x12-\n\x12\x65jections_overflow\x18\x06 \x01(\x03R\x11\x65jectionsOverflow\"\xdb\x01\n\x0ePriorityStatus\x12\x14\n\x05route\x18\x01 \x01(\tR\x05route\x12\x1a\n\x08priority\x18\x02 \x01(\x05R\x08priority\x12\x1c\n\tendpoints\x18\x03 \x01(\x05R\tendpoints\x12+\n\x11healthy_endpoints\x18\x04 \x01(\x05R\x10healthyEndpoints\x12\x36\n\x17healthy_panic_threshold\x18\x05 \x01(\x01R\x15healthyPanicThreshold\x12\x14\n\x05panic\x18\x06 \x01(\x08R\x05panic\"\xb7\x03\n\x0e\x45ndpointStatus\x12\x18\n\x07\x63luster\x18\x01 \x01(\tR\x07\x63luster\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1c.switchyard.v1.EndpointStateR\x05state\x12\x32\n\x06models\x18\x04 \x03(\x0b\x32\x1a.switchyard.v1.ModelHealthR\x06models\x12\x31\n\x14outstanding_requests\x18\x05 \x01(\x05R\x13outstandingRequests\x12\x31\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05R\x13\x63onsecutiveFailures\x12\'\n\x0f\x65jection_reason\x18\x07 \x01(\tR\x0e\x65jectionReason\x12:\n\x0b\x65jected_for\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\nejectedFor\x12\x1c\n\tejections\x18\t \x01(\x05R\tejections\x12 \n\x0b\x63onnections\x18\n \x01(\x05R\x0b\x63onnections\"V\n\x0bModelHealth\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.ServingStateR\x05state*\xe0\x01\n\rEndpointState\x12\x1e\n\x1a\x45NDPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_STATE_HEALTHY\x10\x01\x12\x1e\n\x1a\x45NDPOINT_STATE_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x45NDPOINT_STATE_UNREACHABLE\x10\x03\x12\x1a\n\x16\x45NDPOINT_STATE_EJECTED\x10\x04\x12\x1a\n\x16\x45NDPOINT_STATE_UNKNOWN\x10\x05\x12\x1b\n\x17\x45NDPOINT_STATE_DRAINING\x10\x06*\x86\x01\n\x0cServingState\x12\x1d\n\x19SERVING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_STATE_SERVING\x10\x01\x12\x1d\n\x19SERVING_STATE_NOT_SERVING\x10\x02\x12\x1d\n\x19SERVING_STATE_UNREACHABLE\x10\x03\x32p\n\x12RouterAdminService\x12Z\n\rListEndpoints\x12#.switchyard.v1.ListEndpointsRequest\x1a$.switchyard.v1.ListEndpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchyard/v1/router_admin.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"\x16\n\x14ListEndpointsRequest\"\xcd\x01\n\x15ListEndpointsResponse\x12;\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.switchyard.v1.EndpointStatusR\tendpoints\x12\x38\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.ClusterStatusR\x08\x63lusters\x12=\n\npriorities\x18\x03 \x03(\x0b\x32\x1d.switchyard.v1.PriorityStatusR\npriorities\"\x89\x02\n\rClusterStatus\x12\x18\n\x07\x63luster\x18\x01 \x01(\tR\x07\x63luster\x12\x1c\n\tendpoints\x18\x02 \x01(\x05R\tendpoints\x12+\n\x11\x65jected_endpoints\x18\x03 \x01(\x05R\x10\x65jectedEndpoints\x12\x32\n\x15max_ejected_endpoints\x18\x04 \x01(\x05R\x13maxEjectedEndpoints\x12\x30\n\x14max_ejection_percent\x18\x05 \x01(\x01R\x12maxEjectionPercent\x12-\n\x12\x65jections_overflow\x18\x06 \x01(\x03R\x11\x65jectionsOverflow\"\x98\x02\n\x0ePriorityStatus\x12\x14\n\x05route\x18\x01 \x01(\tR\x05route\x12\x1a\n\x08priority\x18\x02 \x01(\x05R\x08priority\x12\x1c\n\tendpoints\x18\x03 \x01(\x05R\tendpoints\x12+\n\x11healthy_endpoints\x18\x04 \x01(\x05R\x10healthyEndpoints\x12\x36\n\x17healthy_panic_threshold\x18\x05 \x01(\x01R\x15healthyPanicThreshold\x12\x14\n\x05panic\x18\x06 \x01(\x08R\x05panic\x12\x16\n\x06health\x18\x07 \x01(\x05R\x06health\x12#\n\rpriority_load\x18\x08 \x01(\x05R\x0cpriorityLoad\"\xb7\x03\n\x0e\x45ndpointStatus\x12\x18\n\x07\x63luster\x18\x01 \x01(\tR\x07\x63luster\x12\x18\n\x07\x61\x64\x64ress\x18\x02 \x01(\tR\x07\x61\x64\x64ress\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1c.switchyard.v1.EndpointStateR\x05state\x12\x32\n\x06models\x18\x04 \x03(\x0b\x32\x1a.switchyard.v1.ModelHealthR\x06models\x12\x31\n\x14outstanding_requests\x18\x05 \x01(\x05R\x13outstandingRequests\x12\x31\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05R\x13\x63onsecutiveFailures\x12\'\n\x0f\x65jection_reason\x18\x07 \x01(\tR\x0e\x65jectionReason\x12:\n\x0b\x65jected_for\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\nejectedFor\x12\x1c\n\tejections\x18\t \x01(\x05R\tejections\x12 \n\x0b\x63onnections\x18\n \x01(\x05R\x0b\x63onnections\"V\n\x0bModelHealth\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.ServingStateR\x05state*\xe0\x01\n\rEndpointState\x12\x1e\n\x1a\x45NDPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NDPOINT_STATE_HEALTHY\x10\x01\x12\x1e\n\x1a\x45NDPOINT_STATE_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x45NDPOINT_STATE_UNREACHABLE\x10\x03\x12\x1a\n\x16\x45NDPOINT_STATE_EJECTED\x10\x04\x12\x1a\n\x16\x45NDPOINT_STATE_UNKNOWN\x10\x05\x12\x1b\n\x17\x45NDPOINT_STATE_DRAINING\x10\x06*\x86\x01\n\x0cServingState\x12\x1d\n\x19SERVING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_STATE_SERVING\x10\x01\x12\x1d\n\x19SERVING_STATE_NOT_SERVING\x10\x02\x12\x1d\n\x19SERVING_STATE_UNREACHABLE\x10\x03\x32p\n\x12RouterAdminService\x12Z\n\rListEndpoints\x12#.switchyard.v1.ListEndpointsRequest\x1a$.switchyard.v1.ListEndpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.router_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENDPOINTSTATE']._serialized_start=1336
-  _globals['_ENDPOINTSTATE']._serialized_end=1560
-  _globals['_SERVINGSTATE']._serialized_start=1563
-  _globals['_SERVINGSTATE']._serialized_end=1697
+  _globals['_ENDPOINTSTATE']._serialized_start=1397
+  _globals['_ENDPOINTSTATE']._serialized_end=1621
+  _globals['_SERVINGSTATE']._serialized_start=1624
+  _globals['_SERVINGSTATE']._serialized_end=1758
   _globals['_LISTENDPOINTSREQUEST']._serialized_start=83
   _globals['_LISTENDPOINTSREQUEST']._serialized_end=105
   _globals['_LISTENDPOINTSRESPONSE']._serialized_start=108
@@ -43,11 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERSTATUS']._serialized_start=316
   _globals['_CLUSTERSTATUS']._serialized_end=581
   _globals['_PRIORITYSTATUS']._serialized_start=584
-  _globals['_PRIORITYSTATUS']._serialized_end=803
-  _globals['_ENDPOINTSTATUS']._serialized_start=806
-  _globals['_ENDPOINTSTATUS']._serialized_end=1245
-  _globals['_MODELHEALTH']._serialized_start=1247
-  _globals['_MODELHEALTH']._serialized_end=1333
-  _globals['_ROUTERADMINSERVICE']._serialized_start=1699
-  _globals['_ROUTERADMINSERVICE']._serialized_end=1811
+  _globals['_PRIORITYSTATUS']._serialized_end=864
+  _globals['_ENDPOINTSTATUS']._serialized_start=867
+  _globals['_ENDPOINTSTATUS']._serialized_end=1306
+  _globals['_MODELHEALTH']._serialized_start=1308
+  _globals['_MODELHEALTH']._serialized_end=1394
+  _globals['_ROUTERADMINSERVICE']._serialized_start=1760
+  _globals['_ROUTERADMINSERVICE']._serialized_end=1872
 # @@protoc_insertion_point(module_scope)

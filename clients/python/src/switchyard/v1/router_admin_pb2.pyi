@@ -69,20 +69,24 @@ class ClusterStatus(_message.Message):
     def __init__(self, cluster: _Optional[str] = ..., endpoints: _Optional[int] = ..., ejected_endpoints: _Optional[int] = ..., max_ejected_endpoints: _Optional[int] = ..., max_ejection_percent: _Optional[float] = ..., ejections_overflow: _Optional[int] = ...) -> None: ...
 
 class PriorityStatus(_message.Message):
-    __slots__ = ("route", "priority", "endpoints", "healthy_endpoints", "healthy_panic_threshold", "panic")
+    __slots__ = ("route", "priority", "endpoints", "healthy_endpoints", "healthy_panic_threshold", "panic", "health", "priority_load")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_PANIC_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PANIC_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_LOAD_FIELD_NUMBER: _ClassVar[int]
     route: str
     priority: int
     endpoints: int
     healthy_endpoints: int
     healthy_panic_threshold: float
     panic: bool
-    def __init__(self, route: _Optional[str] = ..., priority: _Optional[int] = ..., endpoints: _Optional[int] = ..., healthy_endpoints: _Optional[int] = ..., healthy_panic_threshold: _Optional[float] = ..., panic: _Optional[bool] = ...) -> None: ...
+    health: int
+    priority_load: int
+    def __init__(self, route: _Optional[str] = ..., priority: _Optional[int] = ..., endpoints: _Optional[int] = ..., healthy_endpoints: _Optional[int] = ..., healthy_panic_threshold: _Optional[float] = ..., panic: _Optional[bool] = ..., health: _Optional[int] = ..., priority_load: _Optional[int] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
     __slots__ = ("cluster", "address", "state", "models", "outstanding_requests", "consecutive_failures", "ejection_reason", "ejected_for", "ejections", "connections")

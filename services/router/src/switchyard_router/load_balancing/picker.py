@@ -8,25 +8,37 @@ can call the same logic.
 
 The decisions, in Envoy's order:
 
-1. **Priority**: the lowest priority number with an eligible endpoint in any of
-   its targets; higher numbers are fallbacks.
+1. **Priority** (Envoy's priority levels): each priority's *health* is its
+   healthy share of endpoints times the route's ``overprovisioning_factor`` (1.4),
+   as an integer percent capped at 100; the priorities' healths summed and capped
+   at 100 are the *normalized total health*. Each priority takes its health divided
+   by the normalized total health of the requests, lowest number first, until 100%
+   is handed out: the *priority load*. So a priority whose healthy share stays at or
+   above 1 / 1.4 (~72%) takes everything, and as it loses endpoints its requests
+   spill to the next priority in proportion (half healthy: 70% stay, 30% spill).
 2. **Weight**: among that priority's targets with an eligible endpoint, one at
    random in proportion to its weight (canaries, A/B splits).
 3. **Policy**: among that target's eligible endpoints, the route's ``policy``
    chooses (:data:`POLICIES`).
 
 Eligible: serving the target's model (health says SERVING), not ejected, not
-draining, and not already tried by this request.
+draining, and not already tried by this request. When the priority drawn has no
+eligible endpoint (a retry tried them all), the others are tried in order.
 
-**Panic** (Envoy's ``healthy_panic_threshold``): when the healthy share of the
-priority in use falls below the route's threshold, its requests spread over that
-priority's *connected* endpoints (health SERVING, ejected ones included) rather
-than pile onto the few healthy ones. When no priority has a healthy endpoint, the
-first priority with a connected one is used, in panic. Only when none is
-connected either are endpoints whose health is not known yet (just added, or
-serving no health service) tried, rather than fail. The healthy share is counted
-again only when a cluster's :class:`Epoch` moved, so a pick costs the same with
-64 endpoints as with 2.
+**Panic** (Envoy's ``healthy_panic_threshold``): only when the normalized total
+health is below 100 (the route as a whole lacks healthy endpoints) is a priority
+whose healthy share is below the threshold in panic: its share of the requests
+spreads over its *connected* endpoints (health SERVING, ejected ones included)
+rather than piling onto its few healthy ones. While another priority makes up
+for it, no priority panics and the ejected get nothing. When every priority is
+in panic (*total panic*: no healthy endpoint at all, say), each priority's load is
+its share of the route's connected endpoints, so every connected endpoint takes
+an equal part (Envoy counts all hosts here; the router's panic never sends to
+an endpoint that is unreachable or not serving, so it counts those it sends
+to). Only when none is connected either are endpoints whose health is not known
+yet (just added, or serving no health service) tried, rather than fail. Health
+and loads are counted again only when a cluster's :class:`Epoch` moved, so a
+pick costs the same with 64 endpoints as with 2.
 
 **Adapter affinity**: a request naming a LoRA adapter goes, when the policy can
 choose among them, to the eligible endpoints that already hold that adapter in
@@ -57,6 +69,9 @@ PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 DEFAULT_POLICY: PolicyName = "least_outstanding"
 DEFAULT_HEALTHY_PANIC_THRESHOLD = 50.0
 """Percent, as Envoy's default."""
+DEFAULT_OVERPROVISIONING_FACTOR = 1.4
+"""Envoy's default: a priority with at least 1 / 1.4 (~72%) of its endpoints healthy
+counts as fully healthy."""
 DEFAULT_LOAD_FACTOR = 1.25
 """prefix_affinity's bound: no endpoint holds more than this times the mean number of
 requests in flight."""
@@ -197,18 +212,98 @@ class Pick(Generic[E_co]):
     model: str
     cluster: str
     panic: bool = False
-    """Chosen in panic: the priority's healthy share was below the threshold."""
+    """Chosen in panic: the route's normalized total health was below 100 and the
+    priority's healthy share below the threshold."""
 
 
 @dataclass(frozen=True, slots=True)
 class PriorityHealth:
-    """One priority of a route: how many of its endpoints are healthy, and whether
-    that share puts it in panic."""
+    """One priority of a route: how many of its endpoints are healthy, its health and
+    share of the requests (Envoy's health score and priority load), and whether it is
+    in panic."""
 
     priority: int
     healthy: int
     endpoints: int
     panic: bool
+    health: int = 0
+    """Envoy's health score: percent of its endpoints healthy times the
+    overprovisioning factor, as an integer capped at 100."""
+    load: int = 0
+    """Percent of the route's requests it takes (Envoy's priority load)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityLoad:
+    """A route's priorities as last counted: each one's health, load and panic, and the
+    normalized total health (Envoy's names)."""
+
+    priorities: tuple[PriorityHealth, ...]
+    normalized_total_health: int
+    """The priorities' health scores summed, capped at 100: below 100 the route as a
+    whole lacks healthy endpoints, and a priority below the panic threshold panics."""
+    bounds: tuple[int, ...]
+    """The loads summed up to each priority: a draw below ``bounds[i]`` (and not below
+    the one before) takes the ``i``-th."""
+
+    @property
+    def total_panic(self) -> bool:
+        """Every priority is in panic: loads follow connected endpoints, not health."""
+        return all(p.panic for p in self.priorities)
+
+
+def priority_load_of(
+    counts: Sequence[tuple[int, int, int]],
+    overprovisioning_factor: float,
+    healthy_panic_threshold: float,
+    priorities: Sequence[int] | None = None,
+) -> PriorityLoad:
+    """Envoy's priority load from each priority's ``(healthy, endpoints, connected)``
+    counts, lowest priority first (``priorities``: their numbers; default 0, 1, ...).
+
+    Health, load and the normalized total health are integer percents, as Envoy
+    computes them; what rounding leaves goes to the first priority with a load."""
+    factor = round(overprovisioning_factor * 100)
+    healths = [min(100, factor * healthy // total) if total else 0 for healthy, total, _ in counts]
+    normalized = min(100, sum(healths))
+    in_panic = [
+        normalized < 100 and (100 * healthy / total if total else 0.0) < healthy_panic_threshold
+        for healthy, total, _ in counts
+    ]
+    if all(in_panic):  # total panic: by connected endpoints (see the module's docstring)
+        loads = _shares([connected for _, _, connected in counts], sum(c for _, _, c in counts))
+    elif normalized == 0:  # nothing healthy and panic off (threshold 0): the first, as Envoy
+        loads = [100] + [0] * (len(counts) - 1)
+    else:
+        loads = _shares(healths, normalized)
+    numbers = list(priorities) if priorities is not None else list(range(len(counts)))
+    levels = tuple(
+        PriorityHealth(number, healthy, total, panic, health, load)
+        for number, (healthy, total, _), panic, health, load in zip(
+            numbers, counts, in_panic, healths, loads, strict=True
+        )
+    )
+    bounds = []
+    running = 0
+    for load in loads:
+        running += load
+        bounds.append(running)
+    return PriorityLoad(levels, normalized, tuple(bounds))
+
+
+def _shares(weights: Sequence[int], whole: int) -> list[int]:
+    """100 percent handed out in order, each ``weight * 100 // whole`` while any is
+    left; the rest (rounding) to the first with a share. All 0 when ``whole`` is."""
+    shares: list[int] = []
+    left = 100
+    for weight in weights:
+        share = min(left, weight * 100 // whole) if whole else 0
+        shares.append(share)
+        left -= share
+    if whole and left:
+        first = next((i for i, share in enumerate(shares) if share), 0)
+        shares[first] += left
+    return shares
 
 
 class Policy(Protocol):
@@ -394,6 +489,7 @@ class Picker(Generic[E]):
         healthy_panic_threshold: float = DEFAULT_HEALTHY_PANIC_THRESHOLD,
         *,
         load_factor: float = DEFAULT_LOAD_FACTOR,
+        overprovisioning_factor: float = DEFAULT_OVERPROVISIONING_FACTOR,
     ) -> None:
         make: Callable[[], Policy] = POLICIES[policy]
         if policy == "prefix_affinity":
@@ -404,16 +500,16 @@ class Picker(Generic[E]):
         )
         self.priorities = tuple(priorities)
         self.healthy_panic_threshold = healthy_panic_threshold
-        # Per priority: its clusters' epochs (None: a target has none, count every
-        # time), and the sum of their values when its health was last counted with
-        # what was counted. Epochs only grow, so the sum moves whenever one does.
-        self._epochs: tuple[tuple[Epoch, ...] | None, ...] = tuple(
+        self.overprovisioning_factor = overprovisioning_factor
+        # The route's clusters' epochs (None: a target has none, count at every pick),
+        # and the sum of their values when the priorities were last counted, with what
+        # was counted. Epochs only grow, so the sum moves whenever one does.
+        self._epochs: tuple[Epoch, ...] | None = (
             None
-            if any(t.epoch is None for t, _ in group)
-            else tuple(t.epoch for t, _ in group if t.epoch is not None)
-            for group in self.groups
+            if any(t.epoch is None for t in targets)
+            else tuple({id(t.epoch): t.epoch for t in targets if t.epoch is not None}.values())
         )
-        self._counted: list[tuple[int, PriorityHealth] | None] = [None] * len(self.groups)
+        self._counted: tuple[int, PriorityLoad] | None = None
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
@@ -424,61 +520,74 @@ class Picker(Generic[E]):
         load rather than pile onto the next endpoint on the ring."""
         if exclude and request.affinity_key is not None:
             request = dataclasses.replace(request, affinity_key=None)
-        # The lowest priority with a healthy endpoint; in panic, over its connected ones.
-        for index, group in enumerate(self.groups):
-            health = self.health_of(index)
-            if health.healthy == 0:
-                continue
-            mode = _CONNECTED if health.panic else _HEALTHY
-            chosen = _pick_in(group, request, exclude, mode)
-            if chosen is not None:
-                return chosen
-        # No healthy endpoint anywhere: the first priority in panic with a connected one.
-        for index, group in enumerate(self.groups):
-            if self.health_of(index).panic:
-                chosen = _pick_in(group, request, exclude, _CONNECTED)
+        load = self.priority_load()
+        levels = load.priorities
+        groups = self.groups
+        # The priority by its load; when it has no eligible endpoint (a retry tried
+        # them), the others in order. Each in panic or not as counted.
+        first = 0
+        if len(groups) > 1:
+            point = random.random() * 100
+            bounds = load.bounds
+            while first < len(bounds) - 1 and point >= bounds[first]:
+                first += 1
+        chosen = _pick_in(groups[first], request, exclude, _mode(levels[first]))
+        if chosen is not None:
+            return chosen
+        for index, group in enumerate(groups):
+            if index != first:
+                chosen = _pick_in(group, request, exclude, _mode(levels[index]))
                 if chosen is not None:
                     return chosen
-        # Nothing connected: try endpoints whose health is not known yet (just
-        # added, or serving no health service) rather than fail.
-        for group in self.groups:
+        # Nothing healthy or connected: try endpoints whose health is not known yet
+        # (just added, or serving no health service) rather than fail.
+        for group in groups:
             chosen = _pick_in(group, request, exclude, _UNKNOWN)
             if chosen is not None:
                 return chosen
         return None
 
-    def health_of(self, index: int) -> PriorityHealth:
-        """The healthy share of the ``index``-th priority, counted again only when one
-        of its clusters' epochs moved (or at every call when a target has none)."""
-        epochs = self._epochs[index]
+    def priority_load(self) -> PriorityLoad:
+        """Every priority's health, load and panic state, counted again only when one of
+        the route's clusters' epochs moved (or at every call when a target has none)."""
+        epochs = self._epochs
         stamp = -1
         if epochs is not None:
             stamp = 0
             for epoch in epochs:
                 stamp += epoch.value
-            counted = self._counted[index]
+            counted = self._counted
             if counted is not None and counted[0] == stamp:
                 return counted[1]
-        group = self.groups[index]
-        healthy = total = 0
-        for target, _ in group:
-            model = target.model
-            for endpoint in target.endpoints.values():
-                total += 1
-                healthy += endpoint.serves(model)
-        panic = healthy * 100 < self.healthy_panic_threshold * total
-        health = PriorityHealth(self.priorities[index], healthy, total, panic)
-        self._counted[index] = (stamp, health)
-        return health
+        counts = []
+        for group in self.groups:
+            healthy = total = connected = 0
+            for target, _ in group:
+                model = target.model
+                for endpoint in target.endpoints.values():
+                    total += 1
+                    healthy += endpoint.serves(model)
+                    connected += endpoint.connected(model)
+            counts.append((healthy, total, connected))
+        load = priority_load_of(
+            counts, self.overprovisioning_factor, self.healthy_panic_threshold, self.priorities
+        )
+        self._counted = (stamp, load)
+        return load
 
     def health(self) -> list[PriorityHealth]:
-        """Every priority's healthy share and panic state, for operators."""
-        return [self.health_of(index) for index in range(len(self.groups))]
+        """Every priority's healthy share, load and panic state, for operators."""
+        return list(self.priority_load().priorities)
 
 
 _HEALTHY, _CONNECTED, _UNKNOWN = range(3)
 """Which endpoints a pass of the picker considers: healthy ones; connected ones, ejected
 included (panic); or those whose health is not known yet."""
+
+
+def _mode(level: PriorityHealth) -> int:
+    """The pass a priority's endpoints are picked in: connected ones in panic."""
+    return _CONNECTED if level.panic else _HEALTHY
 
 
 _Option = tuple[Target[E], Policy, list[E], Callable[[E], bool]]

@@ -96,6 +96,8 @@ class RouterAdmin(admin_grpc.RouterAdminServiceServicer):
                         healthy_endpoints=health.healthy,
                         healthy_panic_threshold=route.picker.healthy_panic_threshold,
                         panic=health.panic,
+                        health=health.health,
+                        priority_load=health.load,
                     )
                 )
         return response

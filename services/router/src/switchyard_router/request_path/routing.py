@@ -1,13 +1,15 @@
 """Routes: a public model name maps onto targets (cluster + model name there).
 
-Each route has its own picker (``picker``): targets of the lowest priority
-number are used while any of them has a healthy endpoint; higher numbers are
-fallbacks. Within one priority, weights split traffic between targets
-(canaries, A/B). Within a target's cluster, the route's ``policy`` chooses the
-endpoint (``least_outstanding`` by default); a ``prefix_affinity`` route also
-reads each request's affinity key (``affinity``). A priority whose healthy share falls
-below the route's ``healthy_panic_threshold`` spreads its requests over its
-connected endpoints, ejected ones included (panic).
+Each route has its own picker (``picker``): its priorities share its requests by
+health as Envoy's do (a priority at least ~72% healthy takes everything; as it
+loses endpoints, its requests spill to the next in proportion: the route's
+``overprovisioning_factor``). Within one priority, weights split traffic between
+targets (canaries, A/B). Within a target's cluster, the route's ``policy`` chooses
+the endpoint (``least_outstanding`` by default); a ``prefix_affinity`` route also
+reads each request's affinity key (``affinity``). Only while the route as a whole
+lacks healthy endpoints (normalized total health below 100) does a priority whose
+healthy share is below the route's ``healthy_panic_threshold`` spread its requests
+over its connected endpoints, ejected ones included (panic).
 """
 
 from __future__ import annotations
@@ -94,7 +96,11 @@ class RouteTable:
                 settings.session_metadata_key, settings.prefix_bytes, settings.block_bytes
             )
         picker = Picker(
-            targets, config.policy, config.healthy_panic_threshold, load_factor=load_factor
+            targets,
+            config.policy,
+            config.healthy_panic_threshold,
+            load_factor=load_factor,
+            overprovisioning_factor=config.overprovisioning_factor,
         )
         identity = "\n".join(
             [config.model, *(f"{t.cluster}/{t.model}/{t.priority}/{t.weight}" for t in targets)]
