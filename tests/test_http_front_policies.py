@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +26,7 @@ from conftest import start_modelserver, start_router
 from curl import curl
 from fleet import Fleet, endpoints, wait_access_lines, wait_healthy
 from otlp import TRACE_ID, TRACEPARENT, TRACESTATE, Receiver, tracing_env
-from processes import ServerProcess, free_port
+from processes import ServerProcess, free_port, wait_until
 
 CHAT: Any = [{"role": "user", "content": "hello"}]
 WORDS = "one two three four five six seven eight nine ten"
@@ -389,6 +390,106 @@ def test_traceparent_and_tracestate_continue_the_callers_trace(
     finally:
         router.stop()
         modelserver.stop()
+
+
+def _mount_secret(folder: Path, leaf: trustme.LeafCert, version: str) -> None:
+    """Writes ``leaf`` as a Kubernetes Secret mount does: files in a new timestamped
+    folder, ``..data`` swapped to it at once, the previous folder deleted."""
+    target = folder / f"..{version}"
+    target.mkdir()
+    (target / "tls.crt").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    (target / "tls.key").write_bytes(leaf.private_key_pem.bytes())
+    data = folder / "..data"
+    previous = data.resolve() if data.is_symlink() else None
+    swap = folder / "..data_tmp"
+    swap.symlink_to(target.name)
+    swap.replace(data)
+    for name in ("tls.crt", "tls.key"):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
+    if previous is not None:
+        for old in previous.iterdir():
+            old.unlink()
+        previous.rmdir()
+
+
+def _served_certificate(port: int, context: ssl.SSLContext) -> bytes:
+    """The certificate the HTTP front presents to a new connection (DER)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+def _der(leaf: trustme.LeafCert) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+
+def test_a_rotated_certificate_reaches_new_https_connections_without_a_restart(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A Secret rotated under a running router: new HTTPS connections get the new
+    certificate within seconds, a stream in flight on the old one finishes whole, and
+    files that hold no usable certificate leave the last good one in use."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(cafile=ca_file)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    _mount_secret(secret, first, "1")
+    words = " ".join(f"w{i}" for i in range(30))
+    server = fleet.scripted("s", [{"id": "m", "reply": words, "token_delay_ms": 100}])
+    port = free_port()
+    config = {
+        "http_listen": f"127.0.0.1:{port}",
+        "tls": {"cert_file": str(secret / "tls.crt"), "key_file": str(secret / "tls.key")},
+        "clusters": {"pool": {"endpoints": [server.address]}},
+        "routes": [{"model": "m", "targets": [{"cluster": "pool"}]}],
+    }
+    path = fleet.rewrite_router_config("rotating", config)
+    router = ServerProcess("rotating-router", "switchyard_router", path, free_port(), fleet.workdir)
+    fleet.servers.append(router)
+    with httpx2.Client(verify=context, timeout=60) as https:
+
+        def ready() -> bool:
+            try:
+                return https.get(f"https://127.0.0.1:{port}/readyz").status_code == 200
+            except httpx2.HTTPError:
+                return False
+
+        wait_until(ready, "the HTTPS port serving", timeout=30)
+        assert _served_certificate(port, context) == _der(first)
+        with openai.OpenAI(
+            base_url=f"https://127.0.0.1:{port}/v1", api_key="x", max_retries=0, http_client=https
+        ) as client:
+            stream = client.chat.completions.create(model="m", messages=CHAT, stream=True)
+            pieces = [next(iter(stream)).choices[0].delta.content or ""]
+            _mount_secret(secret, second, "2")  # mid-stream
+            wait_until(
+                lambda: _served_certificate(port, context) == _der(second),
+                "the rotated certificate served",
+                timeout=30,
+            )
+            pieces += [c.choices[0].delta.content or "" for c in stream if c.choices]
+            assert "".join(pieces) == words  # the stream on the old connection finished whole
+            answer = client.chat.completions.create(model="m", messages=CHAT)
+            assert answer.choices[0].message.content == words
+        broken = secret / "..3"
+        broken.mkdir()
+        (broken / "tls.crt").write_text("not a certificate")
+        (broken / "tls.key").write_text("not a key")
+        swap = secret / "..data_tmp"
+        swap.symlink_to(broken.name)
+        swap.replace(secret / "..data")
+        wait_until(lambda: "rejected" in router.log(), "the broken files rejected", timeout=30)
+    assert _served_certificate(port, context) == _der(second)
+    with httpx2.Client(verify=context, timeout=60) as https:
+        assert https.get(f"https://127.0.0.1:{port}/readyz").status_code == 200
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])

@@ -331,10 +331,16 @@ class Router:
                         log.exception("refreshing cluster %s failed", name)
 
     async def _watch_certificates(self) -> None:
-        """Rebuilds a cluster's channels when its certificate files change. (The
-        listener's own certificates are re-read by gRPC at each new connection.)"""
+        """Rebuilds a cluster's channels when its certificate files change, and has the
+        HTTP front serve its listener's new ones. (The gRPC listener's own certificates
+        are re-read by gRPC at each new connection.)"""
         while True:
             await asyncio.sleep(_CONFIG_POLL_SECONDS)
+            if self.http is not None:
+                try:
+                    self.http.check_certificates()
+                except Exception:
+                    log.exception("reloading the HTTP front's certificates failed")
             for cluster in list(self.clusters.values()):
                 try:
                     cluster.check_certificates(self.config.drain_grace_seconds)

@@ -4,7 +4,10 @@ granian parses HTTP (1.1 and 2) in Rust and calls the application on the router'
 loop (uvloop), beside grpc.aio: one process, one loop, no hop between fronts. It was
 measured against aiohttp, uvicorn (httptools) and hypercorn serving the same handler
 inside a running uvloop loop; see the README's Measured section. With ``tls`` the
-listener uses the same certificate (and client CA, for mutual TLS) as the gRPC one.
+listener uses the same certificate (and client CA, for mutual TLS) as the gRPC one,
+and when its files change (a rotated Secret) :meth:`HttpListener.check_certificates`
+respawns granian's worker on the same listening socket: new connections get the new
+certificate while the old worker finishes the requests it holds.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
@@ -19,7 +23,7 @@ from granian.log import LogLevels
 from granian.server.embed import Server
 
 from switchyard_common.configfile import ConfigError
-from switchyard_common.listener import ServerTLSConfig
+from switchyard_common.listener import CertificateFiles, ServerTLSConfig
 from switchyard_router.http_api.app import HttpApp
 
 log = logging.getLogger("switchyard.router.http")
@@ -46,7 +50,10 @@ class HttpListener:
         # router's own line says where it listens.
         logging.getLogger("_granian").setLevel(logging.ERROR)
         options: dict[str, Any] = {}
+        self._tls = tls
+        self._tls_files: CertificateFiles | None = None
         if tls is not None:
+            self._tls_files = tls.files()
             options = {
                 "ssl_cert": tls.cert_file,
                 "ssl_key": tls.key_file,
@@ -92,6 +99,31 @@ class HttpListener:
                 continue
             writer.close()
             accepted += 1
+
+    def check_certificates(self) -> bool:
+        """Serves new connections with the certificate files' current contents when they
+        changed since the last check (and hold a usable certificate; otherwise the last
+        good one stays, with an ERROR line); says whether they changed."""
+        files, tls = self._tls_files, self._tls
+        if files is None or tls is None or self._task is None or self._task.done():
+            return False
+        if not files.changed():
+            return False
+        # granian keeps the files' resolved paths, and a Secret mount's resolve to a
+        # folder the kubelet deletes on rotation: resolve them again, then respawn the
+        # worker (granian's graceful reload: the listening socket stays open).
+        self._server.build_ssl_context(
+            Path(tls.cert_file),
+            Path(tls.key_file),
+            None,
+            SSLProtocols.tls12,
+            None if tls.client_ca_file is None else Path(tls.client_ca_file),
+            [],
+            tls.client_ca_file is not None,
+        )
+        self._server.reload()  # type: ignore[no-untyped-call]
+        log.info("HTTP front: certificate files changed; new connections use the new ones")
+        return True
 
     async def stop(self, grace: float) -> None:
         """Stops taking connections; lets requests in flight finish within ``grace``."""
