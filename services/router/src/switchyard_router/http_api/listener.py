@@ -74,6 +74,7 @@ class HttpListener:
             **options,
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Starts serving; ConfigError when the address cannot be bound. Returns once
@@ -99,6 +100,15 @@ class HttpListener:
                 continue
             writer.close()
             accepted += 1
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """Says so when granian stopped serving without being asked (a worker that
+        failed, a respawn whose worker could not start): the HTTP port is closed."""
+        if self._stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("the HTTP front stopped serving on %s: %r", self.listen, error)
 
     def check_certificates(self) -> bool:
         """Serves new connections with the certificate files' current contents when they
@@ -127,6 +137,7 @@ class HttpListener:
 
     async def stop(self, grace: float) -> None:
         """Stops taking connections; lets requests in flight finish within ``grace``."""
+        self._stopping = True
         task = self._task
         if task is None or task.done():
             return
