@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from switchyard import (
     FinishReason,
     RateLimitError,
 )
+from switchyard_modelserver.serving.status_boundary import status_boundary
+from switchyard_modelserver.telemetry.request_telemetry import RequestTelemetry
 
 LONG = 3000  # tokens: ~10 s of work on the slow model, far past any deadline used here
 DEADLINE = 3.0  # seconds: tokens are flowing by then, however busy the machine
@@ -176,3 +179,30 @@ def test_sigterm_cancels_generations_still_running_after_the_grace_period(
     [generation] = access_lines(server)
     assert generation["code"] == "CANCELLED"
     assert int(generation["completion_tokens"]) < LONG
+
+
+async def test_a_write_that_finds_the_call_ended_is_counted_cancelled_not_internal() -> None:
+    """A caller that cancels while a message is being written: grpc.aio's write fails
+    (ExecuteBatchError) an instant before ``context.done()`` says the call ended. That
+    is the caller leaving, not a server fault: counted CANCELLED, never INTERNAL (seen on
+    CI through the router). In process, with grpc's own error: the interleaving cannot be
+    forced across processes."""
+    # grpc's own error type (grpc ships no types for its Cython core).
+    execute_batch_error: type[Exception] = importlib.import_module(
+        "grpc._cython.cygrpc"
+    ).ExecuteBatchError
+
+    class EndedCall:
+        """What a handler's context looks like in that instant."""
+
+        def done(self) -> bool:
+            return False
+
+        def time_remaining(self) -> float | None:
+            return None
+
+    telemetry = RequestTelemetry("StreamGenerate")
+    with pytest.raises(execute_batch_error):
+        async with status_boundary(EndedCall(), telemetry):  # type: ignore[arg-type]
+            raise execute_batch_error("Failed 'execute_batch'")
+    assert telemetry.code == "CANCELLED"

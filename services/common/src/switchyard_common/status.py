@@ -102,6 +102,14 @@ async def abort(
     raise AssertionError("unreachable: context.abort raises")
 
 
+def call_ended(error: Exception) -> bool:
+    """Whether ``error`` is grpc.aio's answer to a write on a call that already ended:
+    the caller cancelled it (or its deadline passed) an instant before, and grpc has
+    not yet told the handler (``context.done()`` is still False). That is the caller
+    leaving, not a fault. grpc.aio has no public name for the error."""
+    return type(error).__name__ == "ExecuteBatchError"
+
+
 def to_status_proto(error: StatusError) -> status_pb2.Status:
     """Encodes an error as a google.rpc.Status with its details."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from switchyard_common.status import StatusError, abort
+from switchyard_common.status import StatusError, abort, call_ended
 from switchyard_modelserver.telemetry.request_telemetry import RequestTelemetry
 
 log = logging.getLogger("switchyard.modelserver.requests")
@@ -60,9 +60,11 @@ async def status_boundary(
     except asyncio.CancelledError:
         telemetry.code = "CANCELLED"
         raise
-    except Exception:
-        if context.done():  # the call already ended (e.g. a write after the client left)
-            telemetry.code = "CANCELLED"
+    except Exception as error:
+        if context.done() or call_ended(error):  # e.g. a write after the caller left
+            remaining = context.time_remaining()
+            ended_by_deadline = remaining is not None and remaining <= 0
+            telemetry.code = "DEADLINE_EXCEEDED" if ended_by_deadline else "CANCELLED"
             raise
         telemetry.code = "INTERNAL"
         log.exception("unexpected error in %s for model %s", telemetry.method, telemetry.model)

@@ -46,7 +46,7 @@ import grpc.aio
 
 from switchyard.status import parse_details, refused_stream
 from switchyard_common import tracing
-from switchyard_common.status import DETAILS_METADATA_KEY, StatusError
+from switchyard_common.status import DETAILS_METADATA_KEY, StatusError, call_ended
 from switchyard_router.admission.admission import Admission, Call
 from switchyard_router.admission.auth import Guard
 from switchyard_router.admission.overload import InFlight
@@ -166,6 +166,10 @@ class Proxy:
             raise
         except asyncio.CancelledError:
             record.code = _left_code(inbound)
+            raise
+        except Exception as error:
+            if call_ended(error):  # a write to a caller that had just left
+                record.code = _left_code(inbound)
             raise
         finally:
             self.active -= 1
