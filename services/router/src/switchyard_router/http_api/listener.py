@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.log import LogLevels
@@ -49,18 +48,6 @@ class HttpListener:
         # granian announces its embedded mode as experimental at every start; the
         # router's own line says where it listens.
         logging.getLogger("_granian").setLevel(logging.ERROR)
-        options: dict[str, Any] = {}
-        self._tls = tls
-        self._tls_files: CertificateFiles | None = None
-        if tls is not None:
-            self._tls_files = tls.files()
-            options = {
-                "ssl_cert": tls.cert_file,
-                "ssl_key": tls.key_file,
-                "ssl_protocol_min": SSLProtocols.tls12,
-            }
-            if tls.client_ca_file is not None:
-                options.update(ssl_ca=tls.client_ca_file, ssl_client_verify=True)
         self.scheme = "https" if tls is not None else "http"
         self._server = Server(
             app,
@@ -71,8 +58,11 @@ class HttpListener:
             websockets=False,
             log_enabled=False,
             log_level=LogLevels.error,
-            **options,
         )
+        self._tls: tuple[ServerTLSConfig, CertificateFiles] | None = None
+        if tls is not None:
+            self._tls = (tls, tls.files())
+            self._use_certificates(tls)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -114,26 +104,33 @@ class HttpListener:
         """Serves new connections with the certificate files' current contents when they
         changed since the last check (and hold a usable certificate; otherwise the last
         good one stays, with an ERROR line); says whether they changed."""
-        files, tls = self._tls_files, self._tls
-        if files is None or tls is None or self._task is None or self._task.done():
+        if self._tls is None or self._task is None or self._task.done():
             return False
+        tls, files = self._tls
         if not files.changed():
             return False
-        # granian keeps the files' resolved paths, and a Secret mount's resolve to a
-        # folder the kubelet deletes on rotation: resolve them again, then respawn the
-        # worker (granian's graceful reload: the listening socket stays open).
-        self._server.build_ssl_context(
-            Path(tls.cert_file),
-            Path(tls.key_file),
-            None,
-            SSLProtocols.tls12,
-            None if tls.client_ca_file is None else Path(tls.client_ca_file),
-            [],
-            tls.client_ca_file is not None,
-        )
+        # The worker is respawned (granian's graceful reload: the listening socket
+        # stays open) with the files' paths resolved anew.
+        self._use_certificates(tls)
         self._server.reload()  # type: ignore[no-untyped-call]
         log.info("HTTP front: certificate files changed; new connections use the new ones")
         return True
+
+    def _use_certificates(self, tls: ServerTLSConfig) -> None:
+        """Has granian's next worker serve ``tls``'s files (and ask clients for a
+        certificate from its client CA). granian keeps the paths resolved, and a
+        Secret mount's resolve to a folder the kubelet deletes on rotation: so this
+        runs again before every respawn."""
+        ca = tls.client_ca_file
+        self._server.build_ssl_context(
+            Path(tls.cert_file),
+            Path(tls.key_file),
+            None,  # no key password
+            SSLProtocols.tls12,  # the oldest protocol accepted
+            None if ca is None else Path(ca),
+            [],  # no revocation lists
+            ca is not None,
+        )
 
     async def stop(self, grace: float) -> None:
         """Stops taking connections; lets requests in flight finish within ``grace``."""
