@@ -3,6 +3,7 @@ gRPC channels (made lazily: no model server is needed to count calls on them).""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,3 +53,66 @@ async def test_every_connection_grown_on_demand_is_closed_with_the_pool(
     for connection in pool.connections:
         state = connection.channel.get_state()
         assert state is grpc.ChannelConnectivity.SHUTDOWN
+
+
+async def test_a_connection_a_burst_opened_is_closed_after_the_idle_timeout_the_first_never(
+    pool: ConnectionPool,
+) -> None:
+    taken = [pool.acquire() for _ in range(4)]
+    first, second = pool.connections
+    for connection in taken:
+        pool.release(connection)
+    start = time.monotonic()
+    # The sweep that follows the burst sees both used: busy as of then.
+    assert pool.take_idle(10, start) == []
+    assert pool.take_idle(10, start + 9.9) == []  # not idle long enough yet
+    assert await pool.close_idle(10, start + 10) == 1
+    assert pool.connections == [first]
+    assert second.channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+    # The first stays however long it idles.
+    assert await pool.close_idle(10, start + 1000) == 0
+    assert pool.connections == [first]
+
+
+async def test_a_connection_with_a_call_open_or_a_call_since_the_last_sweep_is_not_idle(
+    pool: ConnectionPool,
+) -> None:
+    taken = [pool.acquire() for _ in range(3)]
+    second = taken[-1]
+    assert second is pool.connections[1]
+    start = time.monotonic()
+    # A long call open on it: never idle, however long the call lasts.
+    for step in range(5):
+        assert pool.take_idle(1, start + 10 * step) == []
+    pool.release(second)
+    assert pool.take_idle(1, start + 50) == []  # it carried a call until now
+    # A short call between two sweeps counts too.
+    pool.release(pool.acquire())  # goes to the first, which has room again
+    pool.release(taken[0])
+    pool.release(taken[1])
+    assert pool.acquire() is pool.connections[0]
+    assert pool.acquire() is pool.connections[0]
+    brief = pool.acquire()  # the first is full: the second takes it
+    assert brief is second
+    pool.release(brief)
+    assert pool.take_idle(1, start + 50.5) == []
+    assert pool.take_idle(1, start + 51.5) == [second]
+
+
+async def test_a_connection_taken_out_as_idle_is_never_handed_out_again_and_numbers_go_on(
+    pool: ConnectionPool,
+) -> None:
+    taken = [pool.acquire() for _ in range(4)]
+    old = pool.connections[1]
+    for connection in taken:
+        pool.release(connection)
+    start = time.monotonic()
+    pool.take_idle(1, start)
+    assert pool.take_idle(1, start + 1) == [old]
+    # A new burst opens another connection, under a number of its own.
+    again = [pool.acquire() for _ in range(4)]
+    assert old not in again
+    assert [c.number for c in pool.connections] == [0, 2]
+    # It learns its limit under its own number, like any other.
+    pool.refused(again[-1])
+    assert again[-1].capacity == 1

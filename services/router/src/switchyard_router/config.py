@@ -104,6 +104,16 @@ class ConnectionPoolConfig(_Strict):
         description="connections to one model server at most; past them, calls share the "
         "least busy one",
     )
+    idle_timeout_seconds: float | None = Field(
+        default=300.0,
+        ge=1,
+        description="a connection beyond the first that has carried no call for this long is "
+        "closed (Envoy's idle_timeout; checked every second, so closed within a second more); "
+        "the next burst opens it again. Five minutes: a load that comes back within minutes "
+        "keeps its connections (no reconnect churn), while those a burst opened do not ping "
+        "every keepalive_seconds for hours after it. The first connection (health watch, "
+        "load reports) is never closed; null: never close any",
+    )
 
 
 class ClusterConfig(_Strict):

@@ -87,6 +87,18 @@ REFUSED_STREAMS = Counter(
     "router sent again at once, by cluster.",
     ["cluster"],
 )
+UPSTREAM_CONNECTIONS = Gauge(
+    "switchyard_router_upstream_connections",
+    "Connections the router holds to an endpoint now: 1, more while a burst needs them "
+    "(connection_pool), fewer again after idle_timeout_seconds without calls.",
+    ["cluster", "endpoint"],
+)
+UPSTREAM_CONNECTION_IDLE_TIMEOUTS = Counter(
+    "switchyard_router_upstream_connection_idle_timeouts",
+    "Connections to model servers closed after connection_pool.idle_timeout_seconds "
+    "without a call (Envoy's upstream_cx_idle_timeout), by cluster.",
+    ["cluster"],
+)
 HEALTHY_PANIC = Counter(
     "switchyard_router_lb_healthy_panic",
     "Attempts routed in panic (the priority's healthy share was below "

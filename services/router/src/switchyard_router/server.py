@@ -53,6 +53,9 @@ REDIS_HEALTH_NAME = "switchyard.router.redis"
 # How long start-up waits for the first health reports before taking traffic.
 _INITIAL_HEALTH_WAIT_SECONDS = 2.0
 _CONFIG_POLL_SECONDS = 1.0
+# How often connections to model servers are checked for connection_pool.idle_timeout_seconds
+# (so one closes within a second past it; the timeout is at least 1 s).
+_IDLE_SWEEP_SECONDS = 1.0
 _STATUS_FLUSH_SECONDS = 0.5
 # Listener settings a reload cannot change (the certificate files themselves are
 # re-read when they change).
@@ -299,6 +302,7 @@ class Router:
             "adapter residency",
         )
         self._spawn(self._watch_certificates(), "certificate files watch")
+        self._spawn(self._close_idle_connections(), "idle connections sweep")
         if self.config_path is not None:
             self._spawn(self._watch_config_file(), "config file watch")
         return port
@@ -329,6 +333,18 @@ class Router:
                         await cluster.refresh(self.config.drain_grace_seconds)
                     except Exception:
                         log.exception("refreshing cluster %s failed", name)
+
+    async def _close_idle_connections(self) -> None:
+        """Closes connections to model servers that a burst opened once they carried no
+        call for their cluster's ``connection_pool.idle_timeout_seconds``."""
+        while True:
+            await asyncio.sleep(_IDLE_SWEEP_SECONDS)
+            now = time.monotonic()
+            for cluster in list(self.clusters.values()):
+                try:
+                    await cluster.close_idle_connections(now)
+                except Exception:
+                    log.exception("closing idle connections of cluster %s failed", cluster.name)
 
     async def _watch_certificates(self) -> None:
         """Rebuilds a cluster's channels when its certificate files change, and has the

@@ -16,13 +16,26 @@ model server's limit is lower than configured) teaches the pool that
 connection's real capacity: the calls it had open when it refused, less one.
 What was learned is forgotten when the endpoint reconnects (a restarted model
 server may have another limit).
+
+A connection beyond the first that carried no call for the cluster's
+``connection_pool.idle_timeout_seconds`` is closed (Envoy's upstream
+``idle_timeout``): :meth:`ConnectionPool.close_idle`, run every second by the
+router, takes it out of the pool before anything else can run (so no new call is
+handed to it), then closes its channel, which carries no call by then. The next
+burst opens connections again. The request path only marks a connection used
+(:meth:`ConnectionPool.release`); the sweep reads the clock. Connections are
+numbered in the order they were opened and a number is never reused, so a log
+line naming connection 3 means one connection throughout its life; 0 is the
+first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,13 +63,17 @@ class Connection:
         "channel",
         "count_tokens",
         "generate",
-        "index",
+        "last_busy",
+        "number",
         "stream_generate",
         "streams",
+        "used",
     )
 
-    def __init__(self, index: int, channel: grpc.aio.Channel, capacity: int) -> None:
-        self.index = index
+    def __init__(self, number: int, channel: grpc.aio.Channel, capacity: int) -> None:
+        self.number = number
+        """Its place in the order the pool opened connections (0: the first, never
+        closed); not reused after it closes."""
         self.channel = channel
         # No (de)serializers: requests and responses pass through as bytes.
         self.generate = channel.unary_unary(GENERATE, None, None)
@@ -66,6 +83,11 @@ class Connection:
         """Streams open on it now: calls, and on the first the router's own."""
         self.capacity = capacity
         """Calls it takes at once: the configured limit, or less once a refusal said so."""
+        self.used = True
+        """A call on it ended since the last idle sweep (set by the request path,
+        cleared by the sweep: no clock on the request path)."""
+        self.last_busy = time.monotonic()
+        """When an idle sweep last saw it carry or take a call (or when it opened)."""
 
 
 class ConnectionPool:
@@ -75,18 +97,21 @@ class ConnectionPool:
         self.address = address
         self.config = config
         self._open_channel = open_channel
-        self.connections = [self._connect(0)]
+        self._opened = 0
+        self.connections = [self._connect()]
 
     @property
     def primary(self) -> grpc.aio.Channel:
         """The first connection's channel: health watch and ListModels."""
         return self.connections[0].channel
 
-    def _connect(self, index: int) -> Connection:
+    def _connect(self) -> Connection:
         # A channel of its own: gRPC otherwise shares one connection between
         # channels to the same address with the same options.
         channel = self._open_channel([("grpc.use_local_subchannel_pool", 1)])
-        return Connection(index, channel, self.config.max_concurrent_streams)
+        connection = Connection(self._opened, channel, self.config.max_concurrent_streams)
+        self._opened += 1
+        return connection
 
     def acquire(self) -> Connection:
         """The connection for the next call (counted on it until :meth:`release`)."""
@@ -98,7 +123,7 @@ class ConnectionPool:
                 break
         if chosen is None:
             if len(connections) < self.config.max_connections:
-                chosen = self._connect(len(connections))
+                chosen = self._connect()
                 connections.append(chosen)
                 log.info(
                     "%s: %d calls open on each of its %d connections; opening another",
@@ -126,13 +151,14 @@ class ConnectionPool:
     def release(self, connection: Connection) -> None:
         """A call on ``connection`` ended."""
         connection.streams -= 1
+        connection.used = True
 
     def refused(self, connection: Connection) -> None:
         """The model server refused a stream on ``connection`` (REFUSED_STREAM): it
         takes fewer calls at once than were open (this one included)."""
         # The first connection also holds the router's own streams: there, no
         # room for calls may be left.
-        learned = max(0 if connection.index == 0 else 1, connection.streams - 1)
+        learned = max(0 if connection.number == 0 else 1, connection.streams - 1)
         if learned < connection.capacity:
             connection.capacity = learned
             log.info(
@@ -140,13 +166,52 @@ class ConnectionPool:
                 "limit from now on",
                 self.address,
                 connection.streams,
-                connection.index,
+                connection.number,
             )
 
     def forget_learned_limits(self) -> None:
         """The model server reconnected (perhaps restarted with another limit)."""
         for connection in self.connections:
             connection.capacity = self.config.max_concurrent_streams
+
+    def take_idle(self, idle_timeout: float, now: float) -> list[Connection]:
+        """Takes out of the pool every connection beyond the first that carried no call
+        for ``idle_timeout`` seconds by ``now`` (``time.monotonic()``); returns them.
+
+        Called every second or so: a connection with a call open, or on which a call
+        ended since the last sweep, is busy as of ``now``; so one is taken out after at
+        least ``idle_timeout`` seconds without a call (at most one sweep more).
+        Synchronous: once it returns, :meth:`acquire` can no longer hand them out."""
+        connections = self.connections
+        idle: list[Connection] = []
+        for connection in connections[1:]:
+            if connection.streams or connection.used:
+                connection.used = False
+                connection.last_busy = now
+            elif now - connection.last_busy >= idle_timeout:
+                idle.append(connection)
+        if idle:
+            # In place: whoever holds the list sees the same pool.
+            connections[:] = [c for c in connections if c not in idle]
+        return idle
+
+    async def close_idle(self, idle_timeout: float, now: float) -> int:
+        """Closes the connections :meth:`take_idle` takes out; returns how many."""
+        idle = self.take_idle(idle_timeout, now)
+        if not idle:
+            return 0
+        log.info(
+            "%s: no call on %d of its connections for %gs; closing them (%s), %d remain",
+            self.address,
+            len(idle),
+            idle_timeout,
+            ", ".join(f"connection {c.number}" for c in idle),
+            len(self.connections),
+        )
+        # No call is on them (they carried none since the last sweep and none can
+        # be handed to them now): closing cuts nothing.
+        await asyncio.gather(*(c.channel.close(grace=None) for c in idle))
+        return len(idle)
 
     async def close(self) -> None:
         for connection in self.connections:

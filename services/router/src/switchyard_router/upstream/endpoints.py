@@ -150,6 +150,9 @@ class Endpoint:
         metrics.ENDPOINT_REPORTED_KV_CACHE.labels(cluster, address).set_function(
             lambda: self.reported.kv_cache_usage
         )
+        metrics.UPSTREAM_CONNECTIONS.labels(cluster, address).set_function(
+            lambda: len(self.pool.connections)
+        )
         _gauge_owner[(cluster, address)] = self
 
     # Health, from the watcher.
@@ -289,6 +292,7 @@ class Endpoint:
             with contextlib.suppress(KeyError):
                 metrics.ENDPOINT_HEALTHY.remove(self.cluster, self.address)
                 metrics.ENDPOINT_REPORTED_KV_CACHE.remove(self.cluster, self.address)
+                metrics.UPSTREAM_CONNECTIONS.remove(self.cluster, self.address)
                 for state in ("running", "waiting"):
                     metrics.ENDPOINT_REPORTED_REQUESTS.remove(self.cluster, self.address, state)
 
@@ -315,11 +319,12 @@ class Cluster:
     def reconfigure(self, config: ClusterConfig, grace: float) -> None:
         """Takes a new config; addresses change on the next ``refresh``. New TLS,
         reconnect, connect-timeout, keepalive or connection-pool settings replace every
-        endpoint's connections (the old ones drain)."""
+        endpoint's connections (the old ones drain); a new idle timeout alone applies
+        to the connections open (the idle sweep reads it from the cluster)."""
         tls_changed = config.tls != self.config.tls
         connections_changed = (
             config.reconnect_backoff != self.config.reconnect_backoff
-            or config.connection_pool != self.config.connection_pool
+            or _pool_shape(config) != _pool_shape(self.config)
             or config.connect_timeout_seconds != self.config.connect_timeout_seconds
             or config.keepalive_seconds != self.config.keepalive_seconds
             or config.keepalive_timeout_seconds != self.config.keepalive_timeout_seconds
@@ -332,6 +337,17 @@ class Cluster:
             self.tls_files = config.tls.files() if config.tls else None
         if tls_changed or connections_changed:
             self._replace_channels(grace)
+
+    async def close_idle_connections(self, now: float) -> None:
+        """Closes its endpoints' connections (beyond the first) that carried no call for
+        ``connection_pool.idle_timeout_seconds`` by ``now``; run every second."""
+        idle_timeout = self.config.connection_pool.idle_timeout_seconds
+        if idle_timeout is None:
+            return
+        for endpoint in list(self.endpoints.values()):
+            closed = await endpoint.pool.close_idle(idle_timeout, now)
+            if closed:
+                metrics.UPSTREAM_CONNECTION_IDLE_TIMEOUTS.labels(self.name).inc(closed)
 
     def check_certificates(self, grace: float) -> None:
         """Rebuilds the channels when the certificate files changed (a rotated Secret)."""
@@ -408,6 +424,12 @@ class Cluster:
         self.endpoints.clear()
         self.epoch.bump()
         await asyncio.gather(*(e.drain_and_close(grace) for e in endpoints), *self._removed)
+
+
+def _pool_shape(config: ClusterConfig) -> tuple[int, int]:
+    """The connection-pool settings that its connections are made with."""
+    pool = config.connection_pool
+    return pool.max_concurrent_streams, pool.max_connections
 
 
 async def _resolve(name: str, known: list[str]) -> list[str]:
