@@ -37,13 +37,17 @@ def _router(fleet: Fleet, server: ServerProcess, pool: dict[str, Any]) -> Server
 def _connections(router: ServerProcess, address: str) -> float:
     assert router.metrics_address
     samples = scrape(router.metrics_address)
-    return value(samples, "switchyard_router_upstream_connections", cluster="pool", endpoint=address)
+    return value(
+        samples, "switchyard_router_upstream_connections", cluster="pool", endpoint=address
+    )
 
 
 def _idle_timeouts(router: ServerProcess) -> float:
     assert router.metrics_address
     samples = scrape(router.metrics_address)
-    return value(samples, "switchyard_router_upstream_connection_idle_timeouts_total", cluster="pool")
+    return value(
+        samples, "switchyard_router_upstream_connection_idle_timeouts_total", cluster="pool"
+    )
 
 
 async def _burst(client: AsyncClient, calls: int, router: ServerProcess, address: str) -> None:
