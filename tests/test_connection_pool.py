@@ -1,5 +1,6 @@
 """The router's connection pool to one model server (``connection_pool``), on real
-gRPC channels (made lazily: no model server is needed to count calls on them)."""
+gRPC channels (made lazily: no model server is needed to count calls on them), and
+its idle timeout as a cluster applies it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from switchyard_router.config import ConnectionPoolConfig
+from switchyard_router.config import ClusterConfig, ConnectionPoolConfig
 from switchyard_router.upstream.connection_pool import ConnectionPool
+from switchyard_router.upstream.endpoints import Cluster
 
 
 @pytest.fixture
@@ -116,3 +118,28 @@ async def test_a_connection_taken_out_as_idle_is_never_handed_out_again_and_numb
     # It learns its limit under its own number, like any other.
     pool.refused(again[-1])
     assert again[-1].capacity == 1
+
+
+async def test_a_reload_that_changes_only_the_idle_timeout_keeps_every_connection() -> None:
+    config = ClusterConfig(endpoints=["127.0.0.1:9"])
+    cluster = Cluster("pool", config, 1 << 20)
+    await cluster.refresh(0)
+    try:
+        [before] = cluster.endpoints.values()
+        shorter = {"connection_pool": {"idle_timeout_seconds": 5}}
+        cluster.reconfigure(ClusterConfig.model_validate({**config.model_dump(), **shorter}), 0)
+        assert list(cluster.endpoints.values()) == [before]  # same connections
+        # The sweep follows the new timeout: a connection a burst opened goes after 5 s.
+        taken = [before.pool.acquire() for _ in range(600)]
+        for connection in taken:
+            before.pool.release(connection)
+        start = time.monotonic()
+        await cluster.close_idle_connections(start)
+        await cluster.close_idle_connections(start + 5)
+        assert len(before.pool.connections) == 1
+        # A new per-connection limit needs new connections.
+        fewer = {"connection_pool": {"max_connections": 2}}
+        cluster.reconfigure(ClusterConfig.model_validate({**config.model_dump(), **fewer}), 0)
+        assert list(cluster.endpoints.values()) != [before]
+    finally:
+        await cluster.close()
