@@ -87,7 +87,8 @@ class Connection:
         """A call on it ended since the last idle sweep (set by the request path,
         cleared by the sweep: no clock on the request path)."""
         self.last_busy = time.monotonic()
-        """When an idle sweep last saw it carry or take a call (or when it opened)."""
+        """When an idle sweep last found a call open on it or ended since the sweep
+        before (or when it opened)."""
 
 
 class ConnectionPool:
@@ -208,8 +209,8 @@ class ConnectionPool:
             ", ".join(f"connection {c.number}" for c in idle),
             len(self.connections),
         )
-        # No call is on them (they carried none since the last sweep and none can
-        # be handed to them now): closing cuts nothing.
+        # No call is on them (none for idle_timeout, and none can be handed to them
+        # now): closing cuts nothing.
         await asyncio.gather(*(c.channel.close(grace=None) for c in idle))
         return len(idle)
 
