@@ -15,8 +15,9 @@ A tool is a :class:`Tool`, a dict (``{"name", "description", "parameters",
 pydantic model class (its JSON Schema are the parameters; pydantic itself is not
 a dependency of this SDK). A strict tool (``strict=True``) is called only with
 its name and arguments that match its schema: a backend that cannot promise that
-refuses the request (INVALID_ARGUMENT naming ``tools[i].strict``). ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name
-of one tool (or that :class:`Tool`).
+refuses the request (INVALID_ARGUMENT naming ``tools[i].strict``).
+``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name of one tool
+(or that :class:`Tool`).
 """
 
 from __future__ import annotations
