@@ -5,15 +5,29 @@ its own shape, and what came back, in ours."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import jsonschema
+import openai
 import pytest
 from conftest import start_modelserver, start_router
-from processes import ServerProcess
-from toolcases import CITY_SCHEMA, QUESTION, TOOLS, WEATHER, check_calls, same_answer, tool_round
+from fleet import wait_healthy
+from processes import ServerProcess, free_port
+from toolcases import (
+    CITY_SCHEMA,
+    QUESTION,
+    TIME,
+    TOOLS,
+    WEATHER,
+    check_calls,
+    same_answer,
+    tool_round,
+)
 from vendors import FakeVendors, backend_config, new_request_id
 
 from switchyard import (
@@ -22,11 +36,13 @@ from switchyard import (
     Grammar,
     InvalidArgumentError,
     JsonSchema,
+    Tool,
     UnimplementedError,
 )
 from switchyard._convert import MessageLike
 
 KINDS = ("openai", "anthropic", "ollama")
+STRICT_WEATHER = dataclasses.replace(WEATHER, strict=True)
 
 
 def asking(request_id: str) -> list[MessageLike]:
@@ -36,12 +52,20 @@ def asking(request_id: str) -> list[MessageLike]:
 
 
 @pytest.fixture(scope="module")
+def http_port() -> int:
+    """The port of the router's HTTP front (OpenAI and Anthropic APIs)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def router(
     workdir: Path,
     vendors: FakeVendors,
     key_file: Path,
+    http_port: int,
 ) -> Iterator[ServerProcess]:
-    """One model server per vendor, and a router with a route ``<kind>`` to each's "ok"."""
+    """One model server per vendor, and a router with a route ``<kind>`` to each's "ok"
+    (its HTTP front on ``http_port``)."""
     servers = {
         kind: start_modelserver(
             workdir,
@@ -54,6 +78,7 @@ def router(
         workdir,
         "tools-cloud-router",
         {
+            "http_listen": f"127.0.0.1:{http_port}",
             "clusters": {kind: {"endpoints": [s.address]} for kind, s in servers.items()},
             "routes": [
                 {"model": kind, "targets": [{"cluster": kind, "model": "ok"}]} for kind in KINDS
@@ -70,6 +95,13 @@ def router(
 def client(router: ServerProcess) -> Iterator[Client]:
     with Client(router.address, timeout=30) as c:
         yield c
+
+
+@pytest.fixture
+def http_base(router: ServerProcess, http_port: int) -> str:
+    """The router's HTTP front, once every model server is healthy there."""
+    wait_healthy(router)
+    return f"http://127.0.0.1:{http_port}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -162,6 +194,114 @@ def test_ollama_refuses_what_its_api_cannot_do_and_tool_choice_none_sends_no_too
     answer = client.chat("ollama", asking(request_id), tools=TOOLS, tool_choice="none")
     assert answer.finish_reason is FinishReason.STOP and not answer.tool_calls
     assert "tools" not in vendors.received(request_id).body
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_strict_tool_reaches_the_vendor_strict_and_a_plain_one_does_not(
+    kind: str,
+    client: Client,
+    vendors: FakeVendors,
+) -> None:
+    request_id = new_request_id()
+    answer = client.chat(
+        kind, asking(request_id), tools=[STRICT_WEATHER, TIME], tool_choice="get_weather"
+    )
+    check_calls(answer.tool_calls)
+    sent = vendors.received(request_id).body["tools"]
+    if kind == "openai":
+        assert sent[0]["function"]["strict"] is True
+        assert "strict" not in sent[1]["function"]
+        return
+    assert sent[0]["strict"] is True
+    assert "strict" not in sent[1]
+    # The count-tokens call sends the same tool definitions.
+    count_id = new_request_id()
+    client.count_tokens(kind, messages=asking(count_id), tools=[STRICT_WEATHER, TIME])
+    counted = vendors.received(count_id)
+    assert counted.path == "/v1/messages/count_tokens"
+    assert [t.get("strict") for t in counted.body["tools"]] == [True, None]
+
+
+def test_openai_refusing_a_strict_schema_is_invalid_argument_with_its_message(
+    client: Client,
+) -> None:
+    """OpenAI's strict mode takes only closed object schemas with every property
+    required; its 400 for any other reaches the caller with OpenAI's own words."""
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}}
+    with pytest.raises(InvalidArgumentError) as error:
+        client.chat("openai", QUESTION, tools=[Tool("lookup", "Look up", loose, strict=True)])
+    assert "Invalid schema for function 'lookup'" in str(error.value)
+    assert error.value.reason == "PROVIDER_REJECTED_REQUEST"
+    answer = client.chat("openai", QUESTION, tools=[Tool("lookup", "Look up", loose)])
+    assert [c.name for c in answer.tool_calls] == ["lookup"]
+
+
+def test_ollama_refuses_a_strict_tool_naming_it_and_takes_it_plain(client: Client) -> None:
+    """Ollama cannot hold calls to a schema: a strict tool is refused, never sent as a
+    plain one."""
+    for call in (
+        lambda: client.chat("ollama", QUESTION, tools=[STRICT_WEATHER]),
+        lambda: list(client.stream("ollama", messages=QUESTION, tools=[STRICT_WEATHER])),
+    ):
+        with pytest.raises(InvalidArgumentError) as error:
+            call()
+        assert [v.field for v in error.value.field_violations] == ["tools[0].strict"]
+    answer = client.chat("ollama", QUESTION, tools=[WEATHER])
+    assert answer.finish_reason is FinishReason.TOOL_CALLS
+
+
+def _strict_and_plain() -> tuple[Any, Any]:
+    """The weather question with a strict weather tool and a plain time tool, in
+    OpenAI's and in Anthropic's shape."""
+    tools = [(STRICT_WEATHER, True), (TIME, None)]
+    openai_tools = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters}
+            | ({"strict": True} if strict else {}),
+        }
+        for t, strict in tools
+    ]
+    anthropic_tools = [
+        {"name": t.name, "description": t.description, "input_schema": t.parameters}
+        | ({"strict": True} if strict else {})
+        for t, strict in tools
+    ]
+    return openai_tools, anthropic_tools
+
+
+def test_the_openai_sdks_strict_tool_arrives_strict_through_the_http_front(
+    http_base: str, vendors: FakeVendors
+) -> None:
+    """The whole path: OpenAI's SDK, the router's HTTP front, the model server's openai
+    backend, the vendor."""
+    request_id = new_request_id()
+    question: Any = asking(request_id)  # the SDK's typed params
+    tools, _ = _strict_and_plain()
+    with openai.OpenAI(base_url=f"{http_base}/v1", api_key="unused", max_retries=0) as oai:
+        answer = oai.chat.completions.create(
+            model="openai", messages=question, tools=tools, tool_choice="required"
+        )
+    assert answer.choices[0].finish_reason == "tool_calls"
+    sent = vendors.received(request_id).body["tools"]
+    assert [t["function"].get("strict") for t in sent] == [True, None]
+
+
+def test_the_anthropic_sdks_strict_tool_arrives_strict_through_the_http_front(
+    http_base: str, vendors: FakeVendors
+) -> None:
+    """The whole path: Anthropic's SDK, the router's HTTP front, the model server's
+    anthropic backend, the vendor."""
+    request_id = new_request_id()
+    question: Any = asking(request_id)  # the SDK's typed params
+    _, tools = _strict_and_plain()
+    with anthropic.Anthropic(base_url=http_base, api_key="unused", max_retries=0) as claude:
+        answer = claude.messages.create(
+            model="anthropic", max_tokens=50, messages=question, tools=tools
+        )
+    assert answer.stop_reason == "tool_use"
+    sent = vendors.received(request_id).body["tools"]
+    assert [t.get("strict") for t in sent] == [True, None]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -125,8 +125,13 @@ def test_openai_chat_becomes_the_contracts_request() -> None:
         ),
         ({"model": "m", "messages": [], "functions": []}, "functions"),
         ({"model": "m", "messages": [], "top_logprobs": 2}, "top_logprobs"),
+        (
+            {"model": "m", "messages": [],
+             "tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]},
+            "tools[0].function.strict",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_openai_bodies_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(StatusError) as raised:
         openai.CHAT_COMPLETIONS.call(_body(body))
@@ -277,7 +282,9 @@ def test_openai_tools_become_the_contracts_tools() -> None:
                     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
                 ],
                 "tools": [{"type": "function", "function": {
-                    "name": "get_weather", "description": "d", "parameters": WEATHER_PARAMETERS}}],
+                    "name": "get_weather", "description": "d", "parameters": WEATHER_PARAMETERS,
+                    "strict": True}},
+                          {"type": "function", "function": {"name": "get_time", "strict": None}}],
                 "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
                 "parallel_tool_calls": False,
                 "response_format": {"type": "json_schema",
@@ -292,9 +299,10 @@ def test_openai_tools_become_the_contracts_tools() -> None:
         ("call_1", "get_weather", '{"city":"Oslo"}')
     ]
     assert request.messages[2].tool_call_id == "call_1"
-    [tool] = request.tools
+    tool, plain = request.tools
     assert (tool.name, tool.description) == ("get_weather", "d")
     assert json.loads(tool.parameters) == WEATHER_PARAMETERS
+    assert [tool.strict, plain.strict] == [True, False]  # null: not strict
     assert request.tool_choice.name == "get_weather"
     assert request.HasField("parallel_tool_calls") and not request.parallel_tool_calls
     assert request.response_format.json_schema.name == "out"
@@ -344,7 +352,9 @@ def test_anthropic_tool_blocks_become_the_contracts_turns() -> None:
                         {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
                         {"type": "text", "text": "And tomorrow?"}]},
                 ],
-                "tools": [{"name": "get_weather", "input_schema": WEATHER_PARAMETERS}],
+                "tools": [{"name": "get_weather", "input_schema": WEATHER_PARAMETERS,
+                           "strict": True},
+                          {"name": "get_time", "input_schema": WEATHER_PARAMETERS}],
                 "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
             }
         )
@@ -363,6 +373,10 @@ def test_anthropic_tool_blocks_become_the_contracts_turns() -> None:
     assert request.tool_choice.mode == pb.TOOL_CHOICE_MODE_REQUIRED
     assert not request.parallel_tool_calls
     assert json.loads(request.tools[0].parameters) == WEATHER_PARAMETERS
+    assert [t.strict for t in request.tools] == [True, False]
+    with pytest.raises(StatusError) as raised:
+        anthropic.MESSAGES.call(_body({**_MESSAGE, "tools": [{"name": "f", "strict": "yes"}]}))
+    assert [v.field for v in raised.value.details.field_violations] == ["tools[0].strict"]
 
 
 def test_anthropic_stream_opens_a_block_per_content() -> None:

@@ -6,6 +6,7 @@ blocking and asyncio alike, and the CLI's options. Pydantic is optional for the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from switchyard import (
     join_tool_calls,
 )
 from switchyard.cli import main as cli
+from switchyard.tools import tool_messages
 
 CALLER = {
     "id": "caller",
@@ -83,6 +85,27 @@ def test_tools_can_be_given_as_tools_dicts_or_pydantic_models(scripted: ServerPr
     tool = Tool.from_model(GetWeather)
     assert (tool.name, tool.description) == ("GetWeather", "Current weather in a city.")
     assert tool.parameters["properties"]["unit"]["enum"] == ["celsius", "fahrenheit"]
+
+
+def test_strict_is_carried_from_every_tool_shape(scripted: ServerProcess) -> None:
+    """``strict`` from a Tool, OpenAI's dict (``function.strict``), a plain dict and a
+    pydantic model reaches the request; the scripted backend takes strict tools."""
+    strict = dataclasses.replace(TOOLS[0], strict=True)
+    given: list[Any] = [
+        strict,
+        {"type": "function", "function": {"name": "f", "strict": True}},
+        {"name": "g", "parameters": WEATHER_PARAMETERS, "strict": True},
+        Tool.from_model(GetWeather, strict=True),
+    ]
+    assert [t.strict for t in tool_messages(given)] == [True, True, True, True]
+    assert [t.strict for t in tool_messages([TOOLS[0], {"name": "f"}, GetWeather])] == [
+        False,
+        False,
+        False,
+    ]
+    with Client(scripted.address) as client:
+        answer = client.chat("caller", QUESTION, tools=[strict], tool_choice="required")
+    assert [c.name for c in answer.tool_calls] == ["get_weather"]
 
 
 def test_a_tool_round_trip_blocking_and_async(scripted: ServerProcess) -> None:

@@ -4,6 +4,7 @@ parse and match their schemas."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +38,13 @@ def client(
         yield c
 
 
-def test_required_tool_calls_parse_and_match_their_schemas(client: Client) -> None:
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_required_tool_calls_parse_and_match_their_schemas(client: Client, strict: bool) -> None:
+    """The grammar holds every call to its schema, so strict tools are taken as they are."""
     answer = client.chat(
         MODEL,
         QUESTION,
-        tools=TOOLS,
+        tools=[dataclasses.replace(tool, strict=strict) for tool in TOOLS],
         tool_choice="required",
         parallel_tool_calls=False,
         max_tokens=150,

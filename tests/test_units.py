@@ -308,7 +308,8 @@ def test_a_refused_stream_is_told_apart_from_other_failures() -> None:
 
 def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
     """With another tool parser, calls are the model's own (unconstrained): forcing one,
-    or at most one, cannot be honoured and is refused naming the field, never ignored."""
+    at most one, or calls held to a strict tool's schema cannot be honoured and is
+    refused naming the field, never ignored."""
     from switchyard_common.status import StatusError
     from switchyard_modelserver.backends.vllm_structured import check_tool_options
     from switchyard_modelserver.domain import (
@@ -321,9 +322,8 @@ def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
     )
 
     def request(**fields: Any) -> GenerationRequest:
-        return GenerationRequest(
-            "m", None, (ChatTurn("user", "hi"),), Sampling(), tools=(ToolSpec("f"),), **fields
-        )
+        fields.setdefault("tools", (ToolSpec("f"),))
+        return GenerationRequest("m", None, (ChatTurn("user", "hi"),), Sampling(), **fields)
 
     def refused(given: GenerationRequest, parser: str = "llama3_json") -> list[str]:
         try:
@@ -337,9 +337,13 @@ def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
     assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.REQUIRED))) == ["tool_choice"]
     assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.NAMED, "f"))) == ["tool_choice"]
     # tool_choice none: no calls, nothing to honour; hermes: constrained, all honoured
+    strict = (ToolSpec("f"), ToolSpec("g", strict=True))
+    assert refused(request(tools=strict)) == ["tools[1].strict"]
     none = ToolChoice(ToolChoiceMode.NONE)
     assert refused(request(tool_choice=none, parallel_tool_calls=False)) == []
+    assert refused(request(tool_choice=none, tools=strict)) == []
     assert refused(request(parallel_tool_calls=False), parser="hermes") == []
+    assert refused(request(tools=strict), parser="hermes") == []
 
 
 def test_every_example_config_the_readme_shows_is_the_file_as_it_is() -> None:

@@ -30,7 +30,9 @@ JSON Schema response format (OpenAI ``response_format``, Anthropic
 ``output_config.format``, Ollama ``format``) is answered with JSON made from
 the schema the same way. Anthropic's ``POST /v1/messages/count_tokens``
 counts words of the system prompt, the messages and the tools' JSON, exactly
-as its generations report ``input_tokens``.
+as its generations report ``input_tokens``. OpenAI refuses (400, as it does) a
+strict function whose parameters strict mode cannot take (no
+``additionalProperties: false``, or a property not required).
 The provider model name picks a fault, so one server serves every test:
 ``fault-429``, ``fault-429-reset`` (no retry-after: only the vendor's rate-limit
 reset headers), ``fault-429-odd-header`` (a retry-after no one can read),
@@ -202,6 +204,29 @@ def _tool_calls(vendor: str, body: dict[str, Any]) -> list[tuple[str, dict[str, 
         names = [choice["function"]["name"]] if isinstance(choice, dict) else list(schemas)
         every = choice == "required" and body.get("parallel_tool_calls", True)
     return [(name, _sample(schemas[name])) for name in (names if every else names[:1])]
+
+
+def _strict_schema_refusal(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) of OpenAI's 400 for a strict function whose parameters strict
+    mode cannot take (it requires ``additionalProperties: false`` and every property
+    required, on the top-level object at least); None when every strict one is fine."""
+    for index, tool in enumerate(body.get("tools") or []):
+        function = tool.get("function") or {}
+        if not function.get("strict"):
+            continue
+        schema = function.get("parameters") or {}
+        problem = None
+        if schema.get("additionalProperties") is not False:
+            problem = "'additionalProperties' is required to be supplied and to be false."
+        elif set(schema.get("required") or ()) != set(schema.get("properties") or {}):
+            problem = (
+                "'required' is required to be supplied and to be an array including every "
+                "key in properties."
+            )
+        if problem is not None:
+            message = f"Invalid schema for function '{function.get('name')}': {problem}"
+            return message, f"tools[{index}].function.parameters"
+    return None
 
 
 def _structured(vendor: str, body: dict[str, Any]) -> str | None:
@@ -500,6 +525,17 @@ class FakeVendors:
             record.finished = True
             return fault
         chat = request.path.endswith("/chat/completions")
+        refusal = _strict_schema_refusal(body) if chat else None
+        if refusal is not None:
+            record.finished = True
+            message, param = refusal
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": "invalid_function_parameters",
+            }
+            return web.json_response({"error": error}, status=400)
         if chat:
             last_input = _text(body["messages"][-1]["content"])
             prompt_tokens = sum(len(_words(_text(m["content"]))) for m in body["messages"])

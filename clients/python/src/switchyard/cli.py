@@ -119,8 +119,8 @@ def _tool_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tools",
         type=Path,
-        help="a JSON file with a list of tools ({name, description, parameters} or "
-        "OpenAI's function shape); calls are printed as JSON lines",
+        help="a JSON file with a list of tools ({name, description, parameters, strict} "
+        "or OpenAI's function shape); calls are printed as JSON lines",
     )
     parser.add_argument(
         "--tool-choice", help="auto (default with --tools), none, required, or a tool name"

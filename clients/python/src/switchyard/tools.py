@@ -10,11 +10,14 @@
         result = get_weather(**call.parsed_arguments())
         messages += [answer.message, Message.tool_result(call, result)]
 
-A tool is a :class:`Tool`, a dict (``{"name", "description", "parameters"}`` or
-OpenAI's ``{"type": "function", "function": {...}}``) or a pydantic model class
-(its JSON Schema are the parameters; pydantic itself is not a dependency of
-this SDK). ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name
-of one tool (or that :class:`Tool`).
+A tool is a :class:`Tool`, a dict (``{"name", "description", "parameters",
+"strict"}`` or OpenAI's ``{"type": "function", "function": {...}}``) or a
+pydantic model class (its JSON Schema are the parameters; pydantic itself is not
+a dependency of this SDK). A strict tool (``strict=True``) is called only with
+its name and arguments that match its schema: a backend that cannot promise that
+refuses the request (INVALID_ARGUMENT naming ``tools[i].strict``).
+``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or the name of one tool
+(or that :class:`Tool`).
 """
 
 from __future__ import annotations
@@ -35,16 +38,24 @@ _MODES = {
 
 @dataclass(frozen=True)
 class Tool:
-    """A function the model may call: its name, what it does, and the JSON Schema of
-    its arguments (an object schema; empty: no arguments)."""
+    """A function the model may call: its name, what it does, the JSON Schema of
+    its arguments (an object schema; empty: no arguments), and whether every call
+    must match that schema (``strict``: the backend guarantees it or refuses the
+    request)."""
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    strict: bool = False
 
     @classmethod
     def from_model(
-        cls, model: Any, *, name: str | None = None, description: str | None = None
+        cls,
+        model: Any,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        strict: bool = False,
     ) -> Tool:
         """A tool whose arguments are a pydantic model (``model_json_schema()``); its
         name and description default to the class's name and docstring."""
@@ -55,6 +66,7 @@ class Tool:
             name or model.__name__,
             description if description is not None else (model.__doc__ or "").strip(),
             schema,
+            strict,
         )
 
 
@@ -83,6 +95,7 @@ def as_tool(value: ToolLike) -> Tool:
             str(definition["name"]),
             str(definition.get("description") or ""),
             dict(definition.get("parameters") or {}),
+            bool(definition.get("strict") or False),
         )
     raise TypeError(f"not a tool: {value!r}")
 
@@ -94,7 +107,12 @@ def tool_messages(tools: Sequence[ToolLike]) -> list[pb.Tool]:
         tool = as_tool(item)
         parameters = json.dumps(dict(tool.parameters)) if tool.parameters else ""
         converted.append(
-            pb.Tool(name=tool.name, description=tool.description, parameters=parameters)
+            pb.Tool(
+                name=tool.name,
+                description=tool.description,
+                parameters=parameters,
+                strict=tool.strict,
+            )
         )
     return converted
 

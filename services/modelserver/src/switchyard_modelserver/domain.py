@@ -76,13 +76,16 @@ class ChatTurn:
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A function the model may call; ``parameters`` is its checked JSON Schema."""
+    """A function the model may call; ``parameters`` is its checked JSON Schema.
+    ``strict``: every call must name it and match ``parameters`` (a backend that
+    cannot hold calls to that refuses the request, naming ``tools[i].strict``)."""
 
     name: str
     description: str = ""
     parameters: dict[str, Any] = field(
         default_factory=lambda: {"type": "object", "properties": {}}, hash=False
     )
+    strict: bool = False
 
 
 class ToolChoiceMode(enum.Enum):

@@ -77,7 +77,7 @@ def tools(
                 violations.append(violation)
             elif parsed is not None:
                 parameters = parsed
-        found.append(ToolSpec(tool.name, tool.description, parameters))
+        found.append(ToolSpec(tool.name, tool.description, parameters, tool.strict))
     return tuple(found)
 
 

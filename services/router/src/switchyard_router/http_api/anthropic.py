@@ -162,11 +162,15 @@ def _input(body: _Input) -> dict[str, Any]:
                 "only custom tools (name, description, input_schema) are supported",
             )
         schema = tool.get("input_schema")
+        strict = tool.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise bad_field(f"tools[{index}].strict", f"{strict!r} is not true or false")
         tools.append(
             pb.Tool(
                 name=tool["name"],
                 description=str(tool.get("description") or ""),
                 parameters="" if schema is None else encode(schema).decode(),
+                strict=bool(strict),
             )
         )
     if tools:

@@ -247,7 +247,10 @@ def _tools(body: ChatCompletionRequest) -> dict[str, Any]:
         parameters = "" if function.parameters is None else encode(function.parameters).decode()
         tools.append(
             pb.Tool(
-                name=function.name, description=function.description or "", parameters=parameters
+                name=function.name,
+                description=function.description or "",
+                parameters=parameters,
+                strict=bool(function.strict),
             )
         )
     if tools:

@@ -273,8 +273,10 @@ def _input(model: CloudModel, request: GenerationRequest) -> dict[str, Any]:
     if system:
         given["system"] = "\n\n".join(system)
     if request.tools:
+        # Also sent to count-tokens: a strict tool's definition is part of the input.
         given["tools"] = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            | ({"strict": True} if t.strict else {})
             for t in request.tools
         ]
         given["tool_choice"] = _tool_choice(request)

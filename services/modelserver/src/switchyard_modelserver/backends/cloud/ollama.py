@@ -291,17 +291,26 @@ def _error_text(text: str) -> str:
 
 
 def _check_tool_choice(request: GenerationRequest) -> None:
-    """Ollama's API decides tool calls itself: it can neither force one nor limit them."""
+    """Ollama's API decides tool calls itself: it can neither force one nor limit them,
+    nor hold them to their schemas (strict tools; with tool choice none no tools are
+    sent, so no call is made and there is nothing to hold)."""
     if not request.tools:
         return
+    violations = [
+        FieldViolation(f"tools[{index}].strict", "Ollama cannot hold tool calls to their schema")
+        for index, tool in enumerate(request.tools)
+        if tool.strict and request.calls_tools
+    ]
     if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
-        raise invalid_argument(
+        violations.append(
             FieldViolation("tool_choice", "Ollama cannot force a tool call (auto or none only)")
         )
     if not request.parallel_tool_calls:
-        raise invalid_argument(
+        violations.append(
             FieldViolation("parallel_tool_calls", "Ollama cannot limit a reply to one tool call")
         )
+    if violations:
+        raise invalid_argument(*violations)
 
 
 def _messages(turns: tuple[ChatTurn, ...]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from switchyard_modelserver.domain import (
     TokenLogprob,
     ToolCallDelta,
     ToolChoiceMode,
+    ToolSpec,
 )
 from switchyard_modelserver.tools.prompting import function_definitions
 
@@ -168,7 +169,7 @@ class OpenAIBackend(CloudBackend):
                 max_tokens
             )
         if request.tools:
-            arguments["tools"] = function_definitions(request.tools)
+            arguments["tools"] = _tools(request.tools)
             arguments["tool_choice"] = _tool_choice(request)
             if not request.parallel_tool_calls:
                 arguments["parallel_tool_calls"] = False
@@ -298,6 +299,17 @@ def _error_type(body: object) -> str:
         if isinstance(inner, dict):
             return " ".join(str(inner.get(k) or "") for k in ("type", "code"))
     return ""
+
+
+def _tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, Any]]:
+    """The request's tools in OpenAI's shape; a strict tool with ``function.strict``
+    (OpenAI's constrained decoding: it refuses, with a 400, a schema strict mode cannot
+    take, and that reaches the caller as INVALID_ARGUMENT with OpenAI's message)."""
+    definitions = function_definitions(tools)
+    for tool, definition in zip(tools, definitions, strict=True):
+        if tool.strict:
+            definition["function"]["strict"] = True
+    return definitions
 
 
 def _tool_choice(request: GenerationRequest) -> Any:
