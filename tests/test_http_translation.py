@@ -66,6 +66,27 @@ def test_a_relayed_model_server_status_keeps_its_details() -> None:
     }  # fmt: skip
 
 
+def test_a_model_servers_tool_field_is_named_as_each_api_spells_it() -> None:
+    """The contract's ``tools[1].strict`` is OpenAI's ``tools[1].function.strict`` and
+    its ``tools[0].parameters`` Anthropic's ``tools[0].input_schema``; the index stays."""
+    inner = invalid_argument(
+        FieldViolation("tools[1].strict", "cannot hold calls to the schema"),
+        FieldViolation("tools[0].parameters", "is not JSON"),
+    )
+    relayed = UpstreamStatusError(inner.code, inner.message, inner.trailing_metadata())
+    openai_body = json.loads(openai_error(relayed, openai.RENAMED).body)["error"]
+    assert openai_body["param"] == "tools[1].function.strict"
+    assert openai_body["message"] == (
+        "invalid request: tools[1].function.strict: cannot hold calls to the schema; "
+        "tools[0].function.parameters: is not JSON"
+    )
+    anthropic_body = json.loads(anthropic_error(relayed, anthropic.RENAMED).body)
+    assert anthropic_body["error"]["message"] == (
+        "invalid request: tools[1].strict: cannot hold calls to the schema; "
+        "tools[0].input_schema: is not JSON"
+    )
+
+
 def test_openai_chat_becomes_the_contracts_request() -> None:
     call = openai.CHAT_COMPLETIONS.call(
         _body(

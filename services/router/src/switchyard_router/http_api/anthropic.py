@@ -43,7 +43,7 @@ STOP_REASONS = {
 }
 """Anthropic's stop_reason for each of the contract's (the last two are not Anthropic's)."""
 
-RENAMED = {"sampling.stop": "stop_sequences"}
+RENAMED = {"sampling.stop": "stop_sequences", "tools[].parameters": "tools[].input_schema"}
 _ROLES = ("user", "assistant")
 _UNSUPPORTED = ("thinking", "container", "mcp_servers")
 _TOOL_CHOICE_MODES = {

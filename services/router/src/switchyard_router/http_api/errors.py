@@ -11,6 +11,7 @@ not ``sampling.max_tokens``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -97,10 +98,23 @@ def _message(error: StatusError, details: StatusDetails, rename: Mapping[str, st
 
 
 def api_field(contract_field: str, rename: Mapping[str, str]) -> str:
-    """A contract field path (``sampling.max_tokens``) as the caller's API names it."""
+    """A contract field path (``sampling.max_tokens``) as the caller's API names it.
+
+    ``rename`` maps whole paths, or paths with their indexes left out (``tools[].strict``
+    to ``tools[].function.strict``): the field's own indexes go back in, in order."""
     if contract_field in rename:
         return rename[contract_field]
+    indexes = _INDEX.findall(contract_field)
+    if indexes:
+        template = rename.get(_INDEX.sub("[]", contract_field))
+        if template is not None:
+            given = iter(indexes)
+            return _NO_INDEX.sub(lambda _: f"[{next(given)}]", template)
     return contract_field.removeprefix("sampling.")
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+_NO_INDEX = re.compile(r"\[\]")
 
 
 def _status(error: StatusError, details: StatusDetails) -> int:

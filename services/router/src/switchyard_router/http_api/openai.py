@@ -40,8 +40,13 @@ FINISH_REASONS = {
 }
 """OpenAI's finish_reason for each of the contract's (the last two are not OpenAI's own)."""
 
+_TOOL_FIELDS = ("name", "description", "parameters", "strict")
 # Contract field paths as this API names them (in errors).
-RENAMED = {"sampling.logprobs": "top_logprobs"}
+RENAMED = {
+    "sampling.logprobs": "top_logprobs",
+    # A tool's fields sit in its "function" object here.
+    **{f"tools[].{name}": f"tools[].function.{name}" for name in _TOOL_FIELDS},
+}
 _COMPLETIONS_RENAMED = {"sampling.logprobs": "logprobs"}
 _ROLES = {
     "system": "system",
