@@ -248,6 +248,9 @@ def test_ollama_refuses_a_strict_tool_naming_it_and_takes_it_plain(client: Clien
         assert [v.field for v in error.value.field_violations] == ["tools[0].strict"]
     answer = client.chat("ollama", QUESTION, tools=[WEATHER])
     assert answer.finish_reason is FinishReason.TOOL_CALLS
+    # ListModels says which models hold strict tools, so callers can tell beforehand.
+    strict = {m.id: "strict_tools" in m.capabilities for m in client.list_models()}
+    assert (strict["openai"], strict["anthropic"], strict["ollama"]) == (True, True, False)
 
 
 def _strict_and_plain() -> tuple[Any, Any]:

@@ -210,6 +210,7 @@ def test_list_models_shows_the_defaults(client: Client) -> None:
     assert not defaults.chat_template_override
     assert models["caller"].defaults is None
     assert "tools" in models["caller"].capabilities
+    assert "strict_tools" in models["caller"].capabilities
     assert "count_tokens" in models["caller"].capabilities
 
 

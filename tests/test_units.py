@@ -307,9 +307,8 @@ def test_a_refused_stream_is_told_apart_from_other_failures() -> None:
 
 
 def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
-    """With another tool parser, calls are the model's own (unconstrained): forcing one,
-    at most one, or calls held to a strict tool's schema cannot be honoured and is
-    refused naming the field, never ignored."""
+    """With another tool parser, calls are the model's own (unconstrained): forcing one
+    or at most one cannot be honoured and is refused naming the field, never ignored."""
     from switchyard_common.status import StatusError
     from switchyard_modelserver.backends.vllm_structured import check_tool_options
     from switchyard_modelserver.domain import (
@@ -337,13 +336,45 @@ def test_vllm_refuses_tool_options_only_hermes_calls_can_honour() -> None:
     assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.REQUIRED))) == ["tool_choice"]
     assert refused(request(tool_choice=ToolChoice(ToolChoiceMode.NAMED, "f"))) == ["tool_choice"]
     # tool_choice none: no calls, nothing to honour; hermes: constrained, all honoured
-    strict = (ToolSpec("f"), ToolSpec("g", strict=True))
-    assert refused(request(tools=strict)) == ["tools[1].strict"]
     none = ToolChoice(ToolChoiceMode.NONE)
     assert refused(request(tool_choice=none, parallel_tool_calls=False)) == []
-    assert refused(request(tool_choice=none, tools=strict)) == []
     assert refused(request(parallel_tool_calls=False), parser="hermes") == []
-    assert refused(request(tools=strict), parser="hermes") == []
+
+
+def test_a_strict_tool_is_refused_on_a_model_that_cannot_hold_calls_to_schemas() -> None:
+    """Whatever the backend (a third-party one too): a model whose card lacks
+    STRICT_TOOLS refuses a strict tool naming ``tools[i].strict``, before the backend
+    sees it; with tool choice none no call is made, so it is accepted."""
+    from switchyard_common.status import StatusError
+    from switchyard_modelserver.domain import (
+        Capability,
+        ChatTurn,
+        GenerationRequest,
+        ModelCard,
+        Sampling,
+        ToolChoice,
+        ToolChoiceMode,
+        ToolSpec,
+    )
+    from switchyard_modelserver.serving import capability_check
+
+    tools = (ToolSpec("f"), ToolSpec("g", strict=True))
+
+    def refused(capabilities: set[Capability], **fields: Any) -> list[str]:
+        card = ModelCard("m", 512, capabilities=frozenset({Capability.CHAT, *capabilities}))
+        given = GenerationRequest("m", None, (ChatTurn("user", "hi"),), Sampling(), **fields)
+        try:
+            capability_check.check(card, given, "plugin")
+        except StatusError as error:
+            return [v.field for v in error.details.field_violations]
+        return []
+
+    assert refused({Capability.TOOLS}, tools=tools) == ["tools[1].strict"]
+    assert refused({Capability.TOOLS}, tools=tools[:1]) == []
+    none = ToolChoice(ToolChoiceMode.NONE)
+    assert refused({Capability.TOOLS}, tools=tools, tool_choice=none) == []
+    assert refused({Capability.TOOLS, Capability.STRICT_TOOLS}, tools=tools) == []
+    assert refused(set(), tools=tools) == ["tools"]  # no tools at all: said once
 
 
 def test_every_example_config_the_readme_shows_is_the_file_as_it_is() -> None:

@@ -37,6 +37,8 @@ class Capability(enum.Enum):
     """response_format regex and grammar."""
     COUNT_TOKENS = "count_tokens"
     ADAPTERS = "adapters"
+    STRICT_TOOLS = "strict_tools"
+    """Tools marked strict: every call of one is held to its schema."""
 
 
 class ModelState(enum.Enum):

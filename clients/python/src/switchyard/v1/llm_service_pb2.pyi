@@ -40,6 +40,7 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_GRAMMAR_OUTPUT: _ClassVar[Capability]
     CAPABILITY_COUNT_TOKENS: _ClassVar[Capability]
     CAPABILITY_ADAPTERS: _ClassVar[Capability]
+    CAPABILITY_STRICT_TOOLS: _ClassVar[Capability]
 
 class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -71,6 +72,7 @@ CAPABILITY_JSON_OUTPUT: Capability
 CAPABILITY_GRAMMAR_OUTPUT: Capability
 CAPABILITY_COUNT_TOKENS: Capability
 CAPABILITY_ADAPTERS: Capability
+CAPABILITY_STRICT_TOOLS: Capability
 MODEL_STATUS_UNSPECIFIED: ModelStatus
 MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_LOADING: ModelStatus

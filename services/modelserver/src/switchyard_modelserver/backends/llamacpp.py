@@ -282,7 +282,8 @@ class LlamaCppBackend(Backend):
             log.warning("%s is a LoRA adapter, not a model: put it in adapters_dir", path.name)
             return None
         if metadata.get("tokenizer.chat_template"):
-            capabilities |= {Capability.CHAT, Capability.TOOLS}
+            # Calls are held to their schemas by grammar: strict tools by construction.
+            capabilities |= {Capability.CHAT, Capability.TOOLS, Capability.STRICT_TOOLS}
         card = ModelCard(
             id=model_id,
             aliases=tuple(override.aliases),
@@ -409,9 +410,10 @@ class LlamaCppBackend(Backend):
         trained = int(llama.metadata.get(f"{_architecture(llama)}.context_length", wanted))
         context_length = min(wanted, trained, llama.n_ctx())
         template = llama.metadata.get("tokenizer.chat_template")
-        capabilities = set(model_file.card.capabilities) - {Capability.CHAT, Capability.TOOLS}
+        chat = {Capability.CHAT, Capability.TOOLS, Capability.STRICT_TOOLS}
+        capabilities = set(model_file.card.capabilities) - chat
         if template:
-            capabilities |= {Capability.CHAT, Capability.TOOLS}
+            capabilities |= chat
         card = ModelCard(
             id=model_id,
             aliases=tuple(override.aliases),

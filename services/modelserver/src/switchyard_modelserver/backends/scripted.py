@@ -116,7 +116,11 @@ class ScriptedBackend(Backend):
                         Capability.CHAT,
                         Capability.STREAMING,
                         Capability.COUNT_TOKENS,
-                        *([Capability.TOOLS] if m.tool_call is not None else []),
+                        *(
+                            [Capability.TOOLS, Capability.STRICT_TOOLS]
+                            if m.tool_call is not None
+                            else []
+                        ),
                     }
                 ),
             )

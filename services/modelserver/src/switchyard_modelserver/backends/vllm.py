@@ -248,6 +248,8 @@ class VllmBackend(Backend):
         capabilities = set(self._card.capabilities)
         if getattr(self._tokenizer, "chat_template", None):
             capabilities |= {Capability.CHAT, Capability.TOOLS}
+            if self._options.tool_parser == "hermes":  # structural tags hold every call
+                capabilities.add(Capability.STRICT_TOOLS)
         self._card = ModelCard(
             id=self._id,
             aliases=self._card.aliases,

@@ -103,20 +103,16 @@ def structured_outputs(
 
 def check_tool_options(request: GenerationRequest, tool_parser: str, model: str) -> None:
     """INVALID_ARGUMENT for what only constrained Hermes calls can honour: forcing a
-    call (``required``, a named tool), at most one (``parallel_tool_calls`` false) or
-    calls held to their schemas (strict tools). Other parsers read whatever calls the
-    model writes, unconstrained."""
+    call (``required``, a named tool) or at most one (``parallel_tool_calls`` false).
+    Other parsers read whatever calls the model writes, unconstrained (and such models
+    lack STRICT_TOOLS: the server refuses strict tools before the backend sees them)."""
     if not request.calls_tools or tool_parser == "hermes":
         return
     why = (
         f"the vllm backend constrains tool calls only in the Hermes format; model {model} "
         f"reads them with the {tool_parser} parser"
     )
-    violations = [
-        FieldViolation(f"tools[{index}].strict", f"cannot hold calls to the schema: {why}")
-        for index, tool in enumerate(request.tools)
-        if tool.strict
-    ]
+    violations = []
     if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
         violations.append(FieldViolation("tool_choice", f"cannot force a call: {why}"))
     if not request.parallel_tool_calls:

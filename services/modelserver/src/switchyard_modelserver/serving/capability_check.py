@@ -32,6 +32,11 @@ def check(card: ModelCard, request: GenerationRequest, backend: str) -> None:
 
     if request.tools and not has(Capability.TOOLS):
         refuse("tools", "tool calling")
+    elif request.calls_tools and not has(Capability.STRICT_TOOLS):
+        # With tool choice none no call is made: there is nothing to hold.
+        for index, tool in enumerate(request.tools):
+            if tool.strict:
+                refuse(f"tools[{index}].strict", "holding tool calls to their schema")
     response = request.response_format
     if isinstance(response, JsonObjectFormat | JsonSchemaFormat) and not has(
         Capability.JSON_OUTPUT

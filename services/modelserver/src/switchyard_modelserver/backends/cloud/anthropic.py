@@ -60,6 +60,7 @@ class AnthropicBackend(CloudBackend):
     options_model = AnthropicOptions
     requires_api_key = True
     provider_capabilities = frozenset({Capability.COUNT_TOKENS})  # /v1/messages/count_tokens
+    holds_strict_tools = True  # tools[].strict
 
     def __init__(self, options: AnthropicOptions) -> None:
         super().__init__(options)

@@ -53,6 +53,9 @@ class CloudBackend(Backend):
     """Whether a missing API key is a config error (else requests go without one)."""
     provider_capabilities: ClassVar[frozenset[Capability]] = frozenset()
     """What the provider's API adds for every model (e.g. a token-count endpoint)."""
+    holds_strict_tools: ClassVar[bool] = False
+    """Whether the provider's API takes a strict flag on tools (its models with
+    ``tools`` then have STRICT_TOOLS, and the backend must send the flag)."""
     no_token_count: ClassVar[str] = "the provider has no token-count API"
     """Why CountTokens is UNIMPLEMENTED, for providers without one."""
     options: CloudOptions
@@ -89,12 +92,14 @@ class CloudBackend(Backend):
 
     def card(self, model_id: str) -> ModelCard:
         model = self._models[model_id]
+        capabilities = {_CAPABILITIES[c] for c in model.capabilities} | self.provider_capabilities
+        if Capability.TOOLS in capabilities and self.holds_strict_tools:
+            capabilities.add(Capability.STRICT_TOOLS)
         return ModelCard(
             id=model.id,
             aliases=tuple(model.aliases),
             context_length=model.context_length,
-            capabilities=frozenset(_CAPABILITIES[c] for c in model.capabilities)
-            | self.provider_capabilities,
+            capabilities=frozenset(capabilities),
         )
 
     def models(self) -> list[ModelCard]:

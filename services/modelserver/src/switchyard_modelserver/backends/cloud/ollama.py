@@ -291,16 +291,12 @@ def _error_text(text: str) -> str:
 
 
 def _check_tool_choice(request: GenerationRequest) -> None:
-    """Ollama's API decides tool calls itself: it can neither force one nor limit them,
-    nor hold them to their schemas (strict tools; with tool choice none no tools are
-    sent, so no call is made and there is nothing to hold)."""
+    """Ollama's API decides tool calls itself: it can neither force one nor limit them
+    (nor hold them to their schemas: its models lack STRICT_TOOLS, so the server refuses
+    strict tools before the backend sees them)."""
     if not request.tools:
         return
-    violations = [
-        FieldViolation(f"tools[{index}].strict", "Ollama cannot hold tool calls to their schema")
-        for index, tool in enumerate(request.tools)
-        if tool.strict and request.calls_tools
-    ]
+    violations = []
     if request.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
         violations.append(
             FieldViolation("tool_choice", "Ollama cannot force a tool call (auto or none only)")

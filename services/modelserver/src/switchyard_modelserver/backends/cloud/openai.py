@@ -71,6 +71,7 @@ class OpenAIBackend(CloudBackend):
 
     kind = "openai"
     provider = "openai"
+    holds_strict_tools = True  # function.strict (a compatible server may ignore it)
     options_model = OpenAIOptions
     requires_api_key = False  # a local OpenAI-compatible server (vLLM, Ollama) may need none
     no_token_count = (
