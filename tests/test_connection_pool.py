@@ -4,6 +4,7 @@ its idle timeout as a cluster applies it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,3 +144,47 @@ async def test_a_reload_that_changes_only_the_idle_timeout_keeps_every_connectio
         assert list(cluster.endpoints.values()) != [before]
     finally:
         await cluster.close()
+
+
+async def test_a_sweep_takes_every_endpoints_idle_connections_before_it_closes_any() -> None:
+    # Nothing awaits between taking and closing's start: an endpoint that leaves (DNS)
+    # or is replaced (reload, rotated certificates) while the closes run is never
+    # swept, and its pool's own close is not raced.
+    config = ClusterConfig(endpoints=["127.0.0.1:9", "127.0.0.1:11"])
+    cluster = Cluster("pool", config, 1 << 20)
+    await cluster.refresh(0)
+    try:
+        endpoints = list(cluster.endpoints.values())
+        for endpoint in endpoints:
+            taken = [endpoint.pool.acquire() for _ in range(600)]
+            for connection in taken:
+                endpoint.pool.release(connection)
+        start = time.monotonic()
+        await cluster.close_idle_connections(start)
+        sweep = asyncio.create_task(cluster.close_idle_connections(start + 300))
+        await asyncio.sleep(0)  # the sweep ran up to its first await
+        assert [len(e.pool.connections) for e in endpoints] == [1, 1]
+        await sweep
+    finally:
+        await cluster.close()
+
+
+async def test_a_pool_being_closed_gives_the_sweep_nothing_and_closes_every_connection() -> None:
+    def open_channel(extra: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel("127.0.0.1:9", options=extra)
+
+    pool = ConnectionPool(
+        "127.0.0.1:9",
+        ConnectionPoolConfig(max_concurrent_streams=1, max_connections=4),
+        open_channel,
+    )
+    taken = [pool.acquire() for _ in range(4)]
+    every = list(pool.connections)
+    pool.release(taken[1])  # idle; the others still carry a call (past a drain's grace)
+    start = time.monotonic()
+    pool.take_idle(1, start)
+    closing = asyncio.create_task(pool.close())
+    await asyncio.sleep(0)  # the close is under way
+    assert pool.take_idle(1, start + 5) == []
+    await closing
+    assert [c.channel.get_state() for c in every] == [grpc.ChannelConnectivity.SHUTDOWN] * 4

@@ -19,9 +19,9 @@ server may have another limit).
 
 A connection beyond the first that carried no call for the cluster's
 ``connection_pool.idle_timeout_seconds`` is closed (Envoy's upstream
-``idle_timeout``): :meth:`ConnectionPool.close_idle`, run every second by the
-router, takes it out of the pool before anything else can run (so no new call is
-handed to it), then closes its channel, which carries no call by then. The next
+``idle_timeout``): every second the router's sweep takes it out of the pool
+(:meth:`ConnectionPool.take_idle`, synchronous, so no new call is handed to it),
+then closes its channel, which carries no call by then. The next
 burst opens connections again. The request path only marks a connection used
 (:meth:`ConnectionPool.release`); the sweep reads the clock. Connections are
 numbered in the order they were opened and a number is never reused, so a log
@@ -99,6 +99,7 @@ class ConnectionPool:
         self.config = config
         self._open_channel = open_channel
         self._opened = 0
+        self.closed = False
         self.connections = [self._connect()]
 
     @property
@@ -177,13 +178,17 @@ class ConnectionPool:
 
     def take_idle(self, idle_timeout: float, now: float) -> list[Connection]:
         """Takes out of the pool every connection beyond the first that carried no call
-        for ``idle_timeout`` seconds by ``now`` (``time.monotonic()``); returns them.
+        for ``idle_timeout`` seconds by ``now`` (``time.monotonic()``); returns them, for
+        the caller to close.
 
         Called every second or so: a connection with a call open, or on which a call
         ended since the last sweep, is busy as of ``now``; so one is taken out after at
         least ``idle_timeout`` seconds without a call (at most one sweep more).
-        Synchronous: once it returns, :meth:`acquire` can no longer hand them out."""
+        Synchronous: once it returns, :meth:`acquire` can no longer hand them out. A
+        pool being closed gives none (:meth:`close` closes them all)."""
         connections = self.connections
+        if len(connections) == 1 or self.closed:  # the common case: nothing to look at
+            return []
         idle: list[Connection] = []
         for connection in connections[1:]:
             if connection.streams or connection.used:
@@ -194,29 +199,34 @@ class ConnectionPool:
         if idle:
             # In place: whoever holds the list sees the same pool.
             connections[:] = [c for c in connections if c not in idle]
+            log.info(
+                "%s: no call on %d of its connections for %gs; closing them (%s), %d remain",
+                self.address,
+                len(idle),
+                idle_timeout,
+                ", ".join(f"connection {c.number}" for c in idle),
+                len(connections),
+            )
         return idle
 
     async def close_idle(self, idle_timeout: float, now: float) -> int:
         """Closes the connections :meth:`take_idle` takes out; returns how many."""
         idle = self.take_idle(idle_timeout, now)
-        if not idle:
-            return 0
-        log.info(
-            "%s: no call on %d of its connections for %gs; closing them (%s), %d remain",
-            self.address,
-            len(idle),
-            idle_timeout,
-            ", ".join(f"connection {c.number}" for c in idle),
-            len(self.connections),
-        )
-        # No call is on them (none for idle_timeout, and none can be handed to them
-        # now): closing cuts nothing.
-        await asyncio.gather(*(c.channel.close(grace=None) for c in idle))
+        await close_connections(idle)
         return len(idle)
 
     async def close(self) -> None:
-        for connection in self.connections:
+        """Closes every connection (an idle sweep takes none from here on)."""
+        self.closed = True
+        for connection in list(self.connections):
             await connection.channel.close(grace=None)
+
+
+async def close_connections(idle: list[Connection]) -> None:
+    """Closes connections :meth:`ConnectionPool.take_idle` took out of their pools. No
+    call is on them (none for the idle timeout, and none can be handed to them now):
+    closing cuts nothing."""
+    await asyncio.gather(*(c.channel.close(grace=None) for c in idle))
 
 
 def _busyness(connection: Connection) -> float:

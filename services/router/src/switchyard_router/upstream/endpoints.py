@@ -28,7 +28,12 @@ from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
 from switchyard_router.load_balancing.picker import NO_REPORT, Epoch, ReportedLoad
-from switchyard_router.upstream.connection_pool import LIST_MODELS, ConnectionPool
+from switchyard_router.upstream.connection_pool import (
+    LIST_MODELS,
+    Connection,
+    ConnectionPool,
+    close_connections,
+)
 from switchyard_router.upstream.health import HealthWatcher
 from switchyard_router.upstream.load_reports import LoadReportWatcher, from_trailers
 from switchyard_router.upstream.outlier import EjectionState, OutlierDetector
@@ -340,14 +345,21 @@ class Cluster:
 
     async def close_idle_connections(self, now: float) -> None:
         """Closes its endpoints' connections (beyond the first) that carried no call for
-        ``connection_pool.idle_timeout_seconds`` by ``now``; run every second."""
+        ``connection_pool.idle_timeout_seconds`` by ``now``; run every second.
+
+        Every endpoint's idle connections are taken out before any is closed: nothing
+        awaits between, so an endpoint that leaves (DNS) or is replaced (reload,
+        rotated certificates) while they close is never swept, and a second costs one
+        pass over the endpoints however many there are."""
         idle_timeout = self.config.connection_pool.idle_timeout_seconds
         if idle_timeout is None:
             return
-        for endpoint in list(self.endpoints.values()):
-            closed = await endpoint.pool.close_idle(idle_timeout, now)
-            if closed:
-                metrics.UPSTREAM_CONNECTION_IDLE_TIMEOUTS.labels(self.name).inc(closed)
+        idle: list[Connection] = []
+        for endpoint in self.endpoints.values():
+            idle += endpoint.pool.take_idle(idle_timeout, now)
+        if idle:
+            metrics.UPSTREAM_CONNECTION_IDLE_TIMEOUTS.labels(self.name).inc(len(idle))
+            await close_connections(idle)
 
     def check_certificates(self, grace: float) -> None:
         """Rebuilds the channels when the certificate files changed (a rotated Secret)."""
