@@ -65,7 +65,7 @@ def router(
     http_port: int,
 ) -> Iterator[ServerProcess]:
     """One model server per vendor, and a router with a route ``<kind>`` to each's "ok"
-    (its HTTP front on ``http_port``)."""
+    and one over OpenAI's and Ollama's (its HTTP front on ``http_port``)."""
     servers = {
         kind: start_modelserver(
             workdir,
@@ -81,7 +81,15 @@ def router(
             "http_listen": f"127.0.0.1:{http_port}",
             "clusters": {kind: {"endpoints": [s.address]} for kind, s in servers.items()},
             "routes": [
-                {"model": kind, "targets": [{"cluster": kind, "model": "ok"}]} for kind in KINDS
+                *({"model": kind, "targets": [{"cluster": kind, "model": "ok"}]} for kind in KINDS),
+                # OpenAI first, Ollama its fallback: a request may land on either.
+                {
+                    "model": "openai-then-ollama",
+                    "targets": [
+                        {"cluster": "openai", "model": "ok"},
+                        {"cluster": "ollama", "model": "ok", "priority": 1},
+                    ],
+                },
             ],
         },
     )
@@ -251,6 +259,22 @@ def test_ollama_refuses_a_strict_tool_naming_it_and_takes_it_plain(client: Clien
     # ListModels says which models hold strict tools, so callers can tell beforehand.
     strict = {m.id: "strict_tools" in m.capabilities for m in client.list_models()}
     assert (strict["openai"], strict["anthropic"], strict["ollama"]) == (True, True, False)
+
+
+def test_a_route_over_targets_of_which_one_lacks_strict_tools_does_not_claim_them(
+    router: ServerProcess, client: Client
+) -> None:
+    """A route's capabilities are what every target can do: a strict tool sent to a
+    route over OpenAI and Ollama may land on Ollama, which refuses it."""
+    wait_healthy(router)  # both replicas describe the model
+    models = {m.id: m for m in client.list_models()}
+    assert models["openai-then-ollama"].healthy_replicas == 2
+    capabilities = {name: set(m.capabilities) for name, m in models.items()}
+    assert {"tools", "strict_tools"} <= capabilities["openai"]
+    assert "strict_tools" not in capabilities["ollama"]
+    assert "tools" in capabilities["openai-then-ollama"]
+    assert "strict_tools" not in capabilities["openai-then-ollama"]
+    assert capabilities["openai-then-ollama"] == capabilities["openai"] & capabilities["ollama"]
 
 
 def _strict_and_plain() -> tuple[Any, Any]:

@@ -51,6 +51,10 @@ async def list_models(
     models = []
     for name in names:
         described: pb.Model | None = None
+        # What every replica that described it can do: a request may land on any
+        # target (a fallback priority, a weight), so a capability one lacks (e.g.
+        # STRICT_TOOLS on an Ollama target beside an OpenAI one) is not the route's.
+        capabilities: set[int] | None = None
         loading = loaded = False
         healthy = total = 0
         adapters: dict[str, bool] = {}  # name -> loaded on some replica
@@ -67,14 +71,18 @@ async def list_models(
                 )
                 if found is not None:
                     described = described or found
+                    if capabilities is None:
+                        capabilities = set(found.capabilities)
+                    else:
+                        capabilities &= set(found.capabilities)
                     loading = loading or found.status == pb.MODEL_STATUS_LOADING
                     for adapter in found.adapters:
                         adapters[adapter.name] = adapters.get(adapter.name, False) or adapter.loaded
         model = pb.Model(id=name, healthy_replicas=healthy, total_replicas=total)
-        if described is not None:
+        if described is not None and capabilities is not None:  # set together
             model.backend = described.backend
             model.context_length = described.context_length
-            model.capabilities.extend(described.capabilities)
+            model.capabilities.extend(c for c in described.capabilities if c in capabilities)
             if described.HasField("defaults"):
                 model.defaults.CopyFrom(described.defaults)
             model.memory_bytes = described.memory_bytes
