@@ -108,6 +108,22 @@ def test_strict_is_carried_from_every_tool_shape(scripted: ServerProcess) -> Non
     assert [c.name for c in answer.tool_calls] == ["get_weather"]
 
 
+def test_a_strict_that_is_not_true_or_false_is_refused_not_taken_as_true(
+    scripted: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tools file's ``"strict": "false"`` (a string) would otherwise make the tool
+    strict: the SDK refuses it, and the CLI says so."""
+    for strict in ("false", 1, "yes"):
+        with pytest.raises(ValueError, match=r"tool 'f': strict is .*not true or false"):
+            tool_messages([{"type": "function", "function": {"name": "f", "strict": strict}}])
+    assert [t.strict for t in tool_messages([{"name": "f", "strict": None}])] == [False]
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps([{"name": "f", "strict": "false"}]))
+    code = cli(["--target", scripted.address, "chat", "caller", "hi", "--tools", str(tools_file)])
+    assert code == 2
+    assert "strict is 'false', not true or false" in capsys.readouterr().err
+
+
 def test_a_tool_round_trip_blocking_and_async(scripted: ServerProcess) -> None:
     def weather(city: str, unit: str) -> dict[str, Any]:
         return {"city": city, "degrees": 21, "unit": unit}

@@ -91,11 +91,17 @@ def as_tool(value: ToolLike) -> Tool:
         return Tool.from_model(value)
     if isinstance(value, Mapping):
         definition = value.get("function", value) if value.get("type") == "function" else value
+        strict = definition.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            # A JSON file's "false" (a string) must not make a tool strict.
+            raise ValueError(
+                f"tool {definition.get('name')!r}: strict is {strict!r}, not true or false"
+            )
         return Tool(
             str(definition["name"]),
             str(definition.get("description") or ""),
             dict(definition.get("parameters") or {}),
-            bool(definition.get("strict") or False),
+            bool(strict),
         )
     raise TypeError(f"not a tool: {value!r}")
 
