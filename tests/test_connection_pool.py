@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc.aio
 import pytest
+from prometheus_client import REGISTRY
 
 from switchyard_router.config import ClusterConfig, ConnectionPoolConfig
 from switchyard_router.upstream.connection_pool import ConnectionPool
@@ -188,3 +189,53 @@ async def test_a_pool_being_closed_gives_the_sweep_nothing_and_closes_every_conn
     assert pool.take_idle(1, start + 5) == []
     await closing
     assert [c.channel.get_state() for c in every] == [grpc.ChannelConnectivity.SHUTDOWN] * 4
+
+
+def _gauge(cluster: str, address: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "switchyard_router_upstream_connections", {"cluster": cluster, "endpoint": address}
+    )
+
+
+async def test_the_connections_gauge_follows_new_pools_and_endpoints_that_leave_and_return() -> (
+    None
+):
+    address = "127.0.0.1:9"
+    config = ClusterConfig(endpoints=[address])
+    elsewhere = ClusterConfig(endpoints=["127.0.0.1:11"])
+    cluster = Cluster("gauge", config, 1 << 20)
+    await cluster.refresh(0)
+    try:
+        [old] = cluster.endpoints.values()
+        for _ in range(600):
+            old.pool.acquire()  # calls still open: the old pool keeps 2 connections
+        assert _gauge("gauge", address) == 2
+        # New connection settings: a new pool, which the gauge reads from now on,
+        # also once the old endpoint's drain (calls cut after its grace) ends.
+        fewer = {"connection_pool": {"max_connections": 4}}
+        cluster.reconfigure(ClusterConfig.model_validate({**config.model_dump(), **fewer}), 0)
+        assert _gauge("gauge", address) == 1
+        await asyncio.gather(*cluster._removed)
+        assert _gauge("gauge", address) == 1
+        # Gone from DNS: its series goes once it drained; back again: it returns.
+        cluster.reconfigure(elsewhere, 0)
+        await cluster.refresh(0)
+        await asyncio.gather(*cluster._removed)
+        assert _gauge("gauge", address) is None
+        cluster.reconfigure(config, 0)
+        await cluster.refresh(0)
+        assert _gauge("gauge", address) == 1
+        # Back while the one that left still drains: the series stays when that drain ends.
+        [leaving] = cluster.endpoints.values()
+        leaving.outstanding = 1
+        cluster.reconfigure(elsewhere, 0)
+        await cluster.refresh(60)
+        cluster.reconfigure(config, 0)
+        await cluster.refresh(0)
+        [returned] = cluster.endpoints.values()
+        assert returned is not leaving
+        leaving.outstanding = 0
+        await asyncio.gather(*cluster._removed)
+        assert _gauge("gauge", address) == 1
+    finally:
+        await cluster.close()
