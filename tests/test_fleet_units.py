@@ -100,6 +100,17 @@ def test_cache_keys_differ_by_method_scope_route_and_request() -> None:
     assert cache_key(False, "ab", "c", b"") != cache_key(False, "a", "bc", b"")
 
 
+def test_a_strict_and_a_plain_tool_request_do_not_share_a_cache_entry() -> None:
+    """A strict tool may be answered differently (held to its schema, or refused), so
+    the request's bytes, which key the cache, carry ``Tool.strict``."""
+
+    def asking(strict: bool) -> bytes:
+        tool = pb.Tool(name="f", parameters='{"type": "object"}', strict=strict)
+        return pb.GenerateRequest(model="m", prompt="p", tools=[tool]).SerializeToString()
+
+    assert cache_key(False, "", "m", asking(True)) != cache_key(False, "", "m", asking(False))
+
+
 def test_cache_control_directives_are_read_from_metadata() -> None:
     assert cache_directives([("cache-control", "No-Cache, max-age=0")]) >= {"no-cache"}
     assert cache_directives([("other", "no-cache")]) == frozenset()
