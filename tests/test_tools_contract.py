@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet import Fleet
+from fleet import Fleet, wait_healthy
 from processes import ServerProcess
 from toolcases import QUESTION, TOOLS, WEATHER, check_calls, same_answer, tool_round
 
@@ -274,3 +274,31 @@ def test_a_stream_that_broke_after_a_tool_call_began_is_not_resumed(workdir: Pat
         assert all(c.resumes == 0 for c in chunks)
     finally:
         fleet.stop()
+
+
+def test_a_route_lists_what_every_target_takes(fleet: Fleet) -> None:
+    """A request may land on any target of a route (a fallback priority included), so
+    the router lists the capabilities all of them have and the shortest context."""
+    caller = {"id": "m", "context_length": 4096, "tool_call": SCRIPTED[0]["tool_call"]}
+    first = fleet.scripted("caller", [caller])
+    fallback = fleet.scripted("plain", [{"id": "m", "context_length": 2048}])
+    router = fleet.router(
+        {
+            "clusters": {"first": {"endpoints": [first.address]},
+                         "fallback": {"endpoints": [fallback.address]}},
+            "routes": [
+                {"model": "m", "targets": [{"cluster": "first"},
+                                           {"cluster": "fallback", "priority": 1}]},
+                {"model": "caller", "targets": [{"cluster": "first", "model": "m"}]},
+            ],
+        }
+    )  # fmt: skip
+    wait_healthy(router)
+    with Client(router.address) as client:
+        models = {m.id: m for m in client.list_models()}
+    assert models["m"].healthy_replicas == 2
+    assert {"tools", "strict_tools"} <= set(models["caller"].capabilities)
+    assert models["caller"].context_length == 4096
+    assert {"chat", "streaming"} <= set(models["m"].capabilities)
+    assert not {"tools", "strict_tools"} & set(models["m"].capabilities)
+    assert models["m"].context_length == 2048

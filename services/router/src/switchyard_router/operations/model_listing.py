@@ -53,8 +53,10 @@ async def list_models(
         described: pb.Model | None = None
         # What every replica that described it can do: a request may land on any
         # target (a fallback priority, a weight), so a capability one lacks (e.g.
-        # STRICT_TOOLS on an Ollama target beside an OpenAI one) is not the route's.
+        # STRICT_TOOLS on an Ollama target beside an OpenAI one) is not the route's,
+        # and its context is the shortest (a longer prompt is refused there).
         capabilities: set[int] | None = None
+        context_length = 0
         loading = loaded = False
         healthy = total = 0
         adapters: dict[str, bool] = {}  # name -> loaded on some replica
@@ -75,13 +77,16 @@ async def list_models(
                         capabilities = set(found.capabilities)
                     else:
                         capabilities &= set(found.capabilities)
+                    length = found.context_length  # 0: not said
+                    if length and (not context_length or length < context_length):
+                        context_length = length
                     loading = loading or found.status == pb.MODEL_STATUS_LOADING
                     for adapter in found.adapters:
                         adapters[adapter.name] = adapters.get(adapter.name, False) or adapter.loaded
         model = pb.Model(id=name, healthy_replicas=healthy, total_replicas=total)
         if described is not None and capabilities is not None:  # set together
             model.backend = described.backend
-            model.context_length = described.context_length
+            model.context_length = context_length
             model.capabilities.extend(c for c in described.capabilities if c in capabilities)
             if described.HasField("defaults"):
                 model.defaults.CopyFrom(described.defaults)
