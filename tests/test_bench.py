@@ -464,6 +464,22 @@ def test_the_picker_cost_benchmark_prints_every_policy_and_route_size() -> None:
     assert all(float(cell) > 0 for row in rows for cell in row[2:4])
 
 
+def test_the_idle_sweep_cost_benchmark_prints_both_states() -> None:
+    """Its smoke mode, once: it runs and reports a steady and a burst row; the numbers
+    are for people."""
+    script = Path(__file__).parent.parent / "benchmarks" / "idle_sweep_cost.py"
+    finished = subprocess.run(
+        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    cells = [
+        [c.strip() for c in line.strip("|").split("|")] for line in finished.stdout.splitlines()
+    ]
+    rows = [row for row in cells if row[0][:1].isdigit()]
+    assert [row[0] for row in rows] == ["1 (steady)", "8 (a burst)"]
+    assert all(float(row[1]) > 0 and row[2].endswith("%") for row in rows)
+
+
 def test_the_routing_benchmark_prints_every_policy_in_each_table() -> None:
     """Its smoke mode, once, on two SmolLM2 replicas and scripted ones: it runs and
     reports every policy; the numbers (of two short conversations) are for nobody."""
