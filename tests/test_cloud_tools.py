@@ -70,7 +70,14 @@ def router(
         kind: start_modelserver(
             workdir,
             f"tools-{kind}",
-            backend_config(kind, vendors.url, key_file, startup_check=False),
+            backend_config(
+                kind,
+                vendors.url,
+                key_file,
+                startup_check=False,
+                # The fake speaks for OpenAI itself, which holds strict tools.
+                **({"strict_tools": True} if kind == "openai" else {}),
+            ),
         )
         for kind in KINDS
     }
@@ -275,6 +282,30 @@ def test_a_route_over_targets_of_which_one_lacks_strict_tools_does_not_claim_the
     assert "tools" in capabilities["openai-then-ollama"]
     assert "strict_tools" not in capabilities["openai-then-ollama"]
     assert capabilities["openai-then-ollama"] == capabilities["openai"] & capabilities["ollama"]
+
+
+def test_an_openai_compatible_server_refuses_strict_tools_unless_told_it_holds_them(
+    workdir: Path, vendors: FakeVendors, key_file: Path
+) -> None:
+    """Behind a base_url that is not OpenAI's own (vLLM, a proxy: they may take
+    function.strict and ignore it), a strict tool is refused rather than passed on
+    unenforced, and ListModels says so; ``strict_tools: true`` says the server holds
+    them."""
+    compatible = start_modelserver(
+        workdir,
+        "tools-openai-compatible",
+        backend_config("openai", vendors.url, key_file, startup_check=False),
+    )
+    try:
+        with Client(compatible.address, timeout=30) as direct:
+            strict = {m.id: "strict_tools" in m.capabilities for m in direct.list_models()}
+            assert strict["ok"] is False
+            with pytest.raises(InvalidArgumentError) as error:
+                direct.chat("ok", QUESTION, tools=[STRICT_WEATHER])
+            assert [v.field for v in error.value.field_violations] == ["tools[0].strict"]
+            assert direct.chat("ok", QUESTION, tools=[WEATHER]).tool_calls
+    finally:
+        compatible.stop()
 
 
 def _strict_and_plain() -> tuple[Any, Any]:

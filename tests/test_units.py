@@ -391,3 +391,23 @@ def test_every_example_config_the_readme_shows_is_the_file_as_it_is() -> None:
         path for path, block in quoted if (REPO / path).read_text().split("\n", 1)[1] != block
     ]
     assert not drifted, f"README quotes differ from the files: {drifted}"
+
+
+@pytest.mark.parametrize(
+    ("options", "holds"),
+    [
+        ({}, True),  # OpenAI's own API
+        ({"base_url": "https://api.openai.com/v1"}, True),
+        ({"base_url": "http://vllm.internal:8000/v1"}, False),  # may ignore function.strict
+        ({"base_url": "http://vllm.internal:8000/v1", "strict_tools": True}, True),
+        ({"strict_tools": False}, False),
+    ],
+)
+def test_the_openai_backend_claims_strict_tools_only_for_a_server_that_holds_them(
+    options: dict[str, Any], holds: bool
+) -> None:
+    from switchyard_modelserver.backends.cloud.openai import OpenAIBackend
+    from switchyard_modelserver.domain import Capability
+
+    backend = OpenAIBackend.from_options({"models": [{"id": "gpt"}], **options})
+    assert (Capability.STRICT_TOOLS in backend.card("gpt").capabilities) is holds

@@ -60,7 +60,6 @@ class AnthropicBackend(CloudBackend):
     options_model = AnthropicOptions
     requires_api_key = True
     provider_capabilities = frozenset({Capability.COUNT_TOKENS})  # /v1/messages/count_tokens
-    holds_strict_tools = True  # tools[].strict
 
     def __init__(self, options: AnthropicOptions) -> None:
         super().__init__(options)
@@ -76,6 +75,9 @@ class AnthropicBackend(CloudBackend):
 
     def send_key(self, key: str | None) -> None:
         self._client.api_key = key
+
+    def holds_strict_tools(self) -> bool:
+        return True  # tools[].strict
 
     async def list_provider_models(self) -> set[str] | None:
         return await self.sdk_model_ids(self._client)

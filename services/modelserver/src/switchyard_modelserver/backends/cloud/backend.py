@@ -53,9 +53,6 @@ class CloudBackend(Backend):
     """Whether a missing API key is a config error (else requests go without one)."""
     provider_capabilities: ClassVar[frozenset[Capability]] = frozenset()
     """What the provider's API adds for every model (e.g. a token-count endpoint)."""
-    holds_strict_tools: ClassVar[bool] = False
-    """Whether the provider's API takes a strict flag on tools (its models with
-    ``tools`` then have STRICT_TOOLS, and the backend must send the flag)."""
     no_token_count: ClassVar[str] = "the provider has no token-count API"
     """Why CountTokens is UNIMPLEMENTED, for providers without one."""
     options: CloudOptions
@@ -67,6 +64,12 @@ class CloudBackend(Backend):
         self._secret = load_secret(options, required=self.requires_api_key, kind=self.kind)
 
     # -- what a provider implements --------------------------------------
+
+    def holds_strict_tools(self) -> bool:
+        """Whether the provider holds a strict tool's calls to its schema when told to
+        (its models with ``tools`` then have STRICT_TOOLS, and the backend must send
+        the flag); otherwise the server refuses strict tools for its models."""
+        return False
 
     @abc.abstractmethod
     async def list_provider_models(self) -> set[str] | None:
@@ -93,7 +96,7 @@ class CloudBackend(Backend):
     def card(self, model_id: str) -> ModelCard:
         model = self._models[model_id]
         capabilities = {_CAPABILITIES[c] for c in model.capabilities} | self.provider_capabilities
-        if Capability.TOOLS in capabilities and self.holds_strict_tools:
+        if Capability.TOOLS in capabilities and self.holds_strict_tools():
             capabilities.add(Capability.STRICT_TOOLS)
         return ModelCard(
             id=model.id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import openai
 from pydantic import Field
@@ -33,6 +34,9 @@ from switchyard_modelserver.domain import (
     ToolSpec,
 )
 from switchyard_modelserver.tools.prompting import function_definitions
+
+_OPENAI_HOST = "api.openai.com"
+"""Where OpenAI's own API answers (it holds strict tools' calls to their schemas)."""
 
 _FINISH = {
     "stop": FinishReason.STOP,
@@ -59,6 +63,14 @@ class OpenAIOptions(CloudOptions):
         description="how chat requests send max_tokens; OpenAI's reasoning models take only "
         "max_completion_tokens, most compatible servers only max_tokens",
     )
+    strict_tools: bool | None = Field(
+        default=None,
+        description="whether the server holds a tool's calls to its schema when the tool "
+        "says function.strict (OpenAI's API does; many compatible servers ignore the flag); "
+        "unset: true for OpenAI's API (no base_url, or api.openai.com), false for other "
+        "servers, whose models then refuse strict tools (INVALID_ARGUMENT) rather than "
+        "pass them on unenforced",
+    )
     stream_usage: bool = Field(
         default=True,
         description="ask for usage in the final stream chunk (stream_options.include_usage); "
@@ -71,7 +83,6 @@ class OpenAIBackend(CloudBackend):
 
     kind = "openai"
     provider = "openai"
-    holds_strict_tools = True  # function.strict (a compatible server may ignore it)
     options_model = OpenAIOptions
     requires_api_key = False  # a local OpenAI-compatible server (vLLM, Ollama) may need none
     no_token_count = (
@@ -95,6 +106,13 @@ class OpenAIBackend(CloudBackend):
 
     def send_key(self, key: str | None) -> None:
         self._client.api_key = key or "unused"
+
+    def holds_strict_tools(self) -> bool:
+        options = self._openai_options
+        if options.strict_tools is not None:
+            return options.strict_tools
+        # A compatible server (vLLM, SGLang, a proxy) may take function.strict and ignore it.
+        return options.base_url is None or urlsplit(options.base_url).hostname == _OPENAI_HOST
 
     async def list_provider_models(self) -> set[str] | None:
         return await self.sdk_model_ids(self._client)
