@@ -410,4 +410,5 @@ def test_the_openai_backend_claims_strict_tools_only_for_a_server_that_holds_the
     from switchyard_modelserver.domain import Capability
 
     backend = OpenAIBackend.from_options({"models": [{"id": "gpt"}], **options})
+    assert isinstance(backend, OpenAIBackend)
     assert (Capability.STRICT_TOOLS in backend.card("gpt").capabilities) is holds
