@@ -34,6 +34,7 @@ from switchyard_router.fleet.cache import (
 from switchyard_router.fleet.config import ResponseCacheConfig
 from switchyard_router.fleet.local import LocalFleetState
 from switchyard_router.fronts.front import Inbound, Metadata
+from switchyard_router.load_balancing import capabilities
 from switchyard_router.load_balancing.picker import RequestView
 from switchyard_router.metrics import RequestRecord
 from switchyard_router.request_path import wire
@@ -166,7 +167,11 @@ class Admission:
         key = None
         if route.affinity is not None:  # only prefix_affinity routes read more of a request
             key = route.affinity.key(request, inbound.metadata)
-        view = RequestView(route.model, key, len(request), adapter or None)
+        needs = 0
+        lacking = route.picker.lacking
+        if lacking and not inbound.counts_tokens:  # targets differ in what they can do
+            needs = capabilities.needs_of(request) & lacking
+        view = RequestView(route.model, key, len(request), adapter or None, needs)
         call = Call(inbound, record, route, view, request, metadata, deadline)
         if self.in_flight is not None:
             self.in_flight.enter(route.model, route.max_in_flight)

@@ -47,6 +47,16 @@ llama.cpp, its cached prompt); only when none is eligible does it go to any.
 A hot adapter spreads by itself: a full replica answers RESOURCE_EXHAUSTED, the
 retry goes to another, and that one holds the adapter from then on.
 
+**Capabilities**: a model server refuses what its model cannot do (tools, strict
+tools, a JSON or grammar response format, chat or a plain prompt: ``capabilities``)
+with INVALID_ARGUMENT, which is never retried. On a route whose endpoints' models
+differ in what the request needs (``RequestView.needs``), every pass above counts
+as eligible only the endpoints whose model has all of it (a model whose
+capabilities are not known yet is assumed capable), priorities, weights and panic
+unchanged among them. Only when no endpoint anywhere on the route can take it so
+does the request go as if it needed nothing, and the model server's refusal names
+the field. A route whose endpoints all can do the same needs no scan of the request.
+
 Load (:func:`load_of`) is what the policies that weigh it compare: this router's
 requests in flight at an endpoint, plus those of other routers and clients there
 (from its model server's last load report: ORCA, ``load_reports``), plus its
@@ -63,6 +73,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from switchyard_router.load_balancing.capabilities import ROUTED
 from switchyard_router.load_balancing.hash_ring import HashRing
 
 PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
@@ -154,6 +165,11 @@ class EndpointView(Protocol):
         priority in panic spreads over."""
         ...
 
+    def capabilities_of(self, model: str) -> int:
+        """What ``model`` can do there, as a ``capabilities`` bit set (every bit set:
+        not known)."""
+        ...
+
 
 class Epoch:
     """Counts the changes to which of a cluster's endpoints are healthy (health
@@ -188,6 +204,9 @@ class RequestView:
     """Size of the request: an upper bound on its prompt's length (about 4 bytes a token)."""
     adapter: str | None = None
     """The LoRA adapter the request names (None: the base model)."""
+    needs: int = 0
+    """What the request needs of a model (``capabilities`` bits): read only on routes
+    whose endpoints differ in it (``Picker.lacking``); 0: anything will do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +529,7 @@ class Picker(Generic[E]):
             else tuple({id(t.epoch): t.epoch for t in targets if t.epoch is not None}.values())
         )
         self._counted: tuple[int, PriorityLoad] | None = None
+        self._lacking = 0
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
@@ -521,6 +541,25 @@ class Picker(Generic[E]):
         if exclude and request.affinity_key is not None:
             request = dataclasses.replace(request, affinity_key=None)
         load = self.priority_load()
+        needs = request.needs & self._lacking
+        if needs:  # some endpoint on the route cannot do what it needs: those that can
+            chosen = self._pick(request, exclude, load, needs)
+            if chosen is not None:
+                return chosen
+        return self._pick(request, exclude, load, 0)
+
+    @property
+    def lacking(self) -> int:
+        """The capabilities (``capabilities`` bits) that some endpoint on the route lacks
+        for its target's model: 0 when they all can do the same, and a request's needs
+        change nothing."""
+        self.priority_load()
+        return self._lacking
+
+    def _pick(
+        self, request: RequestView, exclude: Collection[E], load: PriorityLoad, needs: int
+    ) -> Pick[E] | None:
+        """:meth:`pick` among the endpoints whose model has ``needs``."""
         levels = load.priorities
         groups = self.groups
         # The priority by its load; when it has no eligible endpoint (a retry tried
@@ -531,18 +570,18 @@ class Picker(Generic[E]):
             bounds = load.bounds
             while first < len(bounds) - 1 and point >= bounds[first]:
                 first += 1
-        chosen = _pick_in(groups[first], request, exclude, _mode(levels[first]))
+        chosen = _pick_in(groups[first], request, exclude, _mode(levels[first]), needs)
         if chosen is not None:
             return chosen
         for index, group in enumerate(groups):
             if index != first:
-                chosen = _pick_in(group, request, exclude, _mode(levels[index]))
+                chosen = _pick_in(group, request, exclude, _mode(levels[index]), needs)
                 if chosen is not None:
                     return chosen
         # Nothing healthy or connected: try endpoints whose health is not known yet
         # (just added, or serving no health service) rather than fail.
         for group in groups:
-            chosen = _pick_in(group, request, exclude, _UNKNOWN)
+            chosen = _pick_in(group, request, exclude, _UNKNOWN, needs)
             if chosen is not None:
                 return chosen
         return None
@@ -560,6 +599,7 @@ class Picker(Generic[E]):
             if counted is not None and counted[0] == stamp:
                 return counted[1]
         counts = []
+        has_all = -1  # what every endpoint's model can do (every bit: none known)
         for group in self.groups:
             healthy = total = connected = 0
             for target, _ in group:
@@ -568,7 +608,9 @@ class Picker(Generic[E]):
                     total += 1
                     healthy += endpoint.serves(model)
                     connected += endpoint.connected(model)
+                    has_all &= endpoint.capabilities_of(model)
             counts.append((healthy, total, connected))
+        self._lacking = ROUTED & ~has_all
         load = priority_load_of(
             counts, self.overprovisioning_factor, self.healthy_panic_threshold, self.priorities
         )
@@ -599,11 +641,14 @@ def _pick_in(
     request: RequestView,
     exclude: Collection[E],
     mode: int,
+    needs: int = 0,
 ) -> Pick[E] | None:
     options: list[_Option[E]] = []
     for target, policy in group:
         endpoints = list(target.endpoints.values())
         eligible = _eligibility(target.model, exclude, mode)
+        if needs:
+            eligible = _capable(target.model, needs, eligible)
         if any(map(eligible, endpoints)):
             options.append((target, policy, endpoints, eligible))
     if not options:
@@ -633,6 +678,11 @@ def _eligibility(model: str, exclude: Collection[E], mode: int) -> Callable[[E],
     if mode == _CONNECTED:
         return lambda e: e.connected(model) and e not in exclude
     return lambda e: e.may_serve(model) and e not in exclude
+
+
+def _capable(model: str, needs: int, eligible: Callable[[E], bool]) -> Callable[[E], bool]:
+    """``eligible``, and its ``model`` there has every capability in ``needs``."""
+    return lambda e: e.capabilities_of(model) & needs == needs and eligible(e)
 
 
 def _by_weight(options: list[_Option[E]]) -> _Option[E]:

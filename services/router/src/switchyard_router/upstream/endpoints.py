@@ -24,9 +24,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_common.listener import CertificateFiles
 from switchyard_router import metrics
 from switchyard_router.config import ClusterConfig, ReconnectBackoffConfig
+from switchyard_router.load_balancing import capabilities
 from switchyard_router.load_balancing.picker import NO_REPORT, Epoch, ReportedLoad
 from switchyard_router.upstream.connection_pool import (
     LIST_MODELS,
@@ -36,11 +38,16 @@ from switchyard_router.upstream.connection_pool import (
 )
 from switchyard_router.upstream.health import HealthWatcher
 from switchyard_router.upstream.load_reports import LoadReportWatcher, from_trailers
+from switchyard_router.upstream.model_catalog import capabilities_by_model, loaded_adapters
 from switchyard_router.upstream.outlier import EjectionState, OutlierDetector
 
 log = logging.getLogger("switchyard.router.endpoints")
 
 DNS_SCHEME = "dns:///"
+MODELS_READ_TIMEOUT_SECONDS = 2.0
+"""How long the ListModels read on a fresh SERVING waits (``list_models_timeout_seconds``'s
+default)."""
+_LIST_MODELS_REQUEST = pb.ListModelsRequest().SerializeToString()
 
 
 # Which Endpoint owns each (cluster, address) series of the health gauge.
@@ -143,6 +150,11 @@ class Endpoint:
         self.adapters: dict[str, frozenset[str]] = {}
         """LoRA adapters in memory there, by model name (id and aliases): from its
         ListModels (``adapter_refresh_seconds``) and from requests it served."""
+        self.capabilities: dict[str, int] = {}
+        """What each model there can do (``capabilities`` bit sets), by model name (id
+        and aliases), from its ListModels: read when it says SERVING on a new health
+        stream and with the adapters. A model not in it is assumed capable."""
+        self._models_read: asyncio.Task[None] | None = None
         self.watcher = HealthWatcher(self)
         self.load_reports = LoadReportWatcher(self)
         # Read at scrape time: no cost on the request path.
@@ -175,6 +187,33 @@ class Endpoint:
         if serving and (fresh or old is not new):
             self.detector.health_check_passed(self)
 
+    def read_models_soon(self) -> None:
+        """Reads its ListModels once now that it serves (a restarted model server may
+        serve other models, or the same with other capabilities), so that routing by
+        capability is right from its first request, whatever ``adapter_refresh_seconds``.
+        One read at a time, however many model names report."""
+        if self._models_read is None or self._models_read.done():
+            self._models_read = asyncio.get_running_loop().create_task(
+                self.read_models(MODELS_READ_TIMEOUT_SECONDS), name=f"models {self.address}"
+            )
+
+    @property
+    def models_known(self) -> bool:
+        """Its first ListModels read since it said SERVING has ended (answered or not)."""
+        return self._models_read is not None and self._models_read.done()
+
+    async def read_models(self, timeout: float) -> None:
+        """Reads its ListModels: the adapters in memory and each model's capabilities.
+        Keeps what was known if it does not answer."""
+        try:
+            raw = await self.list_models(_LIST_MODELS_REQUEST, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            log.debug("ListModels on %s failed: %s", self.address, error.code().name)
+            return
+        response = pb.ListModelsResponse.FromString(raw)
+        self.set_adapters(loaded_adapters(response))
+        self.set_capabilities(capabilities_by_model(response))
+
     def set_unreachable(self, model: str, reason: str) -> None:
         if self.health.get(model) is not ModelHealth.UNREACHABLE:
             log.info("%s (%s): unreachable for %s: %s", self.address, self.cluster, model, reason)
@@ -206,6 +245,24 @@ class Endpoint:
                 "%s (%s): adapters loaded: %s", self.address, self.cluster, described or "none"
             )
         self.adapters = adapters
+
+    # Capabilities, for routing by what a request needs.
+    def capabilities_of(self, model: str) -> int:
+        """What ``model`` can do there (a ``capabilities`` bit set; all bits: not known)."""
+        return self.capabilities.get(model, capabilities.UNKNOWN)
+
+    def set_capabilities(self, by_model: dict[str, int]) -> None:
+        """What its ListModels says each model can do (replaces what was known)."""
+        if by_model != self.capabilities:
+            log.info(
+                "%s (%s): capabilities: %s",
+                self.address,
+                self.cluster,
+                "; ".join(f"{m}: {capabilities.describe(c)}" for m, c in sorted(by_model.items()))
+                or "none",
+            )
+            self.capabilities = by_model
+            self.epoch.bump()  # the routes over it count again what their targets lack
 
     # Eligibility.
     def ejected(self) -> bool:
@@ -289,6 +346,8 @@ class Endpoint:
             await asyncio.sleep(0.05)
         await self.watcher.close()
         await self.load_reports.close()
+        if self._models_read is not None:
+            self._models_read.cancel()
         self.detector.forget(self)
         await self.pool.close()
         # The address may have rejoined (a new Endpoint) while this one drained.

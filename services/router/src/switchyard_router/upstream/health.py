@@ -8,7 +8,8 @@ A broken stream is opened again at once and waits for the channel to reconnect
 reconnect back-off lets the connection through; only a stream that fails on a
 live connection waits a jittered pause (the same back-off) before its next try.
 The first report on each new stream is *fresh*: SERVING then ends an ejection
-(``outlier``).
+(``outlier``). Each SERVING report also has the endpoint read its ListModels
+once (what its models can do: ``capabilities``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class HealthWatcher:
             try:
                 with self._endpoint.pool.background_stream():
                     async for response in call:
-                        self._endpoint.set_model_health(name, response.status == SERVING, fresh)
+                        serving = response.status == SERVING
+                        self._endpoint.set_model_health(name, serving, fresh)
+                        if serving:  # (a report is a change, or the first on a stream)
+                            self._endpoint.read_models_soon()
                         fresh = False
                         backoff.reset()
             except grpc.aio.AioRpcError as error:
@@ -70,6 +74,7 @@ class HealthWatcher:
                         "%s has no health service; assuming SERVING", self._endpoint.address
                     )
                     self._endpoint.set_model_health(name, True)
+                    self._endpoint.read_models_soon()
                     return
                 self._endpoint.set_unreachable(name, error.details() or error.code().name)
             finally:
