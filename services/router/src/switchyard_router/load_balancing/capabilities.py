@@ -28,16 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router.request_path import wire
 
-COMPLETION = 1 << pb.CAPABILITY_COMPLETION
-CHAT = 1 << pb.CAPABILITY_CHAT
-LOGPROBS = 1 << pb.CAPABILITY_LOGPROBS
-TOOLS = 1 << pb.CAPABILITY_TOOLS
-STRICT_TOOLS = 1 << pb.CAPABILITY_STRICT_TOOLS
-JSON_OUTPUT = 1 << pb.CAPABILITY_JSON_OUTPUT
-GRAMMAR_OUTPUT = 1 << pb.CAPABILITY_GRAMMAR_OUTPUT
+# The contract's Capability numbers (not imported: the picker, which reads these,
+# imports nothing of gRPC or protobuf; a test holds them equal).
+COMPLETION = 1 << 1
+CHAT = 1 << 2
+LOGPROBS = 1 << 4
+TOOLS = 1 << 5
+JSON_OUTPUT = 1 << 6
+GRAMMAR_OUTPUT = 1 << 7
+STRICT_TOOLS = 1 << 10
 
 ROUTED = COMPLETION | CHAT | LOGPROBS | TOOLS | STRICT_TOOLS | JSON_OUTPUT | GRAMMAR_OUTPUT
 """The capabilities a request may need (the others, streaming say, decide nothing)."""
@@ -67,6 +68,7 @@ _LOGPROBS = 10 << 3  # SamplingParams.logprobs (varint)
 _STRICT = 4 << 3  # Tool.strict (varint)
 _CHOICE_MODE = 1 << 3  # ToolChoice.mode (varint)
 _CHOICE_NAME = (2 << 3) | 2  # ToolChoice.name
+TOOL_CHOICE_MODE_NONE = 2
 _FORMAT_KINDS = {
     (1 << 3) | 2: JSON_OUTPUT,  # json_object
     (2 << 3) | 2: JSON_OUTPUT,  # json_schema
@@ -177,7 +179,7 @@ def _tool_choice_none(data: bytes, pos: int, end: int, before: bool) -> bool:
     none = before
     for key, start, _ in _fields(data, pos, end):
         if key == _CHOICE_MODE:
-            none = _varint(data, start)[0] == pb.TOOL_CHOICE_MODE_NONE
+            none = _varint(data, start)[0] == TOOL_CHOICE_MODE_NONE
         elif key == _CHOICE_NAME:
             none = False
     return none
