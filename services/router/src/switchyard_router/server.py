@@ -308,8 +308,12 @@ class Router:
         return port
 
     def _all_reported(self) -> bool:
+        """Every endpoint's health is known and, where it serves, what its models can
+        do (so the first requests are routed by capability too)."""
         return all(
-            e.health and all(h.value != "unknown" for h in e.health.values())
+            e.health
+            and all(h.value != "unknown" for h in e.health.values())
+            and (e.models_known or "serving" not in {h.value for h in e.health.values()})
             for c in self.clusters.values()
             for e in c.endpoints.values()
         )
