@@ -17,7 +17,7 @@ import openai
 import pytest
 from conftest import start_modelserver, start_router
 from fleet import wait_healthy
-from processes import ServerProcess, free_port
+from processes import ServerProcess, free_port, wait_until
 from toolcases import (
     CITY_SCHEMA,
     QUESTION,
@@ -95,6 +95,14 @@ def router(
                     "targets": [
                         {"cluster": "openai", "model": "ok"},
                         {"cluster": "ollama", "model": "ok", "priority": 1},
+                    ],
+                },
+                # An even split over both: what a request needs decides where it may go.
+                {
+                    "model": "openai-and-ollama",
+                    "targets": [
+                        {"cluster": "openai", "model": "ok", "weight": 1},
+                        {"cluster": "ollama", "model": "ok", "weight": 1},
                     ],
                 },
             ],
@@ -272,7 +280,8 @@ def test_a_route_over_targets_of_which_one_lacks_strict_tools_does_not_claim_the
     router: ServerProcess, client: Client
 ) -> None:
     """A route's capabilities are what every target can do: a strict tool sent to a
-    route over OpenAI and Ollama may land on Ollama, which refuses it."""
+    route over OpenAI and Ollama goes to OpenAI while it can take it, but lands on
+    Ollama, which refuses it, when OpenAI's replicas are all out."""
     wait_healthy(router)  # both replicas describe the model
     models = {m.id: m for m in client.list_models()}
     assert models["openai-then-ollama"].healthy_replicas == 2
@@ -431,3 +440,25 @@ def test_the_openai_completions_api_takes_no_response_format(
     finally:
         server.stop()
     assert "response_format" in [v.field for v in error.value.field_violations]
+
+
+def test_strict_tools_on_an_even_split_all_land_on_openai(
+    router: ServerProcess, client: Client, vendors: FakeVendors
+) -> None:
+    """Ollama cannot hold calls to a schema: on a 1:1 split with OpenAI, the router
+    sends every strict-tool request to OpenAI, and plain chats still to both."""
+    wait_healthy(router)
+    wait_until(
+        lambda: router.log().count("capabilities:") >= len(KINDS),
+        "every endpoint's capabilities read",
+    )
+    for _ in range(20):
+        answer = client.chat("openai-and-ollama", asking(sent := new_request_id()),
+                             tools=[STRICT_WEATHER])  # fmt: skip
+        assert answer.finish_reason is FinishReason.TOOL_CALLS
+        assert vendors.received(sent).path.endswith("/chat/completions")
+    paths = set()
+    for _ in range(20):
+        client.chat("openai-and-ollama", asking(sent := new_request_id()))
+        paths.add(vendors.received(sent).path)
+    assert len(paths) == 2, paths  # OpenAI's and Ollama's APIs both (P(not) = 2^-19)
