@@ -15,6 +15,12 @@ prefix_affinity picks with an affinity key
 (the key is read from the request at admission: ``benchmarks/routing.py``
 measures that too); its retries are least_outstanding's, by design.
 
+Then routing by capability: what reading a request's needs from its bytes costs
+(``capabilities.needs_of``: a plain chat, one with tools, one with a strict tool
+and a JSON Schema), and a least_outstanding pick on a route of two 8-endpoint
+targets of which one lacks tools, for a request that needs nothing and one that
+needs tools (only the capable target's endpoints eligible).
+
     .venv/bin/python benchmarks/picker_cost.py [--smoke]
 """
 
@@ -26,7 +32,9 @@ import statistics
 import time
 from typing import get_args
 
+from switchyard.v1 import llm_service_pb2 as pb
 from switchyard_router.config import ClusterConfig
+from switchyard_router.load_balancing import capabilities
 from switchyard_router.load_balancing.picker import Picker, PolicyName, RequestView, Target
 from switchyard_router.upstream.endpoints import Cluster, Endpoint
 
@@ -95,8 +103,77 @@ async def run(smoke: bool) -> None:
             medians = [statistics.median(samples[policy]) for policy in POLICIES]
             cells = " | ".join(f"{m:.2f}" for m in medians)
             print(f"| {label} | {attempt} | {cells} | {medians[1] / medians[0]:.2f}x |")
+    await _capability_routing(rounds, per_round, made)
     for cluster in made:
         await cluster.close()
+
+
+def _chat(**fields: object) -> bytes:
+    """A 5-turn chat of about 2.8 KB (as ``benchmarks/routing.py``'s), with ``fields``."""
+    turns = [pb.ChatMessage(role="system", content="You are a helpful assistant. " * 8)]
+    for turn in range(4):
+        role = "user" if turn % 2 == 0 else "assistant"
+        turns.append(pb.ChatMessage(role=role, content=f"turn {turn}: " + "words " * 100))
+    request = pb.GenerateRequest(model=MODEL, messages=turns, **fields)  # type: ignore[arg-type]
+    return request.SerializeToString()
+
+
+def _scan_us(request: bytes, n: int) -> float:
+    needs_of = capabilities.needs_of
+    started = time.perf_counter_ns()
+    for _ in range(n):
+        needs_of(request)
+    return (time.perf_counter_ns() - started) / n / 1000
+
+
+async def _capability_routing(rounds: int, per_round: int, made: list[Cluster]) -> None:
+    """Prints the scan's cost per request kind, and a pick's on a mixed route."""
+    weather = pb.Tool(
+        name="get_weather",
+        description="Current weather in a city",
+        parameters='{"type": "object", "properties": {"city": {"type": "string"}}}',
+    )
+    strict = pb.Tool()
+    strict.CopyFrom(weather)
+    strict.strict = True
+    schema = pb.JsonSchemaFormat(name="city", schema='{"type": "object"}')
+    kinds = {
+        "plain chat": (_chat(), capabilities.CHAT),
+        "chat + 2 tools": (_chat(tools=[weather, weather]), capabilities.TOOLS),
+        "chat + strict tool + JSON Schema": (
+            _chat(tools=[strict], response_format=pb.ResponseFormat(json_schema=schema)),
+            capabilities.TOOLS,
+        ),
+    }
+    with_tools, without = await _cluster(8), await _cluster(8, subnet=1)
+    made += [with_tools, without]
+    has = capabilities.COMPLETION | capabilities.CHAT
+    for endpoint in with_tools.endpoints.values():
+        endpoint.set_capabilities({MODEL: has | capabilities.TOOLS})
+    for endpoint in without.endpoints.values():
+        endpoint.set_capabilities({MODEL: has})
+    picker = Picker(
+        [
+            Target("tools", MODEL, 0, 1, with_tools.endpoints, with_tools.epoch),
+            Target("plain", MODEL, 0, 1, without.endpoints, without.epoch),
+        ]
+    )
+    print()
+    print("routing by capability: reading a request's needs, and a least_outstanding pick")
+    print("on a route of 8 endpoints with tools + 8 without (µs, medians)")
+    print("| request | bytes | needs scan µs | pick, needing nothing µs | pick, its needs µs |")
+    print("|---|---|---|---|---|")
+    for label, (request, needs) in kinds.items():
+        needing = RequestView(MODEL, None, len(request), None, capabilities.needs_of(request))
+        assert needing.needs & needs == needs
+        plain = RequestView(MODEL, None, len(request))
+        scans, bare, picks = [], [], []
+        for _ in range(rounds):
+            scans.append(_scan_us(request, per_round))
+            bare.append(_round_us(picker, plain, set(), per_round))
+            picks.append(_round_us(picker, needing, set(), per_round))
+        cells = [statistics.median(samples) for samples in (scans, bare, picks)]
+        print(f"| {label} | {len(request):,} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
 def main() -> None:

@@ -103,22 +103,31 @@ def needs_of(request: bytes) -> int:
 
 
 def _scan(data: bytes) -> int:
+    # By hand, as affinity's scan: a plain chat's only cost is stepping over its
+    # messages, a few bytes read each (a function call per varint would double it).
     needs = 0
     has_tools = strict = choice_none = False
     pos, end = 0, len(data)
+    varint = wire.varint
     while pos < end:
-        key, pos = _varint(data, pos)
+        key = data[pos]
+        if key >= 0x80:  # no field read here has a tag this long
+            key, pos = varint(data, pos)
+        else:
+            pos += 1
         if key & 7 != 2:  # the model name and prompt are strings: this is a flag or number
             pos = wire.skip(data, pos, key & 7)
             continue
-        length, pos = _varint(data, pos)
+        length = data[pos]
+        if length >= 0x80:
+            length, pos = varint(data, pos)
+        else:
+            pos += 1
         value_end = pos + length
         if value_end > end:
             raise wire.MalformedRequestError("field runs past the end of the message")
         if key == _MESSAGES:
             needs |= CHAT
-        elif key == _PROMPT:
-            needs |= COMPLETION
         elif key in _INSIDE:
             if key == _TOOLS:
                 has_tools = True
@@ -131,6 +140,8 @@ def _scan(data: bytes) -> int:
                     needs = (needs & ~(JSON_OUTPUT | GRAMMAR_OUTPUT)) | kind
             elif _varint_field(data, pos, value_end, _LOGPROBS) is not None:  # sampling
                 needs |= LOGPROBS
+        elif key == _PROMPT:
+            needs |= COMPLETION
         pos = value_end
     if has_tools:
         needs |= TOOLS
