@@ -18,8 +18,8 @@ measures that too); its retries are least_outstanding's, by design.
 Then routing by capability: what reading a request's needs from its bytes costs
 (``capabilities.needs_of``: a plain chat, one with tools, one with a strict tool
 and a JSON Schema), and a least_outstanding pick on a route of two 8-endpoint
-targets of which one lacks tools, for a request that needs nothing and one that
-needs tools (only the capable target's endpoints eligible).
+targets of which one lacks tools and JSON output, for a request that needs nothing
+and one with its needs (only the capable target's endpoints eligible).
 
     .venv/bin/python benchmarks/picker_cost.py [--smoke]
 """
@@ -148,8 +148,9 @@ async def _capability_routing(rounds: int, per_round: int, made: list[Cluster]) 
     with_tools, without = await _cluster(8), await _cluster(8, subnet=1)
     made += [with_tools, without]
     has = capabilities.COMPLETION | capabilities.CHAT
+    tools = capabilities.TOOLS | capabilities.STRICT_TOOLS | capabilities.JSON_OUTPUT
     for endpoint in with_tools.endpoints.values():
-        endpoint.set_capabilities({MODEL: has | capabilities.TOOLS})
+        endpoint.set_capabilities({MODEL: has | tools})
     for endpoint in without.endpoints.values():
         endpoint.set_capabilities({MODEL: has})
     picker = Picker(
@@ -160,7 +161,8 @@ async def _capability_routing(rounds: int, per_round: int, made: list[Cluster]) 
     )
     print()
     print("routing by capability: reading a request's needs, and a least_outstanding pick")
-    print("on a route of 8 endpoints with tools + 8 without (µs, medians)")
+    print("on a route of 8 endpoints with tools (strict too) and JSON output + 8 with")
+    print("neither (µs, medians)")
     print("| request | bytes | needs scan µs | pick, needing nothing µs | pick, its needs µs |")
     print("|---|---|---|---|---|")
     for label, (request, needs) in kinds.items():

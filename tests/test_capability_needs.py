@@ -232,3 +232,14 @@ async def test_capabilities_learned_later_change_the_routes_view(endpoint: Make)
     b.set_capabilities({"m": WITHOUT_TOOLS})
     assert picker.lacking & caps.TOOLS
     assert landed(picker, TOOLS_REQUEST) == {"a": 200}
+
+
+async def test_needs_no_endpoint_on_the_route_has_go_as_today(endpoint: Make) -> None:
+    """JSON output on a route where no model has it: the split by weight stays, and
+    each model server refuses naming response_format."""
+    a, b = endpoint("a", WITH_TOOLS), endpoint("b", WITHOUT_TOOLS)
+    picker = Picker([target(a), target(b)])
+    split = landed(picker, RequestView("m", needs=caps.CHAT | caps.JSON_OUTPUT))
+    assert split["a"] > 40 and split["b"] > 40
+    split = landed(picker, RequestView("m", needs=caps.TOOLS | caps.JSON_OUTPUT))
+    assert split["a"] > 40 and split["b"] > 40  # all of it on none: as today

@@ -530,6 +530,7 @@ class Picker(Generic[E]):
         )
         self._counted: tuple[int, PriorityLoad] | None = None
         self._lacking = 0
+        self._offered = 0
 
     def pick(self, request: RequestView, exclude: Collection[E] = ()) -> Pick[E] | None:
         """The endpoint for the next attempt of ``request`` (not one in ``exclude``),
@@ -542,7 +543,9 @@ class Picker(Generic[E]):
             request = dataclasses.replace(request, affinity_key=None)
         load = self.priority_load()
         needs = request.needs & self._lacking
-        if needs:  # some endpoint on the route cannot do what it needs: those that can
+        # Some endpoint on the route cannot do what it needs: those that can, if any
+        # endpoint's model has it all (else no filtered pass would find one).
+        if needs and needs & self._offered == needs:
             chosen = self._pick(request, exclude, load, needs)
             if chosen is not None:
                 return chosen
@@ -600,6 +603,7 @@ class Picker(Generic[E]):
                 return counted[1]
         counts = []
         has_all = -1  # what every endpoint's model can do (every bit: none known)
+        has_any = 0  # what some endpoint's model can do
         for group in self.groups:
             healthy = total = connected = 0
             for target, _ in group:
@@ -608,9 +612,12 @@ class Picker(Generic[E]):
                     total += 1
                     healthy += endpoint.serves(model)
                     connected += endpoint.connected(model)
-                    has_all &= endpoint.capabilities_of(model)
+                    has = endpoint.capabilities_of(model)
+                    has_all &= has
+                    has_any |= has
             counts.append((healthy, total, connected))
         self._lacking = ROUTED & ~has_all
+        self._offered = has_any
         load = priority_load_of(
             counts, self.overprovisioning_factor, self.healthy_panic_threshold, self.priorities
         )
