@@ -89,6 +89,7 @@ TABLES: dict[str, list[str]] = {
 ELSEWHERE = {
     "picker_cost.py": "tests/test_bench.py (every policy and route size)",
     "routing.py": "tests/test_bench.py (every policy in each of its tables)",
+    "idle_sweep_cost.py": "tests/test_bench.py (steady and after a burst)",
 }
 
 
