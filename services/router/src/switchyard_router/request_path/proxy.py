@@ -396,13 +396,7 @@ class Proxy:
         pick.endpoint.take_report(error.trailing_metadata())
         trailers = _upstream_trailers(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and own_limit:
-            pick.endpoint.record_failure("per-try timeout")
-            self.budget.record_failure()
-            return _Failure(
-                grpc.StatusCode.UNAVAILABLE,
-                f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
-                f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
-            )
+            return self._classify_timeout(pick)
         if code == grpc.StatusCode.CANCELLED:
             # Not the caller's doing (that cancels this task instead): the model server
             # cancelled the call, as one that stops does. Another endpoint can serve it.
@@ -442,11 +436,13 @@ class Proxy:
         )
 
     def _classify_timeout(self, pick: EndpointPick) -> _Failure:
+        """The per-try timeout ran out (a unary answer, or a stream's first message):
+        the endpoint's failure, and one the retry budget counts."""
         pick.endpoint.record_failure("per-try timeout")
         self.budget.record_failure()
         return _Failure(
             grpc.StatusCode.UNAVAILABLE,
-            f"model server {pick.endpoint.address} (cluster {pick.cluster}) sent nothing "
+            f"model server {pick.endpoint.address} (cluster {pick.cluster}) did not answer "
             f"within the per-try timeout of {self.retry.per_try_timeout_seconds}s",
         )
 
