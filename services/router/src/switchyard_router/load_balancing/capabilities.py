@@ -150,47 +150,22 @@ def _scan(data: bytes) -> int:
     return needs
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A tag or length; one byte the short way."""
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    return wire.varint(data, pos)
-
-
-def _fields(data: bytes, pos: int, end: int) -> Iterable[tuple[int, int, int]]:
-    """Each field of the message in ``data[pos:end]``: its key, and where its value
-    starts and ends (a varint's value starts at its first byte)."""
-    while pos < end:
-        key, pos = _varint(data, pos)
-        kind = key & 7
-        if kind == 2:
-            length, pos = _varint(data, pos)
-            value_end = pos + length
-        else:
-            value_end = wire.skip(data, pos, kind)
-        if value_end > end:
-            raise wire.MalformedRequestError("field runs past the end of the message")
-        yield key, pos, value_end
-        pos = value_end
-
-
 def _varint_field(data: bytes, pos: int, end: int, wanted: int) -> int | None:
     """The last value of varint field ``wanted`` in the message ``data[pos:end]``
     (None: absent)."""
     value = None
-    for key, start, _ in _fields(data, pos, end):
+    for key, _, start, _ in wire.fields(data, pos, end):
         if key == wanted:
-            value = _varint(data, start)[0]
+            value = wire.varint(data, start)[0]
     return value
 
 
 def _tool_choice_none(data: bytes, pos: int, end: int, before: bool) -> bool:
     """Whether this ToolChoice says none (a later one merges over ``before``)."""
     none = before
-    for key, start, _ in _fields(data, pos, end):
+    for key, _, start, _ in wire.fields(data, pos, end):
         if key == _CHOICE_MODE:
-            none = _varint(data, start)[0] == TOOL_CHOICE_MODE_NONE
+            none = wire.varint(data, start)[0] == TOOL_CHOICE_MODE_NONE
         elif key == _CHOICE_NAME:
             none = False
     return none
@@ -199,6 +174,6 @@ def _tool_choice_none(data: bytes, pos: int, end: int, before: bool) -> bool:
 def _format_kind(data: bytes, pos: int, end: int) -> int:
     """JSON_OUTPUT or GRAMMAR_OUTPUT by the ResponseFormat's kind (0: none set)."""
     kind = 0
-    for key, _, _ in _fields(data, pos, end):
+    for key, _, _, _ in wire.fields(data, pos, end):
         kind = _FORMAT_KINDS.get(key, kind)
     return kind

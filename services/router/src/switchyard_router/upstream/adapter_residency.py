@@ -12,23 +12,12 @@ request path: the picker reads plain sets.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 
-from switchyard_router.upstream.endpoints import Cluster, Endpoint
-from switchyard_router.upstream.model_catalog import loaded_adapters
-
-log = logging.getLogger("switchyard.router.adapters")
+from switchyard_router.upstream.endpoints import Cluster
 
 _TICK_SECONDS = 0.5
-
-__all__ = ["follow", "loaded_adapters", "refresh"]
-
-
-async def refresh(endpoint: Endpoint, timeout: float) -> None:
-    """Reads the endpoint's ListModels; keeps what was known if it does not answer."""
-    await endpoint.read_models(timeout)
 
 
 async def follow(clusters: Callable[[], Mapping[str, Cluster]], timeout: float) -> None:
@@ -43,6 +32,6 @@ async def follow(clusters: Callable[[], Mapping[str, Cluster]], timeout: float) 
             if interval <= 0 or now < due.get(name, 0.0):
                 continue
             due[name] = now + interval
-            calls += [refresh(e, timeout) for e in cluster.endpoints.values() if not e.draining]
+            calls += [e.read_models(timeout) for e in cluster.endpoints.values() if not e.draining]
         if calls:
             await asyncio.gather(*calls)

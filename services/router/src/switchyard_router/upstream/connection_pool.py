@@ -209,12 +209,6 @@ class ConnectionPool:
             )
         return idle
 
-    async def close_idle(self, idle_timeout: float, now: float) -> int:
-        """Closes the connections :meth:`take_idle` takes out; returns how many."""
-        idle = self.take_idle(idle_timeout, now)
-        await close_connections(idle)
-        return len(idle)
-
     async def close(self) -> None:
         """Closes every connection (an idle sweep takes none from here on)."""
         self.closed = True
