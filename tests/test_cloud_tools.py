@@ -89,14 +89,17 @@ def router(
             "clusters": {kind: {"endpoints": [s.address]} for kind, s in servers.items()},
             "routes": [
                 *({"model": kind, "targets": [{"cluster": kind, "model": "ok"}]} for kind in KINDS),
-                # OpenAI first, Ollama its fallback: a request may land on either.
-                {
-                    "model": "openai-then-ollama",
-                    "targets": [
-                        {"cluster": "openai", "model": "ok"},
-                        {"cluster": "ollama", "model": "ok", "priority": 1},
-                    ],
-                },
+                # OpenAI (or Anthropic) first, Ollama its fallback.
+                *(
+                    {
+                        "model": f"{first}-then-ollama",
+                        "targets": [
+                            {"cluster": first, "model": "ok"},
+                            {"cluster": "ollama", "model": "ok", "priority": 1},
+                        ],
+                    }
+                    for first in ("openai", "anthropic")
+                ),
                 # An even split over both: what a request needs decides where it may go.
                 {
                     "model": "openai-and-ollama",
@@ -276,21 +279,26 @@ def test_ollama_refuses_a_strict_tool_naming_it_and_takes_it_plain(client: Clien
     assert (strict["openai"], strict["anthropic"], strict["ollama"]) == (True, True, False)
 
 
-def test_a_route_over_targets_of_which_one_lacks_strict_tools_does_not_claim_them(
+def test_a_route_lists_what_routing_by_capability_can_serve_and_counts_only_where_all_can(
     router: ServerProcess, client: Client
 ) -> None:
-    """A route's capabilities are what every target can do: a strict tool sent to a
-    route over OpenAI and Ollama goes to OpenAI while it can take it, but lands on
-    Ollama, which refuses it, when OpenAI's replicas are all out."""
-    wait_healthy(router)  # both replicas describe the model
+    """A route over OpenAI and an Ollama fallback lists strict tools (Ollama lacks them,
+    but a request with one goes to OpenAI), and serves one; a route over Anthropic and
+    Ollama does not list CountTokens, which only Anthropic has (a count is not routed
+    by capability: it may land on Ollama)."""
+    wait_healthy(router)  # every replica describes the model
     models = {m.id: m for m in client.list_models()}
     assert models["openai-then-ollama"].healthy_replicas == 2
     capabilities = {name: set(m.capabilities) for name, m in models.items()}
     assert {"tools", "strict_tools"} <= capabilities["openai"]
     assert "strict_tools" not in capabilities["ollama"]
-    assert "tools" in capabilities["openai-then-ollama"]
-    assert "strict_tools" not in capabilities["openai-then-ollama"]
-    assert capabilities["openai-then-ollama"] == capabilities["openai"] & capabilities["ollama"]
+    assert capabilities["openai-then-ollama"] == capabilities["openai"] | capabilities["ollama"]
+    answer = client.chat("openai-then-ollama", QUESTION, tools=[STRICT_WEATHER])
+    assert [c.name for c in answer.tool_calls] == [STRICT_WEATHER.name]
+    assert "count_tokens" in capabilities["anthropic"]
+    assert "count_tokens" not in capabilities["ollama"]
+    assert "strict_tools" in capabilities["anthropic-then-ollama"]
+    assert "count_tokens" not in capabilities["anthropic-then-ollama"]
 
 
 def test_an_openai_compatible_server_refuses_strict_tools_unless_told_it_holds_them(

@@ -276,9 +276,10 @@ def test_a_stream_that_broke_after_a_tool_call_began_is_not_resumed(workdir: Pat
         fleet.stop()
 
 
-def test_a_route_lists_what_every_target_takes(fleet: Fleet) -> None:
-    """A request may land on any target of a route (a fallback priority included), so
-    the router lists the capabilities all of them have and the shortest context."""
+def test_a_route_lists_tools_one_target_takes_and_its_shortest_context(fleet: Fleet) -> None:
+    """A request with tools goes to the target that takes them (routing by capability),
+    so the route lists tools though its fallback lacks them; a long prompt is not
+    routed by length and may land on the fallback, so it lists the shortest context."""
     caller = {"id": "m", "context_length": 4096, "tool_call": SCRIPTED[0]["tool_call"]}
     first = fleet.scripted("caller", [caller])
     fallback = fleet.scripted("plain", [{"id": "m", "context_length": 2048}])
@@ -299,6 +300,8 @@ def test_a_route_lists_what_every_target_takes(fleet: Fleet) -> None:
     assert models["m"].healthy_replicas == 2
     assert {"tools", "strict_tools"} <= set(models["caller"].capabilities)
     assert models["caller"].context_length == 4096
-    assert {"chat", "streaming"} <= set(models["m"].capabilities)
-    assert not {"tools", "strict_tools"} & set(models["m"].capabilities)
+    assert {"chat", "streaming", "tools", "strict_tools"} <= set(models["m"].capabilities)
     assert models["m"].context_length == 2048
+    with Client(router.address) as client:  # and a tool request there is served
+        answer = client.chat("m", QUESTION, tools=TOOLS)
+    assert answer.tool_calls

@@ -412,3 +412,18 @@ def test_the_openai_backend_claims_strict_tools_only_for_a_server_that_holds_the
     backend = OpenAIBackend.from_options({"models": [{"id": "gpt"}], **options})
     assert isinstance(backend, OpenAIBackend)
     assert (Capability.STRICT_TOOLS in backend.card("gpt").capabilities) is holds
+
+
+def test_a_route_lists_a_routed_capability_one_replica_has_and_any_other_only_if_all_do() -> None:
+    """Tools, strict tools, JSON output... are routed by (a request needing one goes to
+    a replica that has it); CountTokens and adapters are not (it may land anywhere)."""
+    from switchyard.v1 import llm_service_pb2 as pb
+    from switchyard_router.operations.model_listing import route_capabilities
+
+    cloud = [pb.CAPABILITY_CHAT, pb.CAPABILITY_TOOLS, pb.CAPABILITY_STRICT_TOOLS]
+    counting = [pb.CAPABILITY_CHAT, pb.CAPABILITY_COUNT_TOKENS, pb.CAPABILITY_ADAPTERS]
+    assert route_capabilities([cloud, counting]) == sorted(
+        [pb.CAPABILITY_CHAT, pb.CAPABILITY_TOOLS, pb.CAPABILITY_STRICT_TOOLS]
+    )
+    assert route_capabilities([counting]) == sorted(counting)
+    assert route_capabilities([]) == []

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import cast
 
 import grpc
 
 from switchyard.v1 import llm_service_pb2 as pb
+from switchyard_router.load_balancing.capabilities import ROUTED
 from switchyard_router.request_path.routing import RouteTable
 from switchyard_router.upstream.endpoints import Endpoint
 
@@ -33,6 +36,19 @@ async def _models_at(endpoint: Endpoint, timeout: float) -> dict[str, pb.Model]:
     return models
 
 
+def route_capabilities(described: Sequence[Sequence[int]]) -> list[int]:
+    """What a route can do, from what each of its replicas that answered can do: a
+    capability the picker routes by (``capabilities.ROUTED``: tools, strict tools, JSON
+    output, ...) when one of them has it, as a request that needs it goes there; any
+    other (CountTokens, adapters, ...) only when all have it, as a request may land on
+    any target, fallbacks included."""
+    if not described:
+        return []
+    every = set(described[0]).intersection(*described[1:])
+    some = set().union(*described)
+    return sorted(every | {c for c in some if (1 << c) & ROUTED})
+
+
 async def list_models(
     table: RouteTable, timeout: float, allowed: frozenset[str] | None = None
 ) -> pb.ListModelsResponse:
@@ -51,11 +67,11 @@ async def list_models(
     models = []
     for name in names:
         described: pb.Model | None = None
-        # What every replica that described it can do: a request may land on any
-        # target (a fallback priority, a weight), so a capability one lacks (e.g.
-        # STRICT_TOOLS on an Ollama target beside an OpenAI one) is not the route's,
-        # and its context is the shortest (a longer prompt is refused there).
-        capabilities: set[int] | None = None
+        # What each replica that answered can do, those serving it first.
+        capabilities: list[Sequence[int]] = []
+        capabilities_elsewhere: list[Sequence[int]] = []
+        # The shortest context: the picker does not route by prompt length, so a
+        # prompt longer than it may land where it is refused.
         context_length = 0
         loading = loaded = False
         healthy = total = 0
@@ -73,10 +89,7 @@ async def list_models(
                 )
                 if found is not None:
                     described = described or found
-                    if capabilities is None:
-                        capabilities = set(found.capabilities)
-                    else:
-                        capabilities &= set(found.capabilities)
+                    (capabilities if serving else capabilities_elsewhere).append(found.capabilities)
                     length = found.context_length  # 0: not said
                     if length and (not context_length or length < context_length):
                         context_length = length
@@ -84,10 +97,13 @@ async def list_models(
                     for adapter in found.adapters:
                         adapters[adapter.name] = adapters.get(adapter.name, False) or adapter.loaded
         model = pb.Model(id=name, healthy_replicas=healthy, total_replicas=total)
-        if described is not None and capabilities is not None:  # set together
+        if described is not None:
             model.backend = described.backend
             model.context_length = context_length
-            model.capabilities.extend(c for c in described.capabilities if c in capabilities)
+            # By the replicas that serve it now (requests go there), or if none does,
+            # by every replica that answered.
+            listed = route_capabilities(capabilities or capabilities_elsewhere)
+            model.capabilities.extend(cast(list[pb.Capability], listed))
             if described.HasField("defaults"):
                 model.defaults.CopyFrom(described.defaults)
             model.memory_bytes = described.memory_bytes
