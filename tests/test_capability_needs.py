@@ -15,7 +15,7 @@ from switchyard_router.config import ClusterConfig
 from switchyard_router.load_balancing import capabilities as caps
 from switchyard_router.load_balancing.capabilities import needs_of
 from switchyard_router.load_balancing.picker import Picker, RequestView, Target
-from switchyard_router.upstream.endpoints import Endpoint
+from switchyard_router.upstream.endpoints import Cluster, Endpoint
 from switchyard_router.upstream.model_catalog import capabilities_by_model
 
 CHAT = [pb.ChatMessage(role="user", content="hi")]
@@ -243,3 +243,22 @@ async def test_needs_no_endpoint_on_the_route_has_go_as_today(endpoint: Make) ->
     assert split["a"] > 40 and split["b"] > 40
     split = landed(picker, RequestView("m", needs=caps.TOOLS | caps.JSON_OUTPUT))
     assert split["a"] > 40 and split["b"] > 40  # all of it on none: as today
+
+
+async def test_new_channels_to_the_same_model_server_keep_what_it_can_do() -> None:
+    """A reload or a rotated certificate replaces every endpoint's connections: what
+    each model server was known to serve holds until it is read again, so a tool
+    request is not sent, meanwhile, to a replica known to refuse it."""
+    config = ClusterConfig(endpoints=["127.0.0.1:9"])
+    cluster = Cluster("pool", config, 1 << 20)
+    await cluster.refresh(0)
+    try:
+        [before] = cluster.endpoints.values()
+        before.set_capabilities({"m": WITHOUT_TOOLS})
+        fewer = {"connection_pool": {"max_connections": 2}}  # needs new connections
+        cluster.reconfigure(ClusterConfig.model_validate({**config.model_dump(), **fewer}), 0)
+        [after] = cluster.endpoints.values()
+        assert after is not before
+        assert after.capabilities_of("m") == WITHOUT_TOOLS
+    finally:
+        await cluster.close()

@@ -429,6 +429,11 @@ class Cluster:
     def _replace_channels(self, grace: float) -> None:
         for address, old in list(self.endpoints.items()):
             endpoint = self._endpoint(address)
+            # The same model server: what it was known to serve holds until its new
+            # health stream has it read again (else, for that moment, unknown would
+            # count as capable and a tool request could land where it is refused).
+            endpoint.capabilities = old.capabilities
+            endpoint.adapters = old.adapters
             self._follow(endpoint)
             self.endpoints[address] = endpoint
             self._drain(old, grace)
