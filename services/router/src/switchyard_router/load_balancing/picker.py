@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -302,12 +303,7 @@ def priority_load_of(
             numbers, counts, in_panic, healths, loads, strict=True
         )
     )
-    bounds = []
-    running = 0
-    for load in loads:
-        running += load
-        bounds.append(running)
-    return PriorityLoad(levels, normalized, tuple(bounds))
+    return PriorityLoad(levels, normalized, tuple(itertools.accumulate(loads)))
 
 
 def _shares(weights: Sequence[int], whole: int) -> list[int]:
